@@ -1,0 +1,203 @@
+"""Database connections and fast bulk I/O for DuckDB (default), PostgreSQL and SQLite.
+
+A database is named by a SQLAlchemy URL. A bare path (``site_a.duckdb``) means a
+DuckDB file. Bulk loads never go row by row where the backend has a bulk path:
+DuckDB ingests Arrow directly, PostgreSQL gets ``COPY ... FROM STDIN`` fed
+from Arrow's CSV writer, SQLite (tests only) falls back to ``executemany``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from harmonize.errors import DatabaseError
+
+_COPY_CHUNK_ROWS = 200_000
+
+
+def normalize_url(url: str | Path) -> str:
+    """Turn a bare file path into a DuckDB URL; leave real URLs alone."""
+    text = str(url)
+    if "://" in text:
+        return text
+    if text.startswith("postgres") or text.startswith("sqlite:"):
+        return text
+    return f"duckdb:///{Path(text).expanduser()}"
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """A column as reflected from a live database."""
+
+    name: str
+    type: str
+    nullable: bool
+    primary_key: bool
+
+
+class Database:
+    """A site database: a SQLAlchemy engine plus fast Arrow/polars paths for bulk data."""
+
+    def __init__(self, url: str | Path, *, read_only: bool = False) -> None:
+        self.url = normalize_url(url)
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise DatabaseError(
+                f"not a database URL: {url!r}",
+                fix="use duckdb:///path/site.duckdb, postgresql+psycopg://user@host/db or a .duckdb file path",
+            ) from exc
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "postgres":
+            self.dialect = "postgresql"
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "duckdb":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if read_only:
+                kwargs["connect_args"] = {"read_only": True}
+        if self.dialect == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+            self.url = str(parsed.set(drivername="postgresql+psycopg"))
+        try:
+            self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - driver import/config errors vary by backend
+            raise DatabaseError(f"cannot open {self.url}: {exc}", fix="check the URL and that its driver is installed") from exc
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- plain SQL -----------------------------------------------------------------------------------
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(sa.text(sql), params or {})
+
+    def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text(sql), params or {}).scalar()
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run a query and return a polars DataFrame (through Arrow on DuckDB)."""
+        if self.dialect == "duckdb" and not params:
+            with self.raw_duckdb() as con:
+                return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+        with self.engine.connect() as connection:
+            result = connection.execute(sa.text(sql), params or {})
+            columns = list(result.keys())
+            rows = result.fetchall()
+        return pl.DataFrame([list(r) for r in rows], schema=columns, orient="row", infer_schema_length=None)
+
+    def table_names(self) -> list[str]:
+        return sa.inspect(self.engine).get_table_names()
+
+    def has_table(self, name: str) -> bool:
+        return sa.inspect(self.engine).has_table(name)
+
+    def describe(self, table: str) -> list[ColumnInfo]:
+        """Columns of a table as the database reports them (DuckDB through its catalog functions,
+        since duckdb-engine's reflection of columns is broken on DuckDB 2)."""
+        if self.dialect == "duckdb":
+            with self.raw_duckdb() as con:
+                rows = con.execute(
+                    "select column_name, data_type, is_nullable = 'YES' from information_schema.columns "
+                    "where table_name = ? order by ordinal_position",
+                    [table],
+                ).fetchall()
+                pk_rows = con.execute(
+                    "select constraint_column_names from duckdb_constraints() "
+                    "where table_name = ? and constraint_type = 'PRIMARY KEY'",
+                    [table],
+                ).fetchall()
+            pk = {c for (cols,) in pk_rows for c in cols}
+            return [ColumnInfo(name, str(kind), bool(nullable), name in pk) for name, kind, nullable in rows]
+        inspector = sa.inspect(self.engine)
+        pk = set(inspector.get_pk_constraint(table)["constrained_columns"])
+        return [
+            ColumnInfo(c["name"], str(c["type"]), bool(c["nullable"]), c["name"] in pk)
+            for c in inspector.get_columns(table)
+        ]
+
+    @contextmanager
+    def raw_duckdb(self) -> Iterator[Any]:
+        """The native duckdb connection under this engine (DuckDB only)."""
+        if self.dialect != "duckdb":
+            raise DatabaseError(f"{self.url} is not a DuckDB database", fix="use a duckdb:/// URL for this operation")
+        raw = self.engine.raw_connection()
+        try:
+            yield raw.driver_connection
+            raw.commit()
+        finally:
+            raw.close()
+
+    # -- bulk load -----------------------------------------------------------------------------------
+    def load_arrow(self, table: str, data: pa.Table | pl.DataFrame, *, columns: Sequence[str] | None = None) -> int:
+        """Append rows to an existing table by column name, using the backend's bulk path. Returns row count."""
+        arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+        if columns is not None:
+            arrow = arrow.select(list(columns))
+        if arrow.num_rows == 0:
+            return 0
+        try:
+            if self.dialect == "duckdb":
+                self._load_duckdb(table, arrow)
+            elif self.dialect == "postgresql":
+                self._load_postgres(table, arrow)
+            else:
+                self._load_executemany(table, arrow)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - surface backend errors with the table name
+            raise DatabaseError(
+                f"bulk load of {arrow.num_rows} rows into {table!r} failed: {exc}",
+                where=f"{self!r} table {table}",
+                fix="check the rows against the table's schema (types, NOT NULL, primary key)",
+            ) from exc
+        return arrow.num_rows
+
+    def _load_duckdb(self, table: str, arrow: pa.Table) -> None:
+        names = ", ".join(f'"{c}"' for c in arrow.column_names)
+        with self.raw_duckdb() as con:
+            con.register("__fedomop_load", arrow)
+            try:
+                con.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM __fedomop_load')
+            finally:
+                con.unregister("__fedomop_load")
+
+    def _load_postgres(self, table: str, arrow: pa.Table) -> None:
+        names = ", ".join(f'"{c}"' for c in arrow.column_names)
+        raw = self.engine.raw_connection()
+        try:
+            with raw.driver_connection.cursor() as cursor:
+                with cursor.copy(f'COPY "{table}" ({names}) FROM STDIN WITH (FORMAT csv, HEADER false)') as copy:
+                    for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
+                        buffer = io.BytesIO()
+                        pacsv.write_csv(batch, buffer, write_options=pacsv.WriteOptions(include_header=False))
+                        copy.write(buffer.getvalue())
+            raw.commit()
+        finally:
+            raw.close()
+
+    def _load_executemany(self, table: str, arrow: pa.Table) -> None:
+        metadata = sa.MetaData()
+        target = sa.Table(table, metadata, autoload_with=self.engine)
+        with self.engine.begin() as connection:
+            for batch in arrow.to_batches(max_chunksize=50_000):
+                connection.execute(target.insert(), batch.to_pylist())
+
+
+def connect(url: str | Path, *, read_only: bool = False) -> Database:
+    """Open a site database by URL or DuckDB file path."""
+    return Database(url, read_only=read_only)
