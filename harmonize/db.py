@@ -72,7 +72,9 @@ class Database:
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
         except Exception as exc:  # noqa: BLE001 - driver import/config errors vary by backend
-            raise DatabaseError(f"cannot open {self.url}: {exc}", fix="check the URL and that its driver is installed") from exc
+            raise DatabaseError(
+                f"cannot open {self.url}: {exc}", fix="check the URL and that its driver is installed"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"

@@ -113,7 +113,9 @@ def _datatype(raw: str, where: str) -> tuple[str, int | None]:
     if match:
         size = match.group(1)
         return "varchar", None if size.upper() == "MAX" else int(size)
-    raise SchemaError(f"unknown cdmDatatype {raw!r}", where=where, fix="use integer, float, date, datetime or varchar(n)")
+    raise SchemaError(
+        f"unknown cdmDatatype {raw!r}", where=where, fix="use integer, float, date, datetime or varchar(n)"
+    )
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
