@@ -1,0 +1,1 @@
+"""Source readers: CSV/Parquet (tabular) and FHIR R4 (fhir) into SourceBatch."""
