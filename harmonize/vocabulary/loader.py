@@ -1,0 +1,105 @@
+"""Load OMOP vocabularies (Athena download or an OHDSI CSV export) and a site's source_to_concept_map.
+
+A vocabulary release is loaded as a whole: every vocabulary table is replaced
+in one transaction (tables without a file become empty), so a site never mixes
+two releases. A site's ``source_to_concept_map`` is its own data, so it is
+*appended* and survives vocabulary reloads.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+from harmonize.cdm.io import cdm_csv_files, read_cdm_csv, replace_tables, staging_table
+from harmonize.cdm.schema import create_cdm
+from harmonize.cdm.spec import load_spec
+from harmonize.db import Database
+from harmonize.errors import VocabularyError
+
+SITE_MAPPING_TABLE = "source_to_concept_map"
+# The tables of an Athena download: the spec's vocabulary tables less the site-owned mapping table.
+VOCABULARY_TABLES: tuple[str, ...] = tuple(
+    t.name for t in load_spec().tables_in("VOCAB") if t.name != SITE_MAPPING_TABLE
+)
+
+
+def _read_vocabulary_file(path: Path, table: str) -> pl.DataFrame:
+    return read_cdm_csv(path, table, error=VocabularyError)
+
+
+def load_vocabulary_files(db: Database, files: dict[str, Path]) -> dict[str, int]:
+    """Replace the named vocabulary tables with the rows of their files, in one transaction."""
+    unknown = sorted(set(files) - set(VOCABULARY_TABLES))
+    if unknown:
+        raise VocabularyError(f"{unknown[0]!r} is not a vocabulary table", fix=f"use {', '.join(VOCABULARY_TABLES)}")
+    if not files:
+        return {}
+    readers = {t: partial(_read_vocabulary_file, files[t], t) for t in VOCABULARY_TABLES if t in files}
+    return replace_tables(db, readers)
+
+
+def load_vocabulary(db: Database, folder: Path) -> dict[str, int]:
+    """Load a vocabulary folder (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...; tab- or comma-separated).
+
+    Replaces all vocabulary tables at once; tables whose file is absent are emptied. Returns rows per table.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VocabularyError("not a folder", where=str(folder), fix="point at the unzipped Athena download")
+    files = {t: p for t, p in cdm_csv_files(folder).items() if t in VOCABULARY_TABLES}
+    if "concept" not in files:
+        raise VocabularyError(
+            "no CONCEPT.csv in the vocabulary folder",
+            where=str(folder),
+            fix="unzip the Athena download here (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...)",
+        )
+    create_cdm(db.engine, tables=[*VOCABULARY_TABLES, SITE_MAPPING_TABLE])
+    readers = {
+        t: partial(_read_vocabulary_file, files[t], t) if t in files else partial(_no_rows, t)
+        for t in VOCABULARY_TABLES
+    }
+    return replace_tables(db, readers)
+
+
+def _no_rows(table: str) -> pl.DataFrame:
+    return pl.DataFrame(schema={f.name: pl.String for f in load_spec().table(table).fields}).clear()
+
+
+def load_source_to_concept_map(db: Database, path: Path) -> int:
+    """Append a site's source_to_concept_map CSV (OMOP columns); every non-zero target must be in CONCEPT.
+
+    Nothing is appended if any target is missing. Returns rows appended.
+    """
+    path = Path(path)
+    frame = read_cdm_csv(path, SITE_MAPPING_TABLE, error=VocabularyError)
+    create_cdm(db.engine, tables=[SITE_MAPPING_TABLE, "concept"])
+    if frame.is_empty():
+        return 0
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    with staging_table(db, SITE_MAPPING_TABLE) as stage:
+        db.load_arrow(stage, frame)
+        missing = db.query(
+            f'SELECT DISTINCT s.target_concept_id FROM "{stage}" s '
+            "LEFT JOIN concept c ON c.concept_id = s.target_concept_id "
+            "WHERE c.concept_id IS NULL AND s.target_concept_id <> 0"
+        )
+        if not missing.is_empty():
+            _raise_missing_target(frame, path, int(missing.item(0, 0)), missing.height)
+        with db.engine.begin() as connection:
+            connection.execute(
+                sa.text(f'INSERT INTO "{SITE_MAPPING_TABLE}" ({columns}) SELECT {columns} FROM "{stage}"')
+            )
+    return frame.height
+
+
+def _raise_missing_target(frame: pl.DataFrame, path: Path, concept_id: int, how_many: int) -> None:
+    index = int((frame.get_column("target_concept_id") == concept_id).arg_true()[0])
+    raise VocabularyError(
+        f"target_concept_id {concept_id} is not in the CONCEPT table ({how_many} missing target(s) in all)",
+        where=f"{path} line {index + 2}, field target_concept_id",
+        fix="load the vocabulary that contains it first (fedomop vocab load), or correct the concept id",
+    )
