@@ -1,0 +1,168 @@
+"""Append-only, hash-chained audit log of every request a site received and what left it.
+
+One JSON object per line. Each record carries ``seq`` and ``prev`` (the sha256 of the
+previous line's bytes), so editing, deleting or reordering any record breaks the chain
+at that point. A sidecar ``<log>.head`` holds the sequence number and hash of the last
+record; :func:`verify` compares it with the log, which catches records cut off the end.
+For protection against someone who can rewrite both files, publish the head hash
+elsewhere (e.g. in the study report) and pass it to ``verify(expected_head=...)``.
+
+Records name sizes and aggregate/parameter names, never values.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harmonize.errors import PolicyError
+
+GENESIS = "0" * 64
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process appending to the same log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _last_line(path: Path) -> bytes | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        block, data = 4096, b""
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            data = handle.read(end - start) + data
+            end = start
+            if data.rstrip(b"\n").count(b"\n") >= 1:
+                break
+        return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Append one record (adds ``seq``, ``time`` and ``prev``) under the lock; returns what was written."""
+    path = Path(path)
+    with _locked(path):
+        last = _last_line(path)
+        if last is None:
+            seq, prev = 1, GENESIS
+        else:
+            seq, prev = json.loads(last)["seq"] + 1, _line_hash(last)
+        entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="microseconds"), "prev": prev, **record}
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+        with open(path, "ab") as handle:
+            handle.write(line + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        head = {"seq": seq, "sha256": _line_hash(line)}
+        head_path = _head_path(path)
+        tmp = head_path.with_name(head_path.name + ".tmp")
+        tmp.write_text(json.dumps(head), encoding="utf-8")
+        os.replace(tmp, head_path)
+    return entry
+
+
+@dataclass
+class Verification:
+    """The outcome of :func:`verify`: ok, records checked, the head hash, and every problem found."""
+
+    ok: bool
+    records: int
+    head: str
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(path: Path | str, *, expected_head: str | None = None) -> Verification:
+    """Walk the chain; report edited, removed, reordered or truncated records."""
+    path = Path(path)
+    problems: list[str] = []
+    prev, seq = GENESIS, 0
+    if not path.exists():
+        return Verification(False, 0, GENESIS, [f"{path}: audit log does not exist"])
+    with _locked(path):
+        lines = path.read_bytes().split(b"\n")
+        head_file = _head_path(path)
+        head_record = json.loads(head_file.read_text(encoding="utf-8")) if head_file.exists() else None
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        problems.append(f"{path}: last line is incomplete (truncated write)")
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"{path}:{number}: not a JSON record")
+            prev = _line_hash(line)
+            continue
+        if entry.get("prev") != prev:
+            problems.append(f"{path}:{number}: chain broken (record edited, removed or reordered before it)")
+        if entry.get("seq") != seq + 1:
+            problems.append(f"{path}:{number}: sequence {entry.get('seq')} where {seq + 1} was expected")
+        seq = entry.get("seq", seq + 1) if isinstance(entry.get("seq"), int) else seq + 1
+        prev = _line_hash(line)
+    if head_record is None and lines:
+        problems.append(f"{head_file}: head file missing, cannot check for truncation")
+    elif head_record is not None and (head_record.get("seq"), head_record.get("sha256")) != (seq, prev):
+        problems.append(
+            f"{path}: log ends at record {seq} but the head file says {head_record.get('seq')} (records cut off or added)"
+        )
+    if expected_head is not None and expected_head != prev:
+        problems.append(f"{path}: last record hash {prev} differs from the published head {expected_head}")
+    return Verification(not problems, len(lines), prev, problems)
+
+
+def read(path: Path | str) -> list[dict[str, Any]]:
+    """Every record, oldest first (no verification: call :func:`verify` for that)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def who() -> str:
+    """A default requester name for local actions: user@host."""
+    try:
+        user = getpass.getuser()
+    except OSError:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def require_valid(path: Path | str) -> Verification:
+    """verify() that raises a PolicyError listing the problems."""
+    result = verify(path)
+    if not result.ok:
+        raise PolicyError(
+            "audit log failed verification: " + "; ".join(result.problems[:5]),
+            where=str(path),
+            fix="treat the log as tampered: investigate, archive it and start a new log",
+        )
+    return result

@@ -1,0 +1,87 @@
+"""The audit log: hash chain, tamper/truncation detection, concurrent appends."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+from federated.governance import auditlog as audit_log
+from federated.governance import load_policy, verify
+from federated.governance.enforce import audit
+
+
+def _fill(path, n=5):
+    for i in range(n):
+        audit_log.append(path, {"action": "train", "round": i, "sent": {"arrays.w": 100 + i}})
+
+
+def test_records_chain_and_verify(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _fill(path)
+    records = audit_log.read(path)
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["prev"] == audit_log.GENESIS
+    result = verify(path)
+    assert result.ok, result.problems
+    assert result.records == 5 and len(result.head) == 64
+    assert verify(path, expected_head=result.head).ok
+    assert not verify(path, expected_head="f" * 64).ok
+
+
+def test_editing_a_record_is_detected(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _fill(path)
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["sent"]["arrays.w"] = 1
+    lines[1] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    path.write_text("\n".join(lines) + "\n")
+    result = verify(path)
+    assert not result.ok
+    assert any(":3: chain broken" in p for p in result.problems)
+
+
+def test_deleting_and_truncating_are_detected(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _fill(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # remove record 3
+    assert any("chain broken" in p for p in verify(path).problems)
+
+    path.write_text("\n".join(lines[:4]) + "\n")  # cut the last record off
+    problems = verify(path).problems
+    assert problems and "head file says 5" in problems[0]
+
+    path.write_text("\n".join(lines)[:-10])  # a torn final write
+    assert any("incomplete" in p for p in verify(path).problems)
+
+
+def _append_many(path, worker):
+    for i in range(25):
+        audit_log.append(path, {"worker": worker, "i": i})
+
+
+def test_concurrent_appends_from_processes_keep_the_chain(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(path, w)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    result = verify(path)
+    assert result.ok, result.problems
+    assert result.records == 100
+
+
+def test_audit_refuses_values_in_sent(policy_path):
+    import pytest
+
+    from harmonize.errors import PolicyError
+
+    policy = load_policy(policy_path)
+    with pytest.raises(PolicyError, match="byte sizes"):
+        audit(policy, requester="r", study="s", app_hash="h", action="train", outcome="sent", sent={"auc": 0.71})
+    entry = audit(policy, requester="r", study="s", app_hash="h", action="train", outcome="sent", sent={"arrays.w": 40})
+    assert entry["bytes_sent"] == 40 and entry["site"] == "site_a"
+    assert verify(policy.audit_log).ok
