@@ -14,8 +14,6 @@ from harmonize.cdm.io import load_cdm_folder
 from harmonize.db import connect
 from harmonize.vocabulary import load_source_to_concept_map, load_vocabulary, resolve_codes
 
-console = Console()
-
 DbOption = Annotated[str, typer.Option("--db", help="Database URL or DuckDB file path.")]
 FolderOption = Annotated[Path, typer.Option("--folder", help="Folder of CSV files.", file_okay=False)]
 
@@ -32,7 +30,7 @@ def _counts_table(title: str, counts: dict[str, int]) -> Table:
 def _mapping_table(resolved: pl.DataFrame) -> Table:
     table = Table(title="source code -> standard concept")
     for column in resolved.columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in resolved.iter_rows():
         table.add_row(*("" if value is None else str(value) for value in row))
     return table
@@ -45,7 +43,7 @@ def register(app: typer.Typer) -> None:
     def load(db: DbOption, folder: FolderOption) -> None:
         """Replace the vocabulary tables with an Athena download or OHDSI CSV export (CONCEPT.csv, ...)."""
         counts = load_vocabulary(connect(db), folder)
-        console.print(_counts_table(f"vocabulary loaded from {folder}", counts))
+        Console().print(_counts_table(f"vocabulary loaded from {folder}", counts))
 
     @vocab_app.command("load-stcm")
     def load_stcm(
@@ -54,7 +52,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Append a site's source_to_concept_map (targets must exist in CONCEPT)."""
         rows = load_source_to_concept_map(connect(db), path)
-        console.print(f"appended {rows:,} source_to_concept_map rows from {path}")
+        Console().print(f"appended {rows:,} source_to_concept_map rows from {path}")
 
     @vocab_app.command("resolve")
     def resolve(
@@ -64,7 +62,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show the standard concept(s) each code maps to."""
         codes = pl.DataFrame({"vocabulary_id": [vocabulary] * len(code), "source_code": code})
-        console.print(_mapping_table(resolve_codes(connect(db), codes)))
+        Console().print(_mapping_table(resolve_codes(connect(db), codes)))
 
     app.add_typer(vocab_app, name="vocab")
 
@@ -76,4 +74,4 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import an OMOP CDM CSV export (PERSON.csv, CONCEPT.csv, ...), replacing each table it has a file for."""
         counts = load_cdm_folder(connect(db), folder, tables=table or None)
-        console.print(_counts_table(f"OMOP CDM imported from {folder}", counts))
+        Console().print(_counts_table(f"OMOP CDM imported from {folder}", counts))
