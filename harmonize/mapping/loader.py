@@ -1,0 +1,159 @@
+"""Load a mapping YAML (merging ``include:`` files) and fail fast, before any data is read.
+
+Errors name the file, the key path (``tables.person[0].fields.gender_concept_id``) and the valid choices.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from harmonize.errors import MappingError
+from harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
+
+_MERGED_DICTS = ("sources", "tables")
+_MERGED_LISTS = ("units", "fhir_inventory")
+_FIELD_TAGS: dict[str, type[BaseModel]] = {
+    "column": ColumnExpr,
+    "constant": ConstantExpr,
+    "date": DateExpr,
+    "map": MapExpr,
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MappingError("mapping file not found", where=str(path), fix="check the --mapping path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark else str(path)
+        raise MappingError(
+            f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="fix the YAML syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise MappingError("a mapping file must be a YAML mapping (key: value)", where=str(path))
+    return data
+
+
+def _merge_include(base: dict[str, Any], part: dict[str, Any], part_path: Path, root: Path) -> None:
+    """Merge one included file: tables/sources are merged by key, units/inventory appended; nothing is overwritten."""
+    for key, value in part.items():
+        if key in _MERGED_DICTS:
+            target = base.setdefault(key, {})
+            for name, item in (value or {}).items():
+                if key == "tables":
+                    target.setdefault(name, []).extend(item or [])
+                elif name in target:
+                    raise MappingError(
+                        f"{key}.{name} is defined twice", where=f"{part_path} (included from {root})", fix="keep one"
+                    )
+                else:
+                    target[name] = item
+        elif key in _MERGED_LISTS:
+            base.setdefault(key, []).extend(value or [])
+        elif key in base:
+            raise MappingError(
+                f"key {key!r} is already set by the including file",
+                where=f"{part_path} (included from {root})",
+                fix=f"an included file may add {', '.join(_MERGED_DICTS + _MERGED_LISTS)}; set other keys once",
+            )
+        else:
+            base[key] = value
+
+
+def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The merged raw mapping, and which file each top-level table/source came from (for error messages)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    origin: dict[str, Path] = {}
+    for include in data.get("include") or []:
+        part_path = (path.parent / include).resolve()
+        part = _read_yaml(part_path)
+        for key in _MERGED_DICTS:
+            for name in part.get(key) or {}:
+                origin[f"{key}.{name}"] = part_path
+        _merge_include(data, part, part_path, path)
+    return data, origin
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _model_candidates(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_candidates(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if origin in (typing.Union, types.UnionType) or origin in (list, dict, tuple):
+        found: list[Any] = []
+        for arg in typing.get_args(annotation):
+            found += _model_candidates(arg)
+        return found
+    return []
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the object at ``loc`` (to list the keys it accepts)."""
+    current: list[Any] = [Mapping]
+    for index, part in enumerate(loc):
+        if not isinstance(part, str):
+            continue
+        if index >= 2 and loc[index - 2] == "fields" and part in _FIELD_TAGS:
+            current = [_FIELD_TAGS[part]]
+            continue
+        by_name = [m for m in current if part in m.model_fields]
+        if by_name:
+            current = _model_candidates(by_name[0].model_fields[part].annotation)
+    return current[0] if current else None
+
+
+def _describe(error: dict[str, Any], owner_loc: tuple[Any, ...]) -> tuple[str, str | None]:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(owner_loc)
+        keys = ", ".join(f.alias or n for n, f in owner.model_fields.items()) if owner else "see docs/mapping.md"
+        return f"unknown key {loc[-1]!r}", f"valid keys here: {keys}"
+    if error["type"] == "missing":
+        return f"required key {loc[-1]!r} is missing", "add it (see docs/mapping.md)"
+    return error["msg"], "see docs/mapping.md for the mapping language"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's tagged-union markers so the location reads like the YAML key path."""
+    return tuple(
+        p
+        for i, p in enumerate(loc)
+        if not (
+            isinstance(p, str)
+            and (p.startswith("function-") or (i >= 2 and loc[i - 2] == "fields" and p in _FIELD_TAGS))
+        )
+    )
+
+
+def load_mapping(path: Path | str) -> Mapping:
+    """Read, merge and validate a mapping file; raises MappingError naming file, key path and valid choices."""
+    path = Path(path)
+    data, origin = read_mapping_dict(path)
+    try:
+        return Mapping.model_validate(data)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        raw_loc = tuple(first["loc"])
+        loc = _clean_loc(raw_loc)
+        file = origin.get(".".join(str(p) for p in loc[:2]), path)
+        message, fix = _describe({**first, "loc": loc}, raw_loc[:-1])
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise MappingError(message + more, where=f"{file}: {_loc_text(loc)}", fix=fix) from None

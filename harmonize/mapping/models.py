@@ -1,0 +1,247 @@
+"""Typed models of a site mapping YAML: the data steward's declaration of how an extract becomes OMOP.
+
+Every model forbids unknown keys and every mode is a ``Literal``, so a typo fails at load time with the key path
+and the valid choices instead of silently doing nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+
+OnUnmapped = Literal["concept_zero", "quarantine", "fail"]
+SourceFormat = Literal["csv", "parquet", "fhir_ndjson", "fhir_bundle"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- field expressions --------------------------------------------------------------------------------
+
+
+class ColumnExpr(Strict):
+    """Copy a source column (``gender_source_value: sex`` is shorthand for ``{column: sex}``)."""
+
+    column: str
+    cast: Literal["string", "integer", "float"] | None = None
+
+
+class ConstantExpr(Strict):
+    """A fixed value; a hard-coded concept id must carry its concept ``name`` (checked against the vocabulary)."""
+
+    constant: int | float | str | None
+    name: str | None = None
+
+
+class DateExpr(Strict):
+    """Parse a source column as a date or datetime; ``format`` overrides the source's ``date_format``."""
+
+    date: str
+    format: str | None = None
+
+
+class ConceptConstant(Strict):
+    concept_id: int
+    name: str
+
+
+class MapExpr(Strict):
+    """Translate a source column's values through a small table (sex codes -> gender concepts)."""
+
+    map: str
+    values: dict[str, ConceptConstant | int | float | str]
+    default: ConceptConstant | int | float | str | None = None
+
+
+def _field_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("column", "constant", "date", "map"):
+            if key in value:
+                return key
+    return None
+
+
+def _shorthand(value: Any) -> Any:
+    return {"column": value} if isinstance(value, str) else value
+
+
+FieldExpr = Annotated[
+    Annotated[ColumnExpr, Tag("column")]
+    | Annotated[ConstantExpr, Tag("constant")]
+    | Annotated[DateExpr, Tag("date")]
+    | Annotated[MapExpr, Tag("map")],
+    Discriminator(
+        _field_tag,
+        custom_error_type="field_expression",
+        custom_error_message="a field expression is a column name or one of {column: ...}, {constant: ..., name: ...},"
+        " {date: ...}, {map: ..., values: ...}",
+    ),
+    BeforeValidator(_shorthand),
+]
+
+
+class CodeExpr(Strict):
+    """A source code to look up: the code column and its vocabulary (fixed, from a column, or a FHIR system URL)."""
+
+    code: str
+    vocabulary: str | None = None
+    vocabulary_column: str | None = None
+    system_column: str | None = None
+    source_value: str | None = None  # column for *_source_value when it is not the code itself
+
+    @model_validator(mode="after")
+    def _one_vocabulary(self) -> CodeExpr:
+        given = [k for k in ("vocabulary", "vocabulary_column", "system_column") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of vocabulary, vocabulary_column, system_column")
+        return self
+
+
+class ValueExpr(Strict):
+    """A numeric result and its unit; conversion to the standard unit comes from the mapping's ``units``."""
+
+    number: str
+    unit: str | None = None
+    unit_constant: str | None = None
+
+
+class Filter(Strict):
+    """Which source rows a rule applies to (rows no rule takes are quarantined, never dropped)."""
+
+    column: str
+    equals: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    not_null: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Rule(Strict):
+    """How one source feeds one OMOP table. Which slots a table accepts is declared by its table module."""
+
+    source: str
+    when: Filter | None = None
+    id: str | None = None  # the source record's own id (duplicate detection, foreign-key lookups)
+    person: str | None = None  # column holding the person's source id
+    visit: str | None = None  # column holding the visit's source id
+    provider: str | None = None
+    care_site: str | None = None
+    location: str | None = None
+    concept: CodeExpr | None = None
+    start: DateExpr | None = None
+    end: DateExpr | None = None
+    value: ValueExpr | None = None
+    type_concept: ConstantExpr | None = None
+    route_by_domain: bool = True
+    fields: dict[str, FieldExpr] = Field(default_factory=dict)
+
+
+# -- sources --------------------------------------------------------------------------------------------
+
+
+class Source(Strict):
+    """One logical source: files (a glob relative to the source folder) and how to read them."""
+
+    format: SourceFormat
+    files: str
+    # tabular
+    delimiter: str = ","
+    encoding: Literal["utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "cp1252", "windows-1252"] = "utf-8"
+    date_format: str = "iso"
+    decimal: Literal[".", ","] = "."
+    null_values: list[str] = Field(default_factory=lambda: [""])
+    columns: list[str] | dict[str, str] | None = None  # tabular: expected header; FHIR: name -> path expression
+    # FHIR
+    resource_type: str | None = None
+    validation: Literal["structural", "full"] = "structural"
+
+    @model_validator(mode="after")
+    def _fhir_needs_type(self) -> Source:
+        if self.format.startswith("fhir"):
+            if not self.resource_type:
+                raise ValueError("a FHIR source needs resource_type (e.g. Condition)")
+            if not isinstance(self.columns, dict):
+                raise ValueError("a FHIR source needs columns: {name: path expression}")
+        elif isinstance(self.columns, dict):
+            raise ValueError("a tabular source lists its columns as a list of header names")
+        return self
+
+    @property
+    def is_fhir(self) -> bool:
+        return self.format.startswith("fhir")
+
+
+class FhirInventory(Strict):
+    """FHIR files whose every resource must be accounted for, including resource types no source maps."""
+
+    format: Literal["fhir_ndjson", "fhir_bundle"]
+    files: str
+
+
+# -- site-level settings --------------------------------------------------------------------------------
+
+
+class UnitConversion(Strict):
+    """Convert values to the standard UCUM unit, for one analyte (``concept``) or for any analyte."""
+
+    standard: str
+    factors: dict[str, float] = Field(default_factory=dict)  # source unit -> multiply by
+    concept: ConceptRef | None = None
+    range: tuple[float, float] | None = None  # plausible range in the standard unit; outside -> quarantine
+
+
+class ConceptRef(Strict):
+    """A standard concept named by vocabulary + code (resolved in the site's vocabulary), with its name."""
+
+    vocabulary: str
+    code: str
+    name: str
+
+
+class Vocabulary(Strict):
+    folder: str  # relative to the mapping file; --vocabulary overrides
+    source_to_concept_map: str | None = None  # relative to the source folder
+    fhir_systems: dict[str, str] = Field(default_factory=dict)  # system URL -> OMOP vocabulary_id
+
+
+class Episodes(Strict):
+    """Oncology extension: one Disease First Occurrence episode per person and cancer condition concept."""
+
+    cancer_concepts: list[ConceptRef]
+    episode_concept: ConstantExpr
+    type_concept: ConstantExpr
+
+
+class ObservationPeriod(Strict):
+    type_concept: ConstantExpr
+
+
+class CdmSourceInfo(Strict):
+    cdm_source_name: str
+    cdm_source_abbreviation: str
+    cdm_holder: str = "fedomop"
+    source_description: str | None = None
+    source_release_date: str | None = None
+    cdm_release_date: str | None = None
+    vocabulary_version: str | None = None
+
+
+class Mapping(Strict):
+    """A whole site mapping (after ``include:`` files are merged)."""
+
+    site: str
+    cdm_source: CdmSourceInfo
+    vocabulary: Vocabulary
+    on_unmapped: OnUnmapped = "concept_zero"
+    sources: dict[str, Source]
+    fhir_inventory: list[FhirInventory] = Field(default_factory=list)
+    units: list[UnitConversion] = Field(default_factory=list)
+    tables: dict[str, list[Rule]]
+    observation_period: ObservationPeriod | None = None
+    episodes: Episodes | None = None
+    include: list[str] = Field(default_factory=list)
+
+
+UnitConversion.model_rebuild()

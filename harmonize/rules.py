@@ -1,0 +1,270 @@
+"""Evaluate one mapping rule over one source: slot columns, field expressions, lookups and rejects.
+
+A rule turns source rows into rows of internal slot columns (see ``harmonize.tables._target.RULE_SLOTS``).
+Every row that fails (bad date, unparseable number, unknown person, duplicate id, unmapped code in
+quarantine mode) goes to the quarantine with its field, value and reason, and leaves the rule's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from harmonize.db import Database
+from harmonize.errors import MappingError
+from harmonize.mapping.models import (
+    CodeExpr,
+    ColumnExpr,
+    ConceptConstant,
+    ConstantExpr,
+    DateExpr,
+    Filter,
+    MapExpr,
+    Mapping,
+    Rule,
+    Source,
+)
+from harmonize.parsing import failed, parse_datetime, parse_number
+from harmonize.quarantine import Quarantine
+from harmonize.units import UnitConverter
+from harmonize.vocabulary import resolve_codes
+
+FIELD_PREFIX = "="  # evaluated ``fields:`` columns travel as "=<omop column>" until the row's table is known
+REFERENCE_SLOTS = {
+    "visit": "visit_occurrence",
+    "provider": "provider",
+    "care_site": "care_site",
+    "location": "location",
+}
+
+
+@dataclass
+class RunContext:
+    """What rule evaluation needs from the run: database, mapping, lookups of already-built keyed tables."""
+
+    db: Database
+    mapping: Mapping
+    mapping_file: str
+    quarantine: Quarantine
+    units: UnitConverter
+    keys: dict[str, pl.DataFrame] = field(default_factory=dict)  # table -> (_key, _id)
+
+
+@dataclass
+class Problem:
+    """A per-row check: rows where ``mask`` holds are quarantined with this field, value and reason."""
+
+    mask: pl.Expr
+    field: str
+    value: pl.Expr
+    reason: pl.Expr | str
+
+
+def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
+    if when is None:
+        return rows
+    column = pl.col(when.column)
+    if when.equals is not None:
+        rows = rows.filter(column == when.equals)
+    if when.in_ is not None:
+        rows = rows.filter(column.is_in(when.in_))
+    if when.not_null:
+        rows = rows.filter(column.is_not_null())
+    return rows
+
+
+def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], Problem]:
+    fmt = expr.format or source.date_format
+    stamp = parse_datetime(expr.date, fmt)
+    columns = [stamp.alias(f"{prefix}_datetime"), stamp.dt.date().alias(f"{prefix}_date")]
+    problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
+    return columns, problem
+
+
+def _constant_value(value: ConceptConstant | int | float | str | None) -> int | float | str | None:
+    return value.concept_id if isinstance(value, ConceptConstant) else value
+
+
+def _field_expr(name: str, expr: object, source: Source) -> tuple[pl.Expr, Problem | None]:
+    out = f"{FIELD_PREFIX}{name}"
+    if isinstance(expr, ConstantExpr):
+        return pl.lit(expr.constant).alias(out), None
+    if isinstance(expr, DateExpr):
+        fmt = expr.format or source.date_format
+        stamp = parse_datetime(expr.date, fmt)
+        value = stamp if name.endswith("datetime") else stamp.dt.date()
+        problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
+        return value.alias(out), problem
+    if isinstance(expr, MapExpr):
+        values = {k: _constant_value(v) for k, v in expr.values.items()}
+        default = _constant_value(expr.default)
+        mapped = pl.col(expr.map).replace_strict(values, default=default)
+        return mapped.alias(out), None
+    assert isinstance(expr, ColumnExpr)
+    if expr.cast in ("integer", "float"):
+        number = parse_number(expr.column, source.decimal)
+        value = number.round(0).cast(pl.Int64) if expr.cast == "integer" else number
+        problem = Problem(failed(expr.column, number), expr.column, pl.col(expr.column), "unparseable number")
+        return value.alias(out), problem
+    return pl.col(expr.column).alias(out), None
+
+
+def _join_key(rows: pl.DataFrame, column: str, lookup: pl.DataFrame | None, out: str) -> pl.DataFrame:
+    """Add the OMOP id of the referenced keyed row (null when the key is absent or unknown)."""
+    if lookup is None or lookup.is_empty():
+        return rows.with_columns(pl.lit(None, pl.Int64).alias(out))
+    return rows.join(lookup.rename({"_id": out}), left_on=column, right_on="_key", how="left", coalesce=True)
+
+
+class RuleEvaluator:
+    """Evaluates rules of a mapping against source batches within one run."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def quarantine_rows(self, source: str, rows: pl.DataFrame, problem: Problem) -> None:
+        self.ctx.quarantine.add_rows(source, rows, problem.field, problem.value, problem.reason)
+
+    def _drop_problems(self, source: str, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
+        """Quarantine rows with any problem (one quarantine row per problem) and keep the rest."""
+        if not problems:
+            return rows
+        flags = rows.with_columns(*(p.mask.fill_null(False).alias(f"_bad{i}") for i, p in enumerate(problems)))
+        for i, problem in enumerate(problems):
+            self.quarantine_rows(source, flags.filter(pl.col(f"_bad{i}")), problem)
+        any_bad = pl.any_horizontal(*(pl.col(f"_bad{i}") for i in range(len(problems))))
+        return flags.filter(~any_bad).drop(f"_bad{i}" for i in range(len(problems)))
+
+    def evaluate(self, table: str, rule_index: int, rule: Rule, frame: pl.DataFrame) -> pl.DataFrame:
+        """Slot columns for every accepted row of ``rule`` (lineage columns kept)."""
+        source = self.ctx.mapping.sources[rule.source]
+        rows = _apply_filter(frame, rule.when).with_columns(
+            pl.lit(rule_index).alias("_rule"), pl.lit(rule.source).alias("_source"), pl.lit(table).alias("_declared")
+        )
+        problems: list[Problem] = []
+        exprs: list[pl.Expr] = []
+        if rule.id:
+            exprs.append(pl.col(rule.id).alias("_source_key"))
+            problems.append(Problem(pl.col(rule.id).is_null(), rule.id, pl.lit(None), "missing id"))
+        for prefix, date in (("_start", rule.start), ("_end", rule.end)):
+            if date is not None:
+                columns, problem = _date_columns(prefix, date, source)
+                exprs += columns
+                problems.append(problem)
+        if rule.start is not None and table != "person":
+            problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
+        if rule.value is not None:
+            number = parse_number(rule.value.number, source.decimal)
+            unit = pl.col(rule.value.unit) if rule.value.unit else pl.lit(rule.value.unit_constant, pl.String)
+            exprs += [
+                number.alias("_value"),
+                unit.alias("_unit_source_value"),
+                pl.col(rule.value.number).alias("_value_source_value"),
+            ]
+            problems.append(
+                Problem(
+                    failed(rule.value.number, number),
+                    rule.value.number,
+                    pl.col(rule.value.number),
+                    "unparseable number",
+                )
+            )
+        if rule.type_concept is not None:
+            exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
+        for name, expr in rule.fields.items():
+            value, problem = _field_expr(name, expr, source)
+            exprs.append(value)
+            if problem:
+                problems.append(problem)
+        rows = rows.with_columns(exprs) if exprs else rows
+        rows = self._join_references(rule, rows, problems)
+        rows = self._drop_problems(rule.source, rows, problems)
+        if rule.id:
+            rows = self._drop_duplicates(rule, rows)
+        if rule.concept is not None:
+            rows = self._resolve(rule, rows)
+        else:
+            rows = rows.with_columns(pl.lit(0, pl.UInt32).alias("_target"))
+        if rule.value is not None:
+            rows = self._convert_units(rule, rows)
+        return rows
+
+    def _join_references(self, rule: Rule, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
+        if rule.person is not None:
+            rows = _join_key(rows, rule.person, self.ctx.keys.get("person"), "_person_id")
+            problems.append(Problem(pl.col("_person_id").is_null(), rule.person, pl.col(rule.person), "unknown person"))
+        for slot, table in REFERENCE_SLOTS.items():
+            column = getattr(rule, slot)
+            if column is not None:
+                rows = _join_key(rows, column, self.ctx.keys.get(table), f"_{slot}_id")
+        return rows
+
+    def _drop_duplicates(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
+        first = rows.sort("_ord").with_columns(pl.col("_source_key").is_first_distinct().alias("_first"))
+        dupes = first.filter(~pl.col("_first"))
+        self.quarantine_rows(
+            rule.source, dupes, Problem(pl.lit(True), rule.id or "id", pl.col("_source_key"), "duplicate id")
+        )
+        return first.filter(pl.col("_first")).drop("_first")
+
+    def _vocabulary_expr(self, code: CodeExpr) -> pl.Expr:
+        if code.vocabulary:
+            return pl.lit(code.vocabulary, pl.String)
+        if code.vocabulary_column:
+            return pl.col(code.vocabulary_column)
+        systems = self.ctx.mapping.vocabulary.fhir_systems
+        return pl.col(code.system_column).replace_strict(systems, default=None, return_dtype=pl.String)
+
+    def _resolve(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
+        """Source code -> standard concept(s) in the site vocabulary; one output row per "Maps to" target."""
+        code = rule.concept
+        assert code is not None
+        keyed = rows.with_columns(
+            self._vocabulary_expr(code).alias("vocabulary_id"),
+            pl.col(code.code).cast(pl.String).alias("source_code"),
+            pl.col(code.source_value or code.code).alias("_source_value"),
+        )
+        resolved = resolve_codes(self.ctx.db, keyed).with_columns(
+            pl.col("concept_id").fill_null(0).alias("_concept_id"),
+            pl.col("source_concept_id").fill_null(0).alias("_source_concept_id"),
+            pl.col("domain_id").alias("_domain"),
+        )
+        resolved = resolved.with_columns(pl.col("_ord").cum_count().over("_ord").cast(pl.UInt32).alias("_target"))
+        unmapped = resolved.filter(pl.col("_concept_id") == 0)
+        mode = self.ctx.mapping.on_unmapped
+        if mode == "concept_zero" or unmapped.is_empty():
+            return resolved.drop(
+                "vocabulary_id",
+                "source_code",
+                "source_concept_id",
+                "concept_id",
+                "domain_id",
+                "concept_name",
+                "mapped_via",
+            )
+        value = pl.format(
+            "{} {}", pl.col("vocabulary_id").fill_null("(unknown system)"), pl.col("source_code").fill_null("(none)")
+        )
+        if mode == "fail":
+            first = unmapped.row(0, named=True)
+            raise MappingError(
+                f"unmapped code {first['vocabulary_id']} {first['source_code']!r} ({unmapped.height} unmapped row(s))",
+                where=f"{first['_source_file']} row {first['_source_row']}, field {code.code}",
+                fix="add it to the site source_to_concept_map, or set on_unmapped: concept_zero | quarantine",
+            )
+        self.quarantine_rows(rule.source, unmapped, Problem(pl.lit(True), code.code, value, "unmapped code"))
+        mapped = resolved.filter(pl.col("_concept_id") != 0)
+        return mapped.drop(
+            "vocabulary_id", "source_code", "source_concept_id", "concept_id", "domain_id", "concept_name", "mapped_via"
+        )
+
+    def _convert_units(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
+        if "_concept_id" not in rows.columns:
+            rows = rows.with_columns(pl.lit(0, pl.Int64).alias("_concept_id"))
+        good, bad = self.ctx.units.apply(rows)
+        assert rule.value is not None
+        self.quarantine_rows(
+            rule.source, bad, Problem(pl.lit(True), rule.value.number, pl.col("_value_source_value"), pl.col("_reason"))
+        )
+        return good

@@ -1,0 +1,137 @@
+"""CSV and Parquet sources -> SourceBatch, through polars lazy scans.
+
+Everything is read as text (parsing dates and numbers is the engine's job, so a bad value can be quarantined
+with its field). Files in a legacy encoding (latin-1, cp1252) are transcoded first; a file that claims UTF-8
+but has invalid bytes loses only the affected rows, which become rejects with reason "encoding error".
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+
+from harmonize.errors import SourceError
+from harmonize.mapping.models import Source
+from harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
+
+_PYTHON_CODEC = {
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "latin-1": "latin-1",
+    "latin1": "latin-1",
+    "iso-8859-1": "latin-1",
+    "cp1252": "cp1252",
+    "windows-1252": "cp1252",
+}
+
+
+def match_files(base_dir: Path, pattern: str, source_name: str) -> list[Path]:
+    """Files matching a source's glob, sorted so runs are repeatable; none is an error."""
+    files = sorted(p for p in base_dir.glob(pattern) if p.is_file())
+    if not files:
+        raise SourceError(
+            f"no file matches {pattern!r}",
+            where=f"source {source_name!r} in {base_dir}",
+            fix="check the source folder (--source) and the files: glob in the mapping",
+        )
+    return files
+
+
+def read_header(path: Path, source: Source) -> list[str]:
+    """The column names of a file without reading its data (for checking a mapping before a run)."""
+    if source.format == "parquet":
+        return list(pl.read_parquet_schema(path))
+    with path.open("rb") as handle:
+        first = handle.readline()
+    text = first.decode(_PYTHON_CODEC[source.encoding], errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    return [c.strip().strip('"') for c in text.split(source.delimiter)]
+
+
+def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataFrame]:
+    """Decode a file line by line; undecodable lines become rejects (1-based data row numbers)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode(codec).lstrip("\ufeff"), empty_rejects()
+    except UnicodeDecodeError:
+        pass
+    kept: list[str] = []
+    rejects: list[dict[str, str]] = []
+    for number, line in enumerate(raw.splitlines(keepends=True)):
+        try:
+            kept.append(line.decode(codec))
+        except UnicodeDecodeError as exc:
+            if number == 0:
+                raise SourceError(
+                    f"the header is not valid {codec}: {exc.reason} at byte {exc.start}",
+                    where=f"{relative} line 1",
+                    fix="declare the file's real encoding (encoding: latin-1 | cp1252 | utf-8) in the mapping",
+                ) from None
+            kept.append("\x00SKIP\n")
+            bad = line[exc.start : exc.start + 1].hex()
+            rejects.append(
+                {
+                    "source_file": relative,
+                    "source_row": str(number),
+                    "field": "*",
+                    "value": line.decode(codec, errors="replace").rstrip("\r\n")[:200],
+                    "reason": f"encoding error: byte 0x{bad} at position {exc.start} is not valid {codec}",
+                }
+            )
+    return "".join(kept).lstrip("\ufeff"), pl.DataFrame(rejects, schema=REJECT_SCHEMA)
+
+
+def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.DataFrame]:
+    if source.format == "parquet":
+        scan = pl.scan_parquet(path)
+        return scan.select(pl.all().cast(pl.String)), empty_rejects()
+    codec = _PYTHON_CODEC[source.encoding]
+    options = {
+        "separator": source.delimiter,
+        "infer_schema": False,
+        "null_values": source.null_values,
+        "quote_char": '"',
+        "missing_utf8_is_empty_string": False,
+    }
+    if codec == "utf-8":
+        try:
+            path.read_bytes().decode("utf-8")
+            return pl.scan_csv(path, **options), empty_rejects()
+        except UnicodeDecodeError:
+            pass
+    text, rejects = _decoded_lines(path, relative, codec)
+    frame = pl.read_csv(io.StringIO(text), **options)
+    return frame.lazy(), rejects
+
+
+def read_tabular(name: str, files: list[Path], base_dir: Path, source: Source) -> SourceBatch:
+    """Read every file of a CSV/Parquet source as text with lineage columns (_source_file, _source_row)."""
+    frames: list[pl.DataFrame] = []
+    rejects: list[pl.DataFrame] = []
+    for path in files:
+        relative = str(path.relative_to(base_dir))
+        scan, bad = _scan(path, relative, source)
+        try:
+            frame = (
+                scan.with_row_index("_row", offset=1)
+                .with_columns(
+                    pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.String).alias("_source_row")
+                )
+                .collect()
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise SourceError(
+                f"cannot parse as {source.format}: {str(exc).splitlines()[0]}",
+                where=relative,
+                fix="check delimiter, quoting and encoding declared for this source",
+            ) from None
+        if "\x00SKIP" in frame.columns[0:1] or frame.height and bad.height:
+            first = frame.columns[0]
+            frame = frame.filter(pl.col(first).is_null() | ~pl.col(first).str.starts_with("\x00SKIP"))
+        frame.columns  # noqa: B018 - materialised
+        frames.append(frame.with_columns(pl.col(c).str.strip_chars() for c in frame.columns if not c.startswith("_")))
+        rejects.append(bad)
+    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    all_rejects = pl.concat(rejects) if rejects else empty_rejects()
+    return SourceBatch(name=name, frame=frame.drop("_row"), rejects=all_rejects, seen=frame.height + all_rejects.height)
