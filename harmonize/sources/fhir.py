@@ -1,0 +1,429 @@
+"""Read FHIR R4 bulk NDJSON files and Bundles into a SourceBatch: one row per accepted resource.
+
+Every resource read ends up in exactly one place: the frame (with ``_source_file`` and ``_source_row``
+lineage) or the rejects (with the element path, the value and a reason that says what to fix), so the
+engine can prove ``seen == accepted + rejected`` for each source.
+
+Files are streamed line by line and the accepted columns are collected in batches of
+``BATCH_SIZE`` resources, so a multi-GB NDJSON file never sits in memory as JSON or as Python objects;
+only the requested columns do.
+
+Two validation levels:
+
+* ``structural`` (default, fast): parse + check each line with the compiled R4B structure checker
+  (:mod:`harmonize.sources.fhir_structure`).
+* ``full``: ``json.loads`` then ``model_validate`` with the fhir.resources R4B model of the type.
+
+Both also reject a wrong resourceType, a missing id and a duplicate id within the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pydantic
+import pydantic_core
+
+from harmonize.errors import MappingError, SourceError
+from harmonize.sources.base import REJECT_SCHEMA, SourceBatch
+from harmonize.sources.fhir_structure import StructuralProblem, resource_model, structural_validator
+from harmonize.sources.fhirpath import CompiledPath, compile_path
+
+BATCH_SIZE = 50_000
+VALUE_LIMIT = 200
+FORMATS = ("ndjson", "bundle")
+VALIDATIONS = ("structural", "full")
+
+
+class _Rejected(Exception):
+    """Internal: a resource that cannot be accepted, with the reject row's field, value and reason."""
+
+    def __init__(self, field: str, value: Any, reason: str, row: str | None = None) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.value = value if isinstance(value, str) else _text(value)
+        self.reason = reason
+        self.row = row
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").rstrip("\r\n")
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class _Columns:
+    """Accepted rows, kept as column lists and turned into a polars frame every BATCH_SIZE rows."""
+
+    def __init__(self, paths: Mapping[str, CompiledPath]) -> None:
+        self.paths = list(paths.items())
+        self.schema: dict[str, pl.DataType] = {name: path.dtype for name, path in self.paths}
+        self.schema.update({"_source_file": pl.String(), "_source_row": pl.String()})
+        self.frames: list[pl.DataFrame] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.values: dict[str, list[Any]] = {name: [] for name in self.schema}
+
+    def add(self, resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
+        values = self.values
+        for name, path in self.paths:
+            values[name].append(path.evaluate(resource, urn_ids))
+        values["_source_file"].append(source_file)
+        values["_source_row"].append(source_row)
+        if len(values["_source_row"]) >= BATCH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.values["_source_row"]:
+            self.frames.append(
+                pl.DataFrame(
+                    [
+                        pl.Series(name, self.values[name], dtype=dtype, strict=False)
+                        for name, dtype in self.schema.items()
+                    ]
+                )
+            )
+        self._reset()
+
+    def frame(self) -> pl.DataFrame:
+        self.flush()
+        if not self.frames:
+            return pl.DataFrame(schema=self.schema)
+        return pl.concat(self.frames, how="vertical") if len(self.frames) > 1 else self.frames[0]
+
+
+class _Rejects:
+    def __init__(self) -> None:
+        self.rows: dict[str, list[str]] = {name: [] for name in REJECT_SCHEMA}
+
+    def add(self, source_file: str, source_row: str, field: str, value: str, reason: str) -> None:
+        self.rows["source_file"].append(source_file)
+        self.rows["source_row"].append(source_row)
+        self.rows["field"].append(field)
+        self.rows["value"].append(value[:VALUE_LIMIT])
+        self.rows["reason"].append(reason)
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
+
+
+def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) for each record of an NDJSON file; ``None`` marks a blank line inside the
+    file (reported, because a record may have been lost there). Blank lines at the end are ignored."""
+    blanks: list[int] = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                blanks.append(number)
+                continue
+            for blank in blanks:
+                yield blank, None
+            blanks.clear()
+            yield number, line
+
+
+def _require_files(files: Iterable[Path]) -> list[Path]:
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if not path.is_file():
+            raise SourceError(
+                "FHIR source file not found",
+                where=str(path),
+                fix="check the file names and the --source directory in the mapping",
+            )
+    return paths
+
+
+def _relative(path: Path, base_dir: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path(base_dir).resolve()).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path.resolve(), Path(base_dir).resolve())).as_posix()
+
+
+def _summarise(problems: list[StructuralProblem]) -> tuple[str, str, str]:
+    first = problems[0]
+    reason = first.reason
+    if len(problems) > 1:
+        others = ", ".join(p.field or "(resource)" for p in problems[1:6])
+        reason += f" (+{len(problems) - 1} more: {others})"
+    return first.field, first.value, reason
+
+
+class _Reader:
+    """State of one read_fhir call: checks, duplicate ids, accepted columns and rejects."""
+
+    def __init__(self, resource_type: str, paths: Mapping[str, CompiledPath], validation: str) -> None:
+        self.resource_type = resource_type
+        self.validation = validation
+        self.model = resource_model(resource_type)
+        self.checker = structural_validator(resource_type)
+        self.columns = _Columns(paths)
+        self.rejects = _Rejects()
+        self.first_seen: dict[str, str] = {}
+        self.seen = 0
+
+    # -- checks -----------------------------------------------------------------------------------
+    def parse_line(self, line: bytes) -> dict:
+        """A resource from one NDJSON line, or _Rejected."""
+        if self.validation == "structural":
+            try:
+                return self.checker.parse_json(line)
+            except pydantic_core.ValidationError as error:
+                raw = self.loads(line)  # raises _Rejected for non-JSON / non-object / wrong type
+                raise self.rejected(raw, self.checker.explain(error)) from None
+        return self.check(self.loads(line))
+
+    def loads(self, line: bytes) -> dict:
+        try:
+            raw = json.loads(line)
+        except UnicodeDecodeError as error:
+            raise _Rejected("", line, f"line is not UTF-8 ({error.reason}); re-export the file as UTF-8") from None
+        except ValueError as error:
+            raise _Rejected(
+                "", line, f"invalid JSON ({error}); the line is truncated or not JSON - re-export this resource"
+            ) from None
+        self.check_envelope(raw)
+        return raw
+
+    def check_envelope(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            raise _Rejected(
+                "",
+                raw,
+                f"line is a JSON {type(raw).__name__}, not a resource object; NDJSON needs one resource object per line",
+            )
+        found = raw.get("resourceType")
+        if found is None:
+            raise _Rejected("resourceType", "", "resource has no resourceType; add it", row=_row_id(raw))
+        if found != self.resource_type:
+            raise _Rejected(
+                "resourceType",
+                found,
+                f"resourceType '{found}' in a source declared as {self.resource_type}; "
+                f"move it to the {found} file or declare a {found} source",
+                row=_row_id(raw),
+            )
+
+    def check(self, raw: dict) -> dict:
+        """Validate an already-parsed resource of the right type at the configured level."""
+        if self.validation == "structural":
+            problems = self.checker.problems(raw)
+            if problems:
+                raise self.rejected(raw, problems)
+            return raw
+        try:
+            self.model.model_validate(raw)
+        except pydantic.ValidationError as error:
+            raise self.rejected(raw, [_model_problem(item) for item in error.errors(include_url=False)]) from None
+        return raw
+
+    def rejected(self, raw: dict, problems: list[StructuralProblem]) -> _Rejected:
+        field, value, reason = _summarise(problems)
+        return _Rejected(field, value, reason, row=_row_id(raw))
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def accept(self, resource: dict, source_file: str, where: str, urn_ids: Mapping[str, str]) -> None:
+        resource_id = resource.get("id")
+        if not isinstance(resource_id, str) or not resource_id:
+            raise _Rejected("id", "", "resource has no id; give every resource a logical id in the export")
+        first = self.first_seen.get(resource_id)
+        if first is not None:
+            raise _Rejected(
+                "id",
+                resource_id,
+                f"duplicate id, first seen at {first}; remove the repeated resource or give it its own id",
+                row=where,
+            )
+        self.first_seen[resource_id] = where
+        self.columns.add(resource, source_file, resource_id, urn_ids)
+
+    def reject(self, source_file: str, where: str, problem: _Rejected) -> None:
+        self.rejects.add(source_file, problem.row or where, problem.field, problem.value, problem.reason)
+
+    # -- formats ----------------------------------------------------------------------------------
+    def read_ndjson(self, path: Path, source_file: str) -> None:
+        for number, line in iter_ndjson(path):
+            self.seen += 1
+            where = f"{source_file}:{number}"
+            try:
+                if line is None:
+                    raise _Rejected(
+                        "", "", "blank line inside NDJSON; remove it (one resource per line, no empty lines)"
+                    )
+                self.accept(self.parse_line(line), source_file, where, {})
+            except _Rejected as problem:
+                self.reject(source_file, where, problem)
+
+    def read_bundle(self, path: Path, source_file: str) -> None:
+        try:
+            bundle = _load_bundle(path)
+        except _Rejected as problem:
+            self.seen += 1
+            self.reject(source_file, source_file, problem)
+            return
+        entries = bundle.get("entry") or []
+        urn_ids = _urn_ids(entries)
+        for index, entry in enumerate(entries):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or resource.get("resourceType") != self.resource_type:
+                continue
+            self.seen += 1
+            where = f"{source_file}:entry[{index}]"
+            try:
+                resource = _with_bundle_id(resource, entry.get("fullUrl"))
+                self.accept(self.check(resource), source_file, where, urn_ids)
+            except _Rejected as problem:
+                self.reject(source_file, where, problem)
+
+
+def _row_id(raw: Any) -> str | None:
+    resource_id = raw.get("id") if isinstance(raw, dict) else None
+    return resource_id if isinstance(resource_id, str) and resource_id else None
+
+
+def _model_problem(item: Any) -> StructuralProblem:
+    loc = [part for part in item["loc"] if part not in ("__root__",)]
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+    value = item.get("input")
+    shown = value if isinstance(value, str) else _text(value)
+    return StructuralProblem(path, shown[:VALUE_LIMIT], f"{item['msg']}; fix the element (fhir.resources R4B model)")
+
+
+def _load_bundle(path: Path) -> dict:
+    try:
+        bundle = json.loads(path.read_bytes())
+    except UnicodeDecodeError as error:
+        raise _Rejected("", "", f"Bundle file is not UTF-8 ({error.reason}); re-export it as UTF-8") from None
+    except ValueError as error:
+        raise _Rejected("", "", f"Bundle file is not valid JSON ({error}); the file is truncated or corrupt") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        found = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+        raise _Rejected("resourceType", found, "file is not a FHIR Bundle; declare it as ndjson or fix the export")
+    if not isinstance(bundle.get("entry", []), list):
+        raise _Rejected("entry", bundle.get("entry"), "Bundle.entry must be a JSON array of entries")
+    return bundle
+
+
+def _urn_ids(entries: list[Any]) -> dict[str, str]:
+    """fullUrl -> logical id of each entry, so 'urn:uuid:...' references resolve inside the Bundle."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
+            continue
+        resource = entry.get("resource")
+        resource_id = resource.get("id") if isinstance(resource, dict) else None
+        full_url = entry["fullUrl"]
+        if isinstance(resource_id, str) and resource_id:
+            mapping[full_url] = resource_id
+        elif full_url.startswith("urn:uuid:"):
+            mapping[full_url] = full_url[len("urn:uuid:") :]
+    return mapping
+
+
+def _with_bundle_id(resource: dict, full_url: Any) -> dict:
+    """Transaction Bundles often omit ids and name entries by 'urn:uuid:<uuid>': use that uuid as the id."""
+    if "id" not in resource and isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
+        return {**resource, "id": full_url[len("urn:uuid:") :]}
+    return resource
+
+
+def _compile_columns(name: str, resource_type: str, columns: Mapping[str, str]) -> dict[str, CompiledPath]:
+    compiled: dict[str, CompiledPath] = {}
+    for column, expression in columns.items():
+        if column in ("_source_file", "_source_row"):
+            raise MappingError(
+                f"column name '{column}' is reserved for lineage", where=f"source {name}", fix="rename the column"
+            )
+        try:
+            compiled[column] = compile_path(expression, resource_type)
+        except MappingError as error:
+            raise MappingError(error.message, where=f"source {name}, column {column}", fix=error.fix) from None
+    return compiled
+
+
+def read_fhir(
+    name: str,
+    files: list[Path],
+    base_dir: Path,
+    resource_type: str,
+    columns: Mapping[str, str],
+    *,
+    fmt: Literal["ndjson", "bundle"],
+    validation: Literal["structural", "full"] = "structural",
+) -> SourceBatch:
+    """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
+
+    ``columns`` maps output column -> path expression (:mod:`harmonize.sources.fhirpath`).
+    Raises MappingError for a bad expression, format or resource type (before reading any data) and
+    SourceError for a missing file; everything wrong *inside* the files becomes a reject row.
+    """
+    if fmt not in FORMATS:
+        raise MappingError(f"unknown FHIR format {fmt!r}", where=f"source {name}", fix=f"use one of {FORMATS}")
+    if validation not in VALIDATIONS:
+        raise MappingError(
+            f"unknown FHIR validation {validation!r}", where=f"source {name}", fix=f"use one of {VALIDATIONS}"
+        )
+    try:
+        resource_model(resource_type)
+    except SourceError as error:
+        raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
+    paths = _compile_columns(name, resource_type, columns)
+    reader = _Reader(resource_type, paths, validation)
+    for path in _require_files(files):
+        source_file = _relative(path, base_dir)
+        if fmt == "ndjson":
+            reader.read_ndjson(path, source_file)
+        else:
+            reader.read_bundle(path, source_file)
+    return SourceBatch(name=name, frame=reader.columns.frame(), rejects=reader.rejects.frame(), seen=reader.seen)
+
+
+def count_fhir_resources(files: Iterable[Path], fmt: Literal["ndjson", "bundle"]) -> dict[str, int]:
+    """resourceType -> number of records in ``files``, to account for every resource a site exported.
+
+    Records that are not a resource are counted as ``(invalid)`` (unparseable line or Bundle, no
+    resourceType) and ``(blank)`` (an empty line inside an NDJSON file), matching what read_fhir rejects.
+    """
+    counts: Counter[str] = Counter()
+    for path in _require_files(files):
+        if fmt == "ndjson":
+            for _number, line in iter_ndjson(path):
+                counts[_kind(line)] += 1
+            continue
+        try:
+            bundle = _load_bundle(path)
+        except _Rejected:
+            counts["(invalid)"] += 1
+            continue
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                kind = resource.get("resourceType")
+                counts[kind if isinstance(kind, str) else "(invalid)"] += 1
+    return dict(counts)
+
+
+def _kind(line: bytes | None) -> str:
+    if line is None:
+        return "(blank)"
+    try:
+        raw = pydantic_core.from_json(line)
+    except ValueError:
+        return "(invalid)"
+    kind = raw.get("resourceType") if isinstance(raw, dict) else None
+    return kind if isinstance(kind, str) else "(invalid)"

@@ -1,0 +1,404 @@
+"""A small FHIRPath subset for mapping FHIR elements to columns, compiled once and evaluated per resource.
+
+Grammar (see the "FHIR sources" section of docs/mapping.md)::
+
+    expression := path ( "|" path )*                 first non-empty alternative wins
+    path       := step ( "." step )*
+    step       := NAME [ "[" INTEGER "]" ] | function
+    function   := where(condition) | first() | last() | extension('url') | exists() | count()
+                | resolve_id() | resolve_identifier()
+    condition  := path ( "=" | "!=" ) literal ( "and" path ( "=" | "!=" ) literal )*
+    literal    := 'text' | number | true | false
+
+Evaluation follows FHIRPath collection semantics: each step maps over every item and flattens lists;
+the column value is the first item of the result (or null). When a ``resource_type`` is given, element
+names are checked against the fhir.resources R4B model at compile time, so a typo in a mapping fails
+before any data is read, and the column's polars dtype follows the FHIR type of the selected element.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import polars as pl
+
+from harmonize.errors import MappingError, SourceError
+from harmonize.sources.fhir_structure import Element, element_table, resource_model, type_name
+
+Items = list[Any]
+Step = Callable[[Items, Mapping[str, str]], Items]
+
+FUNCTIONS = ("where", "first", "last", "extension", "exists", "count", "resolve_id", "resolve_identifier")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<string>'(?:[^'\\]|\\.)*')|(?P<number>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<op>!=|[.|()\[\]=,]))"
+)
+_DTYPES: dict[str, pl.DataType] = {
+    "decimal": pl.Float64(),
+    "integer": pl.Int64(),
+    "unsignedInt": pl.Int64(),
+    "positiveInt": pl.Int64(),
+    "integer64": pl.Int64(),
+    "boolean": pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class _Type:
+    """What a step yields at compile time: a model class, a FHIR primitive name, or unknown (None, None)."""
+
+    model: type | None = None
+    primitive: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.model is not None or self.primitive is not None
+
+    def describe(self) -> str:
+        return type_name(self.model) if self.model is not None else (self.primitive or "unknown")
+
+
+ANY = _Type()
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str
+    text: str
+    pos: int
+
+
+def _tokenize(expression: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(expression):
+        if expression[pos:].strip() == "":
+            break
+        match = _TOKEN.match(expression, pos)
+        if match is None or match.end() == pos:
+            start = pos + len(expression[pos:]) - len(expression[pos:].lstrip())
+            raise _syntax(expression, start, f"unexpected character {expression[start]!r}")
+        kind = match.lastgroup or "op"
+        tokens.append(_Token(kind, match.group(kind), match.start(kind)))
+        pos = match.end()
+    tokens.append(_Token("end", "", len(expression)))
+    return tokens
+
+
+def _syntax(expression: str, pos: int, message: str) -> MappingError:
+    pointer = expression + "\n" + " " * pos + "^"
+    return MappingError(
+        f"FHIR path expression {expression!r}: {message} at position {pos}\n{pointer}",
+        fix="write a dotted element path, e.g. code.coding.where(system='http://snomed.info/sct').code "
+        "(see docs/mapping.md, FHIR sources)",
+    )
+
+
+class CompiledPath:
+    """A compiled expression: ``evaluate(resource)`` gives the column value (first item or None)."""
+
+    def __init__(self, expression: str, alternatives: list[list[Step]], result: _Type) -> None:
+        self.expression = expression
+        self._alternatives = alternatives
+        self.result_type = result
+        self.dtype: pl.DataType = _dtype(result)
+
+    def evaluate_all(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Items:
+        """Every item the expression selects (the first alternative that selects anything)."""
+        context = urn_ids if urn_ids is not None else {}
+        for steps in self._alternatives:
+            items: Items = [resource]
+            for step in steps:
+                items = step(items, context)
+            if items:
+                return items
+        return []
+
+    def evaluate(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Any:
+        """The column value: the first selected item, converted to the column's dtype (None if nothing)."""
+        items = self.evaluate_all(resource, urn_ids)
+        if not items:
+            return None
+        value = items[0]
+        if self.dtype == pl.String and not isinstance(value, str):
+            return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list, bool)) else str(value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"CompiledPath({self.expression!r}, dtype={self.dtype})"
+
+
+def _dtype(result: _Type) -> pl.DataType:
+    if result.primitive is not None:
+        return _DTYPES.get(result.primitive, pl.String())
+    return pl.String()
+
+
+class _Parser:
+    def __init__(self, expression: str, root: _Type) -> None:
+        self.expression = expression
+        self.tokens = _tokenize(expression)
+        self.index = 0
+        self.root = root
+
+    # -- token helpers -----------------------------------------------------------------------------
+    @property
+    def token(self) -> _Token:
+        return self.tokens[self.index]
+
+    def take(self, kind: str, text: str | None = None) -> _Token:
+        token = self.token
+        if token.kind != kind or (text is not None and token.text != text):
+            wanted = repr(text) if text else kind
+            found = repr(token.text) if token.kind != "end" else "the end of the expression"
+            raise _syntax(self.expression, token.pos, f"expected {wanted}, found {found}")
+        self.index += 1
+        return token
+
+    def at(self, kind: str, text: str | None = None) -> bool:
+        return self.token.kind == kind and (text is None or self.token.text == text)
+
+    # -- grammar ----------------------------------------------------------------------------------
+    def parse(self) -> CompiledPath:
+        alternatives: list[list[Step]] = []
+        types: list[_Type] = []
+        while True:
+            steps, result = self.path(self.root)
+            alternatives.append(steps)
+            types.append(result)
+            if not self.at("op", "|"):
+                break
+            self.take("op", "|")
+        self.take("end")
+        result = types[0] if all(_dtype(t) == _dtype(types[0]) for t in types) else _Type(primitive="string")
+        return CompiledPath(self.expression, alternatives, result)
+
+    def path(self, start: _Type) -> tuple[list[Step], _Type]:
+        steps: list[Step] = []
+        current = start
+        while True:
+            step, current = self.step(current)
+            steps.append(step)
+            while self.at("op", "["):
+                self.take("op", "[")
+                number = self.take("number")
+                if "." in number.text or number.text.startswith("-"):
+                    raise _syntax(self.expression, number.pos, "an index must be a whole number >= 0")
+                self.take("op", "]")
+                steps.append(_index_step(int(number.text)))
+            if not self.at("op", "."):
+                return steps, current
+            self.take("op", ".")
+
+    def step(self, current: _Type) -> tuple[Step, _Type]:
+        name = self.take("name")
+        if self.at("op", "("):
+            return self.function(name, current)
+        return _element_step(name.text), self.child_type(name, current)
+
+    def child_type(self, name: _Token, current: _Type) -> _Type:
+        if not current.known:
+            return ANY
+        if current.model is None:
+            raise _syntax(
+                self.expression,
+                name.pos,
+                f"'{current.primitive}' is a primitive value; it has no element '{name.text}'",
+            )
+        table = element_table(current.model)
+        element = table.get(name.text)
+        if element is None:
+            raise _syntax(self.expression, name.pos, _unknown_element(name.text, current.model, table))
+        return _element_type(element)
+
+    def function(self, name: _Token, current: _Type) -> tuple[Step, _Type]:
+        self.take("op", "(")
+        if name.text == "where":
+            condition = self.condition(current)
+            self.take("op", ")")
+            return _where_step(condition), current
+        if name.text == "extension":
+            url = _string_literal(self.take("string").text)
+            self.take("op", ")")
+            extension = ANY
+            if current.model is not None and "extension" in element_table(current.model):
+                extension = _element_type(element_table(current.model)["extension"])
+            return _extension_step(url), extension
+        self.take("op", ")")
+        simple: dict[str, tuple[Step, _Type]] = {
+            "first": (lambda items, _ctx: items[:1], current),
+            "last": (lambda items, _ctx: items[-1:], current),
+            "exists": (lambda items, _ctx: [bool(items)], _Type(primitive="boolean")),
+            "count": (lambda items, _ctx: [len(items)], _Type(primitive="integer")),
+            "resolve_id": (_resolve_step(_reference_id), _Type(primitive="id")),
+            "resolve_identifier": (_resolve_step(_reference_identifier), _Type(primitive="string")),
+        }
+        if name.text not in simple:
+            close = difflib.get_close_matches(name.text, FUNCTIONS, n=1)
+            hint = f" (did you mean {close[0]}()?)" if close else ""
+            raise _syntax(
+                self.expression,
+                name.pos,
+                f"unknown function {name.text}(){hint}; available: {', '.join(f + '()' for f in FUNCTIONS)}",
+            )
+        is_reference = current.model is not None and type_name(current.model) == "Reference"
+        if name.text.startswith("resolve_") and current.known and not is_reference and current.primitive != "string":
+            raise _syntax(
+                self.expression, name.pos, f"{name.text}() applies to a Reference, not to {current.describe()}"
+            )
+        return simple[name.text]
+
+    def condition(self, current: _Type) -> Callable[[Any], bool]:
+        tests: list[tuple[list[Step], str, Any]] = []
+        while True:
+            steps, _ = self.path(current)
+            operator = self.take("op").text
+            if operator not in ("=", "!="):
+                raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
+            tests.append((steps, operator, self.literal()))
+            if not self.at("name", "and"):
+                break
+            self.take("name", "and")
+
+        def matches(item: Any) -> bool:
+            for steps, operator, literal in tests:
+                values: Items = [item]
+                for step in steps:
+                    values = step(values, {})
+                found = literal in values
+                if found != (operator == "="):
+                    return False
+            return True
+
+        return matches
+
+    def literal(self) -> Any:
+        token = self.token
+        if token.kind == "string":
+            self.index += 1
+            return _string_literal(token.text)
+        if token.kind == "number":
+            self.index += 1
+            return float(token.text) if "." in token.text else int(token.text)
+        if token.kind == "name" and token.text in ("true", "false"):
+            self.index += 1
+            return token.text == "true"
+        raise _syntax(self.expression, token.pos, "expected a literal ('text', a number, true or false)")
+
+
+def _string_literal(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text[1:-1])
+
+
+def _element_type(element: Element) -> _Type:
+    if element.any_resource:
+        return ANY
+    return _Type(model=element.model, primitive=element.primitive)
+
+
+def _unknown_element(name: str, model: type, table: Mapping[str, Element]) -> str:
+    choices = sorted(e.name for e in table.values() if e.choice_group == name)
+    owner = type_name(model)
+    if choices:
+        return f"'{name}' is a choice element of {owner}; name the type: {' | '.join(choices)}"
+    valid = [n for n in table if not n.startswith("_")]
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"'{name}' is not an element of {owner}{hint}"
+
+
+def _element_step(name: str) -> Step:
+    def step(items: Items, _ctx: Mapping[str, str]) -> Items:
+        out: Items = []
+        for item in items:
+            if type(item) is dict:
+                value = item.get(name)
+                if value is None:
+                    continue
+                if type(value) is list:
+                    out.extend(v for v in value if v is not None)
+                else:
+                    out.append(value)
+        return out
+
+    return step
+
+
+def _index_step(index: int) -> Step:
+    return lambda items, _ctx: items[index : index + 1]
+
+
+def _where_step(matches: Callable[[Any], bool]) -> Step:
+    return lambda items, _ctx: [item for item in items if matches(item)]
+
+
+def _extension_step(url: str) -> Step:
+    def step(items: Items, _ctx: Mapping[str, str]) -> Items:
+        out: Items = []
+        for item in items:
+            if type(item) is dict:
+                out.extend(e for e in item.get("extension", ()) if type(e) is dict and e.get("url") == url)
+        return out
+
+    return step
+
+
+def _resolve_step(resolve: Callable[[str, Mapping[str, str]], str | None]) -> Step:
+    def step(items: Items, context: Mapping[str, str]) -> Items:
+        out: Items = []
+        for item in items:
+            if type(item) is dict:
+                item = item.get("reference")
+            if type(item) is str:
+                resolved = resolve(item, context)
+                if resolved is not None:
+                    out.append(resolved)
+        return out
+
+    return step
+
+
+def _reference_id(reference: str, urn_ids: Mapping[str, str]) -> str | None:
+    """The logical id a reference points to: 'Patient/1', 'http://x/fhir/Patient/1/_history/2', '#c1',
+    and in Bundles 'urn:uuid:...' through the entries' fullUrl. Conditional references give None."""
+    if reference.startswith("urn:"):
+        return urn_ids.get(reference)
+    if reference.startswith("#"):
+        return reference[1:] or None
+    if "?" in reference:
+        return None
+    parts = reference.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return parts[-1] if len(parts) >= 2 and parts[-1] else urn_ids.get(reference)
+
+
+def _reference_identifier(reference: str, _urn_ids: Mapping[str, str]) -> str | None:
+    """The identifier value of a conditional reference 'Type?identifier=system|value' (Synthea style)."""
+    if "?identifier=" not in reference:
+        return None
+    token = reference.split("?identifier=", 1)[1].split("&", 1)[0]
+    return token.rsplit("|", 1)[-1] or None
+
+
+@lru_cache(maxsize=4096)
+def compile_path(expression: str, resource_type: str | None = None) -> CompiledPath:
+    """Compile ``expression`` once; with ``resource_type`` element names are checked against R4B.
+
+    Raises MappingError naming the expression and the position for a syntax error or an unknown element.
+    """
+    if not isinstance(expression, str) or not expression.strip():
+        raise MappingError(
+            f"empty FHIR path expression {expression!r}", fix="write an element path such as 'birthDate'"
+        )
+    try:
+        root = _Type(model=resource_model(resource_type)) if resource_type else ANY
+    except SourceError as error:
+        raise MappingError(f"FHIR path expression {expression!r}: {error.message}", fix=error.fix) from None
+    return _Parser(expression, root).parse()
