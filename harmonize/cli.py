@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "harmonize.commands.map",
     "harmonize.commands.validate",
     "federated.cli",
+    "federated.governance.cli",
     "harmonize.commands.demo",
 ]
 

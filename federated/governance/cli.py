@@ -1,0 +1,87 @@
+"""``fedomop governance ...`` and ``fedomop certs create``: thin commands over federated.governance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    governance_app = typer.Typer(help="Site governance: approved code, policies, audit log.", no_args_is_help=True)
+    certs_app = typer.Typer(
+        help="TLS certificates and SuperNode keys for tests and small deployments.", no_args_is_help=True
+    )
+
+    @governance_app.command("hash")
+    def hash_command(
+        path: Annotated[Path, typer.Argument(help="App directory, .fab/zip bundle, or model code directory.")],
+        study: Annotated[Path | None, typer.Option(help="Hash this study file together with the code.")] = None,
+    ) -> None:
+        """Print the sha256 a site puts in its policy's approved_apps."""
+        from federated.governance.hashing import app_hash, study_app_hash
+
+        print(study_app_hash(study, path) if study else app_hash(path))
+
+    @governance_app.command("check-policy")
+    def check_policy(policy: Annotated[Path, typer.Argument(help="Site policy YAML.")]) -> None:
+        """Validate a site policy and summarise what it allows."""
+        from federated.governance.policy import load_policy
+
+        loaded = load_policy(policy)
+        console.print(f"policy of site {loaded.site!r} is valid; audit log: {loaded.audit_log}")
+        for name, study in loaded.studies.items():
+            console.print(
+                f"  {name}: {len(study.approved_apps)} approved app(s), tables {', '.join(study.tables) or 'none'}, "
+                f"{len(study.concept_sets)} concept(s), min cohort {loaded.min_cohort(name)}, "
+                f"small cells < {loaded.small_cell(name)}"
+                + (f", local DP epsilon={study.differential_privacy.epsilon}" if study.differential_privacy else "")
+            )
+
+    @governance_app.command("verify-log")
+    def verify_log(
+        log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
+        head: Annotated[str | None, typer.Option(help="Published head hash to compare with.")] = None,
+    ) -> None:
+        """Check the audit log's hash chain; exit 1 if it was edited, reordered or truncated."""
+        from federated.governance.auditlog import verify
+
+        result = verify(log, expected_head=head)
+        if result.ok:
+            console.print(f"ok: {result.records} records, head {result.head}")
+            return
+        for problem in result.problems:
+            console.print(f"[red]{problem}[/]", highlight=False)
+        raise typer.Exit(1)
+
+    @certs_app.command("create")
+    def create(
+        out: Annotated[Path, typer.Option(help="Empty folder for the CA, server certificate and site keys.")],
+        sites: Annotated[int | None, typer.Option(help="Number of sites (named site_1 ... site_N).")] = None,
+        site: Annotated[list[str] | None, typer.Option(help="Site name (repeatable); overrides --sites.")] = None,
+        host: Annotated[
+            list[str] | None, typer.Option(help="SuperLink host name/IP for the certificate (repeatable).")
+        ] = None,
+        days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
+    ) -> None:
+        """Create a CA, a SuperLink TLS certificate and one ECDSA P-256 key pair per site."""
+        from federated.governance.certs import DEFAULT_HOSTS, create_credentials, site_names
+
+        names = site_names(sites, site)
+        credentials = create_credentials(out, names, hosts=tuple(host or DEFAULT_HOSTS), days=days)
+        console.print(f"CA: {credentials.ca_cert}\nSuperLink: {credentials.server_cert}, {credentials.server_key}")
+        for name in names:
+            console.print(
+                f"{name}: {credentials.site_private_keys[name]} (keep at the site), {credentials.site_public_keys[name]}"
+            )
+        console.print(
+            "SuperLink: flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key "
+            "--enable-supernode-auth; then `flwr supernode register <site>.pub` for each site."
+        )
+
+    app.add_typer(governance_app, name="governance")
+    app.add_typer(certs_app, name="certs")
