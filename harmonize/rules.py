@@ -188,7 +188,7 @@ class RuleEvaluator:
             rows = rows.with_columns(pl.lit(0, pl.UInt32).alias("_target"))
         if rule.value is not None:
             rows = self._convert_units(rule, rows)
-        return rows
+        return rows.select(c for c in rows.columns if c.startswith(("_", FIELD_PREFIX)))
 
     def _join_references(self, rule: Rule, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
         if rule.person is not None:

@@ -46,7 +46,9 @@ class TableTarget:
 
     @property
     def allowed_rule_keys(self) -> set[str]:
-        keys = {"source", "when", "fields", "route_by_domain", *self.extra_rule_keys}
+        keys = {"source", "when", "fields", "route_by_domain", "id", *self.extra_rule_keys}
+        if self.domain:  # event rows may be routed to any event table, so every event slot is accepted
+            keys |= {"value", "end", "visit", "provider"}
         for rule_key, slots in RULE_SLOTS.items():
             if any(s in self.columns for s in slots):
                 keys.add(rule_key)

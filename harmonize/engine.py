@@ -1,0 +1,528 @@
+"""Run a site mapping: read sources, resolve vocabulary, route by domain, load atomically, reconcile.
+
+``run_mapping`` is the library entry point (``fedomop map`` is a thin layer over it). The run builds the whole
+site database aside (vocabulary included) and swaps it in only when every source record is accounted for:
+loaded into at least one OMOP row (with lineage) or written to ``fedomop_quarantine`` with its reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+from harmonize.atomic import AtomicTarget
+from harmonize.cdm import create_cdm, load_spec
+from harmonize.db import Database
+from harmonize.errors import MappingError, ReconciliationError
+from harmonize.ids import assign_ids
+from harmonize.lineage import (
+    ALL_TABLES,
+    LINEAGE_SCHEMA,
+    LINEAGE_TABLE,
+    RECONCILIATION_SCHEMA,
+    RECONCILIATION_TABLE,
+    lineage_rows,
+    reconcile,
+)
+from harmonize.mapping.checks import check_concept_names, check_mapping, check_source_columns
+from harmonize.mapping.loader import load_mapping
+from harmonize.mapping.models import Mapping, Source
+from harmonize.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
+from harmonize.rules import FIELD_PREFIX, RuleEvaluator, RunContext
+from harmonize.sources.base import SourceBatch
+from harmonize.sources.tabular import match_files, read_tabular
+from harmonize.tables import (
+    DOMAIN_TABLES,
+    KEYED_TABLES,
+    TARGETS,
+    cdm_source,
+    episode,
+    episode_event,
+    observation_period,
+)
+from harmonize.units import UnitConverter
+from harmonize.vocabulary import descendants, load_source_to_concept_map, load_vocabulary, standard_concept_by_code
+
+Progress = Callable[[str, int, int], None]
+RUN_TABLE = "fedomop_run"
+_POLARS_TYPE: dict[str, pl.DataType] = {
+    "integer": pl.Int64(),
+    "float": pl.Float64(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us"),
+}
+_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target")
+_DEFAULT_PERIOD_TYPE = 32817  # "EHR"; a mapping may declare its own observation_period.type_concept
+
+
+@dataclass
+class RunReport:
+    """What a run did: rows per OMOP table, quarantine by reason, and the reconciliation that proves it."""
+
+    run_id: str
+    site: str
+    database: str
+    loaded: dict[str, int]
+    quarantine_reasons: dict[str, int]
+    reconciliation: pl.DataFrame
+    records_read: int
+    records_quarantined: int
+    seconds: float
+    read_seconds: float = 0.0
+    sources: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        totals = self.reconciliation.filter(pl.col("omop_table") == ALL_TABLES)
+        return bool(totals.get_column("balanced").all())
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(self.loaded.values())
+
+
+def _noop(label: str, done: int, total: int) -> None:
+    return None
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+def _read_source(name: str, source: Source, source_dir: Path) -> SourceBatch:
+    files = match_files(source_dir, source.files, name)
+    if not source.is_fhir:
+        return read_tabular(name, files, source_dir, source)
+    from harmonize.sources.fhir import read_fhir
+
+    fmt = "ndjson" if source.format == "fhir_ndjson" else "bundle"
+    assert isinstance(source.columns, dict) and source.resource_type
+    return read_fhir(
+        name, files, source_dir, source.resource_type, source.columns, fmt=fmt, validation=source.validation
+    )
+
+
+def _unique_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """Number rows within the batch (``_ord``) and make (file, row) unique: a repeated FHIR id gets ``#n``."""
+    frame = frame.with_row_index("_ord").with_columns(pl.col("_ord").cast(pl.Int64))
+    repeat = pl.col("_ord").cum_count().over("_source_file", "_source_row")
+    return frame.with_columns(
+        pl.when(repeat > 1)
+        .then(pl.format("{}#{}", "_source_row", repeat))
+        .otherwise(pl.col("_source_row"))
+        .alias("_source_row")
+    )
+
+
+def _inventory_unmapped(mapping: Mapping, source_dir: Path, quarantine: Quarantine) -> dict[str, int]:
+    """Quarantine every resource of a type no source maps (reason: resource type not mapped)."""
+    if not mapping.fhir_inventory:
+        return {}
+    from harmonize.sources.fhir import count_fhir_resources, read_fhir
+
+    seen: dict[str, int] = {}
+    for item in mapping.fhir_inventory:
+        fmt = "ndjson" if item.format == "fhir_ndjson" else "bundle"
+        mapped = {s.resource_type for s in mapping.sources.values() if s.format == item.format}
+        files_by_type: dict[str, list[Path]] = {}
+        for path in match_files(source_dir, item.files, "fhir_inventory"):
+            for kind in count_fhir_resources([path], fmt):
+                files_by_type.setdefault(kind, []).append(path)
+        for resource_type in sorted(t for t in set(files_by_type) - mapped if not t.startswith("(")):
+            name = f"{resource_type} (not mapped)"
+            batch = read_fhir(name, files_by_type[resource_type], source_dir, resource_type, {"id": "id"}, fmt=fmt)
+            frame = _unique_rows(batch.frame)
+            quarantine.add_rejects(name, batch.rejects)
+            quarantine.add_rows(name, frame, "resourceType", pl.lit(resource_type), "resource type not mapped")
+            seen[name] = batch.seen
+    return seen
+
+
+# -- shaping rows into OMOP tables ----------------------------------------------------------------------
+
+
+def _spec_types(table: str) -> dict[str, pl.DataType]:
+    return {f.name: _POLARS_TYPE.get(f.datatype, pl.String()) for f in load_spec().table(table).fields}
+
+
+def _to_table_columns(table: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """Rename slot columns to this table's columns; ``fields:`` apply only where the rule declared this table."""
+    target = TARGETS[table]
+    renamed = rows.rename({slot: col for slot, col in target.columns.items() if slot in rows.columns})
+    field_columns = [c for c in renamed.columns if c.startswith(FIELD_PREFIX)]
+    declared_here = renamed.height and renamed.get_column("_declared")[0] == table
+    if declared_here:
+        renamed = renamed.rename({c: c[len(FIELD_PREFIX) :] for c in field_columns})
+    else:
+        renamed = renamed.drop(field_columns)
+    types = _spec_types(table)
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in types.items() if name not in renamed.columns]
+    return renamed.with_columns(missing)
+
+
+def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Spec types and varchar lengths (PostgreSQL would refuse longer text); lineage columns kept."""
+    exprs = []
+    for f in load_spec().table(table).fields:
+        dtype = _POLARS_TYPE.get(f.datatype, pl.String())
+        column = pl.col(f.name).cast(dtype, strict=False)  # type: ignore[arg-type]
+        if f.datatype == "varchar":
+            column = pl.col(f.name).cast(pl.String)
+            if f.length:
+                column = column.str.slice(0, f.length)
+        exprs.append(column.alias(f.name))
+    keep = [c for c in _LINEAGE_COLUMNS if c in frame.columns]
+    return frame.select(*exprs, *keep)
+
+
+class SiteBuild:
+    """One run's state: evaluates rules table by table and keeps the finished OMOP frames."""
+
+    def __init__(self, ctx: RunContext, batches: dict[str, pl.DataFrame], progress: Progress) -> None:
+        self.ctx = ctx
+        self.batches = batches
+        self.progress = progress
+        self.evaluator = RuleEvaluator(ctx)
+        self.tables: dict[str, pl.DataFrame] = {}
+        self.rule_numbers: dict[tuple[str, int], int] = {}
+        number = 0
+        for table, rules in ctx.mapping.tables.items():
+            for index in range(len(rules)):
+                self.rule_numbers[(table, index)] = number
+                number += 1
+
+    def _evaluate_table_rules(self, table: str) -> list[pl.DataFrame]:
+        rules = self.ctx.mapping.tables.get(table, [])
+        frames = []
+        for index, rule in enumerate(rules):
+            self.progress(table, index, len(rules))
+            frames.append(
+                self.evaluator.evaluate(table, self.rule_numbers[(table, index)], rule, self.batches[rule.source])
+            )
+        self.progress(table, len(rules), len(rules))
+        return frames
+
+    def _finish(self, table: str, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Table columns, ids, table defaults, NOT NULL check (violations quarantined), spec types."""
+        shaped = [_to_table_columns(table, f) for f in frames if f.height]
+        if not shaped:
+            return pl.DataFrame()
+        target = TARGETS[table]
+        frame = pl.concat(shaped, how="diagonal_relaxed")
+        if target.id_column in target.columns.values():  # death: its key is the person, first record wins
+            frame = self._one_per_person(frame)
+        elif target.id_column:
+            frame = assign_ids(frame.drop(target.id_column), target.id_column)
+        frame = _cast_to_spec(table, target.finish(frame))
+        return self._require(table, frame)
+
+    def _one_per_person(self, frame: pl.DataFrame) -> pl.DataFrame:
+        ordered = frame.sort("person_id", "_rule", "_ord").with_columns(
+            pl.col("person_id").is_first_distinct().alias("_keep")
+        )
+        for source, rows in ordered.filter(~pl.col("_keep")).partition_by("_source", as_dict=True).items():
+            self.ctx.quarantine.add_rows(
+                str(source[0]),
+                rows,
+                "person",
+                pl.col("person_id"),
+                "duplicate id: a second death record for this person",
+            )
+        return ordered.filter(pl.col("_keep")).drop("_keep")
+
+    def _require(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+        required = [f.name for f in load_spec().table(table).fields if f.required]
+        bad = pl.any_horizontal(*(pl.col(c).is_null() for c in required))
+        broken = frame.filter(bad)
+        for source, rows in broken.partition_by("_source", as_dict=True).items():
+            missing = pl.concat_str(
+                [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in required], separator=",", ignore_nulls=True
+            )
+            self.ctx.quarantine.add_rows(
+                str(source[0]), rows, "*", missing, pl.format("missing required OMOP field(s): {}", missing)
+            )
+        return frame.filter(~bad)
+
+    def build_keyed(self) -> None:
+        for table in KEYED_TABLES:
+            frame = self._finish(table, self._evaluate_table_rules(table))
+            self.tables[table] = frame
+            if frame.height:
+                key = "_source_key"
+                source_key = TARGETS[table].columns and next(c for s, c in TARGETS[table].columns.items() if s == key)
+                self.ctx.keys[table] = frame.select(
+                    pl.col(source_key).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")
+                ).unique("_key", keep="first", maintain_order=True)
+
+    def build_events(self) -> None:
+        """Evaluate every non-keyed rule, route each row by its standard concept's domain, then finish tables."""
+        routed: dict[str, list[pl.DataFrame]] = {}
+        for table in TARGETS:
+            if table in KEYED_TABLES or TARGETS[table].derived:
+                continue
+            for rule_frame, rule in zip(
+                self._evaluate_table_rules(table), self.ctx.mapping.tables.get(table, []), strict=True
+            ):
+                for target, part in self._route(table, rule.route_by_domain, rule_frame).items():
+                    routed.setdefault(target, []).append(part)
+        for table, frames in routed.items():
+            self.tables[table] = self._finish(table, frames)
+
+    @staticmethod
+    def _route(table: str, by_domain: bool, rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        if not by_domain or "_domain" not in rows.columns or TARGETS[table].domain is None:
+            return {table: rows}
+        target = pl.col("_domain").replace_strict(DOMAIN_TABLES, default=table, return_dtype=pl.String).fill_null(table)
+        parts = rows.with_columns(target.alias("_to")).partition_by("_to", as_dict=True, include_key=False)
+        return {str(key[0]): part for key, part in parts.items()}
+
+    def build_derived(self, mapping_file: str) -> None:
+        mapping, db = self.ctx.mapping, self.ctx.db
+        person = self.tables.get("person", pl.DataFrame())
+        period_type = (
+            mapping.observation_period.type_concept.constant if mapping.observation_period else _DEFAULT_PERIOD_TYPE
+        )
+        if person.height:
+            period = observation_period.build(self.tables, person, int(period_type or 0))
+            if period.height:
+                self.tables["observation_period"] = _cast_to_spec(
+                    "observation_period", _to_table_columns_derived("observation_period", period)
+                )
+        conditions = self.tables.get("condition_occurrence", pl.DataFrame())
+        if mapping.episodes and conditions.height:
+            ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
+            cancers = episode.cancer_conditions(conditions, descendants(db, ids))
+            episodes = episode.build(
+                cancers,
+                int(mapping.episodes.episode_concept.constant or 0),
+                int(mapping.episodes.type_concept.constant or 0),
+            )
+            if episodes.height:
+                self.tables["episode"] = _cast_to_spec("episode", _to_table_columns_derived("episode", episodes))
+                events = episode_event.build(cancers, episodes)
+                self.tables["episode_event"] = _cast_to_spec(
+                    "episode_event", _to_table_columns_derived("episode_event", events)
+                )
+        version = _vocabulary_version(db)
+        row = cdm_source.build(mapping.cdm_source, version, mapping_file, dt.date.today())
+        self.tables["cdm_source"] = _cast_to_spec("cdm_source", _to_table_columns_derived("cdm_source", row))
+
+
+def _to_table_columns_derived(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    types = _spec_types(table)
+    return frame.with_columns(pl.lit(None, dtype).alias(n) for n, dtype in types.items() if n not in frame.columns)
+
+
+def _vocabulary_version(db: Database) -> str:
+    found = db.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
+    return str(found.item(0, 0)) if found.height and found.item(0, 0) else "unknown"
+
+
+# -- bookkeeping and loading ----------------------------------------------------------------------------
+
+
+def _sa_type(dtype: pl.DataType) -> sa.types.TypeEngine:
+    if dtype == pl.Int64:
+        return sa.BigInteger()
+    if dtype == pl.Boolean:
+        return sa.Boolean()
+    if dtype == pl.Float64:
+        return sa.Double()
+    if dtype == pl.Datetime:
+        return sa.DateTime()
+    return sa.Text()
+
+
+def _create_bookkeeping(db: Database, tables: dict[str, dict[str, pl.DataType]]) -> None:
+    metadata = sa.MetaData()
+    for name, schema in tables.items():
+        sa.Table(name, metadata, *(sa.Column(c, _sa_type(t)) for c, t in schema.items()))
+    metadata.create_all(db.engine)
+
+
+RUN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "site": pl.String(),
+    "mapping_file": pl.String(),
+    "source_dir": pl.String(),
+    "started_at": pl.Datetime("us"),
+    "finished_at": pl.Datetime("us"),
+    "records_read": pl.Int64(),
+    "rows_loaded": pl.Int64(),
+    "records_quarantined": pl.Int64(),
+}
+
+
+def _load_tables(db: Database, tables: dict[str, pl.DataFrame], progress: Progress) -> dict[str, int]:
+    loaded: dict[str, int] = {}
+    for index, (table, frame) in enumerate(sorted(tables.items())):
+        progress("load", index, len(tables))
+        columns = load_spec().table(table).column_names
+        loaded[table] = db.load_arrow(table, frame.select(columns)) if frame.height else 0
+    progress("load", len(tables), len(tables))
+    return loaded
+
+
+def _account_leftovers(batches: dict[str, pl.DataFrame], lineage: pl.DataFrame, quarantine: Quarantine) -> None:
+    """Rows no rule took (filtered out by every ``when``) are quarantined, so none is silently dropped."""
+    taken = pl.concat(
+        [
+            lineage.select("source", "source_file", "source_row"),
+            quarantine.frame().select("source", "source_file", "source_row"),
+        ]
+    ).unique()
+    for name, frame in batches.items():
+        mine = taken.filter(pl.col("source") == name).drop("source")
+        left = frame.join(
+            mine, left_on=["_source_file", "_source_row"], right_on=["source_file", "source_row"], how="anti"
+        )
+        quarantine.add_rows(name, left, "*", pl.lit(None, pl.String), "no mapping rule selects this record")
+
+
+def _summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    if quarantine.is_empty():
+        return {}
+    reasons = (
+        quarantine.with_columns(pl.col("reason").str.replace(r":.*$", ""))
+        .group_by("reason")
+        .len()
+        .sort("len", "reason", descending=[True, False])
+    )
+    return dict(reasons.iter_rows())
+
+
+def _check_reconciliation(recon: pl.DataFrame) -> None:
+    unbalanced = recon.filter((pl.col("omop_table") == ALL_TABLES) & ~pl.col("balanced"))
+    if unbalanced.height:
+        row = unbalanced.row(0, named=True)
+        raise ReconciliationError(
+            f"source {row['source']!r}: {row['source_count']} records read but {row['loaded']} loaded + "
+            f"{row['quarantined']} quarantined",
+            where="fedomop_reconciliation",
+            fix="this is an engine bug: report it with the mapping; the previous site database was kept",
+        )
+
+
+def run_mapping(
+    mapping_path: Path | str,
+    source_dir: Path | str,
+    db_url: str | Path,
+    *,
+    vocabulary: Path | None = None,
+    progress: Progress | None = None,
+    schema: str = "public",
+) -> RunReport:
+    """Map one site's extract into a fresh OMOP CDM v5.4 database (vocabulary included) and swap it in atomically."""
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    progress = progress or _noop
+    mapping_path, source_dir = Path(mapping_path), Path(source_dir)
+    mapping = load_mapping(mapping_path)
+    check_mapping(mapping, mapping_path)
+    if not source_dir.is_dir():
+        raise MappingError("source folder not found", where=str(source_dir), fix="point --source at the extract folder")
+    check_source_columns(mapping, mapping_path, source_dir)
+    vocabulary_dir = Path(vocabulary) if vocabulary else (mapping_path.parent / mapping.vocabulary.folder).resolve()
+    if not vocabulary_dir.is_dir():
+        raise MappingError(
+            "vocabulary folder not found",
+            where=f"{mapping_path}: vocabulary.folder ({vocabulary_dir})",
+            fix="fix the path or pass --vocabulary",
+        )
+    run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    target = AtomicTarget(db_url, run_id, schema=schema)
+    with target as db:
+        progress("vocabulary", 0, 1)
+        create_cdm(db.engine)
+        load_vocabulary(db, vocabulary_dir)
+        if mapping.vocabulary.source_to_concept_map:
+            load_source_to_concept_map(db, source_dir / mapping.vocabulary.source_to_concept_map)
+        check_concept_names(db, mapping, mapping_path)
+        progress("vocabulary", 1, 1)
+        quarantine = Quarantine(run_id)
+        units = UnitConverter(db, mapping.units, str(mapping_path))
+        read_started = time.perf_counter()
+        batches, seen = {}, {}
+        for index, (name, source) in enumerate(mapping.sources.items()):
+            progress("read sources", index, len(mapping.sources))
+            batch = _read_source(name, source, source_dir)
+            quarantine.add_rejects(name, batch.rejects)
+            batches[name] = _unique_rows(batch.frame)
+            seen[name] = batch.seen
+        seen.update(_inventory_unmapped(mapping, source_dir, quarantine))
+        progress("read sources", len(mapping.sources), len(mapping.sources))
+        read_seconds = time.perf_counter() - read_started
+        ctx = RunContext(db=db, mapping=mapping, mapping_file=str(mapping_path), quarantine=quarantine, units=units)
+        build = SiteBuild(ctx, batches, progress)
+        build.build_keyed()
+        build.build_events()
+        build.build_derived(str(mapping_path))
+        tables = {t: f for t, f in build.tables.items() if f.height}
+        lineage_parts = [
+            lineage_rows(run_id, t, TARGETS[t].id_column or "_ord", f)
+            for t, f in tables.items()
+            if t not in ("cdm_source", "episode_event")
+        ]
+        if "episode_event" in tables:
+            lineage_parts.append(lineage_rows(run_id, "episode_event", "event_id", tables["episode_event"]))
+        lineage = pl.concat(lineage_parts) if lineage_parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
+        _account_leftovers(batches, lineage, quarantine)
+        quarantined = quarantine.frame()
+        rule_tables: dict[str, set[str]] = {}
+        for table, rules in mapping.tables.items():
+            for rule in rules:
+                rule_tables.setdefault(rule.source, set()).add(table)
+        recon = reconcile(run_id, seen, lineage, quarantined, rule_tables)
+        _check_reconciliation(recon)
+        loaded = _load_tables(db, tables, progress)
+        _create_bookkeeping(
+            db,
+            {
+                QUARANTINE_TABLE: QUARANTINE_SCHEMA,
+                LINEAGE_TABLE: LINEAGE_SCHEMA,
+                RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
+                RUN_TABLE: RUN_SCHEMA,
+            },
+        )
+        db.load_arrow(QUARANTINE_TABLE, quarantined)
+        db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
+        db.load_arrow(RECONCILIATION_TABLE, recon)
+        totals = recon.filter(pl.col("omop_table") == ALL_TABLES)
+        records_quarantined = int(totals.get_column("quarantined").sum())
+        run_row = pl.DataFrame(
+            [
+                {
+                    "run_id": run_id,
+                    "site": mapping.site,
+                    "mapping_file": str(mapping_path),
+                    "source_dir": str(source_dir),
+                    "started_at": started_at,
+                    "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                    "records_read": sum(seen.values()),
+                    "rows_loaded": sum(loaded.values()),
+                    "records_quarantined": records_quarantined,
+                }
+            ],
+            schema=RUN_SCHEMA,
+        )
+        db.load_arrow(RUN_TABLE, run_row)
+        target.commit()
+    return RunReport(
+        run_id=run_id,
+        site=mapping.site,
+        database=str(db_url),
+        loaded=loaded,
+        quarantine_reasons=_summarise_reasons(quarantined),
+        reconciliation=recon,
+        records_read=sum(seen.values()),
+        records_quarantined=records_quarantined,
+        seconds=time.perf_counter() - started,
+        read_seconds=read_seconds,
+        sources=seen,
+    )

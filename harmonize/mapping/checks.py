@@ -1,0 +1,222 @@
+"""Checks of a parsed mapping against the CDM spec, the table modules and the source headers.
+
+All of this runs before any data row is read, so a typo in a mapping costs seconds, not a half-loaded site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from harmonize.cdm import load_spec
+from harmonize.db import Database
+from harmonize.errors import MappingError, SourceError
+from harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
+from harmonize.sources.tabular import match_files, read_header
+from harmonize.tables import MAPPABLE_TABLES, TARGETS
+from harmonize.tables._target import RULE_SLOTS
+
+
+def _choices(values: object) -> str:
+    return ", ".join(str(v) for v in values)  # type: ignore[attr-defined]
+
+
+def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
+    """(key path inside the rule, source column) for every source column the rule reads."""
+    for key in ("id", "person", "visit", "provider", "care_site", "location"):
+        if getattr(rule, key):
+            yield key, getattr(rule, key)
+    if rule.when:
+        yield "when.column", rule.when.column
+    if rule.concept:
+        for key in ("code", "vocabulary_column", "system_column", "source_value"):
+            if getattr(rule.concept, key):
+                yield f"concept.{key}", getattr(rule.concept, key)
+    for key in ("start", "end"):
+        if getattr(rule, key):
+            yield f"{key}.date", getattr(rule, key).date
+    if rule.value:
+        yield "value.number", rule.value.number
+        if rule.value.unit:
+            yield "value.unit", rule.value.unit
+    for name, expr in rule.fields.items():
+        if isinstance(expr, ColumnExpr):
+            yield f"fields.{name}.column", expr.column
+        elif isinstance(expr, DateExpr):
+            yield f"fields.{name}.date", expr.date
+        elif isinstance(expr, MapExpr):
+            yield f"fields.{name}.map", expr.map
+
+
+def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule) -> None:
+    where = f"{file}: tables.{table}[{index}]"
+    target = TARGETS[table]
+    if rule.source not in mapping.sources:
+        raise MappingError(
+            f"unknown source {rule.source!r}", where=f"{where}.source", fix=f"use one of: {_choices(mapping.sources)}"
+        )
+    used = {k for k in rule.model_fields_set if k not in ("source",)}
+    extra = sorted(used - target.allowed_rule_keys)
+    if extra:
+        raise MappingError(
+            f"{table} rules take no {extra[0]!r}",
+            where=f"{where}.{extra[0]}",
+            fix=f"valid keys for {table}: {_choices(sorted(target.allowed_rule_keys))}",
+        )
+    missing = [k for k in target.required_rule_keys if getattr(rule, k) is None]
+    if missing:
+        raise MappingError(
+            f"required key {missing[0]!r} is missing",
+            where=where,
+            fix=f"{table} rules need {_choices(target.required_rule_keys)}",
+        )
+    spec = load_spec().table(table)
+    slot_columns = {
+        target.columns[slot]
+        for key in rule.model_fields_set
+        for slot in RULE_SLOTS.get(key, ())
+        if slot in target.columns
+    }
+    for name, expr in rule.fields.items():
+        if name not in spec.column_names or name == target.id_column or name in slot_columns:
+            valid = [c for c in spec.column_names if c != target.id_column and c not in slot_columns]
+            raise MappingError(
+                f"{table} has no settable field {name!r}",
+                where=f"{where}.fields.{name}",
+                fix=f"valid fields: {_choices(valid)}",
+            )
+        _check_named_constant(expr, name, f"{where}.fields.{name}")
+    if rule.type_concept is not None:
+        _check_named_constant(rule.type_concept, "type_concept_id", f"{where}.type_concept")
+
+
+def _check_named_constant(expr: object, field: str, where: str) -> None:
+    if (
+        isinstance(expr, ConstantExpr)
+        and field.endswith("concept_id")
+        and expr.constant not in (0, None)
+        and not expr.name
+    ):
+        raise MappingError(
+            f"hard-coded concept id {expr.constant} has no name",
+            where=where,
+            fix=f"write {{constant: {expr.constant}, name: <concept_name>}} so reviewers can read it",
+        )
+
+
+def check_mapping(mapping: Mapping, mapping_file: Path) -> None:
+    """Structure checks that need no source data: tables, rule keys, fields, named constants, unused sources."""
+    file = str(mapping_file)
+    used_sources: set[str] = set()
+    for table, rules in mapping.tables.items():
+        if table not in MAPPABLE_TABLES:
+            raise MappingError(
+                f"{table!r} is not a table a rule can fill",
+                where=f"{file}: tables.{table}",
+                fix=f"use one of: {_choices(MAPPABLE_TABLES)}",
+            )
+        for index, rule in enumerate(rules):
+            _check_rule(mapping, file, table, index, rule)
+            used_sources.add(rule.source)
+    unused = sorted(set(mapping.sources) - used_sources)
+    if unused:
+        raise MappingError(
+            f"source {unused[0]!r} is not used by any rule (its records would be unaccounted for)",
+            where=f"{file}: sources.{unused[0]}",
+            fix="add a rule that reads it, or remove the source",
+        )
+    for item, where in _named_constants(mapping, file):
+        _check_named_constant(item, "concept_id", where)
+
+
+def _named_constants(mapping: Mapping, file: str) -> Iterator[tuple[ConstantExpr, str]]:
+    if mapping.observation_period:
+        yield mapping.observation_period.type_concept, f"{file}: observation_period.type_concept"
+    if mapping.episodes:
+        yield mapping.episodes.episode_concept, f"{file}: episodes.episode_concept"
+        yield mapping.episodes.type_concept, f"{file}: episodes.type_concept"
+
+
+def check_source_columns(mapping: Mapping, mapping_file: Path, source_dir: Path) -> None:
+    """Every column a rule reads exists in its source (CSV/Parquet header, or a FHIR source's declared columns)."""
+    file = str(mapping_file)
+    headers: dict[str, set[str]] = {}
+    for name, source in mapping.sources.items():
+        if source.is_fhir:
+            headers[name] = set(source.columns or {})
+            continue
+        try:
+            files = match_files(source_dir, source.files, name)
+        except SourceError as exc:
+            raise SourceError(exc.message, where=f"{file}: sources.{name}.files ({source_dir})", fix=exc.fix) from None
+        header = set(read_header(files[0], source))
+        for declared in source.columns or []:
+            if declared not in header:
+                raise MappingError(
+                    f"column {declared!r} is not in the header of {files[0].name}",
+                    where=f"{file}: sources.{name}.columns",
+                    fix=f"columns in the file: {_choices(sorted(header))}",
+                )
+        headers[name] = header
+    for table, rules in mapping.tables.items():
+        for index, rule in enumerate(rules):
+            for key, column in rule_columns(rule):
+                if column not in headers[rule.source]:
+                    kind = "declared columns" if mapping.sources[rule.source].is_fhir else "header"
+                    raise MappingError(
+                        f"column {column!r} does not exist in source {rule.source!r}",
+                        where=f"{file}: tables.{table}[{index}].{key}",
+                        fix=f"{kind} of {rule.source}: {_choices(sorted(headers[rule.source]))}",
+                    )
+
+
+def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> None:
+    """A hard-coded concept id must carry the vocabulary's name for it (when the vocabulary has that concept)."""
+    named: list[tuple[int, str, str]] = []
+    file = str(mapping_file)
+    for table, rules in mapping.tables.items():
+        for index, rule in enumerate(rules):
+            exprs: dict[str, object] = {**rule.fields, "type_concept": rule.type_concept}
+            for name, expr in exprs.items():
+                if isinstance(expr, ConstantExpr) and expr.name and isinstance(expr.constant, int):
+                    named.append(
+                        (
+                            expr.constant,
+                            expr.name,
+                            f"{file}: tables.{table}[{index}].{name if name == 'type_concept' else 'fields.' + name}",
+                        )
+                    )
+                if isinstance(expr, MapExpr):
+                    for value, target in expr.values.items():
+                        if hasattr(target, "concept_id"):
+                            named.append(
+                                (
+                                    target.concept_id,
+                                    target.name,
+                                    f"{file}: tables.{table}[{index}].fields.{name}.values.{value}",
+                                )
+                            )  # type: ignore[union-attr]
+    for expr, where in _named_constants(mapping, file):
+        if expr.name and isinstance(expr.constant, int):
+            named.append((expr.constant, expr.name, where))
+    ids = sorted({i for i, _, _ in named if i})
+    if not ids:
+        return
+    known = db.query(f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({', '.join(map(str, ids))})")
+    names = dict(
+        zip(
+            known.get_column("concept_id").cast(pl.Int64).to_list(),
+            known.get_column("concept_name").to_list(),
+            strict=True,
+        )
+    )
+    for concept_id, name, where in named:
+        actual = names.get(concept_id)
+        if actual is not None and actual.strip().lower() != name.strip().lower():
+            raise MappingError(
+                f"concept {concept_id} is {actual!r} in the vocabulary, not {name!r}",
+                where=where,
+                fix="correct the concept id or its name",
+            )
