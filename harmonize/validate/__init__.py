@@ -1,0 +1,1 @@
+"""Validation of an OMOP CDM database: pandera schemas from the spec, the OHDSI DQD checks, QA reports."""

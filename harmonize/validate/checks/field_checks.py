@@ -1,0 +1,233 @@
+"""Field-level DQD conformance and completeness checks, one registered function per check type.
+
+Each reads its rows (table, field, threshold, parameters) from the DQD field-level CSV
+and returns SQL; simple row conditions are :class:`RowPredicate` so that all of a
+table's conditions are counted in one scan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+
+from harmonize.errors import ValidationError
+from harmonize.validate.checks.base import (
+    Absent,
+    CheckContext,
+    CheckInstance,
+    CheckWork,
+    RowPredicate,
+    q,
+    register_check,
+    scalar_query,
+)
+from harmonize.validate.checks.concept_checks import concept_value_bounds
+
+_INTEGER_TYPES = re.compile(r"^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|INT2|INT4|INT8|UINTEGER|UBIGINT)$", re.I)
+
+
+def _field_instances(ctx: CheckContext, name: str) -> Iterator[tuple[CheckInstance, Absent | None]]:
+    """(instance, why it cannot run or None) for each catalogue row of a field-level check."""
+    for check, row in ctx.catalogue_rows(name):
+        instance = ctx.instance(check, row)
+        yield instance, ctx.missing(instance, (instance.table, instance.field))
+
+
+@register_check("cdmField")
+def cdm_field(ctx: CheckContext) -> Iterator[CheckWork]:
+    """1 of 1 when the field is missing from a table that is present (a missing table is ``cdmTable``'s job)."""
+    for check, row in ctx.catalogue_rows("cdmField"):
+        instance = ctx.instance(check, row)
+        absent = ctx.missing(instance, (instance.table, None))
+        if absent:
+            yield absent
+            continue
+        missing = 0 if ctx.has_field(instance.table, instance.field or "") else 1
+        yield scalar_query(instance, f"SELECT {missing}", "SELECT 1")
+
+
+def _row_predicates(ctx: CheckContext, name: str, violated: str, denominator: str = "1 = 1") -> Iterator[CheckWork]:
+    """A RowPredicate per catalogue row; ``{c}`` in the SQL stands for the quoted field."""
+    for instance, absent in _field_instances(ctx, name):
+        column = q(instance.field or "")
+        yield absent or RowPredicate(instance, violated.format(c=column), denominator.format(c=column))
+
+
+@register_check("isRequired")
+def is_required(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows with a NULL in a field the spec says is required."""
+    yield from _row_predicates(ctx, "isRequired", "{c} IS NULL")
+
+
+@register_check("measureValueCompleteness")
+def measure_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows with a NULL in the field (characterization: how complete is it)."""
+    yield from _row_predicates(ctx, "measureValueCompleteness", "{c} IS NULL")
+
+
+@register_check("standardConceptRecordCompleteness")
+def standard_concept_record_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose standard concept is 0 (no standard concept found: unmapped)."""
+    yield from _row_predicates(ctx, "standardConceptRecordCompleteness", "{c} = 0")
+
+
+@register_check("sourceConceptRecordCompleteness")
+def source_concept_record_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose source concept is 0 (the source code is not in the vocabulary)."""
+    yield from _row_predicates(ctx, "sourceConceptRecordCompleteness", "{c} = 0")
+
+
+@register_check("cdmDatatype")
+def cdm_datatype(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Values of an integer field that are not whole numbers; free when the column is an integer type."""
+    for instance, absent in _field_instances(ctx, "cdmDatatype"):
+        if absent:
+            yield absent
+            continue
+        column = instance.field or ""
+        native = _INTEGER_TYPES.match(ctx.column_type(instance.table, column).strip())
+        violated = "1 = 0" if native else ctx.not_integer(q(column))
+        yield RowPredicate(instance, violated, f"{q(column)} IS NOT NULL")
+
+
+@register_check("isPrimaryKey")
+def is_primary_key(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose primary-key value occurs more than once."""
+    for instance, absent in _field_instances(ctx, "isPrimaryKey"):
+        if absent:
+            yield absent
+            continue
+        t, c = q(instance.table), q(instance.field or "")
+        yield scalar_query(
+            instance,
+            f"SELECT COUNT(*) FROM {t} WHERE {c} IN (SELECT {c} FROM {t} GROUP BY {c} HAVING COUNT(*) > 1)",
+            f"SELECT COUNT(*) FROM {t}",
+        )
+
+
+@register_check("isForeignKey")
+def is_foreign_key(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose (non-null) value is not found in the referenced table: orphans."""
+    for check, row in ctx.catalogue_rows("isForeignKey"):
+        instance = ctx.instance(check, row)
+        fk_table, fk_field = row["fkTableName"].lower(), row["fkFieldName"].lower()
+        absent = ctx.missing(instance, (instance.table, instance.field), (fk_table, fk_field))
+        if absent:
+            yield absent
+            continue
+        t, c = q(instance.table), q(instance.field or "")
+        yield scalar_query(
+            instance,
+            f"SELECT COUNT(*) FROM {t} x WHERE x.{c} IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {q(fk_table)} f WHERE f.{q(fk_field)} = x.{c})",
+            f"SELECT COUNT(*) FROM {t}",
+        )
+
+
+def _concept_attribute_check(ctx: CheckContext, name: str, condition: str) -> Iterator[CheckWork]:
+    """Rows whose concept (other than 0) fails ``condition`` (SQL on alias ``co``, ``{row}`` filled from the row)."""
+    for check, row in ctx.catalogue_rows(name):
+        instance = ctx.instance(check, row)
+        absent = ctx.missing(instance, (instance.table, instance.field), ("concept", "concept_id"))
+        if absent:
+            yield absent
+            continue
+        t, c = q(instance.table), q(instance.field or "")
+        predicate = condition.format(**{k: _sql_text(v) for k, v in row.items()})
+        yield scalar_query(
+            instance,
+            f"SELECT COUNT(*) FROM {t} x JOIN concept co ON co.concept_id = x.{c} "
+            f"WHERE co.concept_id <> 0 AND ({predicate})",
+            f"SELECT COUNT(*) FROM {t}",
+        )
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@register_check("fkDomain")
+def fk_domain(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose concept belongs to another domain than the field's (e.g. a drug in condition_concept_id)."""
+    yield from _concept_attribute_check(ctx, "fkDomain", "co.domain_id <> {fkDomain}")
+
+
+@register_check("fkClass")
+def fk_class(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose concept is of another concept class than the field requires."""
+    yield from _concept_attribute_check(ctx, "fkClass", "co.concept_class_id <> {fkClass}")
+
+
+@register_check("isStandardValidConcept")
+def is_standard_valid_concept(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Rows whose concept is not a standard, valid concept."""
+    yield from _concept_attribute_check(
+        ctx, "isStandardValidConcept", "COALESCE(co.standard_concept, '') <> 'S' OR co.invalid_reason IS NOT NULL"
+    )
+
+
+@register_check("sourceValueCompleteness")
+def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Distinct source values whose standard concept is 0, out of all distinct source values."""
+    for check, row in ctx.catalogue_rows("sourceValueCompleteness"):
+        instance = ctx.instance(check, row)
+        standard = row.get("standardConceptFieldName", "").lower()
+        absent = ctx.missing(instance, (instance.table, instance.field), (instance.table, standard or None))
+        if absent or not standard:
+            yield absent or Absent(instance, "the catalogue row names no standardConceptFieldName")
+            continue
+        t, c, s = q(instance.table), q(instance.field or ""), q(standard)
+        yield scalar_query(
+            instance,
+            f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) FROM {t}",
+            f"SELECT COUNT(DISTINCT {c}) FROM {t}",
+        )
+
+
+# -- plausible values ------------------------------------------------------------------------------------------
+
+
+def plausible_bound_sql(ctx: CheckContext, text: str) -> tuple[str, bool]:
+    """Translate a catalogue bound into SQL: (literal, is_date). The catalogue writes SQL Server expressions
+    (``'19500101'``, ``YEAR(GETDATE())+1``, ``DATEADD(dd,1,GETDATE())``); they are evaluated here, once."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return text, False
+    if match := re.fullmatch(r"'(\d{4})(\d{2})(\d{2})'", text):
+        return f"DATE '{match[1]}-{match[2]}-{match[3]}'", True
+    if match := re.fullmatch(r"YEAR\(GETDATE\(\)\)\s*([+-]\s*\d+)?", text, re.I):
+        return str(ctx.today.year + int((match[1] or "0").replace(" ", ""))), False
+    if match := re.fullmatch(r"DATEADD\(dd,\s*(-?\d+),\s*GETDATE\(\)\)", text, re.I):
+        return f"DATE '{(ctx.today + dt.timedelta(days=int(match[1]))).isoformat()}'", True
+    raise ValidationError(
+        f"cannot read plausible value bound {text!r}",
+        fix="write a number, a date as 'YYYYMMDD', YEAR(GETDATE())+n or DATEADD(dd,n,GETDATE())",
+    )
+
+
+def _plausible_value(ctx: CheckContext, name: str, operator: str) -> Iterator[CheckWork]:
+    for check, row in ctx.catalogue_rows(name):
+        instance = ctx.instance(check, row)
+        absent = ctx.missing(instance, (instance.table, instance.field))
+        if absent:
+            yield absent
+            continue
+        bound, is_date = plausible_bound_sql(ctx, row[name])
+        c = q(instance.field or "")
+        value = f"CAST({c} AS DATE)" if is_date else c
+        yield RowPredicate(instance, f"{value} {operator} {bound}", f"{c} IS NOT NULL")
+
+
+@register_check("plausibleValueLow")
+def plausible_value_low(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Values below the plausible minimum: per field, and per concept + unit (e.g. a lab in mg/dL)."""
+    yield from _plausible_value(ctx, "plausibleValueLow", "<")
+    yield from concept_value_bounds(ctx, "plausibleValueLow", "<")
+
+
+@register_check("plausibleValueHigh")
+def plausible_value_high(ctx: CheckContext) -> Iterator[CheckWork]:
+    """Values above the plausible maximum: per field, and per concept + unit."""
+    yield from _plausible_value(ctx, "plausibleValueHigh", ">")
+    yield from concept_value_bounds(ctx, "plausibleValueHigh", ">")

@@ -1,0 +1,221 @@
+"""Run registered checks as SQL in the site database and turn the counts into pass/fail results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+from harmonize.db import Database
+from harmonize.errors import ValidationError
+from harmonize.validate.catalogue import Catalogue, load_catalogue
+from harmonize.validate.checks.base import (
+    Absent,
+    CheckContext,
+    CheckInstance,
+    CheckQuery,
+    CheckWork,
+    RowPredicate,
+    q,
+    registered_checks,
+)
+
+_PREDICATES_PER_SCAN = 100  # keeps the SELECT list well under PostgreSQL's 1,664-column limit
+
+STATUSES = ("pass", "fail", "not_applicable", "error")
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check instance: counts, percentage, threshold and pass/fail."""
+
+    check_id: str
+    check_name: str
+    level: str
+    table: str
+    field: str | None
+    concept_id: int | str | None
+    unit_concept_id: int | None
+    kahn_context: str
+    kahn_category: str
+    kahn_subcategory: str
+    severity: str
+    threshold: float
+    description: str
+    num_violated_rows: int | None
+    num_denominator_rows: int | None
+    pct_violated_rows: float | None
+    status: str
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class CheckRun:
+    """All results of one run, with how long it took."""
+
+    results: list[CheckResult]
+    seconds: float
+    queries: int
+    dialect: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per check type (table scans: "row scans")
+
+
+def _result(instance: CheckInstance, violated: int | None, denominator: int | None, reason: str = "") -> CheckResult:
+    check = instance.check
+    if reason and violated is None:
+        status, pct = ("error" if reason.startswith("error") else "not_applicable"), None
+    elif not denominator:
+        status, pct, reason = "not_applicable", None, reason or "no rows to check"
+    else:
+        pct = 100.0 * (violated or 0) / denominator
+        status = "fail" if pct > instance.threshold else "pass"
+    return CheckResult(
+        check_id=instance.check_id,
+        check_name=check.name,
+        level=check.level,
+        table=instance.table,
+        field=instance.field,
+        concept_id=instance.concept_id,
+        unit_concept_id=instance.unit_concept_id,
+        kahn_context=check.kahn_context,
+        kahn_category=check.kahn_category,
+        kahn_subcategory=check.kahn_subcategory,
+        severity=check.severity,
+        threshold=instance.threshold,
+        description=instance.description,
+        num_violated_rows=violated,
+        num_denominator_rows=denominator,
+        pct_violated_rows=pct,
+        status=status,
+        reason=reason,
+    )
+
+
+def inspect_columns(db: Database) -> dict[str, dict[str, str]]:
+    """table -> column -> type for the tables in the database's current schema (one catalog query)."""
+    frame = db.query(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema()"
+    )
+    columns: dict[str, dict[str, str]] = {}
+    for table, column, kind in frame.iter_rows():
+        columns.setdefault(str(table).lower(), {})[str(column).lower()] = str(kind)
+    return columns
+
+
+def _error_text(exc: Exception) -> str:
+    return "error: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _count(value: object) -> int:
+    return int(value) if value is not None else 0  # type: ignore[call-overload]
+
+
+class _Runner:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.queries = 0
+        self.timings: dict[str, float] = {}
+
+    def _timed_query(self, label: str, sql: str) -> list[tuple[object, ...]]:
+        start = time.perf_counter()
+        try:
+            return list(self.db.query(sql).iter_rows())
+        finally:
+            self.queries += 1
+            self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
+
+    def run_query(self, work: CheckQuery) -> list[CheckResult]:
+        try:
+            rows = self._timed_query(work.instances[0].check.name, work.sql)
+        except Exception as exc:  # noqa: BLE001 - one broken check must not stop the others
+            return [_result(i, None, None, _error_text(exc)) for i in work.instances]
+        counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+        return [_result(i, *counts.get(k, (0, 0))) for k, i in enumerate(work.instances)]
+
+    def run_predicates(self, table: str, predicates: list[RowPredicate]) -> list[CheckResult]:
+        """Count every predicate of one table in a single scan (chunked), isolating errors per predicate."""
+        results: list[CheckResult] = []
+        for start in range(0, len(predicates), _PREDICATES_PER_SCAN):
+            chunk = predicates[start : start + _PREDICATES_PER_SCAN]
+            try:
+                results += self._scan(table, chunk)
+            except Exception:  # noqa: BLE001 - rerun one by one to find the broken predicate
+                for predicate in chunk:
+                    try:
+                        results += self._scan(table, [predicate])
+                    except Exception as exc:  # noqa: BLE001
+                        results.append(_result(predicate.instance, None, None, _error_text(exc)))
+        return results
+
+    def _scan(self, table: str, predicates: list[RowPredicate]) -> list[CheckResult]:
+        columns = []
+        for n, p in enumerate(predicates):
+            columns.append(f"SUM(CASE WHEN ({p.denominator}) AND ({p.violated}) THEN 1 ELSE 0 END) AS v{n}")
+            columns.append(f"SUM(CASE WHEN {p.denominator} THEN 1 ELSE 0 END) AS d{n}")
+        (row,) = self._timed_query("row scans", f"SELECT {', '.join(columns)} FROM {q(table)}")
+        return [_result(p.instance, _count(row[2 * n]), _count(row[2 * n + 1])) for n, p in enumerate(predicates)]
+
+
+def build_context(db: Database, *, catalogue: Catalogue | None = None, today: dt.date | None = None) -> CheckContext:
+    return CheckContext(
+        dialect=db.dialect,
+        columns=inspect_columns(db),
+        catalogue=catalogue or load_catalogue(),
+        today=today or dt.date.today(),
+    )
+
+
+def run_checks(
+    db: Database,
+    *,
+    checks: Iterable[str] | None = None,
+    catalogue: Catalogue | None = None,
+    today: dt.date | None = None,
+) -> CheckRun:
+    """Run the registered checks (all, or those named) against ``db``; every instance gets a result."""
+    started = time.perf_counter()
+    registry = registered_checks()
+    names = list(registry) if checks is None else list(checks)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValidationError(
+            f"unknown check(s): {', '.join(unknown)}", fix=f"choose from: {', '.join(sorted(registry))}"
+        )
+    ctx = build_context(db, catalogue=catalogue, today=today)
+    runner = _Runner(db)
+    results: list[CheckResult] = []
+    predicates: dict[str, list[RowPredicate]] = {}
+    for name in names:
+        for work in _build(registry[name].build, ctx, name):
+            if isinstance(work, RowPredicate):
+                predicates.setdefault(work.instance.table, []).append(work)
+            elif isinstance(work, CheckQuery):
+                results += runner.run_query(work)
+            elif isinstance(work, Absent):
+                results.append(_result(work.instance, None, None, work.reason))
+            else:
+                raise ValidationError(
+                    f"check {name!r} returned {type(work).__name__}",
+                    fix="a check function yields RowPredicate, CheckQuery or Absent objects",
+                )
+    for table, table_predicates in predicates.items():
+        results += runner.run_predicates(table, table_predicates)
+    order = {name: n for n, name in enumerate(names)}
+    results.sort(key=lambda r: (order.get(r.check_name, 0), r.table, r.field or "", str(r.concept_id or "")))
+    return CheckRun(results, time.perf_counter() - started, runner.queries, db.dialect, runner.timings)
+
+
+def _build(build: object, ctx: CheckContext, name: str) -> list[CheckWork]:
+    try:
+        return list(build(ctx))  # type: ignore[operator]
+    except ValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a site's check with a bug is named, not a traceback
+        raise ValidationError(
+            f"check {name!r} failed to build its SQL: {exc}", fix="fix the check function or unregister it"
+        ) from exc

@@ -1,0 +1,193 @@
+"""Compare sites from their suppressed report.json files only (nothing else leaves a site).
+
+Sites are put side by side (persons, fatal failures, checks per Kahn category, mapping
+coverage, key measurement medians), and a site is flagged when its median of a
+measurement concept is ``factor`` times (default 10x) above or below the median of the
+other sites' medians — the signature of a unit mapping error (g/L vs mg/dL, mmol vs
+mg) — or when its mapping coverage of a table is far below the others'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from harmonize.errors import ValidationError
+from harmonize.validate.report import load_report
+
+DEFAULT_FACTOR = 10.0
+COVERAGE_GAP_POINTS = 20.0
+
+
+def _medians_by_concept(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per measurement concept, the entry (unit) with the most records."""
+    best: dict[int, dict[str, Any]] = {}
+    for m in report.get("measurements", []):
+        records = m["records"] if isinstance(m["records"], int) else 0
+        current = best.get(m["concept_id"])
+        if current is None or records > (current["records"] if isinstance(current["records"], int) else 0):
+            best[int(m["concept_id"])] = m
+    return best
+
+
+def site_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What a site shows in the comparison: already-suppressed numbers, copied as they are."""
+    return {
+        "site": report["site"],
+        "persons": report.get("persons"),
+        "checks": report["overview"]["checks"],
+        "fatal_failures": report["overview"]["fatal_failures"],
+        "by_kahn_category": {
+            e["category"]: {"pass": e["pass"], "fail": e["fail"]} for e in report["overview"]["by_kahn_category"]
+        },
+        "mapping_coverage": {t["table"]: t["pct_mapped"] for t in report["mapping_coverage"]["tables"]},
+        "measurement_medians": {
+            str(c): {
+                "concept_name": m["concept_name"],
+                "unit_name": m["unit_name"],
+                "median": m["median"],
+                "records": m["records"],
+            }
+            for c, m in _medians_by_concept(report).items()
+        },
+    }
+
+
+def _measurement_flags(summaries: list[dict[str, Any]], factor: float) -> list[dict[str, Any]]:
+    concepts = sorted({c for s in summaries for c in s["measurement_medians"]}, key=int)
+    flags = []
+    for concept in concepts:
+        values = {
+            s["site"]: s["measurement_medians"][concept] for s in summaries if concept in s["measurement_medians"]
+        }
+        if len(values) < 2:
+            continue
+        for site, entry in values.items():
+            others = [v["median"] for other, v in values.items() if other != site and v["median"] and v["median"] > 0]
+            if not others or not entry["median"] or entry["median"] <= 0:
+                continue
+            reference = statistics.median(others)
+            ratio = entry["median"] / reference
+            if abs(math.log10(ratio)) >= math.log10(factor):
+                flags.append(
+                    {
+                        "site": site,
+                        "kind": "measurement_distribution",
+                        "concept_id": int(concept),
+                        "concept_name": entry["concept_name"],
+                        "unit_name": entry["unit_name"],
+                        "site_median": entry["median"],
+                        "others_median": reference,
+                        "ratio": ratio,
+                        "message": (
+                            f"{entry['concept_name'] or concept}: median {entry['median']:.4g} {entry['unit_name']} is "
+                            f"{ratio:.3g}x the other sites' {reference:.4g} — check the unit mapping"
+                        ),
+                    }
+                )
+    return flags
+
+
+def _coverage_flags(summaries: list[dict[str, Any]], gap: float) -> list[dict[str, Any]]:
+    tables = sorted({t for s in summaries for t in s["mapping_coverage"]})
+    flags = []
+    for table in tables:
+        values = {s["site"]: s["mapping_coverage"].get(table) for s in summaries}
+        values = {k: v for k, v in values.items() if isinstance(v, int | float)}
+        for site, pct in values.items():
+            others = [v for other, v in values.items() if other != site]
+            if others and statistics.median(others) - pct >= gap:
+                flags.append(
+                    {
+                        "site": site,
+                        "kind": "mapping_coverage",
+                        "table": table,
+                        "site_pct_mapped": pct,
+                        "others_pct_mapped": statistics.median(others),
+                        "message": f"{table}: {pct:.1f}% mapped vs {statistics.median(others):.1f}% at the other sites",
+                    }
+                )
+    return flags
+
+
+def compare_reports(
+    reports: list[dict[str, Any] | str | Path],
+    *,
+    factor: float = DEFAULT_FACTOR,
+    coverage_gap: float = COVERAGE_GAP_POINTS,
+) -> dict[str, Any]:
+    """Side-by-side summaries and flags for two or more sites' suppressed reports."""
+    loaded = [r if isinstance(r, dict) else load_report(r) for r in reports]
+    if len(loaded) < 2:
+        raise ValidationError("comparing needs at least two reports", fix="pass two or more report.json files")
+    if factor <= 1:
+        raise ValidationError(f"factor {factor} must be greater than 1", fix="use e.g. --factor 10")
+    summaries = [site_summary(r) for r in loaded]
+    names = [s["site"] for s in summaries]
+    if len(set(names)) != len(names):
+        for n, s in enumerate(summaries):
+            s["site"] = f"{s['site']}#{n + 1}"
+    flags = _measurement_flags(summaries, factor) + _coverage_flags(summaries, coverage_gap)
+    return {"format": "fedomop-qa-comparison/1", "factor": factor, "sites": summaries, "flags": flags}
+
+
+def write_comparison(comparison: dict[str, Any], out: Path | str) -> tuple[Path, Path]:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = folder / "comparison.json", folder / "comparison.html"
+    json_path.write_text(json.dumps(comparison, indent=1, allow_nan=False), encoding="utf-8")
+    html_path.write_text(render_comparison_html(comparison), encoding="utf-8")
+    return json_path, html_path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f'<td class="n">{value:.4g}</td>'
+    if isinstance(value, int):
+        return f'<td class="n">{value:,}</td>'
+    return f'<td class="n">{escape("" if value is None else str(value))}</td>'
+
+
+def render_comparison_html(comparison: dict[str, Any]) -> str:
+    """A small self-contained page: one column per site, flags on top."""
+    sites = comparison["sites"]
+    head = "<tr><th></th>" + "".join(f"<th>{escape(s['site'])}</th>" for s in sites) + "</tr>"
+    rows = [
+        "<tr><td>persons</td>" + "".join(_cell(s["persons"]) for s in sites) + "</tr>",
+        "<tr><td>fatal failures</td>" + "".join(_cell(s["fatal_failures"]) for s in sites) + "</tr>",
+    ]
+    for category in sorted({c for s in sites for c in s["by_kahn_category"]}):
+        rows.append(
+            f"<tr><td>{escape(category)} checks failed</td>"
+            + "".join(_cell(s["by_kahn_category"].get(category, {}).get("fail")) for s in sites)
+            + "</tr>"
+        )
+    for table in sorted({t for s in sites for t in s["mapping_coverage"]}):
+        rows.append(
+            f"<tr><td>% mapped: {escape(table)}</td>"
+            + "".join(_cell(s["mapping_coverage"].get(table)) for s in sites)
+            + "</tr>"
+        )
+    for concept in sorted({c for s in sites for c in s["measurement_medians"]}, key=int):
+        name = next(
+            s["measurement_medians"][concept]["concept_name"] for s in sites if concept in s["measurement_medians"]
+        )
+        rows.append(
+            f"<tr><td>median: {escape(name or concept)}</td>"
+            + "".join(_cell(s["measurement_medians"].get(concept, {}).get("median")) for s in sites)
+            + "</tr>"
+        )
+    flags = "".join(f"<li><b>{escape(f['site'])}</b>: {escape(f['message'])}</li>" for f in comparison["flags"])
+    flag_html = f"<ul class='flags'>{flags}</ul>" if flags else "<p>No site disagrees with the others.</p>"
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fedomop site comparison</title>"
+        "<style>body{font:14px system-ui,sans-serif;margin:24px;color:#1f2933}table{border-collapse:collapse}"
+        "td,th{border-bottom:1px solid #d9dee3;padding:4px 10px}td.n{text-align:right}.flags li{color:#c62828}"
+        "</style></head><body><h1>Site comparison</h1><h2>Flags</h2>"
+        f"{flag_html}<h2>Side by side</h2><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+        "<p>Computed only from the sites' small-cell-suppressed report.json files.</p></body></html>"
+    )
