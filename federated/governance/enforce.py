@@ -116,7 +116,9 @@ def _outside_policy(request: DataRequest, rules: StudyPolicy) -> list[str]:
                 f"column(s) {', '.join(sorted(columns - allowed))} of {table} are not allowed "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
-    outside = request.concepts - rules.allowed_concepts()
+    allowed = rules.allowed_concepts()
+    outside = {(vocabulary, code) for vocabulary, code in request.concepts if (vocabulary, code) not in allowed}
+    outside = {(vocabulary, code) for vocabulary, code in outside if (vocabulary, "*") not in allowed}
     if outside:
         problems.append(
             "concept(s) outside the approved concept sets: " + ", ".join(f"{v} {c}" for v, c in sorted(outside))

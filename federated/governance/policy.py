@@ -28,7 +28,10 @@ class _Strict(BaseModel):
 
 
 class ConceptRef(_Strict):
-    """A concept named by its standard code, so a policy never depends on one vocabulary release."""
+    """A concept named by its standard code, so a policy never depends on one vocabulary release.
+
+    ``code: "*"`` allows every concept of a vocabulary (e.g. all UCUM units).
+    """
 
     vocabulary: str = Field(min_length=1)
     code: str = Field(min_length=1)
