@@ -215,7 +215,7 @@ class SiteBuild:
             return pl.DataFrame()
         target = TARGETS[table]
         frame = pl.concat(shaped, how="diagonal_relaxed")
-        if target.id_column in target.columns.values():  # death: its key is the person, first record wins
+        if target.one_per_person:  # death: its key is the person, the first record wins
             frame = self._one_per_person(frame)
         elif target.id_column:
             frame = assign_ids(frame.drop(target.id_column), target.id_column)
@@ -317,6 +317,15 @@ class SiteBuild:
 def _to_table_columns_derived(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     types = _spec_types(table)
     return frame.with_columns(pl.lit(None, dtype).alias(n) for n, dtype in types.items() if n not in frame.columns)
+
+
+def _lineage_id(table: str) -> str | pl.Expr:
+    """The id recorded in lineage: the primary key; episode_event by its event; cdm_source is row 1."""
+    if table == "episode_event":
+        return "event_id"
+    if table == "cdm_source":
+        return pl.lit(1, pl.Int64)
+    return TARGETS[table].id_column
 
 
 def _vocabulary_version(db: Database) -> str:

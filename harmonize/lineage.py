@@ -29,12 +29,12 @@ RECONCILIATION_SCHEMA: dict[str, pl.DataType] = {
 ALL_TABLES = "*"
 
 
-def lineage_rows(run_id: str, table: str, id_column: str, frame: pl.DataFrame) -> pl.DataFrame:
+def lineage_rows(run_id: str, table: str, id_column: str | pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
     """Lineage of a table's rows (``frame`` still carries _source, _source_file, _source_row)."""
     return frame.select(
         pl.lit(run_id).alias("run_id"),
         pl.lit(table).alias("omop_table"),
-        pl.col(id_column).cast(pl.Int64).alias("omop_id"),
+        (pl.col(id_column) if isinstance(id_column, str) else id_column).cast(pl.Int64).alias("omop_id"),
         pl.col("_source").alias("source"),
         pl.col("_source_file").alias("source_file"),
         pl.col("_source_row").alias("source_row"),

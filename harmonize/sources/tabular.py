@@ -92,7 +92,6 @@ def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.D
         "infer_schema": False,
         "null_values": source.null_values,
         "quote_char": '"',
-        "missing_utf8_is_empty_string": False,
     }
     if codec == "utf-8":
         try:

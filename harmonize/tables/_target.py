@@ -43,6 +43,7 @@ class TableTarget:
     finish: Callable[[pl.DataFrame], pl.DataFrame] = _unchanged  # table defaults on OMOP-named columns
     derived: bool = False  # built by the engine from other tables, not by rules
     extra_rule_keys: tuple[str, ...] = field(default=())
+    one_per_person: bool = False  # death: keyed by person_id, at most one row per person
 
     @property
     def allowed_rule_keys(self) -> set[str]:
@@ -56,10 +57,13 @@ class TableTarget:
 
     @property
     def id_column(self) -> str:
+        """The column that identifies a row (its primary key; person_id for one-per-person tables)."""
         from harmonize.cdm import load_spec
 
         pk = load_spec().table(self.table).primary_key
-        return pk.name if pk else ""
+        if pk:
+            return pk.name
+        return "person_id" if self.one_per_person else ""
 
 
 def event_columns(concept: str) -> dict[str, str]:

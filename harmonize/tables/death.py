@@ -14,4 +14,5 @@ TARGET = TableTarget(
         "_source_concept_id": "cause_source_concept_id",
     },
     required_rule_keys=("person", "start", "type_concept"),
+    one_per_person=True,
 )
