@@ -16,8 +16,9 @@ see half a vocabulary and a failure leaves the old content intact.
 from __future__ import annotations
 
 import csv
+import io
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ _DATETIME_FORMATS = (
     "%Y%m%d %H:%M:%S",
 )
 _INT32 = (-(2**31), 2**31 - 1)
+_BLOCK_BYTES = 128 * 2**20  # Athena files are read in blocks of about this size
 _LINE_PROBE_SEPARATOR = "\x1f"  # a byte that never occurs in CDM text, to read a file as whole lines
 
 
@@ -58,6 +60,21 @@ class CsvDialect:
         return "tab-delimited (Athena)" if self.delimiter == "\t" else "comma-separated"
 
 
+@dataclass(frozen=True)
+class CdmCsv:
+    """A CDM CSV file whose header has been checked against its table's spec."""
+
+    path: Path
+    table: TableSpec
+    dialect: CsvDialect
+    columns: tuple[str, ...]
+    error: ErrorType
+
+    def fail(self, message: str, line: int | None = None, field: str | None = None, fix: str | None = None) -> None:
+        where = str(self.path) + (f" line {line}" if line is not None else "") + (f", field {field}" if field else "")
+        raise self.error(message, where=where, fix=fix)
+
+
 # -- reading -------------------------------------------------------------------------------------------
 
 
@@ -71,7 +88,17 @@ def cdm_csv_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def sniff_dialect(path: Path, header: str) -> CsvDialect:
+def spec_dtype(field: FieldSpec) -> pl.DataType:
+    """The polars type a spec datatype is read into (integer is 32-bit, as the CDM's INTEGER columns)."""
+    return {
+        "integer": pl.Int32(),
+        "float": pl.Float64(),
+        "date": pl.Date(),
+        "datetime": pl.Datetime("us"),
+    }.get(field.datatype, pl.String())
+
+
+def sniff_dialect(header: str) -> CsvDialect:
     """Athena files are tab-delimited and unquoted; everything else is treated as RFC-4180 CSV."""
     if "\t" in header:
         return CsvDialect("\t", quoted=False)
@@ -92,121 +119,150 @@ def _read_header(path: Path, error: ErrorType) -> str:
     return header
 
 
-def _header_columns(header: str, dialect: CsvDialect, table: TableSpec) -> list[str]:
+def _header_columns(header: str, dialect: CsvDialect, table: TableSpec) -> tuple[str, ...]:
     """Header names as spec field names (the spec writes the reserved word ``offset`` with its quotes)."""
     by_bare_name = {f.name.strip('"'): f.name for f in table.fields}
     names = [name.strip().strip('"').strip().lower() for name in header.split(dialect.delimiter)]
-    return [by_bare_name.get(name, name) for name in names]
+    return tuple(by_bare_name.get(name, name) for name in names)
 
 
-def _check_columns(columns: list[str], table: TableSpec, path: Path, error: ErrorType) -> None:
-    known = set(table.column_names)
-    unknown = [c for c in columns if c not in known]
-    if unknown:
-        raise error(
-            f"column {unknown[0]!r} is not a field of OMOP table {table.name!r}",
-            where=f"{path} line 1, field {unknown[0]}",
-            fix=f"rename it to one of: {', '.join(table.column_names)}",
-        )
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated:
-        raise error(f"column {duplicated[0]!r} appears twice", where=f"{path} line 1", fix="remove the duplicate")
-    missing = [f.name for f in table.fields if f.required and f.name not in columns]
+def open_cdm_csv(path: Path, table: str, error: ErrorType = SourceError) -> CdmCsv:
+    """Read and check a CDM CSV's header: every column a field of ``table``, every required field present."""
+    spec = load_spec().table(table)
+    header = _read_header(Path(path), error)
+    dialect = sniff_dialect(header)
+    source = CdmCsv(Path(path), spec, dialect, _header_columns(header, dialect, spec), error)
+    known = set(spec.column_names)
+    for column in source.columns:
+        if column not in known:
+            source.fail(
+                f"column {column!r} is not a field of OMOP table {spec.name!r}",
+                1,
+                column,
+                f"rename it to one of: {', '.join(spec.column_names)}",
+            )
+        if source.columns.count(column) > 1:
+            source.fail(f"column {column!r} appears twice", 1, column, "remove the duplicate")
+    missing = [f.name for f in spec.fields if f.required and f.name not in source.columns]
     if missing:
-        raise error(
-            f"required column {missing[0]!r} of {table.name!r} is missing",
-            where=f"{path} line 1",
-            fix=f"add the column(s): {', '.join(missing)}",
+        source.fail(
+            f"required column {missing[0]!r} of {spec.name!r} is missing", 1, None, f"add: {', '.join(missing)}"
         )
+    return source
 
 
-def _first_ragged_line(path: Path, dialect: CsvDialect, width: int) -> tuple[int, int] | None:
-    """Exact (slow) scan for the first record whose field count is not ``width``: only used to explain an error."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        if dialect.quoted:
-            reader = csv.reader(handle, delimiter=dialect.delimiter)
+def _first_ragged_line(source: CdmCsv) -> tuple[int, int] | None:
+    """Exact (slow) scan for the first record whose field count differs from the header's: explains errors."""
+    width = len(source.columns)
+    with source.path.open(encoding="utf-8-sig", newline="") as handle:
+        if source.dialect.quoted:
+            reader = csv.reader(handle, delimiter=source.dialect.delimiter)
             for record in reader:
-                if len(record) != width and record:
+                if record and len(record) != width:
                     return reader.line_num, len(record)
             return None
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
-            if line and line.count(dialect.delimiter) + 1 != width:
-                return number, line.count(dialect.delimiter) + 1
+            if line and line.count(source.dialect.delimiter) + 1 != width:
+                return number, line.count(source.dialect.delimiter) + 1
     return None
 
 
-def _ragged_error(path: Path, line: int, found: int, width: int, error: ErrorType) -> FedomopError:
-    return error(
-        f"line has {found} fields, the header has {width}",
-        where=f"{path} line {line}",
-        fix="every line needs one value per header column (Athena files: tab-separated, no quoting)",
+def _fail_ragged(source: CdmCsv, line: int, found: int) -> None:
+    source.fail(
+        f"line has {found} fields, the header has {len(source.columns)}",
+        line,
+        None,
+        "every line needs one value per header column (Athena files: tab-separated, no quoting)",
     )
 
 
-def _check_field_counts(path: Path, dialect: CsvDialect, width: int, error: ErrorType) -> None:
-    """Vectorised check that every line has ``width`` fields (polars silently pads short lines with nulls)."""
+def _check_field_counts(source: CdmCsv, data: Path | bytes, first_line: int) -> None:
+    """Vectorised check that every line has one field per column (polars silently pads short lines with nulls)."""
     try:
         lines = pl.read_csv(
-            path,
+            io.BytesIO(data) if isinstance(data, bytes) else data,
             has_header=False,
             separator=_LINE_PROBE_SEPARATOR,
             quote_char=None,
             schema={"line": pl.String},
-            skip_rows=1,
+            skip_rows=0 if isinstance(data, bytes) else 1,
         )
     except pl.exceptions.PolarsError:
         lines = None
     if lines is not None:
         text = pl.col("line").str.strip_chars_end("\r")
-        if dialect.quoted:
+        if source.dialect.quoted:
             text = text.str.replace_all(r'"[^"]*"', "")
-        bad = lines.select(text.str.count_matches(dialect.delimiter, literal=True).alias("n")).filter(
-            pl.col("n") != width - 1
-        )
-        if bad.is_empty():
+        counts = lines.select(text.str.count_matches(source.dialect.delimiter, literal=True) + 1).to_series()
+        bad = counts.is_not_null() & (counts != len(source.columns))
+        if not bad.any():
             return
-    ragged = _first_ragged_line(path, dialect, width)
+        if not source.dialect.quoted:  # unquoted: a line is a record, so the probe is exact
+            index = int(bad.arg_true()[0])
+            _fail_ragged(source, first_line + index, int(counts[index]))
+    ragged = _first_ragged_line(source)
     if ragged is not None:
-        raise _ragged_error(path, ragged[0], ragged[1], width, error)
+        _fail_ragged(source, *ragged)
 
 
-def _read_text_frame(path: Path, dialect: CsvDialect, columns: list[str], error: ErrorType) -> pl.DataFrame:
+def _text_blocks(source: CdmCsv, block_bytes: int) -> Iterator[tuple[int, Path | bytes]]:
+    """(first line number, data) pieces of the file after its header.
+
+    Unquoted (Athena) files are cut at line ends into blocks of about ``block_bytes`` so that memory stays
+    bounded on a full vocabulary download; quoted files may hold line breaks inside fields and are read whole.
+    """
+    if source.dialect.quoted:
+        yield 2, source.path
+        return
+    with source.path.open("rb") as handle:
+        handle.readline()
+        line, rest = 2, b""
+        while chunk := handle.read(block_bytes):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            block, rest = data[:cut], data[cut:]
+            if block:
+                yield line, block
+                line += block.count(b"\n")
+        if rest.strip():
+            yield line, rest
+
+
+def _read_text(source: CdmCsv, data: Path | bytes, first_line: int) -> pl.DataFrame:
+    """One piece of the file as text columns plus ``__line``; empty fields are nulls, blank lines dropped."""
+    _check_field_counts(source, data, first_line)
     try:
         frame = pl.read_csv(
-            path,
-            separator=dialect.delimiter,
-            quote_char='"' if dialect.quoted else None,
-            has_header=True,
-            new_columns=columns,
-            infer_schema=False,
+            io.BytesIO(data) if isinstance(data, bytes) else data,
+            separator=source.dialect.delimiter,
+            quote_char='"' if source.dialect.quoted else None,
+            has_header=False,
+            skip_rows=0 if isinstance(data, bytes) else 1,
+            schema={c: pl.String for c in source.columns},
             encoding="utf8",
         )
     except pl.exceptions.PolarsError as exc:
-        ragged = _first_ragged_line(path, dialect, len(columns))
+        ragged = _first_ragged_line(source)
         if ragged is not None:
-            raise _ragged_error(path, ragged[0], ragged[1], len(columns), error) from exc
-        raise error(
-            f"cannot parse the file as {dialect.label} CSV: {str(exc).splitlines()[0]}",
-            where=str(path),
+            _fail_ragged(source, *ragged)
+        raise source.error(
+            f"cannot parse the file as {source.dialect.label} CSV: {str(exc).splitlines()[0]}",
+            where=str(source.path),
             fix="check delimiters, quoting and encoding (UTF-8)",
         ) from exc
+    columns = list(source.columns)
     # An empty field means "no value" in every CDM export, quoted ("") or not.
-    return frame.with_columns(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in columns)
+    frame = frame.with_columns(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in columns)
+    frame = frame.with_columns(pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64).alias("__line"))
+    return frame.filter(~pl.all_horizontal(pl.col(c).is_null() for c in columns))
 
 
-def _first_failure(raw: pl.Series, parsed: pl.Series) -> int | None:
-    failed = raw.is_not_null() & parsed.is_null()
-    if not failed.any():
-        return None
-    return int(failed.arg_true()[0])
-
-
-def _pick_format(sample: str, formats: Iterable[str], dtype: pl.DataType) -> str | None:
+def _pick_format(sample: str, formats: Iterable[str], temporal: str) -> str | None:
     probe = pl.Series([sample])
     for fmt in formats:
         parsed = (
-            probe.str.to_datetime(fmt, strict=False) if dtype == pl.Datetime else probe.str.to_date(fmt, strict=False)
+            probe.str.to_date(fmt, strict=False) if temporal == "date" else probe.str.to_datetime(fmt, strict=False)
         )
         if parsed[0] is not None:
             return fmt
@@ -217,13 +273,13 @@ def _parse_temporal(raw: pl.Series, datatype: str) -> pl.Series | None:
     """Parse a date/datetime column with the format of its first value (YYYYMMDD, ISO, ISO with time)."""
     sample = raw.drop_nulls()
     if sample.is_empty():
-        return pl.Series(raw.name, [None] * len(raw), dtype=pl.Date if datatype == "date" else pl.Datetime("us"))
+        return raw.cast(pl.Date if datatype == "date" else pl.Datetime("us"))
     first = sample[0]
     if datatype == "date":
-        fmt = _pick_format(first, _DATE_FORMATS, pl.Date)
+        fmt = _pick_format(first, _DATE_FORMATS, "date")
         if fmt is not None:
             return raw.str.to_date(fmt, strict=False)
-    fmt = _pick_format(first, _DATETIME_FORMATS + _DATE_FORMATS, pl.Datetime)
+    fmt = _pick_format(first, _DATETIME_FORMATS + _DATE_FORMATS, "datetime")
     if fmt is None:
         return None
     parsed = raw.str.to_datetime(fmt, strict=False, time_unit="us")
@@ -231,13 +287,14 @@ def _parse_temporal(raw: pl.Series, datatype: str) -> pl.Series | None:
 
 
 def _parse_integer(raw: pl.Series) -> pl.Series:
-    """Integers, accepting ``12.0`` (some exports write integer fields as floats); out-of-int32 values fail."""
-    direct = raw.str.strip_chars().cast(pl.Int64, strict=False)
-    as_float = raw.str.strip_chars().cast(pl.Float64, strict=False)
-    integral = pl.when(as_float == as_float.floor()).then(as_float).otherwise(None)
-    values = pl.select(pl.coalesce(pl.lit(direct), integral.cast(pl.Int64, strict=False))).to_series()
+    """Integers, also accepting `` 12 `` and ``12.0`` (some exports write integer fields as floats)."""
+    values = raw.cast(pl.Int64, strict=False)
+    if (raw.is_not_null() & values.is_null()).any():
+        as_float = raw.str.strip_chars().cast(pl.Float64, strict=False)
+        integral = pl.select(pl.when(as_float == as_float.floor()).then(as_float)).to_series()
+        values = values.fill_null(integral.cast(pl.Int64, strict=False))
     in_range = (values >= _INT32[0]) & (values <= _INT32[1])
-    return pl.select(pl.when(in_range).then(values).otherwise(None).cast(pl.Int32)).to_series().alias(raw.name)
+    return pl.select(pl.when(in_range).then(values).cast(pl.Int32)).to_series().alias(raw.name)
 
 
 def _cast_field(raw: pl.Series, field: FieldSpec) -> pl.Series | None:
@@ -250,84 +307,99 @@ def _cast_field(raw: pl.Series, field: FieldSpec) -> pl.Series | None:
     return raw
 
 
-def _expected(field: FieldSpec) -> str:
-    return {
-        "integer": "an integer (32-bit)",
-        "float": "a number",
-        "date": "a date (YYYY-MM-DD or YYYYMMDD)",
-        "datetime": "a date-time (YYYY-MM-DD HH:MM:SS)",
-    }.get(field.datatype, "text")
+_EXPECTED = {
+    "integer": "an integer (32-bit)",
+    "float": "a number",
+    "date": "a date (YYYY-MM-DD or YYYYMMDD)",
+    "datetime": "a date-time (YYYY-MM-DD HH:MM:SS)",
+}
 
 
-def _typed_column(raw: pl.Series, field: FieldSpec, path: Path, error: ErrorType) -> pl.Series:
+def _typed_column(source: CdmCsv, raw: pl.Series, field: FieldSpec, lines: pl.Series) -> pl.Series:
     parsed = _cast_field(raw, field)
-    failure = 0 if parsed is None else _first_failure(raw, parsed)
-    if parsed is None or failure is not None:
-        index = failure or 0
-        if parsed is None:
-            index = int(raw.is_not_null().arg_true()[0])
-        raise error(
-            f"value {raw[index]!r} is not {_expected(field)}",
-            where=f"{path} line {index + 2}, field {field.name}",
-            fix=f"{field.table}.{field.name} is {field.datatype} in OMOP CDM v5.4; correct the value",
+    failed = raw.is_not_null() & (parsed.is_null() if parsed is not None else True)
+    if failed.any():
+        index = int(failed.arg_true()[0])
+        source.fail(
+            f"value {raw[index]!r} is not {_EXPECTED[field.datatype]}",
+            int(lines[index]),
+            field.name,
+            f"{field.table}.{field.name} is {field.datatype} in OMOP CDM v5.4; correct the value",
         )
+    assert parsed is not None
     if field.required and parsed.null_count():
         index = int(parsed.is_null().arg_true()[0])
-        raise error(
+        source.fail(
             f"required field {field.name!r} is empty",
-            where=f"{path} line {index + 2}, field {field.name}",
-            fix=f"{field.table}.{field.name} is required in OMOP CDM v5.4; give it a value (0 for unknown concepts)",
+            int(lines[index]),
+            field.name,
+            f"{field.table}.{field.name} is required in OMOP CDM v5.4; give it a value (0 for unknown concepts)",
         )
     if field.datatype == "varchar" and field.length:
         too_long = parsed.str.len_chars() > field.length
         if too_long.any():
             index = int(too_long.arg_true()[0])
-            raise error(
+            source.fail(
                 f"value is {parsed.str.len_chars()[index]} characters, the field allows {field.length}",
-                where=f"{path} line {index + 2}, field {field.name}",
-                fix="shorten the value or check the delimiter",
+                int(lines[index]),
+                field.name,
+                "shorten the value or check the delimiter",
             )
     return parsed.alias(field.name)
 
 
-def read_cdm_csv(path: Path, table: str, *, error: ErrorType = SourceError) -> pl.DataFrame:
-    """Read one CDM table's CSV (delimiter and date format detected), typed by the spec, in spec column order.
-
-    Optional columns absent from the file come back as nulls; any malformed line or value raises ``error``
-    naming the file, line and field.
-    """
-    spec = load_spec().table(table)
-    header = _read_header(path, error)
-    dialect = sniff_dialect(path, header)
-    columns = _header_columns(header, dialect, spec)
-    _check_columns(columns, spec, path, error)
-    _check_field_counts(path, dialect, len(columns), error)
-    text = _read_text_frame(path, dialect, columns, error)
-    typed = []
-    for field in spec.fields:
-        raw = (
-            text.get_column(field.name)
-            if field.name in columns
-            else pl.Series(field.name, [None] * text.height, pl.String)
-        )
-        typed.append(_typed_column(raw, field, path, error))
-    frame = pl.DataFrame(typed, height=text.height)
-    _check_primary_key(frame, spec, path, error)
+def _typed_frame(source: CdmCsv, text: pl.DataFrame) -> pl.DataFrame:
+    lines = text.get_column("__line")
+    columns = []
+    for field in source.table.fields:
+        if field.name in source.columns:
+            columns.append(_typed_column(source, text.get_column(field.name), field, lines))
+        else:
+            columns.append(pl.Series(field.name, [None] * text.height, dtype=spec_dtype(field)))
+    frame = pl.DataFrame(columns, height=text.height)
+    _check_primary_key(source, frame, lines)
     return frame
 
 
-def _check_primary_key(frame: pl.DataFrame, table: TableSpec, path: Path, error: ErrorType) -> None:
-    key = table.primary_key
+def _check_primary_key(source: CdmCsv, frame: pl.DataFrame, lines: pl.Series) -> None:
+    key = source.table.primary_key
     if key is None or frame.is_empty():
         return
-    duplicated = frame.get_column(key.name).is_duplicated()
-    if duplicated.any():
-        index = int(duplicated.arg_true()[1] if duplicated.sum() > 1 else duplicated.arg_true()[0])
-        raise error(
+    repeated = ~frame.get_column(key.name).is_first_distinct()
+    if repeated.any():
+        index = int(repeated.arg_true()[0])
+        source.fail(
             f"{key.name} {frame.get_column(key.name)[index]} appears more than once",
-            where=f"{path} line {index + 2}, field {key.name}",
-            fix=f"{key.name} is the primary key of {table.name}; remove the duplicate rows",
+            int(lines[index]),
+            key.name,
+            f"{key.name} is the primary key of {source.table.name}; remove the duplicate rows",
         )
+
+
+def empty_cdm_frame(table: str) -> pl.DataFrame:
+    """A zero-row frame with the table's spec columns and types."""
+    return pl.DataFrame(schema={f.name: spec_dtype(f) for f in load_spec().table(table).fields})
+
+
+def iter_cdm_csv(
+    path: Path, table: str, *, error: ErrorType = SourceError, block_bytes: int = _BLOCK_BYTES
+) -> Iterator[pl.DataFrame]:
+    """Typed frames (spec columns, order and types) from one CDM CSV, a block of lines at a time.
+
+    Delimiter and date format are detected; optional columns absent from the file are nulls; a malformed
+    line or value raises ``error`` naming the file, line and field.
+    """
+    source = open_cdm_csv(path, table, error)
+    for first_line, data in _text_blocks(source, block_bytes):
+        text = _read_text(source, data, first_line)
+        if text.height:
+            yield _typed_frame(source, text)
+
+
+def read_cdm_csv(path: Path, table: str, *, error: ErrorType = SourceError) -> pl.DataFrame:
+    """The whole CDM CSV as one typed frame (see :func:`iter_cdm_csv`)."""
+    frames = list(iter_cdm_csv(path, table, error=error))
+    return pl.concat(frames) if frames else empty_cdm_frame(table)
 
 
 # -- atomic table replacement ---------------------------------------------------------------------------
@@ -353,30 +425,49 @@ def staging_table(db: Database, like: str, *, columns: str | None = None) -> Ite
         db.execute(f"DROP TABLE IF EXISTS {_quote(name)}")
 
 
-def _clear_sql(db: Database, table: str) -> str:
+def clear_table_sql(db: Database, table: str) -> str:
     # TRUNCATE is transactional and much faster on PostgreSQL; DuckDB and SQLite want DELETE.
     return f"TRUNCATE TABLE {_quote(table)}" if db.dialect == "postgresql" else f"DELETE FROM {_quote(table)}"
 
 
-def replace_tables(db: Database, readers: dict[str, Callable[[], pl.DataFrame]]) -> dict[str, int]:
-    """Replace the content of each table with its reader's rows, all tables in one transaction.
+def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: ErrorType) -> None:
+    """Duplicate primary keys across blocks of a file (each block was checked on its own while reading)."""
+    key = load_spec().table(table).primary_key
+    if key is None:
+        return
+    duplicate = db.query(
+        f"SELECT {_quote(key.name)} AS k FROM {_quote(stage)} GROUP BY {_quote(key.name)} HAVING COUNT(*) > 1 LIMIT 1"
+    )
+    if not duplicate.is_empty():
+        raise error(
+            f"{key.name} {duplicate.item(0, 0)} appears more than once",
+            where=f"{path}, field {key.name}",
+            fix=f"{key.name} is the primary key of {table}; remove the duplicate rows",
+        )
 
-    Each reader runs (and its frame is freed) before the next, so memory holds one table at a time;
-    nothing in the target tables changes unless every reader and load succeeds.
+
+def replace_tables(db: Database, files: dict[str, Path | None], *, error: ErrorType = SourceError) -> dict[str, int]:
+    """Replace the content of each table with its file's rows (``None``: no rows), all in one transaction.
+
+    Files are read a block at a time straight into staging tables, so memory holds one block, not a
+    vocabulary; nothing in the target tables changes unless every file reads and loads cleanly.
     """
-    create_cdm(db.engine, tables=list(readers))
+    create_cdm(db.engine, tables=list(files))
     counts: dict[str, int] = {}
     with ExitStack() as stack:
         staged: dict[str, str] = {}
-        for table, read in readers.items():
+        for table, path in files.items():
             staged[table] = stack.enter_context(staging_table(db, table))
-            frame = read()
-            counts[table] = db.load_arrow(staged[table], frame)
-            del frame
+            counts[table] = 0
+            if path is None:
+                continue
+            for frame in iter_cdm_csv(path, table, error=error, block_bytes=_BLOCK_BYTES):
+                counts[table] += db.load_arrow(staged[table], frame)
+            _check_staged_key(db, table, staged[table], path, error)
         with db.engine.begin() as connection:
             for table, name in staged.items():
                 columns = ", ".join(_quote(c) for c in load_spec().table(table).column_names)
-                connection.execute(sa.text(_clear_sql(db, table)))
+                connection.execute(sa.text(clear_table_sql(db, table)))
                 connection.execute(
                     sa.text(f"INSERT INTO {_quote(table)} ({columns}) SELECT {columns} FROM {_quote(name)}")
                 )
@@ -411,15 +502,11 @@ def load_cdm_folder(db: Database, folder: Path, *, tables: list[str] | None = No
     create_cdm(db.engine)
     counts = load_vocabulary_files(db, {t: p for t, p in files.items() if t in VOCABULARY_TABLES})
     clinical = {t: p for t, p in files.items() if t not in VOCABULARY_TABLES and t != "source_to_concept_map"}
-    counts.update(replace_tables(db, {t: _reader(p, t) for t, p in clinical.items()}))
+    counts.update(replace_tables(db, dict(clinical.items())))
     if "source_to_concept_map" in files:
-        db.execute(_clear_sql(db, "source_to_concept_map"))
-        counts["source_to_concept_map"] = load_source_to_concept_map(db, files["source_to_concept_map"])
+        stcm = files["source_to_concept_map"]
+        counts["source_to_concept_map"] = load_source_to_concept_map(db, stcm, replace=True)
     return counts
-
-
-def _reader(path: Path, table: str, error: ErrorType = SourceError) -> Callable[[], pl.DataFrame]:
-    return lambda: read_cdm_csv(path, table, error=error)
 
 
 def export_cdm_folder(db: Database, folder: Path) -> dict[str, int]:

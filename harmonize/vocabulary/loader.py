@@ -8,13 +8,12 @@ two releases. A site's ``source_to_concept_map`` is its own data, so it is
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
 
-from harmonize.cdm.io import cdm_csv_files, read_cdm_csv, replace_tables, staging_table
+from harmonize.cdm.io import cdm_csv_files, clear_table_sql, read_cdm_csv, replace_tables, staging_table
 from harmonize.cdm.schema import create_cdm
 from harmonize.cdm.spec import load_spec
 from harmonize.db import Database
@@ -27,10 +26,6 @@ VOCABULARY_TABLES: tuple[str, ...] = tuple(
 )
 
 
-def _read_vocabulary_file(path: Path, table: str) -> pl.DataFrame:
-    return read_cdm_csv(path, table, error=VocabularyError)
-
-
 def load_vocabulary_files(db: Database, files: dict[str, Path]) -> dict[str, int]:
     """Replace the named vocabulary tables with the rows of their files, in one transaction."""
     unknown = sorted(set(files) - set(VOCABULARY_TABLES))
@@ -38,8 +33,7 @@ def load_vocabulary_files(db: Database, files: dict[str, Path]) -> dict[str, int
         raise VocabularyError(f"{unknown[0]!r} is not a vocabulary table", fix=f"use {', '.join(VOCABULARY_TABLES)}")
     if not files:
         return {}
-    readers = {t: partial(_read_vocabulary_file, files[t], t) for t in VOCABULARY_TABLES if t in files}
-    return replace_tables(db, readers)
+    return replace_tables(db, {t: files[t] for t in VOCABULARY_TABLES if t in files}, error=VocabularyError)
 
 
 def load_vocabulary(db: Database, folder: Path) -> dict[str, int]:
@@ -58,26 +52,19 @@ def load_vocabulary(db: Database, folder: Path) -> dict[str, int]:
             fix="unzip the Athena download here (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...)",
         )
     create_cdm(db.engine, tables=[*VOCABULARY_TABLES, SITE_MAPPING_TABLE])
-    readers = {
-        t: partial(_read_vocabulary_file, files[t], t) if t in files else partial(_no_rows, t)
-        for t in VOCABULARY_TABLES
-    }
-    return replace_tables(db, readers)
+    return replace_tables(db, {t: files.get(t) for t in VOCABULARY_TABLES}, error=VocabularyError)
 
 
-def _no_rows(table: str) -> pl.DataFrame:
-    return pl.DataFrame(schema={f.name: pl.String for f in load_spec().table(table).fields}).clear()
-
-
-def load_source_to_concept_map(db: Database, path: Path) -> int:
+def load_source_to_concept_map(db: Database, path: Path, *, replace: bool = False) -> int:
     """Append a site's source_to_concept_map CSV (OMOP columns); every non-zero target must be in CONCEPT.
 
-    Nothing is appended if any target is missing. Returns rows appended.
+    Nothing is appended if any target is missing. ``replace=True`` swaps out the table's current rows in the
+    same transaction (used when importing a whole CDM export). Returns rows loaded.
     """
     path = Path(path)
     frame = read_cdm_csv(path, SITE_MAPPING_TABLE, error=VocabularyError)
     create_cdm(db.engine, tables=[SITE_MAPPING_TABLE, "concept"])
-    if frame.is_empty():
+    if frame.is_empty() and not replace:
         return 0
     columns = ", ".join(f'"{c}"' for c in frame.columns)
     with staging_table(db, SITE_MAPPING_TABLE) as stage:
@@ -90,6 +77,8 @@ def load_source_to_concept_map(db: Database, path: Path) -> int:
         if not missing.is_empty():
             _raise_missing_target(frame, path, int(missing.item(0, 0)), missing.height)
         with db.engine.begin() as connection:
+            if replace:
+                connection.execute(sa.text(clear_table_sql(db, SITE_MAPPING_TABLE)))
             connection.execute(
                 sa.text(f'INSERT INTO "{SITE_MAPPING_TABLE}" ({columns}) SELECT {columns} FROM "{stage}"')
             )

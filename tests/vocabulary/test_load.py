@@ -7,6 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from harmonize.cdm import io as cdm_io
+from harmonize.cdm.io import iter_cdm_csv, read_cdm_csv
 from harmonize.db import Database, connect
 from harmonize.errors import VocabularyError
 from harmonize.vocabulary import VOCABULARY_TABLES, load_vocabulary
@@ -164,3 +166,27 @@ def test_missing_required_column_and_missing_concept_file(tmp_path: Path) -> Non
     empty.mkdir()
     with pytest.raises(VocabularyError, match="no CONCEPT.csv"):
         load_vocabulary(connect(tmp_path / "v.duckdb"), empty)
+
+
+def test_athena_files_are_read_in_blocks_with_exact_line_numbers(
+    athena_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = athena_folder / "CONCEPT_RELATIONSHIP.csv"
+    blocks = list(iter_cdm_csv(path, "concept_relationship", block_bytes=64 * 1024))
+    assert len(blocks) > 5
+    assert pl.concat(blocks).equals(read_cdm_csv(path, "concept_relationship"))
+    # A bad value far into the file, in a later block, is reported on its own line.
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[4321] = lines[4321].replace("\t2099", "\t2O99", 1)
+    broken = tmp_path / "CONCEPT_RELATIONSHIP.csv"
+    broken.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(VocabularyError) as caught:
+        list(iter_cdm_csv(broken, "concept_relationship", error=VocabularyError, block_bytes=64 * 1024))
+    assert caught.value.where == f"{broken} line 4322, field valid_end_date"
+    # A primary key repeated across blocks is caught before anything is replaced.
+    monkeypatch.setattr(cdm_io, "_BLOCK_BYTES", 4096)
+    concept = read_eunomia("CONCEPT")
+    write_athena(pl.concat([concept, concept.slice(3, 1)]), tmp_path / "CONCEPT.csv")
+    broken.unlink()
+    with pytest.raises(VocabularyError, match=f"concept_id {concept.item(3, 'concept_id')} appears more than once"):
+        load_vocabulary(connect(tmp_path / "v.duckdb"), tmp_path)
