@@ -7,6 +7,7 @@ but has invalid bytes loses only the affected rows, which become rejects with re
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -49,18 +50,24 @@ def read_header(path: Path, source: Source) -> list[str]:
     return [c.strip().strip('"') for c in text.split(source.delimiter)]
 
 
-def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataFrame]:
-    """Decode a file line by line; undecodable lines become rejects (1-based data row numbers)."""
+def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataFrame, list[int] | None]:
+    """Decode a file; if some lines are not valid in ``codec``, drop them as rejects.
+
+    Returns the text, the rejects, and (when lines were dropped) the 1-based data row number of each kept row.
+    """
     raw = path.read_bytes()
     try:
-        return raw.decode(codec).lstrip("\ufeff"), empty_rejects()
+        return raw.decode(codec).lstrip("\ufeff"), empty_rejects(), None
     except UnicodeDecodeError:
         pass
     kept: list[str] = []
+    numbers: list[int] = []
     rejects: list[dict[str, str]] = []
     for number, line in enumerate(raw.splitlines(keepends=True)):
         try:
             kept.append(line.decode(codec))
+            if number:
+                numbers.append(number)
         except UnicodeDecodeError as exc:
             if number == 0:
                 raise SourceError(
@@ -68,24 +75,22 @@ def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataF
                     where=f"{relative} line 1",
                     fix="declare the file's real encoding (encoding: latin-1 | cp1252 | utf-8) in the mapping",
                 ) from None
-            kept.append("\x00SKIP\n")
-            bad = line[exc.start : exc.start + 1].hex()
             rejects.append(
                 {
                     "source_file": relative,
                     "source_row": str(number),
                     "field": "*",
                     "value": line.decode(codec, errors="replace").rstrip("\r\n")[:200],
-                    "reason": f"encoding error: byte 0x{bad} at position {exc.start} is not valid {codec}",
+                    "reason": f"encoding error: byte 0x{line[exc.start : exc.start + 1].hex()} at position "
+                    f"{exc.start} is not valid {codec}; declare the file's encoding in the mapping",
                 }
             )
-    return "".join(kept).lstrip("\ufeff"), pl.DataFrame(rejects, schema=REJECT_SCHEMA)
+    return "".join(kept).lstrip("\ufeff"), pl.DataFrame(rejects, schema=REJECT_SCHEMA), numbers
 
 
-def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.DataFrame]:
+def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
     if source.format == "parquet":
-        scan = pl.scan_parquet(path)
-        return scan.select(pl.all().cast(pl.String)), empty_rejects()
+        return pl.scan_parquet(path).select(pl.all().cast(pl.String)), empty_rejects(), None
     codec = _PYTHON_CODEC[source.encoding]
     options = {
         "separator": source.delimiter,
@@ -96,12 +101,43 @@ def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.D
     if codec == "utf-8":
         try:
             path.read_bytes().decode("utf-8")
-            return pl.scan_csv(path, **options), empty_rejects()
+            return pl.scan_csv(path, **options), empty_rejects(), None
         except UnicodeDecodeError:
             pass
-    text, rejects = _decoded_lines(path, relative, codec)
-    frame = pl.read_csv(io.StringIO(text), **options)
-    return frame.lazy(), rejects
+    text, rejects, numbers = _decoded_lines(path, relative, codec)
+    return pl.read_csv(io.StringIO(text), **options).lazy(), rejects, numbers
+
+
+def _read_ragged(
+    path: Path, relative: str, source: Source, numbers: list[int] | None
+) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
+    """Slow path for a CSV polars refuses: rows with the wrong number of fields become rejects, the rest load."""
+    codec = _PYTHON_CODEC[source.encoding]
+    text = path.read_bytes().decode(codec, errors="replace").lstrip("\ufeff")
+    records = list(csv.reader(io.StringIO(text), delimiter=source.delimiter))
+    header, body = records[0], records[1:]
+    kept: list[list[str | None]] = []
+    kept_numbers: list[int] = []
+    rejects: list[dict[str, str]] = []
+    nulls = set(source.null_values)
+    for index, record in enumerate(body, start=1):
+        number = numbers[index - 1] if numbers and index <= len(numbers) else index
+        if len(record) != len(header):
+            rejects.append(
+                {
+                    "source_file": relative,
+                    "source_row": str(number),
+                    "field": "*",
+                    "value": source.delimiter.join(record)[:200],
+                    "reason": f"wrong number of fields: {len(record)} instead of {len(header)}; quote values "
+                    "that contain the delimiter",
+                }
+            )
+            continue
+        kept.append([None if v in nulls else v for v in record])
+        kept_numbers.append(number)
+    frame = pl.DataFrame(kept, schema={h: pl.String for h in header}, orient="row")
+    return frame, pl.DataFrame(rejects, schema=REJECT_SCHEMA), kept_numbers
 
 
 def read_tabular(name: str, files: list[Path], base_dir: Path, source: Source) -> SourceBatch:
@@ -110,27 +146,28 @@ def read_tabular(name: str, files: list[Path], base_dir: Path, source: Source) -
     rejects: list[pl.DataFrame] = []
     for path in files:
         relative = str(path.relative_to(base_dir))
-        scan, bad = _scan(path, relative, source)
+        scan, bad, numbers = _scan(path, relative, source)
         try:
-            frame = (
-                scan.with_row_index("_row", offset=1)
-                .with_columns(
-                    pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.String).alias("_source_row")
-                )
-                .collect()
-            )
+            frame = scan.collect()
         except pl.exceptions.PolarsError as exc:
-            raise SourceError(
-                f"cannot parse as {source.format}: {str(exc).splitlines()[0]}",
-                where=relative,
-                fix="check delimiter, quoting and encoding declared for this source",
-            ) from None
-        if "\x00SKIP" in frame.columns[0:1] or frame.height and bad.height:
-            first = frame.columns[0]
-            frame = frame.filter(pl.col(first).is_null() | ~pl.col(first).str.starts_with("\x00SKIP"))
-        frame.columns  # noqa: B018 - materialised
-        frames.append(frame.with_columns(pl.col(c).str.strip_chars() for c in frame.columns if not c.startswith("_")))
+            if source.format != "csv":
+                raise SourceError(
+                    f"cannot parse as {source.format}: {str(exc).splitlines()[0]}",
+                    where=relative,
+                    fix="check that the file is the format the mapping declares",
+                ) from None
+            frame, ragged, numbers = _read_ragged(path, relative, source, numbers)
+            bad = pl.concat([bad, ragged])
+        rows = (
+            pl.Series("_source_row", numbers, pl.Int64)
+            if numbers is not None
+            else pl.int_range(1, frame.height + 1, eager=True)
+        )
+        frame = frame.with_columns(pl.col(c).str.strip_chars() for c in frame.columns).with_columns(
+            pl.lit(relative).alias("_source_file"), rows.cast(pl.String).alias("_source_row")
+        )
+        frames.append(frame)
         rejects.append(bad)
     frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     all_rejects = pl.concat(rejects) if rejects else empty_rejects()
-    return SourceBatch(name=name, frame=frame.drop("_row"), rejects=all_rejects, seen=frame.height + all_rejects.height)
+    return SourceBatch(name=name, frame=frame, rejects=all_rejects, seen=frame.height + all_rejects.height)

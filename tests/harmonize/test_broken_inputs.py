@@ -1,0 +1,182 @@
+"""Broken inputs: each gives a clear message naming file, row/resource and field, and loses nothing."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from harmonize.engine import run_mapping
+from harmonize.errors import MappingError
+from tests.harmonize.fixture_site import DIAGNOSES, LABS, MAPPING, PATIENTS, make_site, write_csv
+
+
+def _rows(rows: list[list[str]], index: int, column: str, value: str) -> list[list[str]]:
+    changed = [list(r) for r in rows]
+    changed[index][rows[0].index(column)] = value
+    return changed
+
+
+def truncated_json(source: Path) -> None:
+    with (source / "Condition.000.ndjson").open("a") as handle:
+        handle.write('{"resourceType": "Condition", "id": "c3", "subject": {"refer\n')
+
+
+def wrong_encoding(source: Path) -> None:
+    write_csv(source / "patients.csv", [*PATIENTS, ["P4", "F", "1980-01-01", "Décédée"]], encoding="latin-1")
+
+
+def bad_date(source: Path) -> None:
+    write_csv(source / "diagnoses.csv", _rows(DIAGNOSES, 2, "dx_date", "2019-13-45"))
+
+
+def duplicate_id(source: Path) -> None:
+    write_csv(source / "diagnoses.csv", [*DIAGNOSES, ["D1", "P2", "2019-05-01", "ICD10CM", "C61"]])
+
+
+def missing_person(source: Path) -> None:
+    write_csv(source / "labs.csv", _rows(LABS, 3, "patient_id", "P404"))
+
+
+def negative_value(source: Path) -> None:
+    write_csv(source / "labs.csv", _rows(LABS, 2, "value", "-3.1"))
+
+
+def unparseable_number(source: Path) -> None:
+    write_csv(source / "labs.csv", _rows(LABS, 1, "value", "2.5x"))
+
+
+def ragged_row(source: Path) -> None:
+    write_csv(source / "labs.csv", _rows(LABS, 1, "value", "2,5"))  # unquoted decimal comma: one field too many
+
+
+def unknown_code(source: Path) -> None:
+    write_csv(source / "labs.csv", _rows(LABS, 1, "loinc", "99999-9"))
+
+
+# (name, break the extract, mapping changes, source, file, row, field, reason fragment)
+CASES: list[tuple[str, Callable[[Path], None], dict, str, str, str, str, str]] = [
+    (
+        "truncated JSON",
+        truncated_json,
+        {},
+        "conditions",
+        "Condition.000.ndjson",
+        "Condition.000.ndjson:3",
+        "",
+        "invalid JSON",
+    ),
+    ("wrong encoding", wrong_encoding, {}, "patients", "patients.csv", "4", "*", "encoding error: byte 0xe9"),
+    ("bad date", bad_date, {}, "diagnoses", "diagnoses.csv", "2", "dx_date", "bad date: does not match iso"),
+    ("duplicate id", duplicate_id, {}, "diagnoses", "diagnoses.csv", "5", "dx_id", "duplicate id"),
+    ("missing person", missing_person, {}, "labs", "labs.csv", "3", "patient_id", "unknown person"),
+    ("negative value", negative_value, {}, "labs", "labs.csv", "2", "value", "implausible value -3.1 mg/dL"),
+    ("unparseable number", unparseable_number, {}, "labs", "labs.csv", "1", "value", "unparseable number"),
+    ("ragged row", ragged_row, {}, "labs", "labs.csv", "1", "*", "wrong number of fields: 7 instead of 6"),
+    ("unknown code", unknown_code, {"on_unmapped": "quarantine"}, "labs", "labs.csv", "1", "loinc", "unmapped code"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "changes", "source_name", "file", "row", "field", "reason"), CASES, ids=[c[0] for c in CASES]
+)
+def test_broken_record_is_quarantined_with_where_and_why(
+    tmp_path: Path, name, damage, changes, source_name, file, row, field, reason
+) -> None:
+    mapping, source = make_site(tmp_path, changes)
+    damage(source)
+    db = tmp_path / "site.duckdb"
+    report = run_mapping(mapping, source, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute(
+            "select field, value, reason from fedomop_quarantine where source = ? and source_file = ? "
+            "and source_row = ?",
+            [source_name, file, row],
+        ).fetchall()
+        totals = con.execute(
+            "select sum(source_count), sum(loaded + quarantined), bool_and(balanced) from fedomop_reconciliation "
+            "where omop_table = '*'"
+        ).fetchone()
+    assert found, f"{name}: nothing quarantined for {file} row {row}"
+    assert any(f == field and reason in r for f, _, r in found), found
+    assert totals[0] == totals[1] and totals[2], totals  # nothing lost
+    assert report.balanced and report.records_quarantined >= 1
+
+
+def _mapping_with(**changes: object) -> dict:
+    mapping = copy.deepcopy(MAPPING)
+    mapping.update(changes)
+    return mapping
+
+
+def _set(path: list, value: object) -> dict:
+    mapping = copy.deepcopy(MAPPING)
+    target = mapping
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return mapping
+
+
+MAPPING_CASES = [
+    (
+        "unknown key",
+        _set(["tables", "person", 0, "fields", "gender_concept_id"], {"constant": 8507, "nmae": "MALE"}),
+        "tables.person[0].fields.gender_concept_id.nmae: unknown key 'nmae'",
+        "valid keys here: constant, name",
+    ),
+    ("bad mode", _mapping_with(on_unmapped="drop"), "on_unmapped", "'concept_zero', 'quarantine' or 'fail'"),
+    (
+        "unknown column",
+        _set(["tables", "measurement", 0, "value"], {"number": "result", "unit": "unit"}),
+        "tables.measurement[0].value.number: column 'result' does not exist in source 'labs'",
+        "header of labs: lab_date, lab_id, loinc, patient_id, unit, value",
+    ),
+    (
+        "unknown table",
+        _set(["tables", "conditions"], []),
+        "tables.conditions: 'conditions' is not a table",
+        "condition_occurrence",
+    ),
+    (
+        "unknown field",
+        _set(["tables", "person", 0, "fields", "sex"], "sex"),
+        "person has no settable field 'sex'",
+        "gender_concept_id",
+    ),
+    (
+        "unnamed concept",
+        _set(["tables", "death", 0, "type_concept"], {"constant": 32817}),
+        "tables.death[0].type_concept: hard-coded concept id 32817 has no name",
+        "name: <concept_name>",
+    ),
+    (
+        "wrong concept name",
+        _set(["tables", "death", 0, "type_concept"], {"constant": 32817, "name": "Registry"}),
+        "concept 32817 is 'EHR' in the vocabulary, not 'Registry'",
+        "correct the concept id",
+    ),
+    (
+        "rule key not for table",
+        _set(["tables", "person", 0, "value"], {"number": "sex"}),
+        "tables.person[0].value: person rules take no 'value'",
+        "valid keys for person",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "mapping", "message", "fix"), MAPPING_CASES, ids=[c[0] for c in MAPPING_CASES])
+def test_malformed_mapping_fails_before_reading_data(tmp_path: Path, name, mapping, message, fix) -> None:
+    import yaml
+
+    mapping_file, source = make_site(tmp_path)
+    mapping_file.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    db = tmp_path / "site.duckdb"
+    with pytest.raises(MappingError) as error:
+        run_mapping(mapping_file, source, db)
+    text = str(error.value)
+    assert str(mapping_file) in text and message in text and fix in text, text
+    assert not db.exists()
