@@ -182,17 +182,27 @@ def validate_database(
     db: Database | str | Path, out: Path | str | None = None, options: ValidateOptions | None = None
 ) -> ValidationReport:
     """Validate a site database; with ``out``, write ``report.json`` and ``report.html`` there."""
-    from harmonize.validate.html import render_html
-
     options = options or ValidateOptions()
     database = db if isinstance(db, Database) else connect(db)
-    if not database.has_table("person"):
-        raise ValidationError(
-            "the database has no OMOP person table",
-            where=repr(database),
-            fix="point --db at an OMOP CDM v5.4 database (fedomop cdm create, then fedomop map)",
-        )
-    data = suppress(build_report(database, options), options.small_cell)
+    try:
+        if not database.has_table("person"):
+            raise ValidationError(
+                "the database has no OMOP person table",
+                where=repr(database),
+                fix="point --db at an OMOP CDM v5.4 database (fedomop cdm create, then fedomop map)",
+            )
+        raw = build_report(database, options)
+    finally:
+        if database is not db:
+            database.dispose()  # release the file: DuckDB allows one configuration per file per process
+    return write_report(raw, out, options.small_cell)
+
+
+def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_SMALL_CELL) -> ValidationReport:
+    """Suppress a raw report once and write that same content as report.json and report.html."""
+    from harmonize.validate.html import render_html
+
+    data = suppress(raw, small_cell)
     report = ValidationReport(data)
     if out is not None:
         folder = Path(out)
