@@ -3,7 +3,7 @@
 Sites are put side by side (persons, fatal failures, checks per Kahn category, mapping
 coverage, key measurement medians), and a site is flagged when its median of a
 measurement concept is ``factor`` times (default 10x) above or below the median of the
-other sites' medians — the signature of a unit mapping error (g/L vs mg/dL, mmol vs
+sites' medians — the signature of a unit mapping error (g/L vs mg/dL, mmol vs
 mg) — or when its mapping coverage of a table is far below the others'.
 """
 
@@ -66,11 +66,14 @@ def _measurement_flags(summaries: list[dict[str, Any]], factor: float) -> list[d
         }
         if len(values) < 2:
             continue
+        positive = [v["median"] for v in values.values() if v["median"] and v["median"] > 0]
+        if len(positive) < 2:
+            continue
+        # The median over all sites is robust as long as most sites agree; with two sites both are flagged.
+        reference = statistics.median(positive)
         for site, entry in values.items():
-            others = [v["median"] for other, v in values.items() if other != site and v["median"] and v["median"] > 0]
-            if not others or not entry["median"] or entry["median"] <= 0:
+            if not entry["median"] or entry["median"] <= 0:
                 continue
-            reference = statistics.median(others)
             ratio = entry["median"] / reference
             if abs(math.log10(ratio)) >= math.log10(factor):
                 flags.append(
@@ -81,11 +84,11 @@ def _measurement_flags(summaries: list[dict[str, Any]], factor: float) -> list[d
                         "concept_name": entry["concept_name"],
                         "unit_name": entry["unit_name"],
                         "site_median": entry["median"],
-                        "others_median": reference,
+                        "sites_median": reference,
                         "ratio": ratio,
                         "message": (
                             f"{entry['concept_name'] or concept}: median {entry['median']:.4g} {entry['unit_name']} is "
-                            f"{ratio:.3g}x the other sites' {reference:.4g} — check the unit mapping"
+                            f"{ratio:.3g}x the median across sites ({reference:.4g}) — check the unit mapping"
                         ),
                     }
                 )
