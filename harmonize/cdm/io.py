@@ -18,10 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 import sqlalchemy as sa
@@ -70,7 +71,7 @@ class CdmCsv:
     columns: tuple[str, ...]
     error: ErrorType
 
-    def fail(self, message: str, line: int | None = None, field: str | None = None, fix: str | None = None) -> None:
+    def fail(self, message: str, line: int | None = None, field: str | None = None, fix: str | None = None) -> NoReturn:
         where = str(self.path) + (f" line {line}" if line is not None else "") + (f", field {field}" if field else "")
         raise self.error(message, where=where, fix=fix)
 
@@ -258,32 +259,27 @@ def _read_text(source: CdmCsv, data: Path | bytes, first_line: int) -> pl.DataFr
     return frame.filter(~pl.all_horizontal(pl.col(c).is_null() for c in columns))
 
 
-def _pick_format(sample: str, formats: Iterable[str], temporal: str) -> str | None:
-    probe = pl.Series([sample])
-    for fmt in formats:
-        parsed = (
-            probe.str.to_date(fmt, strict=False) if temporal == "date" else probe.str.to_datetime(fmt, strict=False)
-        )
-        if parsed[0] is not None:
-            return fmt
-    return None
-
-
-def _parse_temporal(raw: pl.Series, datatype: str) -> pl.Series | None:
-    """Parse a date/datetime column with the format of its first value (YYYYMMDD, ISO, ISO with time)."""
-    sample = raw.drop_nulls()
-    if sample.is_empty():
-        return raw.cast(pl.Date if datatype == "date" else pl.Datetime("us"))
-    first = sample[0]
-    if datatype == "date":
-        fmt = _pick_format(first, _DATE_FORMATS, "date")
-        if fmt is not None:
-            return raw.str.to_date(fmt, strict=False)
-    fmt = _pick_format(first, _DATETIME_FORMATS + _DATE_FORMATS, "datetime")
-    if fmt is None:
-        return None
+def _parse_as(raw: pl.Series, fmt: str, datatype: str) -> pl.Series:
+    if datatype == "date" and fmt in _DATE_FORMATS:
+        return raw.str.to_date(fmt, strict=False)
     parsed = raw.str.to_datetime(fmt, strict=False, time_unit="us")
     return parsed.dt.date() if datatype == "date" else parsed
+
+
+def _parse_temporal(raw: pl.Series, datatype: str) -> pl.Series:
+    """Parse a date/datetime column: first with the format of its first value (YYYYMMDD, ISO, ISO with time),
+    then, only for values that failed, with the other known formats."""
+    formats = _DATE_FORMATS + _DATETIME_FORMATS if datatype == "date" else _DATETIME_FORMATS + _DATE_FORMATS
+    sample = raw.drop_nulls().head(1)
+    if not sample.is_empty():
+        first = next((f for f in formats if _parse_as(sample, f, datatype)[0] is not None), formats[0])
+        formats = (first, *(f for f in formats if f != first))
+    parsed = _parse_as(raw, formats[0], datatype)
+    for fmt in formats[1:]:
+        if not (raw.is_not_null() & parsed.is_null()).any():
+            break
+        parsed = parsed.fill_null(_parse_as(raw, fmt, datatype))
+    return parsed
 
 
 def _parse_integer(raw: pl.Series) -> pl.Series:
@@ -297,7 +293,7 @@ def _parse_integer(raw: pl.Series) -> pl.Series:
     return pl.select(pl.when(in_range).then(values).cast(pl.Int32)).to_series().alias(raw.name)
 
 
-def _cast_field(raw: pl.Series, field: FieldSpec) -> pl.Series | None:
+def _cast_field(raw: pl.Series, field: FieldSpec) -> pl.Series:
     if field.datatype == "integer":
         return _parse_integer(raw)
     if field.datatype == "float":
@@ -317,7 +313,7 @@ _EXPECTED = {
 
 def _typed_column(source: CdmCsv, raw: pl.Series, field: FieldSpec, lines: pl.Series) -> pl.Series:
     parsed = _cast_field(raw, field)
-    failed = raw.is_not_null() & (parsed.is_null() if parsed is not None else True)
+    failed = raw.is_not_null() & parsed.is_null()
     if failed.any():
         index = int(failed.arg_true()[0])
         source.fail(
@@ -326,7 +322,6 @@ def _typed_column(source: CdmCsv, raw: pl.Series, field: FieldSpec, lines: pl.Se
             field.name,
             f"{field.table}.{field.name} is {field.datatype} in OMOP CDM v5.4; correct the value",
         )
-    assert parsed is not None
     if field.required and parsed.null_count():
         index = int(parsed.is_null().arg_true()[0])
         source.fail(
