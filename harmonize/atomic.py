@@ -39,7 +39,7 @@ class AtomicTarget:
             self.path = Path(parsed.database)
             self.tmp = self.path.with_name(f"{self.path.name}.tmp-{run_id}")
         elif self.dialect in ("postgresql", "postgres"):
-            self.stage = f"fedomop_stage_{run_id.replace('-', '_')}"
+            self.stage = f"fedomop_stage_{run_id.replace('-', '_')}".lower()
         else:
             raise DatabaseError(f"{self.dialect} is not a site database backend", fix="use DuckDB or PostgreSQL")
 
