@@ -1,0 +1,1 @@
+"""Federated studies on harmonized OMOP data: study specs, site features, Flower apps, models, governance."""

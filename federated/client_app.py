@@ -1,0 +1,271 @@
+"""The site side: a Flower ClientApp that answers the hub with model updates and aggregates only.
+
+Every message carries the study YAML. Before any data is touched the site's
+governance policy (node config ``policy=<path>``) is enforced and the decision
+audited; what leaves the site is audited by size. Replies hold model parameters,
+quantile sketches, moment sums or held-out metrics, never a row or a person id.
+
+Node config: ``db`` (the site's OMOP database URL or DuckDB path), ``site`` (its
+name), optional ``policy`` (governance YAML) and ``message-log`` (a JSONL file that
+records the shape of every reply, for audits and tests). In the simulation engine
+the sites are given to :func:`make_client_app` and chosen by ``partition-id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federated import features, metrics, split
+from federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from federated.study import StudySpec, parse_study
+from federated.transport import describe_content
+from harmonize.db import connect
+from harmonize.errors import FedomopError, StudyError
+
+ERROR_CODE_REFUSED = 403
+ERROR_CODE_FAILED = 500
+XGB_MODELS = {xgb_bagging.NAME, xgb_cyclic.NAME, xgb_histogram.NAME}
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    db: str
+    policy: str | None = None
+    message_log: str | None = None
+
+
+@dataclass
+class Prepared:
+    site: Site
+    study: StudySpec
+    train: features.SiteData
+    test: features.SiteData
+    data_version: str
+
+
+def data_version(db_url: str) -> str:
+    """A short fingerprint of the site data: its cdm_source row and the row counts the study reads."""
+    database = connect(db_url, read_only=True)
+    try:
+        parts = []
+        if database.has_table("cdm_source"):
+            parts.append(database.query("SELECT * FROM cdm_source").write_csv())
+        for table in ("person", "condition_occurrence", "measurement", "drug_exposure", "observation_period"):
+            if database.has_table(table):
+                parts.append(f"{table}={database.scalar(f'SELECT COUNT(*) FROM {table}')}")
+    finally:
+        database.dispose()
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def code_hash() -> str:
+    """The hash of the code that runs here (the federated package), which a site policy approves."""
+    from federated.governance import app_hash
+
+    return app_hash(Path(__file__).parent)
+
+
+@lru_cache(maxsize=8)
+def _prepare_cached(site: Site, study_text: str) -> Prepared:
+    study = parse_study(study_text, source="study sent by the hub")
+    data = features.build_features(site.db, study)
+    held_out = split.test_mask(data.person_id, data.y, seed=study.seed, test_fraction=study.test_fraction)
+    return Prepared(site, study, data.subset(~held_out), data.subset(held_out), data_version(site.db))
+
+
+def _site_from_context(context: Context, sites: list[Site] | None) -> Site:
+    node = context.node_config
+    if "db" in node:
+        return Site(
+            name=str(node.get("site", Path(str(node["db"])).stem)),
+            db=str(node["db"]),
+            policy=str(node["policy"]) if node.get("policy") else None,
+            message_log=str(node["message-log"]) if node.get("message-log") else None,
+        )
+    if sites and "partition-id" in node:
+        return sites[int(node["partition-id"])]
+    raise StudyError(
+        "this SuperNode does not know its database",
+        where="node config",
+        fix='start it with --node-config \'db="site.duckdb" site="site_a"\' (fedomop site start does this)',
+    )
+
+
+def _governed(site: Site, study: StudySpec, requester: str) -> Any:
+    """Enforce the site policy (raises PolicyError); None when the node has no policy."""
+    if not site.policy:
+        return None
+    from federated.governance import enforce_request
+
+    return enforce_request(site.policy, study, code_hash(), requester)
+
+
+def _audit(site: Site, policy: Any, study: StudySpec, requester: str, action: str, reply: RecordDict) -> None:
+    if policy is None:
+        return
+    from federated.governance import audit, outgoing_sizes
+
+    audit(
+        policy,
+        requester=requester,
+        study=study.name,
+        app_hash=code_hash(),
+        action=action,
+        outcome="sent",
+        sent=outgoing_sizes(reply),
+    )
+
+
+def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
+    if not site.message_log:
+        return
+    entry = {"site": site.name, "message_type": message_type, "content": describe_content(reply)}
+    with open(site.message_log, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+# -- what each message type computes ---------------------------------------------------------------
+def _describe(prep: Prepared, message: Message) -> RecordDict:
+    positives = int(prep.train.y.sum())
+    return RecordDict(
+        {
+            "site": ConfigRecord({"site": prep.site.name, "data-version": prep.data_version}),
+            "counts": MetricRecord(
+                {
+                    "n-train": prep.train.n,
+                    "n-test": prep.test.n,
+                    "n-positive-train": positives if positives >= prep.study.small_cell else 0,
+                }
+            ),
+        }
+    )
+
+
+def _sketch(prep: Prepared, message: Message) -> RecordDict:
+    return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, prep.study.small_cell)})
+
+
+def _moments(prep: Prepared, message: Message) -> RecordDict:
+    return RecordDict({"moments": mlp.site_moments(prep.train.X, prep.study.small_cell)})
+
+
+def _train(prep: Prepared, message: Message) -> RecordDict:
+    config = message.content["config"]
+    model = str(config["model"])
+    arrays = message.content.array_records["arrays"]
+    local_rounds = int(config.get("local-rounds", 1))
+    if model == xgb_bagging.NAME:
+        updated = xgb_bagging.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
+    elif model == xgb_cyclic.NAME:
+        updated = xgb_cyclic.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
+    elif model == mlp.NAME:
+        mu = float(config.get("proximal-mu", 0.0))
+        seed = int(config.get("server-round", 0))
+        updated = mlp.site_train(arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed)
+    else:
+        raise StudyError(f"unknown model {model!r}", where="train message config", fix="update the hub")
+    return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
+    config = message.content["config"]
+    edges = xgb_common.from_record(message.content.array_records["edges"])[1] or []
+    model = xgb_histogram.site_train(
+        prep.train.X,
+        prep.train.y,
+        edges,
+        server_address=str(config["server-address"]),
+        world_size=int(config["world-size"]),
+        rank=int(config["rank"]),
+        rounds=int(config["rounds"]),
+    )
+    return RecordDict({"model": model, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _train_local(prep: Prepared, message: Message) -> RecordDict:
+    """The site-alone reference: a model trained on this site's rows only."""
+    config = message.content["config"]
+    model = str(config["model"])
+    if model in XGB_MODELS:
+        record = xgb_common.to_record(xgb_common.train_plain(prep.train.X, prep.train.y, int(config["local-total"])))
+    else:
+        record = mlp.train_plain(prep.train.X, prep.train.y, epochs=int(config["local-total"]))
+    return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def predict(model: str, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
+    return mlp.predict(record, X) if model == mlp.NAME else xgb_common.predict(record, X)
+
+
+def _evaluate(prep: Prepared, message: Message) -> RecordDict:
+    config = message.content["config"]
+    record = message.content.array_records["arrays"]
+    probabilities = predict(str(config["model"]), record, prep.test.X)
+    values = metrics.binary_metrics(prep.test.y, probabilities)
+    finite = {k: v for k, v in values.items() if np.isfinite(v)}
+    return RecordDict({"metrics": MetricRecord({**finite, "num-examples": prep.test.n})})
+
+
+Handler = Callable[[Prepared, Message], RecordDict]
+
+
+def _handle(handler: Handler, sites: list[Site] | None, message: Message, context: Context) -> Message:
+    site = None
+    try:
+        site = _site_from_context(context, sites)
+        config = message.content["config"]
+        requester = str(config.get("requester", "hub"))
+        study = parse_study(str(config["study"]), source="study sent by the hub")
+        policy = _governed(site, study, requester)
+        prep = _prepare_cached(site, str(config["study"]))
+        if policy is not None:
+            from federated.governance import enforce_cohort
+
+            enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
+        reply = handler(prep, message)
+        _audit(site, policy, study, requester, message.metadata.message_type, reply)
+        _log_reply(site, message.metadata.message_type, reply)
+        return Message(reply, reply_to=message)
+    except FedomopError as error:
+        code = ERROR_CODE_REFUSED if type(error).__name__ == "PolicyError" else ERROR_CODE_FAILED
+        where = site.name if site else "site"
+        return Message(Error(code=code, reason=f"{where}: {type(error).__name__}: {error}"), reply_to=message)
+
+
+def make_client_app(sites: list[Site] | None = None) -> ClientApp:
+    """The ClientApp; ``sites`` (simulation only) maps partition-id to a site database."""
+    app = ClientApp()
+    routes: dict[str, tuple[Callable[..., Any], Handler]] = {
+        "describe": (app.query("describe"), _describe),
+        "sketch": (app.query("sketch"), _sketch),
+        "moments": (app.query("moments"), _moments),
+        "train": (app.train(), _train),
+        "histogram": (app.train("histogram"), _train_histogram),
+        "local": (app.train("local"), _train_local),
+        "evaluate": (app.evaluate(), _evaluate),
+    }
+    for decorator, handler in routes.values():
+        decorator(_bind(handler, sites))
+    return app
+
+
+def _bind(handler: Handler, sites: list[Site] | None) -> Callable[[Message, Context], Message]:
+    def handle(message: Message, context: Context) -> Message:
+        return _handle(handler, sites, message, context)
+
+    return handle
+
+
+app = make_client_app()

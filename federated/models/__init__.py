@@ -1,0 +1,1 @@
+"""Federated models, one per file."""

@@ -1,0 +1,54 @@
+"""Federated XGBoost by tree bagging (Flower ``FedXgbBagging``).
+
+Method: each round every site boosts ``local_rounds`` new trees on top of the
+current global ensemble using only its own data and sends back just those trees;
+the server appends all sites' new trees to the ensemble, whose leaf values are
+then summed like a bagged forest of boosted trees. Ma et al., "Gradient-less
+Federated Gradient Boosting Trees with Learnable Learning Rates" (EuroMLSys 2023),
+as implemented by Flower's FedXgbBagging strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedXgbBagging
+
+from federated.models import xgb_common
+from federated.models.history import History, history
+
+NAME = "xgboost-bagging"
+
+
+def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int) -> ArrayRecord:
+    """Boost ``local_rounds`` trees on the global model; reply with only the new trees."""
+    raw, _ = xgb_common.from_record(record)
+    dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
+    if not raw:
+        booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=local_rounds)
+        return xgb_common.to_record(xgb_common.booster_bytes(booster))
+    booster = xgb_common.load_booster(raw)
+    booster.set_param(xgb_common.params())
+    done = booster.num_boosted_rounds()
+    for iteration in range(done, done + local_rounds):
+        booster.update(dtrain, iteration)
+    new_trees = booster[done : done + local_rounds]
+    return xgb_common.to_record(xgb_common.booster_bytes(new_trees))
+
+
+def server_run(grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int) -> tuple[ArrayRecord, History]:
+    """Run the bagging rounds; the ensemble grows by ``local_rounds`` trees per site per round."""
+    strategy = FedXgbBagging(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=xgb_common.to_record(b""),
+        num_rounds=rounds,
+        train_config=ConfigRecord(config),
+        evaluate_config=ConfigRecord(config),
+    )
+    final = xgb_common.to_record(strategy.current_bst or b"")
+    return final, history(result)

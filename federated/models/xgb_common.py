@@ -1,0 +1,89 @@
+"""What the three XGBoost modes share: parameters, model bytes <-> ArrayRecord, prediction.
+
+A booster travels as its JSON bytes in one uint8 array (the layout Flower's
+FedXgbBagging/FedXgbCyclic expect under key ``"0"``). The histogram mode adds the
+global bin edges the model was trained on, because prediction must discretise the
+same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+from flwr.app import Array, ArrayRecord
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "binary:logistic",
+    "eval_metric": "auc",
+    "tree_method": "hist",
+    "eta": 0.1,
+    "max_depth": 4,
+    "min_child_weight": 1.0,
+    "max_bin": 256,
+    "seed": 0,
+    "nthread": 1,
+}
+
+
+def params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**DEFAULT_PARAMS, **(overrides or {})}
+
+
+def booster_bytes(booster: xgb.Booster) -> bytes:
+    return bytes(booster.save_raw("json"))
+
+
+def load_booster(raw: bytes) -> xgb.Booster:
+    booster = xgb.Booster(params={"nthread": 1})
+    booster.load_model(bytearray(raw))
+    return booster
+
+
+def to_record(raw: bytes, edges: list[np.ndarray] | None = None) -> ArrayRecord:
+    record = ArrayRecord([np.frombuffer(raw, dtype=np.uint8)])
+    if edges is not None:
+        record["edges"] = Array(np.concatenate(edges).astype(np.float64))
+        record["edge_sizes"] = Array(np.array([len(e) for e in edges], dtype=np.int64))
+    return record
+
+
+def from_record(record: ArrayRecord) -> tuple[bytes, list[np.ndarray] | None]:
+    raw = record["0"].numpy().tobytes()
+    if "edges" not in record:
+        return raw, None
+    flat = record["edges"].numpy()
+    sizes = record["edge_sizes"].numpy()
+    return raw, np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def discretise(X: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    """Replace each value by the global bin edge at or above it (NaN stays missing).
+
+    Every site then holds only the global edge values, so XGBoost's per-site sketches
+    find the same cut points and the federated histograms add up to the pooled ones.
+    """
+    out = np.array(X, dtype=np.float64, copy=True)
+    for j, cuts in enumerate(edges):
+        column = out[:, j]
+        present = ~np.isnan(column)
+        if len(cuts) == 0:
+            continue
+        index = np.minimum(np.searchsorted(cuts, column[present], side="left"), len(cuts) - 1)
+        column[present] = cuts[index]
+    return out
+
+
+def predict(record: ArrayRecord, X: np.ndarray) -> np.ndarray:
+    raw, edges = from_record(record)
+    if not raw:
+        return np.full(X.shape[0], 0.5)
+    features = discretise(X, edges) if edges is not None else X
+    return load_booster(raw).predict(xgb.DMatrix(features, missing=np.nan))
+
+
+def train_plain(X: np.ndarray, y: np.ndarray, rounds: int, overrides: dict[str, Any] | None = None) -> bytes:
+    """An ordinary (non-federated) booster: the site-alone and pooled references."""
+    booster = xgb.train(params(overrides), xgb.DMatrix(X, label=y, missing=np.nan), num_boost_round=rounds)
+    return booster_bytes(booster)

@@ -1,0 +1,150 @@
+"""Run a study: in Flower's simulation engine on local site databases, or on a real deployment.
+
+:func:`simulate` is what ``fedomop train`` does by default and what a notebook user
+calls: the hub and one virtual SuperNode per site run in this process (Ray
+actors), and -- because all sites are local -- the pooled reference model is
+trained too. :func:`run_deployment` submits the same app to a SuperLink with
+``flwr run`` and waits for the result (no pooled reference: rows never meet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federated import features, metrics, split
+from federated.client_app import Site, code_hash, make_client_app
+from federated.models import mlp, xgb_common
+from federated.report import write_model_card
+from federated.server_app import RunSettings, make_server_app
+from federated.study import StudySpec, parse_study
+from harmonize.errors import FedomopError
+
+APP_DIR = Path(__file__).parent / "flower_app"
+
+
+def site_list(paths: list[str | Path]) -> list[Site]:
+    return [Site(name=Path(str(p)).stem, db=str(p)) for p in paths]
+
+
+def pooled_reference(study: StudySpec, sites: list[Site], settings: RunSettings) -> tuple[dict, dict]:
+    """The model trained on all sites' training rows together (only possible in simulation)."""
+    train, test = {}, {}
+    for site in sites:
+        data = features.build_features(site.db, study)
+        held_out = split.test_mask(data.person_id, data.y, seed=study.seed, test_fraction=study.test_fraction)
+        train[site.name], test[site.name] = data.subset(~held_out), data.subset(held_out)
+    X = np.vstack([d.X for d in train.values()])
+    y = np.concatenate([d.y for d in train.values()])
+    total = settings.total_local_rounds(len(sites))
+    if settings.model == mlp.NAME:
+        record = mlp.train_plain(X, y, epochs=total)
+        per_site = {s: metrics.binary_metrics(d.y, mlp.predict(record, d.X)) for s, d in test.items()}
+    else:
+        booster = xgb_common.to_record(xgb_common.train_plain(X, y, total))
+        per_site = {s: metrics.binary_metrics(d.y, xgb_common.predict(booster, d.X)) for s, d in test.items()}
+    return per_site, metrics.weighted_summary(per_site, {s: d.n for s, d in test.items()})
+
+
+def simulate(
+    study_path: str | Path,
+    site_paths: list[str | Path],
+    *,
+    out: str | Path = "out/federated",
+    pooled: bool = True,
+    message_log: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train in the simulation engine; returns the result dict (also in ``out/result.json``)."""
+    from flwr.simulation import run_simulation
+
+    study_text = Path(study_path).read_text(encoding="utf-8")
+    study = parse_study(study_text, source=str(study_path))
+    sites = [Site(s.name, s.db, message_log=str(message_log) if message_log else None) for s in site_list(site_paths)]
+    settings = RunSettings(study_text=study_text, out=str(out), min_nodes=len(sites), **options)
+    backend = {
+        "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False},
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    run_simulation(make_server_app(settings), make_client_app(sites), num_supernodes=len(sites), backend_config=backend)
+    result_path = Path(out) / "result.json"
+    if not result_path.exists():
+        raise FedomopError("the simulation ended without a result", where=str(out), fix="see the log above")
+    result = json.loads(result_path.read_text())
+    if pooled:
+        result["pooled"], result["pooled_summary"] = pooled_reference(study, sites, settings)
+    result_path.write_text(json.dumps(result, indent=2, default=str))
+    write_model_card(result, study_text, Path(out), code_hash())
+    return result
+
+
+def run_deployment(
+    study_path: str | Path,
+    federation: str,
+    *,
+    out: str | Path = "out/federated",
+    flwr_home: str | Path | None = None,
+    timeout_s: float = 1800,
+    **options: Any,
+) -> dict[str, Any]:
+    """Submit the app to a SuperLink connection (``$FLWR_HOME/config.toml``) and wait for the result."""
+    study_path = Path(study_path).resolve()
+    out = Path(out).resolve()
+    run_config = {"study": str(study_path), "out": str(out), **{k.replace("_", "-"): v for k, v in options.items()}}
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+    env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
+    flwr = str(Path(os.sys.executable).parent / "flwr")
+    (out / "result.json").unlink(missing_ok=True)
+    submitted = subprocess.run(
+        [flwr, "run", str(APP_DIR), federation, "--run-config", overrides, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    if submitted.returncode != 0:
+        raise FedomopError(f"flwr run failed: {submitted.stderr or submitted.stdout}", where=federation)
+    run_id = _run_id(submitted.stdout)
+    status = wait_for_run(flwr, federation, run_id, env, timeout_s)
+    if not status.startswith("finished:completed"):
+        log = subprocess.run([flwr, "log", str(run_id), federation, "--show"], capture_output=True, text=True, env=env)
+        raise FedomopError(
+            f"run {run_id} ended as {status}", where=federation, fix=f"the hub's log:\n{log.stdout[-3000:]}"
+        )
+    result = json.loads((out / "result.json").read_text())
+    write_model_card(result, study_path.read_text(encoding="utf-8"), out, code_hash())
+    return result
+
+
+def _run_id(stdout: str) -> int:
+    try:
+        return int(json.loads(stdout)["run-id"])
+    except (ValueError, KeyError) as exc:
+        raise FedomopError(f"cannot read the run id from flwr run: {stdout!r}", where="flwr run") from exc
+
+
+def wait_for_run(flwr: str, federation: str, run_id: int, env: dict[str, str], timeout_s: float) -> str:
+    """Poll ``flwr ls`` until the run finishes (``flwr run`` itself returns at submission)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            [flwr, "ls", federation, "--run-id", str(run_id), "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if listed.returncode == 0:
+            runs = json.loads(listed.stdout).get("runs", [])
+            status = str(runs[0].get("status", "")) if runs else ""
+            if status.startswith("finished"):
+                return status
+        time.sleep(1.0)
+    raise FedomopError(f"run {run_id} did not finish within {timeout_s:.0f} s", where=federation)

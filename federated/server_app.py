@@ -1,0 +1,257 @@
+"""The hub side: a Flower ServerApp that runs one study with one model and compares it.
+
+Phases: ``describe`` (which node is which site, train/test sizes, data versions),
+model training (histogram XGBoost, bagging, cyclic, or the MLP with FedAvg/FedProx),
+federated evaluation of the final model on every site's held-out 30%, and the
+site-alone references (each site's own model, evaluated on every site's held-out
+set). The hub writes ``result.json`` and the model to ``out`` for the caller; the
+pooled reference is added afterwards, only in simulation (see :mod:`federated.runner`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from federated import metrics
+from federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from federated.models.xgb_histogram import collect
+from federated.strategies import fedavg, fedprox
+from federated.study import parse_study
+from federated.transport import CountingGrid
+from harmonize.errors import FedomopError, StudyError
+
+MODELS = (xgb_histogram.NAME, xgb_bagging.NAME, xgb_cyclic.NAME, mlp.NAME)
+
+
+@dataclass
+class RunSettings:
+    """Everything the hub needs; given directly in simulation, or as Flower run config (``run-config``)."""
+
+    study_text: str
+    model: str = xgb_histogram.NAME
+    rounds: int = 0  # 0: the model's default
+    out: str = "out/federated"
+    min_nodes: int = 2
+    strategy: str = fedavg.NAME  # MLP only: fedavg | fedprox
+    proximal_mu: float = 0.1
+    local_rounds: int = 0  # trees per site per round (bagging/cyclic); 0: default
+    epochs: int = 2  # MLP local epochs per round
+    xgb_host: str = "127.0.0.1"
+    requester: str = "hub"
+    compare_local: bool = True
+    wait_for_nodes_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise StudyError(f"unknown model {self.model!r}", where="--model", fix=f"choose one of {', '.join(MODELS)}")
+        defaults = {xgb_histogram.NAME: 60, xgb_bagging.NAME: 10, xgb_cyclic.NAME: 12, mlp.NAME: 15}
+        self.rounds = self.rounds or defaults[self.model]
+        if not self.local_rounds:
+            self.local_rounds = 2 if self.model == xgb_bagging.NAME else 5
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        study = str(run_config["study"])
+        text = Path(study).read_text(encoding="utf-8") if Path(study).exists() else study
+        known = {f for f in cls.__dataclass_fields__ if f != "study_text"}
+        values = {k.replace("-", "_"): v for k, v in run_config.items()}
+        return cls(study_text=text, **{k: v for k, v in values.items() if k in known})
+
+    def total_local_rounds(self, n_sites: int) -> int:
+        """Trees (or epochs) a site-alone model gets: as many as the federated model's training."""
+        if self.model == xgb_histogram.NAME:
+            return self.rounds
+        if self.model == xgb_bagging.NAME:
+            return self.rounds * self.local_rounds
+        if self.model == xgb_cyclic.NAME:
+            return self.rounds * self.local_rounds
+        return self.rounds * self.epochs
+
+    def message_config(self, n_sites: int) -> dict[str, Any]:
+        return {
+            "study": self.study_text,
+            "model": self.model,
+            "requester": self.requester,
+            "local-rounds": self.local_rounds,
+            "epochs": self.epochs,
+            "local-total": self.total_local_rounds(n_sites),
+        }
+
+
+@dataclass
+class SiteInfo:
+    node_id: int
+    site: str
+    n_train: int
+    n_test: int
+    data_version: str
+
+
+@dataclass
+class RunResult:
+    settings: dict[str, Any]
+    sites: dict[str, SiteInfo]
+    federated: dict[str, dict[str, float]]
+    federated_summary: dict[str, float]
+    local: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    local_summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    traffic: dict[str, dict[str, int]] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    flower_rounds: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["settings"].pop("study_text", None)
+        return out
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedomopError(
+                f"only {len(nodes)} of {minimum} sites connected within {timeout_s:.0f} s",
+                where="hub",
+                fix="start every site (fedomop site start) against this hub",
+            )
+        time.sleep(0.5)
+
+
+def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, what: str) -> list[Message]:
+    return collect(grid, [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes], what)
+
+
+def describe_sites(grid: Grid, nodes: list[int], config: dict[str, Any]) -> dict[str, SiteInfo]:
+    replies = _send(grid, nodes, "query.describe", RecordDict({"config": ConfigRecord(config)}), "describe")
+    sites = {}
+    for node, reply in zip(nodes, replies, strict=True):
+        info, counts = reply.content["site"], reply.content["counts"]
+        sites[str(info["site"])] = SiteInfo(
+            node, str(info["site"]), int(counts["n-train"]), int(counts["n-test"]), str(info["data-version"])
+        )
+    return sites
+
+
+def evaluate_everywhere(
+    grid: Grid, sites: dict[str, SiteInfo], model: ArrayRecord, config: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Held-out metrics of one model at every site (only the scalars come back)."""
+    names = list(sites)
+    content = RecordDict({"arrays": model, "config": ConfigRecord(config)})
+    replies = _send(grid, [sites[s].node_id for s in names], "evaluate", content, "evaluation")
+    out = {}
+    for name, reply in zip(names, replies, strict=True):
+        record = reply.content["metrics"]
+        out[name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+    return out
+
+
+def train_federated(
+    grid: CountingGrid, settings: RunSettings, nodes: list[int], config: dict[str, Any]
+) -> tuple[ArrayRecord, dict[int, dict[str, float]], int]:
+    """Train the chosen model; returns the model, per-round history and the number of Flower rounds."""
+    n = len(nodes)
+    if settings.model == xgb_histogram.NAME:
+        grid.phase = "histogram"
+        model = xgb_histogram.server_run(grid, nodes, settings.rounds, config, host=settings.xgb_host)  # type: ignore[arg-type]
+        return model, {}, 2
+    if settings.model == xgb_bagging.NAME:
+        model, history = xgb_bagging.server_run(grid, settings.rounds, config, n)  # type: ignore[arg-type]
+        return model, history, settings.rounds
+    if settings.model == xgb_cyclic.NAME:
+        model, history = xgb_cyclic.server_run(grid, settings.rounds, config, n)  # type: ignore[arg-type]
+        return model, history, settings.rounds
+    grid.phase = "moments"
+    replies = _send(grid, nodes, "query.moments", RecordDict({"config": ConfigRecord(config)}), "moments")  # type: ignore[arg-type]
+    mean, std = mlp.global_moments([r.content.array_records["moments"] for r in replies])
+    initial = mlp.initial_record(len(mean), mean, std)
+    strategy = fedprox if settings.strategy == fedprox.NAME else fedavg
+    if strategy is fedprox:
+        model, history = fedprox.server_run(grid, initial, settings.rounds, config, n, mu=settings.proximal_mu)  # type: ignore[arg-type]
+    else:
+        model, history = fedavg.server_run(grid, initial, settings.rounds, config, n)  # type: ignore[arg-type]
+    return model, history, settings.rounds + 1
+
+
+def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]) -> dict[str, ArrayRecord]:
+    names = list(sites)
+    replies = _send(
+        grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)}), "local"
+    )
+    return {name: reply.content.array_records["model"] for name, reply in zip(names, replies, strict=True)}
+
+
+def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
+    """The model file: XGBoost JSON (+ global edges) or a PyTorch state dict with the standardisation."""
+    if settings.model == mlp.NAME:
+        import torch
+
+        net, mean, std = mlp.from_record(model)
+        path = out / "model.pt"
+        torch.save({"state_dict": net.state_dict(), "mean": mean, "std": std}, path)
+        return path
+    raw, edges = xgb_common.from_record(model)
+    (out / "model.json").write_bytes(raw)
+    if edges is not None:
+        (out / "bin_edges.json").write_text(json.dumps([e.tolist() for e in edges]))
+    return out / "model.json"
+
+
+def run(grid: Grid, settings: RunSettings) -> RunResult:
+    """The whole federated run at the hub; writes result.json, the model and returns the result."""
+    study = parse_study(settings.study_text, source="study")
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counting = CountingGrid(grid)
+    nodes = wait_for_nodes(grid, settings.min_nodes, settings.wait_for_nodes_s)
+    config = settings.message_config(len(nodes))
+    sites = describe_sites(counting, nodes, config)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    model, history, flower_rounds = train_federated(counting, settings, [sites[s].node_id for s in sites], config)
+    train_seconds = time.perf_counter() - started
+    counting.phase = "final evaluation"
+    federated = evaluate_everywhere(counting, sites, model, config)  # type: ignore[arg-type]
+    sizes = {s: sites[s].n_test for s in sites}
+    result = RunResult(
+        settings={**asdict(settings), "study": study.name},
+        sites=sites,
+        federated=federated,
+        federated_summary=metrics.weighted_summary(federated, sizes),
+        history=history,
+        train_seconds=train_seconds,
+        flower_rounds=flower_rounds,
+    )
+    if settings.compare_local:
+        counting.phase = "site-alone references"
+        for name, local_model in site_alone_models(counting, sites, config).items():  # type: ignore[arg-type]
+            result.local[name] = evaluate_everywhere(counting, sites, local_model, config)  # type: ignore[arg-type]
+            result.local_summary[name] = metrics.weighted_summary(result.local[name], sizes)
+    result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
+    save_model(model, settings, out)
+    (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    return result
+
+
+def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+    """A ServerApp for given settings (simulation) or reading Flower's run config (deployment)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run(grid, settings or RunSettings.from_run_config(dict(context.run_config)))
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,1 @@
+"""Flower strategies for the PyTorch models, one per file."""

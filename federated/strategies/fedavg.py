@@ -1,0 +1,33 @@
+"""Federated averaging of the MLP (Flower ``FedAvg``).
+
+Method: each round every site trains the global network for a few local epochs
+and the hub replaces it by the example-weighted average of the sites' weights.
+McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from federated.models.history import History, history
+
+NAME = "fedavg"
+
+
+def server_run(
+    grid: Grid, initial: ArrayRecord, rounds: int, config: dict[str, Any], min_nodes: int
+) -> tuple[ArrayRecord, History]:
+    strategy = FedAvg(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=rounds,
+        train_config=ConfigRecord(config),
+        evaluate_config=ConfigRecord(config),
+    )
+    return result.arrays, history(result)

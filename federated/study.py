@@ -1,0 +1,192 @@
+"""A federated study as data: cohort, outcome and covariates named by standard codes.
+
+A study YAML is the contract every site runs unchanged. Concepts are named by
+vocabulary + code (``{vocabulary: SNOMED, code: "94222008"}``) and resolved to
+concept ids in each site's own vocabulary tables, so one file works across
+vocabulary releases. Windows are in days relative to the index date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from harmonize.errors import StudyError
+
+STUDIES_DIR = Path(__file__).parent / "studies"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Concept(_Strict):
+    """A standard concept named by code; ``descendants`` pulls in its concept_ancestor subtree."""
+
+    vocabulary: str
+    code: str
+    descendants: bool = True
+    label: str | None = None
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Window(_Strict):
+    """Days relative to the index date, both ends inclusive (``[-365, 0]`` = the year before)."""
+
+    start: int
+    end: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return {"start": value[0], "end": value[1]}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.start > self.end:
+            raise ValueError(f"window start {self.start} is after its end {self.end}")
+        return self
+
+
+class Cohort(_Strict):
+    """Index event: the first occurrence of a condition in the concept set, optionally with an age limit."""
+
+    concepts: list[Concept] = Field(min_length=1)
+    min_age: int | None = None
+    max_age: int | None = None
+
+
+class Outcome(_Strict):
+    """A condition in the concept set occurring within ``window`` days of the index date."""
+
+    concepts: list[Concept] = Field(min_length=1)
+    window: Window
+    exclude_prior: bool = True
+    require_followup: bool = False
+
+
+class ValueConcept(Concept):
+    """A categorical measurement answer (value_as_concept_id) and the number it stands for (e.g. stage 3)."""
+
+    value: float
+
+
+CovariateKind = Literal["age", "sex", "condition", "drug", "procedure", "observation", "measurement"]
+
+
+class Covariate(_Strict):
+    """One feature column.
+
+    ``age``: years at index. ``sex``: 1 when gender is in ``concepts``. ``condition``/``drug``/
+    ``procedure``/``observation``: 1 when any record of the set falls in ``window``.
+    ``measurement``: the latest value in ``window`` in one of ``units`` (harmonized to standard
+    units upstream), taken from value_as_number, or from ``values`` for coded answers (stage).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: CovariateKind
+    concepts: list[Concept] = Field(default_factory=list)
+    window: Window = Window(start=-365, end=0)
+    units: list[Concept] = Field(default_factory=list)
+    values: list[ValueConcept] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _needs_concepts(self) -> Covariate:
+        if self.kind != "age" and not self.concepts:
+            raise ValueError(f"covariate {self.name!r} of kind {self.kind} needs `concepts`")
+        return self
+
+
+class StudySpec(_Strict):
+    """The whole study: who is in, what is predicted, from which features, and how sites split."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: str = "1"
+    description: str = ""
+    seed: int = 2026
+    test_fraction: float = Field(default=0.3, gt=0, lt=1)
+    min_cohort_size: int = Field(default=20, ge=1)
+    small_cell: int = Field(default=5, ge=1)
+    cohort: Cohort
+    outcome: Outcome
+    covariates: list[Covariate] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> StudySpec:
+        names = [c.name for c in self.covariates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"covariate names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.covariates]
+
+    def tables(self) -> dict[str, list[str]]:
+        """The CDM tables (and columns) this study reads, for the site's governance check."""
+        from federated.features import tables_read
+
+        return tables_read(self)
+
+    def data_request(self) -> dict[str, Any]:
+        """What the study reads, in the shape the site governance walker understands."""
+        return {"tables": self.tables(), "concepts": [c.model_dump() for c in self.all_concepts()]}
+
+    def all_concepts(self) -> list[Concept]:
+        found: list[Concept] = [*self.cohort.concepts, *self.outcome.concepts]
+        for covariate in self.covariates:
+            found += [*covariate.concepts, *covariate.units, *covariate.values]
+        return found
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def _location(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def parse_study(text: str, *, source: str = "<study>") -> StudySpec:
+    """Parse study YAML text; every problem names the file and the key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise StudyError(f"not valid YAML: {exc}", where=where, fix="fix the YAML syntax") from exc
+    if not isinstance(raw, dict):
+        raise StudyError("a study file must be a mapping", where=source, fix="start with `name:`, `cohort:`, ...")
+    try:
+        return StudySpec.model_validate(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise StudyError(
+            f"{first['msg']}{more}",
+            where=f"{source}: {_location(first)}",
+            fix="see docs/federated.md (study files) for the keys each section takes",
+        ) from exc
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Load a study by path, or by name from federated/studies (``bone_metastasis``)."""
+    candidate = Path(path)
+    if not candidate.exists() and not candidate.suffix:
+        candidate = STUDIES_DIR / f"{path}.yaml"
+    if not candidate.exists():
+        available = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
+        raise StudyError(
+            "study file not found", where=str(path), fix=f"give a YAML path or one of the bundled studies: {available}"
+        )
+    return parse_study(candidate.read_text(encoding="utf-8"), source=str(candidate))
