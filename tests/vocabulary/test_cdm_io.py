@@ -118,3 +118,17 @@ def test_cli_reports_a_malformed_vocabulary_without_traceback(tmp_path: Path) ->
     assert done.returncode == 2
     assert "VocabularyError" in done.stderr and "CONCEPT.csv line 2" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.postgres
+def test_load_cdm_folder_on_postgres_matches_duckdb(postgres_url: str, tmp_path: Path) -> None:
+    pg = connect(postgres_url)
+    tables = ["person", "measurement", "drug_exposure", "cdm_source", "note_nlp", "source_to_concept_map"]
+    counts = load_cdm_folder(pg, EUNOMIA, tables=tables)
+    duck = connect(tmp_path / "d.duckdb")
+    assert load_cdm_folder(duck, EUNOMIA, tables=tables) == counts
+    for table in ("person", "measurement", "drug_exposure"):
+        key = load_spec().table(table).column_names[0]
+        query = f"SELECT * FROM {table} ORDER BY {key}"
+        assert pg.query(query).equals(duck.query(query), null_equal=True), table
+    pg.dispose()
