@@ -58,7 +58,7 @@ _POLARS_TYPE: dict[str, pl.DataType] = {
     "date": pl.Date(),
     "datetime": pl.Datetime("us"),
 }
-_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target")
+_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target", "_source_key")
 _DEFAULT_PERIOD_TYPE = 32817  # "EHR"; a mapping may declare its own observation_period.type_concept
 
 
@@ -154,13 +154,18 @@ def _spec_types(table: str) -> dict[str, pl.DataType]:
 def _to_table_columns(table: str, rows: pl.DataFrame) -> pl.DataFrame:
     """Rename slot columns to this table's columns; ``fields:`` apply only where the rule declared this table."""
     target = TARGETS[table]
-    renamed = rows.rename({slot: col for slot, col in target.columns.items() if slot in rows.columns})
+    renamed = rows.rename({s: c for s, c in target.columns.items() if s in rows.columns and s != "_source_key"})
     field_columns = [c for c in renamed.columns if c.startswith(FIELD_PREFIX)]
     declared_here = renamed.height and renamed.get_column("_declared")[0] == table
     if declared_here:
         renamed = renamed.rename({c: c[len(FIELD_PREFIX) :] for c in field_columns})
     else:
         renamed = renamed.drop(field_columns)
+    key_column = target.columns.get("_source_key")
+    if key_column and "_source_key" in renamed.columns:  # the record's id is the *_source_value unless a field says
+        present = key_column in renamed.columns
+        value = pl.coalesce(key_column, "_source_key") if present else pl.col("_source_key")
+        renamed = renamed.with_columns(value.cast(pl.String).alias(key_column))
     types = _spec_types(table)
     missing = [pl.lit(None, dtype).alias(name) for name, dtype in types.items() if name not in renamed.columns]
     return renamed.with_columns(missing)
@@ -254,10 +259,8 @@ class SiteBuild:
             frame = self._finish(table, self._evaluate_table_rules(table))
             self.tables[table] = frame
             if frame.height:
-                key = "_source_key"
-                source_key = TARGETS[table].columns and next(c for s, c in TARGETS[table].columns.items() if s == key)
                 self.ctx.keys[table] = frame.select(
-                    pl.col(source_key).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")
+                    pl.col("_source_key").cast(pl.String).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")
                 ).unique("_key", keep="first", maintain_order=True)
 
     def build_events(self) -> None:

@@ -160,7 +160,8 @@ class RuleEvaluator:
             exprs += [
                 number.alias("_value"),
                 unit.alias("_unit_source_value"),
-                pl.col(rule.value.number).alias("_value_source_value"),
+                unit.cast(pl.String).replace(self.ctx.mapping.unit_aliases).alias("_unit_code"),
+                pl.col(rule.value.number).cast(pl.String).alias("_value_source_value"),
             ]
             problems.append(
                 Problem(
@@ -170,6 +171,10 @@ class RuleEvaluator:
                     "unparseable number",
                 )
             )
+            if rule.value.required:
+                problems.append(
+                    Problem(pl.col(rule.value.number).is_null(), rule.value.number, pl.lit(None), "missing value")
+                )
         if rule.type_concept is not None:
             exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
         for name, expr in rule.fields.items():

@@ -16,7 +16,7 @@ from harmonize.vocabulary import standard_concept_by_code
 
 _TABLE_SCHEMA = {
     "_conv_concept": pl.Int64,
-    "_unit_source_value": pl.String,
+    "_unit_code": pl.String,
     "_factor": pl.Float64,
     "_standard": pl.String,
     "_standard_concept": pl.Int64,
@@ -52,7 +52,7 @@ class UnitConverter:
                 rows.append(
                     {
                         "_conv_concept": concept,
-                        "_unit_source_value": unit,
+                        "_unit_code": unit,
                         "_factor": factor,
                         "_standard": conv.standard,
                         "_standard_concept": standard_id,
@@ -63,18 +63,16 @@ class UnitConverter:
         table = pl.DataFrame(rows, schema=_TABLE_SCHEMA)
         self.specific = table.filter(pl.col("_conv_concept").is_not_null())
         self.generic = (
-            table.filter(pl.col("_conv_concept").is_null())
-            .drop("_conv_concept")
-            .unique("_unit_source_value", keep="first")
+            table.filter(pl.col("_conv_concept").is_null()).drop("_conv_concept").unique("_unit_code", keep="first")
         )
         self.known_concepts = set(self.specific.get_column("_conv_concept").to_list())
         self.ucum = (
             db.query(
-                "SELECT concept_code AS _unit_source_value, concept_id AS _ucum_concept FROM concept "
+                "SELECT concept_code AS _unit_code, concept_id AS _ucum_concept FROM concept "
                 "WHERE vocabulary_id = 'UCUM' AND invalid_reason IS NULL"
             )
             .with_columns(pl.col("_ucum_concept").cast(pl.Int64))
-            .unique("_unit_source_value", keep="first")
+            .unique("_unit_code", keep="first")
         )
 
     def apply(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -83,14 +81,12 @@ class UnitConverter:
             return frame, frame.with_columns(pl.lit(None, pl.String).alias("_reason"))
         joined = frame.join(
             self.specific,
-            left_on=["_concept_id", "_unit_source_value"],
-            right_on=["_conv_concept", "_unit_source_value"],
+            left_on=["_concept_id", "_unit_code"],
+            right_on=["_conv_concept", "_unit_code"],
             how="left",
         )
-        generic = self.generic.rename({c: f"{c}_g" for c in self.generic.columns if c != "_unit_source_value"})
-        joined = joined.join(generic, on="_unit_source_value", how="left").join(
-            self.ucum, on="_unit_source_value", how="left"
-        )
+        generic = self.generic.rename({c: f"{c}_g" for c in self.generic.columns if c != "_unit_code"})
+        joined = joined.join(generic, on="_unit_code", how="left").join(self.ucum, on="_unit_code", how="left")
         has_specific_rule = pl.col("_concept_id").is_in(list(self.known_concepts))
         factor = pl.coalesce("_factor", pl.when(~has_specific_rule).then(pl.col("_factor_g")))
         converted = joined.with_columns(
@@ -98,7 +94,7 @@ class UnitConverter:
             pl.coalesce(
                 pl.when(factor.is_not_null()).then(pl.coalesce("_standard_concept", "_standard_concept_g")),
                 "_ucum_concept",
-                pl.when(pl.col("_unit_source_value").is_not_null()).then(pl.lit(0, pl.Int64)),
+                pl.lit(0, pl.Int64),
             ).alias("_unit_concept_id"),
             pl.coalesce("_low", pl.when(~has_specific_rule).then(pl.col("_low_g"))).alias("_lo"),
             pl.coalesce("_high", pl.when(~has_specific_rule).then(pl.col("_high_g"))).alias("_hi"),
@@ -112,12 +108,14 @@ class UnitConverter:
             pl.when(no_factor)
             .then(
                 pl.format(
-                    "no conversion from unit '{}' declared for this concept",
-                    pl.col("_unit_source_value").fill_null("(none)"),
+                    "no conversion: unit '{}' has no factor declared for this concept",
+                    pl.col("_unit_code").fill_null("(none)"),
                 )
             )
             .when(out_of_range)
-            .then(pl.format("implausible value {} {} (declared range {}..{})", "_value", "_std", "_lo", "_hi"))
+            .then(
+                pl.format("implausible value: {} {} outside the declared range {}..{}", "_value", "_std", "_lo", "_hi")
+            )
         )
         checked = converted.with_columns(reason.alias("_reason"))
         helper = [c for c in checked.columns if c not in frame.columns and c not in ("_reason", "_unit_concept_id")]

@@ -75,7 +75,7 @@ def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule)
     spec = load_spec().table(table)
     slot_columns = {
         target.columns[slot]
-        for key in rule.model_fields_set
+        for key in rule.model_fields_set - {"id"}  # a field may override the *_source_value the id gives
         for slot in RULE_SLOTS.get(key, ())
         if slot in target.columns
     }

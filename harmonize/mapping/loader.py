@@ -17,7 +17,7 @@ from pydantic import ValidationError as PydanticValidationError
 from harmonize.errors import MappingError
 from harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
 
-_MERGED_DICTS = ("sources", "tables")
+_MERGED_DICTS = ("sources", "tables", "unit_aliases")
 _MERGED_LISTS = ("units", "fhir_inventory")
 _FIELD_TAGS: dict[str, type[BaseModel]] = {
     "column": ColumnExpr,

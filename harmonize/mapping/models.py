@@ -105,6 +105,7 @@ class ValueExpr(Strict):
     number: str
     unit: str | None = None
     unit_constant: str | None = None
+    required: bool = False  # a record without a number is quarantined ("missing value")
 
 
 class Filter(Strict):
@@ -238,6 +239,7 @@ class Mapping(Strict):
     sources: dict[str, Source]
     fhir_inventory: list[FhirInventory] = Field(default_factory=list)
     units: list[UnitConversion] = Field(default_factory=list)
+    unit_aliases: dict[str, str] = Field(default_factory=dict)  # unit as the site writes it -> UCUM code
     tables: dict[str, list[Rule]]
     observation_period: ObservationPeriod | None = None
     episodes: Episodes | None = None
