@@ -51,7 +51,7 @@ def mapping_coverage(db: Database, ctx: CheckContext, options: ProfileOptions) -
         if not (ctx.has_field(table, concept) and ctx.has_field(table, source)):
             continue
         ((records, mapped),) = _rows(
-            db, f"SELECT COUNT(*), SUM(CASE WHEN {q(concept)} <> 0 THEN 1 ELSE 0 END) FROM {q(table)}"
+            db, f"SELECT COUNT(*) AS n, SUM(CASE WHEN {q(concept)} <> 0 THEN 1 ELSE 0 END) AS mapped FROM {q(table)}"
         )
         records, mapped = int(records or 0), int(mapped or 0)  # type: ignore[call-overload]
         if not records:
@@ -139,8 +139,8 @@ def measurement_distributions(db: Database, ctx: CheckContext, options: ProfileO
             f"AND COALESCE(unit_concept_id, 0) = {unit} AND value_as_number IS NOT NULL"
         )
         fractions = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-        stats = ", ".join(ctx.quantile("value_as_number", f) for f in fractions)
-        ((n, *values),) = _rows(db, f"SELECT COUNT(*), {stats} {subset}")
+        stats = ", ".join(f"{ctx.quantile('value_as_number', f)} AS q{i}" for i, f in enumerate(fractions))
+        ((n, *values),) = _rows(db, f"SELECT COUNT(*) AS n, {stats} {subset}")
         p01, p05, p25, p50, p75, p95, p99 = (float(v) for v in values)  # type: ignore[arg-type]
         out.append(
             {

@@ -183,6 +183,10 @@ def validate_database(
 ) -> ValidationReport:
     """Validate a site database; with ``out``, write ``report.json`` and ``report.html`` there."""
     options = options or ValidateOptions()
+    if isinstance(db, Path | str) and "://" not in str(db) and not Path(db).exists():
+        raise ValidationError(
+            "database file not found", where=str(db), fix="pass an existing DuckDB file or a database URL to --db"
+        )
     database = db if isinstance(db, Database) else connect(db)
     try:
         if not database.has_table("person"):
