@@ -197,7 +197,7 @@ def write_flower_connection(flwr_home: Path | str, name: str, address: str, ca_c
     return path
 
 
-def register_supernode(public_key: Path | str, *, flwr_home: Path | str, connection: str, timeout: float = 60) -> int:
+def register_supernode(public_key: Path | str, *, flwr_home: Path | str, connection: str, timeout: float = 180) -> int:
     """Register a site's public key with an auth-enabled SuperLink (``flwr supernode register``); returns its node id."""
     import json
     import os
