@@ -26,6 +26,12 @@ from harmonize.errors import DatabaseError
 _COPY_CHUNK_ROWS = 200_000
 
 
+def quote_identifier(name: str) -> str:
+    """A SQL identifier in double quotes, inner quotes doubled (the spec names a column ``"offset"``)."""
+    escaped = name.replace('"', '""')
+    return f'"{escaped}"'
+
+
 def normalize_url(url: str | Path) -> str:
     """Turn a bare file path into a DuckDB URL; leave real URLs alone."""
     text = str(url)
@@ -170,7 +176,7 @@ class Database:
         return arrow.num_rows
 
     def _load_duckdb(self, table: str, arrow: pa.Table) -> None:
-        names = ", ".join(f'"{c}"' for c in arrow.column_names)
+        names = ", ".join(quote_identifier(c) for c in arrow.column_names)
         with self.raw_duckdb() as con:
             con.register("__fedomop_load", arrow)
             try:
@@ -179,7 +185,7 @@ class Database:
                 con.unregister("__fedomop_load")
 
     def _load_postgres(self, table: str, arrow: pa.Table) -> None:
-        names = ", ".join(f'"{c}"' for c in arrow.column_names)
+        names = ", ".join(quote_identifier(c) for c in arrow.column_names)
         raw = self.engine.raw_connection()
         try:
             with raw.driver_connection.cursor() as cursor:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from harmonize.cdm.schema import create_cdm
 from harmonize.cdm.spec import FieldSpec, TableSpec, load_spec
-from harmonize.db import Database
+from harmonize.db import Database, quote_identifier
 from harmonize.errors import FedomopError, SourceError
 
 ErrorType = type[FedomopError]
@@ -400,29 +400,28 @@ def read_cdm_csv(path: Path, table: str, *, error: ErrorType = SourceError) -> p
 # -- atomic table replacement ---------------------------------------------------------------------------
 
 
-def _quote(name: str) -> str:
-    escaped = name.replace('"', '""')
-    return f'"{escaped}"'
-
-
 @contextmanager
 def staging_table(db: Database, like: str, *, columns: str | None = None) -> Iterator[str]:
     """An empty, constraint-free copy of table ``like`` (or, with ``columns``, a new table with that column
     list, e.g. ``"code VARCHAR"``) for bulk loading; dropped afterwards."""
     name = f"fedomop_stage_{like}_{uuid.uuid4().hex[:10]}"
     if columns is None:
-        db.execute(f"CREATE TABLE {_quote(name)} AS SELECT * FROM {_quote(like)} WHERE 1 = 0")
+        db.execute(f"CREATE TABLE {quote_identifier(name)} AS SELECT * FROM {quote_identifier(like)} WHERE 1 = 0")
     else:
-        db.execute(f"CREATE TABLE {_quote(name)} ({columns})")
+        db.execute(f"CREATE TABLE {quote_identifier(name)} ({columns})")
     try:
         yield name
     finally:
-        db.execute(f"DROP TABLE IF EXISTS {_quote(name)}")
+        db.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
 
 
 def clear_table_sql(db: Database, table: str) -> str:
     # TRUNCATE is transactional and much faster on PostgreSQL; DuckDB and SQLite want DELETE.
-    return f"TRUNCATE TABLE {_quote(table)}" if db.dialect == "postgresql" else f"DELETE FROM {_quote(table)}"
+    return (
+        f"TRUNCATE TABLE {quote_identifier(table)}"
+        if db.dialect == "postgresql"
+        else f"DELETE FROM {quote_identifier(table)}"
+    )
 
 
 def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: ErrorType) -> None:
@@ -431,7 +430,7 @@ def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: E
     if key is None:
         return
     duplicate = db.query(
-        f"SELECT {_quote(key.name)} AS k FROM {_quote(stage)} GROUP BY {_quote(key.name)} HAVING COUNT(*) > 1 LIMIT 1"
+        f"SELECT {quote_identifier(key.name)} AS k FROM {quote_identifier(stage)} GROUP BY {quote_identifier(key.name)} HAVING COUNT(*) > 1 LIMIT 1"
     )
     if not duplicate.is_empty():
         raise error(
@@ -461,10 +460,12 @@ def replace_tables(db: Database, files: dict[str, Path | None], *, error: ErrorT
             _check_staged_key(db, table, staged[table], path, error)
         with db.engine.begin() as connection:
             for table, name in staged.items():
-                columns = ", ".join(_quote(c) for c in load_spec().table(table).column_names)
+                columns = ", ".join(quote_identifier(c) for c in load_spec().table(table).column_names)
                 connection.execute(sa.text(clear_table_sql(db, table)))
                 connection.execute(
-                    sa.text(f"INSERT INTO {_quote(table)} ({columns}) SELECT {columns} FROM {_quote(name)}")
+                    sa.text(
+                        f"INSERT INTO {quote_identifier(table)} ({columns}) SELECT {columns} FROM {quote_identifier(name)}"
+                    )
                 )
     return counts
 
@@ -513,10 +514,11 @@ def export_cdm_folder(db: Database, folder: Path) -> dict[str, int]:
     for table in load_spec().tables.values():
         if table.name not in existing:
             continue
-        columns = ", ".join(_quote(c) for c in table.column_names)
-        frame = db.query(f"SELECT {columns} FROM {_quote(table.name)}")
+        columns = ", ".join(quote_identifier(c) for c in table.column_names)
+        frame = db.query(f"SELECT {columns} FROM {quote_identifier(table.name)}")
         if frame.is_empty():
             continue
+        frame = frame.rename({c: c.strip('"') for c in frame.columns})  # the spec's "offset" -> offset
         frame.write_csv(
             folder / f"{table.name.upper()}.csv", date_format="%Y-%m-%d", datetime_format="%Y-%m-%d %H:%M:%S"
         )
