@@ -26,3 +26,29 @@ def register(app: typer.Typer) -> None:
             database = connect(out / f"{site}.duckdb")
             create_cdm(database.engine)
             console.print(f"{site}: OMOP CDM v5.4 schema ready in {out / f'{site}.duckdb'}")
+        _validate_sites(out)
+
+
+def _validate_sites(out: Path) -> None:
+    """QA report per site (out/qa/<site>/report.html + .json), then the cross-site comparison."""
+    from harmonize.validate.compare import compare_reports, write_comparison
+    from harmonize.validate.report import ValidateOptions, validate_database
+
+    reports = []
+    for site in SITES:
+        path = out / f"{site}.duckdb"
+        if not path.exists():
+            console.print(f"{site}: validate skipped, {path} does not exist")
+            continue
+        database = connect(path)
+        persons = database.scalar("SELECT COUNT(*) FROM person") if database.has_table("person") else 0
+        database.dispose()
+        if not persons:
+            console.print(f"{site}: validate skipped, {path} has no persons yet (mapping step not run)")
+            continue
+        report = validate_database(path, out / "qa" / site, ValidateOptions(site=site))
+        console.print(f"{site}: QA report {report.html_path} ({report.fatal_failures} fatal check failures)")
+        reports.append(report.json_path)
+    if len(reports) >= 2:
+        _, html = write_comparison(compare_reports(reports), out / "qa")
+        console.print(f"site comparison: {html}")
