@@ -73,14 +73,16 @@ class _Columns:
 
     def _reset(self) -> None:
         self.values: dict[str, list[Any]] = {name: [] for name in self.schema}
+        self._appenders = [(self.values[name].append, path.evaluate) for name, path in self.paths]
+        self._files = self.values["_source_file"]
+        self._rows = self.values["_source_row"]
 
     def add(self, resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
-        values = self.values
-        for name, path in self.paths:
-            values[name].append(path.evaluate(resource, urn_ids))
-        values["_source_file"].append(source_file)
-        values["_source_row"].append(source_row)
-        if len(values["_source_row"]) >= BATCH_SIZE:
+        for append, evaluate in self._appenders:
+            append(evaluate(resource, urn_ids))
+        self._files.append(source_file)
+        self._rows.append(source_row)
+        if len(self._rows) >= BATCH_SIZE:
             self.flush()
 
     def flush(self) -> None:
@@ -125,12 +127,12 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
         for number, line in enumerate(handle, 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
-            if not line.strip():
+            if not line or line.isspace():
                 blanks.append(number)
                 continue
-            for blank in blanks:
-                yield blank, None
-            blanks.clear()
+            if blanks:
+                yield from ((blank, None) for blank in blanks)
+                blanks.clear()
             yield number, line
 
 

@@ -33,6 +33,8 @@ from harmonize.sources.fhir_structure import Element, element_table, resource_mo
 
 Items = list[Any]
 Step = Callable[[Items, Mapping[str, str]], Items]
+# depth-first form of the rest of a path: (item, context) -> first value or None
+Lazy = Callable[[Any, Mapping[str, str]], Any]
 
 FUNCTIONS = ("where", "first", "last", "extension", "exists", "count", "resolve_id", "resolve_identifier")
 _TOKEN = re.compile(
@@ -65,6 +67,18 @@ class _Type:
 
 
 ANY = _Type()
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One compiled step, in two forms: ``collect`` maps a collection to a collection (FHIRPath
+    semantics, always available); ``chain`` wraps the rest of the path so that the first value is found
+    depth-first without building lists (None for steps that need the whole collection, e.g. count())."""
+
+    collect: Step
+    chain: Callable[[Lazy | None], Lazy] | None = None
+    name: str | None = None  # an element step whose element is known to be single (0..1)
+    first: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,11 +117,13 @@ def _syntax(expression: str, pos: int, message: str) -> MappingError:
 class CompiledPath:
     """A compiled expression: ``evaluate(resource)`` gives the column value (first item or None)."""
 
-    def __init__(self, expression: str, alternatives: list[list[Step]], result: _Type) -> None:
+    def __init__(self, expression: str, alternatives: list[list[_Op]], result: _Type) -> None:
         self.expression = expression
-        self._alternatives = alternatives
+        self._alternatives = [[op.collect for op in ops] for ops in alternatives]
+        self._lazy = [_depth_first(ops) for ops in alternatives]
         self.result_type = result
         self.dtype: pl.DataType = _dtype(result)
+        self._stringify = self.dtype == pl.String
 
     def evaluate_all(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Items:
         """Every item the expression selects (the first alternative that selects anything)."""
@@ -122,16 +138,113 @@ class CompiledPath:
 
     def evaluate(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Any:
         """The column value: the first selected item, converted to the column's dtype (None if nothing)."""
-        items = self.evaluate_all(resource, urn_ids)
-        if not items:
-            return None
-        value = items[0]
-        if self.dtype == pl.String and not isinstance(value, str):
-            return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list, bool)) else str(value)
-        return value
+        context = urn_ids if urn_ids is not None else _NO_URNS
+        value = None
+        for index, lazy in enumerate(self._lazy):
+            if lazy is not None:
+                value = lazy(resource, context)
+            else:
+                items: Items = [resource]
+                for step in self._alternatives[index]:
+                    items = step(items, context)
+                value = items[0] if items else None
+            if value is not None:
+                break
+        if value is None or not self._stringify or type(value) is str:
+            return value
+        return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list, bool)) else str(value)
 
     def __repr__(self) -> str:
         return f"CompiledPath({self.expression!r}, dtype={self.dtype})"
+
+
+_NO_URNS: Mapping[str, str] = {}
+
+
+def _depth_first(ops: list[_Op]) -> Lazy | None:
+    """Compose the ops' chains (first value, depth-first) -- the same value as the first item of the
+    collection, because flattening keeps document order. None if a step needs the whole collection."""
+    while ops and ops[-1].first:
+        ops = ops[:-1]
+    if not ops or any(op.chain is None for op in ops):
+        return None
+    lazy: Lazy | None = None
+    index = len(ops)
+    while index > 0:
+        index -= 1
+        if ops[index].name is None:
+            lazy = ops[index].chain(lazy)  # type: ignore[misc]
+            continue
+        start = index
+        while start > 0 and ops[start - 1].name is not None:
+            start -= 1
+        lazy = _single_run(tuple(op.name for op in ops[start : index + 1]), lazy)  # type: ignore[misc]
+        index = start
+    return lazy
+
+
+def _single_run(names: tuple[str, ...], rest: Lazy | None) -> Lazy:
+    """Consecutive single (0..1) elements: plain dict lookups."""
+
+    def run(item: Any, context: Mapping[str, str]) -> Any:
+        for name in names:
+            if type(item) is not dict:
+                return None
+            item = item.get(name)
+            if item is None:
+                return None
+        return item if rest is None else rest(item, context)
+
+    return run
+
+
+def _element_chain(name: str) -> Callable[[Lazy | None], Lazy]:
+    """An element that may repeat: try each item in order."""
+
+    def wrap(rest: Lazy | None) -> Lazy:
+        def element(item: Any, context: Mapping[str, str]) -> Any:
+            if type(item) is not dict:
+                return None
+            value = item.get(name)
+            if type(value) is not list:
+                return value if rest is None or value is None else rest(value, context)
+            for entry in value:
+                if entry is not None:
+                    found = entry if rest is None else rest(entry, context)
+                    if found is not None:
+                        return found
+            return None
+
+        return element
+
+    return wrap
+
+
+def _filter_chain(keep: Callable[[Any], bool]) -> Callable[[Lazy | None], Lazy]:
+    def wrap(rest: Lazy | None) -> Lazy:
+        def where(item: Any, context: Mapping[str, str]) -> Any:
+            if not keep(item):
+                return None
+            return item if rest is None else rest(item, context)
+
+        return where
+
+    return wrap
+
+
+def _resolve_chain(resolve: Callable[[str, Mapping[str, str]], str | None]) -> Callable[[Lazy | None], Lazy]:
+    def wrap(rest: Lazy | None) -> Lazy:
+        def resolved(item: Any, context: Mapping[str, str]) -> Any:
+            if type(item) is dict:
+                item = item.get("reference")
+            if type(item) is not str:
+                return None
+            value = resolve(item, context)
+            return value if rest is None or value is None else rest(value, context)
+
+        return resolved
+
+    return wrap
 
 
 def _dtype(result: _Type) -> pl.DataType:
@@ -166,7 +279,7 @@ class _Parser:
 
     # -- grammar ----------------------------------------------------------------------------------
     def parse(self) -> CompiledPath:
-        alternatives: list[list[Step]] = []
+        alternatives: list[list[_Op]] = []
         types: list[_Type] = []
         while True:
             steps, result = self.path(self.root)
@@ -179,8 +292,8 @@ class _Parser:
         result = types[0] if all(_dtype(t) == _dtype(types[0]) for t in types) else _Type(primitive="string")
         return CompiledPath(self.expression, alternatives, result)
 
-    def path(self, start: _Type) -> tuple[list[Step], _Type]:
-        steps: list[Step] = []
+    def path(self, start: _Type) -> tuple[list[_Op], _Type]:
+        steps: list[_Op] = []
         current = start
         while True:
             step, current = self.step(current)
@@ -191,20 +304,25 @@ class _Parser:
                 if "." in number.text or number.text.startswith("-"):
                     raise _syntax(self.expression, number.pos, "an index must be a whole number >= 0")
                 self.take("op", "]")
-                steps.append(_index_step(int(number.text)))
+                steps.append(_Op(_index_step(int(number.text))))
             if not self.at("op", "."):
                 return steps, current
             self.take("op", ".")
 
-    def step(self, current: _Type) -> tuple[Step, _Type]:
+    def step(self, current: _Type) -> tuple[_Op, _Type]:
         name = self.take("name")
         if self.at("op", "("):
             return self.function(name, current)
-        return _element_step(name.text), self.child_type(name, current)
+        element = self.child(name, current)
+        if element is None:
+            return _Op(_element_step(name.text), _element_chain(name.text)), ANY
+        single = name.text if not element.is_list else None
+        return _Op(_element_step(name.text), _element_chain(name.text), single), _element_type(element)
 
-    def child_type(self, name: _Token, current: _Type) -> _Type:
+    def child(self, name: _Token, current: _Type) -> Element | None:
+        """The element ``name`` of the current type (None when the type is not known statically)."""
         if not current.known:
-            return ANY
+            return None
         if current.model is None:
             raise _syntax(
                 self.expression,
@@ -215,29 +333,37 @@ class _Parser:
         element = table.get(name.text)
         if element is None:
             raise _syntax(self.expression, name.pos, _unknown_element(name.text, current.model, table))
-        return _element_type(element)
+        return element
 
-    def function(self, name: _Token, current: _Type) -> tuple[Step, _Type]:
+    def function(self, name: _Token, current: _Type) -> tuple[_Op, _Type]:
         self.take("op", "(")
         if name.text == "where":
             condition = self.condition(current)
             self.take("op", ")")
-            return _where_step(condition), current
+            return _Op(_where_step(condition), _filter_chain(condition)), current
         if name.text == "extension":
             url = _string_literal(self.take("string").text)
             self.take("op", ")")
             extension = ANY
             if current.model is not None and "extension" in element_table(current.model):
                 extension = _element_type(element_table(current.model)["extension"])
-            return _extension_step(url), extension
+            extension_chain = _element_chain("extension")
+            matches = _filter_chain(lambda item: type(item) is dict and item.get("url") == url)
+            return _Op(_extension_step(url), lambda rest: extension_chain(matches(rest))), extension
         self.take("op", ")")
-        simple: dict[str, tuple[Step, _Type]] = {
-            "first": (lambda items, _ctx: items[:1], current),
-            "last": (lambda items, _ctx: items[-1:], current),
-            "exists": (lambda items, _ctx: [bool(items)], _Type(primitive="boolean")),
-            "count": (lambda items, _ctx: [len(items)], _Type(primitive="integer")),
-            "resolve_id": (_resolve_step(_reference_id), _Type(primitive="id")),
-            "resolve_identifier": (_resolve_step(_reference_identifier), _Type(primitive="string")),
+        simple: dict[str, tuple[_Op, _Type]] = {
+            "first": (_Op(lambda items, _ctx: items[:1], first=True), current),
+            "last": (_Op(lambda items, _ctx: items[-1:]), current),
+            "exists": (_Op(lambda items, _ctx: [bool(items)]), _Type(primitive="boolean")),
+            "count": (_Op(lambda items, _ctx: [len(items)]), _Type(primitive="integer")),
+            "resolve_id": (
+                _Op(_resolve_step(_reference_id), _resolve_chain(_reference_id)),
+                _Type(primitive="id"),
+            ),
+            "resolve_identifier": (
+                _Op(_resolve_step(_reference_identifier), _resolve_chain(_reference_identifier)),
+                _Type(primitive="string"),
+            ),
         }
         if name.text not in simple:
             close = difflib.get_close_matches(name.text, FUNCTIONS, n=1)
@@ -255,26 +381,22 @@ class _Parser:
         return simple[name.text]
 
     def condition(self, current: _Type) -> Callable[[Any], bool]:
-        tests: list[tuple[list[Step], str, Any]] = []
+        tests: list[tuple[Callable[[Any], Items], bool, Any]] = []
         while True:
-            steps, _ = self.path(current)
+            ops, _ = self.path(current)
             operator = self.take("op").text
             if operator not in ("=", "!="):
                 raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
-            tests.append((steps, operator, self.literal()))
+            tests.append((_values_of(ops), operator == "=", self.literal()))
             if not self.at("name", "and"):
                 break
             self.take("name", "and")
+        if len(tests) == 1 and tests[0][1]:
+            values_of, _equal, wanted = tests[0]
+            return lambda item: wanted in values_of(item)
 
         def matches(item: Any) -> bool:
-            for steps, operator, literal in tests:
-                values: Items = [item]
-                for step in steps:
-                    values = step(values, {})
-                found = literal in values
-                if found != (operator == "="):
-                    return False
-            return True
+            return all((literal in values_of(item)) == equal for values_of, equal, literal in tests)
 
         return matches
 
@@ -290,6 +412,28 @@ class _Parser:
             self.index += 1
             return token.text == "true"
         raise _syntax(self.expression, token.pos, "expected a literal ('text', a number, true or false)")
+
+
+def _values_of(ops: list[_Op]) -> Callable[[Any], Items]:
+    """All values of a sub-path of where(); single elements are plain lookups."""
+    if all(op.name is not None for op in ops):
+        names = tuple(op.name for op in ops)
+        lookup = _single_run(names, None)  # type: ignore[arg-type]
+
+        def single(item: Any) -> Items:
+            value = lookup(item, _NO_URNS)
+            return [] if value is None else [value]
+
+        return single
+    steps = [op.collect for op in ops]
+
+    def collect(item: Any) -> Items:
+        values: Items = [item]
+        for step in steps:
+            values = step(values, _NO_URNS)
+        return values
+
+    return collect
 
 
 def _string_literal(text: str) -> str:
@@ -373,10 +517,10 @@ def _reference_id(reference: str, urn_ids: Mapping[str, str]) -> str | None:
         return reference[1:] or None
     if "?" in reference:
         return None
-    parts = reference.rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    return parts[-1] if len(parts) >= 2 and parts[-1] else urn_ids.get(reference)
+    if "/_history/" in reference:
+        reference = reference.partition("/_history/")[0]
+    head, slash, tail = reference.rstrip("/").rpartition("/")
+    return tail if slash and head and tail else urn_ids.get(reference)
 
 
 def _reference_identifier(reference: str, _urn_ids: Mapping[str, str]) -> str | None:

@@ -1,0 +1,205 @@
+"""FHIR reader throughput on the Synthea R4 bulk export: structural fast path vs fhir.resources R4B models.
+
+Measures, on every resource of ../shared/fhir/synthea-bulk-r4/*.ndjson (median of 3 timed runs after one
+warm-up run, so both sides have their classes/validators built):
+
+* structural: ``read_fhir(..., validation="structural")`` -- parse + structural check + column extraction
+  into polars frames (the columns a mapping typically asks for, see COLUMNS);
+* models: ``json.loads`` + ``<R4B model>.model_validate`` for each line, one by one (no column extraction);
+* full: ``read_fhir(..., validation="full")`` -- the models plus the same bookkeeping and extraction.
+
+``--big N`` also writes an NDJSON of N x the Encounter file (fresh ids) and reads it structurally, reporting
+resources/s and the peak RSS growth, to show memory stays bounded by the selected columns.
+
+Usage: .venv/bin/python benchmarks/bench_fhir.py [--big 50] [--append docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harmonize.sources.fhir import read_fhir  # noqa: E402
+
+SHARED = Path(os.environ.get("FEDOMOP_SHARED", REPO.parent / "shared"))
+SYNTHEA = SHARED / "fhir" / "synthea-bulk-r4"
+
+SUBJECT = {"person": "subject.reference.resolve_id()", "visit": "encounter.reference.resolve_id()"}
+COLUMNS: dict[str, dict[str, str]] = {
+    "Patient": {
+        "gender": "gender",
+        "birth": "birthDate",
+        "death": "deceasedDateTime",
+        "race": "extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race')"
+        ".extension('ombCategory').valueCoding.code",
+    },
+    "Condition": {
+        **SUBJECT,
+        "code": "code.coding.where(system='http://snomed.info/sct').code",
+        "start": "onsetDateTime | onsetPeriod.start",
+        "end": "abatementDateTime",
+    },
+    "Encounter": {
+        "person": "subject.reference.resolve_id()",
+        "class": "class.code",
+        "start": "period.start",
+        "end": "period.end",
+        "provider": "participant.individual.resolve_identifier()",
+    },
+    "MedicationRequest": {
+        **SUBJECT,
+        "code": "medicationCodeableConcept.coding.code",
+        "start": "authoredOn",
+        "quantity": "dispenseRequest.quantity.value",
+    },
+    "Procedure": {**SUBJECT, "code": "code.coding.code", "start": "performedDateTime | performedPeriod.start"},
+    "Immunization": {
+        "person": "patient.resolve_id()",
+        "code": "vaccineCode.coding.code",
+        "start": "occurrenceDateTime",
+    },
+}
+DEFAULT_COLUMNS = {"id": "id"}
+
+
+def resource_type_of(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def run_reader(files: list[Path], validation: str) -> int:
+    total = 0
+    for path in files:
+        rtype = resource_type_of(path)
+        batch = read_fhir(
+            rtype, [path], path.parent, rtype, COLUMNS.get(rtype, DEFAULT_COLUMNS), fmt="ndjson", validation=validation
+        )
+        assert batch.balanced() and batch.rejects.height == 0
+        total += batch.seen
+    return total
+
+
+def run_models(lines: list[tuple[str, bytes]]) -> int:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for rtype, line in lines:
+        get_fhir_model_class(rtype).model_validate(json.loads(line))
+    return len(lines)
+
+
+def timed(function, *args) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, resources)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, count
+
+
+def interleaved_medians(contenders: dict[str, tuple], runs: int = 3) -> dict[str, tuple[float, float, int]]:
+    """Median wall and CPU seconds per contender; runs alternate so a busy machine hurts all alike."""
+    for function, *args in contenders.values():
+        function(*args)  # warm-up: imports, model classes, compiled validators
+    samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, (function, *args) in contenders.items():
+            samples[name].append(timed(function, *args))
+    return {
+        name: (statistics.median(s[0] for s in runs_), statistics.median(s[1] for s in runs_), runs_[0][2])
+        for name, runs_ in samples.items()
+    }
+
+
+def big_file(factor: int, directory: Path) -> Path:
+    """factor copies of the Synthea Encounters with fresh ids (a valid, larger bulk file)."""
+    source = (SYNTHEA / "Encounter.000.ndjson").read_bytes().splitlines()
+    path = directory / "Encounter.big.ndjson"
+    with path.open("wb") as handle:
+        for copy in range(factor):
+            for line in source:
+                handle.write(line.replace(b'"id":"', f'"id":"c{copy}-'.encode(), 1)[:] + b"\n")
+    return path
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"`{' '.join(platform.uname())}`, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big", type=int, default=0, help="also read N x the Encounter file (memory check)")
+    parser.add_argument("--append", type=Path, help="append the markdown section to this file")
+    args = parser.parse_args()
+
+    files = sorted(SYNTHEA.glob("*.ndjson"))
+    lines = [(resource_type_of(f), line) for f in files for line in f.read_bytes().splitlines() if line.strip()]
+    size_mib = sum(f.stat().st_size for f in files) / 2**20
+
+    start = time.perf_counter()
+    run_reader(files, "structural")
+    cold = time.perf_counter() - start
+    results = interleaved_medians(
+        {
+            "structural fast path + column extraction (`read_fhir`, structural)": (run_reader, files, "structural"),
+            "fhir.resources R4B `model_validate`, one by one (json.loads + model)": (run_models, lines),
+            "full validation + column extraction (`read_fhir`, full)": (run_reader, files, "full"),
+        }
+    )
+    (structural, models, _full) = results.values()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    load = os.getloadavg()[0]
+    out = [
+        "",
+        "## FHIR reader: structural fast path vs fhir.resources R4B models",
+        "",
+        f"Input: Synthea R4 bulk export, {len(files)} NDJSON files, {structural[2]} resources, {size_mib:.1f} MiB. "
+        f"Median of 3 interleaved runs after a warm-up run; single process, one thread of Python. "
+        f"Commit {commit.strip()}. Load average at the start: {load:.1f}.",
+        f"Machine: {machine()}.",
+        "Command: `.venv/bin/python benchmarks/bench_fhir.py" + (f" --big {args.big}" if args.big else "") + "`",
+        "",
+        "| path | resources/s (wall) | resources/s (CPU) | wall s |",
+        "|---|---:|---:|---:|",
+        *[f"| {name} | {n / wall:,.0f} | {n / cpu:,.0f} | {wall:.3f} |" for name, (wall, cpu, n) in results.items()],
+        "",
+        f"Ratio structural / models: **{models[0] / structural[0]:.1f}x** wall-clock, "
+        f"**{models[1] / structural[1]:.1f}x** CPU time. First (cold) structural run incl. compiling the per-type "
+        f"validators: {cold:.2f} s.",
+    ]
+    if args.big:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = big_file(args.big, Path(tmp))
+            before = peak_rss_mib()
+            seconds, _cpu, count = timed(run_reader, [path], "structural")
+            growth = peak_rss_mib() - before
+            file_mib = path.stat().st_size / 2**20
+        out += [
+            "",
+            f"Large file: {count:,} Encounters ({file_mib:.0f} MiB NDJSON) read structurally with 5 columns in "
+            f"{seconds:.2f} s ({count / seconds:,.0f} resources/s); peak RSS grew by {growth:.0f} MiB.",
+        ]
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.append:
+        if not args.append.exists():
+            args.append.write_text(f"# Benchmarks\n\nMachine: {machine()}.\n")
+        with args.append.open("a") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
