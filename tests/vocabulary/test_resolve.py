@@ -265,3 +265,13 @@ def test_postgres_resolution_equals_duckdb(postgres_url: str, eunomia_db: Databa
     assert from_pg.tail(5).get_column("concept_id").to_list() == [4132546, 9448, 3025315, 0, 0]
     assert standard_concept_by_code(pg, "SNOMED", "65363002") == 372328
     pg.dispose()
+
+
+def test_standard_concept_without_relationship_rows_stands_for_itself(tmp_path: Path) -> None:
+    write_athena(read_eunomia("CONCEPT"), tmp_path / "CONCEPT.csv")  # no CONCEPT_RELATIONSHIP at all
+    db = connect(tmp_path / "v.duckdb")
+    assert load_vocabulary(db, tmp_path)["concept_relationship"] == 0
+    codes = pl.DataFrame({"vocabulary_id": ["SNOMED", "SNOMED"], "source_code": ["65363002", "275272006"]})
+    out = resolve_codes(db, codes).select("source_concept_id", "concept_id", "mapped_via").rows()
+    # the standard code maps to itself; the non-standard one has nothing left to map through
+    assert out == [(372328, 372328, "maps_to"), (4166590, 0, None)]
