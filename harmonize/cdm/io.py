@@ -343,8 +343,24 @@ def _typed_column(source: CdmCsv, raw: pl.Series, field: FieldSpec, lines: pl.Se
     return parsed.alias(field.name)
 
 
+def _check_cpt4_names(source: CdmCsv, text: pl.DataFrame) -> None:
+    """Athena ships CPT4 concepts without names (licence); say how to add them rather than 'field is empty'."""
+    if source.table.name != "concept":
+        return
+    nameless = text.filter(pl.col("concept_name").is_null() & (pl.col("vocabulary_id") == "CPT4"))
+    if not nameless.is_empty():
+        source.fail(
+            f"{nameless.height} CPT4 concept(s) have no concept_name: Athena does not distribute CPT4 names",
+            int(nameless.item(0, "__line")),
+            "concept_name",
+            "run `java -jar cpt4.jar 5 <UMLS API key>` in the download folder (see its readme), "
+            "or download the vocabularies again without CPT4",
+        )
+
+
 def _typed_frame(source: CdmCsv, text: pl.DataFrame) -> pl.DataFrame:
     lines = text.get_column("__line")
+    _check_cpt4_names(source, text)
     columns = []
     for field in source.table.fields:
         if field.name in source.columns:

@@ -342,17 +342,19 @@ def test_broken_bundles_are_accounted_for(tmp_path, patient_line):
 
 @pytest.mark.parametrize(("site", "fmt", "pattern"), [("site_b", "ndjson", "*.ndjson"), ("site_d", "bundle", "*.json")])
 def test_sample_sites_are_fully_accounted_for(site, fmt, pattern):
+    """Every generated resource is read or rejected; the rejects are exactly the seeded invalid dates."""
     files = sorted((SAMPLE_DATA / site).rglob(pattern))
-    if not files:
-        pytest.skip(f"sample_data/{site} has no FHIR files yet")
+    assert files, f"sample_data/{site} has no FHIR files"
+    truth = pl.read_csv(SAMPLE_DATA / site / "ground_truth.csv", infer_schema=False)
+    seeded = truth.filter(pl.col("reason") == "invalid_date")
+    assert seeded.height > 0
     counts = count_fhir_resources(files, fmt)
     assert "(invalid)" not in counts and "(blank)" not in counts
+    rejected: list[tuple[str, str]] = []
     for resource_type, count in counts.items():
-        batch = read_fhir(site, files, SAMPLE_DATA / site, resource_type, {"id": "id"}, fmt=fmt)
-        assert batch.balanced()
-        if fmt == "ndjson":
-            # every file is one resource type; the others are rejected as wrong type, so count per type
-            accepted = batch.frame.height
-            assert accepted == count, (resource_type, batch.rejects.filter(pl.col("field") != "resourceType"))
-        else:
-            assert batch.seen == count and batch.rejects.height == 0, batch.rejects
+        own = [f for f in files if fmt == "bundle" or f.name.startswith(resource_type)]
+        batch = read_fhir(site, own, SAMPLE_DATA / site, resource_type, {"id": "id"}, fmt=fmt)
+        assert batch.balanced() and batch.seen == count, resource_type
+        rejected += list(zip(batch.rejects["source_file"], batch.rejects["source_row"], strict=True))
+        assert set(batch.rejects["reason"].str.contains("not a real calendar date")) <= {True}
+    assert sorted(rejected) == sorted(zip(seeded["source_file"], seeded["source_row"], strict=True))

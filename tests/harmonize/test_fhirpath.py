@@ -160,3 +160,38 @@ def test_unknown_resource_type_is_a_mapping_error():
 
 def test_compiled_once():
     assert compile_path("gender", "Patient") is compile_path("gender", "Patient")
+
+
+AGREEMENT = {
+    "Patient": [
+        "name.given",
+        "name.where(use='official').family",
+        "address.extension.extension.valueDecimal",
+        f"extension('{RACE}').extension('ombCategory').valueCoding.code",
+        "identifier.where(type.coding.code='MR' and system='http://hospital.smarthealthit.org').value",
+        "telecom.where(use!='work').value",
+    ],
+    "Encounter": [
+        "participant.individual.resolve_identifier()",
+        "participant.type.coding.code",
+        "location.location.reference.resolve_id() | serviceProvider.reference.resolve_identifier()",
+        "reasonCode.coding.where(system='http://snomed.info/sct').code",
+        "type.coding.code.first()",
+    ],
+    "MedicationRequest": ["dosageInstruction.doseAndRate.doseQuantity.value", "reasonReference.resolve_id()"],
+}
+
+
+@pytest.mark.parametrize("resource_type", sorted(AGREEMENT))
+def test_depth_first_evaluation_equals_the_first_item_of_the_collection(resource_type):
+    """evaluate() walks depth-first; it must give the first item of the FHIRPath collection every time."""
+    compiled = [compile_path(expression, resource_type) for expression in AGREEMENT[resource_type]]
+    found = [0] * len(compiled)
+    with (SYNTHEA_BULK / f"{resource_type}.000.ndjson").open() as handle:
+        for line in handle:
+            resource = json.loads(line)
+            for index, path in enumerate(compiled):
+                items = path.evaluate_all(resource)
+                assert path.evaluate(resource) == (items[0] if items else None), (path.expression, resource["id"])
+                found[index] += bool(items)
+    assert all(found), dict(zip(AGREEMENT[resource_type], found, strict=True))

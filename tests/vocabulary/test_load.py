@@ -190,3 +190,12 @@ def test_athena_files_are_read_in_blocks_with_exact_line_numbers(
     broken.unlink()
     with pytest.raises(VocabularyError, match=f"concept_id {concept.item(3, 'concept_id')} appears more than once"):
         load_vocabulary(connect(tmp_path / "v.duckdb"), tmp_path)
+
+
+def test_nameless_cpt4_concepts_get_a_cpt4_specific_fix(tmp_path: Path) -> None:
+    # The line Athena writes for a CPT4 concept before cpt4.jar has added its name (concept 700360, code 87635).
+    folder = athena_concepts(tmp_path, "700360\t\tProcedure\tCPT4\tCPT4\tS\t87635\t19700101\t20991231\t")
+    with pytest.raises(VocabularyError, match="CPT4 concept") as caught:
+        load_vocabulary(connect(tmp_path / "v.duckdb"), folder)
+    assert caught.value.where == f"{folder / 'CONCEPT.csv'} line 22, field concept_name"
+    assert "cpt4.jar" in (caught.value.fix or "")
