@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from harmonize.cdm import create_cdm
 from harmonize.db import connect
 
 console = Console()
@@ -22,11 +21,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build every sample site's OMOP database (then validate, report and train as those land)."""
         out.mkdir(parents=True, exist_ok=True)
-        for site in SITES:
-            database = connect(out / f"{site}.duckdb")
-            create_cdm(database.engine)
-            console.print(f"{site}: OMOP CDM v5.4 schema ready in {out / f'{site}.duckdb'}")
+        _map_sites(out)
         _validate_sites(out)
+
+
+def _map_sites(out: Path) -> None:
+    """Harmonize each sample site (vocabulary + mappings/<site>.yaml) into out/<site>.duckdb, with its summary."""
+    from harmonize.commands.map import map_site
+
+    repo = Path(__file__).resolve().parents[2]
+    for site in SITES:
+        console.rule(f"{site}: fedomop map")
+        map_site(repo / "mappings" / f"{site}.yaml", repo / "sample_data" / site, str(out / f"{site}.duckdb"), None)
 
 
 def _validate_sites(out: Path) -> None:
