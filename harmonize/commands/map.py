@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harmonize.engine import RunReport, run_mapping
+from harmonize.lineage import ALL_TABLES
 
 console = Console()
 
@@ -44,9 +46,34 @@ def summary_table(report: RunReport, *, top: int = 5) -> tuple[Table, Table]:
     return tables, reasons
 
 
+def sources_table(report: RunReport) -> Table:
+    """Per source: records read, loaded, quarantined, and the OMOP tables it fed (the reconciliation)."""
+    recon = report.reconciliation
+    fed = (
+        recon.filter((pl.col("omop_table") != ALL_TABLES) & (pl.col("loaded") > 0))
+        .group_by("source")
+        .agg(pl.col("omop_table").sort().str.join(", "))
+    )
+    totals = recon.filter(pl.col("omop_table") == ALL_TABLES).join(fed, on="source", how="left", suffix="_fed")
+    table = Table(title="reconciliation per source (read = loaded + quarantined)")
+    for name in ("source", "read", "loaded", "quarantined", "OMOP tables"):
+        table.add_column(name, justify="left" if name in ("source", "OMOP tables") else "right")
+    for row in totals.iter_rows(named=True):
+        mark = "" if row["balanced"] else " [red]unbalanced[/]"
+        table.add_row(
+            row["source"],
+            f"{row['source_count']:,}",
+            f"{row['loaded']:,}",
+            f"{row['quarantined']:,}{mark}",
+            row["omop_table_fed"] or "-",
+        )
+    return table
+
+
 def print_summary(report: RunReport, out: Console = console) -> None:
     tables, reasons = summary_table(report)
     out.print(tables)
+    out.print(sources_table(report))
     if report.quarantine_reasons:
         out.print(reasons)
     state = "[green]balanced[/]" if report.balanced else "[red]NOT balanced[/]"
