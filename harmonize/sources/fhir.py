@@ -20,9 +20,11 @@ Both also reject a wrong resourceType, a missing id and a duplicate id within th
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ from harmonize.sources.fhir_structure import StructuralProblem, resource_model, 
 from harmonize.sources.fhirpath import CompiledPath, compile_path
 
 BATCH_SIZE = 50_000
+CHUNK_LINES = 10_000  # NDJSON lines per worker task (workers > 1)
 VALUE_LIMIT = 200
 FORMATS = ("ndjson", "bundle")
 VALIDATIONS = ("structural", "full")
@@ -82,6 +85,13 @@ class _Columns:
             append(evaluate(resource, urn_ids))
         self._files.append(source_file)
         self._rows.append(source_row)
+        if len(self._rows) >= BATCH_SIZE:
+            self.flush()
+
+    def extend(self, values: Mapping[str, list[Any]], keep: list[int] | None) -> None:
+        """Append a worker's column lists (only the rows in ``keep`` when given)."""
+        for name, column in values.items():
+            self.values[name].extend(column if keep is None else [column[i] for i in keep])
         if len(self._rows) >= BATCH_SIZE:
             self.flush()
 
@@ -167,7 +177,11 @@ def _summarise(problems: list[StructuralProblem]) -> tuple[str, str, str]:
 class _Reader:
     """State of one read_fhir call: checks, duplicate ids, accepted columns and rejects."""
 
-    def __init__(self, resource_type: str, paths: Mapping[str, CompiledPath], validation: str) -> None:
+    def __init__(
+        self, resource_type: str, paths: Mapping[str, CompiledPath], validation: str, *, in_worker: bool = False
+    ) -> None:
+        self.in_worker = in_worker  # duplicates are checked by the parent, which sees every chunk in order
+        self.wheres: list[str] = []
         self.resource_type = resource_type
         self.validation = validation
         self.model = resource_model(resource_type)
@@ -241,15 +255,13 @@ class _Reader:
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise _Rejected("id", "", "resource has no id; give every resource a logical id in the export")
-        first = self.first_seen.get(resource_id)
-        if first is not None:
-            raise _Rejected(
-                "id",
-                resource_id,
-                f"duplicate id, first seen at {first}; remove the repeated resource or give it its own id",
-                row=where,
-            )
-        self.first_seen[resource_id] = where
+        if self.in_worker:
+            self.wheres.append(where)
+        else:
+            first = self.first_seen.get(resource_id)
+            if first is not None:
+                raise _duplicate(resource_id, first, where)
+            self.first_seen[resource_id] = where
         self.columns.add(resource, source_file, resource_id, urn_ids)
 
     def reject(self, source_file: str, where: str, problem: _Rejected) -> None:
@@ -258,16 +270,51 @@ class _Reader:
     # -- formats ----------------------------------------------------------------------------------
     def read_ndjson(self, path: Path, source_file: str) -> None:
         for number, line in iter_ndjson(path):
-            self.seen += 1
-            where = f"{source_file}:{number}"
-            try:
-                if line is None:
-                    raise _Rejected(
-                        "", "", "blank line inside NDJSON; remove it (one resource per line, no empty lines)"
-                    )
-                self.accept(self.parse_line(line), source_file, where, {})
-            except _Rejected as problem:
-                self.reject(source_file, where, problem)
+            self.read_line(source_file, number, line)
+
+    def read_line(self, source_file: str, number: int, line: bytes | None) -> None:
+        self.seen += 1
+        where = f"{source_file}:{number}"
+        try:
+            if line is None:
+                raise _Rejected("", "", "blank line inside NDJSON; remove it (one resource per line, no empty lines)")
+            self.accept(self.parse_line(line), source_file, where, {})
+        except _Rejected as problem:
+            self.reject(source_file, where, problem)
+
+    def read_ndjson_parallel(self, paths: list[tuple[Path, str]], workers: int, columns: Mapping[str, str]) -> None:
+        """Validate and extract chunks of lines in worker processes; merge them in file order here.
+
+        At most two chunks per worker are in flight, so memory stays bounded however big the files are.
+        """
+        # fork: workers inherit the compiled validators and need no importable __main__ (notebooks, scripts);
+        # they use no threads and no polars, so forking from a process that has them is safe here.
+        context = multiprocessing.get_context("fork")
+        init = (self.resource_type, dict(columns), self.validation)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=init) as pool:
+            pending: deque[Future] = deque()
+            for source_file, chunk in _chunks(paths):
+                pending.append(pool.submit(_worker_chunk, source_file, chunk))
+                if len(pending) >= 2 * workers:
+                    self.merge(*pending.popleft().result())
+            while pending:
+                self.merge(*pending.popleft().result())
+
+    def merge(self, values: dict[str, list[Any]], wheres: list[str], rejects: dict[str, list[str]], seen: int) -> None:
+        """Add one worker chunk: its rejects, then its rows minus ids already seen (duplicates)."""
+        self.seen += seen
+        for name, column in rejects.items():
+            self.rejects.rows[name].extend(column)
+        keep: list[int] = []
+        for index, (resource_id, where) in enumerate(zip(values["_source_row"], wheres, strict=True)):
+            first = self.first_seen.get(resource_id)
+            if first is None:
+                self.first_seen[resource_id] = where
+                keep.append(index)
+            else:
+                problem = _duplicate(resource_id, first, where)
+                self.reject(values["_source_file"][index], where, problem)
+        self.columns.extend(values, None if len(keep) == len(wheres) else keep)
 
     def read_bundle(self, path: Path, source_file: str) -> None:
         try:
@@ -289,6 +336,50 @@ class _Reader:
                 self.accept(self.check(resource), source_file, where, urn_ids)
             except _Rejected as problem:
                 self.reject(source_file, where, problem)
+
+
+def _duplicate(resource_id: str, first: str, where: str) -> _Rejected:
+    return _Rejected(
+        "id",
+        resource_id,
+        f"duplicate id, first seen at {first}; remove the repeated resource or give it its own id",
+        row=where,
+    )
+
+
+def _chunks(paths: list[tuple[Path, str]]) -> Iterator[tuple[str, list[tuple[int, bytes | None]]]]:
+    for path, source_file in paths:
+        chunk: list[tuple[int, bytes | None]] = []
+        for record in iter_ndjson(path):
+            chunk.append(record)
+            if len(chunk) >= CHUNK_LINES:
+                yield source_file, chunk
+                chunk = []
+        if chunk:
+            yield source_file, chunk
+
+
+_WORKER: _Reader | None = None
+
+
+def _worker_init(resource_type: str, columns: dict[str, str], validation: str) -> None:
+    global _WORKER
+    paths = {name: compile_path(expression, resource_type) for name, expression in columns.items()}
+    _WORKER = _Reader(resource_type, paths, validation, in_worker=True)
+
+
+def _worker_chunk(
+    source_file: str, chunk: list[tuple[int, bytes | None]]
+) -> tuple[dict[str, list[Any]], list[str], dict[str, list[str]], int]:
+    reader = _WORKER
+    assert reader is not None
+    reader.seen = 0
+    reader.wheres = []
+    reader.rejects = _Rejects()
+    reader.columns._reset()
+    for number, line in chunk:
+        reader.read_line(source_file, number, line)
+    return reader.columns.values, reader.wheres, reader.rejects.rows, reader.seen
 
 
 def _row_id(raw: Any) -> str | None:
@@ -367,12 +458,17 @@ def read_fhir(
     *,
     fmt: Literal["ndjson", "bundle"],
     validation: Literal["structural", "full"] = "structural",
+    workers: int = 1,
 ) -> SourceBatch:
     """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
 
     ``columns`` maps output column -> path expression (:mod:`harmonize.sources.fhirpath`).
     Raises MappingError for a bad expression, format or resource type (before reading any data) and
     SourceError for a missing file; everything wrong *inside* the files becomes a reject row.
+
+    ``workers``: NDJSON only -- with N > 1, chunks of CHUNK_LINES lines are checked and extracted in N
+    forked worker processes and merged here in file order (for multi-GB exports on many cores). The result
+    is the same as with 1, except that a duplicate id's reject row comes after the other rejects of its chunk.
     """
     if fmt not in FORMATS:
         raise MappingError(f"unknown FHIR format {fmt!r}", where=f"source {name}", fix=f"use one of {FORMATS}")
@@ -386,8 +482,13 @@ def read_fhir(
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
     reader = _Reader(resource_type, paths, validation)
-    for path in _require_files(files):
-        source_file = _relative(path, base_dir)
+    sources = [(path, _relative(path, base_dir)) for path in _require_files(files)]
+    if not isinstance(workers, int) or workers < 1:
+        raise MappingError(f"workers must be a whole number >= 1, got {workers!r}", where=f"source {name}")
+    processes = workers if fmt == "ndjson" else 1
+    if processes > 1:
+        reader.read_ndjson_parallel(sources, processes, columns)
+    for path, source_file in sources if processes == 1 else []:
         if fmt == "ndjson":
             reader.read_ndjson(path, source_file)
         else:

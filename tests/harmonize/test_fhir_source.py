@@ -31,10 +31,11 @@ def write_ndjson(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def read(files, resource_type, columns=None, validation="structural", fmt="ndjson"):
+def read(files, resource_type, columns=None, validation="structural", fmt="ndjson", workers=1):
     files = files if isinstance(files, list) else [files]
+    columns = columns or {"id": "id"}
     return read_fhir(
-        "src", files, files[0].parent, resource_type, columns or {"id": "id"}, fmt=fmt, validation=validation
+        "src", files, files[0].parent, resource_type, columns, fmt=fmt, validation=validation, workers=workers
     )
 
 
@@ -103,6 +104,24 @@ def test_batches_concatenate_to_the_same_frame(monkeypatch):
     batched = read(path, "Encounter", columns)
     assert batched.frame.equals(whole.frame)
     assert batched.frame.height == 1215
+
+
+def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
+    lines = synthea_lines("Encounter")[:300]
+    lines.insert(150, lines[10])  # a duplicate id in another chunk than its first occurrence
+    lines.insert(200, '{"resourceType": "Encounter", "id": "bad", "status": 5}')
+    lines.insert(250, "")
+    path = write_ndjson(tmp_path / "Encounter.ndjson", lines)
+    columns = {"person": "subject.reference.resolve_id()", "start": "period.start"}
+    monkeypatch.setattr(fhir, "CHUNK_LINES", 64)
+    serial = read(path, "Encounter", columns)
+    parallel = read(path, "Encounter", columns, workers=2)
+    assert parallel.frame.equals(serial.frame) and parallel.frame.height == 300
+    assert sorted(parallel.rejects.rows()) == sorted(serial.rejects.rows())
+    assert parallel.seen == serial.seen == 303
+    duplicate = parallel.rejects.filter(pl.col("field") == "id").row(0, named=True)
+    assert duplicate["source_row"] == "Encounter.ndjson:151"
+    assert duplicate["reason"].startswith("duplicate id, first seen at Encounter.ndjson:11")
 
 
 # ---------------------------------------------------------------------------------------------------
