@@ -38,6 +38,7 @@ from harmonize.sources.fhir_structure import StructuralProblem, resource_model, 
 from harmonize.sources.fhirpath import CompiledPath, compile_path
 
 BATCH_SIZE = 50_000
+_NO_URNS: Mapping[str, str] = {}
 CHUNK_LINES = 10_000  # NDJSON lines per worker task (workers > 1)
 VALUE_LIMIT = 200
 FORMATS = ("ndjson", "bundle")
@@ -133,7 +134,7 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line) for each record of an NDJSON file; ``None`` marks a blank line inside the
     file (reported, because a record may have been lost there). Blank lines at the end are ignored."""
     blanks: list[int] = []
-    with path.open("rb") as handle:
+    with path.open("rb", buffering=1 << 20) as handle:
         for number, line in enumerate(handle, 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
@@ -269,8 +270,33 @@ class _Reader:
 
     # -- formats ----------------------------------------------------------------------------------
     def read_ndjson(self, path: Path, source_file: str) -> None:
-        for number, line in iter_ndjson(path):
-            self.read_line(source_file, number, line)
+        self.read_lines(source_file, iter_ndjson(path))
+
+    def read_lines(self, source_file: str, records: Iterable[tuple[int, bytes | None]]) -> None:
+        """The hot loop: a valid line with a new id goes straight to the columns; anything else takes
+        read_line, which parses it again to say exactly what is wrong."""
+        parse = self.checker.parse_json if self.validation == "structural" else None
+        first_seen = self.first_seen
+        wheres = self.wheres if self.in_worker else None
+        add = self.columns.add
+        for number, line in records:
+            resource = None
+            if parse is not None and line is not None:
+                try:
+                    resource = parse(line)
+                except pydantic_core.ValidationError:
+                    pass
+            resource_id = resource.get("id") if resource is not None else None
+            if type(resource_id) is not str or not resource_id or (wheres is None and resource_id in first_seen):
+                self.read_line(source_file, number, line)
+                continue
+            where = f"{source_file}:{number}"
+            if wheres is None:
+                first_seen[resource_id] = where
+            else:
+                wheres.append(where)
+            self.seen += 1
+            add(resource, source_file, resource_id, _NO_URNS)
 
     def read_line(self, source_file: str, number: int, line: bytes | None) -> None:
         self.seen += 1
@@ -377,8 +403,7 @@ def _worker_chunk(
     reader.wheres = []
     reader.rejects = _Rejects()
     reader.columns._reset()
-    for number, line in chunk:
-        reader.read_line(source_file, number, line)
+    reader.read_lines(source_file, chunk)
     return reader.columns.values, reader.wheres, reader.rejects.rows, reader.seen
 
 
