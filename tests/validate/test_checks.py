@@ -165,7 +165,11 @@ def test_a_site_registers_its_own_check(seeded_duckdb: Path):
         results = {r.check_id: r for r in run.results}
         assert results["siteVisitLongerThanAYear.visit_occurrence.visit_end_date"].status == "pass"
         deaths_result = results["siteDeathsPerPerson.death"]
-        assert (deaths_result.status, deaths_result.severity, deaths_result.kahn_category) == ("pass", "fatal", "Conformance")
+        assert (deaths_result.status, deaths_result.severity, deaths_result.kahn_category) == (
+            "pass",
+            "fatal",
+            "Conformance",
+        )
         assert deaths_result.num_denominator_rows == 3
     finally:
         unregister_check("siteVisitLongerThanAYear")

