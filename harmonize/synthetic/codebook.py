@@ -72,6 +72,7 @@ class Codebook:
         self.config = site_configs()[site]
         self._codes = codes()
         self.local = site == "site_c"
+        self._labs: dict[str, LabCoding] = {}
 
     def condition_items(self, item: str) -> dict:
         """The codes.yaml entry of a condition for this site (falls back to the generic cancer item)."""
@@ -100,7 +101,13 @@ class Codebook:
         return self.site in self._codes["conditions"].get(item, {})
 
     def lab(self, item: str) -> LabCoding:
-        """The site's code and unit for a lab, and the conversion to the standard unit."""
+        """The site's code and unit for a lab, and the conversion to the standard unit (cached)."""
+        found = self._labs.get(item)
+        if found is None:
+            found = self._labs[item] = self._lab(item)
+        return found
+
+    def _lab(self, item: str) -> LabCoding:
         entry = self._codes["labs"][item]
         if self.local:
             local = entry["site_c"]

@@ -41,18 +41,27 @@ QUARANTINE = "quarantine"
 UNMAPPED = "unmapped_code"
 
 
+_ISO: dict[int, str] = {}
+
+
 def iso(day: int) -> str:
-    """ISO date of a day ordinal."""
-    return date.fromordinal(day).isoformat()
+    """ISO date of a day ordinal (cached: a run only ever uses a few thousand days)."""
+    text = _ISO.get(day)
+    if text is None:
+        text = _ISO[day] = date.fromordinal(day).isoformat()
+    return text
 
 
 class TruthWriter:
-    """``ground_truth.csv``: one row per OMOP row a source record must produce (or one quarantine row)."""
+    """``ground_truth.csv``: one row per OMOP row a source record must produce (or one quarantine row).
+
+    Written by hand rather than with ``csv.writer``: no field can hold a comma or quote (file
+    names, ids, numbers, ISO dates, reason words), and this file is the largest one written.
+    """
 
     def __init__(self, path: Path) -> None:
         self.handle = path.open("w", encoding="utf-8", newline="")
-        self.writer = csv.writer(self.handle, lineterminator="\n")
-        self.writer.writerow(TRUTH_COLUMNS)
+        self.handle.write(",".join(TRUTH_COLUMNS) + "\n")
 
     def row(
         self,
@@ -67,19 +76,11 @@ class TruthWriter:
         event_date: str = "",
         reason: str = "",
     ) -> None:
-        self.writer.writerow(
-            (
-                source_file,
-                source_row,
-                person,
-                table,
-                concept_id,
-                source_concept_id,
-                "" if value is None else format_number(value, 6).rstrip("0").rstrip("."),
-                "" if unit_concept_id is None else unit_concept_id,
-                event_date,
-                reason,
-            )
+        number = "" if value is None else format_number(value, 6).rstrip("0").rstrip(".")
+        unit = "" if unit_concept_id is None else str(unit_concept_id)
+        self.handle.write(
+            f"{source_file},{source_row},{person},{table},{concept_id},{source_concept_id},{number},{unit},"
+            f"{event_date},{reason}\n"
         )
 
     def close(self) -> None:
