@@ -378,7 +378,13 @@ class StructuralValidator:
         owner, element = _locate(self.model, loc)
         value = item.get("input")
         shown = value if isinstance(value, str) else _json_text(value)
-        return StructuralProblem(path, shown[:200], _reason(item, owner, element, loc, value))
+        reason = _reason(item, owner, element, loc, value)
+        context = item.get("ctx") or {}
+        if item["type"] == "fhir_required":  # name the missing element, not just its parent
+            path, shown = f"{path}.{context['name']}" if path else context["name"], ""
+        elif item["type"] == "fhir_resource" and context.get("field"):  # inside a contained resource
+            path, shown = f"{path}.{context['field']}", context.get("value", shown)
+        return StructuralProblem(path, shown[:200], reason)
 
 
 def _json_text(value: Any) -> str:

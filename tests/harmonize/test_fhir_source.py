@@ -377,3 +377,37 @@ def test_sample_sites_are_fully_accounted_for(site, fmt, pattern):
         rejected += list(zip(batch.rejects["source_file"], batch.rejects["source_row"], strict=True))
         assert set(batch.rejects["reason"].str.contains("not a real calendar date")) <= {True}
     assert sorted(rejected) == sorted(zip(seeded["source_file"], seeded["source_row"], strict=True))
+
+
+NESTED_DEFECTS = [
+    ({"period": {"start": "2021-02-30T10:00:00Z"}}, "period.start", "not a real calendar date"),
+    ({"period": {"start": "2021-02-03T10:00:00"}}, "period.start", "time zone required"),
+    ({"extension": [{"url": "http://x", "valueString": "a", "valueBoolean": True}]}, "extension[0]", "2 values"),
+    ({"extension": [{"valueString": "a"}]}, "extension[0].url", "required element 'url'"),
+    (
+        {"contained": [{"resourceType": "Patient", "id": "c1", "birthdate": "1990"}]},
+        "contained[0].birthdate",
+        "embedded Patient",
+    ),
+    ({"contained": [{"resourceType": "Foo", "id": "c1"}]}, "contained[0]", "'Foo' is not a FHIR R4B resource type"),
+    ({"status": None}, "status", "null"),
+    ({"type": []}, "type", "empty array"),
+    ({"status": 5}, "status", "must be a FHIR code"),
+    (
+        {"participant": [{"individual": {"reference": "Practitioner/a b"}}]},
+        "participant[0].individual.reference",
+        "malformed reference",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), NESTED_DEFECTS)
+def test_nested_defects_name_the_element_path(change, field, words):
+    from harmonize.sources.fhir_structure import structural_validator
+
+    encounter = json.loads(synthea_lines("Encounter")[0])
+    problems = structural_validator("Encounter").problems({**encounter, **change})
+    assert len(problems) == 1, problems
+    assert problems[0].field == field
+    assert words in problems[0].reason
+    assert structural_validator("Encounter").problems(encounter) == []
