@@ -217,3 +217,21 @@ def test_source_to_concept_maps_load_into_a_real_vocabulary(tmp_path):
     assert resolved["source_concept_id"].to_list()[0] == 35206266
     assert descendants(db, [432851]) == [432851, 4196262]
     assert 4310703 in descendants(db, [4115276])
+
+
+def test_every_written_unit_has_a_unit_concept_in_the_vocabulary():
+    """Sites write U/L, µmol/L ...; each must name a UCUM concept of the subset (some need a synonym: U/L -> [U]/L)."""
+    from harmonize.synthetic.codebook import UNIT_CONCEPTS
+
+    written = {r["unit"] for r in _csv_rows("site_a", "observations.csv")}
+    written |= {r["UNITE"] for r in _csv_rows("site_c", "biologie.csv")}
+    for site in ("site_b", "site_d"):
+        written |= {
+            resource["valueQuantity"].get("unit", "")
+            for _, resource in _fhir_resources(site)
+            if "valueQuantity" in resource
+        }
+    units = {int(r["concept_id"]) for r in _read_tsv(VOCABULARY / "CONCEPT.csv") if r["domain_id"] == "Unit"}
+    assert written == {"", "U/L", "mg/dL", "ng/mL", "g/dL", "mmol/L", "µmol/L", "g/L", "µg/L"}
+    for unit in written - {""}:
+        assert UNIT_CONCEPTS[unit] in units, unit
