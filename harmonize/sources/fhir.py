@@ -65,6 +65,13 @@ def _text(value: Any) -> str:
         return repr(value)
 
 
+_PYTHON_TYPES: dict[pl.DataType, tuple[type, ...]] = {
+    pl.Float64(): (float, int),
+    pl.Int64(): (int,),
+    pl.Boolean(): (bool,),
+}
+
+
 class _Columns:
     """Accepted rows, kept as column lists and turned into a polars frame every BATCH_SIZE rows."""
 
@@ -89,6 +96,25 @@ class _Columns:
         if len(self._rows) >= BATCH_SIZE:
             self.flush()
 
+    def type_problem(self, resource: dict, urn_ids: Mapping[str, str]) -> _Rejected | None:
+        """A value that does not fit its typed column ("5.4" for a decimal, which the lenient R4B models
+        accept) -- checked in "full" mode so it is rejected, not turned into a silent null."""
+        for name, path in self.paths:
+            wanted = _PYTHON_TYPES.get(path.dtype)
+            if wanted is None:
+                continue
+            value = path.evaluate(resource, urn_ids)
+            if value is not None and (type(value) not in wanted):
+                return _Rejected(
+                    path.expression,
+                    value,
+                    f"column '{name}' needs a FHIR {path.result_type.primitive} "
+                    f"({'JSON true/false' if path.dtype == pl.Boolean else 'a JSON number'}), got "
+                    f"{type(value).__name__} {value!r}; fix the element in the export",
+                    row=_row_id(resource),
+                )
+        return None
+
     def extend(self, values: Mapping[str, list[Any]], keep: list[int] | None) -> None:
         """Append a worker's column lists (only the rows in ``keep`` when given)."""
         for name, column in values.items():
@@ -101,7 +127,7 @@ class _Columns:
             self.frames.append(
                 pl.DataFrame(
                     [
-                        pl.Series(name, self.values[name], dtype=dtype, strict=False)
+                        pl.Series(name, self.values[name], dtype=dtype, strict=True)
                         for name, dtype in self.schema.items()
                     ]
                 )
@@ -256,6 +282,10 @@ class _Reader:
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise _Rejected("id", "", "resource has no id; give every resource a logical id in the export")
+        if self.validation == "full":
+            problem = self.columns.type_problem(resource, urn_ids)
+            if problem is not None:
+                raise problem
         if self.in_worker:
             self.wheres.append(where)
         else:

@@ -411,3 +411,15 @@ def test_nested_defects_name_the_element_path(change, field, words):
     assert problems[0].field == field
     assert words in problems[0].reason
     assert structural_validator("Encounter").problems(encounter) == []
+
+
+def test_full_validation_never_turns_a_lenient_value_into_a_silent_null(tmp_path):
+    """The R4B models accept "5.4" for a decimal; the Float64 column cannot hold it, so it is rejected."""
+    lenient = {**OBSERVATION, "valueQuantity": {"value": "5.4", "unit": "mmol/L"}}
+    path = write_ndjson(tmp_path / "Observation.ndjson", [json.dumps(lenient)])
+    for level in ("structural", "full"):
+        batch = read(path, "Observation", {"value": "valueQuantity.value"}, validation=level)
+        assert batch.frame.height == 0 and batch.rejects.height == 1, level
+        reject = batch.rejects.row(0, named=True)
+        assert reject["source_row"] == "obs-1" and reject["value"] == "5.4"
+        assert "number" in reject["reason"]
