@@ -95,7 +95,12 @@ def _overview(report: dict[str, Any]) -> str:
         if failed
         else ""
     )
-    severity = _table(["severity", "pass", "fail", "not applicable", "error"], sev_rows, numeric={1, 2, 3, 4})
+    severity = _table(
+        ["severity", "pass", "fail", "not applicable", "error"],
+        sev_rows,
+        table_id="severity-table",
+        numeric={1, 2, 3, 4},
+    )
     return _section("overview", "Overview", verdict + facts + table + "<h3>By severity</h3>" + severity + failed_html)
 
 
@@ -279,7 +284,9 @@ def _bars_svg(labels: list[str], values: list[Any], threshold: int, color: str) 
         )
     ticks = []
     for n in sorted({0, len(labels) // 2, len(labels) - 1}) if labels else []:
-        ticks.append(f'<text x="{_PAD + n * step:.1f}" y="{_PLOT_H - 8}">{escape(labels[n])}</text>')
+        anchor = "end" if n == len(labels) - 1 and n else "start"
+        x = _PAD + (n + 1) * step if anchor == "end" else _PAD + n * step
+        ticks.append(f'<text x="{x:.1f}" y="{_PLOT_H - 8}" text-anchor="{anchor}">{escape(labels[n])}</text>')
     axis = f'<text x="2" y="14">{escape(_fmt(int(top)) if top >= 1 else "")}</text>'
     return (
         f'<svg width="{_PLOT_W}" height="{_PLOT_H}" viewBox="0 0 {_PLOT_W} {_PLOT_H}" role="img">'
