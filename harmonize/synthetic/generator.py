@@ -117,7 +117,12 @@ def generate_sample_data(
     if unknown:
         raise MappingError(f"unknown sample site {unknown[0]!r}", fix=f"choose from {', '.join(SITES)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SourceError(
+            f"cannot create the output folder: {error}", where=str(out), fix="choose a writable --out"
+        ) from error
     if vocabulary:
         build_vocabulary_subset(Path(eunomia_dir) if eunomia_dir else default_eunomia_dir(), out / "vocabulary")
     counts = split_persons(persons, list(sites))
@@ -138,7 +143,12 @@ def generate_sample_data(
 def generate_site(site: str, out: Path, *, seed: int, persons: int) -> None:
     """Stream one site: chunks of persons rendered in the site's dialect with ground truth."""
     config = site_configs()[site]
-    writer = WRITERS[config["format"]](site, out, seed)
+    try:
+        writer = WRITERS[config["format"]](site, out, seed)
+    except OSError as error:
+        raise SourceError(
+            f"cannot write the sample site: {error}", where=str(out / site), fix="choose a writable --out"
+        ) from error
     site_number = SITES.index(site)
     try:
         with (out / site / "truth_persons.csv").open("w", encoding="utf-8", newline="") as handle:
@@ -148,7 +158,9 @@ def generate_site(site: str, out: Path, *, seed: int, persons: int) -> None:
                 size = min(CHUNK_SIZE, persons - start)
                 _generate_chunk(writer, persons_out, seed, site_number, chunk, start, size)
     except OSError as error:
-        raise SourceError(f"cannot write the sample site: {error}", where=str(out / site)) from error
+        raise SourceError(
+            f"cannot write the sample site: {error}", where=str(out / site), fix="check free disk space and permissions"
+        ) from error
     finally:
         writer.close()
 

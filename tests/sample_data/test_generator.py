@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harmonize.cli import app
-from harmonize.errors import MappingError
+from harmonize.errors import MappingError, SourceError, VocabularyError
 from harmonize.synthetic import generator
 from harmonize.synthetic.generator import generate_sample_data, split_persons
 from tests.conftest import EUNOMIA, SAMPLE_DATA
@@ -67,6 +67,12 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         generate_sample_data(tmp_path, sites=["site_x"], vocabulary=False)
     with pytest.raises(MappingError, match="less than one person per site"):
         split_persons(3, ["site_a", "site_b", "site_c", "site_d"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SourceError, match="cannot create the output folder"):
+        generate_sample_data(blocker / "out", persons=10, vocabulary=False)
+    with pytest.raises(VocabularyError, match="Eunomia vocabulary file not found"):
+        generate_sample_data(tmp_path / "v", persons=10, eunomia_dir=tmp_path / "nowhere")
 
 
 @pytest.mark.slow
