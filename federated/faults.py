@@ -17,7 +17,9 @@ Behaviour:
   aggregating over too few sites; so does waiting longer than ``wait_for_sites``
   seconds for ``min_sites`` connected nodes (Flower's node sampling would wait forever);
 * a site that restarts reconnects to the SuperLink and is sampled again from the
-  next round on (with SuperNode authentication it keeps its node id);
+  next round on; with SuperNode authentication it keeps its node id, and the SuperLink
+  only re-admits it once the dead process missed two heartbeats (about a minute), which
+  :func:`start_supernode_rejoining` waits out;
 * sites are named from the ``fedomop.site`` record that the governance mod adds to
   every reply (node ids until a site has answered once).
 
@@ -27,9 +29,13 @@ so sampling does not insist on sites that are gone.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
@@ -95,7 +101,7 @@ class FaultReport:
             ]
             status = "; ".join(problems) if problems else "all answered"
             lines.append(
-                f"  {r.message_type} {r.group}: {len(r.answered)}/{len(r.asked)} answered in {r.seconds:.1f}s ({status})"
+                f"  {r.message_type} {r.number}: {len(r.answered)}/{len(r.asked)} answered in {r.seconds:.1f}s ({status})"
             )
         if self.missing_sites:
             lines.append(f"missing sites: {', '.join(self.missing_sites)}")
@@ -243,3 +249,68 @@ class FaultTolerantGrid(Grid):
                 f"{required} required (missing: {', '.join(missing + list(failed)) or 'none'})"
             )
         return replies
+
+
+ADMITTED = b"SuperNode ID:"
+REFUSED = (b"Exit Code:", b"Failed to activate SuperNode")
+
+
+def _outcome(log: Path, offset: int, process: subprocess.Popen, settle: float) -> bool:
+    """Whether this start attempt was admitted (its log says so) or refused (the log says so, or it died)."""
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        text = log.read_bytes()[offset:]
+        if ADMITTED in text:
+            return True
+        if any(marker in text for marker in REFUSED) or process.poll() is not None:
+            return False
+        time.sleep(0.25)
+    return process.poll() is None  # no verdict yet but alive: let it be
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """End a refused attempt and the helper processes it spawned (its own session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(10)
+
+
+def start_supernode_rejoining(
+    argv: list[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    retry_for: float = 150.0,
+    settle: float = 30.0,
+) -> subprocess.Popen:
+    """Start a SuperNode that is rejoining after a crash; retry until the SuperLink lets it in.
+
+    With SuperNode authentication a restarted site keeps its node id, but the SuperLink
+    refuses to activate that id (``Failed to activate SuperNode``, exit code 305) until
+    the dead process missed two heartbeats (Flower's interval is 30 s). So: start, read
+    the log until it is admitted (``SuperNode ID:``) or refused, and on refusal end that
+    attempt and try again every 5 s, for up to ``retry_for`` seconds.
+    """
+    deadline = time.monotonic() + retry_for
+    attempt = 0
+    while True:
+        attempt += 1
+        with open(log, "ab") as handle:
+            handle.write(f"--- fedomop: start attempt {attempt}\n".encode())
+            offset = handle.tell()
+            process = subprocess.Popen(
+                argv, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            )
+        if _outcome(log, offset, process, settle):
+            return process
+        _end_group(process)
+        if time.monotonic() + 5 > deadline:
+            raise StudyError(
+                f"the SuperNode could not rejoin ({attempt} attempts refused)",
+                where=str(log),
+                fix="check the SuperLink address, the site key and that the site is registered",
+            )
+        time.sleep(5)

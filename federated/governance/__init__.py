@@ -10,7 +10,15 @@ or, simpler, ``ClientApp(..., mods=[governance_mod()])`` from :mod:`federated.go
 """
 
 from federated.governance.auditlog import Verification, verify
-from federated.governance.enforce import DataRequest, audit, data_request, enforce_cohort, enforce_request, study_name
+from federated.governance.enforce import (
+    DataRequest,
+    audit,
+    data_request,
+    enforce_cohort,
+    enforce_request,
+    release,
+    study_name,
+)
 from federated.governance.hashing import app_hash, study_app_hash
 from federated.governance.policy import DifferentialPrivacy, SitePolicy, StudyPolicy, load_policy
 from federated.governance.suppression import (
@@ -40,6 +48,7 @@ __all__ = [
     "is_count_key",
     "load_policy",
     "outgoing_sizes",
+    "release",
     "require_min_persons",
     "study_app_hash",
     "study_name",

@@ -244,3 +244,36 @@ def audit(
         **details,
     }
     return audit_log.append(policy.audit_log, record)
+
+
+def release(
+    policy: SitePolicy,
+    content: Any,
+    *,
+    requester: str,
+    study: str,
+    app_hash: str,
+    action: str,
+    **details: Any,
+) -> dict[str, Any]:
+    """The last gate before a reply leaves the site: refuse (and audit) small cells, else audit what is sent.
+
+    ``content`` is the outgoing Flower ``RecordDict``. Raises PolicyError naming the
+    offending keys (never their values) when a person count is below the study's
+    small-cell threshold; otherwise returns the audit record of the release.
+    """
+    from federated.governance.suppression import check_outgoing, outgoing_sizes
+
+    threshold = policy.small_cell(study)
+    cells = check_outgoing(content, threshold)
+    context = {"requester": requester, "study": study, "app_hash": app_hash, "action": action}
+    if cells:
+        names = ", ".join(str(cell) for cell in cells[:10])
+        reason = f"{len(cells)} count(s) below the small-cell threshold {threshold}: {names}"
+        audit(policy, **context, outcome="blocked", sent={}, reason=reason, **details)
+        raise PolicyError(
+            f"site {policy.site!r} blocked its reply: {reason}",
+            where=f"{policy.source}: studies.{study}.small_cell_threshold",
+            fix="suppress or coarsen those counts before sending (federated.governance.suppress_counts)",
+        )
+    return audit(policy, **context, outcome="sent", sent=outgoing_sizes(content), **details)

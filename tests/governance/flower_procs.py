@@ -85,10 +85,37 @@ class Cluster:
             raise RuntimeError("SuperLink did not start:\n" + proc.text()[-3000:])
         return proc
 
+    def supernode_argv(self, link_port: int, extra: list[str]) -> list[str]:
+        return [
+            str(BIN / "flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{link_port}",
+            "--port",
+            str(free_port()),
+            *extra,
+        ]
+
     def supernode(self, name: str, link_port: int, extra: list[str]) -> Proc:
-        argv = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}", "--port", str(free_port())]
-        return self.start(name, argv + extra)
+        return self.start(name, self.supernode_argv(link_port, extra))
+
+    def rejoin_supernode(self, name: str, link_port: int, extra: list[str]) -> Proc:
+        """Restart a crashed site the way an operator would: retry until the SuperLink re-admits it."""
+        from federated.faults import start_supernode_rejoining
+
+        log = self.workdir / f"{name}.log"
+        argv = self.supernode_argv(link_port, extra)
+        popen = start_supernode_rejoining(argv, log=log, env=flower_env(self.flwr_home), cwd=self.workdir)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
 
     def stop_all(self) -> None:
+        """SIGTERM every group we started at once (SuperNodes take seconds to leave), then reap."""
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for proc in reversed(self.procs):
             proc.stop()

@@ -82,3 +82,27 @@ def test_pydantic_study_objects_are_understood(policy_path):
     spec = Spec(name="bone_metastasis", tables={"drug_exposure": ["drug_concept_id"]})
     with pytest.raises(PolicyError, match="table 'drug_exposure' is not allowed"):
         enforce_request(policy_path, spec, APPROVED, "r")
+
+
+def test_release_blocks_small_cells_and_audits_what_is_sent(policy_path):
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from federated.governance import release
+
+    policy = load_policy(policy_path)
+    context = {"requester": "r", "study": "bone_metastasis", "app_hash": APPROVED, "action": "query.describe"}
+    small = RecordDict({"counts": MetricRecord({"n-train": 120, "n-positive-train": 4})})
+    with pytest.raises(PolicyError, match=r"1 count\(s\) below the small-cell threshold 10: counts.n-positive-train"):
+        release(policy, small, **context)
+    fine = RecordDict(
+        {"counts": MetricRecord({"n-train": 120, "n-positive-train": 0}), "site": ConfigRecord({"site": "a"})}
+    )
+    record = release(policy, fine, **context)
+    assert record["outcome"] == "sent" and record["sent"]["counts.n-train"] == 8 and record["sent"]["site.site"] == 1
+    blocked, sent = _records(policy_path)
+    assert (
+        blocked["outcome"] == "blocked"
+        and "n-positive-train" in blocked["reason"]
+        and "4" not in blocked["reason"][-3:]
+    )
+    assert verify(policy.audit_log).ok
