@@ -28,6 +28,7 @@ from harmonize.synthetic.timeline import (
     LAST_DIAGNOSIS,
     OUTCOME_WINDOW_DAYS,
     Features,
+    History,
     Person,
     build_history,
 )
@@ -213,14 +214,7 @@ def _generate_chunk(
         )
         if late[i] and (person.death is None or late_day[i] < person.death):
             person.late_metastasis_date = int(late_day[i])
-        first, last, street, city, postcode = identity(rnd, person.male)
-        person.first_name, person.last_name, person.street, person.city, person.postcode = (
-            first,
-            last,
-            street,
-            city,
-            postcode,
-        )
+        person.first_name, person.last_name, person.street, person.city, person.postcode = identity(rnd, person.male)
         person.race = rnd.choices([r for r, _ in RACES], [w for _, w in RACES])[0]
         person.ethnicity = "Hispanic or Latino" if rnd.random() < 0.12 else "Not Hispanic or Latino"
         psa = None if np.isnan(cohort.psa[i]) else float(cohort.psa[i])
@@ -237,20 +231,20 @@ def _generate_chunk(
         )
         writer.write_history(build_history(person, features, rnd), rnd)
         for action in plan.get(i, []):
-            action(writer, build_history(person, features, random.Random(0)))
+            action(writer, History(person))
         persons_out.writerow(_truth_person(writer, person, features, float(eta[i]), float(probability[i])))
 
 
-def _defect_plan(book: Codebook, size: int) -> dict[int, list[Callable[[SiteWriter, object], None]]]:
+def _defect_plan(book: Codebook, size: int) -> dict[int, list[Callable[[SiteWriter, History], None]]]:
     """Which persons of the first chunk get an extra unmapped or bad record (spread over the chunk)."""
-    actions: list[Callable[[SiteWriter, object], None]] = []
+    actions: list[Callable[[SiteWriter, History], None]] = []
     for kind in ("condition", "lab", "drug", "procedure"):
         for code in book.unmapped(kind):
             actions.append(lambda w, h, kind=kind, code=code: w.write_unmapped(h, kind, code))
     for reason in DEFECT_REASONS:
         for _ in range(DEFECTS_PER_REASON):
             actions.append(lambda w, h, reason=reason: w.write_defect(h, Defect(reason)))
-    plan: dict[int, list[Callable[[SiteWriter, object], None]]] = {}
+    plan: dict[int, list[Callable[[SiteWriter, History], None]]] = {}
     for n, action in enumerate(actions):
         plan.setdefault((3 + 7 * n) % size, []).append(action)
     return plan
