@@ -68,3 +68,30 @@ def test_postgresql_target_is_loaded_and_replaced_atomically(tmp_path: Path, pos
         assert db.scalar("select count(*) from condition_occurrence") == 5  # previous load intact
     finally:
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_sample_site_c_on_postgresql_matches_duckdb(tmp_path: Path, postgres_url: str) -> None:
+    """Site C (latin-1 text, day-first dates, SI units) gives the same tables on PostgreSQL as on DuckDB."""
+    from tests.conftest import MAPPINGS, SAMPLE_DATA
+
+    mapping, source = MAPPINGS / "site_c.yaml", SAMPLE_DATA / "site_c"
+    on_pg = run_mapping(mapping, source, postgres_url)
+    on_duckdb = run_mapping(mapping, source, tmp_path / "site_c.duckdb")
+    assert on_pg.loaded == on_duckdb.loaded and on_pg.balanced
+    db = connect(postgres_url)
+    try:
+        calcium = db.scalar(
+            "select round(cast(avg(value_as_number) as numeric), 4) from measurement "
+            "where measurement_concept_id = 3006906"
+        )
+        names = db.scalar("select count(*) from location where address_1 like '%é%'")
+    finally:
+        db.dispose()
+    with duckdb.connect(str(tmp_path / "site_c.duckdb"), read_only=True) as con:
+        expected = con.execute(
+            "select round(avg(value_as_number), 4) from measurement where measurement_concept_id = 3006906"
+        ).fetchone()[0]
+        expected_names = con.execute("select count(*) from location where address_1 like '%é%'").fetchone()[0]
+    assert float(calcium) == pytest.approx(expected) and 8 < float(calcium) < 11  # mg/dL, not mmol/L
+    assert names == expected_names > 0  # latin-1 accents arrive intact

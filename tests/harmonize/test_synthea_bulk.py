@@ -60,7 +60,9 @@ def test_clinical_tables_are_populated_and_routed_by_domain(synthea) -> None:
     expected = _resources_in_export()
     with duckdb.connect(str(db), read_only=True) as con:
         person = con.execute("select count(*), count(distinct person_source_value) from person").fetchone()
-        visits = con.execute("select count(*) from visit_occurrence").fetchone()[0]
+        visits, with_provider, with_care_site = con.execute(
+            "select count(*), count(provider_id), count(care_site_id) from visit_occurrence"
+        ).fetchone()
         routed = con.execute(
             "select l.omop_table, count(*) from fedomop_lineage l where l.source = 'conditions' group by 1"
         ).fetchall()
@@ -72,6 +74,8 @@ def test_clinical_tables_are_populated_and_routed_by_domain(synthea) -> None:
         ).fetchone()[0]
     assert person == (expected["Patient"], expected["Patient"])
     assert visits == expected["Encounter"]
+    # conditional references (Practitioner?identifier=...|npi, Organization?identifier=...) resolve to rows
+    assert with_provider == with_care_site == visits
     tables = dict(routed)
     # Synthea codes findings (BMI, employment status ...) as Conditions; their SNOMED concepts are not
     # in the Condition domain, so they are routed away from condition_occurrence.
