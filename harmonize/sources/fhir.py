@@ -271,6 +271,11 @@ class _Reader:
             self.model.model_validate(raw)
         except pydantic.ValidationError as error:
             raise self.rejected(raw, [_model_problem(item) for item in error.errors(include_url=False)]) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as error:  # e.g. an unknown contained type
+            problem = StructuralProblem(
+                "", "", f"the R4B model cannot read this resource ({error!r}); fix the resource"
+            )
+            raise self.rejected(raw, [problem]) from None
         return raw
 
     def rejected(self, raw: dict, problems: list[StructuralProblem]) -> _Rejected:

@@ -265,7 +265,9 @@ def _any_resource(value: Any) -> dict:
     try:
         checker = structural_validator(value["resourceType"])
     except SourceError as error:
-        raise PydanticCustomError("fhir_resource", "{message}", {"message": error.message}) from None
+        raise PydanticCustomError(
+            "fhir_resource", "{message}; {fix}", {"message": error.message, "fix": error.fix or ""}
+        ) from None
     problems = checker.problems(value)
     if problems:
         first = problems[0]
