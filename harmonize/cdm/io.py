@@ -7,8 +7,9 @@ a site's own ``source_to_concept_map``. Columns are read as text and cast to
 the spec's type column by column, so a bad value is reported with its file,
 line and field instead of turning into a null.
 
-Loads replace whole tables atomically: each file goes into an unconstrained
-staging table through :meth:`Database.load_arrow` (Arrow ingest / COPY), then
+Loads replace whole tables atomically: each file goes, a block of lines at a
+time (memory stays bounded on a full Athena download), into an unconstrained
+staging table through :meth:`Database.load_arrow` (Arrow ingest / COPY); then
 one transaction swaps the staged rows into the real tables, so readers never
 see half a vocabulary and a failure leaves the old content intact.
 """
@@ -34,7 +35,7 @@ from harmonize.errors import FedomopError, SourceError
 
 ErrorType = type[FedomopError]
 
-# Formats tried, in order, on a column's first value; the first that parses is used for the whole column.
+# Date formats: the one that parses a column's first value is tried first, the others only on values it fails.
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d")
 _DATETIME_FORMATS = (
     "%Y-%m-%d %H:%M:%S",
@@ -432,12 +433,9 @@ def staging_table(db: Database, like: str, *, columns: str | None = None) -> Ite
 
 
 def clear_table_sql(db: Database, table: str) -> str:
-    # TRUNCATE is transactional and much faster on PostgreSQL; DuckDB and SQLite want DELETE.
-    return (
-        f"TRUNCATE TABLE {quote_identifier(table)}"
-        if db.dialect == "postgresql"
-        else f"DELETE FROM {quote_identifier(table)}"
-    )
+    """SQL that empties a table inside a transaction (TRUNCATE is transactional and much faster on PostgreSQL)."""
+    verb = "TRUNCATE TABLE" if db.dialect == "postgresql" else "DELETE FROM"
+    return f"{verb} {quote_identifier(table)}"
 
 
 def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: ErrorType) -> None:
@@ -445,8 +443,9 @@ def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: E
     key = load_spec().table(table).primary_key
     if key is None:
         return
+    column = quote_identifier(key.name)
     duplicate = db.query(
-        f"SELECT {quote_identifier(key.name)} AS k FROM {quote_identifier(stage)} GROUP BY {quote_identifier(key.name)} HAVING COUNT(*) > 1 LIMIT 1"
+        f"SELECT {column} FROM {quote_identifier(stage)} GROUP BY {column} HAVING COUNT(*) > 1 LIMIT 1"
     )
     if not duplicate.is_empty():
         raise error(
@@ -477,12 +476,9 @@ def replace_tables(db: Database, files: dict[str, Path | None], *, error: ErrorT
         with db.engine.begin() as connection:
             for table, name in staged.items():
                 columns = ", ".join(quote_identifier(c) for c in load_spec().table(table).column_names)
+                target, stage = quote_identifier(table), quote_identifier(name)
                 connection.execute(sa.text(clear_table_sql(db, table)))
-                connection.execute(
-                    sa.text(
-                        f"INSERT INTO {quote_identifier(table)} ({columns}) SELECT {columns} FROM {quote_identifier(name)}"
-                    )
-                )
+                connection.execute(sa.text(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"))
     return counts
 
 
@@ -514,7 +510,7 @@ def load_cdm_folder(db: Database, folder: Path, *, tables: list[str] | None = No
     create_cdm(db.engine)
     counts = load_vocabulary_files(db, {t: p for t, p in files.items() if t in VOCABULARY_TABLES})
     clinical = {t: p for t, p in files.items() if t not in VOCABULARY_TABLES and t != "source_to_concept_map"}
-    counts.update(replace_tables(db, dict(clinical.items())))
+    counts.update(replace_tables(db, dict(clinical)))
     if "source_to_concept_map" in files:
         stcm = files["source_to_concept_map"]
         counts["source_to_concept_map"] = load_source_to_concept_map(db, stcm, replace=True)

@@ -136,7 +136,9 @@ def resolve_codes(db: Database, codes: pl.DataFrame) -> pl.DataFrame:
     """Add source_concept_id, concept_id, domain_id, concept_name and mapped_via to each (vocabulary_id, source_code).
 
     Other columns pass through; input order is kept; a code with several "Maps to" targets yields one row per
-    target. Unknown codes get source_concept_id 0; unmapped codes concept_id 0 and null domain/name/mapped_via.
+    target. Unknown codes get source_concept_id 0; unmapped codes concept_id 0 and null domain/name/mapped_via
+    (except a site map row whose target is 0: concept_id 0 with mapped_via "source_to_concept_map", the site's
+    explicit "no standard concept").
     """
     _check_input(codes)
     require_vocabulary(db)

@@ -264,6 +264,11 @@ def test_postgres_resolution_equals_duckdb(postgres_url: str, eunomia_db: Databa
     assert from_pg.equals(resolve_codes(eunomia_db, codes))
     assert from_pg.tail(5).get_column("concept_id").to_list() == [4132546, 9448, 3025315, 0, 0]
     assert standard_concept_by_code(pg, "SNOMED", "65363002") == 372328
+    with pytest.raises(VocabularyError, match="no concept SNOMED '123'"):
+        standard_concept_by_code(pg, "SNOMED", "123")
+    assert resolve_codes(pg, pl.DataFrame({"vocabulary_id": ["X"], "source_code": ["y"]})).rows() == [
+        ("X", "y", 0, 0, None, None, None)
+    ]
     pg.dispose()
 
 
@@ -275,3 +280,17 @@ def test_standard_concept_without_relationship_rows_stands_for_itself(tmp_path: 
     out = resolve_codes(db, codes).select("source_concept_id", "concept_id", "mapped_via").rows()
     # the standard code maps to itself; the non-standard one has nothing left to map through
     assert out == [(372328, 372328, "maps_to"), (4166590, 0, None)]
+
+
+def test_site_map_to_concept_zero_says_no_standard_concept(local_db: Database, tmp_path: Path) -> None:
+    # The site decides a code has no standard concept, overriding the vocabulary's own "Maps to".
+    load_source_to_concept_map(
+        local_db, write_stcm(tmp_path / "stcm.csv", ["275272006,0,SNOMED,not used here,0,None,2020-01-01,2099-12-31,"])
+    )
+    [row] = resolve_one(local_db, "SNOMED", "275272006")
+    assert (row["source_concept_id"], row["concept_id"], row["domain_id"], row["mapped_via"]) == (
+        4166590,
+        0,
+        None,
+        "source_to_concept_map",
+    )
