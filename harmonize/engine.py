@@ -398,10 +398,11 @@ def _account_leftovers(batches: dict[str, pl.DataFrame], lineage: pl.DataFrame, 
 
 
 def _summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    """Quarantine rows per kind of reason: the text before ':' or ';', with quoted values elided."""
     if quarantine.is_empty():
         return {}
     reasons = (
-        quarantine.with_columns(pl.col("reason").str.replace(r":.*$", ""))
+        quarantine.with_columns(pl.col("reason").str.replace_all(r"'[^']*'", "'…'").str.replace(r"[:;].*$", ""))
         .group_by("reason")
         .len()
         .sort("len", "reason", descending=[True, False])

@@ -17,21 +17,42 @@ from tests.harmonize.fixture_site import make_site
 FEDOMOP = str(Path(sys.executable).parent / "fedomop")
 
 
-def test_cli_maps_a_site_and_prints_the_summary(tmp_path: Path) -> None:
-    mapping, source = make_site(tmp_path)
-    db = tmp_path / "out" / "site.duckdb"
+def test_cli_maps_a_sample_site_and_prints_the_summary(tmp_path: Path) -> None:
+    """The real console script on sample site D (FHIR transaction Bundles)."""
+    from tests.conftest import MAPPINGS, SAMPLE_DATA
+
+    db = tmp_path / "out" / "site_d.duckdb"
     done = subprocess.run(
-        [FEDOMOP, "map", "--mapping", str(mapping), "--source", str(source), "--db", str(db)],
+        [
+            FEDOMOP,
+            "map",
+            "--mapping",
+            str(MAPPINGS / "site_d.yaml"),
+            "--source",
+            str(SAMPLE_DATA / "site_d"),
+            "--db",
+            str(db),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "condition_occurrence" in done.stdout and "reconciliation balanced" in done.stdout
+    for text in (
+        "measurement",
+        "3,117",
+        "reconciliation per source",
+        "observations",
+        "3,125",
+        "unknown person",
+        "reconciliation balanced",
+    ):
+        assert text in done.stdout, text
     with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("select count(*) from person").fetchone()[0] == 3
+        assert con.execute("select count(*) from person").fetchone()[0] == 280
         assert con.execute("select count(*) from concept").fetchone()[0] > 50  # the vocabulary came along
+        assert con.execute("select count(*) from fedomop_quarantine").fetchone()[0] == 8
 
 
 def test_cli_reports_a_malformed_mapping_without_traceback(tmp_path: Path) -> None:
