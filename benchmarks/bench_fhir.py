@@ -136,8 +136,9 @@ def peak_rss_mib() -> float:
 
 
 def machine() -> str:
+    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"`{' '.join(platform.uname())}`, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    return f"`{uname}`, nproc {os.cpu_count()}, {memory:.1f} GiB RAM, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -194,8 +195,8 @@ def main() -> None:
             "",
             f"Large file: {count:,} Encounters ({file_mib:.0f} MiB NDJSON, `--big {args.big}`) read structurally with "
             f"5 columns in {seconds:.2f} s ({count / seconds:,.0f} resources/s, one process); peak RSS grew by "
-            f"{growth:.0f} MiB. With `workers={args.workers}`: {parallel:.2f} s ({count / parallel:,.0f} resources/s, "
-            f"{(count / parallel) / (models[2] / models[0]):.1f}x the one-by-one models' rate above).",
+            f"{growth:.0f} MiB. With `workers={args.workers}` worker processes: {parallel:.2f} s "
+            f"({count / parallel:,.0f} resources/s, {seconds / parallel:.2f}x one process).",
         ]
     text = "\n".join(out) + "\n"
     print(text)
