@@ -19,6 +19,7 @@ Both also reject a wrong resourceType, a missing id and a duplicate id within th
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import polars as pl
 import pydantic
@@ -160,7 +161,7 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line) for each record of an NDJSON file; ``None`` marks a blank line inside the
     file (reported, because a record may have been lost there). Blank lines at the end are ignored."""
     blanks: list[int] = []
-    with path.open("rb", buffering=1 << 20) as handle:
+    with _open(path) as handle:
         for number, line in enumerate(handle, 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
@@ -171,6 +172,13 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
                 yield from ((blank, None) for blank in blanks)
                 blanks.clear()
             yield number, line
+
+
+def _open(path: Path) -> IO[bytes]:
+    """Binary reader with a large buffer; ``.gz`` files (common for bulk exports) are decompressed."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb", buffering=1 << 20)
 
 
 def _require_files(files: Iterable[Path]) -> list[Path]:
@@ -459,9 +467,12 @@ def _model_problem(item: Any) -> StructuralProblem:
 
 def _load_bundle(path: Path) -> dict:
     try:
-        bundle = json.loads(path.read_bytes())
+        with _open(path) as handle:
+            bundle = json.loads(handle.read())
     except UnicodeDecodeError as error:
         raise _Rejected("", "", f"Bundle file is not UTF-8 ({error.reason}); re-export it as UTF-8") from None
+    except (OSError, EOFError) as error:  # a corrupt .gz
+        raise _Rejected("", "", f"Bundle file cannot be decompressed ({error}); re-export it") from None
     except ValueError as error:
         raise _Rejected("", "", f"Bundle file is not valid JSON ({error}); the file is truncated or corrupt") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":

@@ -423,3 +423,17 @@ def test_full_validation_never_turns_a_lenient_value_into_a_silent_null(tmp_path
         reject = batch.rejects.row(0, named=True)
         assert reject["source_row"] == "obs-1" and reject["value"] == "5.4"
         assert "number" in reject["reason"]
+
+
+def test_gzipped_ndjson_and_bundles(tmp_path, patient_line):
+    import gzip
+
+    lines = synthea_lines("Patient")
+    with gzip.open(tmp_path / "Patient.000.ndjson.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    batch = read(tmp_path / "Patient.000.ndjson.gz", "Patient", {"gender": "gender"})
+    assert batch.frame.height == 13 and batch.rejects.height == 0
+    assert count_fhir_resources([tmp_path / "Patient.000.ndjson.gz"], "ndjson") == {"Patient": 13}
+    with gzip.open(tmp_path / "b.json.gz", "wt", encoding="utf-8") as handle:
+        json.dump(transaction_bundle(patient_line, []), handle)
+    assert read(tmp_path / "b.json.gz", "Patient", fmt="bundle").frame["_source_row"].to_list() == [PATIENT_ID]
