@@ -232,13 +232,9 @@ def _filter_chain(keep: Callable[[Any], bool]) -> Callable[[Lazy | None], Lazy]:
     return wrap
 
 
-def _resolve_chain(resolve: Callable[[str, Mapping[str, str]], str | None]) -> Callable[[Lazy | None], Lazy]:
+def _resolve_chain(resolve: Callable[[Any, Mapping[str, str]], str | None]) -> Callable[[Lazy | None], Lazy]:
     def wrap(rest: Lazy | None) -> Lazy:
         def resolved(item: Any, context: Mapping[str, str]) -> Any:
-            if type(item) is dict:
-                item = item.get("reference")
-            if type(item) is not str:
-                return None
             value = resolve(item, context)
             return value if rest is None or value is None else rest(value, context)
 
@@ -493,24 +489,25 @@ def _extension_step(url: str) -> Step:
     return step
 
 
-def _resolve_step(resolve: Callable[[str, Mapping[str, str]], str | None]) -> Step:
+def _resolve_step(resolve: Callable[[Any, Mapping[str, str]], str | None]) -> Step:
     def step(items: Items, context: Mapping[str, str]) -> Items:
         out: Items = []
         for item in items:
-            if type(item) is dict:
-                item = item.get("reference")
-            if type(item) is str:
-                resolved = resolve(item, context)
-                if resolved is not None:
-                    out.append(resolved)
+            resolved = resolve(item, context)
+            if resolved is not None:
+                out.append(resolved)
         return out
 
     return step
 
 
-def _reference_id(reference: str, urn_ids: Mapping[str, str]) -> str | None:
+def _reference_id(reference: Any, urn_ids: Mapping[str, str]) -> str | None:
     """The logical id a reference points to: 'Patient/1', 'http://x/fhir/Patient/1/_history/2', '#c1',
     and in Bundles 'urn:uuid:...' through the entries' fullUrl. Conditional references give None."""
+    if type(reference) is dict:
+        reference = reference.get("reference")
+    if type(reference) is not str:
+        return None
     if reference.startswith("urn:"):
         return urn_ids.get(reference)
     if reference.startswith("#"):
@@ -523,9 +520,17 @@ def _reference_id(reference: str, urn_ids: Mapping[str, str]) -> str | None:
     return tail if slash and head and tail else urn_ids.get(reference)
 
 
-def _reference_identifier(reference: str, _urn_ids: Mapping[str, str]) -> str | None:
-    """The identifier value of a conditional reference 'Type?identifier=system|value' (Synthea style)."""
-    if "?identifier=" not in reference:
+def _reference_identifier(reference: Any, _urn_ids: Mapping[str, str]) -> str | None:
+    """The identifier value of a conditional reference 'Type?identifier=system|value' (Synthea style),
+    or of a logical reference {"identifier": {"system": ..., "value": ...}} without a reference string."""
+    if type(reference) is dict:
+        text = reference.get("reference")
+        if text is None:
+            identifier = reference.get("identifier")
+            value = identifier.get("value") if type(identifier) is dict else None
+            return value if type(value) is str else None
+        reference = text
+    if type(reference) is not str or "?identifier=" not in reference:
         return None
     token = reference.split("?identifier=", 1)[1].split("&", 1)[0]
     return token.rsplit("|", 1)[-1] or None

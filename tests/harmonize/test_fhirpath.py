@@ -195,3 +195,10 @@ def test_depth_first_evaluation_equals_the_first_item_of_the_collection(resource
                 assert path.evaluate(resource) == (items[0] if items else None), (path.expression, resource["id"])
                 found[index] += bool(items)
     assert all(found), dict(zip(AGREEMENT[resource_type], found, strict=True))
+
+
+def test_resolve_identifier_of_a_logical_reference():
+    path = compile_path("subject.resolve_identifier()", "Condition")
+    assert path.evaluate({"subject": {"identifier": {"system": "urn:x", "value": "42"}}}) == "42"
+    assert path.evaluate({"subject": {"reference": "Patient?identifier=urn:x|7"}}) == "7"
+    assert path.evaluate({"subject": {"reference": "Patient/1"}}) is None
