@@ -55,7 +55,3 @@ class Quarantine:
         if not self._parts:
             return pl.DataFrame(schema=QUARANTINE_SCHEMA)
         return pl.concat(self._parts).unique(maintain_order=True)
-
-    def count_for(self, source: str) -> int:
-        frame = self.frame()
-        return frame.filter(pl.col("source") == source).select("source_file", "source_row").n_unique()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from harmonize.cdm import load_spec
 from harmonize.db import Database
 from harmonize.errors import MappingError
 from harmonize.mapping.models import (
@@ -86,7 +87,8 @@ def _constant_value(value: ConceptConstant | int | float | str | None) -> int | 
     return value.concept_id if isinstance(value, ConceptConstant) else value
 
 
-def _field_expr(name: str, expr: object, source: Source) -> tuple[pl.Expr, Problem | None]:
+def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple[pl.Expr, Problem | None]:
+    """A ``fields:`` expression as a polars expression typed for its OMOP column (``datatype`` from the spec)."""
     out = f"{FIELD_PREFIX}{name}"
     if isinstance(expr, ConstantExpr):
         return pl.lit(expr.constant).alias(out), None
@@ -102,12 +104,15 @@ def _field_expr(name: str, expr: object, source: Source) -> tuple[pl.Expr, Probl
         mapped = pl.col(expr.map).replace_strict(values, default=default)
         return mapped.alias(out), None
     assert isinstance(expr, ColumnExpr)
-    if expr.cast in ("integer", "float"):
+    kind = expr.cast or {"integer": "integer", "float": "float"}.get(datatype, "string")
+    if datatype in ("date", "datetime") and not expr.cast:
+        return _field_expr(name, DateExpr(date=expr.column), source, datatype)
+    if kind in ("integer", "float"):  # typed by the target column, so bad text is quarantined, not nulled
         number = parse_number(expr.column, source.decimal)
-        value = number.round(0).cast(pl.Int64) if expr.cast == "integer" else number
+        value = number.round(0).cast(pl.Int64) if kind == "integer" else number
         problem = Problem(failed(expr.column, number), expr.column, pl.col(expr.column), "unparseable number")
         return value.alias(out), problem
-    return pl.col(expr.column).alias(out), None
+    return pl.col(expr.column).cast(pl.String).alias(out), None
 
 
 def _join_key(rows: pl.DataFrame, column: str, lookup: pl.DataFrame | None, out: str) -> pl.DataFrame:
@@ -177,8 +182,9 @@ class RuleEvaluator:
                 )
         if rule.type_concept is not None:
             exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
+        spec = load_spec().table(table)
         for name, expr in rule.fields.items():
-            value, problem = _field_expr(name, expr, source)
+            value, problem = _field_expr(name, expr, source, spec.field(name).datatype)
             exprs.append(value)
             if problem:
                 problems.append(problem)

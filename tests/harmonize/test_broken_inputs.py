@@ -189,3 +189,22 @@ def test_malformed_mapping_fails_before_reading_data(tmp_path: Path, name, mappi
     text = str(error.value)
     assert str(mapping_file) in text and message in text and fix in text, text
     assert not db.exists()
+
+
+def test_text_in_a_numeric_omop_field_is_quarantined_not_nulled(tmp_path: Path) -> None:
+    """``fields`` are typed by the OMOP column they fill: text in range_low cannot silently become null."""
+    mapping = copy.deepcopy(MAPPING)
+    mapping["tables"]["measurement"][0]["fields"] = {"range_low": "lab_id"}
+    mapping_file, source = make_site(tmp_path, {"tables": mapping["tables"]})
+    db = tmp_path / "site.duckdb"
+    report = run_mapping(mapping_file, source, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute(
+            "select source_row, field, value, reason from fedomop_quarantine where source = 'labs' order by 1"
+        ).fetchall()
+    assert found == [
+        ("1", "lab_id", "L1", "unparseable number"),
+        ("2", "lab_id", "L2", "unparseable number"),
+        ("3", "lab_id", "L3", "unparseable number"),
+    ]
+    assert report.balanced
