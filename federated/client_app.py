@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from federated import features, metrics, split
-from federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
 from federated.study import StudySpec, parse_study
 from federated.transport import describe_content
 from harmonize.db import connect
@@ -34,6 +34,7 @@ from harmonize.errors import FedomopError, StudyError
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500
+MLP = "mlp"  # federated.models.mlp imports torch; loaded only when an MLP message arrives
 XGB_MODELS = {xgb_bagging.NAME, xgb_cyclic.NAME, xgb_histogram.NAME}
 
 
@@ -158,6 +159,8 @@ def _sketch(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _moments(prep: Prepared, message: Message) -> RecordDict:
+    from federated.models import mlp
+
     return RecordDict({"moments": mlp.site_moments(prep.train.X, prep.study.small_cell)})
 
 
@@ -170,7 +173,9 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
         updated = xgb_bagging.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
     elif model == xgb_cyclic.NAME:
         updated = xgb_cyclic.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
-    elif model == mlp.NAME:
+    elif model == MLP:
+        from federated.models import mlp
+
         mu = float(config.get("proximal-mu", 0.0))
         seed = int(config.get("server-round", 0))
         updated = mlp.site_train(arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed)
@@ -201,21 +206,42 @@ def _train_local(prep: Prepared, message: Message) -> RecordDict:
     if model in XGB_MODELS:
         record = xgb_common.to_record(xgb_common.train_plain(prep.train.X, prep.train.y, int(config["local-total"])))
     else:
+        from federated.models import mlp
+
         record = mlp.train_plain(prep.train.X, prep.train.y, epochs=int(config["local-total"]))
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
 def predict(model: str, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
-    return mlp.predict(record, X) if model == mlp.NAME else xgb_common.predict(record, X)
+    if model == MLP:
+        from federated.models import mlp
+
+        return mlp.predict(record, X)
+    return xgb_common.predict(record, X)
+
+
+def _held_out_metrics(prep: Prepared, model: str, record: ArrayRecord) -> MetricRecord:
+    values = metrics.binary_metrics(prep.test.y, predict(model, record, prep.test.X))
+    finite = {k: v for k, v in values.items() if np.isfinite(v)}
+    return MetricRecord({**finite, "num-examples": prep.test.n})
 
 
 def _evaluate(prep: Prepared, message: Message) -> RecordDict:
-    config = message.content["config"]
-    record = message.content.array_records["arrays"]
-    probabilities = predict(str(config["model"]), record, prep.test.X)
-    values = metrics.binary_metrics(prep.test.y, probabilities)
-    finite = {k: v for k, v in values.items() if np.isfinite(v)}
-    return RecordDict({"metrics": MetricRecord({**finite, "num-examples": prep.test.n})})
+    """A strategy's per-round evaluation of the global model on this site's held-out rows."""
+    model = str(message.content["config"]["model"])
+    return RecordDict({"metrics": _held_out_metrics(prep, model, message.content.array_records["arrays"])})
+
+
+def _evaluate_many(prep: Prepared, message: Message) -> RecordDict:
+    """Several models at once (``model.<label>`` records): the final comparison in one round trip."""
+    model = str(message.content["config"]["model"])
+    return RecordDict(
+        {
+            f"metrics.{key.removeprefix('model.')}": _held_out_metrics(prep, model, record)
+            for key, record in message.content.array_records.items()
+            if key.startswith("model.")
+        }
+    )
 
 
 Handler = Callable[[Prepared, Message], RecordDict]
@@ -255,6 +281,7 @@ def make_client_app(sites: list[Site] | None = None) -> ClientApp:
         "histogram": (app.train("histogram"), _train_histogram),
         "local": (app.train("local"), _train_local),
         "evaluate": (app.evaluate(), _evaluate),
+        "many": (app.evaluate("many"), _evaluate_many),
     }
     for decorator, handler in routes.values():
         decorator(_bind(handler, sites))

@@ -60,7 +60,11 @@ def comparison_table(result: dict[str, Any]) -> Table:
 
 
 def print_comparison(result: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(comparison_table(result))
+    """Print the table; when output is not a terminal, wide enough that labels are never cut."""
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 170), file=console.file)
+    console.print(comparison_table(result))
 
 
 def markdown_table(result: dict[str, Any]) -> str:

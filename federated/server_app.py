@@ -140,20 +140,21 @@ def describe_sites(grid: Grid, nodes: list[int], config: dict[str, Any]) -> dict
         sites[str(info["site"])] = SiteInfo(
             node, str(info["site"]), int(counts["n-train"]), int(counts["n-test"]), str(info["data-version"])
         )
-    return sites
+    return dict(sorted(sites.items()))
 
 
 def evaluate_everywhere(
-    grid: Grid, sites: dict[str, SiteInfo], model: ArrayRecord, config: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """Held-out metrics of one model at every site (only the scalars come back)."""
+    grid: Grid, sites: dict[str, SiteInfo], models: dict[str, ArrayRecord], config: dict[str, Any]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Held-out metrics of several models at every site in one round trip: {label: {site: metrics}}."""
     names = list(sites)
-    content = RecordDict({"arrays": model, "config": ConfigRecord(config)})
-    replies = _send(grid, [sites[s].node_id for s in names], "evaluate", content, "evaluation")
-    out = {}
+    content = RecordDict({"config": ConfigRecord(config), **{f"model.{label}": m for label, m in models.items()}})
+    replies = _send(grid, [sites[s].node_id for s in names], "evaluate.many", content, "evaluation")
+    out: dict[str, dict[str, dict[str, float]]] = {label: {} for label in models}
     for name, reply in zip(names, replies, strict=True):
-        record = reply.content["metrics"]
-        out[name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+        for label in models:
+            record = reply.content[f"metrics.{label}"]
+            out[label][name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
     return out
 
 
@@ -220,23 +221,25 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     started = time.perf_counter()
     model, history, flower_rounds = train_federated(counting, settings, [sites[s].node_id for s in sites], config)
     train_seconds = time.perf_counter() - started
+    models = {"federated": model}
+    if settings.compare_local:
+        counting.phase = "site-alone training"
+        models.update(site_alone_models(counting, sites, config))  # type: ignore[arg-type]
     counting.phase = "final evaluation"
-    federated = evaluate_everywhere(counting, sites, model, config)  # type: ignore[arg-type]
+    evaluated = evaluate_everywhere(counting, sites, models, config)  # type: ignore[arg-type]
     sizes = {s: sites[s].n_test for s in sites}
     result = RunResult(
         settings={**asdict(settings), "study": study.name},
         sites=sites,
-        federated=federated,
-        federated_summary=metrics.weighted_summary(federated, sizes),
+        federated=evaluated.pop("federated"),
+        federated_summary={},
+        local=evaluated,
+        local_summary={name: metrics.weighted_summary(per_site, sizes) for name, per_site in evaluated.items()},
         history=history,
         train_seconds=train_seconds,
         flower_rounds=flower_rounds,
     )
-    if settings.compare_local:
-        counting.phase = "site-alone references"
-        for name, local_model in site_alone_models(counting, sites, config).items():  # type: ignore[arg-type]
-            result.local[name] = evaluate_everywhere(counting, sites, local_model, config)  # type: ignore[arg-type]
-            result.local_summary[name] = metrics.weighted_summary(result.local[name], sizes)
+    result.federated_summary = metrics.weighted_summary(result.federated, sizes)
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))

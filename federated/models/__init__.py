@@ -1,1 +1,3 @@
-"""Federated models, one per file."""
+"""Federated models, one per file. Names as the CLI and the run config spell them."""
+
+MODEL_NAMES = ("xgboost-hist", "xgboost-bagging", "xgboost-cyclic", "mlp")

@@ -1,0 +1,123 @@
+"""``fedomop train``, ``fedomop site start`` and ``fedomop hub start``: thin commands over federated.runner/deploy."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from federated.deploy import flower_env, hub_command, site_command, write_connection
+from federated.models import MODEL_NAMES as MODELS
+from federated.report import print_comparison
+from harmonize.errors import StudyError
+
+console = Console()
+DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]
+
+
+def _check_sites(sites: list[Path]) -> list[Path]:
+    missing = [str(p) for p in sites if "://" not in str(p) and not p.exists()]
+    if missing:
+        raise StudyError(
+            f"site database(s) not found: {', '.join(missing)}",
+            where="--sites",
+            fix="run `fedomop demo` to build the sample sites, or pass --sites with your OMOP databases",
+        )
+    return sites
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        study: Annotated[
+            str, typer.Option(help="Study YAML path or bundled name (bone_metastasis).")
+        ] = "bone_metastasis",
+        model: Annotated[str, typer.Option(help=" | ".join(MODELS))] = "xgboost-hist",
+        sites: Annotated[list[Path] | None, typer.Option("--sites", help="Site OMOP databases (simulation).")] = None,
+        rounds: Annotated[int, typer.Option(help="Federated rounds (0: the model's default).")] = 0,
+        strategy: Annotated[str, typer.Option(help="MLP aggregation: fedavg | fedprox.")] = "fedavg",
+        mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.1,
+        out: Annotated[Path, typer.Option(help="Folder for the model, model card and result.")] = Path("out/federated"),
+        federation: Annotated[
+            str | None, typer.Option(help="Run on a real deployment: a SuperLink connection in $FLWR_HOME/config.toml.")
+        ] = None,
+        min_nodes: Annotated[int, typer.Option(help="Sites to wait for on a deployment.")] = 2,
+        flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME holding the connection.")] = None,
+    ) -> None:
+        """Train a federated model for a study and compare it with each site alone (and pooled, in simulation)."""
+        from federated import runner
+        from federated.study import load_study
+
+        study_spec_path = _study_path(study)
+        load_study(study_spec_path)  # fail early, with the file and key, on a bad study
+        if strategy not in ("fedavg", "fedprox"):
+            raise typer.BadParameter("choose fedavg or fedprox", param_hint="--strategy")
+        options = {"model": model, "rounds": rounds, "strategy": strategy, "proximal_mu": mu}
+        if federation:
+            result = runner.run_deployment(
+                study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
+            )
+        else:
+            result = runner.simulate(study_spec_path, _check_sites(sites or DEFAULT_SITES), out=out, **options)
+        print_comparison(result, console)
+        console.print(f"model, model_card.json and result.json in {out}")
+
+    site_app = typer.Typer(help="A site's SuperNode (one per hospital).", no_args_is_help=True)
+
+    @site_app.command("start")
+    def site_start(
+        db: Annotated[str, typer.Option(help="This site's OMOP database URL or DuckDB path.")],
+        superlink: Annotated[str, typer.Option(help="The hub's address host:port.")] = "127.0.0.1:9091",
+        name: Annotated[str | None, typer.Option("--site", help="Site name (default: the database file name).")] = None,
+        policy: Annotated[
+            Path | None, typer.Option(help="Governance policy YAML enforced before data is touched.")
+        ] = None,
+        runtime_port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
+        root_cert: Annotated[
+            Path | None, typer.Option(help="CA certificate of the hub (TLS); omit for --insecure.")
+        ] = None,
+    ) -> None:
+        """Run this site's Flower SuperNode in the foreground, pointed at its own database."""
+        site = name or Path(db).stem
+        command = site_command(
+            superlink,
+            str(Path(db).resolve()) if "://" not in db else db,
+            site,
+            runtime_port=runtime_port,
+            policy=str(policy.resolve()) if policy else None,
+            root_cert=str(root_cert) if root_cert else None,
+        )
+        console.print(f"site {site}: connecting to {superlink}")
+        raise typer.Exit(subprocess.call(command, env=flower_env(None)))
+
+    hub_app = typer.Typer(help="The hub's SuperLink (one per federation).", no_args_is_help=True)
+
+    @hub_app.command("start")
+    def hub_start(
+        port: Annotated[int, typer.Option(help="Port of the SuperLink's HTTP APIs (Control, Fleet, Runtime).")] = 9091,
+        host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+        connection: Annotated[
+            str, typer.Option(help="Name written to $FLWR_HOME/config.toml for --federation.")
+        ] = "fedomop",
+        flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME (default ~/.flwr).")] = None,
+    ) -> None:
+        """Run the hub's Flower SuperLink in the foreground (insecure; TLS comes with the governance certificates)."""
+        home = flwr_home or Path.home() / ".flwr"
+        write_connection(home, connection, f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}")
+        console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
+        raise typer.Exit(subprocess.call(hub_command(port, host=host), env=flower_env(home)))
+
+    app.add_typer(site_app, name="site")
+    app.add_typer(hub_app, name="hub")
+
+
+def _study_path(study: str) -> Path:
+    from federated.study import STUDIES_DIR
+
+    path = Path(study)
+    if not path.exists() and not path.suffix and (STUDIES_DIR / f"{study}.yaml").exists():
+        return STUDIES_DIR / f"{study}.yaml"
+    return path

@@ -1,0 +1,182 @@
+"""Start the real Flower processes: the hub (SuperLink) and one SuperNode per site.
+
+``fedomop hub start`` and ``fedomop site start`` call these; tests use
+:class:`LocalDeployment` to run a hub and four sites on 127.0.0.1. Each SuperNode is
+told its site database by node config (``db``, ``site``, optional ``policy``), so the
+same app runs unchanged at every site. The SuperLink serves its Control, Fleet and
+Runtime HTTP APIs on one port; ``flwr run`` reaches it through a named connection
+in ``$FLWR_HOME/config.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harmonize.errors import FedomopError
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def flower_env(flwr_home: Path | str | None) -> dict[str, str]:
+    """Environment for Flower processes: our venv's executables first (SuperLink spawns flower-superexec)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if flwr_home:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def write_connection(
+    flwr_home: Path | str, name: str, address: str, *, insecure: bool = True, root_cert: str | None = None
+) -> Path:
+    """Add (or replace) a SuperLink connection in ``$FLWR_HOME/config.toml`` and make it the default."""
+    home = Path(flwr_home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines.append(f"insecure = {'true' if insecure else 'false'}")
+    if root_cert:
+        lines.append(f'root-certificates = "{root_cert}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def hub_command(
+    port: int, *, insecure: bool = True, host: str = "127.0.0.1", tls: tuple[str, str, str] | None = None
+) -> list[str]:
+    command = [
+        str(BIN / "flower-superlink"),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if tls:
+        ca, cert, key = tls
+        command += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key]
+    elif insecure:
+        command.append("--insecure")
+    return command
+
+
+def site_command(
+    superlink: str,
+    db: str,
+    site: str,
+    *,
+    runtime_port: int,
+    policy: str | None = None,
+    message_log: str | None = None,
+    insecure: bool = True,
+    root_cert: str | None = None,
+) -> list[str]:
+    node_config = [f'db="{db}"', f'site="{site}"']
+    if policy:
+        node_config.append(f'policy="{policy}"')
+    if message_log:
+        node_config.append(f'message-log="{message_log}"')
+    command = [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        superlink,
+        "--port",
+        str(runtime_port),
+        "--node-config",
+        " ".join(node_config),
+    ]
+    if root_cert:
+        command += ["--root-certificates", root_cert]
+    elif insecure:
+        command.append("--insecure")
+    return command
+
+
+def wait_for_port(port: int, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise FedomopError(f"the process listening on {port} exited with {process.returncode}", where="hub")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FedomopError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f} s", where="hub")
+
+
+@dataclass
+class LocalDeployment:
+    """A SuperLink and one SuperNode per site on 127.0.0.1, each logging to ``workdir``."""
+
+    workdir: Path
+    sites: dict[str, str]
+    policies: dict[str, str] = field(default_factory=dict)
+    message_log: str | None = None
+    connection: str = "fedomop-local"
+    port: int = 0
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.workdir / "flwr_home"
+
+    def start(self) -> LocalDeployment:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = flower_env(self.flwr_home)
+        write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
+        hub = self._spawn(hub_command(self.port), "hub", env)
+        wait_for_port(self.port, process=hub)
+        for name, db in self.sites.items():
+            command = site_command(
+                f"127.0.0.1:{self.port}",
+                str(Path(db).resolve()),
+                name,
+                runtime_port=free_port(),
+                policy=self.policies.get(name),
+                message_log=self.message_log,
+            )
+            self._spawn(command, name, env)
+        return self
+
+    def _spawn(self, command: list[str], name: str, env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+    def __enter__(self) -> LocalDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.workdir.glob("*.log")))
+
+
+def which_flwr() -> str:
+    return str(BIN / "flwr") if (BIN / "flwr").exists() else (shutil.which("flwr") or "flwr")
