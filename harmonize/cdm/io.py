@@ -28,7 +28,7 @@ from typing import NoReturn
 import polars as pl
 import sqlalchemy as sa
 
-from harmonize.cdm.schema import create_cdm
+from harmonize.cdm.schema import create_cdm, cycle_closing_foreign_keys
 from harmonize.cdm.spec import FieldSpec, TableSpec, load_spec
 from harmonize.db import Database, quote_identifier
 from harmonize.errors import FedomopError, SourceError
@@ -455,6 +455,46 @@ def _check_staged_key(db: Database, table: str, stage: str, path: Path, error: E
         )
 
 
+def dependency_order(tables: list[str]) -> list[str]:
+    """Tables with those they reference (by foreign key) first; cycle-closing keys are ignored."""
+    spec, skip = load_spec(), cycle_closing_foreign_keys()
+    wanted, ordered = set(tables), []
+
+    def visit(table: str) -> None:
+        if table in ordered:
+            return
+        for field in spec.table(table).fields:
+            target = field.fk_table
+            if target in wanted and target != table and (table, field.name) not in skip and target not in ordered:
+                visit(target)
+        ordered.append(table)
+
+    for table in tables:
+        visit(table)
+    return ordered
+
+
+def _swap_in(db: Database, staged: dict[str, str], error: ErrorType) -> None:
+    """One transaction: empty the tables (referencing ones first), then copy the staged rows in (referenced first)."""
+    order = dependency_order(list(staged))
+    try:
+        with db.engine.begin() as connection:
+            for table in reversed(order):
+                connection.execute(sa.text(clear_table_sql(db, table)))
+            for table in order:
+                columns = ", ".join(quote_identifier(c) for c in load_spec().table(table).column_names)
+                target, stage = quote_identifier(table), quote_identifier(staged[table])
+                connection.execute(sa.text(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"))
+    except sa.exc.DBAPIError as exc:
+        raise error(
+            f"replacing {', '.join(order)} failed, nothing was changed: {str(exc.orig).splitlines()[0]}",
+            where=repr(db),
+            fix="with foreign keys (cdm create --constraints all) every referenced row must be loaded and DuckDB "
+            "cannot replace referenced rows in one transaction: load into a database created with primary keys only "
+            "(the default) and add foreign keys afterwards, as OHDSI does",
+        ) from exc
+
+
 def replace_tables(db: Database, files: dict[str, Path | None], *, error: ErrorType = SourceError) -> dict[str, int]:
     """Replace the content of each table with its file's rows (``None``: no rows), all in one transaction.
 
@@ -473,12 +513,7 @@ def replace_tables(db: Database, files: dict[str, Path | None], *, error: ErrorT
             for frame in iter_cdm_csv(path, table, error=error, block_bytes=_BLOCK_BYTES):
                 counts[table] += db.load_arrow(staged[table], frame)
             _check_staged_key(db, table, staged[table], path, error)
-        with db.engine.begin() as connection:
-            for table, name in staged.items():
-                columns = ", ".join(quote_identifier(c) for c in load_spec().table(table).column_names)
-                target, stage = quote_identifier(table), quote_identifier(name)
-                connection.execute(sa.text(clear_table_sql(db, table)))
-                connection.execute(sa.text(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"))
+        _swap_in(db, staged, error)
     return counts
 
 

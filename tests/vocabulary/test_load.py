@@ -7,13 +7,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from harmonize.cdm import create_cdm
 from harmonize.cdm import io as cdm_io
 from harmonize.cdm.io import iter_cdm_csv, read_cdm_csv
 from harmonize.db import Database, connect
 from harmonize.errors import VocabularyError
 from harmonize.vocabulary import VOCABULARY_TABLES, load_vocabulary
 
-from ..conftest import EUNOMIA
+from ..conftest import EUNOMIA, SAMPLE_DATA
 from .conftest import csv_records, read_eunomia, write_athena
 
 
@@ -199,3 +200,33 @@ def test_nameless_cpt4_concepts_get_a_cpt4_specific_fix(tmp_path: Path) -> None:
         load_vocabulary(connect(tmp_path / "v.duckdb"), folder)
     assert caught.value.where == f"{folder / 'CONCEPT.csv'} line 22, field concept_name"
     assert "cpt4.jar" in (caught.value.fix or "")
+
+
+def test_foreign_keys_are_respected_or_reported(tmp_path: Path) -> None:
+    """On a database created with foreign keys, tables are emptied and filled in dependency order."""
+    sample = SAMPLE_DATA / "vocabulary"
+    read = {
+        name: pl.read_csv(sample / f"{name}.csv", separator="\t", quote_char=None, infer_schema=False)
+        for name in ("CONCEPT", "DOMAIN", "VOCABULARY", "CONCEPT_CLASS")
+    }
+    # The concepts whose domain, vocabulary and class rows are all present: a set the foreign keys accept.
+    read["CONCEPT"] = read["CONCEPT"].filter(
+        pl.col("domain_id").is_in(read["DOMAIN"]["domain_id"].implode())
+        & pl.col("vocabulary_id").is_in(read["VOCABULARY"]["vocabulary_id"].implode())
+        & pl.col("concept_class_id").is_in(read["CONCEPT_CLASS"]["concept_class_id"].implode())
+    )
+    consistent = tmp_path / "consistent"
+    consistent.mkdir()
+    for name, frame in read.items():
+        write_athena(frame.fill_null(""), consistent / f"{name}.csv")
+    db = connect(tmp_path / "fk.duckdb")
+    create_cdm(db.engine, constraints="all")
+    # Referenced tables are filled first, so a consistent vocabulary loads into an empty database ...
+    assert load_vocabulary(db, consistent)["concept"] == read["CONCEPT"].height > 20
+    # ... but DuckDB cannot delete referenced rows in the transaction that deleted their referrers, and
+    # Eunomia's shard has no DOMAIN rows for concept.domain_id: both are refused whole, with the way out.
+    for folder in (consistent, EUNOMIA):
+        with pytest.raises(VocabularyError, match="nothing was changed") as caught:
+            load_vocabulary(db, folder)
+        assert "--constraints all" in (caught.value.fix or "")
+        assert table_rows(db, "concept") == read["CONCEPT"].height
