@@ -80,6 +80,9 @@ class CheckContext:
 
     dialect: str
     columns: dict[str, dict[str, str]]  # table -> column -> database type, as found in the database
+    # table -> column -> name in the database, where it differs: the CDM spec writes the reserved word
+    # note_nlp.offset as '"offset"', so databases built from the spec carry the quotes in the name.
+    quoted_names: dict[str, dict[str, str]] = field(default_factory=dict)
     catalogue: Catalogue = field(default_factory=load_catalogue)
     today: dt.date = field(default_factory=dt.date.today)
 
@@ -87,6 +90,11 @@ class CheckContext:
         """(check type, parameter row) for each catalogue row the named DQD check applies to."""
         check = self.catalogue.check_types[name]
         return [(check, row) for row in self.catalogue.rows_for(check)]
+
+    def col(self, table: str, column: str | None) -> str:
+        """The quoted SQL name of a field as it is in this database."""
+        name = column or ""
+        return q(self.quoted_names.get(table.lower(), {}).get(name.lower(), name))
 
     def column_type(self, table: str, column: str) -> str:
         return self.columns.get(table.lower(), {}).get(column.lower(), "")

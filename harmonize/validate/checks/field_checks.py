@@ -50,7 +50,7 @@ def cdm_field(ctx: CheckContext) -> Iterator[CheckWork]:
 def _row_predicates(ctx: CheckContext, name: str, violated: str, denominator: str = "1 = 1") -> Iterator[CheckWork]:
     """A RowPredicate per catalogue row; ``{c}`` in the SQL stands for the quoted field."""
     for instance, absent in _field_instances(ctx, name):
-        column = q(instance.field or "")
+        column = ctx.col(instance.table, instance.field)
         yield absent or RowPredicate(instance, violated.format(c=column), denominator.format(c=column))
 
 
@@ -85,10 +85,10 @@ def cdm_datatype(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent:
             yield absent
             continue
-        column = instance.field or ""
-        native = _INTEGER_TYPES.match(ctx.column_type(instance.table, column).strip())
-        violated = "1 = 0" if native else ctx.not_integer(q(column))
-        yield RowPredicate(instance, violated, f"{q(column)} IS NOT NULL")
+        column = ctx.col(instance.table, instance.field)
+        native = _INTEGER_TYPES.match(ctx.column_type(instance.table, instance.field or "").strip())
+        violated = "1 = 0" if native else ctx.not_integer(column)
+        yield RowPredicate(instance, violated, f"{column} IS NOT NULL")
 
 
 @register_check("isPrimaryKey")
@@ -98,7 +98,7 @@ def is_primary_key(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent:
             yield absent
             continue
-        t, c = q(instance.table), q(instance.field or "")
+        t, c = q(instance.table), ctx.col(instance.table, instance.field)
         yield scalar_query(
             instance,
             f"SELECT COUNT(*) FROM {t} WHERE {c} IN (SELECT {c} FROM {t} GROUP BY {c} HAVING COUNT(*) > 1)",
@@ -116,7 +116,7 @@ def is_foreign_key(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent:
             yield absent
             continue
-        t, c = q(instance.table), q(instance.field or "")
+        t, c = q(instance.table), ctx.col(instance.table, instance.field)
         yield scalar_query(
             instance,
             f"SELECT COUNT(*) FROM {t} x WHERE x.{c} IS NOT NULL AND NOT EXISTS "
@@ -133,7 +133,7 @@ def _concept_attribute_check(ctx: CheckContext, name: str, condition: str) -> It
         if absent:
             yield absent
             continue
-        t, c = q(instance.table), q(instance.field or "")
+        t, c = q(instance.table), ctx.col(instance.table, instance.field)
         predicate = condition.format(**{k: _sql_text(v) for k, v in row.items()})
         yield scalar_query(
             instance,
@@ -177,7 +177,7 @@ def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent or not standard:
             yield absent or Absent(instance, "the catalogue row names no standardConceptFieldName")
             continue
-        t, c, s = q(instance.table), q(instance.field or ""), q(standard)
+        t, c, s = q(instance.table), ctx.col(instance.table, instance.field), ctx.col(instance.table, standard)
         yield scalar_query(
             instance,
             f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) FROM {t}",
@@ -214,7 +214,7 @@ def _plausible_value(ctx: CheckContext, name: str, operator: str) -> Iterator[Ch
             yield absent
             continue
         bound, is_date = plausible_bound_sql(ctx, row[name])
-        c = q(instance.field or "")
+        c = ctx.col(instance.table, instance.field)
         value = f"CAST({c} AS DATE)" if is_date else c
         yield RowPredicate(instance, f"{value} {operator} {bound}", f"{c} IS NOT NULL")
 

@@ -37,14 +37,16 @@ def plausible_temporal_after(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent:
             yield absent
             continue
-        c = q(instance.field or "")
+        c = ctx.col(instance.table, instance.field)
         if other_table == instance.table:
-            yield RowPredicate(instance, f"{_as_date(q(other_field))} > {_as_date(c)}", f"{c} IS NOT NULL")
+            yield RowPredicate(
+                instance, f"{_as_date(ctx.col(other_table, other_field))} > {_as_date(c)}", f"{c} IS NOT NULL"
+            )
             continue
         after = (
             birth_date_sql("o")
             if (other_table, other_field) == ("person", "birth_datetime")
-            else _as_date(f"o.{q(other_field)}")
+            else _as_date(f"o.{ctx.col(other_table, other_field)}")
         )
         t = q(instance.table)
         yield scalar_query(
@@ -67,7 +69,7 @@ def _joined_date_check(
         if absent:
             yield absent
             continue
-        t, c = q(instance.table), q(instance.field or "")
+        t, c = q(instance.table), ctx.col(instance.table, instance.field)
         yield scalar_query(
             instance,
             f"SELECT COUNT(*) FROM {t} x {join} WHERE {violation.format(d=_as_date('x.' + c))}",
@@ -121,7 +123,7 @@ def plausible_start_before_end(ctx: CheckContext) -> Iterator[CheckWork]:
         if absent:
             yield absent
             continue
-        start, stop = q(instance.field or ""), q(end)
+        start, stop = ctx.col(instance.table, instance.field), ctx.col(instance.table, end)
         yield RowPredicate(instance, f"{start} > {stop}", f"{start} IS NOT NULL AND {stop} IS NOT NULL")
 
 
