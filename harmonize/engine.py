@@ -238,6 +238,7 @@ class SiteBuild:
                 "person",
                 pl.col("person_id"),
                 "duplicate id: a second death record for this person",
+                table="death",
             )
         return ordered.filter(pl.col("_keep")).drop("_keep")
 
@@ -250,7 +251,12 @@ class SiteBuild:
                 [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in required], separator=",", ignore_nulls=True
             )
             self.ctx.quarantine.add_rows(
-                str(source[0]), rows, "*", missing, pl.format("missing required OMOP field(s): {}", missing)
+                str(source[0]),
+                rows,
+                "*",
+                missing,
+                pl.format("missing required OMOP field(s): {}", missing),
+                table=table,
             )
         return frame.filter(~bad)
 

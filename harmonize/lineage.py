@@ -48,13 +48,15 @@ def reconcile(
     quarantine: pl.DataFrame,
     rule_tables: dict[str, set[str]],
 ) -> pl.DataFrame:
-    """Per source and table: records, loaded, quarantined; a ``*`` row per source checks the whole balance."""
+    """Per source: records read = loaded + quarantined (the ``*`` row, which must balance), and per OMOP table
+    the records it received from the source and the records the rules for that table quarantined."""
     keys = ["source_file", "source_row"]
     rows: list[dict[str, object]] = []
     for source, count in seen.items():
-        loaded = lineage.filter(pl.col("source") == source).select(keys).unique()
-        quarantined = quarantine.filter(pl.col("source") == source).select(keys).unique()
-        only_quarantined = quarantined.join(loaded, on=keys, how="anti").height
+        mine = lineage.filter(pl.col("source") == source)
+        refused = quarantine.filter(pl.col("source") == source)
+        loaded = mine.select(keys).unique()
+        only_quarantined = refused.select(keys).unique().join(loaded, on=keys, how="anti").height
         rows.append(
             {
                 "source": source,
@@ -65,30 +67,17 @@ def reconcile(
                 "balanced": count == loaded.height + only_quarantined,
             }
         )
-        by_table = (
-            lineage.filter(pl.col("source") == source)
-            .group_by("omop_table")
-            .agg(pl.struct(keys).n_unique().alias("loaded"))
-        )
-        for table, n in sorted(by_table.iter_rows()):
+        tables = set(rule_tables.get(source, set())) | set(mine.get_column("omop_table").unique().to_list())
+        for table in sorted(tables):
+            into = mine.filter(pl.col("omop_table") == table).select(keys).n_unique()
+            held = refused.filter(pl.col("omop_table") == table).select(keys).n_unique()
             rows.append(
                 {
                     "source": source,
                     "omop_table": table,
-                    "source_count": None,
-                    "loaded": n,
-                    "quarantined": None,
-                    "balanced": None,
-                }
-            )
-        for table in sorted(rule_tables.get(source, set()) - set(by_table.get_column("omop_table").to_list())):
-            rows.append(
-                {
-                    "source": source,
-                    "omop_table": table,
-                    "source_count": None,
-                    "loaded": 0,
-                    "quarantined": None,
+                    "source_count": into + held,
+                    "loaded": into,
+                    "quarantined": held,
                     "balanced": None,
                 }
             )

@@ -14,6 +14,7 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "source": pl.String(),
     **{k: v() for k, v in REJECT_SCHEMA.items()},
+    "omop_table": pl.String(),  # the table of the rule that refused the record (null: refused while reading)
 }
 
 
@@ -25,21 +26,40 @@ class Quarantine:
         self._parts: list[pl.DataFrame] = []
 
     def add_rejects(self, source: str, rejects: pl.DataFrame) -> None:
-        """Add rows that already have source_file, source_row, field, value, reason."""
+        """Add rows that already have source_file, source_row, field, value, reason (and maybe omop_table)."""
         if rejects.height:
+            table = pl.col("omop_table") if "omop_table" in rejects.columns else pl.lit(None, pl.String)
             self._parts.append(
                 rejects.select(
                     pl.lit(self.run_id).alias("run_id"),
                     pl.lit(source).alias("source"),
                     *(pl.col(c).cast(pl.String) for c in REJECT_SCHEMA),
+                    table.cast(pl.String).alias("omop_table"),
                 )
             )
 
-    def add_rows(self, source: str, rows: pl.DataFrame, field: str, value: pl.Expr, reason: pl.Expr | str) -> None:
-        """Quarantine source rows (with lineage columns) for one field, computing value and reason per row."""
+    def add_rows(
+        self,
+        source: str,
+        rows: pl.DataFrame,
+        field: str,
+        value: pl.Expr,
+        reason: pl.Expr | str,
+        table: str | None = None,
+    ) -> None:
+        """Quarantine source rows (with lineage columns) for one field, computing value and reason per row.
+
+        The OMOP table is the rule's (``_declared`` column) unless ``table`` is given.
+        """
         if not rows.height:
             return
         reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+        if table is not None:
+            table_expr = pl.lit(table, pl.String)
+        elif "_declared" in rows.columns:
+            table_expr = pl.col("_declared")
+        else:
+            table_expr = pl.lit(None, pl.String)
         self.add_rejects(
             source,
             rows.select(
@@ -48,6 +68,7 @@ class Quarantine:
                 pl.lit(field).alias("field"),
                 value.cast(pl.String).alias("value"),
                 reason_expr.alias("reason"),
+                table_expr.alias("omop_table"),
             ),
         )
 

@@ -113,9 +113,7 @@ class UnitConverter:
                 )
             )
             .when(out_of_range)
-            .then(
-                pl.format("implausible value: {} {} outside the declared range {}..{}", "_value", "_std", "_lo", "_hi")
-            )
+            .then(pl.format("implausible value: outside the declared range {}..{} {}", "_lo", "_hi", "_std"))
         )
         checked = converted.with_columns(reason.alias("_reason"))
         helper = [c for c in checked.columns if c not in frame.columns and c not in ("_reason", "_unit_concept_id")]

@@ -32,12 +32,19 @@ class TableProgress:
 
 def summary_table(report: RunReport, *, top: int = 5) -> tuple[Table, Table]:
     """Rows per OMOP table and the most frequent quarantine reasons."""
-    tables = Table(title=f"{report.site}: {report.records_read} source records, run {report.run_id}")
+    tables = Table(title=f"{report.site}: {report.records_read:,} source records, run {report.run_id}")
     tables.add_column("OMOP table")
     tables.add_column("rows loaded", justify="right")
+    tables.add_column("records quarantined", justify="right")
+    per_table = (
+        report.reconciliation.filter(pl.col("omop_table") != ALL_TABLES)
+        .group_by("omop_table")
+        .agg(pl.col("quarantined").sum())
+    )
+    held = dict(per_table.iter_rows())
     for name, rows in sorted(report.loaded.items()):
-        tables.add_row(name, f"{rows:,}")
-    tables.add_row("[bold]quarantined records[/]", f"[bold]{report.records_quarantined:,}[/]")
+        tables.add_row(name, f"{rows:,}", f"{held.get(name, 0):,}")
+    tables.add_row("[bold]all[/]", f"[bold]{report.rows_loaded:,}[/]", f"[bold]{report.records_quarantined:,}[/]")
     reasons = Table(title="top quarantine reasons")
     reasons.add_column("reason")
     reasons.add_column("rows", justify="right")

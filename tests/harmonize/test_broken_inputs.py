@@ -81,7 +81,7 @@ CASES: list[tuple[str, Callable[[Path], None], dict, str, str, str, str, str]] =
         "labs.csv",
         "2",
         "value",
-        "implausible value: -3.1 mg/dL outside the declared range 0.0..30.0",
+        "implausible value: outside the declared range 0.0..30.0 mg/dL",
     ),
     ("unparseable number", unparseable_number, {}, "labs", "labs.csv", "1", "value", "unparseable number"),
     ("ragged row", ragged_row, {}, "labs", "labs.csv", "1", "*", "wrong number of fields: 7 instead of 6"),

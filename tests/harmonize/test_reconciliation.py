@@ -28,13 +28,13 @@ def test_balanced_sources_count_records_once_even_when_they_fill_several_tables(
         ]
     )
     quarantine = pl.DataFrame(
-        [("r", "patients", "p.csv", "3", "birth", "x", "bad date")], schema=QUARANTINE_SCHEMA, orient="row"
+        [("r", "patients", "p.csv", "3", "birth", "x", "bad date", "person")], schema=QUARANTINE_SCHEMA, orient="row"
     )
     recon = reconcile("r", {"patients": 3}, lineage, quarantine, {"patients": {"person", "death"}})
     total = recon.filter(pl.col("omop_table") == "*").row(0, named=True)
     assert (total["source_count"], total["loaded"], total["quarantined"], total["balanced"]) == (3, 2, 1, True)
-    per_table = dict(recon.filter(pl.col("omop_table") != "*").select("omop_table", "loaded").iter_rows())
-    assert per_table == {"death": 1, "person": 2}
+    per_table = recon.filter(pl.col("omop_table") != "*").select("omop_table", "source_count", "loaded", "quarantined")
+    assert per_table.rows() == [("death", 1, 1, 0), ("person", 3, 2, 1)]
     _check_reconciliation(recon)  # does not raise
 
 
