@@ -428,6 +428,61 @@ def _check_reconciliation(recon: pl.DataFrame) -> None:
         )
 
 
+def _prepare_database(
+    db: Database, mapping: Mapping, mapping_path: Path, source_dir: Path, vocabulary_dir: Path, progress: Progress
+) -> None:
+    """Empty CDM, the vocabulary and the site's source_to_concept_map; then the concept names the mapping uses."""
+    progress("vocabulary", 0, 1)
+    create_cdm(db.engine)
+    load_vocabulary(db, vocabulary_dir)
+    if mapping.vocabulary.source_to_concept_map:
+        load_source_to_concept_map(db, source_dir / mapping.vocabulary.source_to_concept_map)
+    check_concept_names(db, mapping, mapping_path)
+    progress("vocabulary", 1, 1)
+
+
+def _read_sources(
+    mapping: Mapping, source_dir: Path, quarantine: Quarantine, progress: Progress
+) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+    """Every source as a frame (read-time rejects go to the quarantine), and records read per source."""
+    batches: dict[str, pl.DataFrame] = {}
+    seen: dict[str, int] = {}
+    for index, (name, source) in enumerate(mapping.sources.items()):
+        progress("read sources", index, len(mapping.sources))
+        batch = _read_source(name, source, source_dir)
+        quarantine.add_rejects(name, batch.rejects)
+        batches[name] = _unique_rows(batch.frame)
+        seen[name] = batch.seen
+    seen.update(_inventory_unmapped(mapping, source_dir, quarantine))
+    progress("read sources", len(mapping.sources), len(mapping.sources))
+    return batches, seen
+
+
+def _rule_tables(mapping: Mapping) -> dict[str, set[str]]:
+    """Source -> the OMOP tables its rules are declared for."""
+    found: dict[str, set[str]] = {}
+    for table, rules in mapping.tables.items():
+        for rule in rules:
+            found.setdefault(rule.source, set()).add(table)
+    return found
+
+
+def _write_bookkeeping(
+    db: Database, quarantined: pl.DataFrame, lineage: pl.DataFrame, recon: pl.DataFrame, run: dict[str, object]
+) -> None:
+    tables = {
+        QUARANTINE_TABLE: QUARANTINE_SCHEMA,
+        LINEAGE_TABLE: LINEAGE_SCHEMA,
+        RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
+        RUN_TABLE: RUN_SCHEMA,
+    }
+    _create_bookkeeping(db, tables)
+    db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
+    db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
+    db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
+    db.load_arrow(RUN_TABLE, pl.DataFrame([run], schema=RUN_SCHEMA))
+
+
 def run_mapping(
     mapping_path: Path | str,
     source_dir: Path | str,
@@ -457,25 +512,11 @@ def run_mapping(
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     target = AtomicTarget(db_url, run_id, schema=schema)
     with target as db:
-        progress("vocabulary", 0, 1)
-        create_cdm(db.engine)
-        load_vocabulary(db, vocabulary_dir)
-        if mapping.vocabulary.source_to_concept_map:
-            load_source_to_concept_map(db, source_dir / mapping.vocabulary.source_to_concept_map)
-        check_concept_names(db, mapping, mapping_path)
-        progress("vocabulary", 1, 1)
+        _prepare_database(db, mapping, mapping_path, source_dir, vocabulary_dir, progress)
         quarantine = Quarantine(run_id)
         units = UnitConverter(db, mapping.units, str(mapping_path))
         read_started = time.perf_counter()
-        batches, seen = {}, {}
-        for index, (name, source) in enumerate(mapping.sources.items()):
-            progress("read sources", index, len(mapping.sources))
-            batch = _read_source(name, source, source_dir)
-            quarantine.add_rejects(name, batch.rejects)
-            batches[name] = _unique_rows(batch.frame)
-            seen[name] = batch.seen
-        seen.update(_inventory_unmapped(mapping, source_dir, quarantine))
-        progress("read sources", len(mapping.sources), len(mapping.sources))
+        batches, seen = _read_sources(mapping, source_dir, quarantine, progress)
         read_seconds = time.perf_counter() - read_started
         ctx = RunContext(db=db, mapping=mapping, mapping_file=str(mapping_path), quarantine=quarantine, units=units)
         build = SiteBuild(ctx, batches, progress)
@@ -483,54 +524,26 @@ def run_mapping(
         build.build_events()
         build.build_derived(str(mapping_path))
         tables = {t: f for t, f in build.tables.items() if f.height}
-        lineage_parts = [
-            lineage_rows(run_id, t, TARGETS[t].id_column or "_ord", f)
-            for t, f in tables.items()
-            if t not in ("cdm_source", "episode_event")
-        ]
-        if "episode_event" in tables:
-            lineage_parts.append(lineage_rows(run_id, "episode_event", "event_id", tables["episode_event"]))
-        lineage = pl.concat(lineage_parts) if lineage_parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
+        parts = [lineage_rows(run_id, t, _lineage_id(t), f) for t, f in tables.items()]
+        lineage = pl.concat(parts) if parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
         _account_leftovers(batches, lineage, quarantine)
         quarantined = quarantine.frame()
-        rule_tables: dict[str, set[str]] = {}
-        for table, rules in mapping.tables.items():
-            for rule in rules:
-                rule_tables.setdefault(rule.source, set()).add(table)
-        recon = reconcile(run_id, seen, lineage, quarantined, rule_tables)
+        recon = reconcile(run_id, seen, lineage, quarantined, _rule_tables(mapping))
         _check_reconciliation(recon)
         loaded = _load_tables(db, tables, progress)
-        _create_bookkeeping(
-            db,
-            {
-                QUARANTINE_TABLE: QUARANTINE_SCHEMA,
-                LINEAGE_TABLE: LINEAGE_SCHEMA,
-                RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
-                RUN_TABLE: RUN_SCHEMA,
-            },
-        )
-        db.load_arrow(QUARANTINE_TABLE, quarantined)
-        db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
-        db.load_arrow(RECONCILIATION_TABLE, recon)
-        totals = recon.filter(pl.col("omop_table") == ALL_TABLES)
-        records_quarantined = int(totals.get_column("quarantined").sum())
-        run_row = pl.DataFrame(
-            [
-                {
-                    "run_id": run_id,
-                    "site": mapping.site,
-                    "mapping_file": str(mapping_path),
-                    "source_dir": str(source_dir),
-                    "started_at": started_at,
-                    "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                    "records_read": sum(seen.values()),
-                    "rows_loaded": sum(loaded.values()),
-                    "records_quarantined": records_quarantined,
-                }
-            ],
-            schema=RUN_SCHEMA,
-        )
-        db.load_arrow(RUN_TABLE, run_row)
+        records_quarantined = int(recon.filter(pl.col("omop_table") == ALL_TABLES).get_column("quarantined").sum())
+        run_row = {
+            "run_id": run_id,
+            "site": mapping.site,
+            "mapping_file": str(mapping_path),
+            "source_dir": str(source_dir),
+            "started_at": started_at,
+            "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            "records_read": sum(seen.values()),
+            "rows_loaded": sum(loaded.values()),
+            "records_quarantined": records_quarantined,
+        }
+        _write_bookkeeping(db, quarantined, lineage, recon, run_row)
         target.commit()
     return RunReport(
         run_id=run_id,
