@@ -119,7 +119,8 @@ def _join_key(rows: pl.DataFrame, column: str, lookup: pl.DataFrame | None, out:
     """Add the OMOP id of the referenced keyed row (null when the key is absent or unknown)."""
     if lookup is None or lookup.is_empty():
         return rows.with_columns(pl.lit(None, pl.Int64).alias(out))
-    return rows.join(lookup.rename({"_id": out}), left_on=column, right_on="_key", how="left", coalesce=True)
+    keyed = rows.with_columns(pl.col(column).cast(pl.String).alias("_join"))
+    return keyed.join(lookup.rename({"_id": out}), left_on="_join", right_on="_key", how="left").drop("_join")
 
 
 class RuleEvaluator:
