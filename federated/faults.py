@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ class FaultTolerantGrid(Grid):
         min_sites: int,
         wait_for_sites: float | None = None,
         poll_interval: float = 0.5,
+        observers: Iterable[Callable[[Message], None]] = (),
     ) -> None:
         if min_sites < 1 or round_timeout <= 0:
             raise StudyError(
@@ -139,6 +140,7 @@ class FaultTolerantGrid(Grid):
         self.min_sites = min_sites
         self.wait_for_sites = round_timeout if wait_for_sites is None else wait_for_sites
         self.poll_interval = poll_interval
+        self.observers = list(observers)  # see every reply (e.g. to check or count what sites sent)
         self.report = FaultReport(min_sites=min_sites, round_timeout=round_timeout)
         self.site_names: dict[int, str] = {}
         self._short_since: float | None = None
@@ -218,6 +220,9 @@ class FaultTolerantGrid(Grid):
         by_node = self._exchange(messages, limit)
         seconds = time.monotonic() - started
         replies = list(by_node.values())
+        for observe in self.observers:
+            for reply in replies:
+                observe(reply)
         self._learn_names(replies)
         asked = [m.metadata.dst_node_id for m in messages]
         answered = [n for n in asked if n in by_node and not by_node[n].has_error()]
@@ -285,6 +290,7 @@ def start_supernode_rejoining(
     cwd: Path | None = None,
     retry_for: float = 150.0,
     settle: float = 30.0,
+    pause: float = 2.0,
 ) -> subprocess.Popen:
     """Start a SuperNode that is rejoining after a crash; retry until the SuperLink lets it in.
 
@@ -292,7 +298,7 @@ def start_supernode_rejoining(
     refuses to activate that id (``Failed to activate SuperNode``, exit code 305) until
     the dead process missed two heartbeats (Flower's interval is 30 s). So: start, read
     the log until it is admitted (``SuperNode ID:``) or refused, and on refusal end that
-    attempt and try again every 5 s, for up to ``retry_for`` seconds.
+    attempt and try again after ``pause`` seconds, for up to ``retry_for`` seconds.
     """
     deadline = time.monotonic() + retry_for
     attempt = 0
@@ -307,10 +313,10 @@ def start_supernode_rejoining(
         if _outcome(log, offset, process, settle):
             return process
         _end_group(process)
-        if time.monotonic() + 5 > deadline:
+        if time.monotonic() + pause > deadline:
             raise StudyError(
                 f"the SuperNode could not rejoin ({attempt} attempts refused)",
                 where=str(log),
                 fix="check the SuperLink address, the site key and that the site is registered",
             )
-        time.sleep(5)
+        time.sleep(pause)

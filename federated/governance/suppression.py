@@ -25,7 +25,9 @@ import numpy as np
 
 from harmonize.errors import PolicyError
 
-COUNT_TOKENS = frozenset({"n", "count", "counts", "num", "persons", "patients", "cases", "events", "examples"})
+COUNT_TOKENS = frozenset(
+    {"n", "count", "counts", "num", "persons", "patients", "cases", "events", "examples", "cohort"}
+)
 _TOKEN_SPLIT = re.compile(r"[._\-/ ]+")
 
 

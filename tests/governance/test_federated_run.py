@@ -36,8 +36,10 @@ APP = Path(__file__).parent / "flower_app"
 SITES = ("site_a", "site_b", "site_c")
 
 
-def write_policy(folder: Path, site: str, *, approved: str, drop_table: str | None = None) -> Path:
-    spec, _ = resolve_study("bone_metastasis")
+def write_policy(
+    folder: Path, site: str, *, approved: str, drop_table: str | None = None, min_cohort: int = 50
+) -> Path:
+    spec, _ = resolve_study(str(folder / "study.yaml"))
     data = {
         "site": site,
         "audit_log": f"{site}.audit.jsonl",
@@ -47,7 +49,7 @@ def write_policy(folder: Path, site: str, *, approved: str, drop_table: str | No
                 "approved_apps": [{"sha256": approved}],
                 "tables": {t: c for t, c in spec.tables().items() if t != drop_table},
                 "concept_sets": [{"vocabulary": c.vocabulary, "code": c.code} for c in spec.all_concepts()],
-                "min_cohort_size": 50,
+                "min_cohort_size": min_cohort,
             }
         },
     }
@@ -62,7 +64,9 @@ def hub(tmp_path_factory):
     work = tmp_path_factory.mktemp("fedrun")
     app = work / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-    _, study_file = resolve_study("bone_metastasis")
+    # a private copy of the study: the approved hash covers it, and the shared file may be edited meanwhile
+    study_file = work / "study.yaml"
+    shutil.copyfile(resolve_study("bone_metastasis")[1], study_file)
     approved = running_app_hash(study_file, app / "govapp")
     pki = work / "pki"
     create_credentials(pki, list(SITES))
@@ -94,7 +98,8 @@ def start_site(hub, site: str):
 
 def flwr_run(hub, name: str, **config) -> tuple[Path, int]:
     report = hub["work"] / f"{name}.json"
-    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in {**config, "report": str(report)}.items())
+    config = {"study": str(hub["work"] / "study.yaml"), **config, "report": str(report)}
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
     done = subprocess.run(
         [str(BIN / "flwr"), "run", str(hub["app"]), "hub", "--run-config", overrides, "--format", "json"],
         capture_output=True, text=True, env=flower_env(hub["cluster"].flwr_home), timeout=120, cwd=hub["work"],
@@ -175,20 +180,41 @@ def test_sites_refuse_unapproved_code_and_out_of_policy_tables(hub):
         assert verify(work / f"{site}.audit.jsonl").ok
 
 
+def test_no_small_cell_leaves_a_site(hub):
+    """site_c has 8 persons (cohort minimum lowered to 5): its counts are blocked at the site, never sent."""
+    work, approved = hub["work"], hub["approved"]
+    write_policy(work, "site_c", approved=approved, min_cohort=5)
+    try:
+        report, run_id = flwr_run(hub, "small_cells", **{"num-rounds": 2, "min-sites": 2, "small-site": 2})
+        result = wait_report(report, 120)
+    finally:
+        write_policy(work, "site_c", approved=approved)
+    assert result["finished"], result["summary"]
+    assert result["received"] == {"replies": 4, "small_cells": 0}  # site_a and site_b, two rounds
+    for train in result["rounds"]:
+        assert sorted(train["answered"]) == ["site_a", "site_b"]
+        [reason] = train["failed"].values()
+        assert "blocked its reply" in reason and "below the small-cell threshold 10: " in reason
+        assert "metrics.num-examples" in reason and "metrics.cohort-size" in reason
+    blocked = run_records(hub, "site_c", run_id, "blocked")
+    assert len(blocked) == 2 and not run_records(hub, "site_c", run_id, "sent")
+    assert all(record["sent"] == {} and record["bytes_sent"] == 0 for record in blocked)
+
+
 def test_killed_site_is_reported_missing_and_a_restarted_site_rejoins(hub):
     timeout = 30.0
-    config = {"num-rounds": 6, "min-sites": 2, "round-timeout": timeout, "train-seconds": 2.0}
+    config = {"num-rounds": 7, "min-sites": 2, "round-timeout": timeout, "train-seconds": 2.0}
     report, run_id = flwr_run(hub, "faults", **config)
     # site_c accepted round 2 and is inside its 2 s of training: kill it there
     wait_until(lambda: len(run_records(hub, "site_c", run_id, "accepted")) >= 2, 120, "site_c to start round 2")
     hub["nodes"]["site_c"].stop(signal.SIGKILL)
     # same key, so the same node id: re-admitted once the dead process missed its heartbeats
     hub["nodes"]["site_c"] = hub["cluster"].rejoin_supernode("site_c-restarted", hub["port"], site_args(hub, "site_c"))
-    result = wait_report(report, 8 * timeout)
+    result = wait_report(report, 10 * timeout)
     assert wait_status(hub, run_id) == "finished:completed"
     assert result["finished"] and len(result["weights"]) == 3, result["summary"]
     trains = result["rounds"]
-    assert [r["number"] for r in trains] == [1, 2, 3, 4, 5, 6]
+    assert [r["number"] for r in trains] == list(range(1, 8))
     assert sorted(trains[0]["answered"]) == list(SITES)
     assert trains[1]["missing"] == ["site_c"] and sorted(trains[1]["answered"]) == ["site_a", "site_b"]
     assert trains[1]["seconds"] >= timeout - 1

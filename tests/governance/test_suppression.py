@@ -34,6 +34,7 @@ def test_require_min_persons():
         ("n", True),
         ("n_persons", True),
         ("outcome.count", True),
+        ("cohort-size", True),
         ("auroc", False),
         ("weights", False),
         ("learning-rate", False),

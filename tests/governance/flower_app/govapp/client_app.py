@@ -15,8 +15,12 @@ app = ClientApp(mods=[governance_mod(code_dir=Path(__file__).parent)])
 
 
 def _site_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(int(context.node_config.get("seed", 0)))
-    x = rng.normal(size=(int(context.node_config.get("rows", 200)), 3))
+    seed = int(context.node_config.get("seed", 0))
+    rows = int(context.node_config.get("rows", 200))
+    if seed == int(context.run_config.get("small-site", -1)):
+        rows = int(context.run_config["small-rows"])
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
     return x, x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.1, size=len(x))
 
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from federated.faults import FaultTolerantGrid, TooFewSitesError
+from federated.governance import check_outgoing
 
 app = ServerApp()
 
@@ -19,7 +20,16 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     min_sites = int(config["min-sites"])
-    tolerant = FaultTolerantGrid(grid, round_timeout=float(config["round-timeout"]), min_sites=min_sites)
+    received = {"replies": 0, "small_cells": 0}
+
+    def inspect(reply: Message) -> None:  # everything the sites sent, as the hub received it
+        if not reply.has_error():
+            received["replies"] += 1
+            received["small_cells"] += len(check_outgoing(reply.content, int(config["small-cell"])))
+
+    tolerant = FaultTolerantGrid(
+        grid, round_timeout=float(config["round-timeout"]), min_sites=min_sites, observers=[inspect]
+    )
     strategy = FedAvg(
         fraction_evaluate=float(config["fraction-evaluate"]),
         min_train_nodes=min_sites,
@@ -39,5 +49,10 @@ def main(grid: Grid, context: Context) -> None:
         outcome["error"] = str(error)
     finally:
         if config.get("report"):
-            report = {**tolerant.report.to_dict(), **outcome, "summary": tolerant.report.summary()}
+            report = {
+                **tolerant.report.to_dict(),
+                **outcome,
+                "received": received,
+                "summary": tolerant.report.summary(),
+            }
             Path(str(config["report"])).write_text(json.dumps(report, indent=2))
