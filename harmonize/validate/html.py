@@ -203,7 +203,8 @@ def _coverage(report: dict[str, Any]) -> str:
     return _section(
         "coverage",
         "Mapping coverage",
-        '<p class="note">Share of records whose standard concept is not 0 (mapped to a standard concept).</p>'
+        '<p class="note">Share of records whose standard concept is not 0 (mapped to a standard concept). '
+        "A blank count is hidden because its complement is suppressed.</p>"
         + table
         + "<h3>Top unmapped source values</h3>"
         + top_table,

@@ -61,9 +61,9 @@ def mapping_coverage(db: Database, ctx: CheckContext, options: ProfileOptions) -
                 "table": table,
                 "field": concept,
                 "records": Count(records),
-                "mapped": Count(mapped),
-                "unmapped": Count(records - mapped),
-                "pct_mapped": percent(Count(mapped), records),
+                "mapped": Count(mapped, group=f"coverage:{table}"),
+                "unmapped": Count(records - mapped, group=f"coverage:{table}"),
+                "pct_mapped": percent(Count(mapped, group=f"coverage:{table}"), records),
             }
         )
         top = _rows(
@@ -194,10 +194,16 @@ def reconciliation(db: Database, ctx: CheckContext) -> dict[str, object]:
             "note": f"no {RECONCILIATION_TABLE} table: this database was not built by fedomop map",
         }
     frame = db.query(f"SELECT * FROM {q(RECONCILIATION_TABLE)}")
-    count_columns = {"source_count", "loaded", "quarantined"}
+    # loaded + quarantined = source_count: the parts of a row form one suppression group
+    parts = {"loaded", "quarantined"}
     rows = [
-        {k: (Count(int(v)) if k in count_columns and v is not None else v) for k, v in row.items()}
-        for row in frame.iter_rows(named=True)
+        {
+            k: Count(int(v), group=f"reconciliation:{n}" if k in parts else None)
+            if k in parts | {"source_count"} and v is not None
+            else v
+            for k, v in row.items()
+        }
+        for n, row in enumerate(frame.iter_rows(named=True))
     ]
     return {"available": True, "rows": rows}
 
@@ -214,9 +220,9 @@ def quarantine(db: Database, ctx: CheckContext) -> dict[str, object]:
     total = int(db.scalar(f"SELECT COUNT(*) FROM {q(QUARANTINE_TABLE)}") or 0)
     return {
         "available": True,
-        "total": Count(total),
+        "total": Count(total, group="quarantine"),
         "by_reason": [
-            {"source": s, "field": f, "reason": r, "records": Count(int(n))}  # type: ignore[call-overload]
+            {"source": s, "field": f, "reason": r, "records": Count(int(n), group="quarantine")}  # type: ignore[call-overload]
             for s, f, r, n in rows
         ],
     }

@@ -11,6 +11,7 @@ reach a file without passing through here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -20,17 +21,29 @@ DEFAULT_SMALL_CELL = 10
 
 
 class Count(int):
-    """A number of persons or records; suppressed below the small-cell threshold."""
+    """A number of persons or records; suppressed below the small-cell threshold.
+
+    ``group`` names counts that add up to a total shown elsewhere (mapped + unmapped = records): when one
+    member of a group is suppressed, the other members are hidden too (``None``), so that the small one
+    cannot be recovered by subtraction.
+    """
+
+    group: str | None
+
+    def __new__(cls, value: int, group: str | None = None) -> Count:
+        obj = super().__new__(cls, value)
+        obj.group = group
+        return obj
 
 
 class Percent(float):
-    """A percentage computed from a count (its numerator); hidden when the numerator is suppressed."""
+    """A percentage computed from a count (its numerator); hidden when the numerator is suppressed or hidden."""
 
     numerator: int
 
     def __new__(cls, value: float, numerator: int) -> Percent:
         obj = super().__new__(cls, value)
-        obj.numerator = int(numerator)
+        obj.numerator = numerator
         return obj
 
 
@@ -49,25 +62,46 @@ def is_small(value: int, threshold: int) -> bool:
 
 
 def suppress(report: Any, threshold: int = DEFAULT_SMALL_CELL) -> Any:
-    """A copy of ``report`` (dicts, lists, dataclasses, scalars) with every small Count and its Percents hidden."""
+    """A copy of ``report`` (dicts, lists, dataclasses, scalars) with every small Count shown as ``"<threshold"``,
+    the other members of its group and every percentage computed from a hidden count set to ``None``."""
     if threshold < 1:
         raise ValidationError(
             f"small-cell threshold {threshold} must be at least 1", fix="use --small-cell 10 (the default) or more"
         )
-    return _walk(report, threshold)
+    compromised = {c.group for c in _counts(report) if c.group is not None and is_small(int(c), threshold)}
+    return _walk(report, threshold, compromised)
 
 
-def _walk(value: Any, threshold: int) -> Any:
+def _counts(value: Any) -> Iterator[Count]:
     if isinstance(value, Count):
-        return suppressed_label(threshold) if is_small(int(value), threshold) else int(value)
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _counts(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _counts(v)
+    elif is_dataclass(value) and not isinstance(value, type):
+        yield from _counts(asdict(value))
+
+
+def _hidden(count: int, threshold: int, compromised: set[str | None]) -> bool:
+    return is_small(int(count), threshold) or (isinstance(count, Count) and count.group in compromised)
+
+
+def _walk(value: Any, threshold: int, compromised: set[str | None]) -> Any:
+    if isinstance(value, Count):
+        if is_small(int(value), threshold):
+            return suppressed_label(threshold)
+        return None if value.group in compromised else int(value)
     if isinstance(value, Percent):
-        return None if is_small(value.numerator, threshold) else round(float(value), 4)
+        return None if _hidden(value.numerator, threshold, compromised) else round(float(value), 4)
     if isinstance(value, dict):
-        return {str(k): _walk(v, threshold) for k, v in value.items()}
+        return {str(k): _walk(v, threshold, compromised) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_walk(v, threshold) for v in value]
+        return [_walk(v, threshold, compromised) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
-        return _walk(asdict(value), threshold)
+        return _walk(asdict(value), threshold, compromised)
     return value
 
 

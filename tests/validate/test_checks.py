@@ -159,8 +159,8 @@ def test_a_site_registers_its_own_check(seeded_duckdb: Path):
     def ctx_check(name):
         return registered_checks()[name].check
 
+    db = connect(seeded_duckdb, read_only=True)
     try:
-        db = connect(seeded_duckdb, read_only=True)
         run = run_checks(db, checks=["siteVisitLongerThanAYear", "siteDeathsPerPerson"], today=TODAY)
         results = {r.check_id: r for r in run.results}
         assert results["siteVisitLongerThanAYear.visit_occurrence.visit_end_date"].status == "pass"
@@ -172,6 +172,7 @@ def test_a_site_registers_its_own_check(seeded_duckdb: Path):
         )
         assert deaths_result.num_denominator_rows == 3
     finally:
+        db.dispose()
         unregister_check("siteVisitLongerThanAYear")
         unregister_check("siteDeathsPerPerson")
 
@@ -185,5 +186,7 @@ def test_a_site_check_without_metadata_is_refused():
 
 
 def test_unknown_check_names_are_an_error(eunomia_duckdb):
+    db = connect(eunomia_duckdb, read_only=True)
     with pytest.raises(ValidationError, match="unknown check"):
-        run_checks(connect(eunomia_duckdb, read_only=True), checks=["isRequired", "noSuchCheck"])
+        run_checks(db, checks=["isRequired", "noSuchCheck"])
+    db.dispose()

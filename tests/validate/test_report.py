@@ -15,7 +15,7 @@ from harmonize.db import connect
 from harmonize.errors import ValidationError
 from harmonize.validate.html import render_html
 from harmonize.validate.report import ValidateOptions, build_report, validate_database, write_report
-from harmonize.validate.suppression import Count, suppress
+from harmonize.validate.suppression import Count, percent, suppress
 from tests.validate.conftest import TODAY
 
 # Keys whose values count persons or records, anywhere in the report.
@@ -122,7 +122,10 @@ def test_reconciliation_quarantine_and_lineage_are_shown_when_present(written):
     data = written.data
     assert data["reconciliation"]["available"]
     labs = next(r for r in data["reconciliation"]["rows"] if r["source"] == "labs" and r["omop_table"] == "*")
-    assert (labs["source_count"], labs["loaded"], labs["quarantined"]) == (120, 115, "<10")
+    # 5 quarantined are suppressed, so "loaded" (120 - 5) is hidden too: no recovery by subtraction
+    assert (labs["source_count"], labs["loaded"], labs["quarantined"]) == (120, None, "<10")
+    patients = next(r for r in data["reconciliation"]["rows"] if r["source"] == "patients")
+    assert (patients["source_count"], patients["loaded"], patients["quarantined"]) == (28, 28, 0)
     assert data["quarantine"]["by_reason"] == [
         {"source": "labs", "field": "unit", "reason": "unit not convertible", "records": "<10"}
     ]
@@ -190,6 +193,18 @@ def test_small_cell_threshold_is_configurable(eunomia_duckdb):
     values = list(count_values(data))
     assert "<50" in values and not [v for v in values if isinstance(v, int) and 1 <= v < 50]
     assert data["persons"] == "<50"  # Eunomia has 28 persons
+
+
+def test_parts_of_a_total_are_hidden_with_their_suppressed_sibling():
+    raw = {
+        "coverage": {"records": Count(103), "mapped": Count(100, group="t"), "unmapped": Count(3, group="t")},
+        "pct_mapped": percent(Count(100, group="t"), 103),
+        "other": {"records": Count(200), "mapped": Count(150, group="u"), "unmapped": Count(50, group="u")},
+    }
+    data = suppress(raw, 10)
+    assert data["coverage"] == {"records": 103, "mapped": None, "unmapped": "<10"}
+    assert data["pct_mapped"] is None
+    assert data["other"] == {"records": 200, "mapped": 150, "unmapped": 50}
 
 
 def test_writers_refuse_an_unsuppressed_report():
