@@ -104,6 +104,12 @@ def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple
         mapped = pl.col(expr.map).replace_strict(values, default=default)
         return mapped.alias(out), None
     assert isinstance(expr, ColumnExpr)
+    if expr.decode == "base64":
+        text = pl.col(expr.column).str.decode("base64", strict=False).cast(pl.String, strict=False)
+        problem = Problem(
+            failed(expr.column, text), expr.column, pl.col(expr.column).str.slice(0, 80), "undecodable base64"
+        )
+        return text.alias(out), problem
     kind = expr.cast or {"integer": "integer", "float": "float"}.get(datatype, "string")
     if datatype in ("date", "datetime") and not expr.cast:
         return _field_expr(name, DateExpr(date=expr.column), source, datatype)

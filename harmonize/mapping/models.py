@@ -26,6 +26,7 @@ class ColumnExpr(Strict):
 
     column: str
     cast: Literal["string", "integer", "float"] | None = None
+    decode: Literal["base64"] | None = None  # e.g. a FHIR attachment's data (UTF-8 text inside)
 
 
 class ConstantExpr(Strict):

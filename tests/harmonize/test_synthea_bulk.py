@@ -48,10 +48,7 @@ def test_every_resource_is_loaded_or_quarantined(synthea) -> None:
             "select count(*) from fedomop_quarantine where reason <> 'resource type not mapped'"
         ).fetchone()[0]
     assert accounted == sum(expected.values())
-    assert unmapped == {
-        "DocumentReference": expected["DocumentReference"],
-        "PractitionerRole": expected["PractitionerRole"],
-    }
+    assert unmapped == {"PractitionerRole": expected["PractitionerRole"]}
     assert other_reasons == 0
     assert report.balanced
 
@@ -86,3 +83,8 @@ def test_clinical_tables_are_populated_and_routed_by_domain(synthea) -> None:
     assert unmapped_share < 0.10  # the Eunomia subset lacks a few SNOMED codes; those keep concept 0
     assert sepsis == 132797  # SNOMED 91302008 Sepsis
     assert report.loaded["observation_period"] == expected["Patient"]
+    # DocumentReference -> note, the text decoded from the base64 attachment
+    assert report.loaded["note"] == expected["DocumentReference"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        note = con.execute("select note_text, note_title from note order by note_id limit 1").fetchone()
+    assert "# Chief Complaint" in note[0] and note[1]
