@@ -208,3 +208,40 @@ def test_text_in_a_numeric_omop_field_is_quarantined_not_nulled(tmp_path: Path) 
         ("3", "lab_id", "L3", "unparseable number"),
     ]
     assert report.balanced
+
+
+def test_note_text_is_decoded_and_bad_base64_is_quarantined(tmp_path: Path) -> None:
+    mapping = copy.deepcopy(MAPPING)
+    mapping["sources"]["notes"] = {"format": "csv", "files": "notes.csv"}
+    mapping["tables"]["note"] = [
+        {
+            "source": "notes",
+            "id": "note_id",
+            "person": "patient_id",
+            "start": {"date": "note_date"},
+            "type_concept": {"constant": 32817, "name": "EHR"},
+            "fields": {
+                "note_text": {"column": "text", "decode": "base64"},
+                "note_class_concept_id": {"constant": 0},
+                "encoding_concept_id": {"constant": 0},
+                "language_concept_id": {"constant": 0},
+            },
+        }
+    ]
+    mapping_file, source = make_site(tmp_path, {"sources": mapping["sources"], "tables": mapping["tables"]})
+    write_csv(
+        source / "notes.csv",
+        [
+            ["note_id", "patient_id", "note_date", "text"],
+            ["N1", "P1", "2020-01-01", "Q2hpZWYgY29tcGxhaW50"],
+            ["N2", "P2", "2020-01-02", "%%%"],
+        ],
+    )
+    db = tmp_path / "site.duckdb"
+    report = run_mapping(mapping_file, source, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        notes = con.execute("select note_text from note").fetchall()
+        bad = con.execute("select source_row, field, reason from fedomop_quarantine where source = 'notes'").fetchall()
+    assert notes == [("Chief complaint",)]
+    assert bad == [("2", "text", "undecodable base64")]
+    assert report.balanced
