@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         min_nodes: Annotated[int, typer.Option(help="Sites to wait for on a deployment.")] = 2,
         flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME holding the connection.")] = None,
+        message_log: Annotated[
+            Path | None, typer.Option(help="Simulation: record the shape of every site reply (JSONL) for audit.")
+        ] = None,
     ) -> None:
         """Train a federated model for a study and compare it with each site alone (and pooled, in simulation)."""
         from federated import runner
@@ -61,8 +64,10 @@ def register(app: typer.Typer) -> None:
                 study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
             )
         else:
-            result = runner.simulate(study_spec_path, _check_sites(sites or DEFAULT_SITES), out=out, **options)
-        print_comparison(result, console)
+            result = runner.simulate(
+                study_spec_path, _check_sites(sites or DEFAULT_SITES), out=out, message_log=message_log, **options
+            )
+        print_comparison(result)
         console.print(f"model, model_card.json and result.json in {out}")
 
     site_app = typer.Typer(help="A site's SuperNode (one per hospital).", no_args_is_help=True)

@@ -153,8 +153,15 @@ class StudySpec(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
 
 
-def _location(error: dict[str, Any]) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _location(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """Dotted key path; a covariate is also named, since list indexes are hard to count in YAML."""
+    loc = list(error["loc"])
+    text = ".".join(str(part) for part in loc) or "(top level)"
+    if len(loc) >= 2 and loc[0] == "covariates" and isinstance(loc[1], int):
+        covariates = raw.get("covariates")
+        if isinstance(covariates, list) and loc[1] < len(covariates) and isinstance(covariates[loc[1]], dict):
+            text += f" (covariate {covariates[loc[1]].get('name')!r})"
+    return text
 
 
 def parse_study(text: str, *, source: str = "<study>") -> StudySpec:
@@ -174,7 +181,7 @@ def parse_study(text: str, *, source: str = "<study>") -> StudySpec:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise StudyError(
             f"{first['msg']}{more}",
-            where=f"{source}: {_location(first)}",
+            where=f"{source}: {_location(first, raw)}",
             fix="see docs/federated.md (study files) for the keys each section takes",
         ) from exc
 

@@ -237,7 +237,7 @@ def build_site(db: Database, profile: SiteProfile, *, seed: int = 7, offset: int
             {
                 "person_id": p["person_id"],
                 "measurement_concept_id": np.full(n, STAGE),
-                "measurement_date": _date(index_days + 3),
+                "measurement_date": _date(index_days),
                 "value_as_number": p["stage"].astype(float),
                 "unit_concept_id": np.zeros(n, dtype=int),
             }
@@ -256,8 +256,8 @@ def build_site(db: Database, profile: SiteProfile, *, seed: int = 7, offset: int
                 "drug_exposure_id": p["person_id"][treated] + offset,
                 "person_id": p["person_id"][treated],
                 "drug_concept_id": np.full(int(treated.sum()), ZOLEDRONIC),
-                "drug_exposure_start_date": _date(index_days[treated] + 10),
-                "drug_exposure_end_date": _date(index_days[treated] + 11),
+                "drug_exposure_start_date": _date(index_days[treated] - 60),
+                "drug_exposure_end_date": _date(index_days[treated] - 59),
                 "drug_type_concept_id": np.full(int(treated.sum()), TYPE_EHR),
             }
         ),
