@@ -170,7 +170,8 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
     arrays = message.content.array_records["arrays"]
     local_rounds = int(config.get("local-rounds", 1))
     if model == xgb_bagging.NAME:
-        updated = xgb_bagging.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
+        n_sites = int(config.get("n-sites", 1))
+        updated = xgb_bagging.site_train(arrays, prep.train.X, prep.train.y, local_rounds, n_sites)
     elif model == xgb_cyclic.NAME:
         updated = xgb_cyclic.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
     elif model == MLP:

@@ -148,3 +148,13 @@ def wait_for_run(flwr: str, federation: str, run_id: int, env: dict[str, str], t
                 return status
         time.sleep(1.0)
     raise FedomopError(f"run {run_id} did not finish within {timeout_s:.0f} s", where=federation)
+
+
+def demo_study(site_paths: list[Path], out: Path, console: Any = None) -> dict[str, Any]:
+    """``fedomop demo``'s last step: histogram XGBoost on the bone-metastasis study, then the comparison table."""
+    from federated.report import print_comparison
+    from federated.study import STUDIES_DIR
+
+    result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model="xgboost-hist")
+    print_comparison(result, console)
+    return result

@@ -51,7 +51,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise StudyError(f"unknown model {self.model!r}", where="--model", fix=f"choose one of {', '.join(MODELS)}")
-        defaults = {xgb_histogram.NAME: 60, xgb_bagging.NAME: 10, xgb_cyclic.NAME: 12, mlp.NAME: 15}
+        defaults = {xgb_histogram.NAME: 60, xgb_bagging.NAME: 30, xgb_cyclic.NAME: 12, mlp.NAME: 15}
         self.rounds = self.rounds or defaults[self.model]
         if not self.local_rounds:
             self.local_rounds = 2 if self.model == xgb_bagging.NAME else 5

@@ -24,15 +24,23 @@ from federated.models.history import History, history
 NAME = "xgboost-bagging"
 
 
-def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int) -> ArrayRecord:
+def site_params(n_sites: int) -> dict[str, float]:
+    """Each site's learning rate is divided by the number of sites: the hub adds every site's trees,
+    so a round then moves the ensemble one ordinary step along the sites' averaged residuals
+    instead of ``n_sites`` steps (which overshoots)."""
+    return {"eta": xgb_common.DEFAULT_PARAMS["eta"] / max(n_sites, 1)}
+
+
+def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int, n_sites: int = 1) -> ArrayRecord:
     """Boost ``local_rounds`` trees on the global model; reply with only the new trees."""
     raw, _ = xgb_common.from_record(record)
     dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
+    params = xgb_common.params(site_params(n_sites))
     if not raw:
-        booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=local_rounds)
+        booster = xgb.train(params, dtrain, num_boost_round=local_rounds)
         return xgb_common.to_record(xgb_common.booster_bytes(booster))
     booster = xgb_common.load_booster(raw)
-    booster.set_param(xgb_common.params())
+    booster.set_param(params)
     done = booster.num_boosted_rounds()
     for iteration in range(done, done + local_rounds):
         booster.update(dtrain, iteration)
@@ -42,6 +50,7 @@ def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: 
 
 def server_run(grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int) -> tuple[ArrayRecord, History]:
     """Run the bagging rounds; the ensemble grows by ``local_rounds`` trees per site per round."""
+    config = {**config, "n-sites": min_nodes}
     strategy = FedXgbBagging(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
     result = strategy.start(
         grid=grid,

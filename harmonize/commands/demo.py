@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         _map_sites(out)
         _validate_sites(out)
+        _train_federated(out)
 
 
 def _map_sites(out: Path) -> None:
@@ -58,3 +59,11 @@ def _validate_sites(out: Path) -> None:
     if len(reports) >= 2:
         _, html = write_comparison(compare_reports(reports), out / "qa")
         console.print(f"site comparison: {html}")
+
+
+def _train_federated(out: Path) -> None:
+    """The bone-metastasis study, federated over the four sites, compared with each site alone and pooled."""
+    from federated.runner import demo_study
+
+    console.rule("federated: bone_metastasis (fedomop train)")
+    demo_study([out / f"{site}.duckdb" for site in SITES], out / "federated", console)
