@@ -71,20 +71,23 @@ def hub(tmp_path_factory):
     pki = work / "pki"
     create_credentials(pki, list(SITES))
     cluster = Cluster(work, work / "flwr_home")
-    port = free_port()
-    cluster.superlink(port, [*superlink_tls_args(pki), "--database", str(work / "link.db")])
-    write_flower_connection(cluster.flwr_home, "hub", f"127.0.0.1:{port}", pki / "ca.crt")
-    node_ids = {
-        site: register_supernode(pki / f"{site}.pub", flwr_home=cluster.flwr_home, connection="hub") for site in SITES
-    }
-    policies = {site: write_policy(work, site, approved=approved) for site in SITES}
-    hub = {"cluster": cluster, "port": port, "work": work, "app": app, "approved": approved, "pki": pki,
-           "policies": policies, "node_ids": node_ids}  # fmt: skip
-    hub["nodes"] = {site: start_site(hub, site) for site in SITES}
-    for site, node in hub["nodes"].items():
-        assert node.wait_for(f"SuperNode ID: {node_ids[site]}", 60), node.text()[-2000:]
-    yield hub
-    cluster.stop_all()
+    try:
+        port = free_port()
+        cluster.superlink(port, [*superlink_tls_args(pki), "--database", str(work / "link.db")])
+        write_flower_connection(cluster.flwr_home, "hub", f"127.0.0.1:{port}", pki / "ca.crt")
+        node_ids = {
+            site: register_supernode(pki / f"{site}.pub", flwr_home=cluster.flwr_home, connection="hub")
+            for site in SITES
+        }
+        policies = {site: write_policy(work, site, approved=approved) for site in SITES}
+        hub = {"cluster": cluster, "port": port, "work": work, "app": app, "approved": approved, "pki": pki,
+               "policies": policies, "node_ids": node_ids}  # fmt: skip
+        hub["nodes"] = {site: start_site(hub, site) for site in SITES}
+        for site, node in hub["nodes"].items():
+            assert node.wait_for(f"SuperNode ID: {node_ids[site]}", 120), node.text()[-2000:]
+        yield hub
+    finally:
+        cluster.stop_all()
 
 
 def site_args(hub, site: str) -> list[str]:
