@@ -113,20 +113,13 @@ def _governed(site: Site, study: StudySpec, requester: str) -> Any:
     return enforce_request(site.policy, study, code_hash(), requester)
 
 
-def _audit(site: Site, policy: Any, study: StudySpec, requester: str, action: str, reply: RecordDict) -> None:
+def _release(site: Site, policy: Any, study: StudySpec, requester: str, action: str, reply: RecordDict) -> None:
+    """The site's last gate: small cells in the reply are refused (PolicyError), else its sizes are audited."""
     if policy is None:
         return
-    from federated.governance import audit, outgoing_sizes
+    from federated.governance import release
 
-    audit(
-        policy,
-        requester=requester,
-        study=study.name,
-        app_hash=code_hash(),
-        action=action,
-        outcome="sent",
-        sent=outgoing_sizes(reply),
-    )
+    release(policy, reply, requester=requester, study=study.name, app_hash=code_hash(), action=action)
 
 
 def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
@@ -262,7 +255,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
 
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
         reply = handler(prep, message)
-        _audit(site, policy, study, requester, message.metadata.message_type, reply)
+        _release(site, policy, study, requester, message.metadata.message_type, reply)
         _log_reply(site, message.metadata.message_type, reply)
         return Message(reply, reply_to=message)
     except FedomopError as error:
