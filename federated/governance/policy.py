@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from harmonize.cdm import load_spec
 from harmonize.errors import PolicyError
@@ -115,7 +115,12 @@ class SitePolicy(_Strict):
     min_cohort_size: int = Field(default=20, ge=1)
     small_cell_threshold: int = Field(default=5, ge=1)
     studies: dict[str, StudyPolicy] = Field(default_factory=dict)
-    source: Path | None = Field(default=None, exclude=True)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The policy file this was loaded from (None when built in code)."""
+        return self._source
 
     @model_validator(mode="after")
     def _tables_and_columns_exist(self) -> SitePolicy:
@@ -174,7 +179,9 @@ def load_policy(path: Path | str) -> SitePolicy:
     except ValidationError as exc:
         raise PolicyError(_describe(exc), where=str(path), fix=_fix_for(exc)) from None
     audit_log = policy.audit_log if policy.audit_log.is_absolute() else path.parent / policy.audit_log
-    return policy.model_copy(update={"audit_log": audit_log.resolve(), "source": path.resolve()})
+    loaded = policy.model_copy(update={"audit_log": audit_log.resolve()})
+    loaded._source = path.resolve()
+    return loaded
 
 
 def _describe(exc: ValidationError) -> str:
