@@ -108,9 +108,14 @@ def _read_source(name: str, source: Source, source_dir: Path) -> SourceBatch:
     )
 
 
-def _unique_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """Number rows within the batch (``_ord``) and make (file, row) unique: a repeated FHIR id gets ``#n``."""
+def _unique_rows(frame: pl.DataFrame, *, repeats_possible: bool = True) -> pl.DataFrame:
+    """Number rows within the batch (``_ord``) and make (file, row) unique: a repeated FHIR id gets ``#n``.
+
+    CSV/Parquet rows are numbered per file by the reader, so they cannot repeat and skip the (costly) window.
+    """
     frame = frame.with_row_index("_ord").with_columns(pl.col("_ord").cast(pl.Int64))
+    if not repeats_possible:
+        return frame
     repeat = pl.col("_ord").cum_count().over("_source_file", "_source_row")
     return frame.with_columns(
         pl.when(repeat > 1)
@@ -394,7 +399,7 @@ def _account_leftovers(batches: dict[str, pl.DataFrame], lineage: pl.DataFrame, 
             lineage.select("source", "source_file", "source_row"),
             quarantine.frame().select("source", "source_file", "source_row"),
         ]
-    ).unique()
+    )  # an anti join needs no unique right side
     for name, frame in batches.items():
         mine = taken.filter(pl.col("source") == name).drop("source")
         left = frame.join(
@@ -451,7 +456,7 @@ def _read_sources(
         progress("read sources", index, len(mapping.sources))
         batch = _read_source(name, source, source_dir)
         quarantine.add_rejects(name, batch.rejects)
-        batches[name] = _unique_rows(batch.frame)
+        batches[name] = _unique_rows(batch.frame, repeats_possible=source.is_fhir)
         seen[name] = batch.seen
     seen.update(_inventory_unmapped(mapping, source_dir, quarantine))
     progress("read sources", len(mapping.sources), len(mapping.sources))

@@ -248,7 +248,10 @@ class RuleEvaluator:
             pl.col("source_concept_id").fill_null(0).alias("_source_concept_id"),
             pl.col("domain_id").alias("_domain"),
         )
-        resolved = resolved.with_columns(pl.col("_ord").cum_count().over("_ord").cast(pl.UInt32).alias("_target"))
+        if resolved.height == rows.height:  # input order is kept, so every row has exactly one target
+            resolved = resolved.with_columns(pl.lit(1, pl.UInt32).alias("_target"))
+        else:
+            resolved = resolved.with_columns(pl.col("_ord").cum_count().over("_ord").cast(pl.UInt32).alias("_target"))
         unmapped = resolved.filter(pl.col("_concept_id") == 0)
         mode = self.ctx.mapping.on_unmapped
         if mode == "concept_zero" or unmapped.is_empty():

@@ -1,0 +1,347 @@
+"""Hospital scale: ``fedomop map`` on a big CSV site against the physical limit, then ``fedomop validate``.
+
+ETL (``etl``): the site's CSV sources are mapped by the real CLI (``fedomop map``: vocabulary load, read,
+code resolution, routing, units, lineage, quarantine, reconciliation, load into DuckDB, atomic swap) and, in
+the same run and interleaved, the physical-limit baseline reads the very same CSV files with a bare polars
+scan and writes them to Parquet (``pl.scan_csv(f, infer_schema=False).sink_parquet(...)``). Both run as child
+processes; each reports wall seconds, CPU seconds (user+sys from ``wait4``) and the peak resident memory of
+its whole process tree (psutil samples every 0.1 s plus the exact ``ru_maxrss``).
+
+``--parts P`` maps the site as P person-disjoint parts (rows split by a hash of the person column, one
+``fedomop map`` run and one DuckDB file per part): ``run_mapping`` holds a whole run in memory (about 1 KiB
+per source record), so a single 1M-person run would need ~20 GiB; P parts bound the peak to 1/P of that.
+``--merge DB`` then combines the part databases into one (ids shifted by ``part * 100,000,000``) so the
+validation measures the whole site.
+
+Validation (``validate``): ``fedomop validate`` (full DQD catalogue, pandera schemas, profile, HTML + JSON
+report) on a database, as a child process with its peak memory; median of ``--runs``.
+
+Usage (1M persons at site A; generate first, ~15 min):
+
+    .venv/bin/fedomop sample-data --out /tmp/fedomop_scale/a1m --persons 1000000 --sites site_a --no-vocabulary
+    .venv/bin/python benchmarks/bench_scale.py etl --site-dir /tmp/fedomop_scale/a1m/site_a --parts 5 \\
+        --merge /tmp/fedomop_scale/a1m.duckdb
+    .venv/bin/python benchmarks/bench_scale.py validate --db /tmp/fedomop_scale/a1m.duckdb --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    FEDOMOP,
+    PYTHON,
+    REPO,
+    TreeRun,
+    append_docs,
+    folder_mib,
+    load_average,
+    machine,
+    median,
+    run_monitored,
+)
+
+MAPPING = REPO / "mappings" / "site_a.yaml"
+ID_OFFSET = 100_000_000  # ids of part k are shifted by k * ID_OFFSET when parts are merged (fits INTEGER)
+VOCABULARY_TABLES = {
+    "concept",
+    "vocabulary",
+    "domain",
+    "concept_class",
+    "concept_relationship",
+    "relationship",
+    "concept_synonym",
+    "concept_ancestor",
+    "source_to_concept_map",
+    "drug_strength",
+    "cdm_source",
+}
+
+BASELINE = """
+import sys, polars as pl
+out = sys.argv[1]
+for i, path in enumerate(sys.argv[2:]):
+    pl.scan_csv(path, infer_schema=False).sink_parquet(f"{out}/{i}.parquet")
+"""
+
+SPLIT = """
+import sys, polars as pl
+source, out, column, parts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for k in range(parts):
+    (pl.scan_csv(source, infer_schema=False)
+       .filter(pl.col(column).hash(seed=7) % parts == k)
+       .sink_csv(f"{out}/part_{k}/" + source.rsplit("/", 1)[1]))
+"""
+
+
+def mapped_csv_files(site_dir: Path) -> list[Path]:
+    """The CSV files the site mapping reads (not the generator's ground-truth files)."""
+    from harmonize.mapping.loader import load_mapping
+    from harmonize.sources.tabular import match_files
+
+    mapping = load_mapping(MAPPING)
+    return [p for name, s in mapping.sources.items() for p in match_files(site_dir, s.files, name)]
+
+
+def checked(run: TreeRun, what: str) -> TreeRun:
+    if run.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {run.returncode}):\n{run.stdout[-3000:]}")
+    return run
+
+
+def split_site(site_dir: Path, work: Path, parts: int, column: str) -> tuple[list[Path], TreeRun]:
+    """Write ``parts`` person-disjoint copies of the mapped CSVs (polars streaming), in one child process."""
+    folders = [work / f"part_{k}" for k in range(parts)]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for extra in site_dir.glob("source_to_concept_map.csv"):
+            shutil.copy(extra, folder / extra.name)
+    start = time.perf_counter()
+    runs = [
+        checked(run_monitored([PYTHON, "-c", SPLIT, str(f), str(work), column, str(parts)]), f"split {f.name}")
+        for f in mapped_csv_files(site_dir)
+    ]
+    total = TreeRun(
+        seconds=time.perf_counter() - start,
+        returncode=0,
+        stdout="",
+        peak_rss=max(r.peak_rss for r in runs),
+        max_rss_child=max(r.max_rss_child for r in runs),
+        cpu_seconds=sum(r.cpu_seconds for r in runs),
+    )
+    return folders, total
+
+
+def baseline(site_dir: Path, work: Path) -> TreeRun:
+    out = work / "baseline_parquet"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    files = [str(p) for p in mapped_csv_files(site_dir)]
+    run = checked(run_monitored([PYTHON, "-c", BASELINE, str(out), *files]), "polars baseline")
+    run.extra["parquet_mib"] = folder_mib(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return run
+
+
+def map_part(folder: Path, db: Path) -> TreeRun:
+    db.unlink(missing_ok=True)
+    command = [FEDOMOP, "map", "--mapping", str(MAPPING), "--source", str(folder), "--db", str(db)]
+    run = checked(run_monitored(command), f"fedomop map {folder}")
+    run.extra.update(run_counts(db))
+    return run
+
+
+def run_counts(db: Path) -> dict[str, int]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        records, rows, quarantined = con.execute(
+            "SELECT records_read, rows_loaded, records_quarantined FROM fedomop_run"
+        ).fetchone()
+        persons = con.execute("SELECT COUNT(*) FROM person").fetchone()[0]
+    finally:
+        con.close()
+    return {"records": records, "rows": rows, "quarantined": quarantined, "persons": persons}
+
+
+@dataclass
+class EtlRound:
+    etl_seconds: float
+    etl_cpu: float
+    etl_peak_mib: float
+    base_seconds: float
+    base_cpu: float
+    base_peak_mib: float
+    records: int
+    rows: int
+    persons: int
+    load: tuple[float, float]
+
+
+def etl_round(site_dir: Path, folders: list[Path], work: Path) -> tuple[EtlRound, list[Path]]:
+    """One baseline run and one ETL run (all parts, one after another) on the same files."""
+    base = baseline(site_dir, work)
+    dbs = [work / f"{f.name}.duckdb" for f in folders]
+    maps = [map_part(f, db) for f, db in zip(folders, dbs, strict=True)]
+    result = EtlRound(
+        etl_seconds=sum(r.seconds for r in maps),
+        etl_cpu=sum(r.cpu_seconds for r in maps),
+        etl_peak_mib=max(r.peak_rss_mib for r in maps),
+        base_seconds=base.seconds,
+        base_cpu=base.cpu_seconds,
+        base_peak_mib=base.peak_rss_mib,
+        records=sum(r.extra["records"] for r in maps),
+        rows=sum(r.extra["rows"] for r in maps),
+        persons=sum(r.extra["persons"] for r in maps),
+        load=(base.load_before, maps[-1].load_after),
+    )
+    print(json.dumps(result.__dict__), flush=True)
+    return result, dbs
+
+
+def offset_columns(table: str) -> list[str]:
+    """Integer key columns (own id, references to clinical rows) that must be shifted when parts are merged."""
+    from harmonize.cdm import load_spec
+
+    return [
+        f.name
+        for f in load_spec().table(table).fields
+        if f.datatype == "integer" and f.name.endswith("_id") and not f.name.endswith("concept_id")
+    ]
+
+
+def merge_parts(dbs: list[Path], target: Path) -> float:
+    """One DuckDB with every part's rows (part 0 copied whole; clinical rows of part k with ids + k*ID_OFFSET)."""
+    import duckdb
+
+    from harmonize.cdm import load_spec
+
+    start = time.perf_counter()
+    target.unlink(missing_ok=True)
+    shutil.copy(dbs[0], target)
+    con = duckdb.connect(str(target))
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    for k, db in enumerate(dbs[1:], start=1):
+        con.execute(f"ATTACH '{db}' AS part (READ_ONLY)")
+        for table in sorted(tables):
+            if table in VOCABULARY_TABLES or table == "fedomop_run":
+                continue
+            names = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+            shift = set(offset_columns(table)) if table in load_spec().tables else {"omop_id"}
+            quoted = {c: '"' + c.replace('"', '""') + '"' for c in names}
+            select = ", ".join(f"{quoted[c]} + {k * ID_OFFSET}" if c in shift else quoted[c] for c in names)
+            con.execute(f'INSERT INTO "{table}" SELECT {select} FROM part."{table}"')
+        con.execute("DETACH part")
+    con.close()
+    return time.perf_counter() - start
+
+
+def etl_section(site_dir: Path, rounds: list[EtlRound], parts: int, split: TreeRun | None, command: str) -> str:
+    first = rounds[0]
+    etl = median([r.etl_seconds for r in rounds])
+    base = median([r.base_seconds for r in rounds])
+    etl_cpu = median([r.etl_cpu for r in rounds])
+    base_cpu = median([r.base_cpu for r in rounds])
+    peak = max(r.etl_peak_mib for r in rounds)
+    csv_mib = sum(p.stat().st_size for p in mapped_csv_files(site_dir)) / 2**20
+    lines = [
+        f"{first.persons:,} persons, {first.records:,} source records (CSV rows, {csv_mib:,.0f} MiB), "
+        f"{first.rows:,} OMOP rows; {len(rounds)} interleaved round(s), median; "
+        + (f"{parts} person-disjoint parts mapped one after another; " if parts > 1 else "")
+        + f"1-min load average {min(r.load[0] for r in rounds):.1f}-{max(r.load[1] for r in rounds):.1f}.",
+        "",
+        "| run | wall s | CPU s | records/s (wall) | OMOP rows/s (wall) | peak RSS MiB (process tree) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| `fedomop map` (CSV -> OMOP DuckDB) | {etl:,.1f} | {etl_cpu:,.1f} | {first.records / etl:,.0f} | "
+        f"{first.rows / etl:,.0f} | {peak:,.0f} |",
+        f"| polars `scan_csv().sink_parquet()` (same CSVs) | {base:,.1f} | {base_cpu:,.1f} | "
+        f"{first.records / base:,.0f} | - | {max(r.base_peak_mib for r in rounds):,.0f} |",
+        "",
+        f"Ratio ETL / bare read+write: **{etl / base:.1f}x** wall, **{etl_cpu / base_cpu:.1f}x** CPU "
+        f"(target 2x); peak memory {peak / 1024:.2f} GiB (target < 8 GiB).",
+    ]
+    if split:
+        lines.append(
+            f"Splitting the CSVs into {parts} parts (polars streaming, not included above): {split.seconds:.0f} s."
+        )
+    lines += ["", f"Machine: {machine()}.", f"Command: `{command}`"]
+    return "\n".join(lines)
+
+
+def cmd_etl(args: argparse.Namespace) -> None:
+    site_dir: Path = args.site_dir
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    split = None
+    if args.parts > 1:
+        folders, split = split_site(site_dir, work, args.parts, args.person_column)
+    else:
+        folders = [site_dir]
+    rounds, dbs = [], []
+    for _ in range(args.runs):
+        result, dbs = etl_round(site_dir, folders, work)
+        rounds.append(result)
+    if args.merge:
+        seconds = merge_parts(dbs, args.merge)
+        print(f"merged {len(dbs)} part(s) into {args.merge} in {seconds:.0f} s", flush=True)
+    if args.parts > 1:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not args.keep_dbs:
+        for db in dbs:
+            db.unlink(missing_ok=True)
+    command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+    section = etl_section(site_dir, rounds, args.parts, split, command)
+    print(section)
+    if args.write_docs:
+        append_docs(f"## Scale: ETL against the physical limit ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    runs: list[TreeRun] = []
+    for _ in range(args.runs):
+        out = args.work / "qa"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [FEDOMOP, "validate", "--db", str(args.db), "--out", str(out)]
+        runs.append(checked(run_monitored(command), "fedomop validate"))
+        print(json.dumps({"seconds": runs[-1].seconds, "cpu": runs[-1].cpu_seconds, "peak": runs[-1].peak_rss_mib}))
+    import duckdb
+
+    con = duckdb.connect(str(args.db), read_only=True)
+    persons = con.execute("SELECT COUNT(*) FROM person").fetchone()[0]
+    con.close()
+    summary = json.loads((args.work / "qa" / "report.json").read_text())
+    seconds = median([r.seconds for r in runs])
+    section = "\n".join(
+        [
+            f"{persons:,} persons ({args.db.stat().st_size / 2**30:.1f} GiB DuckDB file); median of {len(runs)} "
+            f"run(s): **{seconds:.0f} s wall** ({median([r.cpu_seconds for r in runs]):.0f} s CPU), peak RSS "
+            f"{max(r.peak_rss_mib for r in runs):,.0f} MiB; target < 300 s on 2 cores. 1-min load average "
+            f"{min(r.load_before for r in runs):.1f}-{max(r.load_after for r in runs):.1f}. "
+            f"Report keys: {', '.join(sorted(summary)[:8])}.",
+            "",
+            f"Machine: {machine()}.",
+            f"Command: `python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`",
+        ]
+    )
+    print(section)
+    if args.write_docs:
+        append_docs(f"## Scale: validation ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    etl = sub.add_parser("etl", help="fedomop map vs polars scan_csv -> parquet on the same CSVs")
+    etl.add_argument("--site-dir", type=Path, required=True, help="a site-A-style CSV folder")
+    etl.add_argument("--parts", type=int, default=1, help="map as N person-disjoint parts (bounded memory)")
+    etl.add_argument("--person-column", default="patient_id")
+    etl.add_argument("--runs", type=int, default=1, help="interleaved rounds; medians reported")
+    etl.add_argument("--merge", type=Path, help="merge the part databases into this DuckDB file")
+    etl.add_argument("--keep-dbs", action="store_true")
+    etl.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    etl.add_argument("--write-docs", action="store_true")
+    etl.set_defaults(handler=cmd_etl)
+    val = sub.add_parser("validate", help="fedomop validate on a database, with peak memory")
+    val.add_argument("--db", type=Path, required=True)
+    val.add_argument("--runs", type=int, default=1)
+    val.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    val.add_argument("--write-docs", action="store_true")
+    val.set_defaults(handler=cmd_validate)
+    args = parser.parse_args()
+    print(f"load average before: {load_average():.1f}", flush=True)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
