@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +27,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import SHARED, machine  # noqa: E402
+from _common import self_peak_rss_mib as peak_rss_mib  # noqa: E402
 
 from harmonize.sources.fhir import read_fhir  # noqa: E402
 
-SHARED = Path(os.environ.get("FEDOMOP_SHARED", REPO.parent / "shared"))
 SYNTHEA = SHARED / "fhir" / "synthea-bulk-r4"
 
 SUBJECT = {"person": "subject.reference.resolve_id()", "visit": "encounter.reference.resolve_id()"}
@@ -131,16 +131,6 @@ def big_file(factor: int, directory: Path) -> Path:
     return path
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def machine() -> str:
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"`{uname}`, nproc {os.cpu_count()}, {memory:.1f} GiB RAM, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", type=int, default=0, help="also read N x the Encounter file (memory check)")
@@ -163,7 +153,6 @@ def main() -> None:
         }
     )
     (structural, models, _full) = results.values()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     load = os.getloadavg()[0]
     out = [
         "",
@@ -171,7 +160,7 @@ def main() -> None:
         "",
         f"Input: Synthea R4 bulk export, {len(files)} NDJSON files, {structural[2]} resources, {size_mib:.1f} MiB. "
         f"Median of 3 interleaved runs after a warm-up run; single process, one thread of Python. "
-        f"Commit {commit.strip()}. Load average at the start: {load:.1f}.",
+        f"Load average at the start: {load:.1f}.",
         f"Machine: {machine()}.",
         "Command: `.venv/bin/python benchmarks/bench_fhir.py" + (f" --big {args.big}" if args.big else "") + "`",
         "",
