@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
+from _common import DOCS, REPO, run_monitored
+
 SITES = ("site_a", "site_b", "site_c", "site_d")
 KIND = {"site_a": "CSV rows", "site_b": "FHIR resources", "site_c": "CSV rows", "site_d": "FHIR resources"}
 
@@ -40,23 +40,14 @@ print(json.dumps({"records": report.records_read, "rows": report.rows_loaded, "s
 
 
 def run_site(site: str, source: Path, workdir: Path) -> dict[str, object]:
-    """Map one site in a child process; returns its report numbers and the child's peak RSS."""
+    """Map one site in a child process; returns its report numbers and the peak RSS of the child's process tree."""
     db = workdir / f"{site}.duckdb"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(REPO / "mappings" / f"{site}.yaml"), str(source), str(db)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    mapping = str(REPO / "mappings" / f"{site}.yaml")
+    child = run_monitored([sys.executable, "-c", CHILD, mapping, str(source), str(db)])
     if child.returncode != 0:
         raise SystemExit(f"{site}: run_mapping failed (exit {child.returncode})")
-    result = json.loads(output.strip().splitlines()[-1])
-    result.update(site=site, peak_rss_mib=usage.ru_maxrss / 1024, kind=KIND[site])
+    result = json.loads([line for line in child.stdout.splitlines() if line.startswith("{")][-1])
+    result.update(site=site, peak_rss_mib=child.peak_rss_mib, kind=KIND[site])
     return result
 
 

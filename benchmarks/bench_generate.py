@@ -13,31 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
-
-
-def _tree_memory(process: psutil.Process) -> tuple[int, int]:
-    """(sum of PSS, max single-process RSS) over the process and its workers.
-
-    PSS splits pages shared between forked workers, so the sum does not count the
-    interpreter and imported libraries once per worker.
-    """
-    pss = rss = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-        except psutil.Error:
-            continue
-        pss += getattr(info, "pss", info.rss)
-        rss = max(rss, info.rss)
-    return pss, rss
+from _common import run_monitored
 
 
 def run(persons: int, out: Path, workers: int, seed: int) -> dict:
@@ -45,33 +27,21 @@ def run(persons: int, out: Path, workers: int, seed: int) -> dict:
         shutil.rmtree(out)
     command = [sys.executable, "-m", "harmonize.cli", "sample-data", "--out", str(out), "--persons", str(persons),
                "--seed", str(seed), "--workers", str(workers), "--no-vocabulary"]  # fmt: skip
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watched = psutil.Process(child.pid)
-    peak_pss = peak_rss = 0
-    while child.poll() is None:
-        try:
-            pss, rss = _tree_memory(watched)
-            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    seconds = time.perf_counter() - start
-    output = child.stdout.read() if child.stdout else ""
-    if child.returncode != 0:
-        raise SystemExit(f"sample-data failed ({child.returncode}):\n{output}")
+    result = run_monitored(command, interval=0.2)
+    if result.returncode != 0:
+        raise SystemExit(f"sample-data failed ({result.returncode}):\n{result.stdout}")
     files = [p for p in out.rglob("*") if p.is_file()]
     return {
         "persons": persons,
         "workers": workers,
-        "seconds": round(seconds, 1),
-        "persons_per_second": round(persons / seconds),
-        "peak_pss_mib": round(peak_pss / 2**20, 1),
-        "peak_rss_one_process_mib": round(peak_rss / 2**20, 1),
+        "seconds": round(result.seconds, 1),
+        "persons_per_second": round(persons / result.seconds),
+        "peak_pss_mib": round(result.peak_pss_mib, 1),
+        "peak_rss_one_process_mib": round(result.max_rss_child / 2**20, 1),
         "output_mib": round(sum(p.stat().st_size for p in files) / 2**20, 1),
         "files": len(files),
         "python": platform.python_version(),
-        "cpus": psutil.cpu_count(),
+        "cpus": os.cpu_count(),
     }
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,14 +20,13 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
+from _common import SHARED, append_docs
 
 from harmonize.cdm import create_cdm
 from harmonize.cdm.io import read_cdm_csv
 from harmonize.db import Database, connect
 
-REPO = Path(__file__).resolve().parents[1]
-EUNOMIA = Path(os.environ.get("FEDOMOP_SHARED", REPO.parent / "shared")) / "omop" / "eunomia-synthea27nj"
-DOCS = REPO / "docs" / "benchmarks.md"
+EUNOMIA = SHARED / "omop" / "eunomia-synthea27nj"
 TABLE = "concept_relationship"
 
 
@@ -60,19 +57,6 @@ def timed_runs(db: Database, rows: pa.Table, load: Callable[[Database, pa.Table]
         loaded = db.scalar(f"SELECT COUNT(*) FROM {TABLE}")
         assert loaded == rows.num_rows, f"{load.__name__} loaded {loaded} of {rows.num_rows} rows"
     return seconds
-
-
-def machine() -> str:
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    return f"- `uname -a`: `{uname}`\n- `nproc`: {os.cpu_count()}\n- memory: {memory_gib:.1f} GiB\n- Python {platform.python_version()}"
-
-
-def append_docs(section: str) -> None:
-    if not DOCS.exists():
-        DOCS.write_text(f"# fedomop benchmarks\n\nMachine:\n\n{machine()}\n", encoding="utf-8")
-    with DOCS.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + section)
 
 
 def main() -> None:

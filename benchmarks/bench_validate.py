@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from _common import DOCS, SHARED, median_seconds
 
 from harmonize.cdm import create_cdm, load_spec
 from harmonize.cdm.io import load_cdm_folder
@@ -26,9 +27,7 @@ from harmonize.validate.checks import run_checks
 from harmonize.validate.report import ValidateOptions, build_report, write_report
 from harmonize.validate.schemas import validate_schemas
 
-REPO = Path(__file__).resolve().parents[1]
-EUNOMIA = Path(os.environ.get("FEDOMOP_SHARED", REPO.parent / "shared")) / "omop" / "eunomia-synthea27nj"
-DOCS = REPO / "docs" / "benchmarks.md"
+EUNOMIA = SHARED / "omop" / "eunomia-synthea27nj"
 
 
 def eunomia_database(folder: Path) -> Path:
@@ -46,15 +45,6 @@ def total_rows(db: Database) -> tuple[int, int]:
     rows = sum(int(db.scalar(f'SELECT COUNT(*) FROM "{t}"') or 0) for t in tables)
     persons = int(db.scalar("SELECT COUNT(*) FROM person") or 0) if "person" in present else 0
     return rows, persons
-
-
-def median_seconds(runs: int, action) -> tuple[float, object]:
-    seconds, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = action()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
 
 
 def main() -> None:
