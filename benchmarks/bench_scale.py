@@ -47,6 +47,8 @@ from _common import (  # noqa: E402
     machine,
     median,
     run_monitored,
+    self_peak_rss_mib,
+    timed,
 )
 
 MAPPING = REPO / "mappings" / "site_a.yaml"
@@ -319,6 +321,116 @@ def cmd_validate(args: argparse.Namespace) -> None:
         append_docs(f"## Scale: validation ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
 
 
+FHIR_MAPPING = REPO / "mappings" / "site_b.yaml"
+
+
+def fhir_sources(site_dir: Path) -> list[tuple[str, object, list[Path]]]:
+    """(name, source, files) of every NDJSON source of the site-B mapping."""
+    from harmonize.mapping.loader import load_mapping
+    from harmonize.sources.tabular import match_files
+
+    mapping = load_mapping(FHIR_MAPPING)
+    return [
+        (name, s, match_files(site_dir, s.files, name))
+        for name, s in mapping.sources.items()
+        if s.format == "fhir_ndjson"
+    ]
+
+
+def read_site_fhir(site_dir: Path, workers: int = 1) -> int:
+    """Read every mapped NDJSON source as the engine does (structural check + the mapping's columns)."""
+    from harmonize.sources.fhir import read_fhir
+
+    seen = 0
+    for name, source, files in fhir_sources(site_dir):
+        batch = read_fhir(
+            name,
+            files,
+            site_dir,
+            source.resource_type,  # type: ignore[attr-defined]
+            source.columns,  # type: ignore[attr-defined]
+            fmt="ndjson",
+            validation=source.validation,  # type: ignore[attr-defined]
+            workers=workers,
+        )
+        assert batch.balanced()
+        seen += batch.seen
+    return seen
+
+
+def sample_fhir_site(site_dir: Path, out: Path, every: int) -> list[tuple[str, bytes]]:
+    """Every ``every``-th line of each mapped NDJSON file, written to ``out`` (same names) and returned."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    lines: list[tuple[str, bytes]] = []
+    for _name, source, files in fhir_sources(site_dir):
+        for path in files:
+            kept = [line for i, line in enumerate(path.read_bytes().splitlines()) if line.strip() and i % every == 0]
+            (out / path.name).write_bytes(b"\n".join(kept) + b"\n")
+            lines += [(source.resource_type, line) for line in kept]  # type: ignore[attr-defined]
+    return lines
+
+
+def validate_with_models(lines: list[tuple[str, bytes]]) -> int:
+    """Parse and validate each line with its R4B model; an invalid one is counted (quarantined), not fatal."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
+
+    invalid = 0
+    for resource_type, line in lines:
+        try:
+            get_fhir_model_class(resource_type).model_validate(json.loads(line))
+        except (ValidationError, ValueError):
+            invalid += 1
+    return invalid
+
+
+def cmd_fhir(args: argparse.Namespace) -> None:
+    site_dir: Path = args.site_dir
+    ndjson_mib = sum(p.stat().st_size for _n, _s, files in fhir_sources(site_dir) for p in files) / 2**20
+    load_before = load_average()
+    before = self_peak_rss_mib()
+    full_s, total = timed(read_site_fhir, site_dir, 1)
+    growth = self_peak_rss_mib() - before
+    full_workers_s, _ = timed(read_site_fhir, site_dir, args.workers)
+    sample_dir = args.work / "fhir_sample"
+    lines = sample_fhir_site(site_dir, sample_dir, args.every)
+    validate_with_models(lines[:200])  # warm-up: model classes and validators built
+    read_site_fhir(sample_dir, 1)
+    reader_s, models_s = [], []
+    for _ in range(args.runs):
+        reader_s.append(timed(read_site_fhir, sample_dir, 1)[0])
+        models_s.append(timed(validate_with_models, lines)[0])
+    shutil.rmtree(sample_dir, ignore_errors=True)
+    reader, models = median(reader_s), median(models_s)
+    section = "\n".join(
+        [
+            f"Site-B-style FHIR NDJSON site: {total:,} resources ({ndjson_mib:,.0f} MiB) in the mapped files; "
+            f"columns of `mappings/site_b.yaml`, structural validation. 1-min load average "
+            f"{load_before:.1f} before / {load_average():.1f} after.",
+            "",
+            "| run | resources | s | resources/s |",
+            "|---|---:|---:|---:|",
+            f"| `read_fhir`, whole site, 1 process | {total:,} | {full_s:.1f} | {total / full_s:,.0f} |",
+            f"| `read_fhir`, whole site, workers={args.workers} | {total:,} | {full_workers_s:.1f} | "
+            f"{total / full_workers_s:,.0f} |",
+            f"| `read_fhir`, every {args.every}th line, 1 process (median of {args.runs}) | {len(lines):,} | "
+            f"{reader:.2f} | {len(lines) / reader:,.0f} |",
+            f"| fhir.resources R4B `model_validate` one by one, same lines (median of {args.runs}) | {len(lines):,} | "
+            f"{models:.2f} | {len(lines) / models:,.0f} |",
+            "",
+            f"Ratio on the same lines, measured side by side (interleaved): **{models / reader:.1f}x** "
+            f"(target >= 10x). Whole-site read peak RSS growth: {growth:,.0f} MiB.",
+            "",
+            f"Machine: {machine()}.",
+            f"Command: `python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`",
+        ]
+    )
+    print(section)
+    if args.write_docs:
+        append_docs(f"## Scale: FHIR NDJSON reader ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,6 +450,14 @@ def main() -> None:
     val.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
     val.add_argument("--write-docs", action="store_true")
     val.set_defaults(handler=cmd_validate)
+    fhir = sub.add_parser("fhir", help="read_fhir on a big site-B-style NDJSON site vs fhir.resources models")
+    fhir.add_argument("--site-dir", type=Path, required=True)
+    fhir.add_argument("--every", type=int, default=10, help="sample every Nth line for the side-by-side ratio")
+    fhir.add_argument("--workers", type=int, default=2)
+    fhir.add_argument("--runs", type=int, default=3)
+    fhir.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    fhir.add_argument("--write-docs", action="store_true")
+    fhir.set_defaults(handler=cmd_fhir)
     args = parser.parse_args()
     print(f"load average before: {load_average():.1f}", flush=True)
     args.handler(args)
