@@ -304,13 +304,27 @@ def cmd_validate(args: argparse.Namespace) -> None:
     con.close()
     summary = json.loads((args.work / "qa" / "report.json").read_text())
     seconds = median([r.seconds for r in runs])
+    phases = summary.get("timings", {})
+    slowest = check_timings(args.db) if args.check_timings else []
     section = "\n".join(
         [
-            f"{persons:,} persons ({args.db.stat().st_size / 2**30:.1f} GiB DuckDB file); median of {len(runs)} "
+            f"{persons:,} persons ({args.db.stat().st_size / 2**20:,.0f} MiB DuckDB file); median of {len(runs)} "
             f"run(s): **{seconds:.0f} s wall** ({median([r.cpu_seconds for r in runs]):.0f} s CPU), peak RSS "
             f"{max(r.peak_rss_mib for r in runs):,.0f} MiB; target < 300 s on 2 cores. 1-min load average "
             f"{min(r.load_before for r in runs):.1f}-{max(r.load_after for r in runs):.1f}. "
-            f"Report keys: {', '.join(sorted(summary)[:8])}.",
+            f"Phases of the last run (report.json): checks {phases.get('checks_seconds', 0):.0f} s in "
+            f"{phases.get('check_queries', 0)} SQL queries, schemas {phases.get('schemas_seconds', 0):.0f} s, "
+            f"profile {phases.get('profile_seconds', 0):.0f} s.",
+            *(
+                [
+                    "",
+                    "Slowest check types (a separate `run_checks` pass, seconds): "
+                    + ", ".join(f"{name} {sec:.1f}" for name, sec in slowest)
+                    + ".",
+                ]
+                if slowest
+                else []
+            ),
             "",
             f"Machine: {machine()}.",
             f"Command: `python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`",
@@ -431,6 +445,23 @@ def cmd_fhir(args: argparse.Namespace) -> None:
         append_docs(f"## Scale: FHIR NDJSON reader ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
 
 
+def check_timings(db: Path, top: int = 8) -> list[tuple[str, float]]:
+    """Seconds per check type: the DQD catalogue run one check type at a time, in-process, slowest first."""
+    from harmonize.db import connect
+    from harmonize.validate.checks.runner import registered_checks, run_checks
+
+    database = connect(db, read_only=True)
+    try:
+        seconds: dict[str, float] = {}
+        for name in registered_checks():
+            start = time.perf_counter()
+            run_checks(database, checks=[name])
+            seconds[name] = time.perf_counter() - start
+    finally:
+        database.dispose()
+    return sorted(seconds.items(), key=lambda item: -item[1])[:top]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -448,6 +479,7 @@ def main() -> None:
     val.add_argument("--db", type=Path, required=True)
     val.add_argument("--runs", type=int, default=1)
     val.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    val.add_argument("--check-timings", action="store_true", help="also time each check type in-process")
     val.add_argument("--write-docs", action="store_true")
     val.set_defaults(handler=cmd_validate)
     fhir = sub.add_parser("fhir", help="read_fhir on a big site-B-style NDJSON site vs fhir.resources models")
