@@ -69,6 +69,7 @@ def test_cli_trains_histogram_xgboost_within_pooled_auroc(sample_sites, tmp_path
     assert abs(federated - pooled) <= 0.005, (federated, pooled)
     assert federated > max(s["auroc"] for s in outcome["local_summary"].values())
     assert_only_aggregates(log, outcome)
+    assert outcome["flower_rounds"] == 2 and outcome["traffic"]["received"]["histogram"] > 0
     card = assert_model_card(out, set(sample_sites))
     assert card["model"] == "xgboost-hist" and card["metrics"]["pooled"]["weighted"]["auroc"] == pooled
 
@@ -82,11 +83,11 @@ def test_fedprox_mlp_in_simulation(sample_sites, tmp_path):
         out=tmp_path / "mlp",
         model="mlp",
         strategy="fedprox",
-        rounds=4,
+        rounds=3,
         message_log=log,
     )
-    assert outcome["flower_rounds"] == 5  # moments + 4 FedProx rounds
-    assert set(outcome["history"]) == {"1", "2", "3", "4"} or set(outcome["history"]) == {1, 2, 3, 4}
+    assert outcome["flower_rounds"] == 4  # moments + 3 FedProx rounds
+    assert {int(r) for r in outcome["history"]} == {1, 2, 3}
     assert outcome["federated_summary"]["auroc"] > 0.7
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert {e["message_type"] for e in entries} >= {"query.moments", "train", "evaluate", "evaluate.many"}
