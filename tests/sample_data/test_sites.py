@@ -235,3 +235,11 @@ def test_every_written_unit_has_a_unit_concept_in_the_vocabulary():
     assert written == {"", "U/L", "mg/dL", "ng/mL", "g/dL", "mmol/L", "µmol/L", "g/L", "µg/L"}
     for unit in written - {""}:
         assert UNIT_CONCEPTS[unit] in units, unit
+
+
+def test_shipped_sample_data_stays_small():
+    """Compact JSON and a few thousand persons keep the repository light (budget: 40 MiB)."""
+    total = sum(p.stat().st_size for p in SAMPLE_DATA.rglob("*") if p.is_file())
+    assert total < 40 * 2**20
+    first = (SAMPLE_DATA / "site_b" / "Patient.ndjson").read_text(encoding="utf-8").splitlines()[0]
+    assert ": " not in first and "\n" not in first  # no indentation or pretty-printing
