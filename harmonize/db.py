@@ -27,7 +27,7 @@ _COPY_CHUNK_ROWS = 200_000
 
 
 def quote_identifier(name: str) -> str:
-    """A SQL identifier in double quotes, inner quotes doubled (the spec names a column ``"offset"``)."""
+    """A SQL identifier in double quotes, inner quotes doubled (safe for reserved words such as ``offset``)."""
     escaped = name.replace('"', '""')
     return f'"{escaped}"'
 

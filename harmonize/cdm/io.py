@@ -122,10 +122,8 @@ def _read_header(path: Path, error: ErrorType) -> str:
 
 
 def _header_columns(header: str, dialect: CsvDialect, table: TableSpec) -> tuple[str, ...]:
-    """Header names as spec field names (the spec writes the reserved word ``offset`` with its quotes)."""
-    by_bare_name = {f.name.strip('"'): f.name for f in table.fields}
-    names = [name.strip().strip('"').strip().lower() for name in header.split(dialect.delimiter)]
-    return tuple(by_bare_name.get(name, name) for name in names)
+    """Header names as spec field names (a header may quote a name, as OHDSI's exports do for ``"offset"``)."""
+    return tuple(name.strip().strip('"').strip().lower() for name in header.split(dialect.delimiter))
 
 
 def open_cdm_csv(path: Path, table: str, error: ErrorType = SourceError) -> CdmCsv:
@@ -565,7 +563,6 @@ def export_cdm_folder(db: Database, folder: Path) -> dict[str, int]:
         frame = db.query(f"SELECT {columns} FROM {quote_identifier(table.name)}")
         if frame.is_empty():
             continue
-        frame = frame.rename({c: c.strip('"') for c in frame.columns})  # the spec's "offset" -> offset
         frame.write_csv(
             folder / f"{table.name.upper()}.csv", date_format="%Y-%m-%d", datetime_format="%Y-%m-%d %H:%M:%S"
         )

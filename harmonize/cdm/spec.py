@@ -105,6 +105,12 @@ def _yes(value: str | None, where: str) -> bool:
     return value == "Yes"
 
 
+def _field_name(raw: str) -> str:
+    """The column name. The spec writes the reserved word note_nlp.offset as ``"offset"`` (DDL quoting);
+    the column itself is ``offset`` and SQLAlchemy quotes it where a dialect needs that."""
+    return raw.strip().strip('"').lower()
+
+
 def _datatype(raw: str, where: str) -> tuple[str, int | None]:
     raw = raw.strip()
     if raw.lower() in _SCALAR_TYPES:
@@ -131,7 +137,7 @@ def _parse_fields(rows: list[dict[str, str]], path: Path) -> dict[str, list[Fiel
         fk_table = _na(row["fkTableName"])
         spec = FieldSpec(
             table=row["cdmTableName"].strip().lower(),
-            name=row["cdmFieldName"].strip().lower(),
+            name=_field_name(row["cdmFieldName"]),
             datatype=datatype,
             length=length,
             required=_yes(row["isRequired"], where),

@@ -135,11 +135,11 @@ def test_load_cdm_folder_on_postgres_matches_duckdb(postgres_url: str, tmp_path:
 
 
 def test_the_quoted_offset_column_of_note_nlp_loads_and_exports(tmp_path: Path) -> None:
-    """The spec names note_nlp's column "offset" with its quotes (a reserved word); files call it offset."""
+    """note_nlp.offset is a reserved word (quoted in the spec's DDL); files and the database call it offset."""
     header = (EUNOMIA / "NOTE_NLP.csv").read_text(encoding="utf-8").strip()
     (tmp_path / "NOTE_NLP.csv").write_text(f"{header}\n1,7,0,tumour size,12,size,0,0,nlp,2020-01-01,,,,\n")
     db = connect(tmp_path / "n.duckdb")
     assert load_cdm_folder(db, tmp_path) == {"note_nlp": 1}
-    assert db.query('SELECT "lexical_variant", """offset""" AS o FROM note_nlp').rows() == [("size", "12")]
+    assert db.query('SELECT "lexical_variant", "offset" AS o FROM note_nlp').rows() == [("size", "12")]
     export_cdm_folder(db, tmp_path / "out")
     assert (tmp_path / "out" / "NOTE_NLP.csv").read_text().splitlines()[0] == header

@@ -80,9 +80,6 @@ class CheckContext:
 
     dialect: str
     columns: dict[str, dict[str, str]]  # table -> column -> database type, as found in the database
-    # table -> column -> name in the database, where it differs: the CDM spec writes the reserved word
-    # note_nlp.offset as '"offset"', so databases built from the spec carry the quotes in the name.
-    quoted_names: dict[str, dict[str, str]] = field(default_factory=dict)
     catalogue: Catalogue = field(default_factory=load_catalogue)
     today: dt.date = field(default_factory=dt.date.today)
 
@@ -93,8 +90,7 @@ class CheckContext:
 
     def col(self, table: str, column: str | None) -> str:
         """The quoted SQL name of a field as it is in this database."""
-        name = column or ""
-        return q(self.quoted_names.get(table.lower(), {}).get(name.lower(), name))
+        return q(column or "")
 
     def column_type(self, table: str, column: str) -> str:
         return self.columns.get(table.lower(), {}).get(column.lower(), "")

@@ -96,22 +96,16 @@ def _result(instance: CheckInstance, violated: int | None, denominator: int | No
     )
 
 
-def inspect_columns(db: Database) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
-    """(table -> column -> type, table -> column -> actual name) for the current schema (one catalog query).
-    A column stored with surrounding double quotes in its name (the spec's '"offset"') is known by the bare name."""
+def inspect_columns(db: Database) -> dict[str, dict[str, str]]:
+    """table -> column -> type for the current schema (one catalog query)."""
     frame = db.query(
         "SELECT table_name, column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = current_schema()"
     )
     columns: dict[str, dict[str, str]] = {}
-    quoted: dict[str, dict[str, str]] = {}
     for table, column, kind in frame.iter_rows():
-        name = str(column)
-        bare = name[1:-1] if len(name) > 2 and name.startswith('"') and name.endswith('"') else name
-        columns.setdefault(str(table).lower(), {})[bare.lower()] = str(kind)
-        if bare != name:
-            quoted.setdefault(str(table).lower(), {})[bare.lower()] = name
-    return columns, quoted
+        columns.setdefault(str(table).lower(), {})[str(column).lower()] = str(kind)
+    return columns
 
 
 def _error_text(exc: Exception) -> str:
@@ -194,11 +188,9 @@ class _Runner:
 
 
 def build_context(db: Database, *, catalogue: Catalogue | None = None, today: dt.date | None = None) -> CheckContext:
-    columns, quoted = inspect_columns(db)
     return CheckContext(
         dialect=db.dialect,
-        columns=columns,
-        quoted_names=quoted,
+        columns=inspect_columns(db),
         catalogue=catalogue or load_catalogue(),
         today=today or dt.date.today(),
     )
