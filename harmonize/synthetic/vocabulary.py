@@ -47,57 +47,6 @@ ANCESTOR_COLUMNS = (
 )
 _END_OF_TIME = "20991231"
 
-# Reference rows of the small vocabulary tables, as published in the OHDSI/Athena test data
-# (domain_concept_id, concept_class_concept_id, relationship_concept_id are real ids).
-DOMAINS = {
-    "Condition": 19,
-    "Drug": 13,
-    "Measurement": 21,
-    "Procedure": 10,
-    "Observation": 27,
-    "Visit": 8,
-    "Gender": 2,
-    "Race": 3,
-    "Ethnicity": 4,
-    "Unit": 16,
-    "Type Concept": 58,
-    "Metadata": 7,
-}
-CONCEPT_CLASSES = {
-    "Clinical Finding": ("Clinical Finding", 44818997),
-    "Procedure": ("Procedure", 44819080),
-    "Lab Test": ("Laboratory Class", 45754678),
-    "Clinical Observation": ("Clinical Class", 45754679),
-    "Clinical Drug": ("Semantic Clinical Drug", 44819028),
-    "Quant Clinical Drug": ("Quantified Clinical Drug", 45754862),
-    "Unit": ("Unit", 44819072),
-    "Visit": ("OMOP Visit", 44819023),
-    "Gender": ("Gender", 44819086),
-    "Race": ("Race", 44819030),
-    "Ethnicity": ("Ethnicity", 44819035),
-    "Type Concept": ("Type Concept", 581453),
-    "3-char billing code": ("3-character billing code", 46233663),
-    "3-dig billing code": ("3-digit billing code", 45754868),
-}
-RELATIONSHIPS = (
-    ("Is a", "Is a", "1", "0", "Subsumes", "44818821"),
-    ("Subsumes", "Subsumes", "1", "1", "Is a", "44818723"),
-    ("Maps to", "Non-standard to Standard map (OMOP)", "0", "0", "Mapped from", "44818977"),
-    ("Mapped from", "Standard to Non-standard map (OMOP)", "0", "0", "Maps to", "44818976"),
-)
-VOCABULARY_NAMES = {
-    "SNOMED": "Systematic Nomenclature of Medicine - Clinical Terms (IHTSDO)",
-    "LOINC": "Logical Observation Identifiers Names and Codes (Regenstrief Institute)",
-    "RxNorm": "RxNorm (NLM)",
-    "UCUM": "Unified Code for Units of Measure (Regenstrief Institute)",
-    "ICD10CM": "International Classification of Diseases, Tenth Revision, Clinical Modification (NCHS)",
-    "ICD9CM": "International Classification of Diseases, Ninth Revision, Clinical Modification, Volume 1 and 2 (NCHS)",
-    "Gender": "OMOP Gender",
-    "Race": "Race and Ethnicity Code Set (USBC)",
-    "Ethnicity": "OMOP Ethnicity",
-    "Visit": "OMOP Visit",
-    "Type Concept": "OMOP Type Concept",
-}
 SUBSET_VERSION = "fedomop sample subset (Eunomia Synthea27Nj v5.0 09-APR-22 shard + verified additions)"
 
 
@@ -109,6 +58,7 @@ class Catalogue:
     external: list[dict]
     maps_to: list[dict]
     ancestors: list[tuple[int, int, int, int]]
+    reference: dict[str, list[dict]]
 
 
 def load_catalogue() -> Catalogue:
@@ -120,6 +70,7 @@ def load_catalogue() -> Catalogue:
         external=data["external"],
         maps_to=data["maps_to"],
         ancestors=[tuple(int(x) for x in row) for row in data["ancestors"]],  # type: ignore[misc]
+        reference=data["reference"],
     )
 
 
@@ -266,45 +217,85 @@ def build_vocabulary_subset(eunomia_dir: Path, out_dir: Path) -> dict[str, int]:
     _write_tsv(out_dir / "CONCEPT.csv", CONCEPT_COLUMNS, [[r[c] for c in CONCEPT_COLUMNS] for r in concepts])
     _write_tsv(out_dir / "CONCEPT_RELATIONSHIP.csv", RELATIONSHIP_COLUMNS, relationships)
     _write_tsv(out_dir / "CONCEPT_ANCESTOR.csv", ANCESTOR_COLUMNS, [tuple(map(str, a)) for a in ancestors])
-    used_vocabularies = sorted({r["vocabulary_id"] for r in concepts})
-    _write_tsv(
-        out_dir / "VOCABULARY.csv",
-        ("vocabulary_id", "vocabulary_name", "vocabulary_reference", "vocabulary_version", "vocabulary_concept_id"),
-        [(v, VOCABULARY_NAMES[v], "OMOP generated", SUBSET_VERSION, "0") for v in used_vocabularies],
-    )
-    used_domains = sorted({r["domain_id"] for r in concepts})
-    _write_tsv(
-        out_dir / "DOMAIN.csv",
-        ("domain_id", "domain_name", "domain_concept_id"),
-        [(d, d, str(DOMAINS[d])) for d in used_domains],
-    )
-    used_classes = sorted({r["concept_class_id"] for r in concepts})
-    _write_tsv(
-        out_dir / "CONCEPT_CLASS.csv",
-        ("concept_class_id", "concept_class_name", "concept_class_concept_id"),
-        [(c, CONCEPT_CLASSES[c][0], str(CONCEPT_CLASSES[c][1])) for c in used_classes],
-    )
-    _write_tsv(
-        out_dir / "RELATIONSHIP.csv",
-        (
-            "relationship_id",
-            "relationship_name",
-            "is_hierarchical",
-            "defines_ancestry",
-            "reverse_relationship_id",
-            "relationship_concept_id",
-        ),
-        list(RELATIONSHIPS),
-    )
+    reference_rows = reference_tables(catalogue, concepts)
+    for name, (header, rows) in reference_rows.items():
+        _write_tsv(out_dir / f"{name}.csv", header, rows)
     write_provenance(out_dir / "PROVENANCE.md", catalogue)
     return {
         "CONCEPT": len(concepts),
         "CONCEPT_RELATIONSHIP": len(relationships),
         "CONCEPT_ANCESTOR": len(ancestors),
-        "VOCABULARY": len(used_vocabularies),
-        "DOMAIN": len(used_domains),
-        "CONCEPT_CLASS": len(used_classes),
-        "RELATIONSHIP": len(RELATIONSHIPS),
+        **{name: len(rows) for name, (_header, rows) in reference_rows.items()},
+    }
+
+
+def _meta_concept_id(concept_id: int | None, ids: set[int]) -> str:
+    """The real meta-concept id where that concept is in the subset, else 0 (OMOP's "no concept").
+
+    VOCABULARY/DOMAIN/CONCEPT_CLASS/RELATIONSHIP rows point into CONCEPT; writing an id whose concept is
+    absent would make every such row an orphan for the foreign-key checks.
+    """
+    return str(concept_id) if concept_id is not None and concept_id in ids else "0"
+
+
+def _rows_used(rows: list[dict], used: set[str], table: str) -> list[dict]:
+    """The catalogue rows whose id the concepts use; every used id must have a row."""
+    missing = used - {str(r["id"]) for r in rows}
+    if missing:
+        raise VocabularyError(
+            f"{table} ids {sorted(missing)} are used by concepts but have no reference row",
+            where="harmonize/synthetic/concepts.yaml: reference",
+            fix=f"add them under reference.{table}",
+        )
+    return sorted((r for r in rows if str(r["id"]) in used), key=lambda r: str(r["id"]))
+
+
+def reference_tables(
+    catalogue: Catalogue, concepts: list[dict[str, str]]
+) -> dict[str, tuple[tuple[str, ...], list[tuple[str, ...]]]]:
+    """VOCABULARY, DOMAIN, CONCEPT_CLASS and RELATIONSHIP rows (header, rows) for the concepts of the subset."""
+    ids = {int(c["concept_id"]) for c in concepts}
+    ref = catalogue.reference
+    vocabularies = _rows_used(ref["vocabularies"], {c["vocabulary_id"] for c in concepts}, "vocabularies")
+    domains = _rows_used(ref["domains"], {c["domain_id"] for c in concepts}, "domains")
+    classes = _rows_used(ref["concept_classes"], {c["concept_class_id"] for c in concepts}, "concept_classes")
+    return {
+        "VOCABULARY": (
+            ("vocabulary_id", "vocabulary_name", "vocabulary_reference", "vocabulary_version", "vocabulary_concept_id"),
+            [
+                (str(v["id"]), v["name"], "OMOP generated", SUBSET_VERSION, _meta_concept_id(v["concept_id"], ids))
+                for v in vocabularies
+            ],
+        ),
+        "DOMAIN": (
+            ("domain_id", "domain_name", "domain_concept_id"),
+            [(str(d["id"]), str(d["id"]), _meta_concept_id(d["concept_id"], ids)) for d in domains],
+        ),
+        "CONCEPT_CLASS": (
+            ("concept_class_id", "concept_class_name", "concept_class_concept_id"),
+            [(str(c["id"]), c["name"], _meta_concept_id(c["concept_id"], ids)) for c in classes],
+        ),
+        "RELATIONSHIP": (
+            (
+                "relationship_id",
+                "relationship_name",
+                "is_hierarchical",
+                "defines_ancestry",
+                "reverse_relationship_id",
+                "relationship_concept_id",
+            ),
+            [
+                (
+                    r["id"],
+                    r["name"],
+                    r["hierarchical"],
+                    r["ancestry"],
+                    r["reverse"],
+                    _meta_concept_id(r["concept_id"], ids),
+                )
+                for r in ref["relationships"]
+            ],
+        ),
     }
 
 
@@ -334,9 +325,14 @@ def write_provenance(path: Path, catalogue: Catalogue) -> None:
         "  with their `Maps to`/`Is a`/`Subsumes` rows from its `CONCEPT_RELATIONSHIP.csv`.",
         "* The concepts below are not in that shard; each concept_id was found in public OHDSI material",
         "  next to its code and name (where the code was not found verbatim the row says so).",
-        "* `vocabulary_concept_id` is 0 for every vocabulary, as in the Eunomia shard's own VOCABULARY.csv.",
-        "* DOMAIN, CONCEPT_CLASS and RELATIONSHIP rows (with their real concept ids) are copied from the",
-        "  OHDSI/Athena test data SQL named below.",
+        "* VOCABULARY, DOMAIN, CONCEPT_CLASS and RELATIONSHIP rows come from `reference:` in concepts.yaml",
+        "  (names and ids as in OHDSI/Athena `src/test/resources/testdata/*.csv`). Their `*_concept_id` is the",
+        "  real meta-concept id only where that concept is itself in the subset (the domain concepts below);",
+        "  every other one is 0, OMOP's 'No matching concept' (concept 0 is in the subset), as the Eunomia",
+        "  shard's own VOCABULARY.csv does. So every concept id the vocabulary tables store resolves in CONCEPT.",
+        "* Meta-concepts the engine writes are in the subset: 0 (unmapped), 756265 (cdm_source.cdm_version_concept_id),",
+        "  32528 (episode_concept_id), 1147127 (episode_event_field_concept_id), 32817 (type concept).",
+        "  Where their concept_code could not be found it is the placeholder `OMOP generated` (the row says so).",
         "",
         "| concept_id | code | vocabulary | name | where verified |",
         "|---|---|---|---|---|",
