@@ -75,6 +75,21 @@ for i, path in enumerate(sys.argv[2:]):
     pl.scan_csv(path, infer_schema=False).sink_parquet(f"{out}/{i}.parquet")
 """
 
+PARALLEL_MAPS = """
+import subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+fedomop, mapping, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pairs = list(zip(sys.argv[4::2], sys.argv[5::2]))
+def run(pair):
+    command = [fedomop, "map", "--mapping", mapping, "--source", pair[0], "--db", pair[1]]
+    return subprocess.run(command, capture_output=True, text=True)
+with ThreadPoolExecutor(jobs) as pool:
+    failed = [r for r in pool.map(run, pairs) if r.returncode]
+for r in failed:
+    print(r.stdout[-2000:], r.stderr[-2000:])
+sys.exit(1 if failed else 0)
+"""
+
 DUCKDB_BASELINE = """
 import sys, duckdb
 con = duckdb.connect(sys.argv[1])
@@ -191,12 +206,28 @@ class EtlRound:
     duck_cpu: float = 0.0
 
 
-def etl_round(site_dir: Path, folders: list[Path], work: Path) -> tuple[EtlRound, list[Path]]:
-    """One baseline run and one ETL run (all parts, one after another) on the same files."""
+def map_parts(folders: list[Path], dbs: list[Path], jobs: int) -> list[TreeRun]:
+    """Map every part: one after another (one TreeRun each), or ``jobs`` at a time under one driver process
+    (one TreeRun whose peak memory is that of all concurrent maps together)."""
+    if jobs == 1:
+        return [map_part(f, db) for f, db in zip(folders, dbs, strict=True)]
+    for db in dbs:
+        db.unlink(missing_ok=True)
+    pairs = [str(p) for f, db in zip(folders, dbs, strict=True) for p in (f, db)]
+    run = checked(
+        run_monitored([PYTHON, "-c", PARALLEL_MAPS, FEDOMOP, str(MAPPING), str(jobs), *pairs]), "parallel maps"
+    )
+    counts = [run_counts(db) for db in dbs]
+    run.extra.update({key: sum(c[key] for c in counts) for key in counts[0]})
+    return [run]
+
+
+def etl_round(site_dir: Path, folders: list[Path], work: Path, jobs: int = 1) -> tuple[EtlRound, list[Path]]:
+    """One baseline run and one ETL run (all parts, ``jobs`` at a time) on the same files."""
     base = baseline(site_dir, work)
     duck = duckdb_baseline(site_dir, work)
     dbs = [work / f"{f.name}.duckdb" for f in folders]
-    maps = [map_part(f, db) for f, db in zip(folders, dbs, strict=True)]
+    maps = map_parts(folders, dbs, jobs)
     result = EtlRound(
         etl_seconds=sum(r.seconds for r in maps),
         etl_cpu=sum(r.cpu_seconds for r in maps),
@@ -252,7 +283,9 @@ def merge_parts(dbs: list[Path], target: Path) -> float:
     return time.perf_counter() - start
 
 
-def etl_section(site_dir: Path, rounds: list[EtlRound], parts: int, split: TreeRun | None, command: str) -> str:
+def etl_section(
+    site_dir: Path, rounds: list[EtlRound], parts: int, split: TreeRun | None, command: str, jobs: int = 1
+) -> str:
     first = rounds[0]
     etl = median([r.etl_seconds for r in rounds])
     base = median([r.base_seconds for r in rounds])
@@ -265,7 +298,7 @@ def etl_section(site_dir: Path, rounds: list[EtlRound], parts: int, split: TreeR
     lines = [
         f"{first.persons:,} persons, {first.records:,} source records (CSV rows, {csv_mib:,.0f} MiB), "
         f"{first.rows:,} OMOP rows; {len(rounds)} interleaved round(s), median; "
-        + (f"{parts} person-disjoint parts mapped one after another; " if parts > 1 else "")
+        + (f"{parts} person-disjoint parts, {jobs} mapped at a time; " if parts > 1 else "")
         + f"1-min load average {min(r.load[0] for r in rounds):.1f}-{max(r.load[1] for r in rounds):.1f}.",
         "",
         "| run | wall s | CPU s | records/s (wall) | OMOP rows/s (wall) | peak RSS MiB (process tree) |",
@@ -300,7 +333,7 @@ def cmd_etl(args: argparse.Namespace) -> None:
         folders = [site_dir]
     rounds, dbs = [], []
     for _ in range(args.runs):
-        result, dbs = etl_round(site_dir, folders, work)
+        result, dbs = etl_round(site_dir, folders, work, args.jobs)
         rounds.append(result)
     if args.merge:
         seconds = merge_parts(dbs, args.merge)
@@ -312,7 +345,7 @@ def cmd_etl(args: argparse.Namespace) -> None:
         for db in dbs:
             db.unlink(missing_ok=True)
     command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
-    section = etl_section(site_dir, rounds, args.parts, split, command)
+    section = etl_section(site_dir, rounds, args.parts, split, command, args.jobs)
     print(section)
     if args.write_docs:
         append_docs(f"## Scale: ETL against the physical limit ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
@@ -533,6 +566,7 @@ def main() -> None:
     etl = sub.add_parser("etl", help="fedomop map vs polars scan_csv -> parquet on the same CSVs")
     etl.add_argument("--site-dir", type=Path, required=True, help="a site-A-style CSV folder")
     etl.add_argument("--parts", type=int, default=1, help="map as N person-disjoint parts (bounded memory)")
+    etl.add_argument("--jobs", type=int, default=1, help="parts mapped at the same time (memory adds up)")
     etl.add_argument("--person-column", default="patient_id")
     etl.add_argument("--runs", type=int, default=1, help="interleaved rounds; medians reported")
     etl.add_argument("--merge", type=Path, help="merge the part databases into this DuckDB file")
