@@ -49,6 +49,18 @@ def register(app: typer.Typer) -> None:
         message_log: Annotated[
             Path | None, typer.Option(help="Simulation: record the shape of every site reply (JSONL) for audit.")
         ] = None,
+        round_timeout: Annotated[
+            float, typer.Option(help="Seconds a round waits for its sites; a site that does not answer is missing.")
+        ] = 600.0,
+        min_sites: Annotated[
+            int, typer.Option(help="Fewest sites a round may go on with (0: all; histogram XGBoost needs all).")
+        ] = 0,
+        certs: Annotated[
+            Path | None,
+            typer.Option(
+                help="Deployment: `fedomop certs create` folder; histogram XGBoost's allreduce then uses TLS."
+            ),
+        ] = None,
     ) -> None:
         """Train a federated model for a study and compare it with each site alone (and pooled, in simulation)."""
         from federated import runner
@@ -58,8 +70,17 @@ def register(app: typer.Typer) -> None:
         load_study(study_spec_path)  # fail early, with the file and key, on a bad study
         if strategy not in ("fedavg", "fedprox"):
             raise typer.BadParameter("choose fedavg or fedprox", param_hint="--strategy")
-        options = {"model": model, "rounds": rounds, "strategy": strategy, "proximal_mu": mu}
+        options = {
+            "model": model,
+            "rounds": rounds,
+            "strategy": strategy,
+            "proximal_mu": mu,
+            "round_timeout": round_timeout,
+            "min_sites": min_sites,
+        }
         if federation:
+            if certs:
+                options["certs"] = str(certs.resolve())
             result = runner.run_deployment(
                 study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
             )
@@ -84,6 +105,10 @@ def register(app: typer.Typer) -> None:
         root_cert: Annotated[
             Path | None, typer.Option(help="CA certificate of the hub (TLS); omit for --insecure.")
         ] = None,
+        certs: Annotated[
+            Path | None,
+            typer.Option(help="Folder from `fedomop certs create`: TLS + sign with <site>.key (default insecure)."),
+        ] = None,
     ) -> None:
         """Run this site's Flower SuperNode in the foreground, pointed at its own database."""
         site = name or Path(db).stem
@@ -94,6 +119,7 @@ def register(app: typer.Typer) -> None:
             runtime_port=runtime_port,
             policy=str(policy.resolve()) if policy else None,
             root_cert=str(root_cert) if root_cert else None,
+            certs=certs.resolve() if certs else None,
         )
         console.print(f"site {site}: connecting to {superlink}")
         raise typer.Exit(subprocess.call(command, env=flower_env(None)))
@@ -108,15 +134,42 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Name written to $FLWR_HOME/config.toml for --federation.")
         ] = "fedomop",
         flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME (default ~/.flwr).")] = None,
+        certs: Annotated[
+            Path | None,
+            typer.Option(help="Folder from `fedomop certs create`: TLS, and admit only the sites whose .pub it holds."),
+        ] = None,
     ) -> None:
-        """Run the hub's Flower SuperLink in the foreground (insecure; TLS comes with the governance certificates)."""
+        """Run the hub's Flower SuperLink in the foreground (insecure unless --certs)."""
         home = flwr_home or Path.home() / ".flwr"
-        write_connection(home, connection, f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}")
+        address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
-        raise typer.Exit(subprocess.call(hub_command(port, host=host), env=flower_env(home)))
+        if not certs:
+            write_connection(home, connection, address)
+            raise typer.Exit(subprocess.call(hub_command(port, host=host), env=flower_env(home)))
+        raise typer.Exit(_secure_hub(port, host, certs.resolve(), home, connection, address))
 
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")
+
+
+def _secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, address: str) -> int:
+    """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
+    ``certs``, then stay in the foreground until it exits."""
+    from federated.deploy import wait_for_port
+    from federated.governance.certs import register_supernode, write_flower_connection
+
+    write_flower_connection(home, connection, address, certs / "ca.crt")
+    hub = subprocess.Popen(hub_command(port, host=host, certs=certs), env=flower_env(home))
+    try:
+        wait_for_port(port, process=hub)
+        for public_key in sorted(certs.glob("*.pub")):
+            node_id = register_supernode(public_key, flwr_home=home, connection=connection)
+            console.print(f"registered {public_key.stem} (node {node_id})")
+        return hub.wait()
+    finally:
+        if hub.poll() is None:
+            hub.terminate()
+            hub.wait(15)
 
 
 def _study_path(study: str) -> Path:

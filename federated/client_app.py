@@ -6,7 +6,8 @@ audited; what leaves the site is audited by size. Replies hold model parameters,
 quantile sketches, moment sums or held-out metrics, never a row or a person id.
 
 Node config: ``db`` (the site's OMOP database URL or DuckDB path), ``site`` (its
-name), optional ``policy`` (governance YAML) and ``message-log`` (a JSONL file that
+name), ``policy`` (governance YAML; without one the site refuses every request,
+``policy="none-for-testing"`` opts out explicitly) and optional ``message-log`` (a JSONL file that
 records the shape of every reply, for audits and tests). In the simulation engine
 the sites are given to :func:`make_client_app` and chosen by ``partition-id``.
 """
@@ -30,12 +31,13 @@ from federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
 from federated.study import StudySpec, parse_study
 from federated.transport import describe_content
 from harmonize.db import connect
-from harmonize.errors import FedomopError, StudyError
+from harmonize.errors import FedomopError, PolicyError, StudyError
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500
 MLP = "mlp"  # federated.models.mlp imports torch; loaded only when an MLP message arrives
 XGB_MODELS = {xgb_bagging.NAME, xgb_cyclic.NAME, xgb_histogram.NAME}
+NO_POLICY = "none-for-testing"  # the explicit opt-out (node config policy=...): no governance at all
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Site:
     db: str
     policy: str | None = None
     message_log: str | None = None
+    certs: str | None = None  # folder with ca.crt and <site>.tls.pem/.key (TLS of histogram XGBoost)
 
 
 @dataclass
@@ -94,6 +97,7 @@ def _site_from_context(context: Context, sites: list[Site] | None) -> Site:
             db=str(node["db"]),
             policy=str(node["policy"]) if node.get("policy") else None,
             message_log=str(node["message-log"]) if node.get("message-log") else None,
+            certs=str(node["certs"]) if node.get("certs") else None,
         )
     if sites and "partition-id" in node:
         return sites[int(node["partition-id"])]
@@ -105,9 +109,19 @@ def _site_from_context(context: Context, sites: list[Site] | None) -> Site:
 
 
 def _governed(site: Site, study: StudySpec, requester: str) -> Any:
-    """Enforce the site policy (raises PolicyError); None when the node has no policy."""
-    if not site.policy:
+    """Enforce the site policy (raises PolicyError); None only when the node explicitly opted out.
+
+    A site is governed by default: a node without ``policy`` refuses every data request.
+    """
+    if site.policy == NO_POLICY:
         return None
+    if not site.policy:
+        raise PolicyError(
+            "this site has no governance policy, so it answers no data request",
+            where=f"node config of {site.name}",
+            fix=f"start the SuperNode with --node-config 'policy=\"site.yaml\"' (fedomop site start --policy), "
+            f'or policy="{NO_POLICY}" for tests on synthetic data',
+        )
     from federated.governance import enforce_request
 
     return enforce_request(site.policy, study, code_hash(), requester)
@@ -189,8 +203,24 @@ def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
         world_size=int(config["world-size"]),
         rank=int(config["rank"]),
         rounds=int(config["rounds"]),
+        tls=_histogram_tls(prep.site, bool(config.get("xgb-tls", False))),
     )
     return RecordDict({"model": model, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
+    """The site's client certificate for the hub's TLS allreduce server, when the hub asks for TLS."""
+    if not required:
+        return None
+    if not site.certs:
+        raise StudyError(
+            "the hub runs histogram XGBoost over TLS but this site has no certificates",
+            where=f"node config of {site.name}",
+            fix="start the site with fedomop site start --certs DIR (ca.crt, <site>.tls.pem, <site>.tls.key)",
+        )
+    from federated.governance.certs import xgboost_client_tls
+
+    return xgboost_client_tls(site.certs, site.name)
 
 
 def _train_local(prep: Prepared, message: Message) -> RecordDict:

@@ -2,16 +2,24 @@
 
 ``fedomop hub start`` and ``fedomop site start`` call these; tests use
 :class:`LocalDeployment` to run a hub and four sites on 127.0.0.1. Each SuperNode is
-told its site database by node config (``db``, ``site``, optional ``policy``), so the
-same app runs unchanged at every site. The SuperLink serves its Control, Fleet and
+told its site database by node config (``db``, ``site``, ``policy``), so the
+same app runs unchanged at every site. A site without ``policy`` refuses every data
+request; tests on synthetic data pass ``policy="none-for-testing"``.
+
+Transport is insecure by default (tests on 127.0.0.1). With ``certs`` (``--certs DIR``,
+made by ``fedomop certs create``) the SuperLink serves TLS and only admits registered
+SuperNodes, each signing its requests with ``DIR/<site>.key``
+(:mod:`federated.governance.certs`). The SuperLink serves its Control, Fleet and
 Runtime HTTP APIs on one port; ``flwr run`` reaches it through a named connection
 in ``$FLWR_HOME/config.toml``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,8 +62,14 @@ def write_connection(
 
 
 def hub_command(
-    port: int, *, insecure: bool = True, host: str = "127.0.0.1", tls: tuple[str, str, str] | None = None
+    port: int,
+    *,
+    insecure: bool = True,
+    host: str = "127.0.0.1",
+    tls: tuple[str, str, str] | None = None,
+    certs: str | Path | None = None,
 ) -> list[str]:
+    """``flower-superlink`` argv; ``certs``: TLS + SuperNode authentication with that folder's keys."""
     command = [
         str(BIN / "flower-superlink"),
         "--disable-runtime-dependency-installation",
@@ -64,7 +78,11 @@ def hub_command(
         "--port",
         str(port),
     ]
-    if tls:
+    if certs:
+        from federated.governance.certs import superlink_tls_args
+
+        command += superlink_tls_args(certs)
+    elif tls:
         ca, cert, key = tls
         command += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key]
     elif insecure:
@@ -82,12 +100,16 @@ def site_command(
     message_log: str | None = None,
     insecure: bool = True,
     root_cert: str | None = None,
+    certs: str | Path | None = None,
 ) -> list[str]:
+    """``flower-supernode`` argv; ``certs``: trust the hub's CA and sign with ``certs/<site>.key``."""
     node_config = [f'db="{db}"', f'site="{site}"']
     if policy:
         node_config.append(f'policy="{policy}"')
     if message_log:
         node_config.append(f'message-log="{message_log}"')
+    if certs:
+        node_config.append(f'certs="{certs}"')
     command = [
         str(BIN / "flower-supernode"),
         "--superlink",
@@ -97,7 +119,11 @@ def site_command(
         "--node-config",
         " ".join(node_config),
     ]
-    if root_cert:
+    if certs:
+        from federated.governance.certs import supernode_auth_args
+
+        command += supernode_auth_args(certs, site)
+    elif root_cert:
         command += ["--root-certificates", root_cert]
     elif insecure:
         command.append("--insecure")
@@ -118,7 +144,12 @@ def wait_for_port(port: int, timeout_s: float = 60.0, process: subprocess.Popen 
 
 @dataclass
 class LocalDeployment:
-    """A SuperLink and one SuperNode per site on 127.0.0.1, each logging to ``workdir``."""
+    """A SuperLink and one SuperNode per site on 127.0.0.1, each logging to ``workdir``.
+
+    ``policies``: site -> policy YAML (or ``"none-for-testing"``); a site without one refuses
+    every request. ``certs``: a folder with (or to receive) ``fedomop certs create`` output;
+    the hub then serves TLS and admits only the sites registered from ``<site>.pub``.
+    """
 
     workdir: Path
     sites: dict[str, str]
@@ -127,6 +158,8 @@ class LocalDeployment:
     connection: str = "fedomop-local"
     port: int = 0
     processes: list[subprocess.Popen] = field(default_factory=list)
+    certs: Path | None = None
+    site_processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def flwr_home(self) -> Path:
@@ -136,9 +169,12 @@ class LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         env = flower_env(self.flwr_home)
-        write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
-        hub = self._spawn(hub_command(self.port), "hub", env)
-        wait_for_port(self.port, process=hub)
+        if self.certs:
+            self._secure_hub(env)
+        else:
+            write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
+            hub = self._spawn(hub_command(self.port), "hub", env)
+            wait_for_port(self.port, process=hub)
         for name, db in self.sites.items():
             command = site_command(
                 f"127.0.0.1:{self.port}",
@@ -147,26 +183,55 @@ class LocalDeployment:
                 runtime_port=free_port(),
                 policy=self.policies.get(name),
                 message_log=self.message_log,
+                certs=self.certs,
             )
-            self._spawn(command, name, env)
+            self.site_processes[name] = self._spawn(command, name, env)
         return self
+
+    def _secure_hub(self, env: dict[str, str]) -> None:
+        """TLS SuperLink with SuperNode authentication; every site's public key registered."""
+        from federated.governance.certs import create_credentials, register_supernode, write_flower_connection
+
+        certs = Path(self.certs).resolve()  # type: ignore[arg-type]
+        self.certs = certs
+        if not (certs / "ca.crt").exists():
+            create_credentials(certs, list(self.sites))
+        write_flower_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}", certs / "ca.crt")
+        hub = self._spawn(hub_command(self.port, certs=certs), "hub", env)
+        wait_for_port(self.port, process=hub)
+        for name in self.sites:
+            register_supernode(certs / f"{name}.pub", flwr_home=self.flwr_home, connection=self.connection)
+
+    def kill_site(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a site's SuperNode and the ClientApp processes it spawned (a crash, for fault tests)."""
+        process = self.site_processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(15)
 
     def _spawn(self, command: list[str], name: str, env: dict[str, str]) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, start_new_session=True
+        )
         self.processes.append(process)
         return process
 
     def stop(self) -> None:
+        """End every process group this deployment started (each SuperNode with its ClientApps)."""
         for process in reversed(self.processes):
             if process.poll() is None:
-                process.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
         self.processes.clear()
+        self.site_processes.clear()
 
     def __enter__(self) -> LocalDeployment:
         return self.start()

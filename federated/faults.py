@@ -16,6 +16,9 @@ Behaviour:
   :class:`TooFewSitesError` (a StudyError) naming the missing sites, instead of
   aggregating over too few sites; so does waiting longer than ``wait_for_sites``
   seconds for ``min_sites`` connected nodes (Flower's node sampling would wait forever);
+* with ``turn_taking=True`` (cyclic XGBoost: one site per round) a round that asked fewer
+  than ``min_sites`` sites may go unanswered -- that turn is skipped and the strategy keeps
+  its model -- as long as ``min_sites`` sites answered the last time they were asked;
 * a site that restarts reconnects to the SuperLink and is sampled again from the
   next round on; with SuperNode authentication it keeps its node id, and the SuperLink
   only re-admits it once the dead process missed two heartbeats (about a minute), which
@@ -128,6 +131,7 @@ class FaultTolerantGrid(Grid):
         wait_for_sites: float | None = None,
         poll_interval: float = 0.5,
         observers: Iterable[Callable[[Message], None]] = (),
+        turn_taking: bool = False,
     ) -> None:
         if min_sites < 1 or round_timeout <= 0:
             raise StudyError(
@@ -143,6 +147,8 @@ class FaultTolerantGrid(Grid):
         self.observers = list(observers)  # see every reply (e.g. to check or count what sites sent)
         self.report = FaultReport(min_sites=min_sites, round_timeout=round_timeout)
         self.site_names: dict[int, str] = {}
+        self.turn_taking = turn_taking  # rounds ask one site at a time (cyclic): a miss skips that turn
+        self._last_answered: dict[str, bool] = {}  # per site: did it answer the last time it was asked
         self._short_since: float | None = None
 
     # -- delegation ------------------------------------------------------------------------
@@ -247,11 +253,22 @@ class FaultTolerantGrid(Grid):
                 bytes_received=sum(_reply_size(r) for r in replies),
             )
         )
+        self._last_answered.update({self.site(n): n in answered for n in asked})
         required = min(self.min_sites, len(asked))
+        if self.turn_taking and len(asked) < self.min_sites:
+            required = 0  # the strategy keeps its model for a skipped turn; enough sites must remain
+            lost = sorted(site for site, ok in self._last_answered.items() if not ok)
+            known = set(self.site_names.values()) | set(self._last_answered)
+            if len(known) - len(lost) < self.min_sites:
+                self._abort(
+                    f"{message_type} round {number}: only {len(known) - len(lost)} site(s) still answering, "
+                    f"{self.min_sites} required (missing: {', '.join(lost)})"
+                )
         if len(answered) < required:
             self._abort(
                 f"{message_type} round {number}: only {len(answered)} of {len(asked)} sites answered, "
-                f"{required} required (missing: {', '.join(missing + list(failed)) or 'none'})"
+                f"{required} required (missing: {', '.join(missing) or 'none'}; "
+                f"failed: {'; '.join(f'{site}: {why}' for site, why in failed.items()) or 'none'})"
             )
         return replies
 

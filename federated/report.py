@@ -108,6 +108,8 @@ def write_model_card(result: dict[str, Any], study_text: str, out: Path, app_has
             else None,
         },
         "traffic_bytes": result.get("traffic"),
+        "missing_sites": (result.get("faults") or {}).get("missing_sites", []),
+        "faults": result.get("faults"),
         "train_seconds": result.get("train_seconds"),
         "app_hash": app_hash,
         "software": {p: _version(p) for p in ("fedomop", "flwr", "xgboost", "torch")},

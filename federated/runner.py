@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from federated import features, metrics, split
-from federated.client_app import Site, code_hash, make_client_app
+from federated.client_app import NO_POLICY, Site, code_hash, make_client_app
 from federated.models import mlp, xgb_common
 from federated.report import write_model_card
 from federated.server_app import RunSettings, make_server_app
@@ -60,14 +60,24 @@ def simulate(
     out: str | Path = "out/federated",
     pooled: bool = True,
     message_log: str | Path | None = None,
+    policies: dict[str, str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Train in the simulation engine; returns the result dict (also in ``out/result.json``)."""
+    """Train in the simulation engine; returns the result dict (also in ``out/result.json``).
+
+    ``policies`` maps a site name to its governance YAML; a site not listed runs with the
+    explicit opt-out (:data:`federated.client_app.NO_POLICY`): a simulation reads local copies
+    that the researcher already holds, whereas a deployed SuperNode is governed by default.
+    """
     from flwr.simulation import run_simulation
 
     study_text = Path(study_path).read_text(encoding="utf-8")
     study = parse_study(study_text, source=str(study_path))
-    sites = [Site(s.name, s.db, message_log=str(message_log) if message_log else None) for s in site_list(site_paths)]
+    log = str(message_log) if message_log else None
+    sites = [
+        Site(s.name, s.db, policy=(policies or {}).get(s.name, NO_POLICY), message_log=log)
+        for s in site_list(site_paths)
+    ]
     settings = RunSettings(study_text=study_text, out=str(out), min_nodes=len(sites), **options)
     backend = {
         "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False},

@@ -6,6 +6,12 @@ federated evaluation of the final model on every site's held-out 30%, and the
 site-alone references (each site's own model, evaluated on every site's held-out
 set). The hub writes ``result.json`` and the model to ``out`` for the caller; the
 pooled reference is added afterwards, only in simulation (see :mod:`federated.runner`).
+
+Every exchange goes through a :class:`federated.faults.FaultTolerantGrid`: a round waits
+at most ``round_timeout`` s, FedAvg/FedProx/bagging/cyclic go on with the sites that
+answered as long as ``min_sites`` did, histogram XGBoost (an allreduce over every site)
+stops with the missing site named, and ``result.json`` says who was missing per round
+(``faults``).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from federated import metrics
+from federated.faults import FaultTolerantGrid
 from federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
-from federated.models.xgb_histogram import collect
 from federated.strategies import fedavg, fedprox
 from federated.study import parse_study
 from federated.transport import CountingGrid
@@ -47,6 +53,9 @@ class RunSettings:
     requester: str = "hub"
     compare_local: bool = True
     wait_for_nodes_s: float = 120.0
+    round_timeout: float = 600.0  # seconds a round waits for its sites (histogram: the whole training)
+    min_sites: int = 0  # fewest sites a round may continue with; 0: every site that answered describe
+    certs: str = ""  # fedomop certs create folder: histogram XGBoost's allreduce server then requires TLS
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -106,6 +115,7 @@ class RunResult:
     traffic: dict[str, dict[str, int]] = field(default_factory=dict)
     train_seconds: float = 0.0
     flower_rounds: int = 0
+    faults: dict[str, Any] = field(default_factory=dict)  # FaultReport.to_dict(): who was missing per round
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -128,14 +138,29 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, what: str) -> list[Message]:
-    return collect(grid, [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes], what)
+def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict) -> dict[int, Message]:
+    """Replies by node from the sites that answered; the FaultTolerantGrid below has already
+    recorded the others and stopped the run if fewer than ``min_sites`` answered."""
+    messages = [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes]
+    replies = grid.send_and_receive(messages)
+    return {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+
+
+def fault_tolerant(grid: Grid, settings: RunSettings, n_sites: int) -> FaultTolerantGrid:
+    """Bound every round by ``round_timeout`` and let training go on with ``min_sites`` of the sites."""
+    return FaultTolerantGrid(
+        grid,
+        round_timeout=settings.round_timeout,
+        min_sites=min(settings.min_sites or n_sites, n_sites),
+        wait_for_sites=settings.wait_for_nodes_s,
+        turn_taking=settings.model == xgb_cyclic.NAME,
+    )
 
 
 def describe_sites(grid: Grid, nodes: list[int], config: dict[str, Any]) -> dict[str, SiteInfo]:
-    replies = _send(grid, nodes, "query.describe", RecordDict({"config": ConfigRecord(config)}), "describe")
+    replies = _send(grid, nodes, "query.describe", RecordDict({"config": ConfigRecord(config)}))
     sites = {}
-    for node, reply in zip(nodes, replies, strict=True):
+    for node, reply in replies.items():
         info, counts = reply.content["site"], reply.content["counts"]
         sites[str(info["site"])] = SiteInfo(
             node, str(info["site"]), int(counts["n-train"]), int(counts["n-test"]), str(info["data-version"])
@@ -149,9 +174,12 @@ def evaluate_everywhere(
     """Held-out metrics of several models at every site in one round trip: {label: {site: metrics}}."""
     names = list(sites)
     content = RecordDict({"config": ConfigRecord(config), **{f"model.{label}": m for label, m in models.items()}})
-    replies = _send(grid, [sites[s].node_id for s in names], "evaluate.many", content, "evaluation")
+    replies = _send(grid, [sites[s].node_id for s in names], "evaluate.many", content)
     out: dict[str, dict[str, dict[str, float]]] = {label: {} for label in models}
-    for name, reply in zip(names, replies, strict=True):
+    for name in names:
+        reply = replies.get(sites[name].node_id)
+        if reply is None:  # missing at the end: no held-out metrics for that site
+            continue
         for label in models:
             record = reply.content[f"metrics.{label}"]
             out[label][name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
@@ -163,34 +191,46 @@ def train_federated(
 ) -> tuple[ArrayRecord, dict[int, dict[str, float]], int]:
     """Train the chosen model; returns the model, per-round history and the number of Flower rounds."""
     n = len(nodes)
+    least = min(settings.min_sites or n, n)
     if settings.model == xgb_histogram.NAME:
         grid.phase = "histogram"
-        model = xgb_histogram.server_run(grid, nodes, settings.rounds, config, host=settings.xgb_host)  # type: ignore[arg-type]
+        model = xgb_histogram.server_run(
+            grid,  # type: ignore[arg-type]
+            nodes,
+            settings.rounds,
+            config,
+            host=settings.xgb_host,
+            certs=settings.certs or None,
+        )
         return model, {}, 2
     if settings.model == xgb_bagging.NAME:
-        model, history = xgb_bagging.server_run(grid, settings.rounds, config, n)  # type: ignore[arg-type]
+        model, history = xgb_bagging.server_run(grid, settings.rounds, config, least, n_sites=n)  # type: ignore[arg-type]
         return model, history, settings.rounds
     if settings.model == xgb_cyclic.NAME:
-        model, history = xgb_cyclic.server_run(grid, settings.rounds, config, n)  # type: ignore[arg-type]
+        model, history = xgb_cyclic.server_run(grid, settings.rounds, config, least)  # type: ignore[arg-type]
         return model, history, settings.rounds
     grid.phase = "moments"
-    replies = _send(grid, nodes, "query.moments", RecordDict({"config": ConfigRecord(config)}), "moments")  # type: ignore[arg-type]
-    mean, std = mlp.global_moments([r.content.array_records["moments"] for r in replies])
+    replies = _send(grid, nodes, "query.moments", RecordDict({"config": ConfigRecord(config)}))  # type: ignore[arg-type]
+    mean, std = mlp.global_moments([r.content.array_records["moments"] for r in replies.values()])
     initial = mlp.initial_record(len(mean), mean, std)
     strategy = fedprox if settings.strategy == fedprox.NAME else fedavg
     if strategy is fedprox:
-        model, history = fedprox.server_run(grid, initial, settings.rounds, config, n, mu=settings.proximal_mu)  # type: ignore[arg-type]
+        model, history = fedprox.server_run(grid, initial, settings.rounds, config, least, mu=settings.proximal_mu)  # type: ignore[arg-type]
     else:
-        model, history = fedavg.server_run(grid, initial, settings.rounds, config, n)  # type: ignore[arg-type]
+        model, history = fedavg.server_run(grid, initial, settings.rounds, config, least)  # type: ignore[arg-type]
     return model, history, settings.rounds + 1
 
 
 def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]) -> dict[str, ArrayRecord]:
     names = list(sites)
     replies = _send(
-        grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)}), "local"
+        grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)})
     )
-    return {name: reply.content.array_records["model"] for name, reply in zip(names, replies, strict=True)}
+    return {
+        name: replies[sites[name].node_id].content.array_records["model"]
+        for name in names
+        if sites[name].node_id in replies
+    }
 
 
 def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
@@ -214,13 +254,21 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     study = parse_study(settings.study_text, source="study")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    counting = CountingGrid(grid)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.wait_for_nodes_s)
+    tolerant = fault_tolerant(grid, settings, len(nodes))
+    counting = CountingGrid(tolerant)
     config = settings.message_config(len(nodes))
-    sites = describe_sites(counting, nodes, config)  # type: ignore[arg-type]
-    started = time.perf_counter()
-    model, history, flower_rounds = train_federated(counting, settings, [sites[s].node_id for s in sites], config)
-    train_seconds = time.perf_counter() - started
+    try:
+        tolerant.round_timeout = max(settings.round_timeout, settings.wait_for_nodes_s)  # first contact: start-up
+        sites = describe_sites(counting, nodes, config)  # type: ignore[arg-type]
+        tolerant.round_timeout = settings.round_timeout
+        tolerant.site_names.update({info.node_id: name for name, info in sites.items()})
+        started = time.perf_counter()
+        model, history, flower_rounds = train_federated(counting, settings, [sites[s].node_id for s in sites], config)
+        train_seconds = time.perf_counter() - started
+    except FedomopError:
+        (out / "faults.json").write_text(json.dumps(tolerant.report.to_dict(), indent=2))
+        raise
     models = {"federated": model}
     if settings.compare_local:
         counting.phase = "site-alone training"
@@ -241,6 +289,7 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     )
     result.federated_summary = metrics.weighted_summary(result.federated, sizes)
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
+    result.faults = tolerant.report.to_dict()
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result

@@ -129,6 +129,45 @@ def create_node_keys(out: Path, site: str) -> tuple[Path, Path]:
     return private_path, public_path
 
 
+def create_client_cert(
+    out: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, site: str, *, days: int = 825
+) -> tuple[Path, Path]:
+    """A TLS client certificate ``<site>.tls.pem`` / ``<site>.tls.key`` signed by the CA: the site's
+    side of the mutual TLS that XGBoost's federated allreduce server requires (histogram training)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _certificate(_name(site), ca_cert.subject, key.public_key(), ca_key, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = out / f"{site}.tls.pem", out / f"{site}.tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private_pem(key, key_path)
+    return cert_path, key_path
+
+
+def xgboost_server_tls(out: Path | str) -> dict[str, str]:
+    """``xgboost.federated.run_federated_server`` arguments: serve TLS, accept only CA-signed sites."""
+    out = Path(out)
+    return {
+        "server_key_path": str(out / "server.key"),
+        "server_cert_path": str(out / "server.pem"),
+        "client_cert_path": str(out / "ca.crt"),
+    }
+
+
+def xgboost_client_tls(out: Path | str, site: str) -> dict[str, str]:
+    """``CommunicatorContext`` arguments for a site: trust the CA, present ``<site>.tls.pem``."""
+    out = Path(out)
+    return {
+        "federated_server_cert_path": str(out / "ca.crt"),
+        "federated_client_key_path": str(out / f"{site}.tls.key"),
+        "federated_client_cert_path": str(out / f"{site}.tls.pem"),
+    }
+
+
 def site_names(sites: int | None = None, names: list[str] | None = None) -> list[str]:
     """Site names from a count (site_1 ... site_N) or an explicit list, checked to be file-name safe."""
     chosen = list(names or []) or [f"site_{i}" for i in range(1, (sites or 0) + 1)]
@@ -164,6 +203,7 @@ def create_credentials(
         private, public = create_node_keys(out, site)
         credentials.site_private_keys[site] = private
         credentials.site_public_keys[site] = public
+        create_client_cert(out, ca_key, ca_cert, site, days=days)
     return credentials
 
 

@@ -48,9 +48,14 @@ def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: 
     return xgb_common.to_record(xgb_common.booster_bytes(new_trees))
 
 
-def server_run(grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int) -> tuple[ArrayRecord, History]:
-    """Run the bagging rounds; the ensemble grows by ``local_rounds`` trees per site per round."""
-    config = {**config, "n-sites": min_nodes}
+def server_run(
+    grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int, *, n_sites: int | None = None
+) -> tuple[ArrayRecord, History]:
+    """Run the bagging rounds; the ensemble grows by ``local_rounds`` trees per site per round.
+
+    ``min_nodes`` is the fewest sites a round may run with; ``n_sites`` (default ``min_nodes``)
+    the sites in the study, which scales each site's learning rate."""
+    config = {**config, "n-sites": n_sites or min_nodes}
     strategy = FedXgbBagging(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
     result = strategy.start(
         grid=grid,

@@ -71,8 +71,12 @@ def site_train(
     rank: int,
     rounds: int,
     timeout: int = 300,
+    tls: dict[str, str] | None = None,
 ) -> ArrayRecord:
-    """Join the federated allreduce and train on globally-binned features; every rank ends with the same model."""
+    """Join the federated allreduce and train on globally-binned features; every rank ends with the same model.
+
+    ``tls``: :func:`federated.governance.certs.xgboost_client_tls` (mutual TLS with the hub's server).
+    """
     features = xgb_common.discretise(X, edges)
     with collective.CommunicatorContext(
         dmlc_communicator="federated",
@@ -80,6 +84,7 @@ def site_train(
         federated_world_size=world_size,
         federated_rank=rank,
         dmlc_timeout=timeout,
+        **(tls or {}),
     ):
         dtrain = xgb.DMatrix(features, label=y, missing=np.nan)
         booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=rounds)
@@ -115,13 +120,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def collect(grid: Grid, messages: list[Message], what: str) -> list[Message]:
-    """Send, wait, and return the replies in the order of ``messages``; any site error stops the run."""
+    """Send, wait, and return the replies in the order of ``messages``; every site must answer.
+
+    The allreduce needs every rank, so a site that failed or did not answer within the
+    grid's round timeout (:class:`federated.faults.FaultTolerantGrid`) stops the run, named.
+    """
     replies = list(grid.send_and_receive(messages))
-    failed = [r for r in replies if r.has_error()]
-    if failed or len(replies) != len(messages):
-        reasons = "; ".join(str(r.error.reason) for r in failed) or f"{len(replies)} of {len(messages)} sites replied"
-        raise FedomopError(f"{what} failed at a site: {reasons}", where=NAME, fix="see the site's log")
-    by_node = {r.metadata.src_node_id: r for r in replies}
+    by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+    failed = [str(r.error.reason) for r in replies if r.has_error()]
+    missing = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in by_node]
+    if missing:
+        name = getattr(grid, "site", lambda node: f"node {node}")
+        reasons = "; ".join(failed) or "no reply within the round timeout"
+        raise FedomopError(
+            f"{what}: every site is needed and {', '.join(name(n) for n in missing)} did not answer ({reasons})",
+            where=NAME,
+            fix="restart the missing site and run again, or train with xgboost-bagging/xgboost-cyclic/mlp, "
+            "which continue with min_sites",
+        )
     return [by_node[m.metadata.dst_node_id] for m in messages]
 
 
@@ -136,14 +152,28 @@ def agree_edges(grid: Grid, nodes: list[int], config: dict[str, Any]) -> list[np
 
 
 def server_run(
-    grid: Grid, nodes: list[int], rounds: int, config: dict[str, Any], *, host: str = "127.0.0.1"
+    grid: Grid,
+    nodes: list[int],
+    rounds: int,
+    config: dict[str, Any],
+    *,
+    host: str = "127.0.0.1",
+    certs: str | None = None,
 ) -> ArrayRecord:
-    """Agree edges, start the federated allreduce server, and train all sites at once."""
+    """Agree edges, start the federated allreduce server, and train all sites at once.
+
+    XGBoost's server listens on every interface (``0.0.0.0``; its API has no host), so
+    ``host`` is only the address the sites dial. With ``certs`` (``fedomop certs create``)
+    the server requires mutual TLS: sites present their ``<site>.tls.pem`` (node config ``certs``).
+    """
     from xgboost.federated import run_federated_server
+
+    from federated.governance.certs import xgboost_server_tls
 
     edges = agree_edges(grid, nodes, config)
     port = free_port(host)
-    run_federated_server(len(nodes), port, blocking=False, timeout=600)
+    run_federated_server(len(nodes), port, blocking=False, timeout=600, **(xgboost_server_tls(certs) if certs else {}))
+    config = {**config, "xgb-tls": bool(certs)}
     edge_record = xgb_common.to_record(b"", edges)
     messages = []
     for rank, node in enumerate(nodes):

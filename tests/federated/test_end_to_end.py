@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from federated.client_app import NO_POLICY
 from federated.deploy import LocalDeployment
 from federated.runner import run_deployment, simulate
 from harmonize.cli import app
@@ -98,7 +99,10 @@ def test_fedprox_mlp_in_simulation(sample_sites, tmp_path):
 def test_real_superlink_and_four_supernodes(sample_sites, tmp_path):
     log = tmp_path / "replies.jsonl"
     with LocalDeployment(
-        tmp_path / "deploy", {k: str(v) for k, v in sample_sites.items()}, message_log=str(log)
+        tmp_path / "deploy",
+        {k: str(v) for k, v in sample_sites.items()},
+        policies=dict.fromkeys(sample_sites, NO_POLICY),  # sample data: explicitly ungoverned
+        message_log=str(log),
     ) as hub:
         try:
             outcome = run_deployment(
