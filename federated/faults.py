@@ -186,6 +186,16 @@ class FaultTolerantGrid(Grid):
             )
         return node_ids
 
+    def name_sites(self, names: dict[int, str]) -> None:
+        """Name nodes (e.g. from the hub's describe round) and relabel the exchanges already recorded."""
+        old = {f"node {node}": name for node, name in names.items()}
+        self.site_names.update(names)
+        for record in self.report.rounds:
+            record.asked = [old.get(s, s) for s in record.asked]
+            record.answered = [old.get(s, s) for s in record.answered]
+            record.missing = [old.get(s, s) for s in record.missing]
+            record.failed = {old.get(s, s): why for s, why in record.failed.items()}
+
     def _abort(self, reason: str) -> None:
         self.report.aborted = reason
         raise TooFewSitesError(

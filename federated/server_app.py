@@ -262,7 +262,7 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
         tolerant.round_timeout = max(settings.round_timeout, settings.wait_for_nodes_s)  # first contact: start-up
         sites = describe_sites(counting, nodes, config)  # type: ignore[arg-type]
         tolerant.round_timeout = settings.round_timeout
-        tolerant.site_names.update({info.node_id: name for name, info in sites.items()})
+        tolerant.name_sites({info.node_id: name for name, info in sites.items()})
         started = time.perf_counter()
         model, history, flower_rounds = train_federated(counting, settings, [sites[s].node_id for s in sites], config)
         train_seconds = time.perf_counter() - started

@@ -121,8 +121,12 @@ def test_supernode_killed_mid_training_leaves_a_finished_run_naming_it(tmp_path)
     assert faults["finished"] and faults["missing_sites"] == ["site_c"], faults
     missed = [r for r in faults["rounds"] if "site_c" in r["missing"] or "site_c" in r["failed"]]
     assert missed and all(set(r["answered"]) == {"site_a", "site_b"} for r in missed)
-    train_rounds = [r for r in faults["rounds"] if r["message_type"] == "train"]
-    assert "site_c" in train_rounds[0]["answered"]  # it trained in round 1, then died
+    describe, moments = faults["rounds"][:2]
+    assert set(describe["answered"]) == set(sites)  # named from the describe replies
+    assert "site_c" in moments["answered"]  # alive before training, then killed
+    first_miss = faults["rounds"].index(missed[0])
+    assert all("site_c" not in r["answered"] for r in faults["rounds"][first_miss:])
+    assert faults["rounds"][-1]["message_type"] == "evaluate.many"  # the final evaluation ran without it
     assert set(result["federated"]) == {"site_a", "site_b"}  # no held-out metrics from a dead site
     card = json.loads((out / "model_card.json").read_text())
     assert card["missing_sites"] == ["site_c"] and card["faults"]["rounds"] == faults["rounds"]
