@@ -21,7 +21,7 @@ import numpy as np
 
 from federated import features, metrics, split
 from federated.client_app import NO_POLICY, Site, code_hash, make_client_app
-from federated.models import mlp, xgb_common
+from federated.models import mlp, xgb_common, xgb_histogram
 from federated.report import write_model_card
 from federated.server_app import RunSettings, make_server_app
 from federated.study import StudySpec, parse_study
@@ -53,6 +53,23 @@ def pooled_reference(study: StudySpec, sites: list[Site], settings: RunSettings)
     return per_site, metrics.weighted_summary(per_site, {s: d.n for s, d in test.items()})
 
 
+def simulation_concurrency() -> int:
+    """ClientApps Flower's simulation runs at once: its dispatcher pool has min(32, CPUs + 4) workers."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def _check_simulation_concurrency(model: str, n_sites: int) -> None:
+    """Histogram XGBoost's allreduce needs every site connected at once; beyond the pool it would wait forever."""
+    limit = simulation_concurrency()
+    if model == xgb_histogram.NAME and n_sites > limit:
+        raise FedomopError(
+            f"histogram XGBoost needs all {n_sites} sites running at once, but the simulation runs at most "
+            f"{limit} ClientApps at a time on this machine (min(32, CPUs + 4))",
+            where="fedomop train --model xgboost-hist",
+            fix=f"use at most {limit} sites in simulation, another model, or a real deployment (--federation)",
+        )
+
+
 def simulate(
     study_path: str | Path,
     site_paths: list[str | Path],
@@ -79,6 +96,7 @@ def simulate(
         for s in site_list(site_paths)
     ]
     settings = RunSettings(study_text=study_text, out=str(out), min_nodes=len(sites), **options)
+    _check_simulation_concurrency(settings.model, len(sites))
     backend = {
         "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False},
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

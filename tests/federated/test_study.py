@@ -69,3 +69,14 @@ def test_cli_reports_bad_study_without_traceback(tmp_path):
     assert result.exit_code != 0
     assert isinstance(result.exception, StudyError)
     assert "outcome" in str(result.exception)
+
+
+def test_histogram_xgboost_refuses_more_sites_than_the_simulation_runs_at_once(tmp_path):
+    """Beyond the dispatcher pool the allreduce would wait forever; the run must say so instead of hanging."""
+    from federated.runner import simulate, simulation_concurrency
+    from harmonize.errors import FedomopError
+
+    study = Path(__file__).resolve().parents[2] / "federated" / "studies" / "bone_metastasis.yaml"
+    sites = [tmp_path / f"site_{i}.duckdb" for i in range(simulation_concurrency() + 1)]
+    with pytest.raises(FedomopError, match="needs all .* sites running at once"):
+        simulate(study, sites, out=tmp_path / "out", model="xgboost-hist")
