@@ -102,6 +102,7 @@ def simulate(
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU-only: keep Ray's GPU-env notice quiet
     run_simulation(make_server_app(settings), make_client_app(sites), num_supernodes=len(sites), backend_config=backend)
     result_path = Path(out) / "result.json"
     if not result_path.exists():
