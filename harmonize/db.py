@@ -8,7 +8,10 @@ from Arrow's CSV writer, SQLite (tests only) falls back to ``executemany``.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import io
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +27,18 @@ from sqlalchemy.engine import Engine
 from harmonize.errors import DatabaseError
 
 _COPY_CHUNK_ROWS = 200_000
+
+
+def _drop_duckdb_engine_globals() -> None:
+    """At exit, before modules are torn down: with torch also loaded, duckdb 2's nanobind bindings print
+    "leaked instances" for the DuckDB types that duckdb_engine's module globals still hold. Dropping those
+    globals first ends the process quietly; nothing runs after atexit, so nothing can miss them."""
+    for name in [m for m in sys.modules if m == "duckdb_engine" or m.startswith("duckdb_engine.")]:
+        sys.modules[name].__dict__.clear()
+    gc.collect()
+
+
+atexit.register(_drop_duckdb_engine_globals)  # registered first, so it runs after every later atexit handler
 
 
 def quote_identifier(name: str) -> str:
