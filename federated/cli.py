@@ -138,28 +138,33 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Folder from `fedomop certs create`: TLS, and admit only the sites whose .pub it holds."),
         ] = None,
+        state: Annotated[
+            Path | None, typer.Option(help="SQLite file for the SuperLink's state (default FLWR_HOME/superlink.db).")
+        ] = None,
     ) -> None:
         """Run the hub's Flower SuperLink in the foreground (insecure unless --certs)."""
         home = flwr_home or Path.home() / ".flwr"
+        state = state or home / "superlink.db"
+        state.parent.mkdir(parents=True, exist_ok=True)
         address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
         if not certs:
             write_connection(home, connection, address)
-            raise typer.Exit(subprocess.call(hub_command(port, host=host), env=flower_env(home)))
-        raise typer.Exit(_secure_hub(port, host, certs.resolve(), home, connection, address))
+            raise typer.Exit(subprocess.call(hub_command(port, host=host, state=state), env=flower_env(home)))
+        raise typer.Exit(_secure_hub(port, host, certs.resolve(), home, connection, address, state))
 
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")
 
 
-def _secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, address: str) -> int:
+def _secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, address: str, state: Path) -> int:
     """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
     ``certs``, then stay in the foreground until it exits."""
     from federated.deploy import wait_for_port
     from federated.governance.certs import register_supernode, write_flower_connection
 
     write_flower_connection(home, connection, address, certs / "ca.crt")
-    hub = subprocess.Popen(hub_command(port, host=host, certs=certs), env=flower_env(home))
+    hub = subprocess.Popen(hub_command(port, host=host, certs=certs, state=state), env=flower_env(home))
     try:
         wait_for_port(port, process=hub)
         for public_key in sorted(certs.glob("*.pub")):

@@ -68,8 +68,10 @@ def hub_command(
     host: str = "127.0.0.1",
     tls: tuple[str, str, str] | None = None,
     certs: str | Path | None = None,
+    state: str | Path | None = None,
 ) -> list[str]:
-    """``flower-superlink`` argv; ``certs``: TLS + SuperNode authentication with that folder's keys."""
+    """``flower-superlink`` argv; ``certs``: TLS + SuperNode authentication with that folder's keys;
+    ``state``: the SQLite file the SuperLink keeps its state in (runs, nodes, messages survive a restart)."""
     command = [
         str(BIN / "flower-superlink"),
         "--disable-runtime-dependency-installation",
@@ -78,6 +80,8 @@ def hub_command(
         "--port",
         str(port),
     ]
+    if state:
+        command += ["--database", str(state)]
     if certs:
         from federated.governance.certs import superlink_tls_args
 
@@ -165,6 +169,11 @@ class LocalDeployment:
     def flwr_home(self) -> Path:
         return self.workdir / "flwr_home"
 
+    @property
+    def state_file(self) -> Path:
+        """The SuperLink's state database."""
+        return self.workdir / "superlink.db"
+
     def start(self) -> LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -173,7 +182,7 @@ class LocalDeployment:
             self._secure_hub(env)
         else:
             write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
-            hub = self._spawn(hub_command(self.port), "hub", env)
+            hub = self._spawn(hub_command(self.port, state=self.state_file), "hub", env)
             wait_for_port(self.port, process=hub)
         for name, db in self.sites.items():
             command = site_command(
@@ -197,7 +206,7 @@ class LocalDeployment:
         if not (certs / "ca.crt").exists():
             create_credentials(certs, list(self.sites))
         write_flower_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}", certs / "ca.crt")
-        hub = self._spawn(hub_command(self.port, certs=certs), "hub", env)
+        hub = self._spawn(hub_command(self.port, certs=certs, state=self.state_file), "hub", env)
         wait_for_port(self.port, process=hub)
         for name in self.sites:
             register_supernode(certs / f"{name}.pub", flwr_home=self.flwr_home, connection=self.connection)

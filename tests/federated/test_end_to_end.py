@@ -119,6 +119,7 @@ def test_real_superlink_and_four_supernodes(sample_sites, tmp_path):
             print(hub.logs())
             raise
     assert set(outcome["sites"]) == set(sample_sites)
+    assert hub.state_file.stat().st_size > 0  # the SuperLink kept its state in a database file
     assert "pooled" not in outcome  # rows never meet on a real deployment
     assert outcome["federated_summary"]["auroc"] > 0.75
     assert_only_aggregates(log, outcome)
