@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbBagging
 
 from federated.models import xgb_common
-from federated.models.history import History, history
+from federated.models.history import History, run_rounds
 
 NAME = "xgboost-bagging"
 
@@ -57,12 +57,5 @@ def server_run(
     the sites in the study, which scales each site's learning rate."""
     config = {**config, "n-sites": n_sites or min_nodes}
     strategy = FedXgbBagging(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=xgb_common.to_record(b""),
-        num_rounds=rounds,
-        train_config=ConfigRecord(config),
-        evaluate_config=ConfigRecord(config),
-    )
-    final = xgb_common.to_record(strategy.current_bst or b"")
-    return final, history(result)
+    _, rounds_history = run_rounds(strategy, grid, xgb_common.to_record(b""), rounds, config)
+    return xgb_common.to_record(strategy.current_bst or b""), rounds_history  # the ensemble, not the last reply

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbCyclic
 
 from federated.models import xgb_common
-from federated.models.history import History, history
+from federated.models.history import History, run_rounds
 
 NAME = "xgboost-cyclic"
 
@@ -37,11 +37,4 @@ def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: 
 def server_run(grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int) -> tuple[ArrayRecord, History]:
     """``rounds`` visits in site order; every site is visited ``rounds / n_sites`` times."""
     strategy = FedXgbCyclic(min_available_nodes=min_nodes)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=xgb_common.to_record(b""),
-        num_rounds=rounds,
-        train_config=ConfigRecord(config),
-        evaluate_config=ConfigRecord(config),
-    )
-    return result.arrays, history(result)
+    return run_rounds(strategy, grid, xgb_common.to_record(b""), rounds, config)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from federated.models.history import History, history
+from federated.models.history import History, run_rounds
 
 NAME = "fedavg"
 
@@ -23,11 +23,4 @@ def server_run(
     grid: Grid, initial: ArrayRecord, rounds: int, config: dict[str, Any], min_nodes: int
 ) -> tuple[ArrayRecord, History]:
     strategy = FedAvg(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=rounds,
-        train_config=ConfigRecord(config),
-        evaluate_config=ConfigRecord(config),
-    )
-    return result.arrays, history(result)
+    return run_rounds(strategy, grid, initial, rounds, config)
