@@ -8,8 +8,10 @@ loaded into at least one OMOP row (with lineage) or written to ``fedomop_quarant
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 
 from harmonize.atomic import AtomicTarget
 from harmonize.cdm import create_cdm, load_spec
+from harmonize.chunking import DEFAULT_CHUNK_MB, ChunkPlan, StagedSite, plan_chunks
 from harmonize.db import Database
 from harmonize.errors import MappingError, ReconciliationError
 from harmonize.ids import assign_ids
@@ -33,11 +36,12 @@ from harmonize.lineage import (
 )
 from harmonize.mapping.checks import check_concept_names, check_mapping, check_source_columns
 from harmonize.mapping.loader import load_mapping
-from harmonize.mapping.models import Mapping, Source
+from harmonize.mapping.models import Mapping, Rule
 from harmonize.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
 from harmonize.rules import FIELD_PREFIX, RuleEvaluator, RunContext
 from harmonize.sources.base import SourceBatch
-from harmonize.sources.tabular import match_files, read_tabular
+from harmonize.sources.read import read_source
+from harmonize.sources.tabular import match_files
 from harmonize.tables import (
     DOMAIN_TABLES,
     KEYED_TABLES,
@@ -77,6 +81,7 @@ class RunReport:
     seconds: float
     read_seconds: float = 0.0
     sources: dict[str, int] = field(default_factory=dict)
+    chunks: int = 1
 
     @property
     def balanced(self) -> bool:
@@ -93,19 +98,6 @@ def _noop(label: str, done: int, total: int) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------------------
-
-
-def _read_source(name: str, source: Source, source_dir: Path) -> SourceBatch:
-    files = match_files(source_dir, source.files, name)
-    if not source.is_fhir:
-        return read_tabular(name, files, source_dir, source)
-    from harmonize.sources.fhir import read_fhir
-
-    fmt = "ndjson" if source.format == "fhir_ndjson" else "bundle"
-    assert isinstance(source.columns, dict) and source.resource_type
-    return read_fhir(
-        name, files, source_dir, source.resource_type, source.columns, fmt=fmt, validation=source.validation
-    )
 
 
 def _unique_rows(frame: pl.DataFrame, *, repeats_possible: bool = True) -> pl.DataFrame:
@@ -194,10 +186,20 @@ def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
 class SiteBuild:
     """One run's state: evaluates rules table by table and keeps the finished OMOP frames."""
 
-    def __init__(self, ctx: RunContext, batches: dict[str, pl.DataFrame], progress: Progress) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        batches: dict[str, pl.DataFrame],
+        progress: Progress,
+        *,
+        ids_after: dict[str, int] | None = None,
+        carried_keys: dict[str, pl.DataFrame] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.batches = batches
         self.progress = progress
+        self.ids_after = ids_after or {}  # table -> last id used by earlier chunks
+        self.carried_keys = carried_keys or {}  # keys of shared keyed rows built by an earlier chunk
         self.evaluator = RuleEvaluator(ctx)
         self.tables: dict[str, pl.DataFrame] = {}
         self.rule_numbers: dict[tuple[str, int], int] = {}
@@ -207,14 +209,15 @@ class SiteBuild:
                 self.rule_numbers[(table, index)] = number
                 number += 1
 
-    def _evaluate_table_rules(self, table: str) -> list[pl.DataFrame]:
+    def _evaluate_table_rules(self, table: str) -> list[tuple[Rule, pl.DataFrame]]:
+        """Each rule of the table over its source (rules of sources not in this chunk are skipped)."""
         rules = self.ctx.mapping.tables.get(table, [])
         frames = []
         for index, rule in enumerate(rules):
             self.progress(table, index, len(rules))
-            frames.append(
-                self.evaluator.evaluate(table, self.rule_numbers[(table, index)], rule, self.batches[rule.source])
-            )
+            if rule.source in self.batches:
+                number = self.rule_numbers[(table, index)]
+                frames.append((rule, self.evaluator.evaluate(table, number, rule, self.batches[rule.source])))
         self.progress(table, len(rules), len(rules))
         return frames
 
@@ -228,7 +231,7 @@ class SiteBuild:
         if target.one_per_person:  # death: its key is the person, the first record wins
             frame = self._one_per_person(frame)
         elif target.id_column:
-            frame = assign_ids(frame.drop(target.id_column), target.id_column)
+            frame = assign_ids(frame.drop(target.id_column), target.id_column, self.ids_after.get(table, 0))
         frame = _cast_to_spec(table, target.finish(frame))
         return self._require(table, frame)
 
@@ -267,12 +270,24 @@ class SiteBuild:
 
     def build_keyed(self) -> None:
         for table in KEYED_TABLES:
-            frame = self._finish(table, self._evaluate_table_rules(table))
+            frame = self._finish(table, [f for _, f in self._evaluate_table_rules(table)])
             self.tables[table] = frame
+            keys = [self.carried_keys[table]] if table in self.carried_keys else []
             if frame.height:
-                self.ctx.keys[table] = frame.select(
-                    pl.col("_source_key").cast(pl.String).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")
-                ).unique("_key", keep="first", maintain_order=True)
+                keys.append(frame.select(_key_columns(table)))
+            if keys:
+                self.ctx.keys[table] = pl.concat(keys).unique("_key", keep="first", maintain_order=True)
+
+    def shared_keys(self, sources: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+        """Keys of the keyed rows built from ``sources`` (read in the first chunk only), for later chunks."""
+        kept = {}
+        for table in KEYED_TABLES:
+            frame = self.tables.get(table, pl.DataFrame())
+            if frame.height:
+                mine = frame.filter(pl.col("_source").is_in(list(sources)))
+                if mine.height:
+                    kept[table] = mine.select(_key_columns(table))
+        return kept
 
     def build_events(self) -> None:
         """Evaluate every non-keyed rule, route each row by its standard concept's domain, then finish tables."""
@@ -280,9 +295,7 @@ class SiteBuild:
         for table in TARGETS:
             if table in KEYED_TABLES or TARGETS[table].derived:
                 continue
-            for rule_frame, rule in zip(
-                self._evaluate_table_rules(table), self.ctx.mapping.tables.get(table, []), strict=True
-            ):
+            for rule, rule_frame in self._evaluate_table_rules(table):
                 for target, part in self._route(table, rule.route_by_domain, rule_frame).items():
                     routed.setdefault(target, []).append(part)
         for table, frames in routed.items():
@@ -296,7 +309,7 @@ class SiteBuild:
         parts = rows.with_columns(target.alias("_to")).partition_by("_to", as_dict=True, include_key=False)
         return {str(key[0]): part for key, part in parts.items()}
 
-    def build_derived(self, mapping_file: str) -> None:
+    def build_derived(self, mapping_file: str, *, with_cdm_source: bool = True) -> None:
         mapping, db = self.ctx.mapping, self.ctx.db
         person = self.tables.get("person", pl.DataFrame())
         period_type = (
@@ -305,6 +318,7 @@ class SiteBuild:
         if person.height:
             period = observation_period.build(self.tables, person, int(period_type or 0))
             if period.height:
+                period = self._continue_ids("observation_period", period)
                 self.tables["observation_period"] = _cast_to_spec(
                     "observation_period", _to_table_columns_derived("observation_period", period)
                 )
@@ -318,14 +332,36 @@ class SiteBuild:
                 int(mapping.episodes.type_concept.constant or 0),
             )
             if episodes.height:
+                episodes = self._continue_ids("episode", episodes)
                 self.tables["episode"] = _cast_to_spec("episode", _to_table_columns_derived("episode", episodes))
                 events = episode_event.build(cancers, episodes)
                 self.tables["episode_event"] = _cast_to_spec(
                     "episode_event", _to_table_columns_derived("episode_event", events)
                 )
-        version = _vocabulary_version(db)
-        row = cdm_source.build(mapping.cdm_source, version, mapping_file, dt.date.today())
-        self.tables["cdm_source"] = _cast_to_spec("cdm_source", _to_table_columns_derived("cdm_source", row))
+        if with_cdm_source:
+            version = _vocabulary_version(db)
+            row = cdm_source.build(mapping.cdm_source, version, mapping_file, dt.date.today())
+            self.tables["cdm_source"] = _cast_to_spec("cdm_source", _to_table_columns_derived("cdm_source", row))
+
+    def _continue_ids(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """Derived tables number from 1 per build; shift past the ids earlier chunks used."""
+        after = self.ids_after.get(table, 0)
+        column = TARGETS[table].id_column
+        return frame.with_columns(pl.col(column) + after) if after else frame
+
+    def last_ids(self) -> dict[str, int]:
+        """Per table with engine-assigned ids, the largest id so far (where the next chunk continues)."""
+        last = dict(self.ids_after)
+        for table, frame in self.tables.items():
+            target = TARGETS[table]
+            if frame.height and target.id_column and not target.one_per_person:
+                last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
+        return last
+
+
+def _key_columns(table: str) -> list[pl.Expr]:
+    """(_key, _id): a keyed table's source id and OMOP id, the lookup events join on."""
+    return [pl.col("_source_key").cast(pl.String).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")]
 
 
 def _to_table_columns_derived(table: str, frame: pl.DataFrame) -> pl.DataFrame:
@@ -447,19 +483,18 @@ def _prepare_database(
 
 
 def _read_sources(
-    mapping: Mapping, source_dir: Path, quarantine: Quarantine, progress: Progress
+    names: list[str], read: Callable[[str], SourceBatch], quarantine: Quarantine, progress: Progress, fhir: set[str]
 ) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
-    """Every source as a frame (read-time rejects go to the quarantine), and records read per source."""
+    """Each named source as a frame (read-time rejects go to the quarantine), and records read per source."""
     batches: dict[str, pl.DataFrame] = {}
     seen: dict[str, int] = {}
-    for index, (name, source) in enumerate(mapping.sources.items()):
-        progress("read sources", index, len(mapping.sources))
-        batch = _read_source(name, source, source_dir)
+    for index, name in enumerate(names):
+        progress("read sources", index, len(names))
+        batch = read(name)
         quarantine.add_rejects(name, batch.rejects)
-        batches[name] = _unique_rows(batch.frame, repeats_possible=source.is_fhir)
+        batches[name] = _unique_rows(batch.frame, repeats_possible=name in fhir)
         seen[name] = batch.seen
-    seen.update(_inventory_unmapped(mapping, source_dir, quarantine))
-    progress("read sources", len(mapping.sources), len(mapping.sources))
+    progress("read sources", len(names), len(names))
     return batches, seen
 
 
@@ -472,20 +507,139 @@ def _rule_tables(mapping: Mapping) -> dict[str, set[str]]:
     return found
 
 
-def _write_bookkeeping(
-    db: Database, quarantined: pl.DataFrame, lineage: pl.DataFrame, recon: pl.DataFrame, run: dict[str, object]
-) -> None:
-    tables = {
-        QUARANTINE_TABLE: QUARANTINE_SCHEMA,
-        LINEAGE_TABLE: LINEAGE_SCHEMA,
-        RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
-        RUN_TABLE: RUN_SCHEMA,
-    }
-    _create_bookkeeping(db, tables)
-    db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
-    db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
-    db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
-    db.load_arrow(RUN_TABLE, pl.DataFrame([run], schema=RUN_SCHEMA))
+def _create_run_tables(db: Database) -> None:
+    _create_bookkeeping(
+        db,
+        {
+            QUARANTINE_TABLE: QUARANTINE_SCHEMA,
+            LINEAGE_TABLE: LINEAGE_SCHEMA,
+            RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
+            RUN_TABLE: RUN_SCHEMA,
+        },
+    )
+
+
+@dataclass
+class _Totals:
+    """What the chunks of a run add up to."""
+
+    loaded: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+    reconciliations: list[pl.DataFrame] = field(default_factory=list)
+    read_seconds: float = 0.0
+
+    def reconciliation(self) -> pl.DataFrame:
+        """Per source and table, counts summed over chunks (chunks never share a record, so sums are exact)."""
+        both = pl.concat(self.reconciliations)
+        summed = both.group_by("run_id", "source", "omop_table", maintain_order=True).agg(
+            pl.col("source_count", "loaded", "quarantined").sum()
+        )
+        balanced = pl.when(pl.col("omop_table") == ALL_TABLES).then(
+            pl.col("source_count") == pl.col("loaded") + pl.col("quarantined")
+        )
+        return summed.with_columns(balanced.alias("balanced")).select(list(RECONCILIATION_SCHEMA))
+
+
+class _ChunkedRun:
+    """One run over a site: its chunks mapped in turn into the same (aside) database."""
+
+    def __init__(
+        self, db: Database, mapping: Mapping, mapping_path: Path, source_dir: Path, run_id: str, progress: Progress
+    ) -> None:
+        self.db = db
+        self.mapping = mapping
+        self.mapping_path = mapping_path
+        self.source_dir = source_dir
+        self.run_id = run_id
+        self.progress = progress
+        self.units = UnitConverter(db, mapping.units, str(mapping_path))
+        self.fhir = {name for name, source in mapping.sources.items() if source.is_fhir}
+        self.totals = _Totals()
+        self.ids_after: dict[str, int] = {}
+        self.carried_keys: dict[str, pl.DataFrame] = {}
+
+    def whole(self) -> None:
+        """The site in one piece (small sites, and mappings that cannot be split by person)."""
+        names = list(self.mapping.sources)
+        self._map_chunk(0, 1, names, lambda name: read_source(name, self.mapping.sources[name], self.source_dir))
+
+    def chunked(self, plan: ChunkPlan, scratch: Path) -> None:
+        """Stage the partitioned sources into ``plan.chunks`` person-disjoint chunks, then map them in turn."""
+        staged = StagedSite(plan, self.mapping, self.source_dir, scratch)
+        names = list(plan.person_columns)
+        for index, name in enumerate(names):
+            self.progress("split sources", index, len(names))
+            staged.stage(name)
+        self.progress("split sources", len(names), len(names))
+
+        def read(chunk: int) -> Callable[[str], SourceBatch]:
+            def one(name: str) -> SourceBatch:
+                if name in plan.person_columns:
+                    return staged.batch(name, chunk)
+                return read_source(name, self.mapping.sources[name], self.source_dir)
+
+            return one
+
+        for chunk in range(plan.chunks):
+            chunk_names = [n for n in self.mapping.sources if n in plan.person_columns or chunk == 0]
+            self._map_chunk(chunk, plan.chunks, chunk_names, read(chunk), shared=plan.shared)
+
+    def _map_chunk(
+        self,
+        chunk: int,
+        chunks: int,
+        names: list[str],
+        read: Callable[[str], SourceBatch],
+        shared: tuple[str, ...] = (),
+    ) -> None:
+        """Read, build, account for and load one chunk; what later chunks need is kept on ``self``."""
+        progress = self.progress if chunks == 1 else _chunk_progress(self.progress, chunk, chunks)
+        quarantine = Quarantine(self.run_id)
+        read_started = time.perf_counter()
+        batches, seen = _read_sources(names, read, quarantine, progress, self.fhir)
+        if chunk == 0:
+            seen.update(_inventory_unmapped(self.mapping, self.source_dir, quarantine))
+        self.totals.read_seconds += time.perf_counter() - read_started
+        ctx = RunContext(
+            db=self.db,
+            mapping=self.mapping,
+            mapping_file=str(self.mapping_path),
+            quarantine=quarantine,
+            units=self.units,
+        )
+        build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
+        build.build_keyed()
+        build.build_events()
+        build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0)
+        if chunk == 0 and shared:
+            self.carried_keys = build.shared_keys(shared)
+        self.ids_after = build.last_ids()
+        tables = {t: f for t, f in build.tables.items() if f.height}
+        parts = [lineage_rows(self.run_id, t, _lineage_id(t), f) for t, f in tables.items()]
+        lineage = pl.concat(parts) if parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
+        _account_leftovers(batches, lineage, quarantine)
+        quarantined = quarantine.frame()
+        recon = reconcile(self.run_id, seen, lineage, quarantined, _rule_tables(self.mapping))
+        _check_reconciliation(recon)
+        self.totals.loaded.update(_load_tables(self.db, tables, progress))
+        self.db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
+        self.db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
+        self.totals.reasons.update(_summarise_reasons(quarantined))
+        self.totals.seen.update(seen)
+        self.totals.reconciliations.append(recon)
+
+
+def _chunk_progress(progress: Progress, chunk: int, chunks: int) -> Progress:
+    """Steps of a chunked run report as "chunk k/n": one bar that advances per chunk, not per table."""
+
+    def report(label: str, done: int, total: int) -> None:
+        if label == "load" and done == total:
+            progress("chunks", chunk + 1, chunks)
+
+    if chunk == 0:
+        progress("chunks", 0, chunks)
+    return report
 
 
 def run_mapping(
@@ -496,8 +650,16 @@ def run_mapping(
     vocabulary: Path | None = None,
     progress: Progress | None = None,
     schema: str = "public",
+    chunks: int | None = None,
+    chunk_mb: int = DEFAULT_CHUNK_MB,
+    scratch: Path | None = None,
 ) -> RunReport:
-    """Map one site's extract into a fresh OMOP CDM v5.4 database (vocabulary included) and swap it in atomically."""
+    """Map one site's extract into a fresh OMOP CDM v5.4 database (vocabulary included) and swap it in atomically.
+
+    A site with more than ``chunk_mb`` MiB of source text is mapped in person-disjoint chunks (``chunks`` fixes
+    their number), so memory stays bounded whatever the site's size; ``scratch`` holds the split sources
+    (default: a temporary folder, removed afterwards).
+    """
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     progress = progress or _noop
@@ -514,28 +676,28 @@ def run_mapping(
             where=f"{mapping_path}: vocabulary.folder ({vocabulary_dir})",
             fix="fix the path or pass --vocabulary",
         )
+    if scratch is not None and not Path(scratch).is_dir():
+        raise MappingError(
+            "scratch folder not found",
+            where=str(scratch),
+            fix="create it, or leave --scratch out to use the system's temporary folder",
+        )
+    plan = plan_chunks(mapping, source_dir, chunks, chunk_mb)
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     target = AtomicTarget(db_url, run_id, schema=schema)
     with target as db:
         _prepare_database(db, mapping, mapping_path, source_dir, vocabulary_dir, progress)
-        quarantine = Quarantine(run_id)
-        units = UnitConverter(db, mapping.units, str(mapping_path))
-        read_started = time.perf_counter()
-        batches, seen = _read_sources(mapping, source_dir, quarantine, progress)
-        read_seconds = time.perf_counter() - read_started
-        ctx = RunContext(db=db, mapping=mapping, mapping_file=str(mapping_path), quarantine=quarantine, units=units)
-        build = SiteBuild(ctx, batches, progress)
-        build.build_keyed()
-        build.build_events()
-        build.build_derived(str(mapping_path))
-        tables = {t: f for t, f in build.tables.items() if f.height}
-        parts = [lineage_rows(run_id, t, _lineage_id(t), f) for t, f in tables.items()]
-        lineage = pl.concat(parts) if parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
-        _account_leftovers(batches, lineage, quarantine)
-        quarantined = quarantine.frame()
-        recon = reconcile(run_id, seen, lineage, quarantined, _rule_tables(mapping))
+        _create_run_tables(db)
+        run = _ChunkedRun(db, mapping, mapping_path, source_dir, run_id, progress)
+        if plan.chunks == 1:
+            run.whole()
+        else:
+            with tempfile.TemporaryDirectory(prefix="fedomop-chunks-", dir=scratch) as folder:
+                run.chunked(plan, Path(folder))
+        totals = run.totals
+        recon = totals.reconciliation()
         _check_reconciliation(recon)
-        loaded = _load_tables(db, tables, progress)
+        records_read = sum(totals.seen.values())
         records_quarantined = int(recon.filter(pl.col("omop_table") == ALL_TABLES).get_column("quarantined").sum())
         run_row = {
             "run_id": run_id,
@@ -544,22 +706,24 @@ def run_mapping(
             "source_dir": str(source_dir),
             "started_at": started_at,
             "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-            "records_read": sum(seen.values()),
-            "rows_loaded": sum(loaded.values()),
+            "records_read": records_read,
+            "rows_loaded": sum(totals.loaded.values()),
             "records_quarantined": records_quarantined,
         }
-        _write_bookkeeping(db, quarantined, lineage, recon, run_row)
+        db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
+        db.load_arrow(RUN_TABLE, pl.DataFrame([run_row], schema=RUN_SCHEMA))
         target.commit()
     return RunReport(
         run_id=run_id,
         site=mapping.site,
         database=str(db_url),
-        loaded=loaded,
-        quarantine_reasons=_summarise_reasons(quarantined),
+        loaded=dict(sorted(totals.loaded.items())),
+        quarantine_reasons=dict(sorted(totals.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         reconciliation=recon,
-        records_read=sum(seen.values()),
+        records_read=records_read,
         records_quarantined=records_quarantined,
         seconds=time.perf_counter() - started,
-        read_seconds=read_seconds,
-        sources=seen,
+        read_seconds=totals.read_seconds,
+        sources=dict(totals.seen),
+        chunks=plan.chunks,
     )

@@ -11,8 +11,11 @@ import polars as pl
 ORDER_COLUMNS = ("_rule", "_source_file", "_ord", "_target")
 
 
-def assign_ids(frame: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    """Sort by the lineage order and number the rows 1..n into ``id_column``."""
+def assign_ids(frame: pl.DataFrame, id_column: str, after: int = 0) -> pl.DataFrame:
+    """Sort by the lineage order and number the rows ``after + 1 .. after + n`` into ``id_column``.
+
+    ``after`` is the last id already used: a site mapped in chunks continues numbering where the last chunk ended.
+    """
     order = [c for c in ORDER_COLUMNS if c in frame.columns]
     ordered = frame.sort(order) if order else frame
-    return ordered.with_row_index(id_column, offset=1).with_columns(pl.col(id_column).cast(pl.Int64))
+    return ordered.with_row_index(id_column, offset=after + 1).with_columns(pl.col(id_column).cast(pl.Int64))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harmonize.chunking import DEFAULT_CHUNK_MB
 from harmonize.engine import RunReport, run_mapping
 from harmonize.lineage import ALL_TABLES
 
@@ -87,12 +88,33 @@ def print_summary(report: RunReport, out: Console = console) -> None:
     out.print(f"reconciliation {state}; {report.seconds:.1f}s -> {report.database}")
 
 
-def map_site(mapping: Path, source: Path, db: str, vocabulary: Path | None, *, out: Console = console) -> RunReport:
+def map_site(
+    mapping: Path,
+    source: Path,
+    db: str,
+    vocabulary: Path | None,
+    *,
+    out: Console = console,
+    chunks: int | None = None,
+    chunk_mb: int = DEFAULT_CHUNK_MB,
+    scratch: Path | None = None,
+) -> RunReport:
     """Run a mapping with live progress bars and print the summary (shared by ``map`` and ``demo``)."""
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=False) as progress:
-        report = run_mapping(mapping, source, db, vocabulary=vocabulary, progress=TableProgress(progress))
+        report = run_mapping(
+            mapping,
+            source,
+            db,
+            vocabulary=vocabulary,
+            progress=TableProgress(progress),
+            chunks=chunks,
+            chunk_mb=chunk_mb,
+            scratch=scratch,
+        )
     print_summary(report, out)
+    if report.chunks > 1:
+        out.print(f"mapped in {report.chunks} person-disjoint chunks")
     return report
 
 
@@ -105,6 +127,16 @@ def register(app: typer.Typer) -> None:
         vocabulary: Annotated[
             Path | None, typer.Option(help="Vocabulary folder (overrides the mapping's vocabulary.folder).")
         ] = None,
+        chunks: Annotated[
+            int | None,
+            typer.Option(min=1, help="Map in this many person-disjoint chunks (default: one per --chunk-mb)."),
+        ] = None,
+        chunk_mb: Annotated[
+            int, typer.Option(min=1, help="MiB of source text per chunk: bounds memory (about 8x this per chunk).")
+        ] = DEFAULT_CHUNK_MB,
+        scratch: Annotated[
+            Path | None, typer.Option(help="Folder for the split sources of a chunked run (default: system temp).")
+        ] = None,
     ) -> None:
         """Harmonize a site extract into OMOP CDM v5.4; every record is loaded or quarantined with a reason."""
-        map_site(mapping, source, db, vocabulary)
+        map_site(mapping, source, db, vocabulary, chunks=chunks, chunk_mb=chunk_mb, scratch=scratch)

@@ -1,0 +1,203 @@
+"""Person-disjoint chunks: how a site bigger than memory is mapped in bounded memory.
+
+Every OMOP row depends on one person's records only (the person, their visits and events, their observation
+period and episodes), so a site can be mapped one slice of persons at a time. Before the run, each source that
+names its person column in the mapping is streamed once (polars, never whole in memory) into Parquet files, one
+per chunk, by a hash of that column; the engine then maps chunk after chunk and appends to the database.
+Sources without a person column (providers, care sites, locations) are read whole, in the first chunk, and their
+keys stay available to later chunks.
+
+Files polars cannot stream (legacy encodings, ragged rows, FHIR) are read with the normal readers and then split;
+their read-time rejects belong to the first chunk, so every record is still counted exactly once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from harmonize.mapping.models import Mapping, Source
+from harmonize.sources.base import SourceBatch, empty_rejects
+from harmonize.sources.read import read_source
+from harmonize.sources.tabular import match_files, read_tabular
+from harmonize.tables import KEYED_TABLES
+
+DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records, ~2 GiB of frames while a chunk is mapped
+SHARED_TABLES = frozenset(KEYED_TABLES) - {"person", "visit_occurrence"}  # keyed, but not a person's records
+_FHIR_TEXT_PER_RECORD = 4  # NDJSON carries ~4x the bytes of the columns a mapping extracts
+_HASH_SEED = 20_261_123
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a run is split: the number of chunks and, per partitioned source, its person column."""
+
+    chunks: int
+    person_columns: dict[str, str]  # source -> column whose value is the person's source id
+    shared: tuple[str, ...] = ()  # sources read whole, in the first chunk
+    reason: str = ""  # why the run is not split (when chunks == 1 although more were asked for)
+
+
+def person_columns(mapping: Mapping) -> tuple[dict[str, str], tuple[str, ...], str]:
+    """Each source's person column (from its rules), the sources with none, or why the mapping cannot be split."""
+    found: dict[str, set[str]] = {}
+    feeds: dict[str, set[str]] = {}
+    for table, rules in mapping.tables.items():
+        for rule in rules:
+            feeds.setdefault(rule.source, set()).add(table)
+            column = rule.id if table == "person" else rule.person
+            if column:
+                found.setdefault(rule.source, set()).add(column)
+    columns: dict[str, str] = {}
+    shared: list[str] = []
+    for name in mapping.sources:
+        candidates = found.get(name, set())
+        if len(candidates) > 1:
+            return {}, (), f"source {name!r} names its person in more than one column ({', '.join(sorted(candidates))})"
+        if candidates:
+            columns[name] = candidates.pop()
+        elif feeds.get(name, set()) - SHARED_TABLES:
+            return {}, (), f"source {name!r} feeds {', '.join(sorted(feeds[name]))} without a person column"
+        else:
+            shared.append(name)
+    return columns, tuple(shared), ""
+
+
+def source_bytes(mapping: Mapping, source_dir: Path) -> int:
+    """Bytes of source text the mapping reads (FHIR discounted: its JSON is mostly structure)."""
+    total = 0
+    for name, source in mapping.sources.items():
+        size = sum(p.stat().st_size for p in match_files(source_dir, source.files, name))
+        total += size // _FHIR_TEXT_PER_RECORD if source.is_fhir else size
+    return total
+
+
+def plan_chunks(
+    mapping: Mapping, source_dir: Path, chunks: int | None = None, chunk_mb: int = DEFAULT_CHUNK_MB
+) -> ChunkPlan:
+    """``chunks`` if given, else one chunk per ``chunk_mb`` of source text; 1 when the mapping cannot be split."""
+    wanted = chunks if chunks else max(1, math.ceil(source_bytes(mapping, source_dir) / (chunk_mb * 2**20)))
+    if wanted <= 1:
+        return ChunkPlan(1, {})
+    columns, shared, reason = person_columns(mapping)
+    if reason:
+        return ChunkPlan(1, {}, reason=reason)
+    return ChunkPlan(wanted, columns, shared)
+
+
+def chunk_of(column: str, chunks: int) -> pl.Expr:
+    """The chunk of a row: a hash of its person id (stripped text, as the person lookup compares it)."""
+    return (pl.col(column).cast(pl.String).hash(seed=_HASH_SEED) % chunks).cast(pl.Int64).alias("_chunk")
+
+
+def _valid_utf8(path: Path, block: int = 16 * 2**20) -> bool:
+    """Whether a file decodes as UTF-8, read in blocks so a big file never sits in memory whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as handle:
+        try:
+            while data := handle.read(block):
+                decoder.decode(data)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _streamable(path: Path, source: Source) -> pl.LazyFrame | None:
+    """A lazy scan of the file as text, or None when only the in-memory reader can take it."""
+    if source.format == "parquet":
+        return pl.scan_parquet(path).select(pl.all().cast(pl.String))
+    if source.format != "csv" or source.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return None
+    if not _valid_utf8(path):
+        return None
+    return pl.scan_csv(
+        path, separator=source.delimiter, infer_schema=False, null_values=source.null_values, quote_char='"'
+    )
+
+
+class StagedSite:
+    """The site's sources split into chunks under a scratch folder; ``batch(name, k)`` reads one chunk back."""
+
+    def __init__(self, plan: ChunkPlan, mapping: Mapping, source_dir: Path, scratch: Path) -> None:
+        self.plan = plan
+        self.mapping = mapping
+        self.source_dir = source_dir
+        self.scratch = scratch
+        self._parts: dict[str, list[tuple[Path, str, list[str]]]] = {}  # source -> (folder, file, columns)
+        self._rejects: dict[str, pl.DataFrame] = {}
+
+    def stage(self, name: str) -> None:
+        """Split one source into per-chunk Parquet files (streamed when polars can, else read then split)."""
+        source = self.mapping.sources[name]
+        column = self.plan.person_columns[name]
+        parts: list[tuple[Path, str, list[str]]] = []
+        rejects: list[pl.DataFrame] = []
+        if source.is_fhir:
+            batch = read_source(name, source, self.source_dir)
+            parts.append(self._split_frame(name, len(parts), batch.frame, column))
+            rejects.append(batch.rejects)
+        else:
+            for path in match_files(self.source_dir, source.files, name):
+                relative = str(path.relative_to(self.source_dir))
+                staged = self._stream_file(name, len(parts), path, relative, source, column)
+                if staged is None:
+                    batch = read_tabular(name, [path], self.source_dir, source)
+                    staged = self._split_frame(name, len(parts), batch.frame, column)
+                    rejects.append(batch.rejects)
+                parts.append(staged)
+        self._parts[name] = parts
+        self._rejects[name] = pl.concat(rejects) if rejects else empty_rejects()
+
+    def _stream_file(
+        self, name: str, index: int, path: Path, relative: str, source: Source, column: str
+    ) -> tuple[Path, str, list[str]] | None:
+        scan = _streamable(path, source)
+        if scan is None:
+            return None
+        folder = self.scratch / name / str(index)
+        try:
+            data_columns = scan.collect_schema().names()
+            staged = (
+                scan.with_row_index("_row", offset=1)
+                .with_columns(pl.col(c).str.strip_chars() for c in data_columns)
+                .with_columns(
+                    pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.String).alias("_source_row")
+                )
+                .drop("_row")
+                .with_columns(chunk_of(column, self.plan.chunks))
+            )
+            staged.sink_parquet(pl.PartitionBy(folder, key="_chunk", include_key=False), mkdir=True)
+        except pl.exceptions.PolarsError:  # ragged rows and the like: the in-memory reader quarantines them
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return folder, relative, [*data_columns, "_source_file", "_source_row"]
+
+    def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, str, list[str]]:
+        folder = self.scratch / name / str(index)
+        for (chunk,), part in (
+            frame.with_columns(chunk_of(column, self.plan.chunks))
+            .partition_by("_chunk", as_dict=True, include_key=False)
+            .items()
+        ):
+            (folder / f"_chunk={chunk}").mkdir(parents=True, exist_ok=True)
+            part.write_parquet(folder / f"_chunk={chunk}" / "00000000.parquet")
+        return folder, "", frame.columns
+
+    def batch(self, name: str, chunk: int) -> SourceBatch:
+        """The source's records of one chunk; read-time rejects come with chunk 0."""
+        frames = []
+        for folder, _relative, columns in self._parts[name]:
+            files = sorted((folder / f"_chunk={chunk}").glob("*.parquet"))
+            if files:
+                frames.append(pl.read_parquet(files))
+            else:
+                frames.append(pl.DataFrame(schema=dict.fromkeys(columns, pl.String)))
+        frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        rejects = self._rejects[name] if chunk == 0 else empty_rejects()
+        return SourceBatch(name=name, frame=frame, rejects=rejects, seen=frame.height + rejects.height)

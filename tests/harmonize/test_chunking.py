@@ -1,0 +1,202 @@
+"""Chunked (person-disjoint, bounded-memory) runs give the same OMOP content as one whole run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+from harmonize.chunking import ChunkPlan, person_columns, plan_chunks
+from harmonize.engine import run_mapping
+from harmonize.mapping.loader import load_mapping
+from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SYNTHEA_BULK
+
+VOCABULARY_TABLES = {
+    "concept",
+    "concept_relationship",
+    "concept_ancestor",
+    "vocabulary",
+    "domain",
+    "concept_class",
+    "relationship",
+    "concept_synonym",
+    "drug_strength",
+    "source_to_concept_map",
+    "cdm_source",
+}
+
+
+def _content_query(con: duckdb.DuckDBPyConnection, db: str, table: str) -> str:
+    """A table's rows with engine-assigned ids replaced by what they stand for (ids differ between chunkings)."""
+    columns = [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ? ORDER BY column_index",
+            [db, table],
+        ).fetchall()
+    ]
+    kept = [f'x."{c}"' for c in columns if c.endswith("concept_id") or not c.endswith("_id")]
+    if "person_id" in columns:
+        kept.append("p.person_source_value")
+        return f"SELECT {', '.join(kept)} FROM {db}.{table} x LEFT JOIN {db}.person p USING (person_id)"
+    return f"SELECT {', '.join(kept)} FROM {db}.{table} x"
+
+
+def _differences(whole: Path, chunked: Path) -> dict[str, tuple[int, int]]:
+    """Per table, rows only in the whole run and rows only in the chunked run (multisets, ids aside)."""
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{whole}' AS a (READ_ONLY)")
+    con.execute(f"ATTACH '{chunked}' AS b (READ_ONLY)")
+    tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'a'").fetchall()]
+    found: dict[str, tuple[int, int]] = {}
+    for table in sorted(set(tables) - VOCABULARY_TABLES - {"fedomop_run", "fedomop_lineage"}):
+        if table == "fedomop_quarantine" or table == "fedomop_reconciliation":
+            a, b = (f"SELECT * EXCLUDE (run_id) FROM {db}.{table}" for db in ("a", "b"))
+        else:
+            a, b = _content_query(con, "a", table), _content_query(con, "b", table)
+        only_a = con.execute(f"SELECT count(*) FROM ({a} EXCEPT ALL {b})").fetchone()[0]  # type: ignore[index]
+        only_b = con.execute(f"SELECT count(*) FROM ({b} EXCEPT ALL {a})").fetchone()[0]  # type: ignore[index]
+        if only_a or only_b:
+            found[table] = (only_a, only_b)
+    return found
+
+
+@pytest.mark.parametrize("site", ["site_a", "site_b"])
+def test_chunked_run_loads_what_a_whole_run_loads(site: str, tmp_path: Path) -> None:
+    whole = run_mapping(MAPPINGS / f"{site}.yaml", SAMPLE_DATA / site, tmp_path / "whole.duckdb")
+    chunked = run_mapping(MAPPINGS / f"{site}.yaml", SAMPLE_DATA / site, tmp_path / "chunked.duckdb", chunks=3)
+    assert (whole.chunks, chunked.chunks) == (1, 3)
+    assert chunked.balanced
+    assert chunked.loaded == whole.loaded
+    assert chunked.quarantine_reasons == whole.quarantine_reasons
+    assert chunked.sources == whole.sources
+    assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
+
+
+def test_chunks_number_ids_without_gaps_or_collisions(tmp_path: Path) -> None:
+    db = tmp_path / "chunked.duckdb"
+    report = run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", db, chunks=4)
+    con = duckdb.connect(str(db), read_only=True)
+    for table, column in [
+        ("person", "person_id"),
+        ("visit_occurrence", "visit_occurrence_id"),
+        ("measurement", "measurement_id"),
+        ("observation_period", "observation_period_id"),
+        ("episode", "episode_id"),
+    ]:
+        low, high, distinct, rows = con.execute(  # type: ignore[misc]
+            f"SELECT min({column}), max({column}), count(DISTINCT {column}), count(*) FROM {table}"
+        ).fetchone()
+        assert (low, high, distinct) == (1, rows, rows), table
+        assert rows == report.loaded[table]
+    orphans = con.execute(
+        "SELECT count(*) FROM measurement m LEFT JOIN visit_occurrence v USING (visit_occurrence_id) "
+        "WHERE m.visit_occurrence_id IS NOT NULL AND v.person_id IS DISTINCT FROM m.person_id"
+    ).fetchone()[0]  # type: ignore[index]
+    assert orphans == 0  # every event's visit exists and belongs to the same person
+    events = con.execute(
+        "SELECT count(*) FROM episode_event e JOIN condition_occurrence c ON c.condition_occurrence_id = e.event_id "
+        "JOIN episode p USING (episode_id) WHERE p.person_id = c.person_id"
+    ).fetchone()[0]  # type: ignore[index]
+    assert events == report.loaded["episode_event"]
+    lineage = con.execute("SELECT count(*), count(DISTINCT (omop_table, omop_id)) FROM fedomop_lineage").fetchone()
+    assert lineage == (report.rows_loaded, report.rows_loaded)
+
+
+@pytest.mark.slow
+def test_shared_sources_are_read_once_and_their_keys_reach_every_chunk(tmp_path: Path) -> None:
+    mapping = MAPPINGS / "synthea_bulk.yaml"
+    _, shared, _ = person_columns(load_mapping(mapping))
+    assert set(shared) == {"locations", "organizations", "practitioners"}
+    whole = run_mapping(mapping, SYNTHEA_BULK, tmp_path / "whole.duckdb", vocabulary=EUNOMIA)
+    chunked = run_mapping(mapping, SYNTHEA_BULK, tmp_path / "chunked.duckdb", vocabulary=EUNOMIA, chunks=3)
+    assert chunked.loaded == whole.loaded and chunked.balanced
+    con = duckdb.connect(str(tmp_path / "chunked.duckdb"), read_only=True)
+    linked = con.execute(
+        "SELECT count(*) FROM visit_occurrence v JOIN provider USING (provider_id) JOIN care_site c "
+        "ON c.care_site_id = v.care_site_id"
+    ).fetchone()[0]  # type: ignore[index]
+    assert linked == whole.loaded["visit_occurrence"]
+    assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
+
+
+def test_broken_files_are_quarantined_once_in_a_chunked_run(tmp_path: Path) -> None:
+    """A ragged CSV and a cp1252 file cannot be streamed: they are read whole, split, and their rejects kept."""
+    site = tmp_path / "site_a"
+    shutil.copytree(SAMPLE_DATA / "site_a", site)
+    with (site / "conditions.csv").open("a", encoding="utf-8") as handle:
+        handle.write("A9999999,too,many,fields,in,this,row,for,the,header\n")
+    medications = site / "medications.csv"
+    medications.write_bytes(medications.read_bytes() + "A0000001,A0000001-V01,caf\xe9,1,2020-01-01\n".encode("cp1252"))
+    whole = run_mapping(MAPPINGS / "site_a.yaml", site, tmp_path / "whole.duckdb")
+    chunked = run_mapping(MAPPINGS / "site_a.yaml", site, tmp_path / "chunked.duckdb", chunks=2)
+    assert chunked.balanced and chunked.sources == whole.sources
+    assert chunked.quarantine_reasons == whole.quarantine_reasons
+    assert any(r.startswith("wrong number of fields") for r in chunked.quarantine_reasons)
+    assert any(r.startswith("encoding error") for r in chunked.quarantine_reasons)
+    assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
+
+
+def test_plan_follows_the_size_budget_and_refuses_unsplittable_mappings(tmp_path: Path) -> None:
+    mapping = load_mapping(MAPPINGS / "site_a.yaml")
+    assert plan_chunks(mapping, SAMPLE_DATA / "site_a").chunks == 1  # a few MB: one chunk
+    assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunk_mb=1).chunks > 1
+    assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunks=5) == ChunkPlan(5, person_columns(mapping)[0], (), "")
+    text = (MAPPINGS / "site_a.yaml").read_text(encoding="utf-8")
+    odd = tmp_path / "odd.yaml"  # the death rule names the person in another column than the person rule
+    odd.write_text(
+        text.replace(
+            "      when: {column: death_date, not_null: true}\n      person: patient_id",
+            "      when: {column: death_date, not_null: true}\n      person: zip",
+        )
+        .replace("../sample_data/vocabulary", str(SAMPLE_DATA / "vocabulary"))
+        .replace("include: [common/oncology.yaml]", f"include: [{MAPPINGS / 'common' / 'oncology.yaml'}]"),
+        encoding="utf-8",
+    )
+    plan = plan_chunks(load_mapping(odd), SAMPLE_DATA / "site_a", chunks=4)
+    assert plan.chunks == 1 and "patients" in plan.reason and "zip" in plan.reason
+
+
+def test_map_cli_chunks_a_site(tmp_path: Path) -> None:
+    db = tmp_path / "site.duckdb"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("fedomop")),
+            "map",
+            "--mapping",
+            str(MAPPINGS / "site_c.yaml"),
+            "--source",
+            str(SAMPLE_DATA / "site_c"),
+            "--db",
+            str(db),
+            "--chunks",
+            "2",
+            "--scratch",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mapped in 2 person-disjoint chunks" in done.stdout
+    assert "reconciliation balanced" in done.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["site.duckdb"]  # the split sources were removed
+
+
+def test_chunked_run_into_postgres(postgres_url: str, tmp_path: Path) -> None:
+    report = run_mapping(MAPPINGS / "site_d.yaml", SAMPLE_DATA / "site_d", postgres_url, chunks=3)
+    whole = run_mapping(MAPPINGS / "site_d.yaml", SAMPLE_DATA / "site_d", tmp_path / "whole.duckdb")
+    assert report.balanced and report.loaded == whole.loaded
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as connection:
+        persons = connection.execute(sa.text("SELECT count(*), max(person_id) FROM person")).one()
+        lineage = connection.execute(sa.text("SELECT count(*) FROM fedomop_lineage")).scalar_one()
+    engine.dispose()
+    assert tuple(persons) == (whole.loaded["person"], whole.loaded["person"])
+    assert lineage == report.rows_loaded
