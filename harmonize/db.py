@@ -12,7 +12,7 @@ import atexit
 import gc
 import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,20 +166,35 @@ class Database:
             raw.close()
 
     # -- bulk load -----------------------------------------------------------------------------------
-    def load_arrow(self, table: str, data: pa.Table | pl.DataFrame, *, columns: Sequence[str] | None = None) -> int:
-        """Append rows to an existing table by column name, using the backend's bulk path. Returns row count."""
+    def load_arrow(
+        self,
+        table: str,
+        data: pa.Table | pl.DataFrame,
+        *,
+        columns: Sequence[str] | None = None,
+        constants: Mapping[str, str | int] | None = None,
+    ) -> int:
+        """Append rows to an existing table by column name, using the backend's bulk path. Returns row count.
+
+        ``constants`` fill columns that hold one value for every row (a run id, a table name): DuckDB takes them
+        as query parameters instead of millions of repeated values in the Arrow data.
+        """
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if columns is not None:
             arrow = arrow.select(list(columns))
         if arrow.num_rows == 0:
             return 0
+        constants = dict(constants or {})
         try:
             if self.dialect == "duckdb":
-                self._load_duckdb(table, arrow)
-            elif self.dialect == "postgresql":
-                self._load_postgres(table, arrow)
+                self._load_duckdb(table, arrow, constants)
             else:
-                self._load_executemany(table, arrow)
+                for name, value in constants.items():
+                    arrow = arrow.append_column(name, pa.repeat(value, arrow.num_rows))
+                if self.dialect == "postgresql":
+                    self._load_postgres(table, arrow)
+                else:
+                    self._load_executemany(table, arrow)
         except DatabaseError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface backend errors with the table name
@@ -190,12 +205,17 @@ class Database:
             ) from exc
         return arrow.num_rows
 
-    def _load_duckdb(self, table: str, arrow: pa.Table) -> None:
+    def _load_duckdb(self, table: str, arrow: pa.Table, constants: dict[str, str | int]) -> None:
         names = ", ".join(quote_identifier(c) for c in arrow.column_names)
+        extra = "".join(f", {quote_identifier(c)}" for c in constants)
+        values = "".join(", ?" for _ in constants)
         with self.raw_duckdb() as con:
             con.register("__fedomop_load", arrow)
             try:
-                con.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM __fedomop_load')
+                con.execute(
+                    f'INSERT INTO "{table}" ({names}{extra}) SELECT {names}{values} FROM __fedomop_load',
+                    list(constants.values()),
+                )
             finally:
                 con.unregister("__fedomop_load")
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from harmonize.atomic import AtomicTarget
 from harmonize.cdm import create_cdm, load_spec
+from harmonize.cdm.schema import add_primary_keys, supports_deferred_keys
 from harmonize.chunking import DEFAULT_CHUNK_MB, ChunkPlan, StagedSite, plan_chunks
 from harmonize.db import Database
 from harmonize.errors import MappingError, ReconciliationError
@@ -31,8 +32,8 @@ from harmonize.lineage import (
     LINEAGE_TABLE,
     RECONCILIATION_SCHEMA,
     RECONCILIATION_TABLE,
+    RecordLedger,
     lineage_rows,
-    reconcile,
 )
 from harmonize.mapping.checks import check_concept_names, check_mapping, check_source_columns
 from harmonize.mapping.loader import load_mapping
@@ -53,6 +54,7 @@ from harmonize.tables import (
 )
 from harmonize.units import UnitConverter
 from harmonize.vocabulary import descendants, load_source_to_concept_map, load_vocabulary, standard_concept_by_code
+from harmonize.vocabulary.resolve import ResolutionCache
 
 Progress = Callable[[str, int, int], None]
 RUN_TABLE = "fedomop_run"
@@ -309,7 +311,10 @@ class SiteBuild:
         parts = rows.with_columns(target.alias("_to")).partition_by("_to", as_dict=True, include_key=False)
         return {str(key[0]): part for key, part in parts.items()}
 
-    def build_derived(self, mapping_file: str, *, with_cdm_source: bool = True) -> None:
+    def build_derived(
+        self, mapping_file: str, *, with_cdm_source: bool = True, cancer_concepts: list[int] | None = None
+    ) -> None:
+        """observation_period, episode + episode_event, cdm_source (``cancer_concepts``: precomputed ids)."""
         mapping, db = self.ctx.mapping, self.ctx.db
         person = self.tables.get("person", pl.DataFrame())
         period_type = (
@@ -324,8 +329,9 @@ class SiteBuild:
                 )
         conditions = self.tables.get("condition_occurrence", pl.DataFrame())
         if mapping.episodes and conditions.height:
-            ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
-            cancers = episode.cancer_conditions(conditions, descendants(db, ids))
+            if cancer_concepts is None:
+                cancer_concepts = cancer_concept_ids(db, mapping)
+            cancers = episode.cancer_conditions(conditions, cancer_concepts)
             episodes = episode.build(
                 cancers,
                 int(mapping.episodes.episode_concept.constant or 0),
@@ -357,6 +363,14 @@ class SiteBuild:
             if frame.height and target.id_column and not target.one_per_person:
                 last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
         return last
+
+
+def cancer_concept_ids(db: Database, mapping: Mapping) -> list[int]:
+    """The standard concepts (with descendants) whose conditions open a disease episode."""
+    if not mapping.episodes:
+        return []
+    ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
+    return descendants(db, ids)
 
 
 def _key_columns(table: str) -> list[pl.Expr]:
@@ -428,20 +442,19 @@ def _load_tables(db: Database, tables: dict[str, pl.DataFrame], progress: Progre
     return loaded
 
 
-def _account_leftovers(batches: dict[str, pl.DataFrame], lineage: pl.DataFrame, quarantine: Quarantine) -> None:
+def _quarantine_leftovers(batches: dict[str, pl.DataFrame], ledger: RecordLedger, quarantine: Quarantine) -> None:
     """Rows no rule took (filtered out by every ``when``) are quarantined, so none is silently dropped."""
-    taken = pl.concat(
-        [
-            lineage.select("source", "source_file", "source_row"),
-            quarantine.frame().select("source", "source_file", "source_row"),
-        ]
-    )  # an anti join needs no unique right side
     for name, frame in batches.items():
-        mine = taken.filter(pl.col("source") == name).drop("source")
-        left = frame.join(
-            mine, left_on=["_source_file", "_source_row"], right_on=["source_file", "source_row"], how="anti"
-        )
-        quarantine.add_rows(name, left, "*", pl.lit(None, pl.String), "no mapping rule selects this record")
+        left = ledger.unaccounted(name)
+        if left.any():
+            quarantine.add_rows(
+                name,
+                frame.filter(pl.Series(left)),
+                "*",
+                pl.lit(None, pl.String),
+                "no mapping rule selects this record",
+            )
+            ledger.mark_held(name, left)
 
 
 def _summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
@@ -474,6 +487,8 @@ def _prepare_database(
 ) -> None:
     """Empty CDM, the vocabulary and the site's source_to_concept_map; then the concept names the mapping uses."""
     progress("vocabulary", 0, 1)
+    if supports_deferred_keys(db.engine):  # the engine's own tables get their keys after the load
+        create_cdm(db.engine, constraints="none", tables=list(TARGETS))
     create_cdm(db.engine)
     load_vocabulary(db, vocabulary_dir)
     if mapping.vocabulary.source_to_concept_map:
@@ -558,6 +573,8 @@ class _ChunkedRun:
         self.totals = _Totals()
         self.ids_after: dict[str, int] = {}
         self.carried_keys: dict[str, pl.DataFrame] = {}
+        self.cancer_concepts: list[int] | None = None
+        self.codes = ResolutionCache()
 
     def whole(self) -> None:
         """The site in one piece (small sites, and mappings that cannot be split by person)."""
@@ -607,24 +624,31 @@ class _ChunkedRun:
             mapping_file=str(self.mapping_path),
             quarantine=quarantine,
             units=self.units,
+            codes=self.codes,
         )
         build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
         build.build_keyed()
         build.build_events()
-        build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0)
+        if self.cancer_concepts is None:
+            self.cancer_concepts = cancer_concept_ids(self.db, self.mapping)
+        build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0, cancer_concepts=self.cancer_concepts)
         if chunk == 0 and shared:
             self.carried_keys = build.shared_keys(shared)
         self.ids_after = build.last_ids()
         tables = {t: f for t, f in build.tables.items() if f.height}
-        parts = [lineage_rows(self.run_id, t, _lineage_id(t), f) for t, f in tables.items()]
-        lineage = pl.concat(parts) if parts else pl.DataFrame(schema=LINEAGE_SCHEMA)
-        _account_leftovers(batches, lineage, quarantine)
-        quarantined = quarantine.frame()
-        recon = reconcile(self.run_id, seen, lineage, quarantined, _rule_tables(self.mapping))
+        ledger = RecordLedger({name: frame.height for name, frame in batches.items()})
+        for table, frame in tables.items():
+            ledger.mark_loaded(table, frame)
+        ledger.mark_quarantined(quarantine.frame())
+        _quarantine_leftovers(batches, ledger, quarantine)
+        recon = ledger.reconciliation(self.run_id, seen, _rule_tables(self.mapping))
         _check_reconciliation(recon)
+        quarantined = quarantine.frame()
         self.totals.loaded.update(_load_tables(self.db, tables, progress))
         self.db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
-        self.db.load_arrow(LINEAGE_TABLE, lineage.select(list(LINEAGE_SCHEMA)))
+        for table, frame in tables.items():
+            constants = {"run_id": self.run_id, "omop_table": table}
+            self.db.load_arrow(LINEAGE_TABLE, lineage_rows(_lineage_id(table), frame), constants=constants)
         self.totals.reasons.update(_summarise_reasons(quarantined))
         self.totals.seen.update(seen)
         self.totals.reconciliations.append(recon)
@@ -697,6 +721,10 @@ def run_mapping(
         totals = run.totals
         recon = totals.reconciliation()
         _check_reconciliation(recon)
+        if supports_deferred_keys(db.engine):
+            progress("primary keys", 0, 1)
+            add_primary_keys(db.engine, TARGETS)
+            progress("primary keys", 1, 1)
         records_read = sum(totals.seen.values())
         records_quarantined = int(recon.filter(pl.col("omop_table") == ALL_TABLES).get_column("quarantined").sum())
         run_row = {

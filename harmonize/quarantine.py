@@ -19,22 +19,28 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 
 
 class Quarantine:
-    """Collects rejects during a run; ``frame()`` gives them in a stable order."""
+    """Collects rejects during a run; ``frame()`` gives them in a stable order.
+
+    Rows refused by a rule keep the record's position in its batch (``_ord``, not written to the database) so
+    the reconciliation can tick records off by number; read-time rejects never entered a batch and have none.
+    """
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self._parts: list[pl.DataFrame] = []
 
     def add_rejects(self, source: str, rejects: pl.DataFrame) -> None:
-        """Add rows that already have source_file, source_row, field, value, reason (and maybe omop_table)."""
+        """Add rows that already have source_file, source_row, field, value, reason (and maybe omop_table, _ord)."""
         if rejects.height:
             table = pl.col("omop_table") if "omop_table" in rejects.columns else pl.lit(None, pl.String)
+            ordinal = pl.col("_ord") if "_ord" in rejects.columns else pl.lit(None)
             self._parts.append(
                 rejects.select(
                     pl.lit(self.run_id).alias("run_id"),
                     pl.lit(source).alias("source"),
                     *(pl.col(c).cast(pl.String) for c in REJECT_SCHEMA),
                     table.cast(pl.String).alias("omop_table"),
+                    ordinal.cast(pl.Int64).alias("_ord"),
                 )
             )
 
@@ -69,10 +75,11 @@ class Quarantine:
                 value.cast(pl.String).alias("value"),
                 reason_expr.alias("reason"),
                 table_expr.alias("omop_table"),
+                pl.col("_ord") if "_ord" in rows.columns else pl.lit(None, pl.Int64).alias("_ord"),
             ),
         )
 
     def frame(self) -> pl.DataFrame:
         if not self._parts:
-            return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+            return pl.DataFrame(schema={**QUARANTINE_SCHEMA, "_ord": pl.Int64()})
         return pl.concat(self._parts).unique(maintain_order=True)

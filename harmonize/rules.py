@@ -30,6 +30,7 @@ from harmonize.parsing import failed, parse_datetime, parse_number
 from harmonize.quarantine import Quarantine
 from harmonize.units import UnitConverter
 from harmonize.vocabulary import resolve_codes
+from harmonize.vocabulary.resolve import ResolutionCache
 
 FIELD_PREFIX = "="  # evaluated ``fields:`` columns travel as "=<omop column>" until the row's table is known
 REFERENCE_SLOTS = {
@@ -50,6 +51,7 @@ class RunContext:
     quarantine: Quarantine
     units: UnitConverter
     keys: dict[str, pl.DataFrame] = field(default_factory=dict)  # table -> (_key, _id)
+    codes: ResolutionCache = field(default_factory=ResolutionCache)  # answers shared by the run's chunks
 
 
 @dataclass
@@ -243,7 +245,7 @@ class RuleEvaluator:
             pl.col(code.code).cast(pl.String).alias("source_code"),
             pl.col(code.source_value or code.code).alias("_source_value"),
         )
-        resolved = resolve_codes(self.ctx.db, keyed).with_columns(
+        resolved = resolve_codes(self.ctx.db, keyed, cache=self.ctx.codes).with_columns(
             pl.col("concept_id").fill_null(0).alias("_concept_id"),
             pl.col("source_concept_id").fill_null(0).alias("_source_concept_id"),
             pl.col("domain_id").alias("_domain"),

@@ -39,4 +39,5 @@ def build(cancers: pl.DataFrame, episode_concept_id: int, type_concept_id: int) 
         "_source",
         "_source_file",
         "_source_row",
+        "_ord",
     )

@@ -25,5 +25,6 @@ def build(cancers: pl.DataFrame, episodes: pl.DataFrame) -> pl.DataFrame:
             "_source",
             "_source_file",
             "_source_row",
+            "_ord",
         )
     )

@@ -35,7 +35,7 @@ def build(tables: dict[str, pl.DataFrame], person: pl.DataFrame, type_concept_id
         return pl.DataFrame()
     span = pl.concat(spans).group_by("person_id").agg(pl.min("_from"), pl.max("_to"))
     return (
-        person.select("person_id", "_source", "_source_file", "_source_row")
+        person.select("person_id", "_source", "_source_file", "_source_row", "_ord")
         .join(span, on="person_id", how="inner")
         .sort("person_id")
         .with_row_index("observation_period_id", offset=1)

@@ -132,7 +132,25 @@ def _resolve_distinct(db: Database, keys: pl.DataFrame) -> pl.DataFrame:
     return answer.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
 
 
-def resolve_codes(db: Database, codes: pl.DataFrame) -> pl.DataFrame:
+class ResolutionCache:
+    """Answers already resolved in this run, so a site mapped in chunks asks the vocabulary once per code."""
+
+    def __init__(self) -> None:
+        self.answers: pl.DataFrame | None = None
+
+    def resolve(self, db: Database, keys: pl.DataFrame) -> pl.DataFrame:
+        """The answer rows for ``keys`` (distinct vocabulary_id, source_code), querying only new ones."""
+        if self.answers is None:
+            require_vocabulary(db)
+            self.answers = _resolve_distinct(db, keys)
+            return self.answers
+        new = keys.join(self.answers.select(KEY_COLUMNS).unique(), on=list(KEY_COLUMNS), how="anti")
+        if new.height:
+            self.answers = pl.concat([self.answers, _resolve_distinct(db, new)])
+        return self.answers
+
+
+def resolve_codes(db: Database, codes: pl.DataFrame, *, cache: ResolutionCache | None = None) -> pl.DataFrame:
     """Add source_concept_id, concept_id, domain_id, concept_name and mapped_via to each (vocabulary_id, source_code).
 
     Other columns pass through; input order is kept; a code with several "Maps to" targets yields one row per
@@ -141,12 +159,14 @@ def resolve_codes(db: Database, codes: pl.DataFrame) -> pl.DataFrame:
     explicit "no standard concept").
     """
     _check_input(codes)
-    require_vocabulary(db)
+    if cache is None:
+        require_vocabulary(db)
     keyed = codes.with_row_index("__fedomop_row").with_columns(
         pl.col(c).cast(pl.String).alias(f"__fedomop_{c}") for c in KEY_COLUMNS
     )
     keys = keyed.select(pl.col(f"__fedomop_{c}").alias(c) for c in KEY_COLUMNS).drop_nulls().unique()
-    answer = _resolve_distinct(db, keys).rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
+    resolved = cache.resolve(db, keys) if cache is not None else _resolve_distinct(db, keys)
+    answer = resolved.rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
     joined = keyed.join(answer, on=[f"__fedomop_{c}" for c in KEY_COLUMNS], how="left")
     return (
         joined.sort("__fedomop_row", "concept_id", nulls_last=True)
