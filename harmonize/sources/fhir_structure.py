@@ -65,6 +65,7 @@ PRIMITIVE_FORMS = {
     "base64Binary": "base64 text",
 }
 NUMBER_PRIMITIVES = {"integer", "unsignedInt", "positiveInt", "integer64"}
+DATE_PRIMITIVES = {"date", "dateTime", "instant"}
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,35 @@ CALENDAR_PATTERN = (
 )
 
 
+LEAP_YEAR = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+REAL_MONTH_DAY = r"((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+_YEAR = "([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
+_MONTH = "(0[1-9]|1[0-2])"
+_DAY = "(0[1-9]|[1-2][0-9]|3[0-1])"
+
+
+@cache
+def real_date_pattern(primitive: str, pattern: str) -> str | None:
+    """One regex for "a FHIR date/dateTime/instant AND a real calendar date" (the R4B format with its
+    day part split into real month-days, plus Feb 29 of leap years): a single match per value instead
+    of the format regex followed by CALENDAR_PATTERN. None when ``pattern`` is not the R4B form this
+    is derived from (a new fhir.resources release): the caller then keeps the two-step check.
+    tests/harmonize/test_fhir_structure_fast.py compares the two on every day of several years."""
+    head = f"{_YEAR}-{_MONTH}-{_DAY}"
+    time = ""
+    if primitive == "instant" and pattern.startswith(head):
+        time = pattern[len(head) :]
+        return f"{_YEAR}-{REAL_MONTH_DAY}{time}|{LEAP_YEAR}-02-29{time}"
+    if primitive == "dateTime" and pattern.startswith(f"{_YEAR}(-{_MONTH}(-{_DAY}(") and pattern.endswith(")?)?)?"):
+        time = pattern[len(f"{_YEAR}(-{_MONTH}(-{_DAY}(") : -len(")?)?)?")]
+        optional = f"({time})?"
+    elif primitive == "date" and pattern == f"{_YEAR}(-{_MONTH}(-{_DAY})?)?":
+        optional = ""
+    else:
+        return None
+    return f"{_YEAR}(-{_MONTH})?|{_YEAR}-{REAL_MONTH_DAY}{optional}|{LEAP_YEAR}-02-29{optional}"
+
+
 def _primitive_schema(element: Element) -> cs.CoreSchema:
     primitive = element.primitive
     limits = dict(element.limits)
@@ -214,14 +244,15 @@ def _primitive_schema(element: Element) -> cs.CoreSchema:
         return cs.float_schema(strict=True, allow_inf_nan=False)
     if primitive in NUMBER_PRIMITIVES:
         return cs.int_schema(strict=True, ge=limits.get("ge"), le=limits.get("le"))
-    pattern = f"^(?:{element.pattern})$" if element.pattern else None
+    real_date = real_date_pattern(primitive, element.pattern) if primitive in DATE_PRIMITIVES else None
+    pattern = real_date or element.pattern
     schema = cs.str_schema(
         strict=True,
-        pattern=pattern,
+        pattern=f"^(?:{pattern})$" if pattern else None,
         min_length=limits.get("min_length"),
         max_length=limits.get("max_length"),
     )
-    if primitive in {"date", "dateTime", "instant"}:
+    if primitive in DATE_PRIMITIVES and real_date is None:
         schema = cs.chain_schema([schema, cs.str_schema(pattern=CALENDAR_PATTERN)])
     return schema
 
@@ -233,13 +264,14 @@ def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[d
     for element in table.values():
         if element.choice_group:
             groups[element.choice_group] = groups.get(element.choice_group, frozenset()) | {element.name}
-    required_primitives = [e.name for e in table.values() if e.required and e.primitive]
+    required_primitives = [(e.name, "_" + e.name) for e in table.values() if e.required and e.primitive]
     if not groups and not required_primitives:
         return None
     group_items = list(groups.items())
+    choices = frozenset().union(*groups.values())
     owner = type_name(model)
 
-    def check(value: dict) -> dict:
+    def fail(value: dict) -> None:
         for group, names in group_items:
             present = names.intersection(value)
             if len(present) > 1:
@@ -248,11 +280,28 @@ def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[d
                     "{owner}.{group}[x] has {count} values ({names}); keep exactly one",
                     {"owner": owner, "group": group, "count": len(present), "names": ", ".join(sorted(present))},
                 )
-        for name in required_primitives:
-            if name not in value and "_" + name not in value:
+        for name, extension in required_primitives:
+            if name not in value and extension not in value:
                 raise PydanticCustomError(
                     "fhir_required", "required element '{name}' is missing from {owner}", {"name": name, "owner": owner}
                 )
+
+    if len(group_items) == 1 and not required_primitives:  # e.g. Extension.value[x]: one set operation
+
+        def check_one_group(value: dict) -> dict:
+            if len(choices.intersection(value)) > 1:
+                fail(value)
+            return value
+
+        return check_one_group
+
+    def check(value: dict) -> dict:
+        """Runs for every object of this type, so the common case is one set operation per rule."""
+        if len(choices.intersection(value)) > 1:
+            fail(value)  # raises if two values are in the same group (several groups may have one each)
+        for name, extension in required_primitives:
+            if name not in value and extension not in value:
+                fail(value)
         return value
 
     return check
@@ -331,7 +380,9 @@ def _compiled(resource_type: str) -> SchemaValidator:
         if data_type.__name__ == "Reference":
             definition = _with_reference_format(definition)
         definitions.append(definition)
-    return SchemaValidator(cs.definitions_schema(root, definitions))
+    # cache_strings="keys": element names repeat, values mostly do not (ids, references, timestamps), so
+    # caching every short value costs more than it saves (about 9% of the check on site-B-style data)
+    return SchemaValidator(cs.definitions_schema(root, definitions), config=cs.CoreConfig(cache_strings="keys"))
 
 
 def _with_reference_format(definition: cs.CoreSchema) -> cs.CoreSchema:
@@ -353,6 +404,8 @@ class StructuralValidator:
         self.resource_type = resource_type
         self.model = resource_model(resource_type)
         self._validator = _compiled(resource_type)
+        # parse_json without the Python method around it, for hot loops (same result, same errors)
+        self.validate_json = self._validator.validate_json
 
     def parse_json(self, line: bytes | str) -> dict:
         """The resource as a dict; raises pydantic_core.ValidationError when it is not valid."""
@@ -439,6 +492,15 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _unreal_date(item: Any, element: Element | None, value: Any) -> bool:
+    """A date in the right format whose day does not exist (2021-02-30)."""
+    if item.get("ctx", {}).get("pattern") == CALENDAR_PATTERN:
+        return True
+    if element is None or element.primitive not in DATE_PRIMITIVES or not element.pattern or type(value) is not str:
+        return False
+    return re.fullmatch(element.pattern, value) is not None
+
+
 def _reason(item: Any, owner: type | None, element: Element | None, loc: list[Any], value: Any) -> str:
     kind = item["type"]
     owner_name = type_name(owner) if owner is not None else "the resource"
@@ -456,7 +518,7 @@ def _reason(item: Any, owner: type | None, element: Element | None, loc: list[An
         return f"invalid JSON ({item['ctx']['error']}); the line is truncated or not JSON - re-export the resource"
     if kind.startswith("fhir_"):
         return item["msg"] + ("" if kind == "fhir_resource" else "; fix the resource")
-    if kind == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == CALENDAR_PATTERN:
+    if kind == "string_pattern_mismatch" and _unreal_date(item, element, value):
         return f"'{value}' is not a real calendar date; correct the value"
     if element is not None and last == "reference" and owner_name == "Reference" and kind == "string_pattern_mismatch":
         return f"malformed reference '{value}'; write it as {REFERENCE_FORMS}"

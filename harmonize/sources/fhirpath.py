@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -79,6 +79,8 @@ class _Op:
     chain: Callable[[Lazy | None], Lazy] | None = None
     name: str | None = None  # an element step whose element is known to be single (0..1)
     first: bool = False
+    # what the step does, for the generated evaluator (:func:`_generate`); None: only ``collect``/``chain``
+    spec: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,12 @@ class CompiledPath:
         self.result_type = result
         self.dtype: pl.DataType = _dtype(result)
         self._stringify = self.dtype == pl.String
+        self.operations = alternatives
+        self.stringifies = self._stringify
+        generated = _generate(self)
+        self.generated = generated is not None
+        if generated is not None:  # the same value as the generic evaluate(), in one flat Python function
+            self.evaluate = generated  # type: ignore[method-assign]
 
     def evaluate_all(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Items:
         """Every item the expression selects (the first alternative that selects anything)."""
@@ -137,7 +145,15 @@ class CompiledPath:
         return []
 
     def evaluate(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Any:
-        """The column value: the first selected item, converted to the column's dtype (None if nothing)."""
+        """The column value: the first selected item, converted to the column's dtype (None if nothing).
+
+        Replaced on the instance by a generated function when every step has one (see :func:`_generate`);
+        :meth:`evaluate_generic` is this composed form, kept as the reference the generated one must equal.
+        """
+        return self.evaluate_generic(resource, urn_ids)
+
+    def evaluate_generic(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Any:
+        """:meth:`evaluate` through the composed per-step closures."""
         context = urn_ids if urn_ids is not None else _NO_URNS
         value = None
         for index, lazy in enumerate(self._lazy):
@@ -152,13 +168,182 @@ class CompiledPath:
                 break
         if value is None or not self._stringify or type(value) is str:
             return value
-        return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list, bool)) else str(value)
+        return _as_text(value)
 
     def __repr__(self) -> str:
         return f"CompiledPath({self.expression!r}, dtype={self.dtype})"
 
 
 _NO_URNS: Mapping[str, str] = {}
+
+
+def _as_text(value: Any) -> str:
+    """A non-string value selected for a string column: JSON text for objects, arrays and booleans."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list, bool)) else str(value)
+
+
+MAX_LOOPS = 12  # nested for-loops in one generated block (CPython allows 20 nested blocks)
+
+
+class _Emitter:
+    """Writes Python source that stores the value of a path in a variable: plain ``dict.get`` lookups
+    and a ``for`` loop per element that may repeat, stopping at the first value found. Depth-first, so
+    the value equals the first item of the FHIRPath collection, as :func:`_depth_first` finds it with
+    closures -- but with no call per step, which is most of the cost of extracting a column.
+
+    Each alternative is a ``while True:`` block. A dead end leaves it with ``break`` (inside a loop:
+    ``continue`` with the next item); a found value is stored, then ``break`` leaves every loop."""
+
+    def __init__(self, constants: dict[str, Any], *, checked: bool = True) -> None:
+        self.lines: list[str] = []
+        self.constants = constants  # shared by every block of one generated function
+        # unchecked: call .get without testing for a dict first -- only JSON objects have .get, so any
+        # other value raises AttributeError and the caller evaluates that resource the checked way
+        self.checked = checked
+        self._names = 0
+
+    def var(self) -> str:
+        self._names += 1
+        return f"_v{self._names}"
+
+    def constant(self, value: Any) -> str:
+        for name, known in self.constants.items():
+            if known is value:
+                return name
+        name = f"_K{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def out(self, depth: int, text: str) -> None:
+        self.lines.append("    " * depth + text)
+
+    def block(self, path: CompiledPath, target: str, depth: int) -> bool:
+        """Lines setting ``target`` to ``path``'s value (None when nothing); False if a step has no
+        generated form (count(), last(), an index ...) -- the caller then calls ``path.evaluate``."""
+        start = len(self.lines)
+        self.out(depth, f"{target} = None")
+        for number, ops in enumerate(path.operations):
+            while ops and ops[-1].first:
+                ops = ops[:-1]
+            loops = sum(1 for op in ops if op.name is None and op.spec and op.spec[0] in ("element", "extension"))
+            if not ops or loops > MAX_LOOPS or any(op.spec is None and op.name is None for op in ops):
+                del self.lines[start:]
+                return False
+            inner = depth
+            if number:
+                self.out(depth, f"if {target} is None:")
+                inner += 1
+            self.out(inner, "while True:")
+            self.emit(ops, 0, "r", inner + 1, "break", target, path.stringifies)
+            self.out(inner + 1, "break")
+        return True
+
+    def lookup(self, var: str, names: tuple[str, ...], depth: int, fail: str) -> str:
+        """``var.name1.name2...`` for single elements; ``fail`` when a step is missing or not an object."""
+        for name in names:
+            found = self.var()
+            if self.checked:
+                self.out(depth, f"if type({var}) is not dict: {fail}")
+            self.out(depth, f"{found} = {var}.get({name!r})")
+            self.out(depth, f"if {found} is None: {fail}")
+            var = found
+        return var
+
+    def emit(self, ops: list[_Op], index: int, var: str, depth: int, fail: str, target: str, text: bool) -> None:
+        if index == len(ops):
+            value = var if not text else f"{var} if type({var}) is str else _as_text({var})"
+            self.out(depth, f"{target} = {value}")
+            self.out(depth, "break")
+            return
+        op = ops[index]
+        if op.name is not None:  # a run of single (0..1) elements
+            end = index
+            while end < len(ops) and ops[end].name is not None:
+                end += 1
+            names = tuple(o.name for o in ops[index:end])  # type: ignore[misc]
+            self.emit(ops, end, self.lookup(var, names, depth, fail), depth, fail, target, text)
+            return
+        kind = op.spec[0]  # type: ignore[index]
+        if kind == "where":
+            _kind, keep, simple = op.spec  # type: ignore[misc]
+            if simple is None:
+                self.out(depth, f"if not {self.constant(keep)}({var}): {fail}")
+            else:  # where(single.path = literal): compared in place, as `literal in [value]` does
+                names, literal = simple
+                wanted = self.constant(literal)
+                value = var
+                for name in names:
+                    found = self.var()
+                    self.out(depth, f"{found} = {value}.get({name!r}) if type({value}) is dict else None")
+                    value = found
+                self.out(depth, f"if {value} is None or not ({value} is {wanted} or {value} == {wanted}): {fail}")
+            self.emit(ops, index + 1, var, depth, fail, target, text)
+        elif kind == "resolve":
+            found = self.var()
+            self.out(depth, f"{found} = {self.constant(op.spec[1])}({var}, u)")  # type: ignore[index]
+            self.out(depth, f"if {found} is None: {fail}")
+            self.emit(ops, index + 1, found, depth, fail, target, text)
+        else:  # "element" (may repeat) or "extension" (the extension elements with that url)
+            values, entry = self.var(), self.var()
+            name = op.spec[1] if kind == "element" else "extension"  # type: ignore[index]
+            if self.checked:
+                self.out(depth, f"if type({var}) is not dict: {fail}")
+            self.out(depth, f"{values} = {var}.get({name!r})")
+            self.out(depth, f"if type({values}) is not list: {values} = () if {values} is None else ({values},)")
+            self.out(depth, f"for {entry} in {values}:")
+            self.out(depth + 1, f"if {entry} is None: continue")
+            if kind == "extension":
+                url = self.constant(op.spec[1])  # type: ignore[index]
+                self.out(depth + 1, f"if not (type({entry}) is dict and {entry}.get('url') == {url}): continue")
+            self.emit(ops, index + 1, entry, depth + 1, "continue", target, text)
+            self.out(depth, "else:")  # no item led to a value
+            self.out(depth + 1, fail)
+            self.out(depth, "break")  # a value was found inside the loop
+
+
+def _compile_source(source: str, title: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Compile generated source once. Element names come from the parsed expression and were checked
+    as identifiers; literals and functions are passed in ``namespace``, never pasted into the text."""
+    namespace.update({"_as_text": _as_text, "_NO_URNS": _NO_URNS})
+    exec(compile(source, f"<{title}>", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def _generate(path: CompiledPath) -> Callable[..., Any] | None:
+    """``path.evaluate`` as one flat generated function, or None when a step has no generated form."""
+    emitter = _Emitter({})
+    if not emitter.block(path, "value", 1):
+        return None
+    source = "def evaluate(r, u=None):\n    if u is None: u = _NO_URNS\n" + "\n".join(emitter.lines)
+    source += "\n    return value\n"
+    function = _compile_source(source, f"fhirpath {path.expression!r}", emitter.constants)["evaluate"]
+    function.source = source
+    return function
+
+
+def row_extractor(paths: Sequence[CompiledPath]) -> Callable[..., Callable[..., None]]:
+    """A factory ``make(append)`` of ``add(resource, source_file, source_row, urn_ids)``, which appends
+    the row ``(value of each path..., source_file, source_row)`` with ``append`` -- the whole row in one
+    generated function, without a call per step or per column.
+
+    The values are those of ``path.evaluate`` (a resource that is not made of plain JSON objects takes
+    that slower, checked way)."""
+    emitter = _Emitter({}, checked=False)
+    lines = ["def add(r, f, row, u):", "    if u is None: u = _NO_URNS", "    try:", "        pass"]
+    for number, path in enumerate(paths):
+        emitter.lines = []
+        if emitter.block(path, f"_c{number}", 2):
+            lines += emitter.lines
+        else:
+            lines.append(f"        _c{number} = {emitter.constant(path.evaluate)}(r, u)")
+    lines += ["    except AttributeError:  # not a JSON object where one was expected: the checked way", "        pass"]
+    lines += [f"        _c{number} = {emitter.constant(path.evaluate)}(r, u)" for number, path in enumerate(paths)]
+    lines.append(f"    _append(({''.join(f'_c{n}, ' for n in range(len(paths)))}f, row))")
+    body = "\n".join("    " + line for line in lines)
+    source = f"def make(_append):\n{body}\n    return add\n"
+    maker = _compile_source(source, "FHIR row extraction", emitter.constants)["make"]
+    maker.source = source
+    return maker
 
 
 def _depth_first(ops: list[_Op]) -> Lazy | None:
@@ -310,10 +495,11 @@ class _Parser:
         if self.at("op", "("):
             return self.function(name, current)
         element = self.child(name, current)
+        spec = ("element", name.text)
         if element is None:
-            return _Op(_element_step(name.text), _element_chain(name.text)), ANY
+            return _Op(_element_step(name.text), _element_chain(name.text), spec=spec), ANY
         single = name.text if not element.is_list else None
-        return _Op(_element_step(name.text), _element_chain(name.text), single), _element_type(element)
+        return _Op(_element_step(name.text), _element_chain(name.text), single, spec=spec), _element_type(element)
 
     def child(self, name: _Token, current: _Type) -> Element | None:
         """The element ``name`` of the current type (None when the type is not known statically)."""
@@ -334,9 +520,9 @@ class _Parser:
     def function(self, name: _Token, current: _Type) -> tuple[_Op, _Type]:
         self.take("op", "(")
         if name.text == "where":
-            condition = self.condition(current)
+            condition, simple = self.condition(current)
             self.take("op", ")")
-            return _Op(_where_step(condition), _filter_chain(condition)), current
+            return _Op(_where_step(condition), _filter_chain(condition), spec=("where", condition, simple)), current
         if name.text == "extension":
             url = _string_literal(self.take("string").text)
             self.take("op", ")")
@@ -345,7 +531,8 @@ class _Parser:
                 extension = _element_type(element_table(current.model)["extension"])
             extension_chain = _element_chain("extension")
             matches = _filter_chain(lambda item: type(item) is dict and item.get("url") == url)
-            return _Op(_extension_step(url), lambda rest: extension_chain(matches(rest))), extension
+            op = _Op(_extension_step(url), lambda rest: extension_chain(matches(rest)), spec=("extension", url))
+            return op, extension
         self.take("op", ")")
         simple: dict[str, tuple[_Op, _Type]] = {
             "first": (_Op(lambda items, _ctx: items[:1], first=True), current),
@@ -353,11 +540,15 @@ class _Parser:
             "exists": (_Op(lambda items, _ctx: [bool(items)]), _Type(primitive="boolean")),
             "count": (_Op(lambda items, _ctx: [len(items)]), _Type(primitive="integer")),
             "resolve_id": (
-                _Op(_resolve_step(_reference_id), _resolve_chain(_reference_id)),
+                _Op(_resolve_step(_reference_id), _resolve_chain(_reference_id), spec=("resolve", _reference_id)),
                 _Type(primitive="id"),
             ),
             "resolve_identifier": (
-                _Op(_resolve_step(_reference_identifier), _resolve_chain(_reference_identifier)),
+                _Op(
+                    _resolve_step(_reference_identifier),
+                    _resolve_chain(_reference_identifier),
+                    spec=("resolve", _reference_identifier),
+                ),
                 _Type(primitive="string"),
             ),
         }
@@ -376,25 +567,29 @@ class _Parser:
             )
         return simple[name.text]
 
-    def condition(self, current: _Type) -> Callable[[Any], bool]:
+    def condition(self, current: _Type) -> tuple[Callable[[Any], bool], tuple[tuple[str, ...], Any] | None]:
+        """The where() test, and (element names, literal) when it is one ``single.path = literal``."""
         tests: list[tuple[Callable[[Any], Items], bool, Any]] = []
+        simple: tuple[tuple[str, ...], Any] | None = None
         while True:
             ops, _ = self.path(current)
             operator = self.take("op").text
             if operator not in ("=", "!="):
                 raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
             tests.append((_values_of(ops), operator == "=", self.literal()))
+            if all(op.name is not None for op in ops):
+                simple = (tuple(op.name for op in ops), tests[-1][2])  # type: ignore[misc]
             if not self.at("name", "and"):
                 break
             self.take("name", "and")
         if len(tests) == 1 and tests[0][1]:
             values_of, _equal, wanted = tests[0]
-            return lambda item: wanted in values_of(item)
+            return (lambda item: wanted in values_of(item)), simple
 
         def matches(item: Any) -> bool:
             return all((literal in values_of(item)) == equal for values_of, equal, literal in tests)
 
-        return matches
+        return matches, None
 
     def literal(self) -> Any:
         token = self.token
