@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -575,6 +576,10 @@ class _ChunkedRun:
         self.carried_keys: dict[str, pl.DataFrame] = {}
         self.cancer_concepts: list[int] | None = None
         self.codes = ResolutionCache()
+        # DuckDB and PostgreSQL load a chunk on a second connection while the next chunk is built (both release
+        # the GIL); SQLite connections stay on their thread, so it loads in turn
+        self.loader = ThreadPoolExecutor(1, "fedomop-load") if db.dialect in ("duckdb", "postgresql") else None
+        self.pending: Future[None] | None = None
 
     def whole(self) -> None:
         """The site in one piece (small sites, and mappings that cannot be split by person)."""
@@ -644,14 +649,36 @@ class _ChunkedRun:
         recon = ledger.reconciliation(self.run_id, seen, _rule_tables(self.mapping))
         _check_reconciliation(recon)
         quarantined = quarantine.frame()
+        self.totals.reasons.update(_summarise_reasons(quarantined))
+        self.totals.seen.update(seen)
+        self.totals.reconciliations.append(recon)
+        self.wait_for_load()  # at most one chunk is loading while the next one is built
+        if self.loader is None or chunks == 1:
+            self._load(tables, quarantined, progress)
+        else:
+            self.pending = self.loader.submit(self._load, tables, quarantined, progress)
+
+    def _load(self, tables: dict[str, pl.DataFrame], quarantined: pl.DataFrame, progress: Progress) -> None:
         self.totals.loaded.update(_load_tables(self.db, tables, progress))
         self.db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
         for table, frame in tables.items():
             constants = {"run_id": self.run_id, "omop_table": table}
             self.db.load_arrow(LINEAGE_TABLE, lineage_rows(_lineage_id(table), frame), constants=constants)
-        self.totals.reasons.update(_summarise_reasons(quarantined))
-        self.totals.seen.update(seen)
-        self.totals.reconciliations.append(recon)
+
+    def close(self) -> None:
+        """Finish the last background load (its error surfaces here) and stop the loader thread."""
+        try:
+            self.wait_for_load()
+        finally:
+            if self.loader is not None:
+                self.loader.shutdown(wait=True)
+                self.loader = None
+
+    def wait_for_load(self) -> None:
+        """Block until the chunk being loaded in the background is in (re-raising its error, if any)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
 
 def _chunk_progress(progress: Progress, chunk: int, chunks: int) -> Progress:
@@ -713,11 +740,15 @@ def run_mapping(
         _prepare_database(db, mapping, mapping_path, source_dir, vocabulary_dir, progress)
         _create_run_tables(db)
         run = _ChunkedRun(db, mapping, mapping_path, source_dir, run_id, progress)
-        if plan.chunks == 1:
-            run.whole()
-        else:
-            with tempfile.TemporaryDirectory(prefix="fedomop-chunks-", dir=scratch) as folder:
-                run.chunked(plan, Path(folder))
+        try:
+            if plan.chunks == 1:
+                run.whole()
+            else:
+                with tempfile.TemporaryDirectory(prefix="fedomop-chunks-", dir=scratch) as folder:
+                    run.chunked(plan, Path(folder))
+                    run.close()  # the last chunk's load may still read the split files
+        finally:
+            run.close()
         totals = run.totals
         recon = totals.reconciliation()
         _check_reconciliation(recon)
