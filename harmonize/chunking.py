@@ -13,7 +13,6 @@ their read-time rejects belong to the first chunk, so every record is still coun
 
 from __future__ import annotations
 
-import codecs
 import math
 import shutil
 from dataclasses import dataclass
@@ -95,28 +94,13 @@ def chunk_of(column: str, chunks: int) -> pl.Expr:
     return (pl.col(column).cast(pl.String).hash(seed=_HASH_SEED) % chunks).cast(pl.Int64).alias("_chunk")
 
 
-def _valid_utf8(path: Path, block: int = 16 * 2**20) -> bool:
-    """Whether a file decodes as UTF-8, read in blocks so a big file never sits in memory whole."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with path.open("rb") as handle:
-        try:
-            while data := handle.read(block):
-                decoder.decode(data)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return False
-    return True
-
-
 def _streamable(path: Path, source: Source) -> pl.LazyFrame | None:
     """A lazy scan of the file as text, or None when only the in-memory reader can take it."""
     if source.format == "parquet":
         return pl.scan_parquet(path).select(pl.all().cast(pl.String))
     if source.format != "csv" or source.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         return None
-    if not _valid_utf8(path):
-        return None
-    return pl.scan_csv(
+    return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
         path, separator=source.delimiter, infer_schema=False, null_values=source.null_values, quote_char='"'
     )
 
@@ -173,7 +157,7 @@ class StagedSite:
                 .with_columns(chunk_of(column, self.plan.chunks))
             )
             staged.sink_parquet(pl.PartitionBy(folder, key="_chunk", include_key=False), mkdir=True)
-        except pl.exceptions.PolarsError:  # ragged rows and the like: the in-memory reader quarantines them
+        except pl.exceptions.PolarsError:  # ragged rows, bad UTF-8: the in-memory reader quarantines them
             shutil.rmtree(folder, ignore_errors=True)
             return None
         return folder, relative, [*data_columns, "_source_file", "_source_row"]
