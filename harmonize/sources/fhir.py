@@ -85,11 +85,13 @@ class _Columns:
         self.schema.update({"_source_file": pl.String(), "_source_row": pl.String()})
         self.frames: list[pl.DataFrame] = []
         self._make_adder = row_extractor([path for _name, path in self.paths])
+        self._make_valid_adder = row_extractor([path for _name, path in self.paths], validated=True)
         self._reset()
 
     def _reset(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.add_row = self._make_adder(self.rows.append)  # (resource, source_file, source_row, urn_ids)
+        self.add_valid_row = self._make_valid_adder(self.rows.append)  # only for structurally checked resources
 
     def add(self, resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
         self.add_row(resource, source_file, source_row, urn_ids)
@@ -325,7 +327,7 @@ class _Reader:
         ``records`` are (line number, line) -- raw lines of a file, or iter_ndjson's records (None for
         a blank line) in a worker. ``place`` + line number is what first_seen remembers for an id (see
         where_of): cheaper than a "file:line" text for every line, which only a duplicate needs."""
-        self.blanks = []
+        self.blanks.clear()
         if self.validation != "structural":
             for number, line in records:
                 self.read_record(source_file, number, line)
@@ -334,8 +336,8 @@ class _Reader:
         validate = self.checker.validate_json
         first_seen = self.first_seen
         wheres = self.wheres if self.in_worker else None
-        columns = self.columns
-        rows, add = columns.rows, columns.add_row
+        columns, blanks, batch = self.columns, self.blanks, BATCH_SIZE
+        rows, add = columns.rows, columns.add_valid_row
         accepted = 0
         for number, line in records:
             try:
@@ -347,7 +349,7 @@ class _Reader:
             if type(resource_id) is not str or not resource_id or (wheres is None and resource_id in first_seen):
                 self.read_record(source_file, number, line)
                 continue
-            if self.blanks:
+            if blanks:
                 self.report_blanks(source_file)
             if wheres is None:
                 first_seen[resource_id] = place + number
@@ -355,11 +357,11 @@ class _Reader:
                 wheres.append(f"{source_file}:{number}")
             accepted += 1
             add(resource, source_file, resource_id, _NO_URNS)
-            if wheres is None and len(rows) >= BATCH_SIZE:
+            if len(rows) >= batch and wheres is None:
                 columns.flush()
-                rows, add = columns.rows, columns.add_row
+                rows, add = columns.rows, columns.add_valid_row
         self.seen += accepted
-        self.blanks = []
+        blanks.clear()
 
     def read_record(self, source_file: str, number: int, line: bytes | None) -> None:
         """A line the hot loop did not accept. A blank line is held back and reported only when a
@@ -374,7 +376,8 @@ class _Reader:
         self.read_line(source_file, number, line)
 
     def report_blanks(self, source_file: str) -> None:
-        blanks, self.blanks = self.blanks, []
+        blanks = list(self.blanks)
+        self.blanks.clear()
         for number in blanks:
             self.read_line(source_file, number, None)
 

@@ -295,10 +295,13 @@ def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[d
 
         return check_one_group
 
+    group_of = {name: group for group, names in group_items for name in names}.__getitem__
+
     def check(value: dict) -> dict:
         """Runs for every object of this type, so the common case is one set operation per rule."""
-        if len(choices.intersection(value)) > 1:
-            fail(value)  # raises if two values are in the same group (several groups may have one each)
+        present = choices.intersection(value)
+        if len(present) > 1 and len(set(map(group_of, present))) < len(present):
+            fail(value)  # two values in one group (Observation may have effective[x] and value[x])
         for name, extension in required_primitives:
             if name not in value and extension not in value:
                 fail(value)

@@ -194,12 +194,15 @@ class _Emitter:
     Each alternative is a ``while True:`` block. A dead end leaves it with ``break`` (inside a loop:
     ``continue`` with the next item); a found value is stored, then ``break`` leaves every loop."""
 
-    def __init__(self, constants: dict[str, Any], *, checked: bool = True) -> None:
+    def __init__(self, constants: dict[str, Any], *, checked: bool = True, validated: bool = False) -> None:
         self.lines: list[str] = []
         self.constants = constants  # shared by every block of one generated function
         # unchecked: call .get without testing for a dict first -- only JSON objects have .get, so any
         # other value raises AttributeError and the caller evaluates that resource the checked way
-        self.checked = checked
+        self.checked = checked and not validated
+        # validated: the resource passed the structural check, so a typed element that repeats is a
+        # JSON array (of non-null objects, for complex types) and a string-typed primitive is a str
+        self.validated = validated
         self._names = 0
 
     def var(self) -> str:
@@ -234,9 +237,18 @@ class _Emitter:
                 self.out(depth, f"if {target} is None:")
                 inner += 1
             self.out(inner, "while True:")
-            self.emit(ops, 0, "r", inner + 1, "break", target, path.stringifies)
+            self.emit(ops, 0, "r", inner + 1, "break", target, path.stringifies and not self.gives_text(ops[-1]))
             self.out(inner + 1, "break")
         return True
+
+    def gives_text(self, last: _Op) -> bool:
+        """Whether the value of a path ending with ``last`` is always a str (no conversion needed)."""
+        if last.spec is not None and last.spec[0] == "resolve":
+            return True  # _reference_id and _reference_identifier give a str or None
+        if not self.validated or last.spec is None or last.spec[0] != "element" or last.spec[2] is None:
+            return False
+        primitive = last.spec[2].primitive
+        return primitive is not None and primitive not in _DTYPES
 
     def lookup(self, var: str, names: tuple[str, ...], depth: int, fail: str) -> str:
         """``var.name1.name2...`` for single elements; ``fail`` when a step is missing or not an object."""
@@ -279,19 +291,30 @@ class _Emitter:
                 self.out(depth, f"if {value} is None or not ({value} is {wanted} or {value} == {wanted}): {fail}")
             self.emit(ops, index + 1, var, depth, fail, target, text)
         elif kind == "resolve":
-            found = self.var()
-            self.out(depth, f"{found} = {self.constant(op.spec[1])}({var}, u)")  # type: ignore[index]
+            found, resolve = self.var(), self.constant(op.spec[1])  # type: ignore[index]
+            if op.spec[1] is _reference_id:  # type: ignore[index]
+                # the usual 'Type/id' in one regex match; anything else takes _reference_id
+                match = self.var()
+                self.out(depth, f"{match} = _plain_reference({var}) if type({var}) is str else None")
+                self.out(depth, f"{found} = {match}[1] if {match} is not None else {resolve}({var}, u)")
+            else:
+                self.out(depth, f"{found} = {resolve}({var}, u)")
             self.out(depth, f"if {found} is None: {fail}")
             self.emit(ops, index + 1, found, depth, fail, target, text)
         else:  # "element" (may repeat) or "extension" (the extension elements with that url)
             values, entry = self.var(), self.var()
             name = op.spec[1] if kind == "element" else "extension"  # type: ignore[index]
+            element = op.spec[2] if kind == "element" else None  # type: ignore[index]
             if self.checked:
                 self.out(depth, f"if type({var}) is not dict: {fail}")
             self.out(depth, f"{values} = {var}.get({name!r})")
-            self.out(depth, f"if type({values}) is not list: {values} = () if {values} is None else ({values},)")
+            if self.validated and element is not None and element.is_list:
+                self.out(depth, f"if {values} is None: {fail}")
+            else:
+                self.out(depth, f"if type({values}) is not list: {values} = () if {values} is None else ({values},)")
             self.out(depth, f"for {entry} in {values}:")
-            self.out(depth + 1, f"if {entry} is None: continue")
+            if not (self.validated and element is not None and element.model is not None):
+                self.out(depth + 1, f"if {entry} is None: continue")
             if kind == "extension":
                 url = self.constant(op.spec[1])  # type: ignore[index]
                 self.out(depth + 1, f"if not (type({entry}) is dict and {entry}.get('url') == {url}): continue")
@@ -304,7 +327,7 @@ class _Emitter:
 def _compile_source(source: str, title: str, namespace: dict[str, Any]) -> dict[str, Any]:
     """Compile generated source once. Element names come from the parsed expression and were checked
     as identifiers; literals and functions are passed in ``namespace``, never pasted into the text."""
-    namespace.update({"_as_text": _as_text, "_NO_URNS": _NO_URNS})
+    namespace.update({"_as_text": _as_text, "_NO_URNS": _NO_URNS, "_plain_reference": _PLAIN_REFERENCE})
     exec(compile(source, f"<{title}>", "exec"), namespace)  # noqa: S102
     return namespace
 
@@ -321,14 +344,23 @@ def _generate(path: CompiledPath) -> Callable[..., Any] | None:
     return function
 
 
-def row_extractor(paths: Sequence[CompiledPath]) -> Callable[..., Callable[..., None]]:
+def row_extractor(paths: Sequence[CompiledPath], *, validated: bool = False) -> Callable[..., Callable[..., None]]:
+    """See :func:`_row_extractor` (compiled once per combination of paths).
+
+    ``validated=True`` gives a faster form for resources that passed the structural check
+    (:mod:`harmonize.sources.fhir_structure`); on any other input it may differ from ``evaluate``."""
+    return _row_extractor(tuple(paths), validated)
+
+
+@lru_cache(maxsize=256)
+def _row_extractor(paths: tuple[CompiledPath, ...], validated: bool) -> Callable[..., Callable[..., None]]:
     """A factory ``make(append)`` of ``add(resource, source_file, source_row, urn_ids)``, which appends
     the row ``(value of each path..., source_file, source_row)`` with ``append`` -- the whole row in one
     generated function, without a call per step or per column.
 
     The values are those of ``path.evaluate`` (a resource that is not made of plain JSON objects takes
     that slower, checked way)."""
-    emitter = _Emitter({}, checked=False)
+    emitter = _Emitter({}, checked=False, validated=validated)
     lines = ["def add(r, f, row, u):", "    if u is None: u = _NO_URNS", "    try:", "        pass"]
     for number, path in enumerate(paths):
         emitter.lines = []
@@ -495,7 +527,7 @@ class _Parser:
         if self.at("op", "("):
             return self.function(name, current)
         element = self.child(name, current)
-        spec = ("element", name.text)
+        spec = ("element", name.text, element)
         if element is None:
             return _Op(_element_step(name.text), _element_chain(name.text), spec=spec), ANY
         single = name.text if not element.is_list else None
@@ -694,6 +726,10 @@ def _resolve_step(resolve: Callable[[Any, Mapping[str, str]], str | None]) -> St
         return out
 
     return step
+
+
+# 'Type/id' (one slash, no '?', '#' or 'urn:'): _reference_id gives the part after the slash
+_PLAIN_REFERENCE = re.compile(r"[A-Za-z][A-Za-z0-9]*/([A-Za-z0-9\-.]+)").fullmatch
 
 
 def _reference_id(reference: Any, urn_ids: Mapping[str, str]) -> str | None:
