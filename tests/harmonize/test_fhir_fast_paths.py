@@ -1,0 +1,357 @@
+"""The FHIR reader's fast paths give exactly what the generic, step-by-step forms give.
+
+* generated ``CompiledPath.evaluate`` == ``evaluate_generic`` (composed closures), on awkward inputs;
+* the generated row extractors (checked and ``validated``) == ``evaluate_generic`` per column;
+* the one-regex real-date check == the R4B format regex AND the calendar regex;
+* the reader still quarantines structurally invalid resources with their field, and keeps lineage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harmonize.sources.fhir import read_fhir
+from harmonize.sources.fhir_structure import (
+    CALENDAR_PATTERN,
+    element_table,
+    real_date_pattern,
+    resource_model,
+    structural_validator,
+)
+from harmonize.sources.fhirpath import compile_path, row_extractor
+from tests.conftest import SAMPLE_DATA, SYNTHEA_BULK
+
+RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+SNOMED = "http://snomed.info/sct"
+
+EXPRESSIONS = {
+    "Patient": [
+        "id",
+        "gender",
+        "birthDate",
+        "deceasedDateTime | deceasedBoolean",
+        "deceasedBoolean",
+        "multipleBirthInteger",
+        "name.given",
+        "name.family",
+        "name.where(use='official').given",
+        "name.where(use='official').family | name.family",
+        "address.line",
+        "address.postalCode",
+        "address.extension.extension.valueDecimal",
+        "identifier.where(system='urn:x').value",
+        "identifier.where(type.coding.code='MR').value",
+        f"extension('{RACE}').extension('ombCategory').valueCoding.code",
+        f"extension.where(url='{RACE}').extension.where(url='text').valueString",
+        "managingOrganization.reference.resolve_id()",
+        "managingOrganization.resolve_id()",
+        "generalPractitioner.resolve_identifier()",
+        "telecom.count()",
+        "name.given.first()",
+        "name[1].family",
+        "photo.exists()",
+        "name",
+        "address",
+    ],
+    "Observation": [
+        "subject.reference.resolve_id()",
+        "encounter.reference.resolve_id()",
+        "code.coding.system",
+        "code.coding.where(system='http://loinc.org').code",
+        "effectiveDateTime | effectivePeriod.start",
+        "valueQuantity.value",
+        "valueQuantity.code | valueQuantity.unit",
+        "valueQuantity.value | valueString",
+        "component.valueQuantity.value",
+        "category.coding.code.last()",
+    ],
+}
+
+REFERENCES = [
+    "Patient/1",
+    "Patient/1/",
+    "Patient/a.b-c",
+    "http://x.org/fhir/Patient/7/_history/2",
+    "Patient/7/_history/2",
+    "urn:uuid:6a2f6d0a-1b2c-4d5e-8f90-123456789abc",
+    "urn:oid:1.2.3",
+    "#contained-1",
+    "#",
+    "Patient?identifier=urn:x|42",
+    "Patient",
+    "/Patient",
+    "Patient//",
+    "",
+    "Päti/ënt",
+    "Patient/x y",
+    "Patient/1\nPatient/2",
+    "urn/x",
+]
+URNS = {"urn:uuid:6a2f6d0a-1b2c-4d5e-8f90-123456789abc": "p-urn", "Patient": "bare", "Patient/1": "never-used"}
+
+
+def awkward_values():
+    """Shapes a non-validated resource may have where a mapping expects something else."""
+    return [None, "text", "", 0, 1, 2.5, True, False, [], [None], ["a", None, "b"], {}, {"x": 1}, [{"x": 1}, "y"]]
+
+
+def awkward_patients() -> list[dict]:
+    patients: list[dict] = [
+        {},
+        {"id": "p", "gender": ["female"], "birthDate": 1999},
+        {"id": "p", "deceasedBoolean": False, "deceasedDateTime": None},
+        {"name": {"given": "Single", "family": "Object"}},
+        {"name": [None, {"given": [None, "Second"]}, {"use": "official", "family": "Off"}]},
+        {"name": [{"use": ["official"], "family": "ListUse"}, {"use": "official"}]},
+        {"name": [{"use": "official", "given": []}, {"use": "official", "given": ["g"]}]},
+        {"name": ["not an object", {"family": "F"}]},
+        {"identifier": [{"system": "urn:x", "value": 5}, {"system": "urn:x", "value": "v"}]},
+        {"identifier": [{"type": {"coding": [{"code": "SS"}, {"code": "MR"}]}, "value": "mr"}]},
+        {"identifier": [{"system": None}, {"system": 1}, {"system": "urn:x"}]},
+        {"extension": [{"url": RACE, "extension": [{"url": "ombCategory", "valueCoding": {"code": "2106-3"}}]}]},
+        {"extension": [None, "x", {"url": RACE}, {"url": RACE, "extension": {"url": "text", "valueString": "W"}}]},
+        {"extension": {"url": RACE, "extension": [{"url": "ombCategory", "valueCoding": [{"code": "a"}]}]}},
+        {"address": [{"line": ["1 Main", "Apt 2"], "extension": [{"extension": [{"valueDecimal": 1.5}]}]}]},
+        {"multipleBirthInteger": "2", "telecom": [{"value": 1}], "photo": [{}]},
+        {"name": [{"family": "A"}, {"family": "B"}]},
+    ]
+    for value in awkward_values():
+        for key in ("gender", "name", "address", "extension", "identifier", "managingOrganization"):
+            patients.append({"id": "p", key: value})
+        patients.append({"name": [{"given": value, "use": value}]})
+        patients.append({"extension": [{"url": RACE, "extension": [{"url": "ombCategory", "valueCoding": value}]}]})
+    for reference in [*REFERENCES, *awkward_values()]:
+        patients.append({"managingOrganization": {"reference": reference}})
+        patients.append({"managingOrganization": reference})
+        patients.append({"generalPractitioner": [{"reference": reference}, {"identifier": {"value": "gp"}}]})
+    return patients
+
+
+def awkward_observations() -> list[dict]:
+    observations: list[dict] = [
+        {"subject": {"reference": ref}, "encounter": {"reference": ref}} for ref in [*REFERENCES, *awkward_values()]
+    ]
+    observations += [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}, {"code": "x"}]}},
+        {
+            "code": {
+                "coding": [{"code": "x"}, {"system": "http://loinc.org"}, {"system": "http://loinc.org", "code": 7}]
+            }
+        },
+        {"code": {"coding": {"system": "http://loinc.org", "code": "single"}}},
+        {"effectivePeriod": {"start": "2020-01-01"}, "valueString": "high"},
+        {"effectiveDateTime": "2020", "valueQuantity": {"value": 3, "unit": "mg"}},
+        {"valueQuantity": {"value": "3.5", "code": None, "unit": ["mg"]}},
+        {"component": [{"valueQuantity": {"value": 1.25}}, {"valueQuantity": {"value": 2}}]},
+        {"category": [{"coding": [{"code": "a"}, {"code": "b"}]}, {"coding": [{"code": "c"}]}]},
+        "not a resource",
+        ["a list"],
+        None,
+    ]
+    for value in awkward_values():
+        observations.append({"code": {"coding": [value]}, "valueQuantity": value, "effectivePeriod": value})
+        observations.append({"code": value, "category": value, "component": [value]})
+    return observations
+
+
+CASES = {"Patient": awkward_patients(), "Observation": awkward_observations()}
+
+
+@pytest.mark.parametrize("resource_type", sorted(EXPRESSIONS))
+def test_generated_evaluate_equals_the_generic_one(resource_type):
+    paths = [compile_path(expression, resource_type) for expression in EXPRESSIONS[resource_type]]
+    generated = [path for path in paths if path.generated]
+    assert len(generated) >= len(paths) - 5  # count(), last(), index, exists() keep the generic form
+    for resource, urn_ids in itertools.product(CASES[resource_type], ({}, URNS, None)):
+        for path in paths:
+            expected = path.evaluate_generic(resource, urn_ids)
+            assert path.evaluate(resource, urn_ids) == expected, (path.expression, resource, urn_ids)
+            assert type(path.evaluate(resource, urn_ids)) is type(expected)
+
+
+@pytest.mark.parametrize("resource_type", sorted(EXPRESSIONS))
+def test_checked_row_extractor_equals_the_generic_paths(resource_type):
+    paths = [compile_path(expression, resource_type) for expression in EXPRESSIONS[resource_type]]
+    rows: list[tuple] = []
+    add = row_extractor(paths)(rows.append)
+    for resource, urn_ids in itertools.product(CASES[resource_type], ({}, URNS)):
+        add(resource, "file.ndjson", "row-1", urn_ids)
+        expected = tuple(path.evaluate_generic(resource, urn_ids) for path in paths) + ("file.ndjson", "row-1")
+        assert rows[-1] == expected, resource
+        assert [type(value) for value in rows[-1]] == [type(value) for value in expected]
+
+
+def valid_resources(path: Path, resource_type: str) -> list[dict]:
+    checker = structural_validator(resource_type)
+    resources = []
+    for line in path.read_bytes().splitlines():
+        if line.strip() and not checker.problems(raw := json.loads(line)):
+            resources.append(raw)
+    return resources
+
+
+VALIDATED_SOURCES = [
+    (SYNTHEA_BULK / "Patient.000.ndjson", "Patient"),
+    (SYNTHEA_BULK / "Encounter.000.ndjson", "Encounter"),
+    (SYNTHEA_BULK / "MedicationRequest.000.ndjson", "MedicationRequest"),
+    (SAMPLE_DATA / "site_b" / "Observation.ndjson", "Observation"),
+    (SAMPLE_DATA / "site_b" / "Patient.ndjson", "Patient"),
+]
+VALIDATED_EXPRESSIONS = {
+    "Patient": EXPRESSIONS["Patient"],
+    "Observation": EXPRESSIONS["Observation"],
+    "Encounter": [
+        "subject.reference.resolve_id()",
+        "participant.individual.resolve_identifier()",
+        "participant.type.coding.code",
+        "class.code",
+        "period.start",
+        "reasonCode.coding.where(system='http://snomed.info/sct').code",
+        "location.location.reference.resolve_id() | serviceProvider.reference.resolve_identifier()",
+        "type.coding.code.first()",
+        "type",
+    ],
+    "MedicationRequest": [
+        "medicationCodeableConcept.coding.code",
+        "dosageInstruction.doseAndRate.doseQuantity.value",
+        "dispenseRequest.validityPeriod.end",
+        "reasonReference.resolve_id()",
+        "requester.resolve_identifier()",
+        "dosageInstruction.timing.repeat.frequency",
+        "authoredOn",
+    ],
+}
+
+
+@pytest.mark.parametrize(("path", "resource_type"), VALIDATED_SOURCES, ids=lambda v: getattr(v, "name", v))
+def test_validated_row_extractor_equals_the_generic_paths_on_checked_resources(path, resource_type):
+    """The validated form skips shape tests the structural check already made: same rows on every
+    resource that passes it (real Synthea resources and the site-B sample)."""
+    resources = valid_resources(path, resource_type)
+    assert len(resources) > 10
+    paths = [compile_path(expression, resource_type) for expression in VALIDATED_EXPRESSIONS[resource_type]]
+    rows: list[tuple] = []
+    add = row_extractor(paths, validated=True)(rows.append)
+    found = [0] * len(paths)
+    for resource in resources:
+        add(resource, "f", resource["id"], {})
+        expected = tuple(p.evaluate_generic(resource, {}) for p in paths) + ("f", resource["id"])
+        assert rows[-1] == expected, resource["id"]
+        assert [type(value) for value in rows[-1]] == [type(value) for value in expected]
+        found = [count + (value is not None) for count, value in zip(found, rows[-1], strict=False)]
+    names = VALIDATED_EXPRESSIONS[resource_type]
+    assert sum(1 for count in found if count) >= len(paths) // 2, dict(zip(names, found, strict=True))
+
+
+def test_generated_code_holds_no_literal_text():
+    """Literals reach the generated function as constants, so a quote in a where() literal is harmless."""
+    path = compile_path("identifier.where(system='urn:\\'x\\'\"); import os').value", "Patient")
+    assert path.generated and "import os" not in path.evaluate.source
+    resource = {"identifier": [{"system": "urn:'x'\"); import os", "value": "v"}]}
+    assert path.evaluate(resource) == "v" == path.evaluate_generic(resource)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dates: one regex for "right format and a real day"
+
+
+def date_elements():
+    table = element_table(resource_model("Observation"))
+    patient = element_table(resource_model("Patient"))
+    return [patient["birthDate"], table["effectiveDateTime"], table["issued"]]
+
+
+def date_candidates() -> list[str]:
+    years = ["0000", "0001", "0004", "0100", "0400", "1900", "1999", "2000", "2004", "2019", "2024", "2100", "9999"]
+    months = [f"{m:02d}" for m in range(14)]
+    days = [f"{d:02d}" for d in range(33)]
+    times = ["", "T10:00:00Z", "T23:59:60+14:00", "T24:00:00Z", "T10:00:00", "T10:00:00.123-05:00", "Tx"]
+    values = ["", "20", "2024-", "2024-1", "2024-02-3", "2024-02-29T", "２０２４"]
+    values += years + [f"{y}-{m}" for y in years for m in months]
+    values += [f"{y}-{m}-{d}{t}" for y in years for m in months for d in days for t in times]
+    return values
+
+
+@pytest.mark.parametrize("element", date_elements(), ids=lambda e: e.primitive)
+def test_real_date_pattern_is_format_and_calendar(element):
+    combined = real_date_pattern(element.primitive, element.pattern)
+    assert combined is not None, "the R4B date patterns changed: re-derive real_date_pattern"
+    for value in date_candidates():
+        expected = bool(re.fullmatch(element.pattern, value) and re.fullmatch(CALENDAR_PATTERN, value))
+        assert bool(re.fullmatch(combined, value)) == expected, (element.primitive, value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reader: still quarantines, keeps lineage, any column set
+
+
+def patient_line(**changes) -> str:
+    resource = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1990-05-01"}
+    resource.update(changes)
+    return json.dumps({k: v for k, v in resource.items() if v is not None})
+
+
+def test_structurally_invalid_resources_are_quarantined_with_their_field(tmp_path):
+    lines = [
+        "\ufeff" + patient_line(id="p0"),
+        patient_line(id="p1", birthDate="2021-02-29"),
+        patient_line(id="p2", birthDate="2024-02-29", name=[{"given": "Ann"}]),
+        patient_line(id="p3", deceasedBoolean=True, deceasedDateTime="2020-01-01"),
+        patient_line(id="p4", multipleBirthInteger="2"),
+        "",
+        patient_line(id="p5", birthDate="2024-02-29", address=[{"line": ["1 Main"], "city": "X"}]),
+        patient_line(id="p0"),
+        patient_line(id="p6", gender="other", birthDate="1990-13-01"),
+        "",
+    ]
+    path = tmp_path / "Patient.ndjson"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    columns = {"gender": "gender", "birth": "birthDate", "line": "address.line", "given": "name.given"}
+    batch = read_fhir("patients", [path], tmp_path, "Patient", columns, fmt="ndjson")
+    assert batch.balanced() and batch.seen == 9
+    assert batch.frame.rows() == [
+        ("female", "1990-05-01", None, None, "Patient.ndjson", "p0"),
+        ("female", "2024-02-29", "1 Main", None, "Patient.ndjson", "p5"),
+    ]
+    rejects = {row["source_row"]: row for row in batch.rejects.iter_rows(named=True)}
+    assert rejects["p1"]["field"] == "birthDate" and "not a real calendar date" in rejects["p1"]["reason"]
+    assert rejects["p2"]["field"] == "name[0].given" and "repeats" in rejects["p2"]["reason"]
+    assert "deceased[x] has 2 values" in rejects["p3"]["reason"]
+    assert rejects["p4"]["field"] == "multipleBirthInteger" and "integer" in rejects["p4"]["reason"]
+    assert rejects["Patient.ndjson:6"]["reason"].startswith("blank line inside NDJSON")
+    assert rejects["Patient.ndjson:8"]["reason"] == (
+        "duplicate id, first seen at Patient.ndjson:1; remove the repeated resource or give it its own id"
+    )
+    assert rejects["p6"]["field"] == "birthDate" and "must be a FHIR date" in rejects["p6"]["reason"]
+    assert len(rejects) == 7
+
+
+def test_duplicates_name_the_first_file_and_line_across_files(tmp_path):
+    (tmp_path / "a.ndjson").write_text(patient_line(id="x") + "\n" + patient_line(id="y") + "\n")
+    (tmp_path / "b.ndjson").write_text("\n".join([patient_line(id="z"), patient_line(id="y")]) + "\n")
+    files = [tmp_path / "a.ndjson", tmp_path / "b.ndjson"]
+    batch = read_fhir("p", files, tmp_path, "Patient", {"g": "gender"}, fmt="ndjson")
+    assert batch.frame["_source_row"].to_list() == ["x", "y", "z"]
+    assert batch.rejects.rows() == [
+        (
+            "b.ndjson",
+            "b.ndjson:2",
+            "id",
+            "y",
+            "duplicate id, first seen at a.ndjson:2; remove the repeated resource or give it its own id",
+        )
+    ]
+
+
+def test_a_source_with_no_columns_keeps_lineage(tmp_path):
+    path = tmp_path / "Patient.ndjson"
+    path.write_text(patient_line(id="a") + "\n" + patient_line(id="b") + "\n")
+    for validation in ("structural", "full"):
+        batch = read_fhir("p", [path], tmp_path, "Patient", {}, fmt="ndjson", validation=validation)
+        assert batch.frame.columns == ["_source_file", "_source_row"]
+        assert batch.frame.rows() == [("Patient.ndjson", "a"), ("Patient.ndjson", "b")]
