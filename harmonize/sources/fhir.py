@@ -415,8 +415,11 @@ class _Reader:
             while pending:
                 self.merge(*pending.popleft().result())
 
-    def merge(self, rows: list[tuple[Any, ...]], wheres: list[str], rejects: dict[str, list[str]], seen: int) -> None:
+    def merge(
+        self, columns: list[tuple[Any, ...]], wheres: list[str], rejects: dict[str, list[str]], seen: int
+    ) -> None:
         """Add one worker chunk: its rejects, then its rows minus ids already seen (duplicates)."""
+        rows = list(zip(*columns, strict=True))
         self.seen += seen
         for name, column in rejects.items():
             self.rejects.rows[name].extend(column)
@@ -486,6 +489,7 @@ def _worker_init(resource_type: str, columns: dict[str, str], validation: str) -
 def _worker_chunk(
     source_file: str, chunk: list[tuple[int, bytes | None]]
 ) -> tuple[list[tuple[Any, ...]], list[str], dict[str, list[str]], int]:
+    """Check and extract one chunk of lines in a worker: (columns, "file:line" of each row, rejects, seen)."""
     reader = _WORKER
     assert reader is not None
     reader.seen = 0
@@ -493,7 +497,8 @@ def _worker_chunk(
     reader.rejects = _Rejects()
     reader.columns._reset()
     reader.read_lines(source_file, chunk)
-    return reader.columns.rows, reader.wheres, reader.rejects.rows, reader.seen
+    # columns, not row tuples: a few long lists pickle much faster than thousands of small tuples
+    return list(zip(*reader.columns.rows, strict=True)), reader.wheres, reader.rejects.rows, reader.seen
 
 
 def _row_id(raw: Any) -> str | None:
