@@ -333,7 +333,7 @@ class _Reader:
                 self.read_record(source_file, number, line)
             self.report_blanks(source_file)  # none if the file ended with them: trailing blanks are fine
             return
-        validate = self.checker.validate_json
+        validate, rules_hold = self.checker.parse_elements, self.checker.root_rules
         first_seen = self.first_seen
         wheres = self.wheres if self.in_worker else None
         columns, blanks, batch = self.columns, self.blanks, BATCH_SIZE
@@ -346,7 +346,12 @@ class _Reader:
                 self.read_record(source_file, number, line)
                 continue
             resource_id = resource.get("id")
-            if type(resource_id) is not str or not resource_id or (wheres is None and resource_id in first_seen):
+            if (
+                type(resource_id) is not str
+                or not resource_id
+                or (wheres is None and resource_id in first_seen)
+                or (rules_hold is not None and not rules_hold(resource))
+            ):
                 self.read_record(source_file, number, line)
                 continue
             if blanks:

@@ -295,19 +295,49 @@ def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[d
 
         return check_one_group
 
-    group_of = {name: group for group, names in group_items for name in names}.__getitem__
-
     def check(value: dict) -> dict:
         """Runs for every object of this type, so the common case is one set operation per rule."""
-        present = choices.intersection(value)
-        if len(present) > 1 and len(set(map(group_of, present))) < len(present):
-            fail(value)  # two values in one group (Observation may have effective[x] and value[x])
-        for name, extension in required_primitives:
-            if name not in value and extension not in value:
-                fail(value)
+        if not rules_hold(value):
+            fail(value)
         return value
 
+    rules_hold = _rules_test(group_items, required_primitives)
     return check
+
+
+def _rules_test(
+    group_items: list[tuple[str, frozenset[str]]], required_primitives: list[tuple[str, str]]
+) -> typing.Callable[[dict], bool]:
+    """True when ``value`` keeps the choice and required-primitive rules (no error built: fast)."""
+    choices = frozenset().union(*(names for _group, names in group_items))
+    group_of = {name: group for group, names in group_items for name in names}.__getitem__
+
+    def rules_hold(value: dict) -> bool:
+        present = choices.intersection(value)
+        if len(present) > 1 and len(set(map(group_of, present))) < len(present):
+            return False  # two values in one group (Observation may have effective[x] and value[x])
+        for name, extension in required_primitives:
+            if name not in value and extension not in value:
+                return False
+        return True
+
+    return rules_hold
+
+
+def resource_rules(resource_type: str) -> typing.Callable[[dict], bool] | None:
+    """The resource-level choice/required rules of ``resource_type`` as a yes/no test (None: no rules).
+
+    StructuralValidator.parse_elements leaves these out so the hot loop can test them in Python
+    without a call from the validator back into Python for every resource."""
+    table = element_table(resource_model(resource_type))
+    groups: dict[str, frozenset[str]] = {}
+    for element in table.values():
+        if element.choice_group:
+            groups[element.choice_group] = groups.get(element.choice_group, frozenset()) | {element.name}
+    required_primitives = [(e.name, "_" + e.name) for e in table.values() if e.required and e.primitive]
+    if not groups and not required_primitives:
+        return None
+    return _rules_test(list(groups.items()), required_primitives)
 
 
 def _any_resource(value: Any) -> dict:
@@ -349,7 +379,9 @@ def _element_schema(element: Element, refs: dict[type, str], pending: list[type]
     return schema
 
 
-def _model_schema(model: type, refs: dict[type, str], pending: list[type], *, top: bool) -> cs.CoreSchema:
+def _model_schema(
+    model: type, refs: dict[type, str], pending: list[type], *, top: bool, rules: bool = True
+) -> cs.CoreSchema:
     table = element_table(model)
     fields: dict[str, cs.TypedDictField] = {}
     for element in table.values():
@@ -359,19 +391,21 @@ def _model_schema(model: type, refs: dict[type, str], pending: list[type], *, to
     if model.has_resource_base():
         fields["resourceType"] = cs.typed_dict_field(cs.literal_schema([type_name(model)]), required=True)
     ref = None if top else refs[model]
-    check = _object_checks(model, table)
+    check = _object_checks(model, table) if rules else None
     if check is None:
         return cs.typed_dict_schema(fields, extra_behavior="forbid", ref=ref)
     return cs.no_info_after_validator_function(check, cs.typed_dict_schema(fields, extra_behavior="forbid"), ref=ref)
 
 
 @cache
-def _compiled(resource_type: str) -> SchemaValidator:
-    """Compile the core schema of one resource type (and every data type it reaches) once."""
+def _compiled(resource_type: str, root_rules: bool = True) -> SchemaValidator:
+    """Compile the core schema of one resource type (and every data type it reaches) once.
+
+    ``root_rules=False`` leaves out the resource-level choice/required rules (see resource_rules)."""
     model = resource_model(resource_type)
     refs: dict[type, str] = {}
     pending: list[type] = []
-    root = _model_schema(model, refs, pending, top=True)
+    root = _model_schema(model, refs, pending, top=True, rules=root_rules)
     definitions: list[cs.CoreSchema] = []
     done: set[type] = set()
     while pending:
@@ -406,22 +440,36 @@ class StructuralValidator:
     def __init__(self, resource_type: str) -> None:
         self.resource_type = resource_type
         self.model = resource_model(resource_type)
-        self._validator = _compiled(resource_type)
-        # parse_json without the Python method around it, for hot loops (same result, same errors)
-        self.validate_json = self._validator.validate_json
+        self.root_rules = resource_rules(resource_type)
+        # everything but root_rules; the full validator (same errors as before) is compiled on first need
+        self._elements = _compiled(resource_type, root_rules=self.root_rules is None)
+        self.parse_elements = self._elements.validate_json
+
+    @property
+    def _validator(self) -> SchemaValidator:
+        return _compiled(self.resource_type) if self.root_rules is not None else self._elements
 
     def parse_json(self, line: bytes | str) -> dict:
-        """The resource as a dict; raises pydantic_core.ValidationError when it is not valid."""
-        return self._validator.validate_json(line)
+        """The resource as a dict; raises pydantic_core.ValidationError when it is not valid.
+
+        Hot loops may call ``parse_elements(line)`` and then ``root_rules(resource)`` (when not None):
+        the same decision, without the validator calling back into Python for every resource."""
+        resource = self.parse_elements(line)
+        if self.root_rules is None or self.root_rules(resource):
+            return resource
+        return self._validator.validate_json(line)  # raises the rule's error
 
     def validate(self, resource: dict) -> dict:
         """Check an already-parsed resource; raises pydantic_core.ValidationError when it is not valid."""
+        checked = self._elements.validate_python(resource)
+        if self.root_rules is None or self.root_rules(checked):
+            return checked
         return self._validator.validate_python(resource)
 
     def problems(self, resource: Any) -> list[StructuralProblem]:
         """Every defect in an already-parsed resource ([] when it is valid)."""
         try:
-            self._validator.validate_python(resource)
+            self.validate(resource)
         except ValidationError as error:
             return self.explain(error)
         return []
