@@ -257,18 +257,23 @@ def _primitive_schema(element: Element) -> cs.CoreSchema:
     return schema
 
 
-def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[dict], dict] | None:
-    """A post-check for rules a typed dict cannot express: one value per choice group, and required
-    primitives that may be present only as their ``_x`` extension."""
+def _rule_parts(table: dict[str, Element]) -> tuple[list[tuple[str, frozenset[str]]], list[tuple[str, str]]]:
+    """(choice group -> its element names, (required primitive, its "_x" name)) of one type."""
     groups: dict[str, frozenset[str]] = {}
     for element in table.values():
         if element.choice_group:
             groups[element.choice_group] = groups.get(element.choice_group, frozenset()) | {element.name}
     required_primitives = [(e.name, "_" + e.name) for e in table.values() if e.required and e.primitive]
-    if not groups and not required_primitives:
+    return list(groups.items()), required_primitives
+
+
+def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[dict], dict] | None:
+    """A post-check for rules a typed dict cannot express: one value per choice group, and required
+    primitives that may be present only as their ``_x`` extension."""
+    group_items, required_primitives = _rule_parts(table)
+    if not group_items and not required_primitives:
         return None
-    group_items = list(groups.items())
-    choices = frozenset().union(*groups.values())
+    choices = frozenset().union(*(names for _group, names in group_items))
     owner = type_name(model)
 
     def fail(value: dict) -> None:
@@ -329,15 +334,10 @@ def resource_rules(resource_type: str) -> typing.Callable[[dict], bool] | None:
 
     StructuralValidator.parse_elements leaves these out so the hot loop can test them in Python
     without a call from the validator back into Python for every resource."""
-    table = element_table(resource_model(resource_type))
-    groups: dict[str, frozenset[str]] = {}
-    for element in table.values():
-        if element.choice_group:
-            groups[element.choice_group] = groups.get(element.choice_group, frozenset()) | {element.name}
-    required_primitives = [(e.name, "_" + e.name) for e in table.values() if e.required and e.primitive]
-    if not groups and not required_primitives:
+    group_items, required_primitives = _rule_parts(element_table(resource_model(resource_type)))
+    if not group_items and not required_primitives:
         return None
-    return _rules_test(list(groups.items()), required_primitives)
+    return _rules_test(group_items, required_primitives)
 
 
 def _any_resource(value: Any) -> dict:
