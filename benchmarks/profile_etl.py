@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True)
     parser.add_argument("--share", type=float, default=0.02, help="hide frames under this share of the run")
     parser.add_argument("--html", type=Path)
+    parser.add_argument("--chunks", type=int, help="person-disjoint chunks (default: by size, as fedomop map)")
     args = parser.parse_args()
 
     from pyinstrument import Profiler
@@ -32,9 +33,12 @@ def main() -> None:
     profiler = Profiler(interval=0.005)
     with tempfile.TemporaryDirectory() as tmp:
         profiler.start()
-        report = run_mapping(args.mapping, args.source, str(Path(tmp) / "site.duckdb"))
+        report = run_mapping(args.mapping, args.source, str(Path(tmp) / "site.duckdb"), chunks=args.chunks)
         profiler.stop()
-    print(f"{report.records_read:,} records -> {report.rows_loaded:,} OMOP rows in {report.seconds:.1f} s")
+    print(
+        f"{report.records_read:,} records -> {report.rows_loaded:,} OMOP rows in {report.seconds:.1f} s "
+        f"({report.chunks} chunk(s))"
+    )
     print(profiler.output_text(color=False, show_all=False, processor_options={"filter_threshold": args.share}))
     if args.html:
         args.html.write_text(profiler.output_html(), encoding="utf-8")
