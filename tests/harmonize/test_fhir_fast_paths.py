@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+import pydantic_core
 import pytest
 
 from harmonize.sources.fhir import read_fhir
@@ -355,3 +356,48 @@ def test_a_source_with_no_columns_keeps_lineage(tmp_path):
         batch = read_fhir("p", [path], tmp_path, "Patient", {}, fmt="ndjson", validation=validation)
         assert batch.frame.columns == ["_source_file", "_source_row"]
         assert batch.frame.rows() == [("Patient.ndjson", "a"), ("Patient.ndjson", "b")]
+
+
+def test_resource_level_rules_checked_outside_the_validator_decide_the_same(tmp_path):
+    """The hot loop tests the resource-level rules (one value per choice group, required primitives,
+    which may come as their "_x" extension only) itself; the outcome and reasons stay the full check's."""
+    encounter = {"resourceType": "Encounter", "class": {"code": "AMB"}}
+    lines = [
+        json.dumps({**encounter, "id": "e1", "status": "finished"}),
+        json.dumps({**encounter, "id": "e2", "_status": {"extension": [{"url": "u", "valueCode": "x"}]}}),
+        json.dumps({**encounter, "id": "e3"}),
+        json.dumps({**encounter, "id": "e4", "status": "finished", "extension": [{"url": "u"}]}),
+        json.dumps({**encounter, "id": "e5", "status": "finished", "extension": [{"valueCode": "x"}]}),
+        json.dumps({**encounter, "id": "e6", "status": "finished", "extension": [{"url": "u", "valueCode": "x"}]}),
+        json.dumps(
+            {
+                **encounter,
+                "id": "e7",
+                "status": "finished",
+                "extension": [{"url": "u", "valueCode": "x", "valueId": "y"}],
+            }
+        ),
+    ]
+    path = tmp_path / "Encounter.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    batch = read_fhir("e", [path], tmp_path, "Encounter", {"status": "status"}, fmt="ndjson")
+    assert batch.frame.rows() == [
+        ("finished", "Encounter.ndjson", "e1"),
+        (None, "Encounter.ndjson", "e2"),
+        ("finished", "Encounter.ndjson", "e4"),
+        ("finished", "Encounter.ndjson", "e6"),
+    ]
+    reasons = dict(zip(batch.rejects["source_row"], batch.rejects["reason"], strict=True))
+    assert reasons["e3"].startswith("required element 'status' is missing from Encounter")
+    assert reasons["e5"].startswith("required element 'url' is missing from Extension")
+    assert "Extension.value[x] has 2 values (valueCode, valueId)" in reasons["e7"]
+    checker = structural_validator("Encounter")
+    for line in lines:
+        resource = json.loads(line)
+        full = checker._validator  # the validator with every rule inside (used for explanations)
+        try:
+            full.validate_python(resource)
+            valid = True
+        except pydantic_core.ValidationError:
+            valid = False
+        assert (checker.problems(resource) == []) is valid, line
