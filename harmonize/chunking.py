@@ -113,14 +113,14 @@ class StagedSite:
         self.mapping = mapping
         self.source_dir = source_dir
         self.scratch = scratch
-        self._parts: dict[str, list[tuple[Path, str, list[str]]]] = {}  # source -> (folder, file, columns)
+        self._parts: dict[str, list[tuple[Path, list[str]]]] = {}  # source -> per file: (folder, columns)
         self._rejects: dict[str, pl.DataFrame] = {}
 
     def stage(self, name: str) -> None:
         """Split one source into per-chunk Parquet files (streamed when polars can, else read then split)."""
         source = self.mapping.sources[name]
         column = self.plan.person_columns[name]
-        parts: list[tuple[Path, str, list[str]]] = []
+        parts: list[tuple[Path, list[str]]] = []
         rejects: list[pl.DataFrame] = []
         if source.is_fhir:
             batch = read_source(name, source, self.source_dir)
@@ -140,7 +140,7 @@ class StagedSite:
 
     def _stream_file(
         self, name: str, index: int, path: Path, relative: str, source: Source, column: str
-    ) -> tuple[Path, str, list[str]] | None:
+    ) -> tuple[Path, list[str]] | None:
         scan = _streamable(path, source)
         if scan is None:
             return None
@@ -160,9 +160,9 @@ class StagedSite:
         except pl.exceptions.PolarsError:  # ragged rows, bad UTF-8: the in-memory reader quarantines them
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return folder, relative, [*data_columns, "_source_file", "_source_row"]
+        return folder, [*data_columns, "_source_file", "_source_row"]
 
-    def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, str, list[str]]:
+    def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, list[str]]:
         folder = self.scratch / name / str(index)
         for (chunk,), part in (
             frame.with_columns(chunk_of(column, self.plan.chunks))
@@ -171,12 +171,12 @@ class StagedSite:
         ):
             (folder / f"_chunk={chunk}").mkdir(parents=True, exist_ok=True)
             part.write_parquet(folder / f"_chunk={chunk}" / "00000000.parquet")
-        return folder, "", frame.columns
+        return folder, frame.columns
 
     def batch(self, name: str, chunk: int) -> SourceBatch:
         """The source's records of one chunk; read-time rejects come with chunk 0."""
         frames = []
-        for folder, _relative, columns in self._parts[name]:
+        for folder, columns in self._parts[name]:
             files = sorted((folder / f"_chunk={chunk}").glob("*.parquet"))
             if files:
                 frames.append(pl.read_parquet(files))

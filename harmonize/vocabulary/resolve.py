@@ -161,17 +161,14 @@ def resolve_codes(db: Database, codes: pl.DataFrame, *, cache: ResolutionCache |
     _check_input(codes)
     if cache is None:
         require_vocabulary(db)
-    keyed = codes.with_row_index("__fedomop_row").with_columns(
-        pl.col(c).cast(pl.String).alias(f"__fedomop_{c}") for c in KEY_COLUMNS
-    )
+    keyed = codes.with_columns(pl.col(c).cast(pl.String).alias(f"__fedomop_{c}") for c in KEY_COLUMNS)
     keys = keyed.select(pl.col(f"__fedomop_{c}").alias(c) for c in KEY_COLUMNS).drop_nulls().unique()
     resolved = cache.resolve(db, keys) if cache is not None else _resolve_distinct(db, keys)
-    answer = resolved.rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
-    joined = keyed.join(answer, on=[f"__fedomop_{c}" for c in KEY_COLUMNS], how="left")
-    return (
-        joined.sort("__fedomop_row", "concept_id", nulls_last=True)
-        .with_columns(pl.col("source_concept_id", "concept_id").fill_null(0))
-        .drop("__fedomop_row", *(f"__fedomop_{c}" for c in KEY_COLUMNS))
+    answer = resolved.sort(*KEY_COLUMNS, "concept_id").rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
+    # input order, and a code's several targets in concept_id order, without sorting the (big) input
+    joined = keyed.join(answer, on=[f"__fedomop_{c}" for c in KEY_COLUMNS], how="left", maintain_order="left_right")
+    return joined.with_columns(pl.col("source_concept_id", "concept_id").fill_null(0)).drop(
+        *(f"__fedomop_{c}" for c in KEY_COLUMNS)
     )
 
 
