@@ -132,7 +132,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(min=1, help="Map in this many person-disjoint chunks (default: one per --chunk-mb)."),
         ] = None,
         chunk_mb: Annotated[
-            int, typer.Option(min=1, help="MiB of source text per chunk: bounds memory (about 8x this per chunk).")
+            int,
+            typer.Option(min=1, help="MiB of source text per chunk: bounds memory (peak about 0.5 GiB + 12x this)."),
         ] = DEFAULT_CHUNK_MB,
         scratch: Annotated[
             Path | None, typer.Option(help="Folder for the split sources of a chunked run (default: system temp).")
