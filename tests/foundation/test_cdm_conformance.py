@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from harmonize.cdm.schema import create_cdm, cycle_closing_foreign_keys
+from harmonize.cdm.schema import add_primary_keys, create_cdm, cycle_closing_foreign_keys, supports_deferred_keys
 from harmonize.cdm.spec import FIELD_LEVEL_CSV, bundled_spec_dir, load_spec
 from harmonize.db import connect
+from harmonize.errors import DatabaseError
 
 from ..conftest import SHARED
 
@@ -157,3 +158,30 @@ def test_create_is_idempotent(tmp_path) -> None:
     create_cdm(database.engine)
     create_cdm(database.engine)
     assert len(database.table_names()) == 39
+
+
+def test_keys_added_after_a_bulk_load_refuse_repeated_ids(backend_url: str) -> None:
+    """The engine loads keyless tables and adds the spec's keys afterwards; a repeated id fails, naming the table."""
+    db = connect(backend_url)
+    if db.dialect == "sqlite":  # SQLite cannot add a key to a table: the engine creates it keyed from the start
+        assert not supports_deferred_keys(db.engine)
+        return
+    create_cdm(db.engine, constraints="none", tables=["person", "episode"])
+    rows = {"gender_concept_id": 0, "year_of_birth": 1950, "race_concept_id": 0, "ethnicity_concept_id": 0}
+    db.load_arrow("person", pl.DataFrame([{"person_id": 1, **rows}, {"person_id": 1, **rows}]))
+    with pytest.raises(DatabaseError, match="cannot add the primary key person_id to person"):
+        add_primary_keys(db.engine, ["person"])
+    assert add_primary_keys(db.engine, ["episode"]) == ["episode"]
+    with pytest.raises(DatabaseError):  # the key now exists: a repeated episode id is refused at load
+        db.load_arrow("episode", pl.DataFrame([_episode(7), _episode(7)]))
+
+
+def _episode(episode_id: int) -> dict[str, object]:
+    return {
+        "episode_id": episode_id,
+        "person_id": 1,
+        "episode_concept_id": 32533,
+        "episode_start_date": dt.date(2020, 1, 1),
+        "episode_object_concept_id": 0,
+        "episode_type_concept_id": 32879,
+    }
