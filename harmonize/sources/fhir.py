@@ -37,12 +37,19 @@ import pydantic_core
 
 from harmonize.errors import MappingError, SourceError
 from harmonize.sources.base import REJECT_SCHEMA, SourceBatch
-from harmonize.sources.fhir_structure import StructuralProblem, resource_model, structural_validator
+from harmonize.sources.fhir_structure import (
+    LEARN_FROM,
+    StructuralProblem,
+    resource_model,
+    specialisation,
+    structural_validator,
+)
 from harmonize.sources.fhirpath import CompiledPath, compile_path, row_extractor
 
 BATCH_SIZE = 50_000
 _NO_URNS: Mapping[str, str] = {}
 CHUNK_LINES = 10_000  # NDJSON lines per worker task (workers > 1)
+MISSES_BEFORE_REBUILD = 1000  # valid resources the specialised validator refused (see Specialisation)
 PLACE_BITS = 40  # first_seen stores (file index << PLACE_BITS) + line number for ids from the hot loop
 VALUE_LIMIT = 200
 FORMATS = ("ndjson", "bundle")
@@ -333,7 +340,9 @@ class _Reader:
                 self.read_record(source_file, number, line)
             self.report_blanks(source_file)  # none if the file ended with them: trailing blanks are fine
             return
-        validate, rules_hold = self.checker.parse_elements, self.checker.root_rules
+        full, rules_hold = self.checker.parse_elements, self.checker.root_rules
+        special = specialisation(self.resource_type)
+        validate, learning, misses = special.parse or full, special.learning, 0
         first_seen = self.first_seen
         wheres = self.wheres if self.in_worker else None
         columns, blanks, batch = self.columns, self.blanks, BATCH_SIZE
@@ -343,8 +352,24 @@ class _Reader:
             try:
                 resource = validate(line)
             except pydantic_core.ValidationError:
-                self.read_record(source_file, number, line)
-                continue
+                if validate is full:
+                    self.read_record(source_file, number, line)
+                    continue
+                try:  # the specialised validator refused it: the full one decides
+                    resource = full(line)
+                except pydantic_core.ValidationError:
+                    self.read_record(source_file, number, line)
+                    continue
+                special.note(resource)  # valid, with elements not seen before
+                misses += 1
+                if misses >= MISSES_BEFORE_REBUILD:
+                    special.build()
+                    validate, misses = special.parse or full, 0
+            if learning:
+                special.note(resource)
+                if special.examples >= LEARN_FROM:
+                    special.build()
+                    validate, learning = special.parse or full, False
             resource_id = resource.get("id")
             if (
                 type(resource_id) is not str
@@ -367,6 +392,8 @@ class _Reader:
                 rows, add = columns.rows, columns.add_valid_row
         self.seen += accepted
         blanks.clear()
+        if (learning and special.examples) or misses:
+            special.build()  # for the next file: what this one taught
 
     def read_record(self, source_file: str, number: int, line: bytes | None) -> None:
         """A line the hot loop did not accept. A blank line is held back and reported only when a

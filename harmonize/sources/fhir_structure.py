@@ -340,6 +340,19 @@ def resource_rules(resource_type: str) -> typing.Callable[[dict], bool] | None:
     return _rules_test(group_items, required_primitives)
 
 
+def present_elements(model: type, value: dict, found: set[tuple[type, str]]) -> None:
+    """Add the (model, element) pairs present in a checked resource or data-type object to ``found``."""
+    table = element_table(model)
+    for name, item in value.items():
+        found.add((model, name))
+        element = table.get(name)
+        if element is None or element.model is None or element.any_resource:
+            continue
+        for entry in item if type(item) is list else (item,):
+            if type(entry) is dict:
+                present_elements(element.model, entry, found)
+
+
 def _any_resource(value: Any) -> dict:
     """Validate an embedded resource (contained, Bundle.entry.resource) with its own type's checker."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
@@ -379,10 +392,15 @@ def _element_schema(element: Element, refs: dict[type, str], pending: list[type]
     return schema
 
 
+Kept = frozenset[tuple[type, str]]  # (model class, element name) pairs a specialised validator declares
+
+
 def _model_schema(
-    model: type, refs: dict[type, str], pending: list[type], *, top: bool, rules: bool = True
+    model: type, refs: dict[type, str], pending: list[type], *, top: bool, rules: bool = True, keep: Kept | None = None
 ) -> cs.CoreSchema:
     table = element_table(model)
+    if keep is not None:  # a specialised validator: the required elements and those in ``keep``
+        table = {name: element for name, element in table.items() if element.required or (model, name) in keep}
     fields: dict[str, cs.TypedDictField] = {}
     for element in table.values():
         # a required primitive may be given as "_x" only; the post-check enforces that case
@@ -398,14 +416,15 @@ def _model_schema(
 
 
 @cache
-def _compiled(resource_type: str, root_rules: bool = True) -> SchemaValidator:
+def _compiled(resource_type: str, root_rules: bool = True, keep: Kept | None = None) -> SchemaValidator:
     """Compile the core schema of one resource type (and every data type it reaches) once.
 
-    ``root_rules=False`` leaves out the resource-level choice/required rules (see resource_rules)."""
+    ``root_rules=False`` leaves out the resource-level choice/required rules (see resource_rules).
+    ``keep``: declare only the required elements and these (see StructuralValidator.specialised)."""
     model = resource_model(resource_type)
     refs: dict[type, str] = {}
     pending: list[type] = []
-    root = _model_schema(model, refs, pending, top=True, rules=root_rules)
+    root = _model_schema(model, refs, pending, top=True, rules=root_rules, keep=keep)
     definitions: list[cs.CoreSchema] = []
     done: set[type] = set()
     while pending:
@@ -413,7 +432,7 @@ def _compiled(resource_type: str, root_rules: bool = True) -> SchemaValidator:
         if data_type in done:
             continue
         done.add(data_type)
-        definition = _model_schema(data_type, refs, pending, top=False)
+        definition = _model_schema(data_type, refs, pending, top=False, keep=keep)
         if data_type.__name__ == "Reference":
             definition = _with_reference_format(definition)
         definitions.append(definition)
@@ -425,8 +444,9 @@ def _compiled(resource_type: str, root_rules: bool = True) -> SchemaValidator:
 def _with_reference_format(definition: cs.CoreSchema) -> cs.CoreSchema:
     """Reference.reference must be one of the allowed forms (FHIR R4 3.4.3.2), not just any string."""
     inner = definition["schema"] if definition["type"] == "function-after" else definition  # type: ignore[typeddict-item]
-    field = inner["fields"]["reference"]  # type: ignore[typeddict-item]
-    field["schema"] = cs.str_schema(strict=True, pattern=f"^(?:{REFERENCE_PATTERN})$")
+    field = inner["fields"].get("reference")  # type: ignore[typeddict-item]
+    if field is not None:  # (a specialised validator may not declare it)
+        field["schema"] = cs.str_schema(strict=True, pattern=f"^(?:{REFERENCE_PATTERN})$")
     return definition
 
 
@@ -458,6 +478,16 @@ class StructuralValidator:
         if self.root_rules is None or self.root_rules(resource):
             return resource
         return self._validator.validate_json(line)  # raises the rule's error
+
+    def specialised(self, keep: Kept) -> typing.Callable[[bytes | str], dict]:
+        """``parse_elements`` for resources made only of the elements in ``keep`` (see present_elements)
+        plus the required ones: anything else is an undeclared element there, so the line fails.
+
+        Why it is safe: each declared element keeps its full schema, so a line this accepts is accepted
+        by ``parse_elements`` too, with the same result; a line it refuses must be decided by
+        ``parse_elements``. Why it is faster: pydantic-core looks up every declared element of every
+        object, present or not, and most types declare dozens that an export never uses."""
+        return _compiled(self.resource_type, root_rules=self.root_rules is None, keep=keep).validate_json
 
     def validate(self, resource: dict) -> dict:
         """Check an already-parsed resource; raises pydantic_core.ValidationError when it is not valid."""
@@ -592,6 +622,43 @@ def _reason(item: Any, owner: type | None, element: Element | None, loc: list[An
     if kind in {"dict_type", "model_type"} and not loc:
         return f"a {owner_name} must be a JSON object; got {_json_kind(value)}"
     return f"{item['msg']}; fix the element"
+
+
+LEARN_FROM = 200  # checked resources of a type whose elements are noted before specialising
+REBUILDS = 8  # specialised validators built at most per type and process (then the full one stays)
+
+
+class Specialisation:
+    """Per process and resource type: the elements seen in checked resources so far, and a validator
+    declaring only those (:meth:`StructuralValidator.specialised`) once LEARN_FROM resources were seen.
+    A resource it refuses goes to the full validator; if that accepts it, its elements are noted and
+    the specialised validator is rebuilt with them (at most REBUILDS times). Which resources are
+    accepted, and how they read, never depends on it -- only how fast the check is."""
+
+    def __init__(self, checker: StructuralValidator) -> None:
+        self.checker = checker
+        self.seen: set[tuple[type, str]] = set()
+        self.examples = 0
+        self.builds = 0
+        self.parse: typing.Callable[[bytes | str], dict] | None = None
+
+    @property
+    def learning(self) -> bool:
+        return self.parse is None and self.builds < REBUILDS
+
+    def note(self, resource: dict) -> None:
+        present_elements(self.checker.model, resource, self.seen)
+        self.examples += 1
+
+    def build(self) -> None:
+        self.builds += 1
+        self.parse = self.checker.specialised(frozenset(self.seen)) if self.builds <= REBUILDS else None
+
+
+@cache
+def specialisation(resource_type: str) -> Specialisation:
+    """The process-wide :class:`Specialisation` of ``resource_type``."""
+    return Specialisation(structural_validator(resource_type))
 
 
 @cache

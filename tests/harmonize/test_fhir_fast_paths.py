@@ -20,8 +20,10 @@ from harmonize.sources.fhir import read_fhir
 from harmonize.sources.fhir_structure import (
     CALENDAR_PATTERN,
     element_table,
+    present_elements,
     real_date_pattern,
     resource_model,
+    specialisation,
     structural_validator,
 )
 from harmonize.sources.fhirpath import compile_path, row_extractor
@@ -401,3 +403,88 @@ def test_resource_level_rules_checked_outside_the_validator_decide_the_same(tmp_
         except pydantic_core.ValidationError:
             valid = False
         assert (checker.problems(resource) == []) is valid, line
+
+
+# ---------------------------------------------------------------------------------------------------
+# specialised validators (only the elements seen so far declared; the full one decides the rest)
+
+
+@pytest.fixture
+def fresh_specialisation(monkeypatch):
+    """Start from no learned elements, and specialise after 3 resources instead of LEARN_FROM."""
+    fhir_module = __import__("harmonize.sources.fhir", fromlist=["LEARN_FROM"])
+    monkeypatch.setattr(fhir_module, "LEARN_FROM", 3)
+    specialisation.cache_clear()
+    yield
+    specialisation.cache_clear()
+
+
+def read_without_specialising(monkeypatch, *args, **kwargs):
+    fhir_module = __import__("harmonize.sources.fhir", fromlist=["LEARN_FROM"])
+    with monkeypatch.context() as patch:
+        patch.setattr(fhir_module, "LEARN_FROM", 10**12)
+        specialisation.cache_clear()
+        batch = read_fhir(*args, **kwargs)
+    specialisation.cache_clear()
+    return batch
+
+
+def test_a_specialised_validator_accepts_only_what_the_full_one_accepts_with_the_same_result():
+    refusals = {}
+    for path, resource_type in VALIDATED_SOURCES:
+        checker = structural_validator(resource_type)
+        lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+        seen: set = set()
+        for line in lines[:2]:
+            present_elements(checker.model, checker.parse_json(line), seen)
+        narrow = checker.specialised(frozenset(seen))
+        refused = 0
+        for line in lines:
+            try:
+                resource = narrow(line)
+            except pydantic_core.ValidationError:
+                refused += 1
+                continue
+            assert checker.parse_elements(line) == resource
+        refusals[path.name] = (refused, len(lines))
+    assert all(refused < total for refused, total in refusals.values()), refusals
+    assert sum(refused for refused, _total in refusals.values()) > 100, refusals  # unseen elements are refused
+
+
+def test_the_reader_gives_the_same_batch_with_and_without_specialising(tmp_path, monkeypatch, fresh_specialisation):
+    """Resources with elements first seen after the validator was specialised, invalid ones and
+    duplicates after it: same frame, same rejects, and the new elements are learned."""
+    common = [patient_line(id=f"c{n}") for n in range(5)]
+    rare = [
+        patient_line(id="r1", maritalStatus={"coding": [{"system": "http://x", "code": "M"}]}),
+        patient_line(id="r2", _birthDate={"extension": [{"url": "http://x", "valueString": "approx"}]}),
+        patient_line(id="r3", address=[{"line": ["1 Main"], "period": {"start": "2020-01-01"}}]),
+        patient_line(id="r4", maritalStatus={"coding": [{"system": "http://x", "code": 5}]}),
+        patient_line(id="r5", unknownElement=1),
+        patient_line(id="c1", gender="male"),
+        patient_line(id="r6", birthDate="2023-02-29"),
+    ]
+    path = tmp_path / "Patient.ndjson"
+    path.write_text("\n".join(common + rare + common[:1]) + "\n")
+    columns = {"gender": "gender", "marital": "maritalStatus.coding.code", "line": "address.line"}
+    args = ("p", [path], tmp_path, "Patient", columns)
+    specialised = read_fhir(*args, fmt="ndjson")
+    assert specialisation("Patient").parse is not None
+    assert (resource_model("Patient"), "maritalStatus") in specialisation("Patient").seen
+    again = read_fhir(*args, fmt="ndjson")  # now with the elements learned from the first read
+    plain = read_without_specialising(monkeypatch, *args, fmt="ndjson")
+    for batch in (specialised, again):
+        assert batch.frame.equals(plain.frame) and batch.rejects.equals(plain.rejects)
+        assert batch.seen == plain.seen == 13
+    assert specialised.frame["_source_row"].to_list() == ["c0", "c1", "c2", "c3", "c4", "r1", "r2", "r3"]
+    assert set(specialised.rejects["source_row"]) == {"r4", "r5", "r6", "Patient.ndjson:11", "Patient.ndjson:13"}
+
+
+def test_specialising_on_a_real_export_changes_nothing(monkeypatch, fresh_specialisation):
+    for path, resource_type in VALIDATED_SOURCES:
+        columns = {"id": "id", "first": "meta.lastUpdated | text.status"}
+        args = (resource_type, [path], path.parent, resource_type, columns)
+        first, second = read_fhir(*args, fmt="ndjson"), read_fhir(*args, fmt="ndjson")
+        plain = read_without_specialising(monkeypatch, *args, fmt="ndjson")
+        for batch in (first, second):
+            assert batch.frame.equals(plain.frame) and batch.rejects.equals(plain.rejects), path.name
