@@ -316,6 +316,11 @@ def _rules_test(
     """True when ``value`` keeps the choice and required-primitive rules (no error built: fast)."""
     choices = frozenset().union(*(names for _group, names in group_items))
     group_of = {name: group for group, names in group_items for name in names}.__getitem__
+    if not group_items and len(required_primitives) == 1:  # e.g. Encounter: status
+        name, extension = required_primitives[0]
+        return lambda value: name in value or extension in value
+    if len(group_items) == 1 and not required_primitives:  # e.g. AllergyIntolerance: onset[x]
+        return lambda value: len(choices.intersection(value)) < 2
 
     def rules_hold(value: dict) -> bool:
         present = choices.intersection(value)
