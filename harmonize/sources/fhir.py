@@ -392,8 +392,8 @@ class _Reader:
                 rows, add = columns.rows, columns.add_valid_row
         self.seen += accepted
         blanks.clear()
-        if (learning and special.examples) or misses:
-            special.build()  # for the next file: what this one taught
+        if (learning and special.examples >= LEARN_FROM // 10) or misses:
+            special.build()  # for the next file: what this one taught (not after a handful of resources)
 
     def read_record(self, source_file: str, number: int, line: bytes | None) -> None:
         """A line the hot loop did not accept. A blank line is held back and reported only when a
