@@ -13,6 +13,8 @@ Public API:
 * :func:`element_table` -- ``{json name: Element}`` for any R4B model class (cached).
 * :func:`structural_validator` -- a cached :class:`StructuralValidator` per resource type.
 * :class:`StructuralProblem` -- one defect found in a resource: element path, value and reason.
+* :func:`specialisation` -- per type, a faster validator declaring only the elements seen so far (the
+  full one decides whatever it refuses), for the NDJSON hot loop.
 """
 
 from __future__ import annotations
