@@ -1,18 +1,23 @@
 """Person-disjoint chunks: how a site bigger than memory is mapped in bounded memory.
 
 Every OMOP row depends on one person's records only (the person, their visits and events, their observation
-period and episodes), so a site can be mapped one slice of persons at a time. Before the run, each source that
-names its person column in the mapping is streamed once (polars, never whole in memory) into Parquet files, one
-per chunk, by a hash of that column; the engine then maps chunk after chunk and appends to the database.
-Sources without a person column (providers, care sites, locations) are read whole, in the first chunk, and their
-keys stay available to later chunks.
+period and episodes), so a site can be mapped one slice of persons at a time. Before the run, each CSV or
+Parquet source that names its person column in the mapping is streamed once (polars, never whole in memory;
+legacy encodings transcoded to UTF-8 block by block first) into Parquet files, one per chunk, by a hash of that
+column; the engine then maps chunk after chunk and appends to the database. Sources without a person column
+(providers, care sites, locations) are read whole, in the first chunk, and their keys stay available to later
+chunks. The split is checked: a streamed file's rows 1..n must all be in the chunks, and the chunks mapped must
+add up to what was written.
 
-Files polars cannot stream (legacy encodings, ragged rows, FHIR) are read with the normal readers and then split;
-their read-time rejects belong to the first chunk, so every record is still counted exactly once.
+Not streamed: FHIR sources (the reader keeps only the mapped columns of each resource, and those are split in
+memory: memory grows with the largest FHIR source's columns, not its JSON) and a CSV file polars refuses (ragged
+rows, undecodable bytes), which the normal reader takes whole so that those rows are quarantined with their
+reason. Read-time rejects belong to the first chunk, so every record is still counted exactly once.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import shutil
 from dataclasses import dataclass
@@ -20,13 +25,14 @@ from pathlib import Path
 
 import polars as pl
 
+from harmonize.errors import ReconciliationError
 from harmonize.mapping.models import Mapping, Source
 from harmonize.sources.base import SourceBatch, empty_rejects
 from harmonize.sources.read import read_source
-from harmonize.sources.tabular import match_files, read_tabular
+from harmonize.sources.tabular import PYTHON_CODEC, match_files, read_tabular
 from harmonize.tables import KEYED_TABLES
 
-DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records, ~2 GiB of frames while a chunk is mapped
+DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
 SHARED_TABLES = frozenset(KEYED_TABLES) - {"person", "visit_occurrence"}  # keyed, but not a person's records
 _FHIR_TEXT_PER_RECORD = 4  # NDJSON carries ~4x the bytes of the columns a mapping extracts
 _HASH_SEED = 20_261_123
@@ -64,6 +70,17 @@ def person_columns(mapping: Mapping) -> tuple[dict[str, str], tuple[str, ...], s
             return {}, (), f"source {name!r} feeds {', '.join(sorted(feeds[name]))} without a person column"
         else:
             shared.append(name)
+    for table in SHARED_TABLES:
+        for rule in mapping.tables.get(table, []):
+            if rule.source in columns and rule.id and rule.id != columns[rule.source]:
+                return (
+                    {},
+                    (),
+                    (
+                        f"source {rule.source!r} is split by person ({columns[rule.source]}) but also builds {table} rows "
+                        f"keyed by {rule.id}, which other persons' records may point at"
+                    ),
+                )
     return columns, tuple(shared), ""
 
 
@@ -90,23 +107,34 @@ def plan_chunks(
 
 
 def chunk_of(column: str, chunks: int) -> pl.Expr:
-    """The chunk of a row: a hash of its person id (stripped text, as the person lookup compares it)."""
+    """The chunk of a row: a hash of its person id as the reader gives it (CSV cells arrive stripped)."""
     return (pl.col(column).cast(pl.String).hash(seed=_HASH_SEED) % chunks).cast(pl.Int64).alias("_chunk")
 
 
-def _streamable(path: Path, source: Source) -> pl.LazyFrame | None:
-    """A lazy scan of the file as text, or None when only the in-memory reader can take it."""
-    if source.format == "parquet":
-        return pl.scan_parquet(path).select(pl.all().cast(pl.String))
-    if source.format != "csv" or source.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
-        return None
-    return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
-        path, separator=source.delimiter, infer_schema=False, null_values=source.null_values, quote_char='"'
-    )
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+
+
+def _transcode(path: Path, codec: str, out: Path, block: int = 16 * 2**20) -> bool:
+    """Write a legacy-encoded file as UTF-8, block by block; False (nothing kept) if a byte is not valid."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    try:
+        with path.open("rb") as source, out.open("w", encoding="utf-8", newline="") as target:
+            while data := source.read(block):
+                target.write(decoder.decode(data))
+            target.write(decoder.decode(b"", final=True))
+    except UnicodeDecodeError:
+        out.unlink(missing_ok=True)
+        return False
+    return True
 
 
 class StagedSite:
-    """The site's sources split into chunks under a scratch folder; ``batch(name, k)`` reads one chunk back."""
+    """The site's sources split into chunks under a scratch folder; ``batch(name, k)`` reads one chunk back.
+
+    ``records[source]`` is what the split wrote (rows plus read-time rejects), so the run can check that the
+    chunks it mapped add up to it.
+    """
 
     def __init__(self, plan: ChunkPlan, mapping: Mapping, source_dir: Path, scratch: Path) -> None:
         self.plan = plan
@@ -115,6 +143,7 @@ class StagedSite:
         self.scratch = scratch
         self._parts: dict[str, list[tuple[Path, list[str]]]] = {}  # source -> per file: (folder, columns)
         self._rejects: dict[str, pl.DataFrame] = {}
+        self.records: dict[str, int] = {}
 
     def stage(self, name: str) -> None:
         """Split one source into per-chunk Parquet files (streamed when polars can, else read then split)."""
@@ -122,7 +151,7 @@ class StagedSite:
         column = self.plan.person_columns[name]
         parts: list[tuple[Path, list[str]]] = []
         rejects: list[pl.DataFrame] = []
-        if source.is_fhir:
+        if source.is_fhir:  # the FHIR reader keeps only the mapped columns; those are split in memory
             batch = read_source(name, source, self.source_dir)
             parts.append(self._split_frame(name, len(parts), batch.frame, column))
             rejects.append(batch.rejects)
@@ -130,18 +159,35 @@ class StagedSite:
             for path in match_files(self.source_dir, source.files, name):
                 relative = str(path.relative_to(self.source_dir))
                 staged = self._stream_file(name, len(parts), path, relative, source, column)
-                if staged is None:
+                if staged is None:  # ragged rows, bad bytes: the in-memory reader quarantines them
                     batch = read_tabular(name, [path], self.source_dir, source)
                     staged = self._split_frame(name, len(parts), batch.frame, column)
                     rejects.append(batch.rejects)
                 parts.append(staged)
         self._parts[name] = parts
         self._rejects[name] = pl.concat(rejects) if rejects else empty_rejects()
+        self.records[name] = sum(self._written(folder) for folder, _ in parts) + self._rejects[name].height
+
+    def _scan(self, name: str, index: int, path: Path, source: Source) -> pl.LazyFrame | None:
+        """A lazy scan of the file as text (legacy encodings transcoded first), or None if it cannot stream."""
+        if source.format == "parquet":
+            return pl.scan_parquet(path).select(pl.all().cast(pl.String))
+        if source.format != "csv":
+            return None
+        if not _is_utf8(source.encoding):
+            utf8 = self.scratch / name / f"{index}.utf8.csv"
+            utf8.parent.mkdir(parents=True, exist_ok=True)
+            if not _transcode(path, PYTHON_CODEC[source.encoding], utf8):
+                return None
+            path = utf8
+        return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
+            path, separator=source.delimiter, infer_schema=False, null_values=source.null_values, quote_char='"'
+        )
 
     def _stream_file(
         self, name: str, index: int, path: Path, relative: str, source: Source, column: str
     ) -> tuple[Path, list[str]] | None:
-        scan = _streamable(path, source)
+        scan = self._scan(name, index, path, source)
         if scan is None:
             return None
         folder = self.scratch / name / str(index)
@@ -157,10 +203,45 @@ class StagedSite:
                 .with_columns(chunk_of(column, self.plan.chunks))
             )
             staged.sink_parquet(pl.PartitionBy(folder, key="_chunk", include_key=False), mkdir=True)
-        except pl.exceptions.PolarsError:  # ragged rows, bad UTF-8: the in-memory reader quarantines them
+        except pl.exceptions.PolarsError:
             shutil.rmtree(folder, ignore_errors=True)
             return None
+        finally:
+            (self.scratch / name / f"{index}.utf8.csv").unlink(missing_ok=True)
+        self._check_numbering(folder, relative)
         return folder, [*data_columns, "_source_file", "_source_row"]
+
+    def _chunk_files(self, folder: Path) -> list[Path]:
+        """The split files of one source file, refusing a chunk index the plan does not have."""
+        files = sorted(folder.glob("_chunk=*/*.parquet"))
+        for file in files:
+            chunk = file.parent.name.removeprefix("_chunk=")
+            if not chunk.isdigit() or int(chunk) >= self.plan.chunks:
+                raise ReconciliationError(
+                    f"split file {file} is not one of the {self.plan.chunks} chunks",
+                    where=str(folder),
+                    fix="this is an engine bug: report it with the polars version; nothing was loaded",
+                )
+        return files
+
+    def _written(self, folder: Path) -> int:
+        files = self._chunk_files(folder)
+        return int(pl.scan_parquet(files).select(pl.len()).collect().item()) if files else 0
+
+    def _check_numbering(self, folder: Path, relative: str) -> None:
+        """Rows 1..n of a streamed file must all be in the chunks: n rows written and the last one is n."""
+        files = self._chunk_files(folder)
+        if not files:
+            return
+        rows, last = (
+            pl.scan_parquet(files).select(pl.len(), pl.col("_source_row").cast(pl.Int64).max()).collect().row(0)
+        )
+        if rows != (last or 0):
+            raise ReconciliationError(
+                f"splitting {relative} into chunks kept {rows} rows but the file has {last}",
+                where=str(folder),
+                fix="this is an engine bug: report it with the polars version; nothing was loaded",
+            )
 
     def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, list[str]]:
         folder = self.scratch / name / str(index)

@@ -85,6 +85,7 @@ class RunReport:
     read_seconds: float = 0.0
     sources: dict[str, int] = field(default_factory=dict)
     chunks: int = 1
+    unsplit_reason: str = ""  # why a site big enough to chunk was mapped whole
 
     @property
     def balanced(self) -> bool:
@@ -606,6 +607,7 @@ class _ChunkedRun:
         for chunk in range(plan.chunks):
             chunk_names = [n for n in self.mapping.sources if n in plan.person_columns or chunk == 0]
             self._map_chunk(chunk, plan.chunks, chunk_names, read(chunk), shared=plan.shared)
+        _check_split(staged.records, self.totals.seen)
 
     def _map_chunk(
         self,
@@ -674,11 +676,30 @@ class _ChunkedRun:
                 self.loader.shutdown(wait=True)
                 self.loader = None
 
+    def abandon(self) -> BaseException | None:
+        """After a failure: let the background load end and return its error instead of raising it."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - the failure being raised already says what went wrong
+            return exc
+        return None
+
     def wait_for_load(self) -> None:
         """Block until the chunk being loaded in the background is in (re-raising its error, if any)."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()
+
+
+def _check_split(written: dict[str, int], mapped: Counter[str]) -> None:
+    """The chunks mapped must add up to what the split wrote, source by source."""
+    for source, count in written.items():
+        if mapped[source] != count:
+            raise ReconciliationError(
+                f"source {source!r}: the split wrote {count} records but the chunks mapped {mapped[source]}",
+                where="person-disjoint chunks",
+                fix="this is an engine bug: report it with the mapping; the previous site database was kept",
+            )
 
 
 def _chunk_progress(progress: Progress, chunk: int, chunks: int) -> Progress:
@@ -734,6 +755,12 @@ def run_mapping(
             fix="create it, or leave --scratch out to use the system's temporary folder",
         )
     plan = plan_chunks(mapping, source_dir, chunks, chunk_mb)
+    if plan.reason and chunks:
+        raise MappingError(
+            f"cannot map in {chunks} chunks: {plan.reason}",
+            where=str(mapping_path),
+            fix="leave --chunks out to map the site whole, or let each source name its person in one column",
+        )
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     target = AtomicTarget(db_url, run_id, schema=schema)
     with target as db:
@@ -746,9 +773,11 @@ def run_mapping(
             else:
                 with tempfile.TemporaryDirectory(prefix="fedomop-chunks-", dir=scratch) as folder:
                     run.chunked(plan, Path(folder))
-                    run.close()  # the last chunk's load may still read the split files
-        finally:
             run.close()
+        except BaseException as exc:
+            if (loading := run.abandon()) is not None:
+                exc.add_note(f"the chunk loading in the background also failed: {loading}")
+            raise
         totals = run.totals
         recon = totals.reconciliation()
         _check_reconciliation(recon)
@@ -785,4 +814,5 @@ def run_mapping(
         read_seconds=totals.read_seconds,
         sources=dict(totals.seen),
         chunks=plan.chunks,
+        unsplit_reason=plan.reason,
     )

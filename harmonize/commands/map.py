@@ -115,6 +115,10 @@ def map_site(
     print_summary(report, out)
     if report.chunks > 1:
         out.print(f"mapped in {report.chunks} person-disjoint chunks")
+    if report.unsplit_reason:
+        out.print(
+            f"[yellow]warning:[/] mapped whole, not in chunks ({report.unsplit_reason}): memory grew with the site"
+        )
     return report
 
 

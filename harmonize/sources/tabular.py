@@ -17,7 +17,7 @@ from harmonize.errors import SourceError
 from harmonize.mapping.models import Source
 from harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
 
-_PYTHON_CODEC = {
+PYTHON_CODEC = {
     "utf-8": "utf-8",
     "utf8": "utf-8",
     "latin-1": "latin-1",
@@ -46,7 +46,7 @@ def read_header(path: Path, source: Source) -> list[str]:
         return list(pl.read_parquet_schema(path))
     with path.open("rb") as handle:
         first = handle.readline()
-    text = first.decode(_PYTHON_CODEC[source.encoding], errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    text = first.decode(PYTHON_CODEC[source.encoding], errors="replace").lstrip("\ufeff").rstrip("\r\n")
     return [c.strip().strip('"') for c in text.split(source.delimiter)]
 
 
@@ -91,7 +91,7 @@ def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataF
 def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
     if source.format == "parquet":
         return pl.scan_parquet(path).select(pl.all().cast(pl.String)), empty_rejects(), None
-    codec = _PYTHON_CODEC[source.encoding]
+    codec = PYTHON_CODEC[source.encoding]
     options = {
         "separator": source.delimiter,
         "infer_schema": False,
@@ -105,15 +105,25 @@ def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.D
         except UnicodeDecodeError:
             pass
     text, rejects, numbers = _decoded_lines(path, relative, codec)
-    return pl.read_csv(io.StringIO(text), **options).lazy(), rejects, numbers
+    try:
+        return pl.read_csv(io.StringIO(text), **options).lazy(), rejects, numbers
+    except pl.exceptions.PolarsError:  # ragged rows in a transcoded or partly undecodable file
+        frame, ragged, kept = _parse_ragged(text, relative, source, numbers)
+        return frame.lazy(), pl.concat([rejects, ragged]), kept
 
 
 def _read_ragged(
     path: Path, relative: str, source: Source, numbers: list[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
     """Slow path for a CSV polars refuses: rows with the wrong number of fields become rejects, the rest load."""
-    codec = _PYTHON_CODEC[source.encoding]
+    codec = PYTHON_CODEC[source.encoding]
     text = path.read_bytes().decode(codec, errors="replace").lstrip("\ufeff")
+    return _parse_ragged(text, relative, source, numbers)
+
+
+def _parse_ragged(
+    text: str, relative: str, source: Source, numbers: list[int] | None
+) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
     records = list(csv.reader(io.StringIO(text), delimiter=source.delimiter))
     header, body = records[0], records[1:]
     kept: list[list[str | None]] = []

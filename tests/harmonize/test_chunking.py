@@ -11,8 +11,10 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from harmonize.chunking import ChunkPlan, person_columns, plan_chunks
+from harmonize import engine
+from harmonize.chunking import ChunkPlan, StagedSite, person_columns, plan_chunks
 from harmonize.engine import run_mapping
+from harmonize.errors import DatabaseError, MappingError, ReconciliationError
 from harmonize.mapping.loader import load_mapping
 from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SYNTHEA_BULK
 
@@ -66,7 +68,7 @@ def _differences(whole: Path, chunked: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("site", ["site_a", "site_b"])
+@pytest.mark.parametrize("site", ["site_a", "site_b", "site_c"])  # UTF-8 CSV, FHIR NDJSON, latin-1 CSV
 def test_chunked_run_loads_what_a_whole_run_loads(site: str, tmp_path: Path) -> None:
     whole = run_mapping(MAPPINGS / f"{site}.yaml", SAMPLE_DATA / site, tmp_path / "whole.duckdb")
     chunked = run_mapping(MAPPINGS / f"{site}.yaml", SAMPLE_DATA / site, tmp_path / "chunked.duckdb", chunks=3)
@@ -160,6 +162,87 @@ def test_plan_follows_the_size_budget_and_refuses_unsplittable_mappings(tmp_path
     )
     plan = plan_chunks(load_mapping(odd), SAMPLE_DATA / "site_a", chunks=4)
     assert plan.chunks == 1 and "patients" in plan.reason and "zip" in plan.reason
+    with pytest.raises(MappingError, match="cannot map in 4 chunks: source 'patients' names its person"):
+        run_mapping(odd, SAMPLE_DATA / "site_a", tmp_path / "odd.duckdb", chunks=4)
+    report = run_mapping(odd, SAMPLE_DATA / "site_a", tmp_path / "odd.duckdb", chunk_mb=1)  # big: mapped whole
+    assert report.chunks == 1 and "zip" in report.unsplit_reason and report.balanced
+
+
+def test_a_person_split_source_keying_shared_rows_by_another_column_is_mapped_whole(tmp_path: Path) -> None:
+    """Providers built from encounters by NPI: other persons' events point at them, so chunks would lose links."""
+    text = (MAPPINGS / "site_a.yaml").read_text(encoding="utf-8")
+    mapping = tmp_path / "npi.yaml"
+    mapping.write_text(
+        text.replace(
+            "tables:\n",
+            "tables:\n  provider:\n    - source: encounters\n      id: encounter_type\n",
+            1,
+        )
+        .replace("../sample_data/vocabulary", str(SAMPLE_DATA / "vocabulary"))
+        .replace("include: [common/oncology.yaml]", f"include: [{MAPPINGS / 'common' / 'oncology.yaml'}]"),
+        encoding="utf-8",
+    )
+    plan = plan_chunks(load_mapping(mapping), SAMPLE_DATA / "site_a", chunks=3)
+    assert plan.chunks == 1
+    assert plan.reason.startswith("source 'encounters' is split by person (patient_id) but also builds provider")
+
+
+def test_latin1_file_with_a_ragged_row_is_quarantined_not_a_crash(tmp_path: Path) -> None:
+    site = tmp_path / "site_c"
+    shutil.copytree(SAMPLE_DATA / "site_c", site)
+    with (site / "actes.csv").open("a", encoding="latin-1") as handle:
+        handle.write("0000000001;S000000102;BIOP_SEIN;Biopsie mal coupée;08/10/2016;en trop\n")
+    whole = run_mapping(MAPPINGS / "site_c.yaml", site, tmp_path / "whole.duckdb")
+    chunked = run_mapping(MAPPINGS / "site_c.yaml", site, tmp_path / "chunked.duckdb", chunks=2)
+    assert whole.balanced and chunked.balanced
+    assert whole.quarantine_reasons.get("wrong number of fields") == 1
+    assert chunked.quarantine_reasons == whole.quarantine_reasons
+    assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
+
+
+def test_a_chunk_that_loses_records_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records lost between the split and the mapping (here: a split file removed) fail reconciliation."""
+    original = StagedSite.stage
+
+    def stage_then_lose_a_file(self: StagedSite, name: str) -> None:
+        original(self, name)
+        if name == "observations":
+            shutil.rmtree(self.scratch / name / "0" / "_chunk=1")
+
+    monkeypatch.setattr(StagedSite, "stage", stage_then_lose_a_file)
+    target = tmp_path / "site.duckdb"
+    with pytest.raises(ReconciliationError, match="source 'observations': the split wrote"):
+        run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", target, chunks=3)
+    assert not target.exists()  # nothing swapped in
+
+
+def test_a_build_error_is_reported_even_if_the_background_load_failed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = {"n": 0}
+    load_tables = engine._load_tables
+
+    def second_load_fails(*args: object, **kwargs: object) -> dict[str, int]:
+        loads["n"] += 1
+        if loads["n"] == 2:
+            raise DatabaseError("disk full", where="test", fix="none")
+        return load_tables(*args, **kwargs)  # type: ignore[arg-type]
+
+    builds = {"n": 0}
+    build_events = engine.SiteBuild.build_events
+
+    def third_build_fails(self: engine.SiteBuild) -> None:
+        builds["n"] += 1
+        if builds["n"] == 3:
+            raise MappingError("bad rule", where="test", fix="none")
+        build_events(self)
+
+    monkeypatch.setattr(engine, "_load_tables", second_load_fails)
+    monkeypatch.setattr(engine.SiteBuild, "build_events", third_build_fails)
+    with pytest.raises(MappingError, match="bad rule") as raised:
+        run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", tmp_path / "site.duckdb", chunks=4)
+    notes = raised.value.__notes__
+    assert any("loading in the background also failed" in n and "disk full" in n for n in notes), notes
 
 
 def test_map_cli_chunks_a_site(tmp_path: Path) -> None:
