@@ -66,7 +66,13 @@ def allreduce_estimate(result: dict, n_features: int = 13, bins: int = 256, dept
 def run_mode(label: str, options: dict, sites: list[Path], out: Path) -> dict:
     started = time.perf_counter()
     result = simulate(STUDIES_DIR / "bone_metastasis.yaml", sites, out=out / label.replace("/", "-"), **options)
-    wall = time.perf_counter() - started
+    row = result_row(label, options, result, time.perf_counter() - started)
+    print(json.dumps({k: v for k, v in row.items() if k != "result"}, default=str), flush=True)
+    return row
+
+
+def result_row(label: str, options: dict, result: dict, wall: float) -> dict:
+    """One benchmark row from a run's result.json (simulation or deployment; pooled_summary must be there)."""
     sent, received = training_traffic(result)
     rounds = result["flower_rounds"]
     locals_ = [s["auroc"] for s in result["local_summary"].values()]
@@ -88,7 +94,6 @@ def run_mode(label: str, options: dict, sites: list[Path], out: Path) -> dict:
     }
     if options["model"] == "xgboost-hist":
         row["allreduce_bytes_per_site"] = allreduce_estimate(result)
-    print(json.dumps({k: v for k, v in row.items() if k != "result"}, default=str), flush=True)
     return row
 
 

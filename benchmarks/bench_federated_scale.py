@@ -1,4 +1,4 @@
-"""Federated scale-out in simulation: the same persons as 4 sites and as 20 sites.
+"""Federated scale-out: the same persons as 4 sites and as 20 sites, in simulation and on a real deployment.
 
 Generates the four sample sites at ``--persons`` (default 22,400 = 4x the shipped sample), maps each with
 ``run_mapping``, then splits every site database into ``--split`` person-disjoint databases (rows of every
@@ -7,7 +7,17 @@ same persons in all. Each mode of ``bench_federated.py`` then trains once on the
 in Flower's simulation engine (one Ray actor per site), and the table shows time and bytes per round and
 AUROC (federated, pooled, best site alone) side by side.
 
-Usage: .venv/bin/python benchmarks/bench_federated_scale.py [--persons 22400] [--split 5] [--write-docs]
+Histogram XGBoost needs every site inside XGBoost's federated allreduce at once, which the simulation engine
+cannot give past min(32, CPUs + 4) sites. With ``--engine auto`` (the default) it therefore runs -- on 4 and on
+20 sites, so both sizes are compared in the same engine -- on a real deployment on 127.0.0.1
+(:class:`federated.deploy.LocalDeployment`: one SuperLink, one SuperNode process per site, ``flwr run``
+submitted by :func:`federated.runner.run_deployment`, which checks the run's final status), while the other
+modes stay in simulation; ``--engine simulation`` / ``--engine deployment`` force one engine for every mode.
+On a deployment the pooled reference is trained here from the same site files, as ``simulate`` does, and
+the peak memory (summed RSS and PSS) of the whole deployment process tree is sampled every 0.2 s.
+
+Usage: .venv/bin/python benchmarks/bench_federated_scale.py [--persons 22400] [--split 5] [--engine auto]
+       [--modes xgboost-hist ...] [--write-docs]
 """
 
 from __future__ import annotations
@@ -19,13 +29,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import FEDOMOP, REPO, append_docs, load_average, machine  # noqa: E402
-from bench_federated import MODES, run_mode  # noqa: E402
+from bench_federated import MODES, result_row, run_mode  # noqa: E402
+
+from federated.client_app import NO_POLICY  # noqa: E402
+from federated.deploy import LocalDeployment  # noqa: E402
+from federated.runner import pooled_reference, run_deployment, site_list  # noqa: E402
+from federated.server_app import RunSettings  # noqa: E402
+from federated.study import STUDIES_DIR, parse_study  # noqa: E402
+
+STUDY = STUDIES_DIR / "bone_metastasis.yaml"
 
 SITES = ("site_a", "site_b", "site_c", "site_d")
 # Flower's simulation engine dispatches messages to ClientApps from a ThreadPoolExecutor with the default
@@ -90,22 +111,150 @@ def person_counts(paths: list[Path]) -> list[int]:
     return counts
 
 
+def program(process: psutil.Process) -> str:
+    """A Flower process by the program it runs (``flower-supernode``, ``flwr-clientapp``, ...)."""
+    command = process.cmdline()
+    scripts = [Path(part).name for part in command[:2] if "flwr" in part or "flower" in part]
+    return scripts[-1] if scripts else process.name()
+
+
+class TreePeak:
+    """Samples the summed RSS/PSS of some processes and all their descendants until stopped (a thread).
+
+    At the peak it keeps the breakdown by program: {program: [processes, RSS bytes, PSS bytes]}.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen], interval: float = 0.2) -> None:
+        self.processes, self.interval = processes, interval
+        self.peak_rss = self.peak_pss = self.peak_count = 0
+        self.breakdown: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            by_program: dict[str, list[int]] = {}
+            for popen in list(self.processes):
+                try:
+                    root = psutil.Process(popen.pid)
+                    tree = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for process in tree:
+                    try:
+                        rss, pss = tree_memory_of_one(process)
+                        entry = by_program.setdefault(program(process), [0, 0, 0])
+                    except psutil.Error:
+                        continue
+                    entry[0], entry[1], entry[2] = entry[0] + 1, entry[1] + rss, entry[2] + pss
+            rss = sum(e[1] for e in by_program.values())
+            if rss > self.peak_rss:
+                self.peak_rss, self.breakdown = rss, by_program
+            self.peak_pss = max(self.peak_pss, sum(e[2] for e in by_program.values()))
+            self.peak_count = max(self.peak_count, sum(e[0] for e in by_program.values()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def tree_memory_of_one(process: psutil.Process) -> tuple[int, int]:
+    info = process.memory_full_info()
+    return info.rss, getattr(info, "pss", info.rss)
+
+
+def run_deployed(label: str, options: dict, sites: list[Path], out: Path) -> dict:
+    """One mode on a real SuperLink + one SuperNode process per site on 127.0.0.1, plus the pooled reference."""
+    names = {p.stem: str(p) for p in sites}
+    started = time.perf_counter()
+    workdir = out / f"deploy-{label.replace('/', '-')}"
+    # in-memory SuperLink state: with a state file, 20 SuperNodes on 2 busy CPUs got "database is locked" (see deploy.py)
+    hub = LocalDeployment(workdir, names, policies=dict.fromkeys(names, NO_POLICY), persistent_state=False)
+    with TreePeak(hub.processes) as peak:
+        try:
+            hub.start()
+            startup_s = hub.wait_until_online()
+            result = run_deployment(
+                STUDY,
+                hub.connection,
+                out=out / label.replace("/", "-"),
+                flwr_home=hub.flwr_home,
+                min_nodes=len(sites),
+                timeout_s=3600,
+                **options,
+            )
+        except Exception:
+            print(hub.logs()[-8000:], flush=True)
+            raise
+        finally:
+            hub.stop()
+    study_text = STUDY.read_text(encoding="utf-8")
+    settings = RunSettings(study_text=study_text, min_nodes=len(sites), **options)
+    study = parse_study(study_text, source=str(STUDY))
+    result["pooled"], result["pooled_summary"] = pooled_reference(study, site_list(sites), settings)
+    row = result_row(label, options, result, time.perf_counter() - started)
+    row.update(
+        engine="deployment",
+        startup_s=startup_s,
+        peak_rss_mib=peak.peak_rss / 2**20,
+        peak_pss_mib=peak.peak_pss / 2**20,
+        peak_processes=peak.peak_count,
+        peak_by_program={k: [n, round(r / 2**20), round(q / 2**20)] for k, (n, r, q) in peak.breakdown.items()},
+        exchange_seconds={f"{r['message_type']} {r['number']}": r["seconds"] for r in result["faults"]["rounds"]},
+    )
+    return row
+
+
+def uses_deployment(engine: str, model: str) -> bool:
+    return engine == "deployment" or (engine == "auto" and model == "xgboost-hist")
+
+
 def markdown(rows: list[dict], persons: int, command: str, loads: tuple[float, float], sizes: dict) -> str:
     lines = [
         f"Same {persons:,} generated persons as 4 sites (persons per site {sizes[4]}) and as 20 sites "
         f"(each site split 5 ways by person; {min(sizes[20])}-{max(sizes[20])} persons per site). One run per "
         f"cell; 1-min load average {loads[0]:.1f} before / {loads[1]:.1f} after.",
         "",
-        "| mode | sites | Flower rounds | train s | s / round | bytes / round | AUROC federated | AUROC pooled "
-        "| AUROC best site alone | wall s (incl. Ray start, pooled + site-alone models) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | engine | sites | Flower rounds | train s | s / round | bytes / round | AUROC federated "
+        "| AUROC pooled | AUROC best site alone | wall s | load before / after | peak RSS / PSS (MiB), processes "
+        "| SuperNodes online after s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['mode']} | {r['sites']} | {r['flower_rounds']} | {r['train_s']:.1f} | {r['s_per_round']:.2f} | "
-            f"{r['bytes_per_round']:,.0f} | {r['auroc_federated']:.3f} | {r['auroc_pooled']:.3f} | "
-            f"{r['auroc_local_best']:.3f} | {r['wall_s']:.0f} |"
+        memory = (
+            f"{r['peak_rss_mib']:,.0f} / {r['peak_pss_mib']:,.0f}, {r['peak_processes']}"
+            if "peak_rss_mib" in r
+            else "-"
         )
+        startup = f"{r['startup_s']:.1f}" if "startup_s" in r else "-"
+        lines.append(
+            f"| {r['mode']} | {r['engine']} | {r['sites']} | {r['flower_rounds']} | {r['train_s']:.1f} | "
+            f"{r['s_per_round']:.2f} | {r['bytes_per_round']:,.0f} | {r['auroc_federated']:.3f} | "
+            f"{r['auroc_pooled']:.3f} | {r['auroc_local_best']:.3f} | {r['wall_s']:.0f} | "
+            f"{r['load'][0]:.1f} / {r['load'][1]:.1f} | {memory} | {startup} |"
+        )
+    for r in rows:
+        if "allreduce_bytes_per_site" in r:
+            lines.append(
+                f"\n{r['mode']} on {r['sites']} sites: gradient histograms over XGBoost's allreduce, estimated "
+                f"{r['allreduce_bytes_per_site']:,} bytes per site per direction for the whole training "
+                f"({r['allreduce_bytes_per_site'] * r['sites'] * 2:,} bytes in all, both directions)."
+            )
+    for r in rows:
+        if "peak_by_program" in r:
+            exchanges = ", ".join(f"{k} {v:.1f} s" for k, v in r["exchange_seconds"].items())
+            memory = ", ".join(
+                f"{k}: {n} processes, {rss:,} MiB RSS ({pss:,} MiB PSS)"
+                for k, (n, rss, pss) in r["peak_by_program"].items()
+            )
+            lines.append(
+                f"\n{r['mode']} on {r['sites']} sites ({r['engine']}): exchanges {exchanges}; at the memory peak: {memory}."
+            )
     lines += ["", f"Machine: {machine()}.", f"Command: `{command}`"]
     return "\n".join(lines)
 
@@ -115,6 +264,13 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=22_400)
     parser.add_argument("--split", type=int, default=5)
     parser.add_argument("--modes", nargs="*", default=["xgboost-hist", "xgboost-bagging", "mlp/fedavg"])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[4, 20], choices=(4, 20), help="site counts to run")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "simulation", "deployment"),
+        default="auto",
+        help="auto: histogram XGBoost on a real deployment on 127.0.0.1 (4 and 20 sites), the rest in simulation",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     rows: list[dict] = []
@@ -129,14 +285,19 @@ def main() -> None:
         for label, options in MODES:
             if label not in args.modes:
                 continue
-            for sites in (four, twenty):
-                if options["model"] == "xgboost-hist" and len(sites) > SIMULATION_CONCURRENCY:
+            deployed = uses_deployment(args.engine, options["model"])
+            for sites in [s for s in (four, twenty) if len(s) in args.sizes]:
+                if not deployed and options["model"] == "xgboost-hist" and len(sites) > SIMULATION_CONCURRENCY:
                     print(f"skipped {label} on {len(sites)} sites: {HIST_LIMIT}", flush=True)
                     skipped.append(f"{label} on {len(sites)} sites")
                     continue
-                started = time.perf_counter()
-                row = run_mode(label, options, sites, folder / f"out{len(sites)}")
-                row.update(sites=len(sites), wall_s=time.perf_counter() - started)
+                started, load = time.perf_counter(), load_average()
+                if deployed:
+                    row = run_deployed(label, options, sites, folder / f"out{len(sites)}")
+                else:
+                    row = run_mode(label, options, sites, folder / f"out{len(sites)}")
+                    row.update(engine="simulation")
+                row.update(sites=len(sites), wall_s=time.perf_counter() - started, load=(load, load_average()))
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "result"}, default=str), flush=True)
         load_after = load_average()

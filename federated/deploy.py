@@ -17,6 +17,7 @@ in ``$FLWR_HOME/config.toml``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -153,6 +154,10 @@ class LocalDeployment:
     ``policies``: site -> policy YAML (or ``"none-for-testing"``); a site without one refuses
     every request. ``certs``: a folder with (or to receive) ``fedomop certs create`` output;
     the hub then serves TLS and admits only the sites registered from ``<site>.pub``.
+    ``persistent_state=False`` keeps the SuperLink's state in memory instead of ``superlink.db``:
+    with a state file, many SuperNodes on one busy host can make the SuperLink answer a pushed
+    reply with SQLite's "database is locked" (a 5 s busy timeout), and the run then waits for
+    that reply (see docs/benchmarks.md, scale-out to 20 sites).
     """
 
     workdir: Path
@@ -164,6 +169,7 @@ class LocalDeployment:
     processes: list[subprocess.Popen] = field(default_factory=list)
     certs: Path | None = None
     site_processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    persistent_state: bool = True
 
     @property
     def flwr_home(self) -> Path:
@@ -174,6 +180,10 @@ class LocalDeployment:
         """The SuperLink's state database."""
         return self.workdir / "superlink.db"
 
+    @property
+    def _state(self) -> Path | None:
+        return self.state_file if self.persistent_state else None
+
     def start(self) -> LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -182,7 +192,7 @@ class LocalDeployment:
             self._secure_hub(env)
         else:
             write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
-            hub = self._spawn(hub_command(self.port, state=self.state_file), "hub", env)
+            hub = self._spawn(hub_command(self.port, state=self._state), "hub", env)
             wait_for_port(self.port, process=hub)
         for name, db in self.sites.items():
             command = site_command(
@@ -206,10 +216,38 @@ class LocalDeployment:
         if not (certs / "ca.crt").exists():
             create_credentials(certs, list(self.sites))
         write_flower_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}", certs / "ca.crt")
-        hub = self._spawn(hub_command(self.port, certs=certs, state=self.state_file), "hub", env)
+        hub = self._spawn(hub_command(self.port, certs=certs, state=self._state), "hub", env)
         wait_for_port(self.port, process=hub)
         for name in self.sites:
             register_supernode(certs / f"{name}.pub", flwr_home=self.flwr_home, connection=self.connection)
+
+    def online_sites(self) -> int:
+        """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``); 0 if it cannot say yet."""
+        listed = subprocess.run(
+            [which_flwr(), "supernode", "ls", self.connection, "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=flower_env(self.flwr_home),
+            timeout=60,
+        )
+        if listed.returncode != 0:
+            return 0
+        with contextlib.suppress(ValueError):
+            return sum(1 for node in json.loads(listed.stdout).get("nodes", []) if node.get("status") == "online")
+        return 0
+
+    def wait_until_online(self, timeout_s: float = 300.0) -> float:
+        """Seconds until every site's SuperNode is online at the hub (their start-up time)."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.online_sites() >= len(self.sites):
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise FedomopError(
+            f"fewer than {len(self.sites)} SuperNodes online after {timeout_s:.0f} s",
+            where=str(self.workdir),
+            fix=f"see the site logs:\n{self.logs()[-3000:]}",
+        )
 
     def kill_site(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill a site's SuperNode and the ClientApp processes it spawned (a crash, for fault tests)."""
@@ -236,9 +274,12 @@ class LocalDeployment:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+                pass
+            # a ServerApp/ClientApp still in its exit handler (pushing to a SuperLink that is gone) outlives
+            # its parent in the same process group: end the whole group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
         self.processes.clear()
         self.site_processes.clear()
 

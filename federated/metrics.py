@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 METRIC_NAMES = ("auroc", "auprc", "brier", "cal_intercept", "cal_slope", "ece")
 _EPS = 1e-6
 
 
 def _calibration(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression  # lazy, like xgboost: only evaluating sites need it
+
     logit = np.log(np.clip(p, _EPS, 1 - _EPS) / np.clip(1 - p, _EPS, 1 - _EPS)).reshape(-1, 1)
     model = LogisticRegression(C=1e6, max_iter=1000).fit(logit, y)
     return float(model.intercept_[0]), float(model.coef_[0][0])
@@ -38,6 +38,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """All held-out metrics for one site; NaN where a metric is undefined (one class only)."""
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     both_classes = 0 < y.sum() < len(y)
     out = {
         "auroc": float(roc_auc_score(y, p)) if both_classes else float("nan"),

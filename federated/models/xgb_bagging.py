@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbBagging
@@ -34,6 +33,7 @@ def site_params(n_sites: int) -> dict[str, float]:
 def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int, n_sites: int = 1) -> ArrayRecord:
     """Boost ``local_rounds`` trees on the global model; reply with only the new trees."""
     raw, _ = xgb_common.from_record(record)
+    xgb = xgb_common.xgboost()
     dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
     params = xgb_common.params(site_params(n_sites))
     if not raw:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbCyclic
@@ -28,6 +27,7 @@ NAME = "xgboost-cyclic"
 def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int) -> ArrayRecord:
     """Continue boosting the global model on this site's data; reply with the whole model."""
     raw, _ = xgb_common.from_record(record)
+    xgb = xgb_common.xgboost()
     dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
     start = xgb_common.load_booster(raw) if raw else None
     booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=local_rounds, xgb_model=start)

@@ -27,10 +27,8 @@ import socket
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from xgboost import collective
 
 from federated.models import xgb_common
 from harmonize.errors import FedomopError
@@ -77,8 +75,9 @@ def site_train(
 
     ``tls``: :func:`federated.governance.certs.xgboost_client_tls` (mutual TLS with the hub's server).
     """
+    xgb = xgb_common.xgboost()
     features = xgb_common.discretise(X, edges)
-    with collective.CommunicatorContext(
+    with xgb.collective.CommunicatorContext(
         dmlc_communicator="federated",
         federated_server_address=server_address,
         federated_world_size=world_size,
