@@ -144,21 +144,28 @@ def test_broken_files_are_quarantined_once_in_a_chunked_run(tmp_path: Path) -> N
     assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
 
 
+def _site_a_variant(path: Path, old: str, new: str) -> Path:
+    """site_a.yaml with one text replaced, written elsewhere (its relative paths made absolute)."""
+    text = (MAPPINGS / "site_a.yaml").read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(
+        text.replace(old, new, 1)
+        .replace("../sample_data/vocabulary", str(SAMPLE_DATA / "vocabulary"))
+        .replace("include: [common/oncology.yaml]", f"include: [{MAPPINGS / 'common' / 'oncology.yaml'}]"),
+        encoding="utf-8",
+    )
+    return path
+
+
 def test_plan_follows_the_size_budget_and_refuses_unsplittable_mappings(tmp_path: Path) -> None:
     mapping = load_mapping(MAPPINGS / "site_a.yaml")
     assert plan_chunks(mapping, SAMPLE_DATA / "site_a").chunks == 1  # a few MB: one chunk
     assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunk_mb=1).chunks > 1
     assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunks=5) == ChunkPlan(5, person_columns(mapping)[0], (), "")
-    text = (MAPPINGS / "site_a.yaml").read_text(encoding="utf-8")
-    odd = tmp_path / "odd.yaml"  # the death rule names the person in another column than the person rule
-    odd.write_text(
-        text.replace(
-            "      when: {column: death_date, not_null: true}\n      person: patient_id",
-            "      when: {column: death_date, not_null: true}\n      person: zip",
-        )
-        .replace("../sample_data/vocabulary", str(SAMPLE_DATA / "vocabulary"))
-        .replace("include: [common/oncology.yaml]", f"include: [{MAPPINGS / 'common' / 'oncology.yaml'}]"),
-        encoding="utf-8",
+    odd = _site_a_variant(  # the death rule names the person in another column than the person rule
+        tmp_path / "odd.yaml",
+        "      when: {column: death_date, not_null: true}\n      person: patient_id",
+        "      when: {column: death_date, not_null: true}\n      person: zip",
     )
     plan = plan_chunks(load_mapping(odd), SAMPLE_DATA / "site_a", chunks=4)
     assert plan.chunks == 1 and "patients" in plan.reason and "zip" in plan.reason
@@ -170,17 +177,8 @@ def test_plan_follows_the_size_budget_and_refuses_unsplittable_mappings(tmp_path
 
 def test_a_person_split_source_keying_shared_rows_by_another_column_is_mapped_whole(tmp_path: Path) -> None:
     """Providers built from encounters by NPI: other persons' events point at them, so chunks would lose links."""
-    text = (MAPPINGS / "site_a.yaml").read_text(encoding="utf-8")
-    mapping = tmp_path / "npi.yaml"
-    mapping.write_text(
-        text.replace(
-            "tables:\n",
-            "tables:\n  provider:\n    - source: encounters\n      id: encounter_type\n",
-            1,
-        )
-        .replace("../sample_data/vocabulary", str(SAMPLE_DATA / "vocabulary"))
-        .replace("include: [common/oncology.yaml]", f"include: [{MAPPINGS / 'common' / 'oncology.yaml'}]"),
-        encoding="utf-8",
+    mapping = _site_a_variant(
+        tmp_path / "npi.yaml", "tables:\n", "tables:\n  provider:\n    - source: encounters\n      id: encounter_type\n"
     )
     plan = plan_chunks(load_mapping(mapping), SAMPLE_DATA / "site_a", chunks=3)
     assert plan.chunks == 1
