@@ -56,6 +56,7 @@ BATCH_SIZE = 50_000
 _NO_URNS: Mapping[str, str] = {}
 CHUNK_LINES = 10_000  # NDJSON lines per worker task (workers > 1)
 MISSES_BEFORE_REBUILD = 1000  # valid resources the specialised validator refused (see Specialisation)
+SMALL_BATCH = 1_000  # rows: below this a frame is built row-wise (fixed cost), above column-wise (per-row cost)
 PLACE_BITS = 40  # first_seen stores (file index << PLACE_BITS) + line number for ids from the hot loop
 VALUE_LIMIT = 200
 FORMATS = ("ndjson", "bundle")
@@ -137,7 +138,9 @@ class _Columns:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
+        if 0 < len(self.rows) < SMALL_BATCH:  # one constructor call: most of the cost of a small frame
+            self.frames.append(pl.DataFrame(self.rows, schema=self.schema, orient="row"))
+        elif self.rows:
             columns = zip(*self.rows, strict=True)
             self.frames.append(
                 pl.DataFrame(

@@ -293,11 +293,14 @@ def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[d
                     "fhir_required", "required element '{name}' is missing from {owner}", {"name": name, "owner": owner}
                 )
 
-    if len(group_items) == 1 and not required_primitives:  # e.g. Extension.value[x]: one set operation
+    if len(group_items) <= 1:  # e.g. Extension: value[x] and url, tested in place (no second call)
 
         def check_one_group(value: dict) -> dict:
             if len(choices.intersection(value)) > 1:
                 fail(value)
+            for name, extension in required_primitives:
+                if name not in value and extension not in value:
+                    fail(value)
             return value
 
         return check_one_group

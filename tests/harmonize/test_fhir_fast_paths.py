@@ -488,3 +488,29 @@ def test_specialising_on_a_real_export_changes_nothing(monkeypatch, fresh_specia
         plain = read_without_specialising(monkeypatch, *args, fmt="ndjson")
         for batch in (first, second):
             assert batch.frame.equals(plain.frame) and batch.rejects.equals(plain.rejects), path.name
+
+
+def test_small_batches_built_row_wise_equal_the_column_wise_frames(tmp_path, monkeypatch):
+    """Typed columns (decimal given as JSON integers and floats, integer, boolean, text, nulls) come out the
+    same whichever way the batch is turned into a polars frame."""
+    observation = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "x"}]}}
+    values = [{"valueQuantity": {"value": 81}}, {"valueQuantity": {"value": 9.1}}, {"valueInteger": -3}]
+    values += [{"valueBoolean": True}, {"valueBoolean": False}, {"valueString": "high"}, {}]
+    lines = [json.dumps({**observation, "id": f"o{n}", **value}) for n, value in enumerate(values)]
+    path = tmp_path / "Observation.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    columns = {
+        "decimal": "valueQuantity.value",
+        "integer": "valueInteger",
+        "flag": "valueBoolean",
+        "text": "valueString | code.coding.code",
+        "mixed": "valueQuantity.value | valueInteger | valueBoolean | valueString",
+    }
+    fhir_module = __import__("harmonize.sources.fhir", fromlist=["SMALL_BATCH"])
+    row_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
+    monkeypatch.setattr(fhir_module, "SMALL_BATCH", 0)
+    column_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
+    assert row_wise.frame.schema == column_wise.frame.schema
+    assert row_wise.frame.equals(column_wise.frame)
+    assert row_wise.frame["decimal"].to_list() == [81.0, 9.1, None, None, None, None, None]
+    assert row_wise.frame["mixed"].to_list() == ["81.0", "9.1", "-3", "true", "false", "high", None]
