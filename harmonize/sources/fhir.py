@@ -171,6 +171,8 @@ class _Rejects:
         self.rows["reason"].append(reason)
 
     def frame(self) -> pl.DataFrame:
+        if not self.rows["source_row"]:  # the usual case, and a cheaper constructor
+            return pl.DataFrame(schema=REJECT_SCHEMA)
         return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
 
 
@@ -210,11 +212,13 @@ def _require_files(files: Iterable[Path]) -> list[Path]:
     return paths
 
 
-def _relative(path: Path, base_dir: Path) -> str:
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to the already resolved ``base`` (the lineage's file name)."""
+    resolved = path.resolve()
     try:
-        return path.resolve().relative_to(Path(base_dir).resolve()).as_posix()
+        return resolved.relative_to(base).as_posix()
     except ValueError:
-        return Path(os.path.relpath(path.resolve(), Path(base_dir).resolve())).as_posix()
+        return Path(os.path.relpath(resolved, base)).as_posix()
 
 
 def _summarise(problems: list[StructuralProblem]) -> tuple[str, str, str]:
@@ -645,7 +649,8 @@ def read_fhir(
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
     reader = _Reader(resource_type, paths, validation)
-    sources = [(path, _relative(path, base_dir)) for path in _require_files(files)]
+    base = Path(base_dir).resolve()
+    sources = [(path, _relative(path, base)) for path in _require_files(files)]
     if not isinstance(workers, int) or workers < 1:
         raise MappingError(f"workers must be a whole number >= 1, got {workers!r}", where=f"source {name}")
     processes = workers if fmt == "ndjson" else 1
