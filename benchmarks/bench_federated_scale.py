@@ -55,7 +55,8 @@ SIMULATION_CONCURRENCY = min(32, (os.cpu_count() or 1) + 4)
 HIST_LIMIT = (
     f"histogram XGBoost needs every site inside XGBoost's federated allreduce at the same time, but the "
     f"simulation runs at most {SIMULATION_CONCURRENCY} ClientApps at once on this machine (min(32, CPUs + 4)), "
-    "so the other sites never join and the run waits for XGBoost's 600 s timeout"
+    "so the other sites never join and the run waits for XGBoost's 600 s timeout (--engine auto or deployment "
+    "runs it on real SuperNodes instead)"
 )
 
 
@@ -142,7 +143,7 @@ class TreePeak:
                     continue
                 for process in tree:
                     try:
-                        rss, pss = tree_memory_of_one(process)
+                        rss, pss = rss_and_pss(process)
                         entry = by_program.setdefault(program(process), [0, 0, 0])
                     except psutil.Error:
                         continue
@@ -163,7 +164,8 @@ class TreePeak:
         self._thread.join()
 
 
-def tree_memory_of_one(process: psutil.Process) -> tuple[int, int]:
+def rss_and_pss(process: psutil.Process) -> tuple[int, int]:
+    """One process's RSS and PSS (``_common.tree_memory`` sums a whole tree; the breakdown needs each process)."""
     info = process.memory_full_info()
     return info.rss, getattr(info, "pss", info.rss)
 
