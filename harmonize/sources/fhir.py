@@ -356,6 +356,7 @@ class _Reader:
         full, rules_hold = self.checker.parse_elements, self.checker.root_rules
         special = specialisation(self.resource_type)
         validate, learning, misses = special.parse or full, special.learning, 0
+        check_rules = rules_hold if validate is full else None  # a specialised validator tests them itself
         first_seen = self.first_seen
         wheres = self.wheres if self.in_worker else None
         columns, blanks, batch = self.columns, self.blanks, BATCH_SIZE
@@ -373,22 +374,27 @@ class _Reader:
                 except pydantic_core.ValidationError:
                     self.read_record(source_file, number, line)
                     continue
+                if rules_hold is not None and not rules_hold(resource):
+                    self.read_record(source_file, number, line)
+                    continue
                 special.note(resource)  # valid, with elements not seen before
                 misses += 1
                 if misses >= MISSES_BEFORE_REBUILD:
                     special.build()
                     validate, misses = special.parse or full, 0
+                    check_rules = rules_hold if validate is full else None
             if learning:
                 special.note(resource)
                 if special.examples >= LEARN_FROM:
                     special.build()
                     validate, learning = special.parse or full, False
+                    check_rules = rules_hold if validate is full else None
             resource_id = resource.get("id")
             if (
                 type(resource_id) is not str
                 or not resource_id
                 or (wheres is None and resource_id in first_seen)
-                or (rules_hold is not None and not rules_hold(resource))
+                or (check_rules is not None and not check_rules(resource))
             ):
                 self.read_record(source_file, number, line)
                 continue

@@ -269,10 +269,18 @@ def _rule_parts(table: dict[str, Element]) -> tuple[list[tuple[str, frozenset[st
     return list(groups.items()), required_primitives
 
 
-def _object_checks(model: type, table: dict[str, Element]) -> typing.Callable[[dict], dict] | None:
+def _object_checks(
+    model: type, table: dict[str, Element], *, specialised: bool = False
+) -> typing.Callable[[dict], dict] | None:
     """A post-check for rules a typed dict cannot express: one value per choice group, and required
-    primitives that may be present only as their ``_x`` extension."""
+    primitives that may be present only as their ``_x`` extension.
+
+    ``specialised``: ``table`` declares only some elements and its typed dict requires the required
+    primitives themselves, so only choice groups with two or more declared values need a check."""
     group_items, required_primitives = _rule_parts(table)
+    if specialised:
+        group_items = [(group, names) for group, names in group_items if len(names) > 1]
+        required_primitives = []
     if not group_items and not required_primitives:
         return None
     choices = frozenset().union(*(names for _group, names in group_items))
@@ -413,13 +421,14 @@ def _model_schema(
         table = {name: element for name, element in table.items() if element.required or (model, name) in keep}
     fields: dict[str, cs.TypedDictField] = {}
     for element in table.values():
-        # a required primitive may be given as "_x" only; the post-check enforces that case
-        required = element.required and not element.primitive
+        # a required primitive may be given as "_x" only; the post-check enforces that case -- except in a
+        # specialised validator, which requires the value itself (an "_x"-only one goes to the full validator)
+        required = element.required and (keep is not None or not element.primitive)
         fields[element.name] = cs.typed_dict_field(_element_schema(element, refs, pending), required=required)
     if model.has_resource_base():
         fields["resourceType"] = cs.typed_dict_field(cs.literal_schema([type_name(model)]), required=True)
     ref = None if top else refs[model]
-    check = _object_checks(model, table) if rules else None
+    check = _object_checks(model, table, specialised=keep is not None) if rules else None
     if check is None:
         return cs.typed_dict_schema(fields, extra_behavior="forbid", ref=ref)
     return cs.no_info_after_validator_function(check, cs.typed_dict_schema(fields, extra_behavior="forbid"), ref=ref)
@@ -496,8 +505,10 @@ class StructuralValidator:
         Why it is safe: each declared element keeps its full schema, so a line this accepts is accepted
         by ``parse_elements`` too, with the same result; a line it refuses must be decided by
         ``parse_elements``. Why it is faster: pydantic-core looks up every declared element of every
-        object, present or not, and most types declare dozens that an export never uses."""
-        return _compiled(self.resource_type, root_rules=self.root_rules is None, keep=keep).validate_json
+        object, present or not, and most types declare dozens that an export never uses. It includes the
+        resource-level rules (no ``root_rules`` test after it): with one declared value per choice
+        group and the required primitives required, they hold by construction and cost nothing."""
+        return _compiled(self.resource_type, root_rules=True, keep=keep).validate_json
 
     def validate(self, resource: dict) -> dict:
         """Check an already-parsed resource; raises pydantic_core.ValidationError when it is not valid."""

@@ -514,3 +514,33 @@ def test_small_batches_built_row_wise_equal_the_column_wise_frames(tmp_path, mon
     assert row_wise.frame.equals(column_wise.frame)
     assert row_wise.frame["decimal"].to_list() == [81.0, 9.1, None, None, None, None, None]
     assert row_wise.frame["mixed"].to_list() == ["81.0", "9.1", "-3", "true", "false", "high", None]
+
+
+def test_specialised_validators_keep_the_resource_level_rules(tmp_path, monkeypatch, fresh_specialisation):
+    """A specialised validator requires required primitives themselves and declares one value per choice
+    group where only one was seen, so it needs no rule test; "_x"-only values, second choice values and
+    new choice types go to the full validator and its rules."""
+    base = {"resourceType": "Observation", "code": {"coding": [{"code": "x"}]}}
+
+    def line(n: int, **elements) -> str:
+        return json.dumps({**base, "id": f"o{n}", **elements})
+
+    learned = [line(n, status="final", effectiveDateTime="2020-01-01", valueQuantity={"value": n}) for n in range(4)]
+    later = [
+        line(10, _status={"extension": [{"url": "u", "valueCode": "x"}]}, effectiveDateTime="2020"),
+        line(11, effectiveDateTime="2020"),
+        line(12, status="final", effectiveDateTime="2020", effectivePeriod={"start": "2020"}),
+        line(13, status="final", valueString="high"),
+        line(14, status="final", valueString="high", valueQuantity={"value": 1}),
+    ]
+    path = tmp_path / "Observation.ndjson"
+    path.write_text("\n".join(learned + later) + "\n")
+    args = ("o", [path], tmp_path, "Observation", {"value": "valueQuantity.value | valueString"})
+    first, second = read_fhir(*args, fmt="ndjson"), read_fhir(*args, fmt="ndjson")  # second: valueString learned
+    plain = read_without_specialising(monkeypatch, *args, fmt="ndjson")
+    for batch in (first, second):
+        assert batch.frame.equals(plain.frame) and batch.rejects.equals(plain.rejects)
+    assert first.frame["_source_row"].to_list() == ["o0", "o1", "o2", "o3", "o10", "o13"]
+    reasons = dict(zip(first.rejects["source_row"], first.rejects["reason"], strict=True))
+    assert reasons["o11"].startswith("required element 'status' is missing from Observation")
+    assert "effective[x] has 2 values" in reasons["o12"] and "value[x] has 2 values" in reasons["o14"]
