@@ -389,21 +389,19 @@ class _Reader:
                     special.build()
                     validate, learning = special.parse or full, False
                     check_rules = rules_hold if validate is full else None
-            resource_id = resource.get("id")
-            if (
-                type(resource_id) is not str
-                or not resource_id
-                or (wheres is None and resource_id in first_seen)
-                or (check_rules is not None and not check_rules(resource))
-            ):
+            resource_id = resource.get("id")  # checked: a non-empty id string, or None
+            if resource_id is None or (check_rules is not None and not check_rules(resource)):
                 self.read_record(source_file, number, line)
                 continue
-            if blanks:
-                self.report_blanks(source_file)
             if wheres is None:
-                first_seen[resource_id] = place + number
+                here = place + number
+                if first_seen.setdefault(resource_id, here) is not here:  # a duplicate: read_line reports it
+                    self.read_record(source_file, number, line)
+                    continue
             else:
                 wheres.append(f"{source_file}:{number}")
+            if blanks:
+                self.report_blanks(source_file)
             accepted += 1
             add(resource, source_file, resource_id, _NO_URNS)
             if len(rows) >= batch and wheres is None:
