@@ -159,6 +159,9 @@ class _Columns:
         return pl.concat(self.frames, how="vertical") if len(self.frames) > 1 else self.frames[0]
 
 
+_NO_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
+
+
 class _Rejects:
     def __init__(self) -> None:
         self.rows: dict[str, list[str]] = {name: [] for name in REJECT_SCHEMA}
@@ -171,8 +174,8 @@ class _Rejects:
         self.rows["reason"].append(reason)
 
     def frame(self) -> pl.DataFrame:
-        if not self.rows["source_row"]:  # the usual case, and a cheaper constructor
-            return pl.DataFrame(schema=REJECT_SCHEMA)
+        if not self.rows["source_row"]:  # the usual case: a copy of one empty frame costs next to nothing
+            return _NO_REJECTS.clone()
         return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
 
 
