@@ -149,24 +149,24 @@ class StagedSite:
         """Split one source into per-chunk Parquet files (streamed when polars can, else read then split)."""
         source = self.mapping.sources[name]
         column = self.plan.person_columns[name]
-        parts: list[tuple[Path, list[str]]] = []
+        staged: list[tuple[Path, list[str], int]] = []  # per file: folder, columns, rows written
         rejects: list[pl.DataFrame] = []
         if source.is_fhir:  # the FHIR reader keeps only the mapped columns; those are split in memory
             batch = read_source(name, source, self.source_dir)
-            parts.append(self._split_frame(name, len(parts), batch.frame, column))
+            staged.append(self._split_frame(name, len(staged), batch.frame, column))
             rejects.append(batch.rejects)
         else:
             for path in match_files(self.source_dir, source.files, name):
                 relative = str(path.relative_to(self.source_dir))
-                staged = self._stream_file(name, len(parts), path, relative, source, column)
-                if staged is None:  # ragged rows, bad bytes: the in-memory reader quarantines them
+                part = self._stream_file(name, len(staged), path, relative, source, column)
+                if part is None:  # ragged rows, bad bytes: the in-memory reader quarantines them
                     batch = read_tabular(name, [path], self.source_dir, source)
-                    staged = self._split_frame(name, len(parts), batch.frame, column)
+                    part = self._split_frame(name, len(staged), batch.frame, column)
                     rejects.append(batch.rejects)
-                parts.append(staged)
-        self._parts[name] = parts
+                staged.append(part)
+        self._parts[name] = [(folder, columns) for folder, columns, _ in staged]
         self._rejects[name] = pl.concat(rejects) if rejects else empty_rejects()
-        self.records[name] = sum(self._written(folder) for folder, _ in parts) + self._rejects[name].height
+        self.records[name] = sum(rows for _, _, rows in staged) + self._rejects[name].height
 
     def _scan(self, name: str, index: int, path: Path, source: Source) -> pl.LazyFrame | None:
         """A lazy scan of the file as text (legacy encodings transcoded first), or None if it cannot stream."""
@@ -186,7 +186,7 @@ class StagedSite:
 
     def _stream_file(
         self, name: str, index: int, path: Path, relative: str, source: Source, column: str
-    ) -> tuple[Path, list[str]] | None:
+    ) -> tuple[Path, list[str], int] | None:
         scan = self._scan(name, index, path, source)
         if scan is None:
             return None
@@ -208,8 +208,7 @@ class StagedSite:
             return None
         finally:
             (self.scratch / name / f"{index}.utf8.csv").unlink(missing_ok=True)
-        self._check_numbering(folder, relative)
-        return folder, [*data_columns, "_source_file", "_source_row"]
+        return folder, [*data_columns, "_source_file", "_source_row"], self._written(folder, numbered=relative)
 
     def _chunk_files(self, folder: Path) -> list[Path]:
         """The split files of one source file, refusing a chunk index the plan does not have."""
@@ -224,26 +223,26 @@ class StagedSite:
                 )
         return files
 
-    def _written(self, folder: Path) -> int:
-        files = self._chunk_files(folder)
-        return int(pl.scan_parquet(files).select(pl.len()).collect().item()) if files else 0
-
-    def _check_numbering(self, folder: Path, relative: str) -> None:
-        """Rows 1..n of a streamed file must all be in the chunks: n rows written and the last one is n."""
+    def _written(self, folder: Path, numbered: str | None = None) -> int:
+        """Rows in a file's chunks. For a streamed file (``numbered``: its name) rows 1..n must all be there:
+        n rows written and the last one is n."""
         files = self._chunk_files(folder)
         if not files:
-            return
+            return 0
+        if numbered is None:
+            return int(pl.scan_parquet(files).select(pl.len()).collect().item())
         rows, last = (
             pl.scan_parquet(files).select(pl.len(), pl.col("_source_row").cast(pl.Int64).max()).collect().row(0)
         )
         if rows != (last or 0):
             raise ReconciliationError(
-                f"splitting {relative} into chunks kept {rows} rows but the file has {last}",
+                f"splitting {numbered} into chunks kept {rows} rows but the file has {last}",
                 where=str(folder),
                 fix="this is an engine bug: report it with the polars version; nothing was loaded",
             )
+        return int(rows)
 
-    def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, list[str]]:
+    def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, list[str], int]:
         folder = self.scratch / name / str(index)
         for (chunk,), part in (
             frame.with_columns(chunk_of(column, self.plan.chunks))
@@ -252,7 +251,7 @@ class StagedSite:
         ):
             (folder / f"_chunk={chunk}").mkdir(parents=True, exist_ok=True)
             part.write_parquet(folder / f"_chunk={chunk}" / "00000000.parquet")
-        return folder, frame.columns
+        return folder, frame.columns, self._written(folder)
 
     def batch(self, name: str, chunk: int) -> SourceBatch:
         """The source's records of one chunk; read-time rejects come with chunk 0."""

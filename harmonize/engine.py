@@ -206,6 +206,7 @@ class SiteBuild:
         self.carried_keys = carried_keys or {}  # keys of shared keyed rows built by an earlier chunk
         self.evaluator = RuleEvaluator(ctx)
         self.tables: dict[str, pl.DataFrame] = {}
+        self.cancer_concepts: list[int] | None = None  # resolved by build_derived only when conditions exist
         self.rule_numbers: dict[tuple[str, int], int] = {}
         number = 0
         for table, rules in ctx.mapping.tables.items():
@@ -316,7 +317,10 @@ class SiteBuild:
     def build_derived(
         self, mapping_file: str, *, with_cdm_source: bool = True, cancer_concepts: list[int] | None = None
     ) -> None:
-        """observation_period, episode + episode_event, cdm_source (``cancer_concepts``: precomputed ids)."""
+        """observation_period, episode + episode_event, cdm_source.
+
+        ``cancer_concepts``: ids an earlier chunk resolved; resolved here when needed, then kept on ``self``.
+        """
         mapping, db = self.ctx.mapping, self.ctx.db
         person = self.tables.get("person", pl.DataFrame())
         period_type = (
@@ -332,7 +336,9 @@ class SiteBuild:
         conditions = self.tables.get("condition_occurrence", pl.DataFrame())
         if mapping.episodes and conditions.height:
             if cancer_concepts is None:
-                cancer_concepts = cancer_concept_ids(db, mapping)
+                ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
+                cancer_concepts = descendants(db, ids)
+            self.cancer_concepts = cancer_concepts
             cancers = episode.cancer_conditions(conditions, cancer_concepts)
             episodes = episode.build(
                 cancers,
@@ -365,14 +371,6 @@ class SiteBuild:
             if frame.height and target.id_column and not target.one_per_person:
                 last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
         return last
-
-
-def cancer_concept_ids(db: Database, mapping: Mapping) -> list[int]:
-    """The standard concepts (with descendants) whose conditions open a disease episode."""
-    if not mapping.episodes:
-        return []
-    ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
-    return descendants(db, ids)
 
 
 def _key_columns(table: str) -> list[pl.Expr]:
@@ -636,9 +634,9 @@ class _ChunkedRun:
         build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
         build.build_keyed()
         build.build_events()
-        if self.cancer_concepts is None:
-            self.cancer_concepts = cancer_concept_ids(self.db, self.mapping)
         build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0, cancer_concepts=self.cancer_concepts)
+        if build.cancer_concepts is not None:
+            self.cancer_concepts = build.cancer_concepts
         if chunk == 0 and shared:
             self.carried_keys = build.shared_keys(shared)
         self.ids_after = build.last_ids()

@@ -60,12 +60,16 @@ class RecordLedger:
         self.held_by: Counter[tuple[str, str]] = Counter()  # (source, table) -> records that table's rules refused
         self.rejected: Counter[str] = Counter()  # source -> records refused while reading
 
-    def _marks(self, ledger: dict[str, np.ndarray], source: str, ords: np.ndarray) -> np.ndarray:
-        """A fresh mask of the given records (the source's arrays grow for sources read outside the batch)."""
-        size = max(len(self.loaded.get(source, ())), int(ords.max()) + 1 if len(ords) else 0)
+    def _grow(self, source: str, size: int) -> None:
+        """Books for records outside the batch (FHIR types no rule maps) are opened, or widened, on first use."""
         for book in (self.loaded, self.held):
-            if len(book.setdefault(source, np.zeros(size, dtype=bool))) < size:
-                book[source] = np.concatenate([book[source], np.zeros(size - len(book[source]), dtype=bool)])
+            have = book.get(source, np.zeros(0, dtype=bool))
+            book[source] = np.concatenate([have, np.zeros(size - len(have), dtype=bool)]) if len(have) < size else have
+
+    def _marks(self, ledger: dict[str, np.ndarray], source: str, ords: np.ndarray) -> np.ndarray:
+        """A fresh mask of the given records, also ticked off in ``ledger``."""
+        self._grow(source, int(ords.max()) + 1 if len(ords) else 0)
+        size = len(self.loaded[source])
         mask = np.zeros(size, dtype=bool)
         mask[ords] = True
         ledger[source] |= mask

@@ -142,9 +142,8 @@ class ResolutionCache:
         """The answer rows for ``keys`` (distinct vocabulary_id, source_code), querying only new ones."""
         if self.answers is None:
             require_vocabulary(db)
-            self.answers = _resolve_distinct(db, keys)
-            return self.answers
-        new = keys.join(self.answers.select(KEY_COLUMNS).unique(), on=list(KEY_COLUMNS), how="anti")
+            self.answers = _resolve_distinct(db, keys.clear())  # no keys: the empty answer, without a query
+        new = keys.join(self.answers.select(KEY_COLUMNS), on=list(KEY_COLUMNS), how="anti")
         if new.height:
             self.answers = pl.concat([self.answers, _resolve_distinct(db, new)])
         return self.answers
@@ -159,12 +158,10 @@ def resolve_codes(db: Database, codes: pl.DataFrame, *, cache: ResolutionCache |
     explicit "no standard concept").
     """
     _check_input(codes)
-    if cache is None:
-        require_vocabulary(db)
+    cache = cache if cache is not None else ResolutionCache()
     keyed = codes.with_columns(pl.col(c).cast(pl.String).alias(f"__fedomop_{c}") for c in KEY_COLUMNS)
     keys = keyed.select(pl.col(f"__fedomop_{c}").alias(c) for c in KEY_COLUMNS).drop_nulls().unique()
-    resolved = cache.resolve(db, keys) if cache is not None else _resolve_distinct(db, keys)
-    answer = resolved.sort(*KEY_COLUMNS, "concept_id").rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
+    answer = cache.resolve(db, keys).sort(*KEY_COLUMNS, "concept_id").rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
     # input order, and a code's several targets in concept_id order, without sorting the (big) input
     joined = keyed.join(answer, on=[f"__fedomop_{c}" for c in KEY_COLUMNS], how="left", maintain_order="left_right")
     return joined.with_columns(pl.col("source_concept_id", "concept_id").fill_null(0)).drop(
