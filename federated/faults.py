@@ -211,18 +211,24 @@ class FaultTolerantGrid(Grid):
                 self.site_names[reply.metadata.src_node_id] = str(reply.content[SITE_RECORD]["site"])
 
     def _exchange(self, messages: list[Message], limit: float) -> dict[int, Message]:
-        """Push, then pull every ``poll_interval`` s until all replied or ``limit`` s passed; replies by node."""
+        """Push, then pull every ``poll_interval`` s until all replied or ``limit`` s passed; replies by node.
+
+        One pull always starts after the deadline: a pull can block far past it (Flower retries
+        the objects of a half-uploaded reply, e.g. from a site killed mid-upload), and the replies
+        the other sites sent meanwhile must not be counted as missing.
+        """
         message_ids = [str(i) for i in self.inner.push_messages(messages)]
         node_of = {mid: m.metadata.dst_node_id for mid, m in zip(message_ids, messages, strict=True) if mid}
         pending, replies = set(node_of), {}
         deadline = time.monotonic() + limit
         while pending:
+            last_look = time.monotonic() >= deadline
             for reply in self.inner.pull_messages(pending):
                 source = reply.metadata.reply_to_message_id
                 if source in pending:  # attribute by the message answered: SuperLink errors come from no node
                     pending.discard(source)
                     replies[node_of[source]] = reply
-            if not pending or time.monotonic() >= deadline:
+            if not pending or last_look:
                 break
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
         return replies

@@ -21,12 +21,25 @@ def task_identity():
 
 
 class ScriptedLink(Grid):
-    """Answers per node: 'ok' (reply at once), 'hang' (never), 'refuse' (error reply), 'link-error' (SuperLink error)."""
+    """Answers per node: 'ok' (reply at once), 'hang' (never), 'refuse' (error reply), 'link-error' (SuperLink error).
 
-    def __init__(self, behaviour: dict[int, str], online: list[int] | None = None) -> None:
+    'stall' is a half-uploaded reply: pulling it blocks ``stall_s`` and then yields Flower's
+    MESSAGE_UNAVAILABLE error. ``ready_after`` delays a node's reply by that many seconds.
+    """
+
+    def __init__(
+        self,
+        behaviour: dict[int, str],
+        online: list[int] | None = None,
+        ready_after: dict[int, float] | None = None,
+        stall_s: float = 0.0,
+    ) -> None:
         self.behaviour = behaviour
         self.online = list(behaviour) if online is None else online
         self.outbox: dict[str, Message] = {}
+        self.ready_after = ready_after or {}
+        self.stall_s = stall_s
+        self.pushed_at = 0.0
 
     def set_run(self, run):
         pass
@@ -48,6 +61,7 @@ class ScriptedLink(Grid):
             message.metadata.__dict__["_message_id"] = message_id
             self.outbox[message_id] = message
             ids.append(message_id)
+        self.pushed_at = time.monotonic()
         return ids
 
     def pull_messages(self, message_ids):
@@ -56,6 +70,12 @@ class ScriptedLink(Grid):
             message = self.outbox[message_id]
             node = message.metadata.dst_node_id
             mode = self.behaviour[node]
+            if time.monotonic() - self.pushed_at < self.ready_after.get(node, 0.0):
+                continue
+            if mode == "stall":
+                time.sleep(self.stall_s)
+                replies.append(Message(Error(code=3, reason=f"site_{node} reply objects unavailable"), reply_to=message))
+                continue
             if mode == "ok":
                 content = RecordDict(
                     {
@@ -92,6 +112,18 @@ def test_hanging_site_is_reported_missing_after_the_round_timeout():
     [record] = grid.report.rounds
     assert record.answered == ["site_1", "site_2"] and record.missing == ["node 3"]
     assert grid.report.finished and grid.report.missing_sites == ["node 3"]
+
+
+def test_a_pull_stalled_past_the_deadline_still_collects_the_replies_sent_meanwhile():
+    """A site killed mid-upload makes Flower's pull block; the others' replies arrive during it."""
+    link = ScriptedLink({1: "ok", 2: "ok", 3: "stall"}, ready_after={1: 0.2, 2: 0.2}, stall_s=0.8)
+    grid = FaultTolerantGrid(link, round_timeout=0.4, min_sites=2, poll_interval=0.05)
+    replies = list(_round(grid, [1, 2, 3]))
+    assert len(replies) == 3
+    [record] = grid.report.rounds
+    assert sorted(record.answered) == ["site_1", "site_2"] and record.missing == []
+    assert record.failed == {"node 3": "site_3 reply objects unavailable"}
+    assert grid.report.finished
 
 
 def test_refusals_and_superlink_errors_are_attributed_to_the_site():

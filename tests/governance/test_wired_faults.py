@@ -97,7 +97,7 @@ def test_supernode_killed_mid_training_leaves_a_finished_run_naming_it(tmp_path)
             try:
                 outcome["result"] = run_deployment(
                     STUDY, hub.connection, out=out, flwr_home=hub.flwr_home, model="mlp", rounds=2, epochs=1,
-                    min_nodes=3, min_sites=2, round_timeout=40, compare_local=False, timeout_s=400,
+                    min_nodes=3, min_sites=2, round_timeout=60, compare_local=False, timeout_s=400,
                 )  # fmt: skip
             except Exception as error:  # reported by the main thread
                 outcome["error"] = error
