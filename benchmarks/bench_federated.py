@@ -6,7 +6,7 @@ training time per round, bytes over the Flower wire per training round (hub -> s
 and back, measured by federated.transport.CountingGrid), and held-out AUROC of the
 federated model vs pooled training vs each site alone. Histogram XGBoost's gradient
 histograms travel through XGBoost's own federated allreduce, outside Flower; their
-volume is estimated from the tree shape (nodes x features x bins x 16 bytes per tree).
+bytes are measured on the wire by ``bench_allreduce.py``.
 
 Usage: .venv/bin/python benchmarks/bench_federated.py [--sites out/site_a.duckdb ...] [--write-docs]
 """
@@ -57,12 +57,6 @@ def training_traffic(result: dict) -> tuple[int, int]:
     return sent, received
 
 
-def allreduce_estimate(result: dict, n_features: int = 13, bins: int = 256, depth: int = 4) -> int:
-    """Gradient-histogram bytes one site exchanges with the XGBoost federated server over the whole training."""
-    nodes = 2**depth - 1
-    return result["settings"]["rounds"] * nodes * n_features * bins * 16
-
-
 def run_mode(label: str, options: dict, sites: list[Path], out: Path) -> dict:
     started = time.perf_counter()
     result = simulate(STUDIES_DIR / "bone_metastasis.yaml", sites, out=out / label.replace("/", "-"), **options)
@@ -92,8 +86,6 @@ def result_row(label: str, options: dict, result: dict, wall: float) -> dict:
         "wall_s": wall,
         "result": result,
     }
-    if options["model"] == "xgboost-hist":
-        row["allreduce_bytes_per_site"] = allreduce_estimate(result)
     return row
 
 
@@ -119,14 +111,13 @@ def markdown(rows: list[dict], command: str, load_before: float, load_after: flo
             f"{r['s_per_round']:.2f} | {r['bytes_per_round']:,.0f} | {r['auroc_federated']:.3f} | "
             f"{r['auroc_pooled']:.3f} | {r['auroc_local_best']:.3f} | {r['auroc_local_mean']:.3f} |"
         )
-    hist = next((r for r in rows if "allreduce_bytes_per_site" in r), None)
+    hist = next((r for r in rows if r["mode"] == "xgboost-hist"), None)
     if hist:
         lines += [
             "",
             f"Histogram XGBoost: its {hist['flower_rounds']} Flower rounds are the quantile-sketch exchange and the "
-            "training call; the gradient histograms go through XGBoost's federated allreduce, estimated at "
-            f"{hist['allreduce_bytes_per_site']:,} bytes per site per direction for the whole training "
-            "(rounds x 15 nodes x 13 features x 256 bins x 16 bytes). Its comparison table:",
+            "training call; the gradient histograms go through XGBoost's federated allreduce, outside Flower "
+            "(measured on the wire by `bench_allreduce.py`). Its comparison table:",
             "",
             markdown_table(hist["result"]),
         ]

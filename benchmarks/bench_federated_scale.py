@@ -241,13 +241,6 @@ def markdown(rows: list[dict], persons: int, command: str, loads: tuple[float, f
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} | {memory} | {startup} |"
         )
     for r in rows:
-        if "allreduce_bytes_per_site" in r:
-            lines.append(
-                f"\n{r['mode']} on {r['sites']} sites: gradient histograms over XGBoost's allreduce, estimated "
-                f"{r['allreduce_bytes_per_site']:,} bytes per site per direction for the whole training "
-                f"({r['allreduce_bytes_per_site'] * r['sites'] * 2:,} bytes in all, both directions)."
-            )
-    for r in rows:
         if "peak_by_program" in r:
             exchanges = ", ".join(f"{k} {v:.1f} s" for k, v in r["exchange_seconds"].items())
             memory = ", ".join(
