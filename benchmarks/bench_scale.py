@@ -16,6 +16,10 @@ writes the same rows into DuckDB. ``--db`` keeps the mapped database (for ``vali
 Validation (``validate``): ``fedomop validate`` (full DQD catalogue, pandera schemas, profile, HTML + JSON
 report) on a database, as a child process with its peak memory; median of ``--runs``.
 
+FHIR map (``fhir-map``): ``fedomop map`` of a site-B-style FHIR NDJSON site (``mappings/site_b.yaml``) in
+chunks, with its wall time, CPU time and peak memory; ``--code DIR`` runs the same command from another
+checkout (e.g. the commit before a change, through ``git worktree``) in the same interleaved rounds.
+
 Usage (1M persons at site A; generate first, ~15 min):
 
     .venv/bin/fedomop sample-data --out /tmp/fedomop_scale/a1m --persons 1000000 --sites site_a --no-vocabulary
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import shutil
 import sys
@@ -466,6 +471,60 @@ def cmd_fhir(args: argparse.Namespace) -> None:
         append_docs(f"## Scale: FHIR NDJSON reader ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
 
 
+def fhir_map_run(site_dir: Path, db: Path, chunk_mb: int, code: Path | None) -> TreeRun:
+    """One chunked ``fedomop map`` of a FHIR site, from this checkout or from ``code``."""
+    db.unlink(missing_ok=True)
+    args = ["map", "--mapping", str(REPO / "mappings" / "site_b.yaml"), "--source", str(site_dir), "--db", str(db)]
+    args += ["--chunk-mb", str(chunk_mb)]
+    if code is None:
+        run = run_monitored([FEDOMOP, *args])
+    else:  # the other checkout's package first on the path, run from there
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        run = run_monitored([PYTHON, "-m", "harmonize.cli", *args], cwd=code, env=env)
+    run = checked(run, f"fedomop map {site_dir} ({code or 'this checkout'})")
+    run.extra.update(run_counts(db))
+    run.extra["chunks"] = _chunks_of(run.stdout)
+    db.unlink(missing_ok=True)
+    return run
+
+
+def cmd_fhir_map(args: argparse.Namespace) -> None:
+    args.work.mkdir(parents=True, exist_ok=True)
+    contenders: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.code:
+        contenders.insert(0, (f"{args.code}", args.code))
+    results: dict[str, list[TreeRun]] = {label: [] for label, _ in contenders}
+    for _ in range(args.runs):
+        for label, code in contenders:
+            run = fhir_map_run(args.site_dir, args.work / "fhir_map.duckdb", args.chunk_mb, code)
+            results[label].append(run)
+            print(json.dumps({"code": label, "s": run.seconds, "cpu": run.cpu_seconds, "peak_mib": run.peak_rss_mib,
+                              **run.extra}), flush=True)  # fmt: skip
+    lines = [
+        f"Site-B-style FHIR NDJSON site `{args.site_dir}` mapped by `fedomop map --chunk-mb {args.chunk_mb}` "
+        f"(median of {args.runs}; peak RSS of the process tree, the largest run).",
+        "",
+        "| code | chunks | source records | OMOP rows | wall s | CPU s | peak RSS MiB | load before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, runs in results.items():
+        first = runs[0]
+        lines.append(
+            f"| {label} | {first.extra['chunks']} | {first.extra['records']:,} | {first.extra['rows']:,} | "
+            f"{median([r.seconds for r in runs]):.1f} | {median([r.cpu_seconds for r in runs]):.1f} | "
+            f"{max(r.peak_rss_mib for r in runs):,.0f} | {runs[0].load_before:.1f} / {runs[-1].load_after:.1f} |"
+        )
+    lines += [
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `.venv/bin/python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if args.write_docs:
+        append_docs(f"## Scale: FHIR site mapped in chunks ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
+
+
 def check_timings(db: Path, top: int = 8) -> list[tuple[str, float]]:
     """Seconds per check type: the DQD catalogue run one check type at a time, in-process, slowest first."""
     from harmonize.db import connect
@@ -509,6 +568,14 @@ def main() -> None:
     fhir.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
     fhir.add_argument("--write-docs", action="store_true")
     fhir.set_defaults(handler=cmd_fhir)
+    fmap = sub.add_parser("fhir-map", help="fedomop map of a big site-B-style FHIR site: time and peak memory")
+    fmap.add_argument("--site-dir", type=Path, required=True)
+    fmap.add_argument("--chunk-mb", type=int, default=256)
+    fmap.add_argument("--runs", type=int, default=1)
+    fmap.add_argument("--code", type=Path, help="also run from this checkout (e.g. a git worktree of an older commit)")
+    fmap.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    fmap.add_argument("--write-docs", action="store_true")
+    fmap.set_defaults(handler=cmd_fhir_map)
     args = parser.parse_args()
     print(f"load average before: {load_average():.1f}", flush=True)
     args.handler(args)

@@ -9,10 +9,11 @@ column; the engine then maps chunk after chunk and appends to the database. Sour
 chunks. The split is checked: a streamed file's rows 1..n must all be in the chunks, and the chunks mapped must
 add up to what was written.
 
-Not streamed: FHIR sources (the reader keeps only the mapped columns of each resource, and those are split in
-memory: memory grows with the largest FHIR source's columns, not its JSON) and a CSV file polars refuses (ragged
-rows, undecodable bytes), which the normal reader takes whole so that those rows are quarantined with their
-reason. Read-time rejects belong to the first chunk, so every record is still counted exactly once.
+FHIR sources are streamed too: the reader hands over the mapped columns of each block of resources as it reads
+them, and each block is split and written at once (what stays in memory while a FHIR source is split is one id
+per resource, for the duplicate-id check). Not streamed: a CSV file polars refuses (ragged rows, undecodable
+bytes), which the normal reader takes whole so that those rows are quarantined with their reason. Read-time
+rejects belong to the first chunk, so every record is still counted exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from harmonize.tables import KEYED_TABLES
 DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
 SHARED_TABLES = frozenset(KEYED_TABLES) - {"person", "visit_occurrence"}  # keyed, but not a person's records
 _FHIR_TEXT_PER_RECORD = 4  # NDJSON carries ~4x the bytes of the columns a mapping extracts
+FHIR_BLOCK_ROWS = 500_000  # FHIR rows gathered before a split is written (a few hundred MiB of columns at most)
 _HASH_SEED = 20_261_123
 
 
@@ -129,6 +131,48 @@ def _transcode(path: Path, codec: str, out: Path, block: int = 16 * 2**20) -> bo
     return True
 
 
+class _ChunkWriter:
+    """Splits blocks of rows by person into ``folder/_chunk=K/NNNNNNNN.parquet`` as they come.
+
+    Blocks are gathered up to ``block_rows`` rows before a write, so a big source makes a few files per
+    chunk rather than one per reader batch; files are numbered in arrival order, which ``batch`` keeps.
+    """
+
+    def __init__(self, folder: Path, column: str, chunks: int, block_rows: int | None = None) -> None:
+        self.folder = folder
+        self.column = column
+        self.chunks = chunks
+        self.block_rows = block_rows or FHIR_BLOCK_ROWS
+        self.rows = 0  # handed over so far
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._written_blocks = 0
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.rows += frame.height
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        if self._pending_rows >= self.block_rows:
+            self._write()
+
+    def close(self) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        if not self._pending_rows:
+            return
+        block = pl.concat(self._pending, how="vertical") if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
+        name = f"{self._written_blocks:08d}.parquet"
+        self._written_blocks += 1
+        parts = block.with_columns(chunk_of(self.column, self.chunks)).partition_by(
+            "_chunk", as_dict=True, include_key=False
+        )
+        for (chunk,), part in parts.items():
+            (self.folder / f"_chunk={chunk}").mkdir(parents=True, exist_ok=True)
+            part.write_parquet(self.folder / f"_chunk={chunk}" / name)
+
+
 class StagedSite:
     """The site's sources split into chunks under a scratch folder; ``batch(name, k)`` reads one chunk back.
 
@@ -151,9 +195,11 @@ class StagedSite:
         column = self.plan.person_columns[name]
         staged: list[tuple[Path, list[str], int]] = []  # per file: folder, columns, rows written
         rejects: list[pl.DataFrame] = []
-        if source.is_fhir:  # the FHIR reader keeps only the mapped columns; those are split in memory
-            batch = read_source(name, source, self.source_dir)
-            staged.append(self._split_frame(name, len(staged), batch.frame, column))
+        if source.is_fhir:  # the reader hands over blocks of mapped columns; each is split and written at once
+            writer = _ChunkWriter(self.scratch / name / "0", column, self.plan.chunks)
+            batch = read_source(name, source, self.source_dir, on_frame=writer.add)
+            writer.close()
+            staged.append((writer.folder, batch.frame.columns, self._written(writer.folder, expected=writer.rows)))
             rejects.append(batch.rejects)
         else:
             for path in match_files(self.source_dir, source.files, name):
@@ -223,35 +269,35 @@ class StagedSite:
                 )
         return files
 
-    def _written(self, folder: Path, numbered: str | None = None) -> int:
-        """Rows in a file's chunks. For a streamed file (``numbered``: its name) rows 1..n must all be there:
-        n rows written and the last one is n."""
+    def _written(self, folder: Path, numbered: str | None = None, expected: int | None = None) -> int:
+        """Rows in a file's chunks, checked: for a streamed file (``numbered``: its name) rows 1..n must all be
+        there (n rows written and the last one is n); for rows split from memory, the ``expected`` count."""
         files = self._chunk_files(folder)
-        if not files:
-            return 0
-        if numbered is None:
-            return int(pl.scan_parquet(files).select(pl.len()).collect().item())
-        rows, last = (
-            pl.scan_parquet(files).select(pl.len(), pl.col("_source_row").cast(pl.Int64).max()).collect().row(0)
-        )
-        if rows != (last or 0):
+        if numbered is not None and files:
+            rows, last = (
+                pl.scan_parquet(files).select(pl.len(), pl.col("_source_row").cast(pl.Int64).max()).collect().row(0)
+            )
+            if rows != (last or 0):
+                raise ReconciliationError(
+                    f"splitting {numbered} into chunks kept {rows} rows but the file has {last}",
+                    where=str(folder),
+                    fix="this is an engine bug: report it with the polars version; nothing was loaded",
+                )
+            return int(rows)
+        rows = int(pl.scan_parquet(files).select(pl.len()).collect().item()) if files else 0
+        if expected is not None and rows != expected:
             raise ReconciliationError(
-                f"splitting {numbered} into chunks kept {rows} rows but the file has {last}",
+                f"splitting rows into chunks kept {rows} of the {expected} rows read",
                 where=str(folder),
                 fix="this is an engine bug: report it with the polars version; nothing was loaded",
             )
-        return int(rows)
+        return rows
 
     def _split_frame(self, name: str, index: int, frame: pl.DataFrame, column: str) -> tuple[Path, list[str], int]:
-        folder = self.scratch / name / str(index)
-        for (chunk,), part in (
-            frame.with_columns(chunk_of(column, self.plan.chunks))
-            .partition_by("_chunk", as_dict=True, include_key=False)
-            .items()
-        ):
-            (folder / f"_chunk={chunk}").mkdir(parents=True, exist_ok=True)
-            part.write_parquet(folder / f"_chunk={chunk}" / "00000000.parquet")
-        return folder, frame.columns, self._written(folder)
+        writer = _ChunkWriter(self.scratch / name / str(index), column, self.plan.chunks)
+        writer.add(frame)
+        writer.close()
+        return writer.folder, frame.columns, self._written(writer.folder, expected=writer.rows)
 
     def batch(self, name: str, chunk: int) -> SourceBatch:
         """The source's records of one chunk; read-time rejects come with chunk 0."""

@@ -32,7 +32,7 @@ import json
 import multiprocessing
 import os
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -91,13 +91,20 @@ _PYTHON_TYPES: dict[pl.DataType, tuple[type, ...]] = {
 
 
 class _Columns:
-    """Accepted rows, kept as tuples and turned into a polars frame every BATCH_SIZE rows."""
+    """Accepted rows, kept as tuples and turned into a polars frame every BATCH_SIZE rows.
 
-    def __init__(self, paths: Mapping[str, CompiledPath]) -> None:
+    With ``on_frame`` each frame is handed over as soon as it is built (in file order) instead of being
+    kept, so a caller that writes them away (chunked runs) holds at most one batch of rows.
+    """
+
+    def __init__(
+        self, paths: Mapping[str, CompiledPath], on_frame: Callable[[pl.DataFrame], None] | None = None
+    ) -> None:
         self.paths = list(paths.items())
         self.schema: dict[str, pl.DataType] = {name: path.dtype for name, path in self.paths}
         self.schema.update({"_source_file": pl.String(), "_source_row": pl.String()})
         self.frames: list[pl.DataFrame] = []
+        self.on_frame = on_frame
         self._make_adder = row_extractor([path for _name, path in self.paths])
         self._make_valid_adder = row_extractor([path for _name, path in self.paths], validated=True)
         self._reset()
@@ -139,10 +146,10 @@ class _Columns:
 
     def flush(self) -> None:
         if 0 < len(self.rows) < SMALL_BATCH:  # one constructor call: most of the cost of a small frame
-            self.frames.append(pl.DataFrame(self.rows, schema=self.schema, orient="row"))
+            self._keep(pl.DataFrame(self.rows, schema=self.schema, orient="row"))
         elif self.rows:
             columns = zip(*self.rows, strict=True)
-            self.frames.append(
+            self._keep(
                 pl.DataFrame(
                     [
                         pl.Series(name, list(column), dtype=dtype, strict=True)
@@ -151,6 +158,12 @@ class _Columns:
                 )
             )
         self._reset()
+
+    def _keep(self, frame: pl.DataFrame) -> None:
+        if self.on_frame is None:
+            self.frames.append(frame)
+        else:
+            self.on_frame(frame)
 
     def frame(self) -> pl.DataFrame:
         self.flush()
@@ -237,7 +250,13 @@ class _Reader:
     """State of one read_fhir call: checks, duplicate ids, accepted columns and rejects."""
 
     def __init__(
-        self, resource_type: str, paths: Mapping[str, CompiledPath], validation: str, *, in_worker: bool = False
+        self,
+        resource_type: str,
+        paths: Mapping[str, CompiledPath],
+        validation: str,
+        *,
+        in_worker: bool = False,
+        on_frame: Callable[[pl.DataFrame], None] | None = None,
     ) -> None:
         self.in_worker = in_worker  # duplicates are checked by the parent, which sees every chunk in order
         self.wheres: list[str] = []
@@ -245,7 +264,7 @@ class _Reader:
         self.validation = validation
         self.model = resource_model(resource_type)
         self.checker = structural_validator(resource_type)
-        self.columns = _Columns(paths)
+        self.columns = _Columns(paths, on_frame)
         self.rejects = _Rejects()
         self.first_seen: dict[str, str | int] = {}  # id -> "file:line", or a place (see read_lines)
         self.files: list[str] = []  # NDJSON files read so far, for the places in first_seen
@@ -633,6 +652,7 @@ def read_fhir(
     fmt: Literal["ndjson", "bundle"],
     validation: Literal["structural", "full"] = "structural",
     workers: int = 1,
+    on_frame: Callable[[pl.DataFrame], None] | None = None,
 ) -> SourceBatch:
     """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
 
@@ -643,6 +663,11 @@ def read_fhir(
     ``workers``: NDJSON only -- with N > 1, chunks of CHUNK_LINES lines are checked and extracted in N
     forked worker processes and merged here in file order (for multi-GB exports on many cores). The result
     is the same as with 1, except that a duplicate id's reject row comes after the other rejects of its chunk.
+
+    ``on_frame``: accepted rows are handed to it as frames of at most BATCH_SIZE rows, in file order, as
+    they are read, instead of being kept; the returned batch then has an empty frame (with the columns'
+    schema) and its rejects and ``seen`` as usual. What stays in memory is one id per resource (for the
+    duplicate check), not the columns.
     """
     if fmt not in FORMATS:
         raise MappingError(f"unknown FHIR format {fmt!r}", where=f"source {name}", fix=f"use one of {FORMATS}")
@@ -655,7 +680,7 @@ def read_fhir(
     except SourceError as error:
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
-    reader = _Reader(resource_type, paths, validation)
+    reader = _Reader(resource_type, paths, validation, on_frame=on_frame)
     base = Path(base_dir).resolve()
     sources = [(path, _relative(path, base)) for path in _require_files(files)]
     if not isinstance(workers, int) or workers < 1:

@@ -80,6 +80,31 @@ def test_chunked_run_loads_what_a_whole_run_loads(site: str, tmp_path: Path) -> 
     assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
 
 
+def test_fhir_rows_are_split_block_by_block_as_they_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small reader batches and blocks: a FHIR source reaches its chunks in many files, never whole in memory,
+    and the run still loads exactly what a whole run loads."""
+    from harmonize import chunking
+    from harmonize.sources import fhir
+
+    whole = run_mapping(MAPPINGS / "site_b.yaml", SAMPLE_DATA / "site_b", tmp_path / "whole.duckdb")
+    monkeypatch.setattr(fhir, "BATCH_SIZE", 700)
+    monkeypatch.setattr(chunking, "FHIR_BLOCK_ROWS", 2_000)
+    blocks: dict[str, list[int]] = {}
+    write = chunking._ChunkWriter._write
+
+    def counting_write(writer: chunking._ChunkWriter) -> None:
+        blocks.setdefault(writer.folder.parent.name, []).append(writer._pending_rows)
+        write(writer)
+
+    monkeypatch.setattr(chunking._ChunkWriter, "_write", counting_write)
+    chunked = run_mapping(MAPPINGS / "site_b.yaml", SAMPLE_DATA / "site_b", tmp_path / "chunked.duckdb", chunks=3)
+    assert chunked.chunks == 3 and chunked.balanced
+    assert chunked.loaded == whole.loaded and chunked.quarantine_reasons == whole.quarantine_reasons
+    biggest = max(blocks.values(), key=len)
+    assert len(biggest) > 3 and max(biggest) < 2_000 + 700  # many blocks, none much over the block size
+    assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
+
+
 def test_chunks_number_ids_without_gaps_or_collisions(tmp_path: Path) -> None:
     db = tmp_path / "chunked.duckdb"
     report = run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", db, chunks=4)
