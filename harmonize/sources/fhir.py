@@ -664,7 +664,7 @@ def read_fhir(
     forked worker processes and merged here in file order (for multi-GB exports on many cores). The result
     is the same as with 1, except that a duplicate id's reject row comes after the other rejects of its chunk.
 
-    ``on_frame``: accepted rows are handed to it as frames of at most BATCH_SIZE rows, in file order, as
+    ``on_frame``: accepted rows are handed to it as frames of about BATCH_SIZE rows, in file order, as
     they are read, instead of being kept; the returned batch then has an empty frame (with the columns'
     schema) and its rejects and ``seen`` as usual. What stays in memory is one id per resource (for the
     duplicate check), not the columns.
