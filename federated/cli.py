@@ -12,7 +12,7 @@ from rich.console import Console
 from federated.deploy import flower_env, hub_command, site_command, write_connection
 from federated.models import MODEL_NAMES as MODELS
 from federated.report import print_comparison
-from harmonize.errors import StudyError
+from harmonize.errors import FedomopError, StudyError
 
 console = Console()
 DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]
@@ -141,11 +141,27 @@ def register(app: typer.Typer) -> None:
         state: Annotated[
             Path | None, typer.Option(help="SQLite file for the SuperLink's state (default FLWR_HOME/superlink.db).")
         ] = None,
+        in_memory_state: Annotated[
+            bool,
+            typer.Option(
+                "--in-memory-state",
+                help="Keep the SuperLink's state in memory: lost on restart, but no SQLite 'database is locked' "
+                "stalls on a busy hub with many sites (docs/federated.md).",
+            ),
+        ] = False,
     ) -> None:
         """Run the hub's Flower SuperLink in the foreground (insecure unless --certs)."""
         home = flwr_home or Path.home() / ".flwr"
-        state = state or home / "superlink.db"
-        state.parent.mkdir(parents=True, exist_ok=True)
+        if in_memory_state and state:
+            raise FedomopError(
+                "--state and --in-memory-state contradict each other",
+                where="fedomop hub start",
+                fix="keep one: --state FILE (survives a restart) or --in-memory-state",
+            )
+        state = None if in_memory_state else state or home / "superlink.db"
+        home.mkdir(parents=True, exist_ok=True)
+        if state:
+            state.parent.mkdir(parents=True, exist_ok=True)
         address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
         if not certs:
@@ -157,7 +173,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(hub_app, name="hub")
 
 
-def _secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, address: str, state: Path) -> int:
+def _secure_hub(
+    port: int, host: str, certs: Path, home: Path, connection: str, address: str, state: Path | None
+) -> int:
     """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
     ``certs``, then stay in the foreground until it exits."""
     from federated.deploy import wait_for_port

@@ -8,8 +8,11 @@ state in memory (``persistent_state=False``) has no SQLite file to lock.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 
@@ -50,3 +53,42 @@ def test_in_memory_hub_brings_three_sites_online_and_stop_ends_every_process(tmp
         hub.stop()
     assert not hub.state_file.exists()  # the state stayed in memory
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _superlink_argv(process: psutil.Process, timeout_s: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in process.children(recursive=True):
+            argv = child.cmdline()
+            if argv and any(part.endswith("flower-superlink") for part in argv[:2]):
+                return argv
+        time.sleep(0.2)
+    raise AssertionError("fedomop hub start started no flower-superlink")
+
+
+def test_hub_start_cli_keeps_state_in_memory_when_asked(tmp_path):
+    """`fedomop hub start --in-memory-state`: a real SuperLink without a state file, reachable on its port."""
+    from federated.deploy import BIN, free_port, wait_for_port
+
+    home, port = tmp_path / "flwr", free_port()
+    fedomop = str(BIN / "fedomop")
+    command = [fedomop, "hub", "start", "--port", str(port), "--flwr-home", str(home), "--in-memory-state"]
+    hub = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, process=hub)
+        argv = _superlink_argv(psutil.Process(hub.pid))
+        assert "--database" not in argv and str(port) in argv
+        assert 'address = "127.0.0.1:' + str(port) + '"' in (home / "config.toml").read_text()
+    finally:
+        os.killpg(hub.pid, signal.SIGTERM)
+        hub.wait(30)
+    assert not (home / "superlink.db").exists()
+    refused = subprocess.run(
+        [fedomop, "hub", "start", "--in-memory-state", "--state", str(tmp_path / "s.db"), "--flwr-home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = " ".join((refused.stdout + refused.stderr).split())  # rich wraps long lines
+    assert refused.returncode != 0 and "--state and --in-memory-state contradict each other" in said
+    assert "fix: keep one" in said and "Traceback" not in said
