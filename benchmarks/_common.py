@@ -84,6 +84,12 @@ def median_seconds(runs: int, action: Callable[[], Any]) -> tuple[float, Any]:
     return median(seconds), result
 
 
+def rss_and_pss(process: psutil.Process) -> tuple[int, int]:
+    """One process's RSS and PSS in bytes (PSS where the platform reports it, else RSS)."""
+    info = process.memory_full_info()
+    return info.rss, getattr(info, "pss", info.rss)
+
+
 def tree_memory(process: psutil.Process) -> tuple[int, int]:
     """(sum of RSS, sum of PSS) in bytes over a process and all its descendants.
 
@@ -93,11 +99,11 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
     rss = pss = 0
     for p in [process, *process.children(recursive=True)]:
         try:
-            info = p.memory_full_info()
+            one_rss, one_pss = rss_and_pss(p)
         except psutil.Error:
             continue
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
+        rss += one_rss
+        pss += one_pss
     return rss, pss
 
 

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 from _common import REPO, append_docs, load_average, machine
 from bench_federated import harmonized_sample_sites
-from bench_federated_scale import generate_and_map, split_by_person
+from bench_federated_scale import generate_and_map, split_sites
 
 sys.path.insert(0, str(REPO))
 
-from federated import features, split  # noqa: E402
+from federated import features  # noqa: E402
 from federated.models import xgb_common, xgb_histogram  # noqa: E402
-from federated.study import STUDIES_DIR, load_study  # noqa: E402
+from federated.study import STUDIES_DIR, StudySpec, load_study  # noqa: E402
 
 STUDY = STUDIES_DIR / "bone_metastasis.yaml"
 
@@ -104,18 +104,12 @@ def sites_to_measure(persons: int | None, parts: int, folder: Path) -> list[Path
     if persons is None:
         return harmonized_sample_sites(folder)
     four = generate_and_map(persons, folder)
-    if parts == 1:
-        return four
-    (folder / "split").mkdir()
-    return [part for db in four for part in split_by_person(db, parts, folder / "split")]
+    return four if parts == 1 else split_sites(four, parts, folder / "split")
 
 
-def training_rows(db: Path) -> tuple[np.ndarray, np.ndarray]:
+def training_rows(db: Path, study: StudySpec) -> tuple[np.ndarray, np.ndarray]:
     """A site's 70% training rows, split as the ClientApp splits them."""
-    study = load_study(STUDY)
-    data = features.build_features(str(db), study)
-    held_out = split.test_mask(data.person_id, data.y, seed=study.seed, test_fraction=study.test_fraction)
-    train = data.subset(~held_out)
+    train, _ = features.build_features(str(db), study).train_test(study)
     return train.X, train.y
 
 
@@ -127,7 +121,7 @@ def _train_site(args: tuple) -> bytes:
 
 def measure(sites: list[Path], trees: int) -> dict:
     study = load_study(STUDY)
-    rows = [training_rows(db) for db in sites]
+    rows = [training_rows(db, study) for db in sites]
     edges = xgb_histogram.global_edges([xgb_histogram.site_sketch(X, study.small_cell) for X, _ in rows])
     from xgboost.federated import run_federated_server
 

@@ -37,7 +37,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import FEDOMOP, REPO, append_docs, load_average, machine  # noqa: E402
+from _common import FEDOMOP, REPO, append_docs, load_average, machine, rss_and_pss  # noqa: E402
 from bench_federated import MODES, result_row, run_mode  # noqa: E402
 
 from federated.client_app import NO_POLICY  # noqa: E402
@@ -99,6 +99,12 @@ def split_by_person(db: Path, parts: int, folder: Path) -> list[Path]:
         con.close()
         out.append(path)
     return out
+
+
+def split_sites(sites: list[Path], parts: int, folder: Path) -> list[Path]:
+    """Every site split ``parts`` ways by person (``split_by_person``), into ``folder``."""
+    folder.mkdir()
+    return [part for db in sites for part in split_by_person(db, parts, folder)]
 
 
 def person_counts(paths: list[Path]) -> list[int]:
@@ -164,12 +170,6 @@ class TreePeak:
         self._thread.join()
 
 
-def rss_and_pss(process: psutil.Process) -> tuple[int, int]:
-    """One process's RSS and PSS (``_common.tree_memory`` sums a whole tree; the breakdown needs each process)."""
-    info = process.memory_full_info()
-    return info.rss, getattr(info, "pss", info.rss)
-
-
 def run_deployed(label: str, options: dict, sites: list[Path], out: Path) -> dict:
     """One mode on a real SuperLink + one SuperNode process per site on 127.0.0.1, plus the pooled reference."""
     names = {p.stem: str(p) for p in sites}
@@ -218,8 +218,9 @@ def uses_deployment(engine: str, model: str) -> bool:
 
 def markdown(rows: list[dict], persons: int, command: str, loads: tuple[float, float], sizes: dict) -> str:
     lines = [
-        f"Same {persons:,} generated persons as 4 sites (persons per site {sizes[4]}) and as 20 sites "
-        f"(each site split 5 ways by person; {min(sizes[20])}-{max(sizes[20])} persons per site). One run per "
+        f"Same {persons:,} generated persons as 4 sites (persons per site {sizes[4]}) and as {len(sizes[20])} sites "
+        f"(each site split {len(sizes[20]) // len(sizes[4])} ways by person; {min(sizes[20])}-{max(sizes[20])} "
+        "persons per site). One run per "
         f"cell; 1-min load average {loads[0]:.1f} before / {loads[1]:.1f} after.",
         "",
         "| mode | engine | sites | Flower rounds | train s | s / round | bytes / round | AUROC federated "
@@ -273,15 +274,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         four = generate_and_map(args.persons, folder)
-        (folder / "split").mkdir()
-        twenty = [p for db in four for p in split_by_person(db, args.split, folder / "split")]
+        twenty = split_sites(four, args.split, folder / "split")
         sizes = {4: person_counts(four), 20: person_counts(twenty)}
         load_before = load_average()
         for label, options in MODES:
             if label not in args.modes:
                 continue
             deployed = uses_deployment(args.engine, options["model"])
-            for sites in [s for s in (four, twenty) if len(s) in args.sizes]:
+            for sites in [s for size, s in ((4, four), (20, twenty)) if size in args.sizes]:  # 20: the split set
                 if not deployed and options["model"] == "xgboost-hist" and len(sites) > SIMULATION_CONCURRENCY:
                     print(f"skipped {label} on {len(sites)} sites: {HIST_LIMIT}", flush=True)
                     skipped.append(f"{label} on {len(sites)} sites")

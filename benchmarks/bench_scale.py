@@ -58,6 +58,8 @@ from _common import (  # noqa: E402
     timed,
 )
 
+from harmonize.chunking import DEFAULT_CHUNK_MB  # noqa: E402
+
 MAPPING = REPO / "mappings" / "site_a.yaml"
 VOCABULARY_TABLES = {
     "concept",
@@ -134,11 +136,18 @@ def duckdb_baseline(site_dir: Path, work: Path) -> TreeRun:
     return run
 
 
-def map_site(site_dir: Path, db: Path, chunk_mb: int) -> TreeRun:
+def map_site(site_dir: Path, db: Path, chunk_mb: int, mapping: Path = MAPPING, code: Path | None = None) -> TreeRun:
+    """One ``fedomop map`` run (from this checkout, or from the checkout ``code``) with its counts and chunks."""
     db.unlink(missing_ok=True)
-    command = [FEDOMOP, "map", "--mapping", str(MAPPING), "--source", str(site_dir), "--db", str(db)]
-    run = checked(run_monitored([*command, "--chunk-mb", str(chunk_mb)]), f"fedomop map {site_dir}")
+    args = ["map", "--mapping", str(mapping), "--source", str(site_dir), "--db", str(db), "--chunk-mb", str(chunk_mb)]
+    if code is None:
+        run = run_monitored([FEDOMOP, *args])
+    else:  # the other checkout's package first on the path, run from there
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        run = run_monitored([PYTHON, "-m", "harmonize.cli", *args], cwd=code, env=env)
+    run = checked(run, f"fedomop map {site_dir} ({code or 'this checkout'})")
     run.extra.update(run_counts(db))
+    run.extra["chunks"] = _chunks_of(run.stdout)
     return run
 
 
@@ -213,7 +222,7 @@ def etl_round(site_dir: Path, db: Path, work: Path, chunk_mb: int) -> EtlRound:
         duck_cpu=duck.cpu_seconds,
         floor_seconds=floor.seconds,
         floor_cpu=floor.cpu_seconds,
-        chunks=_chunks_of(etl.stdout),
+        chunks=etl.extra["chunks"],
     )
     print(json.dumps(result.__dict__), flush=True)
     return result
@@ -473,26 +482,19 @@ def cmd_fhir(args: argparse.Namespace) -> None:
 
 def fhir_map_run(site_dir: Path, db: Path, chunk_mb: int, code: Path | None) -> TreeRun:
     """One chunked ``fedomop map`` of a FHIR site, from this checkout or from ``code``."""
-    db.unlink(missing_ok=True)
-    args = ["map", "--mapping", str(REPO / "mappings" / "site_b.yaml"), "--source", str(site_dir), "--db", str(db)]
-    args += ["--chunk-mb", str(chunk_mb)]
-    if code is None:
-        run = run_monitored([FEDOMOP, *args])
-    else:  # the other checkout's package first on the path, run from there
-        env = {**os.environ, "PYTHONPATH": str(code)}
-        run = run_monitored([PYTHON, "-m", "harmonize.cli", *args], cwd=code, env=env)
-    run = checked(run, f"fedomop map {site_dir} ({code or 'this checkout'})")
-    run.extra.update(run_counts(db))
-    run.extra["chunks"] = _chunks_of(run.stdout)
+    run = map_site(site_dir, db, chunk_mb, REPO / "mappings" / "site_b.yaml", code)
     db.unlink(missing_ok=True)
     return run
 
 
 def cmd_fhir_map(args: argparse.Namespace) -> None:
-    args.work.mkdir(parents=True, exist_ok=True)
     contenders: list[tuple[str, Path | None]] = [("this checkout", None)]
     if args.code:
-        contenders.insert(0, (f"{args.code}", args.code))
+        code = args.code.resolve()
+        if not (code / "harmonize" / "cli.py").is_file():
+            raise SystemExit(f"--code {args.code}: not a fedomop checkout (no harmonize/cli.py there); give its root")
+        contenders.insert(0, (f"{args.code}", code))
+    args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[TreeRun]] = {label: [] for label, _ in contenders}
     for _ in range(args.runs):
         for label, code in contenders:
@@ -547,7 +549,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     etl = sub.add_parser("etl", help="fedomop map vs polars scan_csv -> parquet on the same CSVs")
     etl.add_argument("--site-dir", type=Path, required=True, help="a site-A-style CSV folder")
-    etl.add_argument("--chunk-mb", type=int, default=256, help="fedomop map --chunk-mb (MiB of CSV per chunk)")
+    etl.add_argument(
+        "--chunk-mb", type=int, default=DEFAULT_CHUNK_MB, help="fedomop map --chunk-mb (MiB of CSV per chunk)"
+    )
     etl.add_argument("--runs", type=int, default=1, help="interleaved rounds; medians reported")
     etl.add_argument("--db", type=Path, help="keep the mapped database here (default: deleted)")
     etl.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
@@ -570,7 +574,7 @@ def main() -> None:
     fhir.set_defaults(handler=cmd_fhir)
     fmap = sub.add_parser("fhir-map", help="fedomop map of a big site-B-style FHIR site: time and peak memory")
     fmap.add_argument("--site-dir", type=Path, required=True)
-    fmap.add_argument("--chunk-mb", type=int, default=256)
+    fmap.add_argument("--chunk-mb", type=int, default=DEFAULT_CHUNK_MB)
     fmap.add_argument("--runs", type=int, default=1)
     fmap.add_argument("--code", type=Path, help="also run from this checkout (e.g. a git worktree of an older commit)")
     fmap.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))

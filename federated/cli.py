@@ -159,7 +159,6 @@ def register(app: typer.Typer) -> None:
                 fix="keep one: --state FILE (survives a restart) or --in-memory-state",
             )
         state = None if in_memory_state else state or home / "superlink.db"
-        home.mkdir(parents=True, exist_ok=True)
         if state:
             state.parent.mkdir(parents=True, exist_ok=True)
         address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"

@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import features, metrics, split
+from federated import features, metrics
 from federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
 from federated.study import StudySpec, parse_study
 from federated.transport import describe_content
@@ -84,9 +84,8 @@ def code_hash() -> str:
 @lru_cache(maxsize=8)
 def _prepare_cached(site: Site, study_text: str) -> Prepared:
     study = parse_study(study_text, source="study sent by the hub")
-    data = features.build_features(site.db, study)
-    held_out = split.test_mask(data.person_id, data.y, seed=study.seed, test_fraction=study.test_fraction)
-    return Prepared(site, study, data.subset(~held_out), data.subset(held_out), data_version(site.db))
+    train, test = features.build_features(site.db, study).train_test(study)
+    return Prepared(site, study, train, test, data_version(site.db))
 
 
 def _site_from_context(context: Context, sites: list[Site] | None) -> Site:

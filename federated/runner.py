@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from federated import features, metrics, split
+from federated import features, metrics
 from federated.client_app import NO_POLICY, Site, code_hash, make_client_app
 from federated.models import mlp, xgb_common, xgb_histogram
 from federated.report import write_model_card
@@ -38,9 +38,7 @@ def pooled_reference(study: StudySpec, sites: list[Site], settings: RunSettings)
     """The model trained on all sites' training rows together (only possible in simulation)."""
     train, test = {}, {}
     for site in sites:
-        data = features.build_features(site.db, study)
-        held_out = split.test_mask(data.person_id, data.y, seed=study.seed, test_fraction=study.test_fraction)
-        train[site.name], test[site.name] = data.subset(~held_out), data.subset(held_out)
+        train[site.name], test[site.name] = features.build_features(site.db, study).train_test(study)
     X = np.vstack([d.X for d in train.values()])
     y = np.concatenate([d.y for d in train.values()])
     total = settings.total_local_rounds(len(sites))
