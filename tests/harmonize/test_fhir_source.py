@@ -242,11 +242,12 @@ def test_full_validation_rejects_the_same_structural_defects(tmp_path, patient_l
     assert structural.rejects["field"].to_list() == full.rejects["field"].to_list()
 
 
-def test_blank_lines_inside_are_reported_and_trailing_ones_ignored(tmp_path):
+@pytest.mark.parametrize("validation", ["structural", "full"])
+def test_blank_lines_inside_are_reported_and_trailing_ones_ignored(tmp_path, validation):
     lines = synthea_lines("Patient")[:3]
     path = tmp_path / "Patient.ndjson"
     path.write_text(lines[0] + "\n\n" + lines[1] + "\n   \n" + lines[2] + "\n\n  \n")
-    batch = read(path, "Patient")
+    batch = read(path, "Patient", validation=validation)
     assert batch.frame.height == 3
     assert batch.rejects["source_row"].to_list() == ["Patient.ndjson:2", "Patient.ndjson:4"]
     assert all("blank line" in reason for reason in batch.rejects["reason"])
