@@ -125,6 +125,12 @@ def _parse_ragged(
     text: str, relative: str, source: Source, numbers: list[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
     records = list(csv.reader(io.StringIO(text), delimiter=source.delimiter))
+    if not records:
+        raise SourceError(
+            "the CSV file is empty: not even a header row",
+            where=relative,
+            fix="remove the file from the extract, or export it again with its header",
+        )
     header, body = records[0], records[1:]
     kept: list[list[str | None]] = []
     kept_numbers: list[int] = []

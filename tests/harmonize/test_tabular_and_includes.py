@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from harmonize.engine import run_mapping
-from harmonize.errors import MappingError
+from harmonize.errors import MappingError, SourceError
 from harmonize.mapping.loader import load_mapping
 from harmonize.mapping.models import Source
 from harmonize.sources.tabular import read_tabular
@@ -33,6 +33,16 @@ def test_latin1_semicolon_day_first_and_decimal_comma(tmp_path: Path) -> None:
         "_source_row": "1",
     }
     assert batch.balanced() and batch.rejects.is_empty()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_an_empty_csv_file_among_others_is_a_clear_error(tmp_path: Path, encoding: str) -> None:
+    (tmp_path / "a.csv").write_text("id,x\n1,2\n")
+    (tmp_path / "b.csv").write_text("")
+    source = Source(format="csv", files="*.csv", encoding=encoding)
+    with pytest.raises(SourceError, match="the CSV file is empty") as info:
+        read_tabular("s", [tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path, source)
+    assert info.value.where == "b.csv" and "export it again" in info.value.fix
 
 
 def test_parquet_source_reads_as_text_with_row_numbers(tmp_path: Path) -> None:
