@@ -42,7 +42,7 @@ import pydantic
 import pydantic_core
 
 from harmonize.errors import MappingError, SourceError
-from harmonize.sources.base import REJECT_SCHEMA, SourceBatch
+from harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
 from harmonize.sources.fhir_structure import (
     LEARN_FROM,
     StructuralProblem,
@@ -172,9 +172,6 @@ class _Columns:
         return pl.concat(self.frames, how="vertical") if len(self.frames) > 1 else self.frames[0]
 
 
-_NO_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
-
-
 class _Rejects:
     def __init__(self) -> None:
         self.rows: dict[str, list[str]] = {name: [] for name in REJECT_SCHEMA}
@@ -187,8 +184,8 @@ class _Rejects:
         self.rows["reason"].append(reason)
 
     def frame(self) -> pl.DataFrame:
-        if not self.rows["source_row"]:  # the usual case: a copy of one empty frame costs next to nothing
-            return _NO_REJECTS.clone()
+        if not self.rows["source_row"]:  # the usual case
+            return empty_rejects()
         return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
 
 

@@ -221,9 +221,8 @@ def real_date_pattern(primitive: str, pattern: str) -> str | None:
     day part split into real month-days, plus Feb 29 of leap years): a single match per value instead
     of the format regex followed by CALENDAR_PATTERN. None when ``pattern`` is not the R4B form this
     is derived from (a new fhir.resources release): the caller then keeps the two-step check.
-    tests/harmonize/test_fhir_structure_fast.py compares the two on every day of several years."""
+    tests/harmonize/test_fhir_fast_paths.py compares the two on every day of several years."""
     head = f"{_YEAR}-{_MONTH}-{_DAY}"
-    time = ""
     if primitive == "instant" and pattern.startswith(head):
         time = pattern[len(head) :]
         return f"{_YEAR}-{REAL_MONTH_DAY}{time}|{LEAP_YEAR}-02-29{time}"

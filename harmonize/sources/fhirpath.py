@@ -125,9 +125,8 @@ class CompiledPath:
         self._lazy = [_depth_first(ops) for ops in alternatives]
         self.result_type = result
         self.dtype: pl.DataType = _dtype(result)
-        self._stringify = self.dtype == pl.String
+        self.stringifies = self.dtype == pl.String  # text columns take non-text leaves as their text
         self.operations = alternatives
-        self.stringifies = self._stringify
         generated = _generate(self)
         self.generated = generated is not None
         if generated is not None:  # the same value as the generic evaluate(), in one flat Python function
@@ -166,7 +165,7 @@ class CompiledPath:
                 value = items[0] if items else None
             if value is not None:
                 break
-        if value is None or not self._stringify or type(value) is str:
+        if value is None or not self.stringifies or type(value) is str:
             return value
         return _as_text(value)
 

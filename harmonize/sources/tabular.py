@@ -112,13 +112,11 @@ def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.D
         return frame.lazy(), pl.concat([rejects, ragged]), kept
 
 
-def _read_ragged(
-    path: Path, relative: str, source: Source, numbers: list[int] | None
-) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
-    """Slow path for a CSV polars refuses: rows with the wrong number of fields become rejects, the rest load."""
-    codec = PYTHON_CODEC[source.encoding]
-    text = path.read_bytes().decode(codec, errors="replace").lstrip("\ufeff")
-    return _parse_ragged(text, relative, source, numbers)
+def _read_ragged(path: Path, relative: str, source: Source) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
+    """Slow path for a UTF-8 CSV polars refuses: rows with the wrong number of fields become rejects, the rest
+    load (files in other encodings, or with undecodable lines, take this path inside ``_scan``)."""
+    text = path.read_bytes().decode("utf-8").lstrip("\ufeff")
+    return _parse_ragged(text, relative, source, None)
 
 
 def _parse_ragged(
@@ -172,7 +170,7 @@ def read_tabular(name: str, files: list[Path], base_dir: Path, source: Source) -
                     where=relative,
                     fix="check that the file is the format the mapping declares",
                 ) from None
-            frame, ragged, numbers = _read_ragged(path, relative, source, numbers)
+            frame, ragged, numbers = _read_ragged(path, relative, source)
             bad = pl.concat([bad, ragged])
         rows = (
             pl.Series("_source_row", numbers, pl.Int64)
