@@ -34,9 +34,9 @@ from bench_federated_scale import generate_and_map, split_sites
 
 sys.path.insert(0, str(REPO))
 
-from federated import features  # noqa: E402
-from federated.models import xgb_common, xgb_histogram  # noqa: E402
-from federated.study import STUDIES_DIR, StudySpec, load_study  # noqa: E402
+from fedomop.federated import features  # noqa: E402
+from fedomop.federated.models import xgb_common, xgb_histogram  # noqa: E402
+from fedomop.federated.study import STUDIES_DIR, StudySpec, load_study  # noqa: E402
 
 STUDY = STUDIES_DIR / "bone_metastasis.yaml"
 

@@ -3,7 +3,7 @@
 For every mode (histogram XGBoost, bagging, cyclic, MLP with FedAvg and FedProx) the
 bone-metastasis study runs in Flower's simulation engine; we record the Flower rounds,
 training time per round, bytes over the Flower wire per training round (hub -> sites
-and back, measured by federated.transport.CountingGrid), and held-out AUROC of the
+and back, measured by fedomop.federated.transport.CountingGrid), and held-out AUROC of the
 federated model vs pooled training vs each site alone. Histogram XGBoost's gradient
 histograms travel through XGBoost's own federated allreduce, outside Flower; their
 bytes are measured on the wire by ``bench_allreduce.py``.
@@ -25,9 +25,9 @@ from _common import REPO, append_docs, load_average, machine
 
 sys.path.insert(0, str(REPO))
 
-from federated.report import markdown_table  # noqa: E402
-from federated.runner import simulate  # noqa: E402
-from federated.study import STUDIES_DIR  # noqa: E402
+from fedomop.federated.report import markdown_table  # noqa: E402
+from fedomop.federated.runner import simulate  # noqa: E402
+from fedomop.federated.study import STUDIES_DIR  # noqa: E402
 
 MODES = [
     ("xgboost-hist", {"model": "xgboost-hist"}),
@@ -39,7 +39,7 @@ MODES = [
 
 
 def harmonized_sample_sites(folder: Path) -> list[Path]:
-    from harmonize.engine import run_mapping
+    from fedomop.harmonize.run.engine import run_mapping
 
     paths = []
     for site in ("site_a", "site_b", "site_c", "site_d"):

@@ -10,8 +10,8 @@ AUROC (federated, pooled, best site alone) side by side.
 Histogram XGBoost needs every site inside XGBoost's federated allreduce at once, which the simulation engine
 cannot give past min(32, CPUs + 4) sites. With ``--engine auto`` (the default) it therefore runs -- on 4 and on
 20 sites, so both sizes are compared in the same engine -- on a real deployment on 127.0.0.1
-(:class:`federated.deploy.LocalDeployment`: one SuperLink, one SuperNode process per site, ``flwr run``
-submitted by :func:`federated.runner.run_deployment`, which checks the run's final status), while the other
+(:class:`fedomop.federated.deploy.LocalDeployment`: one SuperLink, one SuperNode process per site, ``flwr run``
+submitted by :func:`fedomop.federated.runner.run_deployment`, which checks the run's final status), while the other
 modes stay in simulation; ``--engine simulation`` / ``--engine deployment`` force one engine for every mode.
 On a deployment the pooled reference is trained here from the same site files, as ``simulate`` does, and
 the peak memory (summed RSS and PSS) of the whole deployment process tree is sampled every 0.2 s.
@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FEDOMOP, REPO, append_docs, load_average, machine, rss_and_pss  # noqa: E402
 from bench_federated import MODES, result_row, run_mode  # noqa: E402
 
-from federated.client_app import NO_POLICY  # noqa: E402
-from federated.deploy import LocalDeployment  # noqa: E402
-from federated.runner import pooled_reference, run_deployment, site_list  # noqa: E402
-from federated.server_app import RunSettings  # noqa: E402
-from federated.study import STUDIES_DIR, parse_study  # noqa: E402
+from fedomop.federated.client_app import NO_POLICY  # noqa: E402
+from fedomop.federated.deploy import LocalDeployment  # noqa: E402
+from fedomop.federated.runner import pooled_reference, run_deployment, site_list  # noqa: E402
+from fedomop.federated.server_app import RunSettings  # noqa: E402
+from fedomop.federated.study import STUDIES_DIR, parse_study  # noqa: E402
 
 STUDY = STUDIES_DIR / "bone_metastasis.yaml"
 
@@ -61,7 +61,7 @@ HIST_LIMIT = (
 
 
 def generate_and_map(persons: int, folder: Path) -> list[Path]:
-    from harmonize.engine import run_mapping
+    from fedomop.harmonize.run.engine import run_mapping
 
     extract = folder / "extract"
     subprocess.run(

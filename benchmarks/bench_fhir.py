@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _common import SHARED, machine  # noqa: E402
 from _common import self_peak_rss_mib as peak_rss_mib  # noqa: E402
 
-from harmonize.sources.fhir import read_fhir  # noqa: E402
+from fedomop.harmonize.sources.fhir.reader import read_fhir  # noqa: E402
 
 SYNTHEA = SHARED / "fhir" / "synthea-bulk-r4"
 

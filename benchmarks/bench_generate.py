@@ -25,7 +25,7 @@ from _common import run_monitored
 def run(persons: int, out: Path, workers: int, seed: int) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    command = [sys.executable, "-m", "harmonize.cli", "sample-data", "--out", str(out), "--persons", str(persons),
+    command = [sys.executable, "-m", "fedomop.cli", "sample-data", "--out", str(out), "--persons", str(persons),
                "--seed", str(seed), "--workers", str(workers), "--no-vocabulary"]  # fmt: skip
     result = run_monitored(command, interval=0.2)
     if result.returncode != 0:

@@ -22,9 +22,9 @@ import pyarrow as pa
 import sqlalchemy as sa
 from _common import SHARED, append_docs
 
-from harmonize.cdm import create_cdm
-from harmonize.cdm.io import read_cdm_csv
-from harmonize.db import Database, connect
+from fedomop.harmonize.cdm import create_cdm
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.vocabulary.cdm_io import read_cdm_csv
 
 EUNOMIA = SHARED / "omop" / "eunomia-synthea27nj"
 TABLE = "concept_relationship"

@@ -58,7 +58,7 @@ from _common import (  # noqa: E402
     timed,
 )
 
-from harmonize.chunking import DEFAULT_CHUNK_MB  # noqa: E402
+from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB  # noqa: E402
 
 MAPPING = REPO / "mappings" / "site_a.yaml"
 VOCABULARY_TABLES = {
@@ -102,8 +102,8 @@ con.close()
 
 def mapped_csv_files(site_dir: Path) -> list[Path]:
     """The CSV files the site mapping reads (not the generator's ground-truth files)."""
-    from harmonize.mapping.loader import load_mapping
-    from harmonize.sources.tabular import match_files
+    from fedomop.harmonize.mapping.loader import load_mapping
+    from fedomop.harmonize.sources.tabular import match_files
 
     mapping = load_mapping(MAPPING)
     return [p for name, s in mapping.sources.items() for p in match_files(site_dir, s.files, name)]
@@ -144,7 +144,7 @@ def map_site(site_dir: Path, db: Path, chunk_mb: int, mapping: Path = MAPPING, c
         run = run_monitored([FEDOMOP, *args])
     else:  # the other checkout's package first on the path, run from there
         env = {**os.environ, "PYTHONPATH": str(code)}
-        run = run_monitored([PYTHON, "-m", "harmonize.cli", *args], cwd=code, env=env)
+        run = run_monitored([PYTHON, "-m", "fedomop.cli", *args], cwd=code, env=env)
     run = checked(run, f"fedomop map {site_dir} ({code or 'this checkout'})")
     run.extra.update(run_counts(db))
     run.extra["chunks"] = _chunks_of(run.stdout)
@@ -340,14 +340,14 @@ FHIR_MAPPING = REPO / "mappings" / "site_b.yaml"
 @functools.cache
 def _site_b_mapping():  # type: ignore[no-untyped-def]
     """Parsed once, so timing the reader does not time the YAML parser."""
-    from harmonize.mapping.loader import load_mapping
+    from fedomop.harmonize.mapping.loader import load_mapping
 
     return load_mapping(FHIR_MAPPING)
 
 
 def fhir_sources(site_dir: Path) -> list[tuple[str, object, list[Path]]]:
     """(name, source, files) of every NDJSON source of the site-B mapping."""
-    from harmonize.sources.tabular import match_files
+    from fedomop.harmonize.sources.tabular import match_files
 
     mapping = _site_b_mapping()
     return [
@@ -359,7 +359,7 @@ def fhir_sources(site_dir: Path) -> list[tuple[str, object, list[Path]]]:
 
 def read_site_fhir(site_dir: Path, workers: int = 1) -> int:
     """Read every mapped NDJSON source as the engine does (structural check + the mapping's columns)."""
-    from harmonize.sources.fhir import read_fhir
+    from fedomop.harmonize.sources.fhir.reader import read_fhir
 
     seen = 0
     for name, source, files in fhir_sources(site_dir):
@@ -409,7 +409,7 @@ def check_structure_only(lines: list[tuple[str, bytes]]) -> int:
     """The structural check alone (compiled pydantic-core validator per type), no column extraction."""
     from pydantic_core import ValidationError
 
-    from harmonize.sources.fhir_structure import StructuralValidator
+    from fedomop.harmonize.sources.fhir.structure import StructuralValidator
 
     validators: dict[str, StructuralValidator] = {}
     invalid = 0
@@ -529,8 +529,8 @@ def cmd_fhir_map(args: argparse.Namespace) -> None:
 
 def check_timings(db: Path, top: int = 8) -> list[tuple[str, float]]:
     """Seconds per check type: the DQD catalogue run one check type at a time, in-process, slowest first."""
-    from harmonize.db import connect
-    from harmonize.validate.checks.runner import registered_checks, run_checks
+    from fedomop.harmonize.ground.db import connect
+    from fedomop.harmonize.validate.checks.runner import registered_checks, run_checks
 
     database = connect(db, read_only=True)
     try:

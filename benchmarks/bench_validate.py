@@ -20,12 +20,12 @@ from pathlib import Path
 
 from _common import DOCS, SHARED, median_seconds
 
-from harmonize.cdm import create_cdm, load_spec
-from harmonize.cdm.io import load_cdm_folder
-from harmonize.db import Database, connect
-from harmonize.validate.checks import run_checks
-from harmonize.validate.report import ValidateOptions, build_report, write_report
-from harmonize.validate.schemas import validate_schemas
+from fedomop.harmonize.cdm import create_cdm, load_spec
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.validate.checks import run_checks
+from fedomop.harmonize.validate.report import ValidateOptions, build_report, write_report
+from fedomop.harmonize.validate.schemas import validate_schemas
+from fedomop.harmonize.vocabulary.cdm_io import load_cdm_folder
 
 EUNOMIA = SHARED / "omop" / "eunomia-synthea27nj"
 

@@ -26,16 +26,16 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import features, metrics
-from federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
-from federated.study import StudySpec, parse_study
-from federated.transport import describe_content
-from harmonize.db import connect
-from harmonize.errors import FedomopError, PolicyError, StudyError
+from fedomop.federated import features, metrics
+from fedomop.federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from fedomop.federated.study import StudySpec, parse_study
+from fedomop.federated.transport import describe_content
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import FedomopError, PolicyError, StudyError
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500
-MLP = "mlp"  # federated.models.mlp imports torch; loaded only when an MLP message arrives
+MLP = "mlp"  # fedomop.federated.models.mlp imports torch; loaded only when an MLP message arrives
 XGB_MODELS = {xgb_bagging.NAME, xgb_cyclic.NAME, xgb_histogram.NAME}
 NO_POLICY = "none-for-testing"  # the explicit opt-out (node config policy=...): no governance at all
 
@@ -76,7 +76,7 @@ def data_version(db_url: str) -> str:
 @lru_cache(maxsize=1)
 def code_hash() -> str:
     """The hash of the code that runs here (the federated package), which a site policy approves."""
-    from federated.governance import app_hash
+    from fedomop.federated.governance import app_hash
 
     return app_hash(Path(__file__).parent)
 
@@ -121,7 +121,7 @@ def _governed(site: Site, study: StudySpec, requester: str) -> Any:
             fix=f"start the SuperNode with --node-config 'policy=\"site.yaml\"' (fedomop site start --policy), "
             f'or policy="{NO_POLICY}" for tests on synthetic data',
         )
-    from federated.governance import enforce_request
+    from fedomop.federated.governance import enforce_request
 
     return enforce_request(site.policy, study, code_hash(), requester)
 
@@ -130,7 +130,7 @@ def _release(site: Site, policy: Any, study: StudySpec, requester: str, action: 
     """The site's last gate: small cells in the reply are refused (PolicyError), else its sizes are audited."""
     if policy is None:
         return
-    from federated.governance import release
+    from fedomop.federated.governance import release
 
     release(policy, reply, requester=requester, study=study.name, app_hash=code_hash(), action=action)
 
@@ -165,7 +165,7 @@ def _sketch(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _moments(prep: Prepared, message: Message) -> RecordDict:
-    from federated.models import mlp
+    from fedomop.federated.models import mlp
 
     return RecordDict({"moments": mlp.site_moments(prep.train.X, prep.study.small_cell)})
 
@@ -181,7 +181,7 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
     elif model == xgb_cyclic.NAME:
         updated = xgb_cyclic.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
     elif model == MLP:
-        from federated.models import mlp
+        from fedomop.federated.models import mlp
 
         mu = float(config.get("proximal-mu", 0.0))
         seed = int(config.get("server-round", 0))
@@ -217,7 +217,7 @@ def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
             where=f"node config of {site.name}",
             fix="start the site with fedomop site start --certs DIR (ca.crt, <site>.tls.pem, <site>.tls.key)",
         )
-    from federated.governance.certs import xgboost_client_tls
+    from fedomop.federated.governance.certs import xgboost_client_tls
 
     return xgboost_client_tls(site.certs, site.name)
 
@@ -229,7 +229,7 @@ def _train_local(prep: Prepared, message: Message) -> RecordDict:
     if model in XGB_MODELS:
         record = xgb_common.to_record(xgb_common.train_plain(prep.train.X, prep.train.y, int(config["local-total"])))
     else:
-        from federated.models import mlp
+        from fedomop.federated.models import mlp
 
         record = mlp.train_plain(prep.train.X, prep.train.y, epochs=int(config["local-total"]))
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
@@ -237,7 +237,7 @@ def _train_local(prep: Prepared, message: Message) -> RecordDict:
 
 def predict(model: str, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
     if model == MLP:
-        from federated.models import mlp
+        from fedomop.federated.models import mlp
 
         return mlp.predict(record, X)
     return xgb_common.predict(record, X)
@@ -280,7 +280,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         policy = _governed(site, study, requester)
         prep = _prepare_cached(site, str(config["study"]))
         if policy is not None:
-            from federated.governance import enforce_cohort
+            from fedomop.federated.governance import enforce_cohort
 
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
         reply = handler(prep, message)

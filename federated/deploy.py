@@ -9,7 +9,7 @@ request; tests on synthetic data pass ``policy="none-for-testing"``.
 Transport is insecure by default (tests on 127.0.0.1). With ``certs`` (``--certs DIR``,
 made by ``fedomop certs create``) the SuperLink serves TLS and only admits registered
 SuperNodes, each signing its requests with ``DIR/<site>.key``
-(:mod:`federated.governance.certs`). The SuperLink serves its Control, Fleet and
+(:mod:`fedomop.federated.governance.certs`). The SuperLink serves its Control, Fleet and
 Runtime HTTP APIs on one port; ``flwr run`` reaches it through a named connection
 in ``$FLWR_HOME/config.toml``.
 """
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harmonize.errors import FedomopError
+from fedomop.harmonize.ground.errors import FedomopError
 
 BIN = Path(sys.executable).parent
 
@@ -84,7 +84,7 @@ def hub_command(
     if state:
         command += ["--database", str(state)]
     if certs:
-        from federated.governance.certs import superlink_tls_args
+        from fedomop.federated.governance.certs import superlink_tls_args
 
         command += superlink_tls_args(certs)
     elif tls:
@@ -125,7 +125,7 @@ def site_command(
         " ".join(node_config),
     ]
     if certs:
-        from federated.governance.certs import supernode_auth_args
+        from fedomop.federated.governance.certs import supernode_auth_args
 
         command += supernode_auth_args(certs, site)
     elif root_cert:
@@ -209,7 +209,7 @@ class LocalDeployment:
 
     def _secure_hub(self, env: dict[str, str]) -> None:
         """TLS SuperLink with SuperNode authentication; every site's public key registered."""
-        from federated.governance.certs import create_credentials, register_supernode, write_flower_connection
+        from fedomop.federated.governance.certs import create_credentials, register_supernode, write_flower_connection
 
         certs = Path(self.certs).resolve()  # type: ignore[arg-type]
         self.certs = certs

@@ -44,9 +44,9 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from harmonize.errors import StudyError
+from fedomop.harmonize.ground.errors import StudyError
 
-SITE_RECORD = "fedomop.site"  # written by federated.governance.mods on every reply
+SITE_RECORD = "fedomop.site"  # written by fedomop.federated.governance.mods on every reply
 
 
 class TooFewSitesError(StudyError):
@@ -114,7 +114,7 @@ class FaultReport:
 def _reply_size(message: Message) -> int:
     if message.has_error():
         return 0
-    from federated.governance.suppression import outgoing_sizes
+    from fedomop.federated.governance.suppression import outgoing_sizes
 
     return sum(outgoing_sizes(message.content).values())
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from federated import split
-from federated.study import Concept, Covariate, StudySpec
-from harmonize.db import Database, connect
-from harmonize.errors import StudyError
+from fedomop.federated import split
+from fedomop.federated.study import Concept, Covariate, StudySpec
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.ground.errors import StudyError
 
 # kind -> (table, concept column, date column)
 EVENT_TABLES: dict[str, tuple[str, str, str]] = {
@@ -46,7 +46,7 @@ class SiteData:
         return SiteData(self.X[mask], self.y[mask], self.person_id[mask], self.feature_names)
 
     def train_test(self, study: StudySpec) -> tuple[SiteData, SiteData]:
-        """The study's person split (``federated.split``): training rows, held-out rows. One place, so the
+        """The study's person split (``fedomop.federated.split``): training rows, held-out rows. One place, so the
         ClientApp, the pooled reference and the benchmarks split every site the same way."""
         held_out = split.test_mask(self.person_id, self.y, seed=study.seed, test_fraction=study.test_fraction)
         return self.subset(~held_out), self.subset(held_out)

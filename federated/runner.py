@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from federated import features, metrics
-from federated.client_app import NO_POLICY, Site, code_hash, make_client_app
-from federated.models import mlp, xgb_common, xgb_histogram
-from federated.report import write_model_card
-from federated.server_app import RunSettings, make_server_app
-from federated.study import StudySpec, parse_study
-from harmonize.errors import FedomopError
+from fedomop.federated import features, metrics
+from fedomop.federated.client_app import NO_POLICY, Site, code_hash, make_client_app
+from fedomop.federated.models import mlp, xgb_common, xgb_histogram
+from fedomop.federated.report import write_model_card
+from fedomop.federated.server_app import RunSettings, make_server_app
+from fedomop.federated.study import StudySpec, parse_study
+from fedomop.harmonize.ground.errors import FedomopError
 
 APP_DIR = Path(__file__).parent / "flower_app"
 
@@ -81,7 +81,7 @@ def simulate(
     """Train in the simulation engine; returns the result dict (also in ``out/result.json``).
 
     ``policies`` maps a site name to its governance YAML; a site not listed runs with the
-    explicit opt-out (:data:`federated.client_app.NO_POLICY`): a simulation reads local copies
+    explicit opt-out (:data:`fedomop.federated.client_app.NO_POLICY`): a simulation reads local copies
     that the researcher already holds, whereas a deployed SuperNode is governed by default.
     """
     from flwr.simulation import run_simulation
@@ -179,8 +179,8 @@ def wait_for_run(flwr: str, federation: str, run_id: int, env: dict[str, str], t
 
 def demo_study(site_paths: list[Path], out: Path, console: Any = None) -> dict[str, Any]:
     """``fedomop demo``'s last step: histogram XGBoost on the bone-metastasis study, then the comparison table."""
-    from federated.report import print_comparison
-    from federated.study import STUDIES_DIR
+    from fedomop.federated.report import print_comparison
+    from fedomop.federated.study import STUDIES_DIR
 
     result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model="xgboost-hist")
     print_comparison(result, console)

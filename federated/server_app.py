@@ -5,9 +5,9 @@ model training (histogram XGBoost, bagging, cyclic, or the MLP with FedAvg/FedPr
 federated evaluation of the final model on every site's held-out 30%, and the
 site-alone references (each site's own model, evaluated on every site's held-out
 set). The hub writes ``result.json`` and the model to ``out`` for the caller; the
-pooled reference is added afterwards, only in simulation (see :mod:`federated.runner`).
+pooled reference is added afterwards, only in simulation (see :mod:`fedomop.federated.runner`).
 
-Every exchange goes through a :class:`federated.faults.FaultTolerantGrid`: a round waits
+Every exchange goes through a :class:`fedomop.federated.faults.FaultTolerantGrid`: a round waits
 at most ``round_timeout`` s, FedAvg/FedProx/bagging/cyclic go on with the sites that
 answered as long as ``min_sites`` did, histogram XGBoost (an allreduce over every site)
 stops with the missing site named, and ``result.json`` says who was missing per round
@@ -25,13 +25,13 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from federated import metrics
-from federated.faults import FaultTolerantGrid
-from federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
-from federated.strategies import fedavg, fedprox
-from federated.study import parse_study
-from federated.transport import CountingGrid
-from harmonize.errors import FedomopError, StudyError
+from fedomop.federated import metrics
+from fedomop.federated.faults import FaultTolerantGrid
+from fedomop.federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from fedomop.federated.strategies import fedavg, fedprox
+from fedomop.federated.study import parse_study
+from fedomop.federated.transport import CountingGrid
+from fedomop.harmonize.ground.errors import FedomopError, StudyError
 
 MODELS = (xgb_histogram.NAME, xgb_bagging.NAME, xgb_cyclic.NAME, mlp.NAME)
 

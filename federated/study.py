@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from harmonize.errors import StudyError
+from fedomop.harmonize.ground.errors import StudyError
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -135,7 +135,7 @@ class StudySpec(_Strict):
 
     def tables(self) -> dict[str, list[str]]:
         """The CDM tables (and columns) this study reads, for the site's governance check."""
-        from federated.features import tables_read
+        from fedomop.federated.features import tables_read
 
         return tables_read(self)
 

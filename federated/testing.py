@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from harmonize.cdm import create_cdm
-from harmonize.db import Database, connect
+from fedomop.harmonize.cdm import create_cdm
+from fedomop.harmonize.ground.db import Database, connect
 
 TYPE_EHR = 32817
 # (concept_id, name, domain, vocabulary, class, code)

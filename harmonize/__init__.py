@@ -1,3 +1,1 @@
 """fedomop harmonize: local EHR extracts -> OMOP CDM v5.4, validated and reported at each site."""
-
-__version__ = "0.1.0"

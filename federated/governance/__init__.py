@@ -6,11 +6,11 @@ The public API a ClientApp uses::
     assert_no_small_cells(reply.content, policy.small_cell(study_name))
     audit(policy, requester=..., study=..., app_hash=..., action="train", outcome="sent", sent=outgoing_sizes(...))
 
-or, simpler, ``ClientApp(..., mods=[governance_mod()])`` from :mod:`federated.governance.mods`.
+or, simpler, ``ClientApp(..., mods=[governance_mod()])`` from :mod:`fedomop.federated.governance.mods`.
 """
 
-from federated.governance.auditlog import Verification, verify
-from federated.governance.enforce import (
+from fedomop.federated.governance.auditlog import Verification, verify
+from fedomop.federated.governance.enforce import (
     DataRequest,
     audit,
     data_request,
@@ -19,9 +19,9 @@ from federated.governance.enforce import (
     release,
     study_name,
 )
-from federated.governance.hashing import app_hash, study_app_hash
-from federated.governance.policy import DifferentialPrivacy, SitePolicy, StudyPolicy, load_policy
-from federated.governance.suppression import (
+from fedomop.federated.governance.hashing import app_hash, study_app_hash
+from fedomop.federated.governance.policy import DifferentialPrivacy, SitePolicy, StudyPolicy, load_policy
+from fedomop.federated.governance.suppression import (
     SmallCell,
     assert_no_small_cells,
     check_outgoing,

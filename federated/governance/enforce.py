@@ -1,7 +1,7 @@
 """The site's gate: every request is checked against the policy and audited, refused or not.
 
 :func:`enforce_request` runs before the ClientApp touches data. It answers with the
-loaded :class:`SitePolicy` or raises :class:`~harmonize.errors.PolicyError`; either
+loaded :class:`SitePolicy` or raises :class:`~fedomop.harmonize.ground.errors.PolicyError`; either
 way one record goes into the site's audit log.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federated.governance import auditlog as audit_log
-from federated.governance.policy import SitePolicy, StudyPolicy, load_policy
-from harmonize.errors import PolicyError
+from fedomop.federated.governance import auditlog as audit_log
+from fedomop.federated.governance.policy import SitePolicy, StudyPolicy, load_policy
+from fedomop.harmonize.ground.errors import PolicyError
 
 
 @dataclass
@@ -229,7 +229,7 @@ def audit(
     if bad:
         raise PolicyError(
             f"audit `sent` must map names to byte sizes, got non-integer sizes for {', '.join(bad)}",
-            where="federated.governance.audit",
+            where="fedomop.federated.governance.audit",
             fix="pass sizes in bytes (outgoing_sizes(content)), never the values themselves",
         )
     record = {
@@ -262,7 +262,7 @@ def release(
     offending keys (never their values) when a person count is below the study's
     small-cell threshold; otherwise returns the audit record of the release.
     """
-    from federated.governance.suppression import check_outgoing, outgoing_sizes
+    from fedomop.federated.governance.suppression import check_outgoing, outgoing_sizes
 
     threshold = policy.small_cell(study)
     cells = check_outgoing(content, threshold)
@@ -274,6 +274,6 @@ def release(
         raise PolicyError(
             f"site {policy.site!r} blocked its reply: {reason}",
             where=f"{policy.source}: studies.{study}.small_cell_threshold",
-            fix="suppress or coarsen those counts before sending (federated.governance.suppress_counts)",
+            fix="suppress or coarsen those counts before sending (fedomop.federated.governance.suppress_counts)",
         )
     return audit(policy, **context, outcome="sent", sent=outgoing_sizes(content), **details)

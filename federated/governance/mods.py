@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
 
-from federated.governance.enforce import audit, enforce_request, study_name
-from federated.governance.hashing import app_hash, study_app_hash
-from federated.governance.policy import DifferentialPrivacy, SitePolicy
-from federated.governance.suppression import check_outgoing, outgoing_sizes
-from harmonize.errors import FedomopError, PolicyError
+from fedomop.federated.governance.enforce import audit, enforce_request, study_name
+from fedomop.federated.governance.hashing import app_hash, study_app_hash
+from fedomop.federated.governance.policy import DifferentialPrivacy, SitePolicy
+from fedomop.federated.governance.suppression import check_outgoing, outgoing_sizes
+from fedomop.harmonize.ground.errors import FedomopError, PolicyError
 
 POLICY_KEY = "policy"
 STUDY_KEY = "study"
@@ -44,14 +44,14 @@ ClientAppCallable = Callable[[Message, Context], Message]
 
 def default_code_dir() -> Path:
     """The ``federated`` package that actually runs here (what a site reviews and approves)."""
-    import federated
+    import fedomop.federated
 
-    return Path(next(iter(federated.__path__)))
+    return Path(next(iter(fedomop.federated.__path__)))
 
 
 def resolve_study(value: str) -> tuple[Any, Path]:
     """The StudySpec and its file for a run-config ``study`` value (a bundled name or a path)."""
-    from federated.study import STUDIES_DIR, load_study
+    from fedomop.federated.study import STUDIES_DIR, load_study
 
     path = Path(value)
     if not path.exists() and not path.suffix:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonize.errors import PolicyError
+from fedomop.harmonize.ground.errors import PolicyError
 
 COUNT_TOKENS = frozenset(
     {"n", "count", "counts", "num", "persons", "patients", "cases", "events", "examples", "cohort"}
@@ -105,7 +105,7 @@ def assert_no_small_cells(message_content: Any, threshold: int, *, where: str | 
         raise PolicyError(
             f"reply holds {len(cells)} count(s) below the small-cell threshold {threshold}: {names}; not sent",
             where=where,
-            fix="suppress or coarsen those counts at the site before sending (federated.governance.suppress_counts)",
+            fix="suppress or coarsen those counts at the site before sending (fedomop.federated.governance.suppress_counts)",
         )
 
 

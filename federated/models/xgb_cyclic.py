@@ -18,8 +18,8 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbCyclic
 
-from federated.models import xgb_common
-from federated.models.history import History, run_rounds
+from fedomop.federated.models import xgb_common
+from fedomop.federated.models.history import History, run_rounds
 
 NAME = "xgboost-cyclic"
 

@@ -30,8 +30,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federated.models import xgb_common
-from harmonize.errors import FedomopError
+from fedomop.federated.models import xgb_common
+from fedomop.harmonize.ground.errors import FedomopError
 
 NAME = "xgboost-hist"
 SKETCH_LEVELS = 256
@@ -73,7 +73,7 @@ def site_train(
 ) -> ArrayRecord:
     """Join the federated allreduce and train on globally-binned features; every rank ends with the same model.
 
-    ``tls``: :func:`federated.governance.certs.xgboost_client_tls` (mutual TLS with the hub's server).
+    ``tls``: :func:`fedomop.federated.governance.certs.xgboost_client_tls` (mutual TLS with the hub's server).
     """
     xgb = xgb_common.xgboost()
     features = xgb_common.discretise(X, edges)
@@ -122,7 +122,7 @@ def collect(grid: Grid, messages: list[Message], what: str) -> list[Message]:
     """Send, wait, and return the replies in the order of ``messages``; every site must answer.
 
     The allreduce needs every rank, so a site that failed or did not answer within the
-    grid's round timeout (:class:`federated.faults.FaultTolerantGrid`) stops the run, named.
+    grid's round timeout (:class:`fedomop.federated.faults.FaultTolerantGrid`) stops the run, named.
     """
     replies = list(grid.send_and_receive(messages))
     by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
@@ -167,7 +167,7 @@ def server_run(
     """
     from xgboost.federated import run_federated_server
 
-    from federated.governance.certs import xgboost_server_tls
+    from fedomop.federated.governance.certs import xgboost_server_tls
 
     edges = agree_edges(grid, nodes, config)
     port = free_port(host)

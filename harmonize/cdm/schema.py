@@ -21,7 +21,7 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from harmonize.cdm.spec import CdmSpec, FieldSpec, load_spec
+from fedomop.harmonize.cdm.spec import CdmSpec, FieldSpec, load_spec
 
 Constraints = Literal["none", "primary", "all"]
 
@@ -141,7 +141,7 @@ def add_primary_keys(engine: Engine, tables: Iterable[str], *, schema: str | Non
     (measured: 2.2M measurement rows into DuckDB, 1.95 s keyed vs 0.89 s + 0.23 s for the key afterwards).
     A duplicate id then fails here, naming the table, instead of during the load.
     """
-    from harmonize.errors import DatabaseError
+    from fedomop.harmonize.ground.errors import DatabaseError
 
     spec = load_spec()
     keyed: list[str] = []

@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from harmonize.errors import SchemaError
+from fedomop.harmonize.ground.errors import SchemaError
 
 FIELD_LEVEL_CSV = "OMOP_CDMv5.4_Field_Level.csv"
 TABLE_LEVEL_CSV = "OMOP_CDMv5.4_Table_Level.csv"
@@ -174,7 +174,7 @@ def load_spec_from(field_csv: Path, table_csv: Path, version: str = "5.4") -> Cd
 
 
 def bundled_spec_dir() -> Path:
-    return Path(str(resources.files("harmonize.cdm") / "data"))
+    return Path(str(resources.files("fedomop.harmonize.cdm") / "data"))
 
 
 @lru_cache(maxsize=1)

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from harmonize.cdm import create_cdm
-from harmonize.db import connect
+from fedomop.harmonize.cdm import create_cdm
+from fedomop.harmonize.ground.db import connect
 
 console = Console()
 

@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedomop.harmonize.ground.resources import SAMPLE_SITES as SITES
+from fedomop.harmonize.ground.resources import shipped_mapping, shipped_sample_sites
+
 console = Console()
-SITES = ("site_a", "site_b", "site_c", "site_d")
 
 
 def register(app: typer.Typer) -> None:
@@ -26,18 +28,32 @@ def register(app: typer.Typer) -> None:
 
 def _map_sites(out: Path) -> None:
     """Harmonize each sample site (vocabulary + mappings/<site>.yaml) into out/<site>.duckdb, with its summary."""
-    from harmonize.commands.map import map_site
+    from fedomop.harmonize.commands.map import map_site
 
-    repo = Path(__file__).resolve().parents[2]
+    sites = sample_sites(out)
     for site in SITES:
         console.rule(f"{site}: fedomop map")
-        map_site(repo / "mappings" / f"{site}.yaml", repo / "sample_data" / site, str(out / f"{site}.duckdb"), None)
+        map_site(shipped_mapping(site), sites / site, str(out / f"{site}.duckdb"), None)
+
+
+def sample_sites(out: Path) -> Path:
+    """The sample sites: those shipped in a checkout, or generated once into ``out/sample_data`` (a wheel)."""
+    shipped = shipped_sample_sites()
+    if shipped is not None:
+        return shipped
+    target = out / "sample_data"
+    if not all((target / site / "truth_persons.csv").is_file() for site in SITES):
+        from fedomop.harmonize.synthetic.generator import generate_sample_data
+
+        console.print(f"generating the four sample sites into {target} (deterministic, as shipped in the repository)")
+        generate_sample_data(target)
+    return target
 
 
 def _validate_sites(out: Path) -> None:
     """QA report per site (out/qa/<site>/report.html + .json), then the cross-site comparison."""
-    from harmonize.validate.compare import compare_reports, write_comparison
-    from harmonize.validate.report import ValidateOptions, validate_database
+    from fedomop.harmonize.validate.compare import compare_reports, write_comparison
+    from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 
     reports = []
     for site in SITES:
@@ -51,7 +67,7 @@ def _validate_sites(out: Path) -> None:
 
 def _train_federated(out: Path) -> None:
     """The bone-metastasis study, federated over the four sites, compared with each site alone and pooled."""
-    from federated.runner import demo_study
+    from fedomop.federated.runner import demo_study
 
     console.rule("federated: bone_metastasis (fedomop train)")
     demo_study([out / f"{site}.duckdb" for site in SITES], out / "federated", console)

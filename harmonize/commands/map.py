@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harmonize.chunking import DEFAULT_CHUNK_MB
-from harmonize.engine import RunReport, run_mapping
-from harmonize.lineage import ALL_TABLES
+from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
+from fedomop.harmonize.run.engine import RunReport, run_mapping
+from fedomop.harmonize.run.lineage import ALL_TABLES
 
 console = Console()
 

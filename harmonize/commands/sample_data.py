@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from harmonize.synthetic.codebook import SITES
-from harmonize.synthetic.generator import DEFAULT_PERSONS, DEFAULT_SEED, generate_sample_data
+from fedomop.harmonize.synthetic.codebook import SITES
+from fedomop.harmonize.synthetic.generator import DEFAULT_PERSONS, DEFAULT_SEED, generate_sample_data
 
 console = Console()
 
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         ),
         sites: Annotated[list[str] | None, typer.Option(help="Sites to write (default: all four).")] = None,
         eunomia: Annotated[
-            Path | None, typer.Option(help="Eunomia shard to build the vocabulary subset from (default: shared/).")
+            Path | None, typer.Option(help="Build the vocabulary subset from this Eunomia shard instead of copying the shipped one.")
         ] = None,
         vocabulary: Annotated[bool, typer.Option(help="Also write the vocabulary subset.")] = True,
         workers: Annotated[int, typer.Option(help="Sites generated in parallel processes.")] = 1,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from harmonize.errors import ValidationError
+from fedomop.harmonize.ground.errors import ValidationError
 
 console = Console()
 
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             return
         if not db:
             raise typer.BadParameter("give --db URL (or --compare a.json b.json ...)", param_hint="--db")
-        from harmonize.validate.report import ValidateOptions, validate_database
+        from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 
         for module in check_module or []:
             load_site_checks(module)
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     def _compare(reports: list[Path], out: Path, factor: float) -> None:
-        from harmonize.validate.compare import compare_reports, write_comparison
+        from fedomop.harmonize.validate.compare import compare_reports, write_comparison
 
         comparison = compare_reports(list(reports), factor=factor)
         json_path, html_path = write_comparison(comparison, out)

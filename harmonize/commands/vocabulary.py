@@ -1,4 +1,4 @@
-"""``fedomop vocab load|resolve`` and ``fedomop import-cdm``: thin wrappers over harmonize.vocabulary / cdm.io."""
+"""``fedomop vocab load|resolve`` and ``fedomop import-cdm``: thin wrappers over fedomop.harmonize.vocabulary / cdm.io."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harmonize.cdm.io import load_cdm_folder
-from harmonize.db import connect
-from harmonize.vocabulary import load_source_to_concept_map, load_vocabulary, resolve_codes
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.vocabulary import load_source_to_concept_map, load_vocabulary, resolve_codes
+from fedomop.harmonize.vocabulary.cdm_io import load_cdm_folder
 
 DbOption = Annotated[str, typer.Option("--db", help="Database URL or DuckDB file path.")]
 FolderOption = Annotated[Path, typer.Option("--folder", help="Folder of CSV files.", file_okay=False)]

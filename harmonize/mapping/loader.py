@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from harmonize.errors import MappingError
-from harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
 
 _MERGED_DICTS = ("sources", "tables", "unit_aliases")
 _MERGED_LISTS = ("units", "fhir_inventory")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from harmonize.mapping.models import Source
-from harmonize.sources.base import SourceBatch
-from harmonize.sources.tabular import match_files, read_tabular
+from fedomop.harmonize.mapping.models import Source
+from fedomop.harmonize.sources.base import SourceBatch
+from fedomop.harmonize.sources.tabular import match_files, read_tabular
 
 
 def read_source(
@@ -18,12 +18,12 @@ def read_source(
     """Every file of the source as one batch (accepted rows with lineage columns, read-time rejects).
 
     ``on_frame`` (FHIR sources): the accepted rows are handed over in blocks as they are read instead
-    of being returned (see :func:`harmonize.sources.fhir.read_fhir`); tabular sources ignore it.
+    of being returned (see :func:`fedomop.harmonize.sources.fhir.reader.read_fhir`); tabular sources ignore it.
     """
     files = match_files(source_dir, source.files, name)
     if not source.is_fhir:
         return read_tabular(name, files, source_dir, source)
-    from harmonize.sources.fhir import read_fhir
+    from fedomop.harmonize.sources.fhir.reader import read_fhir
 
     fmt = "ndjson" if source.format == "fhir_ndjson" else "bundle"
     assert isinstance(source.columns, dict) and source.resource_type

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import polars as pl
 
-from harmonize.errors import SourceError
-from harmonize.mapping.models import Source
-from harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
+from fedomop.harmonize.ground.errors import SourceError
+from fedomop.harmonize.mapping.models import Source
+from fedomop.harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
 
 PYTHON_CODEC = {
     "utf-8": "utf-8",

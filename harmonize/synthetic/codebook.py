@@ -14,7 +14,7 @@ from importlib import resources
 
 import yaml
 
-from harmonize.errors import MappingError
+from fedomop.harmonize.ground.errors import MappingError
 
 SITES = ("site_a", "site_b", "site_c", "site_d")
 LOCAL_VOCABULARY = {"lab": "SITE_C_LAB", "drug": "SITE_C_DRUG", "procedure": "SITE_C_PROC"}
@@ -49,7 +49,7 @@ class LabCoding:
 
 @cache
 def _yaml(name: str) -> dict:
-    return yaml.safe_load(resources.files("harmonize.synthetic").joinpath(name).read_text(encoding="utf-8"))
+    return yaml.safe_load(resources.files("fedomop.harmonize.synthetic").joinpath(name).read_text(encoding="utf-8"))
 
 
 def site_configs() -> dict[str, dict]:

@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 from typing import IO
 
-from harmonize.synthetic.codebook import Coded, format_number, to_written
-from harmonize.synthetic.timeline import History
-from harmonize.synthetic.writers import QUARANTINE, TABLE_OF_KIND, UNMAPPED, Defect, SiteWriter, iso
+from fedomop.harmonize.synthetic.codebook import Coded, format_number, to_written
+from fedomop.harmonize.synthetic.timeline import History
+from fedomop.harmonize.synthetic.writers import QUARANTINE, TABLE_OF_KIND, UNMAPPED, Defect, SiteWriter, iso
 
 SYSTEMS = {
     "SNOMED": "http://snomed.info/sct",

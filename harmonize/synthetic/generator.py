@@ -8,7 +8,6 @@ same bytes. Memory: only one chunk of persons (``CHUNK_SIZE``) is alive at a tim
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -18,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonize.errors import MappingError, SourceError
-from harmonize.synthetic import model
-from harmonize.synthetic.codebook import SITES, Codebook, site_configs, to_standard, to_written
-from harmonize.synthetic.fhir_writers import BundleWriter, NdjsonWriter
-from harmonize.synthetic.people import english_identity, french_identity
-from harmonize.synthetic.timeline import (
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.ground.resources import vocabulary_subset_dir
+from fedomop.harmonize.synthetic import model
+from fedomop.harmonize.synthetic.codebook import SITES, Codebook, site_configs, to_standard, to_written
+from fedomop.harmonize.synthetic.fhir_writers import BundleWriter, NdjsonWriter
+from fedomop.harmonize.synthetic.people import english_identity, french_identity
+from fedomop.harmonize.synthetic.timeline import (
     FIRST_DIAGNOSIS,
     LAST_DIAGNOSIS,
     OUTCOME_WINDOW_DAYS,
@@ -32,8 +32,8 @@ from harmonize.synthetic.timeline import (
     Person,
     build_history,
 )
-from harmonize.synthetic.vocabulary import build_vocabulary_subset
-from harmonize.synthetic.writers import CsvSiteWriter, Defect, SiteWriter, iso
+from fedomop.harmonize.synthetic.vocabulary import build_vocabulary_subset
+from fedomop.harmonize.synthetic.writers import CsvSiteWriter, Defect, SiteWriter, iso
 
 DEFAULT_SEED = 20240611
 DEFAULT_PERSONS = 5600
@@ -93,11 +93,25 @@ def split_persons(total: int, sites: Sequence[str]) -> dict[str, int]:
     return {s: int(c) for s, c in zip(sites, counts, strict=True)}
 
 
-def default_eunomia_dir() -> Path:
-    """Where the Eunomia shard usually is: $FEDOMOP_SHARED or the checkout's sibling ``shared/``."""
-    shared = os.environ.get("FEDOMOP_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
-    return base / "omop" / "eunomia-synthea27nj"
+def copy_shipped_vocabulary(out_dir: Path) -> None:
+    """Copy the vocabulary subset shipped with fedomop to ``out_dir`` (no-op when it is that very folder).
+
+    The subset is built once from the Eunomia shard (``--eunomia``) and shipped as package data, so a
+    site installed from the wheel regenerates the sample sites without any reference material.
+    """
+    source = vocabulary_subset_dir()
+    if not source.is_dir():
+        raise SourceError(
+            "the vocabulary subset is not part of this install",
+            where=str(source),
+            fix="reinstall fedomop, or build the subset with --eunomia shared/omop/eunomia-synthea27nj",
+        )
+    if out_dir.exists() and out_dir.resolve() == source.resolve():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source.iterdir()):
+        if file.is_file():
+            shutil.copyfile(file, out_dir / file.name)
 
 
 def generate_sample_data(
@@ -125,7 +139,10 @@ def generate_sample_data(
             f"cannot create the output folder: {error}", where=str(out), fix="choose a writable --out"
         ) from error
     if vocabulary:
-        build_vocabulary_subset(Path(eunomia_dir) if eunomia_dir else default_eunomia_dir(), out / "vocabulary")
+        if eunomia_dir is not None:
+            build_vocabulary_subset(Path(eunomia_dir), out / "vocabulary")
+        else:
+            copy_shipped_vocabulary(out / "vocabulary")
     counts = split_persons(persons, list(sites))
     for site in sites:
         if (out / site).exists():

@@ -16,8 +16,8 @@ from datetime import date
 from pathlib import Path
 from typing import IO
 
-from harmonize.synthetic.codebook import Codebook, Coded, LabCoding, format_number, to_standard, to_written
-from harmonize.synthetic.timeline import History
+from fedomop.harmonize.synthetic.codebook import Codebook, Coded, LabCoding, format_number, to_standard, to_written
+from fedomop.harmonize.synthetic.timeline import History
 
 TRUTH_COLUMNS = (
     "source_file",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harmonize.tables import (
+from fedomop.harmonize.tables import (
     care_site,
     cdm_source,
     condition_occurrence,
@@ -21,7 +21,7 @@ from harmonize.tables import (
     provider,
     visit_occurrence,
 )
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 # build order: referenced (keyed) tables first, then the events that point at them, then derived tables
 TARGETS: dict[str, TableTarget] = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-# rule keys (harmonize.mapping.models.Rule) -> the internal slot columns they produce
+# rule keys (fedomop.harmonize.mapping.models.Rule) -> the internal slot columns they produce
 RULE_SLOTS: dict[str, tuple[str, ...]] = {
     "id": ("_source_key",),
     "person": ("_person_id",),
@@ -58,7 +58,7 @@ class TableTarget:
     @property
     def id_column(self) -> str:
         """The column that identifies a row (its primary key; person_id for one-per-person tables)."""
-        from harmonize.cdm import load_spec
+        from fedomop.harmonize.cdm import load_spec
 
         pk = load_spec().table(self.table).primary_key
         if pk:

@@ -1,6 +1,6 @@
 """care_site: hospitals, departments and clinics (FHIR Organization / Location)."""
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(
     table="care_site",

@@ -6,8 +6,8 @@ import datetime as dt
 
 import polars as pl
 
-from harmonize.mapping.models import CdmSourceInfo
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.mapping.models import CdmSourceInfo
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(table="cdm_source", columns={}, derived=True)
 CDM_VERSION_CONCEPT_ID = 756265  # "OMOP CDM Version 5.4.0"

@@ -1,6 +1,6 @@
 """condition_occurrence: diagnoses and problem-list entries (standard concepts in the Condition domain)."""
 
-from harmonize.tables._target import TableTarget, event_columns
+from fedomop.harmonize.tables._target import TableTarget, event_columns
 
 TARGET = TableTarget(
     table="condition_occurrence",

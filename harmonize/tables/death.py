@@ -1,6 +1,6 @@
 """death: at most one row per person (its primary key is person_id); ``start`` is the death date."""
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(
     table="death",

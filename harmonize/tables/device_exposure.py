@@ -1,6 +1,6 @@
 """device_exposure: implants and devices used on the person (Device domain)."""
 
-from harmonize.tables._target import TableTarget, event_columns
+from fedomop.harmonize.tables._target import TableTarget, event_columns
 
 TARGET = TableTarget(
     table="device_exposure",

@@ -1,6 +1,6 @@
 """drug_exposure: prescriptions, administrations, dispensings (Drug domain); end date defaults to the start."""
 
-from harmonize.tables._target import TableTarget, default_end_to_start, event_columns
+from fedomop.harmonize.tables._target import TableTarget, default_end_to_start, event_columns
 
 TARGET = TableTarget(
     table="drug_exposure",

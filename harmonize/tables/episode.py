@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(table="episode", columns={}, derived=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(table="episode_event", columns={}, derived=True)
 # OMOP "Metadata" concept naming the field the event id refers to

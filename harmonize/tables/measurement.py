@@ -1,6 +1,6 @@
 """measurement: lab results and vital signs (Measurement domain), values in the standard UCUM unit."""
 
-from harmonize.tables._target import TableTarget, event_columns
+from fedomop.harmonize.tables._target import TableTarget, event_columns
 
 TARGET = TableTarget(
     table="measurement",

@@ -1,6 +1,6 @@
 """note: clinical notes (FHIR DocumentReference); ``concept`` is the note class, ``start`` the note date."""
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(
     table="note",

@@ -1,6 +1,6 @@
 """observation: clinical facts that are neither conditions nor measurements (Observation domain)."""
 
-from harmonize.tables._target import TableTarget, event_columns
+from fedomop.harmonize.tables._target import TableTarget, event_columns
 
 TARGET = TableTarget(
     table="observation",

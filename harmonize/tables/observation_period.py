@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(table="observation_period", columns={}, derived=True)
 

@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 
 def _birth_parts(frame: pl.DataFrame) -> pl.DataFrame:

@@ -1,6 +1,6 @@
 """procedure_occurrence: surgery, radiotherapy, imaging and other acts (Procedure domain)."""
 
-from harmonize.tables._target import TableTarget, event_columns
+from fedomop.harmonize.tables._target import TableTarget, event_columns
 
 TARGET = TableTarget(
     table="procedure_occurrence",

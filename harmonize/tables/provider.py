@@ -1,6 +1,6 @@
 """provider: clinicians (FHIR Practitioner), referenced by the rules' ``provider`` column."""
 
-from harmonize.tables._target import TableTarget
+from fedomop.harmonize.tables._target import TableTarget
 
 TARGET = TableTarget(
     table="provider",

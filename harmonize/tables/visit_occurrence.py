@@ -1,6 +1,6 @@
 """visit_occurrence: encounters; other tables point at them through the rule's ``visit`` column."""
 
-from harmonize.tables._target import TableTarget, default_end_to_start
+from fedomop.harmonize.tables._target import TableTarget, default_end_to_start
 
 TARGET = TableTarget(
     table="visit_occurrence",

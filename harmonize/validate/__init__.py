@@ -5,10 +5,16 @@ Public API (see docs/validation.md): :func:`validate_database` (run everything, 
 :func:`validate_schemas`, :func:`compare_reports`, and :func:`suppress` (the one small-cell gate).
 """
 
-from harmonize.validate.checks import CheckResult, register_check, registered_checks, run_checks, unregister_check
-from harmonize.validate.compare import compare_reports, write_comparison
-from harmonize.validate.profile import ProfileOptions
-from harmonize.validate.report import (
+from fedomop.harmonize.validate.checks import (
+    CheckResult,
+    register_check,
+    registered_checks,
+    run_checks,
+    unregister_check,
+)
+from fedomop.harmonize.validate.compare import compare_reports, write_comparison
+from fedomop.harmonize.validate.profile import ProfileOptions
+from fedomop.harmonize.validate.report import (
     ValidateOptions,
     ValidationReport,
     build_report,
@@ -16,8 +22,8 @@ from harmonize.validate.report import (
     validate_database,
     write_report,
 )
-from harmonize.validate.schemas import table_schema, validate_schemas
-from harmonize.validate.suppression import Count, suppress
+from fedomop.harmonize.validate.schemas import table_schema, validate_schemas
+from fedomop.harmonize.validate.suppression import Count, suppress
 
 __all__ = [
     "CheckResult",

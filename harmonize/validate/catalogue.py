@@ -3,7 +3,7 @@
 ``data/`` holds verbatim copies of DataQualityDashboard ``inst/csv`` for CDM v5.4:
 the 27 check types (Kahn context/category/subcategory, severity, which rows they
 apply to) and the per-table, per-field and per-concept parameters and thresholds.
-The checks in :mod:`harmonize.validate.checks` read everything from here, so a
+The checks in :mod:`fedomop.harmonize.validate.checks` read everything from here, so a
 threshold is changed by editing a CSV row, never the code.
 """
 
@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from harmonize.errors import ValidationError
+from fedomop.harmonize.ground.errors import ValidationError
 
 CHECK_DESCRIPTIONS_CSV = "OMOP_CDMv5.4_Check_Descriptions.csv"
 TABLE_LEVEL_CSV = "OMOP_CDMv5.4_Table_Level.csv"
@@ -95,7 +95,7 @@ def _check_types(rows: tuple[Row, ...]) -> dict[str, CheckType]:
 
 
 def bundled_catalogue_dir() -> Path:
-    return Path(str(resources.files("harmonize.validate") / "data"))
+    return Path(str(resources.files("fedomop.harmonize.validate") / "data"))
 
 
 def load_catalogue_from(folder: Path) -> Catalogue:

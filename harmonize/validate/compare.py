@@ -16,8 +16,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harmonize.errors import ValidationError
-from harmonize.validate.report import load_report
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.report import load_report
 
 DEFAULT_FACTOR = 10.0
 COVERAGE_GAP_POINTS = 20.0

@@ -12,14 +12,14 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from harmonize.validate.suppression import assert_suppressed
+from fedomop.harmonize.validate.suppression import assert_suppressed
 
 STATUS_ORDER = ("fail", "error", "pass", "not_applicable")
 _PLOT_W, _PLOT_H, _PAD = 320, 130, 26
 
 
 def _template() -> Template:
-    return Template((resources.files("harmonize.validate") / "data" / "report_template.html").read_text("utf-8"))
+    return Template((resources.files("fedomop.harmonize.validate") / "data" / "report_template.html").read_text("utf-8"))
 
 
 def _text(value: Any) -> str:

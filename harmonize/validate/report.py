@@ -2,7 +2,7 @@
 
 :func:`validate_database` is the library entry point (a notebook user calls it directly).
 The report is built raw (counts wrapped in :class:`Count`), suppressed once by
-:func:`~harmonize.validate.suppression.suppress`, and only then written: the JSON and
+:func:`~fedomop.harmonize.validate.suppression.suppress`, and only then written: the JSON and
 the HTML hold the same suppressed content.
 """
 
@@ -18,13 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from harmonize import __version__ as fedomop_version
-from harmonize.db import Database, connect
-from harmonize.errors import ValidationError
-from harmonize.validate import profile
-from harmonize.validate.checks.runner import CheckResult, build_context, run_checks
-from harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
-from harmonize.validate.suppression import (
+from fedomop import __version__ as fedomop_version
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate import profile
+from fedomop.harmonize.validate.checks.runner import CheckResult, build_context, run_checks
+from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
+from fedomop.harmonize.validate.suppression import (
     DEFAULT_SMALL_CELL,
     Count,
     assert_suppressed,
@@ -204,7 +204,7 @@ def validate_database(
 
 def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_SMALL_CELL) -> ValidationReport:
     """Suppress a raw report once and write that same content as report.json and report.html."""
-    from harmonize.validate.html import render_html
+    from fedomop.harmonize.validate.html import render_html
 
     data = suppress(raw, small_cell)
     report = ValidationReport(data)

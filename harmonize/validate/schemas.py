@@ -17,8 +17,8 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
-from harmonize.cdm import FieldSpec, TableSpec, load_spec
-from harmonize.db import Database
+from fedomop.harmonize.cdm import FieldSpec, TableSpec, load_spec
+from fedomop.harmonize.ground.db import Database
 
 DEFAULT_SAMPLE_ROWS = 100_000
 BATCH_ROWS = 50_000

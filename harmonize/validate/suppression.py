@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from harmonize.errors import ValidationError
+from fedomop.harmonize.ground.errors import ValidationError
 
 DEFAULT_SMALL_CELL = 10
 
@@ -111,7 +111,7 @@ def assert_suppressed(report: Any, where: str = "report") -> None:
         raise ValidationError(
             "a raw count reached the report writer without small-cell suppression",
             where=where,
-            fix="pass the report through harmonize.validate.suppression.suppress() first",
+            fix="pass the report through fedomop.harmonize.validate.suppression.suppress() first",
         )
     if isinstance(report, dict):
         for key, value in report.items():

@@ -1,11 +1,11 @@
 """OMOP vocabularies in the site database: loading (Athena / OHDSI CSV) and code -> standard concept resolution."""
 
-from harmonize.vocabulary.loader import (
+from fedomop.harmonize.vocabulary.loader import (
     VOCABULARY_TABLES,
     load_source_to_concept_map,
     load_vocabulary,
 )
-from harmonize.vocabulary.resolve import descendants, resolve_codes, standard_concept_by_code
+from fedomop.harmonize.vocabulary.resolve import descendants, resolve_codes, standard_concept_by_code
 
 __all__ = [
     "VOCABULARY_TABLES",

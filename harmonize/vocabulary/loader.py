@@ -13,11 +13,17 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
-from harmonize.cdm.io import cdm_csv_files, clear_table_sql, read_cdm_csv, replace_tables, staging_table
-from harmonize.cdm.schema import create_cdm
-from harmonize.cdm.spec import load_spec
-from harmonize.db import Database
-from harmonize.errors import VocabularyError
+from fedomop.harmonize.cdm.schema import create_cdm
+from fedomop.harmonize.cdm.spec import load_spec
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import VocabularyError
+from fedomop.harmonize.vocabulary.cdm_io import (
+    cdm_csv_files,
+    clear_table_sql,
+    read_cdm_csv,
+    replace_tables,
+    staging_table,
+)
 
 SITE_MAPPING_TABLE = "source_to_concept_map"
 # The tables of an Athena download: the spec's vocabulary tables less the site-owned mapping table.

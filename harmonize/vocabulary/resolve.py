@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.cdm.io import staging_table
-from harmonize.cdm.schema import create_cdm
-from harmonize.db import Database
-from harmonize.errors import VocabularyError
+from fedomop.harmonize.cdm.schema import create_cdm
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import VocabularyError
+from fedomop.harmonize.vocabulary.cdm_io import staging_table
 
 KEY_COLUMNS = ("vocabulary_id", "source_code")
 ADDED_COLUMNS: dict[str, pl.DataType] = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from federated.testing import build_sites
+from fedomop.federated.testing import build_sites
 from tests.conftest import MAPPINGS, SAMPLE_DATA
 
 SAMPLE_SITES = ("site_a", "site_b", "site_c", "site_d")
@@ -20,7 +20,7 @@ def synthetic_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def sample_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The four sample sites harmonized into OMOP DuckDB files by the real mapping engine."""
-    from harmonize.engine import run_mapping
+    from fedomop.harmonize.run.engine import run_mapping
 
     folder = tmp_path_factory.mktemp("sample_sites")
     paths = {}

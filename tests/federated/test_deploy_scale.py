@@ -1,7 +1,7 @@
 """What lets a deployment scale to many sites on one host: light site processes and a hub that cleans up.
 
 On a deployment every message starts a fresh ``flwr-clientapp`` process per site, so what
-``federated.client_app`` imports is paid sites x messages times; and a SuperLink that keeps its
+``fedomop.federated.client_app`` imports is paid sites x messages times; and a SuperLink that keeps its
 state in memory (``persistent_state=False``) has no SQLite file to lock.
 """
 
@@ -16,8 +16,8 @@ import time
 
 import psutil
 
-from federated.client_app import NO_POLICY
-from federated.deploy import LocalDeployment
+from fedomop.federated.client_app import NO_POLICY
+from fedomop.federated.deploy import LocalDeployment
 
 HEAVY = ("xgboost", "sklearn", "scipy", "torch")
 
@@ -25,9 +25,9 @@ HEAVY = ("xgboost", "sklearn", "scipy", "torch")
 def test_a_site_process_imports_no_model_library_until_a_message_needs_it():
     probe = (
         "import json, sys\n"
-        "import federated.client_app\n"
+        "import fedomop.federated.client_app\n"
         f"before = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
-        "from federated.models import xgb_common\n"
+        "from fedomop.federated.models import xgb_common\n"
         "xgb_common.xgboost()\n"
         f"after = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "print(json.dumps([before, after]))\n"
@@ -68,7 +68,7 @@ def _superlink_argv(process: psutil.Process, timeout_s: float = 30.0) -> list[st
 
 def test_hub_start_cli_keeps_state_in_memory_when_asked(tmp_path):
     """`fedomop hub start --in-memory-state`: a real SuperLink without a state file, reachable on its port."""
-    from federated.deploy import BIN, free_port, wait_for_port
+    from fedomop.federated.deploy import BIN, free_port, wait_for_port
 
     home, port = tmp_path / "flwr", free_port()
     fedomop = str(BIN / "fedomop")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from federated.client_app import NO_POLICY
-from federated.deploy import LocalDeployment
-from federated.runner import run_deployment, simulate
-from harmonize.cli import app
+from fedomop.cli import app
+from fedomop.federated.client_app import NO_POLICY
+from fedomop.federated.deploy import LocalDeployment
+from fedomop.federated.runner import run_deployment, simulate
 
 STUDY = Path(__file__).parents[2] / "federated" / "studies" / "bone_metastasis.yaml"
 ALLOWED_ARRAYS = {"0", "edges", "edge_sizes", "quantiles", "counts", "sum", "sumsq", "count", "norm.mean", "norm.std"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federated.features import build_features, feature_sql
-from federated.split import test_mask as held_out_mask
-from federated.study import load_study
-from federated.testing import DEFAULT_SITES, build_site
-from harmonize.db import connect
+from fedomop.federated.features import build_features, feature_sql
+from fedomop.federated.split import test_mask as held_out_mask
+from fedomop.federated.study import load_study
+from fedomop.federated.testing import DEFAULT_SITES, build_site
+from fedomop.harmonize.ground.db import connect
 from tests.conftest import SAMPLE_DATA
 
 

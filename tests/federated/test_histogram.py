@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import xgboost as xgb
 
-from federated.models import xgb_common
-from federated.models.xgb_histogram import free_port, global_edges, site_sketch
+from fedomop.federated.models import xgb_common
+from fedomop.federated.models.xgb_histogram import free_port, global_edges, site_sketch
 
 WORKER = """
 import sys, numpy as np
-from federated.models import xgb_common
-from federated.models.xgb_histogram import site_train
+from fedomop.federated.models import xgb_common
+from fedomop.federated.models.xgb_histogram import site_train
 rank, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 data = np.load(out + f"/site{rank}.npz")
 edges = [data[f"e{j}"] for j in range(data["X"].shape[1])]

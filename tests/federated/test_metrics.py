@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from federated.metrics import binary_metrics, expected_calibration_error, weighted_summary
+from fedomop.federated.metrics import binary_metrics, expected_calibration_error, weighted_summary
 
 
 def test_perfect_ranking_and_calibration():

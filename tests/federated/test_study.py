@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from federated.study import load_study, parse_study
-from harmonize.cli import app
-from harmonize.errors import StudyError
+from fedomop.cli import app
+from fedomop.federated.study import load_study, parse_study
+from fedomop.harmonize.ground.errors import StudyError
 
 GOOD = (Path(__file__).parents[2] / "federated" / "studies" / "bone_metastasis.yaml").read_text()
 
@@ -73,8 +73,8 @@ def test_cli_reports_bad_study_without_traceback(tmp_path):
 
 def test_histogram_xgboost_refuses_more_sites_than_the_simulation_runs_at_once(tmp_path):
     """Beyond the dispatcher pool the allreduce would wait forever; the run must say so instead of hanging."""
-    from federated.runner import simulate, simulation_concurrency
-    from harmonize.errors import FedomopError
+    from fedomop.federated.runner import simulate, simulation_concurrency
+    from fedomop.harmonize.ground.errors import FedomopError
 
     study = Path(__file__).resolve().parents[2] / "federated" / "studies" / "bone_metastasis.yaml"
     sites = [tmp_path / f"site_{i}.duckdb" for i in range(simulation_concurrency() + 1)]

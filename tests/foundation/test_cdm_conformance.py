@@ -13,10 +13,15 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from harmonize.cdm.schema import add_primary_keys, create_cdm, cycle_closing_foreign_keys, supports_deferred_keys
-from harmonize.cdm.spec import FIELD_LEVEL_CSV, bundled_spec_dir, load_spec
-from harmonize.db import connect
-from harmonize.errors import DatabaseError
+from fedomop.harmonize.cdm.schema import (
+    add_primary_keys,
+    create_cdm,
+    cycle_closing_foreign_keys,
+    supports_deferred_keys,
+)
+from fedomop.harmonize.cdm.spec import FIELD_LEVEL_CSV, bundled_spec_dir, load_spec
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import DatabaseError
 
 from ..conftest import SHARED
 

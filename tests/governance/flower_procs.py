@@ -100,7 +100,7 @@ class Cluster:
 
     def rejoin_supernode(self, name: str, link_port: int, extra: list[str]) -> Proc:
         """Restart a crashed site the way an operator would: retry until the SuperLink re-admits it."""
-        from federated.faults import start_supernode_rejoining
+        from fedomop.federated.faults import start_supernode_rejoining
 
         log = self.workdir / f"{name}.log"
         argv = self.supernode_argv(link_port, extra)

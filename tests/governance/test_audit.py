@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 
-from federated.governance import auditlog as audit_log
-from federated.governance import load_policy, verify
-from federated.governance.enforce import audit
+from fedomop.federated.governance import auditlog as audit_log
+from fedomop.federated.governance import load_policy, verify
+from fedomop.federated.governance.enforce import audit
 
 
 def _fill(path, n=5):
@@ -77,7 +77,7 @@ def test_concurrent_appends_from_processes_keep_the_chain(tmp_path):
 def test_audit_refuses_values_in_sent(policy_path):
     import pytest
 
-    from harmonize.errors import PolicyError
+    from fedomop.harmonize.ground.errors import PolicyError
 
     policy = load_policy(policy_path)
     with pytest.raises(PolicyError, match="byte sizes"):

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from federated.governance import app_hash, auditlog, study_app_hash
-from harmonize.cli import app
+from fedomop.cli import app
+from fedomop.federated.governance import app_hash, auditlog, study_app_hash
 
 runner = CliRunner()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from federated.governance import auditlog as audit_log
-from federated.governance import data_request, enforce_request, load_policy, verify
-from harmonize.errors import PolicyError
+from fedomop.federated.governance import auditlog as audit_log
+from fedomop.federated.governance import data_request, enforce_request, load_policy, verify
+from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import APPROVED
 
@@ -87,7 +87,7 @@ def test_pydantic_study_objects_are_understood(policy_path):
 def test_release_blocks_small_cells_and_audits_what_is_sent(policy_path):
     from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    from federated.governance import release
+    from fedomop.federated.governance import release
 
     policy = load_policy(policy_path)
     context = {"requester": "r", "study": "bone_metastasis", "app_hash": APPROVED, "action": "query.describe"}

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from federated.faults import SITE_RECORD, FaultTolerantGrid, TooFewSitesError
+from fedomop.federated.faults import SITE_RECORD, FaultTolerantGrid, TooFewSitesError
 
 
 @pytest.fixture(autouse=True)

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from federated.governance import auditlog, verify
-from federated.governance.certs import (
+from fedomop.federated.governance import auditlog, verify
+from fedomop.federated.governance.certs import (
     create_credentials,
     register_supernode,
     superlink_tls_args,
     supernode_auth_args,
     write_flower_connection,
 )
-from federated.governance.mods import resolve_study, running_app_hash
+from fedomop.federated.governance.mods import resolve_study, running_app_hash
 
 from .flower_procs import BIN, Cluster, flower_env, free_port
 

@@ -8,8 +8,8 @@ import yaml
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from federated.governance import auditlog, load_policy, verify
-from federated.governance.mods import (
+from fedomop.federated.governance import auditlog, load_policy, verify
+from fedomop.federated.governance.mods import (
     BLOCKED_CODE,
     REFUSED_CODE,
     SITE_RECORD,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from federated.governance import load_policy
-from harmonize.errors import PolicyError
+from fedomop.federated.governance import load_policy
+from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import APPROVED, policy_dict, write_policy
 
@@ -72,8 +72,8 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
 def test_bundled_example_policy_is_valid():
     from pathlib import Path
 
-    import federated.governance
+    import fedomop.federated.governance
 
-    example = Path(federated.governance.__file__).parent / "policies" / "example_site.yaml"
+    example = Path(fedomop.federated.governance.__file__).parent / "policies" / "example_site.yaml"
     policy = load_policy(example)
     assert "bone_metastasis" in policy.studies

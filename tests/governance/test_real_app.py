@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from federated.governance import auditlog, verify
-from harmonize.errors import FedomopError
+from fedomop.federated.governance import auditlog, verify
+from fedomop.harmonize.ground.errors import FedomopError
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,11 @@ def _policy(folder, site, approved, study):
 
 
 def test_real_client_app_refuses_unapproved_code_and_logs_it(tmp_path):
-    from federated.client_app import code_hash
-    from federated.deploy import LocalDeployment
-    from federated.runner import run_deployment
-    from federated.study import load_study
-    from federated.testing import DEFAULT_SITES, build_sites
+    from fedomop.federated.client_app import code_hash
+    from fedomop.federated.deploy import LocalDeployment
+    from fedomop.federated.runner import run_deployment
+    from fedomop.federated.study import load_study
+    from fedomop.federated.testing import DEFAULT_SITES, build_sites
 
     study_file = tmp_path / "study.yaml"
     study_file.write_text(load_study("bone_metastasis").to_yaml())

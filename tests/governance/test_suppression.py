@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from federated.governance import (
+from fedomop.federated.governance import (
     assert_no_small_cells,
     check_outgoing,
     is_count_key,
@@ -14,7 +14,7 @@ from federated.governance import (
     require_min_persons,
     suppress_counts,
 )
-from harmonize.errors import PolicyError
+from fedomop.harmonize.ground.errors import PolicyError
 
 
 def test_suppress_counts():

@@ -8,13 +8,13 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from federated.governance.certs import (
+from fedomop.cli import app
+from fedomop.federated.governance.certs import (
     register_supernode,
     superlink_tls_args,
     supernode_auth_args,
     write_flower_connection,
 )
-from harmonize.cli import app
 
 from .flower_procs import BIN, Cluster, flower_env, free_port
 

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from federated.client_app import NO_POLICY, Site, _governed
-from federated.faults import FaultTolerantGrid
-from federated.governance import enforce_request
-from federated.models.xgb_histogram import collect
-from federated.study import load_study
-from harmonize.errors import FedomopError, PolicyError
+from fedomop.federated.client_app import NO_POLICY, Site, _governed
+from fedomop.federated.faults import FaultTolerantGrid
+from fedomop.federated.governance import enforce_request
+from fedomop.federated.models.xgb_histogram import collect
+from fedomop.federated.study import load_study
+from fedomop.harmonize.ground.errors import FedomopError, PolicyError
 
 from .test_faults import ScriptedLink, task_identity  # noqa: F401 - the fixture is used by name
 
@@ -77,9 +77,9 @@ def _wait_for_training(log: Path, site: str, timeout: float) -> None:
 
 @pytest.mark.slow
 def test_supernode_killed_mid_training_leaves_a_finished_run_naming_it(tmp_path):
-    from federated.deploy import LocalDeployment
-    from federated.runner import run_deployment
-    from federated.testing import DEFAULT_SITES, build_sites
+    from fedomop.federated.deploy import LocalDeployment
+    from fedomop.federated.runner import run_deployment
+    from fedomop.federated.testing import DEFAULT_SITES, build_sites
 
     sites = build_sites(tmp_path / "sites", DEFAULT_SITES[:3], scale=0.3)
     log = tmp_path / "replies.jsonl"
@@ -139,9 +139,9 @@ STUDY = Path(__file__).parents[2] / "federated" / "studies" / "bone_metastasis.y
 @pytest.mark.slow
 def test_tls_deployment_with_authenticated_sites_trains_histogram_xgboost_over_tls(tmp_path):
     """LocalDeployment(certs=...): TLS SuperLink, registered SuperNodes, and XGBoost's allreduce with mutual TLS."""
-    from federated.deploy import LocalDeployment
-    from federated.runner import run_deployment
-    from federated.testing import DEFAULT_SITES, build_sites
+    from fedomop.federated.deploy import LocalDeployment
+    from fedomop.federated.runner import run_deployment
+    from fedomop.federated.testing import DEFAULT_SITES, build_sites
 
     sites = build_sites(tmp_path / "sites", DEFAULT_SITES[:2], scale=0.3)
     pki = tmp_path / "pki"

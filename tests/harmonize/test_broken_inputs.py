@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from harmonize.engine import run_mapping
-from harmonize.errors import MappingError
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.run.engine import run_mapping
 from tests.harmonize.fixture_site import DIAGNOSES, LABS, MAPPING, PATIENTS, make_site, write_csv
 
 

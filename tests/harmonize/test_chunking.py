@@ -11,11 +11,11 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from harmonize import engine
-from harmonize.chunking import ChunkPlan, StagedSite, person_columns, plan_chunks
-from harmonize.engine import run_mapping
-from harmonize.errors import DatabaseError, MappingError, ReconciliationError
-from harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.ground.errors import DatabaseError, MappingError, ReconciliationError
+from fedomop.harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.run import engine
+from fedomop.harmonize.run.chunking import ChunkPlan, StagedSite, person_columns, plan_chunks
+from fedomop.harmonize.run.engine import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SYNTHEA_BULK
 
 VOCABULARY_TABLES = {
@@ -83,8 +83,8 @@ def test_chunked_run_loads_what_a_whole_run_loads(site: str, tmp_path: Path) -> 
 def test_fhir_rows_are_split_block_by_block_as_they_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small reader batches and blocks: a FHIR source reaches its chunks in many files, never whole in memory,
     and the run still loads exactly what a whole run loads."""
-    from harmonize import chunking
-    from harmonize.sources import fhir
+    from fedomop.harmonize.run import chunking
+    from fedomop.harmonize.sources.fhir import reader as fhir
 
     whole = run_mapping(MAPPINGS / "site_b.yaml", SAMPLE_DATA / "site_b", tmp_path / "whole.duckdb")
     monkeypatch.setattr(fhir, "BATCH_SIZE", 700)

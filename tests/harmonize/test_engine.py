@@ -8,8 +8,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from harmonize.engine import run_mapping
-from harmonize.errors import MappingError, SourceError
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.run.engine import run_mapping
 from tests.harmonize.fixture_site import make_site
 
 CDM_TABLES = (

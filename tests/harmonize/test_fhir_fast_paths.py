@@ -16,8 +16,9 @@ from pathlib import Path
 import pydantic_core
 import pytest
 
-from harmonize.sources.fhir import read_fhir
-from harmonize.sources.fhir_structure import (
+from fedomop.harmonize.sources.fhir.path import compile_path, row_extractor
+from fedomop.harmonize.sources.fhir.reader import read_fhir
+from fedomop.harmonize.sources.fhir.structure import (
     CALENDAR_PATTERN,
     element_table,
     present_elements,
@@ -26,7 +27,6 @@ from harmonize.sources.fhir_structure import (
     specialisation,
     structural_validator,
 )
-from harmonize.sources.fhirpath import compile_path, row_extractor
 from tests.conftest import SAMPLE_DATA, SYNTHEA_BULK
 
 RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -412,7 +412,7 @@ def test_resource_level_rules_checked_outside_the_validator_decide_the_same(tmp_
 @pytest.fixture
 def fresh_specialisation(monkeypatch):
     """Start from no learned elements, and specialise after 3 resources instead of LEARN_FROM."""
-    fhir_module = __import__("harmonize.sources.fhir", fromlist=["LEARN_FROM"])
+    fhir_module = __import__("fedomop.harmonize.sources.fhir.reader", fromlist=["LEARN_FROM"])
     monkeypatch.setattr(fhir_module, "LEARN_FROM", 3)
     specialisation.cache_clear()
     yield
@@ -420,7 +420,7 @@ def fresh_specialisation(monkeypatch):
 
 
 def read_without_specialising(monkeypatch, *args, **kwargs):
-    fhir_module = __import__("harmonize.sources.fhir", fromlist=["LEARN_FROM"])
+    fhir_module = __import__("fedomop.harmonize.sources.fhir.reader", fromlist=["LEARN_FROM"])
     with monkeypatch.context() as patch:
         patch.setattr(fhir_module, "LEARN_FROM", 10**12)
         specialisation.cache_clear()
@@ -506,7 +506,7 @@ def test_small_batches_built_row_wise_equal_the_column_wise_frames(tmp_path, mon
         "text": "valueString | code.coding.code",
         "mixed": "valueQuantity.value | valueInteger | valueBoolean | valueString",
     }
-    fhir_module = __import__("harmonize.sources.fhir", fromlist=["SMALL_BATCH"])
+    fhir_module = __import__("fedomop.harmonize.sources.fhir.reader", fromlist=["SMALL_BATCH"])
     row_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
     monkeypatch.setattr(fhir_module, "SMALL_BATCH", 0)
     column_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")

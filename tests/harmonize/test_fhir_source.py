@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from harmonize.errors import MappingError, SourceError
-from harmonize.sources import fhir
-from harmonize.sources.base import REJECT_SCHEMA
-from harmonize.sources.fhir import count_fhir_resources, read_fhir
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.sources.base import REJECT_SCHEMA
+from fedomop.harmonize.sources.fhir import reader as fhir
+from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir
 from tests.conftest import SAMPLE_DATA, SYNTHEA_BULK
 
 SYNTHEA_FILES = sorted(SYNTHEA_BULK.glob("*.ndjson"))
@@ -404,7 +404,7 @@ NESTED_DEFECTS = [
 
 @pytest.mark.parametrize(("change", "field", "words"), NESTED_DEFECTS)
 def test_nested_defects_name_the_element_path(change, field, words):
-    from harmonize.sources.fhir_structure import structural_validator
+    from fedomop.harmonize.sources.fhir.structure import structural_validator
 
     encounter = json.loads(synthea_lines("Encounter")[0])
     problems = structural_validator("Encounter").problems({**encounter, **change})

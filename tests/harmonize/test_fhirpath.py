@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from harmonize.errors import MappingError
-from harmonize.sources.fhirpath import compile_path
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.sources.fhir.path import compile_path
 from tests.conftest import SYNTHEA_BULK
 
 SNOMED = "http://snomed.info/sct"

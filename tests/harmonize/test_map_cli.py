@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from harmonize.db import connect
-from harmonize.engine import run_mapping
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.run.engine import run_mapping
 from tests.conftest import REPO
 from tests.harmonize.fixture_site import make_site
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from harmonize.engine import _check_reconciliation
-from harmonize.errors import ReconciliationError
-from harmonize.lineage import RecordLedger
-from harmonize.quarantine import QUARANTINE_SCHEMA
+from fedomop.harmonize.ground.errors import ReconciliationError
+from fedomop.harmonize.run.engine import _check_reconciliation
+from fedomop.harmonize.run.lineage import RecordLedger
+from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA
 
 QUARANTINE = {**QUARANTINE_SCHEMA, "_ord": pl.Int64()}
 

@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 import yaml
 
-from harmonize.engine import run_mapping
-from harmonize.errors import MappingError, SourceError
-from harmonize.mapping.loader import load_mapping
-from harmonize.mapping.models import Source
-from harmonize.sources.tabular import read_tabular
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.mapping.models import Source
+from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.sources.tabular import read_tabular
 from tests.harmonize.fixture_site import MAPPING, make_site
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harmonize.cli import app
-from harmonize.errors import MappingError, SourceError, VocabularyError
-from harmonize.synthetic import generator
-from harmonize.synthetic.generator import generate_sample_data, split_persons
+from fedomop.cli import app
+from fedomop.harmonize.ground.errors import MappingError, SourceError, VocabularyError
+from fedomop.harmonize.synthetic import generator
+from fedomop.harmonize.synthetic.generator import generate_sample_data, split_persons
 from tests.conftest import EUNOMIA, SAMPLE_DATA
 
 

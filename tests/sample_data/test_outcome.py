@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from harmonize.synthetic import model
+from fedomop.harmonize.synthetic import model
 from tests.conftest import SAMPLE_DATA
 
 SITES = ("site_a", "site_b", "site_c", "site_d")

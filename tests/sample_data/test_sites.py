@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from harmonize.synthetic.codebook import codes
+from fedomop.harmonize.synthetic.codebook import codes
 from tests.conftest import SAMPLE_DATA
 
 VOCABULARY = SAMPLE_DATA / "vocabulary"
@@ -195,9 +195,9 @@ def test_ground_truth_values_are_in_standard_units():
 def test_source_to_concept_maps_load_into_a_real_vocabulary(tmp_path):
     import polars as pl
 
-    from harmonize.db import connect
-    from harmonize.vocabulary.loader import load_source_to_concept_map, load_vocabulary
-    from harmonize.vocabulary.resolve import descendants, resolve_codes
+    from fedomop.harmonize.ground.db import connect
+    from fedomop.harmonize.vocabulary.loader import load_source_to_concept_map, load_vocabulary
+    from fedomop.harmonize.vocabulary.resolve import descendants, resolve_codes
 
     db = connect(tmp_path / "vocab.duckdb")
     counts = load_vocabulary(db, VOCABULARY)
@@ -221,7 +221,7 @@ def test_source_to_concept_maps_load_into_a_real_vocabulary(tmp_path):
 
 def test_every_written_unit_has_a_unit_concept_in_the_vocabulary():
     """Sites write U/L, µmol/L ...; each must name a UCUM concept of the subset (some need a synonym: U/L -> [U]/L)."""
-    from harmonize.synthetic.codebook import UNIT_CONCEPTS
+    from fedomop.harmonize.synthetic.codebook import UNIT_CONCEPTS
 
     written = {r["unit"] for r in _csv_rows("site_a", "observations.csv")}
     written |= {r["UNITE"] for r in _csv_rows("site_c", "biologie.csv")}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harmonize.cdm import create_cdm
-from harmonize.cdm.io import load_cdm_folder
-from harmonize.db import Database, connect
-from harmonize.validate.checks import CheckResult, run_checks
+from fedomop.harmonize.cdm import create_cdm
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.validate.checks import CheckResult, run_checks
+from fedomop.harmonize.vocabulary.cdm_io import load_cdm_folder
 from tests.conftest import EUNOMIA
 from tests.validate.seeds import seed
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harmonize.db import connect
-from harmonize.errors import ValidationError
-from harmonize.validate.catalogue import load_catalogue
-from harmonize.validate.checks import (
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.catalogue import load_catalogue
+from fedomop.harmonize.validate.checks import (
     CheckContext,
     RowPredicate,
     register_check,
@@ -19,7 +19,7 @@ from harmonize.validate.checks import (
     scalar_query,
     unregister_check,
 )
-from harmonize.validate.checks.field_checks import plausible_bound_sql
+from fedomop.harmonize.validate.checks.field_checks import plausible_bound_sql
 from tests.validate.conftest import TODAY
 from tests.validate.seeds import DEFECTS
 
@@ -133,7 +133,7 @@ def test_a_site_registers_its_own_check(seeded_duckdb: Path):
         severity="characterization",
     )
     def long_visits(ctx):
-        from harmonize.validate.checks import CheckInstance
+        from fedomop.harmonize.validate.checks import CheckInstance
 
         instance = CheckInstance(ctx_check("siteVisitLongerThanAYear"), "visit_occurrence", "visit_end_date")
         yield RowPredicate(instance, "visit_end_date > visit_start_date + 365")
@@ -147,7 +147,7 @@ def test_a_site_registers_its_own_check(seeded_duckdb: Path):
         severity="fatal",
     )
     def deaths(ctx):
-        from harmonize.validate.checks import CheckInstance
+        from fedomop.harmonize.validate.checks import CheckInstance
 
         instance = CheckInstance(ctx_check("siteDeathsPerPerson"), "death", threshold=0)
         yield scalar_query(

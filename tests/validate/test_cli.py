@@ -8,13 +8,13 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from harmonize.cli import app
-from harmonize.errors import ValidationError
-from harmonize.validate.checks import registered_checks, unregister_check
+from fedomop.cli import app
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.checks import registered_checks, unregister_check
 from tests.conftest import REPO
 
 SITE_CHECKS = """
-from harmonize.validate.checks import CheckInstance, RowPredicate, register_check, registered_checks
+from fedomop.harmonize.validate.checks import CheckInstance, RowPredicate, register_check, registered_checks
 
 
 @register_check(

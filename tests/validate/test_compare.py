@@ -8,12 +8,12 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from harmonize.cli import app
-from harmonize.db import connect
-from harmonize.errors import ValidationError
-from harmonize.validate.compare import compare_reports
-from harmonize.validate.profile import ProfileOptions
-from harmonize.validate.report import ValidateOptions, validate_database
+from fedomop.cli import app
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.compare import compare_reports
+from fedomop.harmonize.validate.profile import ProfileOptions
+from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 from tests.validate.conftest import TODAY
 from tests.validate.seeds import GLUCOSE
 

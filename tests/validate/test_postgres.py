@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harmonize.db import connect
-from harmonize.validate.checks import run_checks
-from harmonize.validate.report import ValidateOptions, validate_database
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.validate.checks import run_checks
+from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 from tests.validate.conftest import TODAY, by_id, load_eunomia
 from tests.validate.seeds import seed
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harmonize.engine import run_mapping
-from harmonize.validate.catalogue import load_catalogue
-from harmonize.validate.report import ValidateOptions, validate_database
+from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.validate.catalogue import load_catalogue
+from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 from tests.conftest import MAPPINGS, SAMPLE_DATA
 from tests.validate.conftest import TODAY
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harmonize.db import connect
-from harmonize.engine import run_mapping
-from harmonize.tables.cdm_source import CDM_VERSION_CONCEPT_ID
-from harmonize.tables.episode_event import CONDITION_OCCURRENCE_ID_FIELD
-from harmonize.validate.checks import run_checks
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.tables.cdm_source import CDM_VERSION_CONCEPT_ID
+from fedomop.harmonize.tables.episode_event import CONDITION_OCCURRENCE_ID_FIELD
+from fedomop.harmonize.validate.checks import run_checks
 from tests.conftest import MAPPINGS, SAMPLE_DATA
 from tests.validate.conftest import TODAY
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import polars as pl
 
-from harmonize.cdm import load_spec
-from harmonize.db import connect
-from harmonize.validate.schemas import table_schema, validate_frame, validate_schemas, validate_table
+from fedomop.harmonize.cdm import load_spec
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.validate.schemas import table_schema, validate_frame, validate_schemas, validate_table
 
 
 def test_every_table_schema_agrees_with_the_spec_field_by_field():
@@ -64,7 +64,7 @@ def test_clean_eunomia_tables_pass_their_schemas(eunomia_duckdb):
 
 def test_sampled_batches_find_a_null_in_a_required_field(tmp_path):
     db = connect(tmp_path / "s.duckdb")
-    from harmonize.cdm import create_cdm
+    from fedomop.harmonize.cdm import create_cdm
 
     create_cdm(db.engine, constraints="none", tables=["observation_period"])
     db.execute("ALTER TABLE observation_period ALTER COLUMN period_type_concept_id DROP NOT NULL")

@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from harmonize.db import Database, connect
-from harmonize.vocabulary import load_vocabulary
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.vocabulary import load_vocabulary
 
 from ..conftest import EUNOMIA
 

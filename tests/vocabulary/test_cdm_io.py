@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from harmonize.cdm import load_spec
-from harmonize.cdm.io import export_cdm_folder, load_cdm_folder, read_cdm_csv
-from harmonize.cli import app
-from harmonize.db import connect
-from harmonize.errors import SourceError
+from fedomop.cli import app
+from fedomop.harmonize.cdm import load_spec
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import SourceError
+from fedomop.harmonize.vocabulary.cdm_io import export_cdm_folder, load_cdm_folder, read_cdm_csv
 
 from ..conftest import EUNOMIA, REPO
 from .conftest import csv_records

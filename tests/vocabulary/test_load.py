@@ -7,12 +7,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from harmonize.cdm import create_cdm
-from harmonize.cdm import io as cdm_io
-from harmonize.cdm.io import iter_cdm_csv, read_cdm_csv
-from harmonize.db import Database, connect
-from harmonize.errors import VocabularyError
-from harmonize.vocabulary import VOCABULARY_TABLES, load_vocabulary
+from fedomop.harmonize.cdm import create_cdm
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.ground.errors import VocabularyError
+from fedomop.harmonize.vocabulary import VOCABULARY_TABLES, cdm_io, load_vocabulary
+from fedomop.harmonize.vocabulary.cdm_io import iter_cdm_csv, read_cdm_csv
 
 from ..conftest import EUNOMIA, SAMPLE_DATA
 from .conftest import csv_records, read_eunomia, write_athena

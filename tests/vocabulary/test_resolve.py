@@ -7,9 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from harmonize.db import Database, connect
-from harmonize.errors import VocabularyError
-from harmonize.vocabulary import (
+from fedomop.harmonize.ground.db import Database, connect
+from fedomop.harmonize.ground.errors import VocabularyError
+from fedomop.harmonize.vocabulary import (
     descendants,
     load_source_to_concept_map,
     load_vocabulary,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from harmonize.db import connect
-from harmonize.vocabulary import VOCABULARY_TABLES, descendants, load_vocabulary, resolve_codes
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.vocabulary import VOCABULARY_TABLES, descendants, load_vocabulary, resolve_codes
 
 from ..conftest import SAMPLE_DATA
 from .conftest import csv_records

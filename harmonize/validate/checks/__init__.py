@@ -4,8 +4,8 @@ Importing this package registers the 27 DQD check types; a site registers its ow
 with :func:`register_check` (see docs/validation.md).
 """
 
-from harmonize.validate.checks import concept_checks, field_checks, table_checks, temporal_checks  # noqa: F401
-from harmonize.validate.checks.base import (
+from fedomop.harmonize.validate.checks import concept_checks, field_checks, table_checks, temporal_checks  # noqa: F401
+from fedomop.harmonize.validate.checks.base import (
     Absent,
     CheckContext,
     CheckInstance,
@@ -17,7 +17,7 @@ from harmonize.validate.checks.base import (
     scalar_query,
     unregister_check,
 )
-from harmonize.validate.checks.runner import CheckResult, CheckRun, run_checks
+from fedomop.harmonize.validate.checks.runner import CheckResult, CheckRun, run_checks
 
 __all__ = [
     "Absent",

@@ -15,8 +15,8 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from harmonize.errors import ValidationError
-from harmonize.validate.catalogue import Catalogue, CheckType, Row, load_catalogue
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.catalogue import Catalogue, CheckType, Row, load_catalogue
 
 SEVERITIES = ("fatal", "convention", "characterization")
 
@@ -234,7 +234,7 @@ def unregister_check(name: str) -> None:
 
 def registered_checks() -> dict[str, RegisteredCheck]:
     """Every registered check type, DQD catalogue first, then site checks, in registration order."""
-    from harmonize.validate.checks import concept_checks, field_checks, table_checks, temporal_checks  # noqa: F401
+    from fedomop.harmonize.validate.checks import concept_checks, field_checks, table_checks, temporal_checks  # noqa: F401
 
     return dict(_REGISTRY)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harmonize.validate.catalogue import CheckType, Row
-from harmonize.validate.checks.base import CheckContext, CheckInstance, CheckQuery, CheckWork, q, register_check
+from fedomop.harmonize.validate.catalogue import CheckType, Row
+from fedomop.harmonize.validate.checks.base import CheckContext, CheckInstance, CheckQuery, CheckWork, q, register_check
 
 GENDER_CONCEPTS = {"Male": 8507, "Female": 8532}  # OMOP standard Gender concepts
 

@@ -11,8 +11,8 @@ import datetime as dt
 import re
 from collections.abc import Iterator
 
-from harmonize.errors import ValidationError
-from harmonize.validate.checks.base import (
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.checks.base import (
     Absent,
     CheckContext,
     CheckInstance,
@@ -22,7 +22,7 @@ from harmonize.validate.checks.base import (
     register_check,
     scalar_query,
 )
-from harmonize.validate.checks.concept_checks import concept_value_bounds
+from fedomop.harmonize.validate.checks.concept_checks import concept_value_bounds
 
 _INTEGER_TYPES = re.compile(r"^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|INT2|INT4|INT8|UINTEGER|UBIGINT)$", re.I)
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from harmonize.db import Database
-from harmonize.errors import ValidationError
-from harmonize.validate.catalogue import Catalogue, load_catalogue
-from harmonize.validate.checks.base import (
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
+from fedomop.harmonize.validate.checks.base import (
     Absent,
     CheckContext,
     CheckInstance,

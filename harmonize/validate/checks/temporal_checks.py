@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harmonize.validate.checks.base import (
+from fedomop.harmonize.validate.checks.base import (
     CheckContext,
     CheckWork,
     RowPredicate,

@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated.governance.mods import governance_mod
+from fedomop.federated.governance.mods import governance_mod
 
 app = ClientApp(mods=[governance_mod(code_dir=Path(__file__).parent)])
 

@@ -10,8 +10,8 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from federated.faults import FaultTolerantGrid, TooFewSitesError
-from federated.governance import check_outgoing
+from fedomop.federated.faults import FaultTolerantGrid, TooFewSitesError
+from fedomop.federated.governance import check_outgoing
 
 app = ServerApp()
 

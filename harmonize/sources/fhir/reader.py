@@ -11,16 +11,16 @@ only the requested columns do.
 Two validation levels:
 
 * ``structural`` (default, fast): parse + check each line with the compiled R4B structure checker
-  (:mod:`harmonize.sources.fhir_structure`).
+  (:mod:`fedomop.harmonize.sources.fhir.structure`).
 * ``full``: ``json.loads`` then ``model_validate`` with the fhir.resources R4B model of the type.
 
 Both also reject a wrong resourceType, a missing id and a duplicate id within the source.
 
 Speed (``structural``, NDJSON; docs/benchmarks.md has the figures): each line goes through a validator
 specialised to the elements this process has seen (the full one decides whatever it refuses, see
-:class:`~harmonize.sources.fhir_structure.Specialisation`), the resource-level rules are tested in
+:class:`~fedomop.harmonize.sources.fhir.structure.Specialisation`), the resource-level rules are tested in
 Python, and the mapping's columns come out of one generated function per row
-(:func:`~harmonize.sources.fhirpath.row_extractor`). Every fast path is tested against the plain one.
+(:func:`~fedomop.harmonize.sources.fhir.path.row_extractor`). Every fast path is tested against the plain one.
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ import polars as pl
 import pydantic
 import pydantic_core
 
-from harmonize.errors import MappingError, SourceError
-from harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
-from harmonize.sources.fhir_structure import (
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
+from fedomop.harmonize.sources.fhir.path import CompiledPath, compile_path, row_extractor
+from fedomop.harmonize.sources.fhir.structure import (
     LEARN_FROM,
     StructuralProblem,
     resource_model,
     specialisation,
     structural_validator,
 )
-from harmonize.sources.fhirpath import CompiledPath, compile_path, row_extractor
 
 BATCH_SIZE = 50_000
 _NO_URNS: Mapping[str, str] = {}
@@ -653,7 +653,7 @@ def read_fhir(
 ) -> SourceBatch:
     """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
 
-    ``columns`` maps output column -> path expression (:mod:`harmonize.sources.fhirpath`).
+    ``columns`` maps output column -> path expression (:mod:`fedomop.harmonize.sources.fhir.path`).
     Raises MappingError for a bad expression, format or resource type (before reading any data) and
     SourceError for a missing file; everything wrong *inside* the files becomes a reject row.
 

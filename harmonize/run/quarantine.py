@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.sources.base import REJECT_SCHEMA
+from fedomop.harmonize.sources.base import REJECT_SCHEMA
 
 QUARANTINE_TABLE = "fedomop_quarantine"
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {

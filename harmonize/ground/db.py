@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from harmonize.errors import DatabaseError
+from fedomop.harmonize.ground.errors import DatabaseError
 
 _COPY_CHUNK_ROWS = 200_000
 

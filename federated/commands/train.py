@@ -1,4 +1,4 @@
-"""``fedomop train``, ``fedomop site start`` and ``fedomop hub start``: thin commands over federated.runner/deploy."""
+"""``fedomop train``, ``fedomop site start`` and ``fedomop hub start``: thin commands over fedomop.federated.runner/deploy."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from federated.deploy import flower_env, hub_command, site_command, write_connection
-from federated.models import MODEL_NAMES as MODELS
-from federated.report import print_comparison
-from harmonize.errors import FedomopError, StudyError
+from fedomop.federated.deploy import flower_env, hub_command, site_command, write_connection
+from fedomop.federated.models import MODEL_NAMES as MODELS
+from fedomop.federated.report import print_comparison
+from fedomop.harmonize.ground.errors import FedomopError, StudyError
 
 console = Console()
 DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]
@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Train a federated model for a study and compare it with each site alone (and pooled, in simulation)."""
-        from federated import runner
-        from federated.study import load_study
+        from fedomop.federated import runner
+        from fedomop.federated.study import load_study
 
         study_spec_path = _study_path(study)
         load_study(study_spec_path)  # fail early, with the file and key, on a bad study
@@ -177,8 +177,8 @@ def _secure_hub(
 ) -> int:
     """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
     ``certs``, then stay in the foreground until it exits."""
-    from federated.deploy import wait_for_port
-    from federated.governance.certs import register_supernode, write_flower_connection
+    from fedomop.federated.deploy import wait_for_port
+    from fedomop.federated.governance.certs import register_supernode, write_flower_connection
 
     write_flower_connection(home, connection, address, certs / "ca.crt")
     hub = subprocess.Popen(hub_command(port, host=host, certs=certs, state=state), env=flower_env(home))
@@ -195,7 +195,7 @@ def _secure_hub(
 
 
 def _study_path(study: str) -> Path:
-    from federated.study import STUDIES_DIR
+    from fedomop.federated.study import STUDIES_DIR
 
     path = Path(study)
     if not path.exists() and not path.suffix and (STUDIES_DIR / f"{study}.yaml").exists():

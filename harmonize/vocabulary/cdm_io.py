@@ -28,10 +28,10 @@ from typing import NoReturn
 import polars as pl
 import sqlalchemy as sa
 
-from harmonize.cdm.schema import create_cdm, cycle_closing_foreign_keys
-from harmonize.cdm.spec import FieldSpec, TableSpec, load_spec
-from harmonize.db import Database, quote_identifier
-from harmonize.errors import FedomopError, SourceError
+from fedomop.harmonize.cdm.schema import create_cdm, cycle_closing_foreign_keys
+from fedomop.harmonize.cdm.spec import FieldSpec, TableSpec, load_spec
+from fedomop.harmonize.ground.db import Database, quote_identifier
+from fedomop.harmonize.ground.errors import FedomopError, SourceError
 
 ErrorType = type[FedomopError]
 
@@ -525,7 +525,7 @@ def load_cdm_folder(db: Database, folder: Path, *, tables: list[str] | None = No
     loader and a ``SOURCE_TO_CONCEPT_MAP`` file through the site mapping loader (which checks targets).
     Returns rows loaded per table.
     """
-    from harmonize.vocabulary.loader import VOCABULARY_TABLES, load_source_to_concept_map, load_vocabulary_files
+    from fedomop.harmonize.vocabulary.loader import VOCABULARY_TABLES, load_source_to_concept_map, load_vocabulary_files
 
     folder = Path(folder)
     if not folder.is_dir():

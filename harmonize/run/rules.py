@@ -1,6 +1,6 @@
 """Evaluate one mapping rule over one source: slot columns, field expressions, lookups and rejects.
 
-A rule turns source rows into rows of internal slot columns (see ``harmonize.tables._target.RULE_SLOTS``).
+A rule turns source rows into rows of internal slot columns (see ``fedomop.harmonize.tables._target.RULE_SLOTS``).
 Every row that fails (bad date, unparseable number, unknown person, duplicate id, unmapped code in
 quarantine mode) goes to the quarantine with its field, value and reason, and leaves the rule's output.
 """
@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from harmonize.cdm import load_spec
-from harmonize.db import Database
-from harmonize.errors import MappingError
-from harmonize.mapping.models import (
+from fedomop.harmonize.cdm import load_spec
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.ground.parsing import failed, parse_datetime, parse_number
+from fedomop.harmonize.mapping.models import (
     CodeExpr,
     ColumnExpr,
     ConceptConstant,
@@ -26,11 +27,10 @@ from harmonize.mapping.models import (
     Rule,
     Source,
 )
-from harmonize.parsing import failed, parse_datetime, parse_number
-from harmonize.quarantine import Quarantine
-from harmonize.units import UnitConverter
-from harmonize.vocabulary import resolve_codes
-from harmonize.vocabulary.resolve import ResolutionCache
+from fedomop.harmonize.run.quarantine import Quarantine
+from fedomop.harmonize.run.units import UnitConverter
+from fedomop.harmonize.vocabulary import resolve_codes
+from fedomop.harmonize.vocabulary.resolve import ResolutionCache
 
 FIELD_PREFIX = "="  # evaluated ``fields:`` columns travel as "=<omop column>" until the row's table is known
 REFERENCE_SLOTS = {

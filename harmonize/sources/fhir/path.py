@@ -28,8 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from harmonize.errors import MappingError, SourceError
-from harmonize.sources.fhir_structure import Element, element_table, resource_model, type_name
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.sources.fhir.structure import Element, element_table, resource_model, type_name
 
 Items = list[Any]
 Step = Callable[[Items, Mapping[str, str]], Items]
@@ -347,7 +347,7 @@ def row_extractor(paths: Sequence[CompiledPath], *, validated: bool = False) -> 
     """See :func:`_row_extractor` (compiled once per combination of paths).
 
     ``validated=True`` gives a faster form for resources that passed the structural check
-    (:mod:`harmonize.sources.fhir_structure`); on any other input it may differ from ``evaluate``."""
+    (:mod:`fedomop.harmonize.sources.fhir.structure`); on any other input it may differ from ``evaluate``."""
     return _row_extractor(tuple(paths), validated)
 
 

@@ -1,7 +1,7 @@
 """The ``fedomop`` command: a thin typer layer over the library API.
 
 Each command group lives in its own module and is registered here, so the CLI
-stays a table of contents. Every :class:`~harmonize.errors.FedomopError` is
+stays a table of contents. Every :class:`~fedomop.harmonize.ground.errors.FedomopError` is
 printed as a clear message (where + fix) with a non-zero exit, never a traceback.
 """
 
@@ -13,7 +13,7 @@ import sys
 import typer
 from rich.console import Console
 
-from harmonize.errors import FedomopError
+from fedomop.harmonize.ground.errors import FedomopError
 
 app = typer.Typer(
     name="fedomop",
@@ -26,14 +26,14 @@ err_console = Console(stderr=True)
 
 # (module, attribute) of each command registrar; a module registers its commands on `app`.
 _COMMAND_MODULES = [
-    "harmonize.commands.cdm",
-    "harmonize.commands.vocabulary",
-    "harmonize.commands.sample_data",
-    "harmonize.commands.map",
-    "harmonize.commands.validate",
-    "federated.cli",
-    "federated.governance.cli",
-    "harmonize.commands.demo",
+    "fedomop.harmonize.commands.cdm",
+    "fedomop.harmonize.commands.vocabulary",
+    "fedomop.harmonize.commands.sample_data",
+    "fedomop.harmonize.commands.map",
+    "fedomop.harmonize.commands.validate",
+    "fedomop.federated.commands.train",
+    "fedomop.federated.commands.governance",
+    "fedomop.harmonize.commands.demo",
 ]
 
 

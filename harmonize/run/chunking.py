@@ -26,12 +26,12 @@ from pathlib import Path
 
 import polars as pl
 
-from harmonize.errors import ReconciliationError
-from harmonize.mapping.models import Mapping, Source
-from harmonize.sources.base import SourceBatch, empty_rejects
-from harmonize.sources.read import read_source
-from harmonize.sources.tabular import PYTHON_CODEC, match_files, read_tabular
-from harmonize.tables import KEYED_TABLES
+from fedomop.harmonize.ground.errors import ReconciliationError
+from fedomop.harmonize.mapping.models import Mapping, Source
+from fedomop.harmonize.sources.base import SourceBatch, empty_rejects
+from fedomop.harmonize.sources.read import read_source
+from fedomop.harmonize.sources.tabular import PYTHON_CODEC, match_files, read_tabular
+from fedomop.harmonize.tables import KEYED_TABLES
 
 DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
 SHARED_TABLES = frozenset(KEYED_TABLES) - {"person", "visit_occurrence"}  # keyed, but not a person's records

@@ -1,4 +1,4 @@
-"""``fedomop governance ...`` and ``fedomop certs create``: thin commands over federated.governance."""
+"""``fedomop governance ...`` and ``fedomop certs create``: thin commands over fedomop.federated.governance."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ def register(app: typer.Typer) -> None:
         study: Annotated[Path | None, typer.Option(help="Hash this study file together with the code.")] = None,
     ) -> None:
         """Print the sha256 a site puts in its policy's approved_apps."""
-        from federated.governance.hashing import app_hash, study_app_hash
+        from fedomop.federated.governance.hashing import app_hash, study_app_hash
 
         print(study_app_hash(study, path) if study else app_hash(path))
 
     @governance_app.command("check-policy")
     def check_policy(policy: Annotated[Path, typer.Argument(help="Site policy YAML.")]) -> None:
         """Validate a site policy and summarise what it allows."""
-        from federated.governance.policy import load_policy
+        from fedomop.federated.governance.policy import load_policy
 
         loaded = load_policy(policy)
         console.print(f"policy of site {loaded.site!r} is valid; audit log: {loaded.audit_log}")
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         head: Annotated[str | None, typer.Option(help="Published head hash to compare with.")] = None,
     ) -> None:
         """Check the audit log's hash chain; exit 1 if it was edited, reordered or truncated."""
-        from federated.governance.auditlog import verify
+        from fedomop.federated.governance.auditlog import verify
 
         result = verify(log, expected_head=head)
         if result.ok:
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
     ) -> None:
         """Create a CA, a SuperLink TLS certificate and one ECDSA P-256 key pair per site."""
-        from federated.governance.certs import DEFAULT_HOSTS, create_credentials, site_names
+        from fedomop.federated.governance.certs import DEFAULT_HOSTS, create_credentials, site_names
 
         names = site_names(sites, site)
         credentials = create_credentials(out, names, hosts=tuple(host or DEFAULT_HOSTS), days=days)

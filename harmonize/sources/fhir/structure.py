@@ -32,7 +32,7 @@ from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
-from harmonize.errors import SourceError
+from fedomop.harmonize.ground.errors import SourceError
 
 # A Reference.reference must be one of the forms the FHIR R4 spec allows (relative "Type/id", an
 # absolute URL, a bundle-local urn:uuid / urn:oid, a "#contained" fragment, or a conditional

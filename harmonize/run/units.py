@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from harmonize.db import Database
-from harmonize.errors import MappingError, VocabularyError
-from harmonize.mapping.models import UnitConversion
-from harmonize.vocabulary import standard_concept_by_code
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import MappingError, VocabularyError
+from fedomop.harmonize.mapping.models import UnitConversion
+from fedomop.harmonize.vocabulary import standard_concept_by_code
 
 _TABLE_SCHEMA = {
     "_conv_concept": pl.Int64,

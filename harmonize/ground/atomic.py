@@ -13,8 +13,8 @@ from types import TracebackType
 
 import sqlalchemy as sa
 
-from harmonize.db import Database, connect, normalize_url
-from harmonize.errors import DatabaseError
+from fedomop.harmonize.ground.db import Database, connect, normalize_url
+from fedomop.harmonize.ground.errors import DatabaseError
 
 
 def _search_path_url(url: str, schema: str) -> str:

@@ -20,14 +20,16 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
-from harmonize.atomic import AtomicTarget
-from harmonize.cdm import create_cdm, load_spec
-from harmonize.cdm.schema import add_primary_keys, supports_deferred_keys
-from harmonize.chunking import DEFAULT_CHUNK_MB, ChunkPlan, StagedSite, plan_chunks
-from harmonize.db import Database
-from harmonize.errors import MappingError, ReconciliationError
-from harmonize.ids import assign_ids
-from harmonize.lineage import (
+from fedomop.harmonize.cdm import create_cdm, load_spec
+from fedomop.harmonize.cdm.schema import add_primary_keys, supports_deferred_keys
+from fedomop.harmonize.ground.atomic import AtomicTarget
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import MappingError, ReconciliationError
+from fedomop.harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.mapping.models import Mapping, Rule
+from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB, ChunkPlan, StagedSite, plan_chunks
+from fedomop.harmonize.run.ids import assign_ids
+from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
     LINEAGE_SCHEMA,
     LINEAGE_TABLE,
@@ -36,15 +38,14 @@ from harmonize.lineage import (
     RecordLedger,
     lineage_rows,
 )
-from harmonize.mapping.checks import check_concept_names, check_mapping, check_source_columns
-from harmonize.mapping.loader import load_mapping
-from harmonize.mapping.models import Mapping, Rule
-from harmonize.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
-from harmonize.rules import FIELD_PREFIX, RuleEvaluator, RunContext
-from harmonize.sources.base import SourceBatch
-from harmonize.sources.read import read_source
-from harmonize.sources.tabular import match_files
-from harmonize.tables import (
+from fedomop.harmonize.run.preflight import check_concept_names, check_mapping, check_source_columns
+from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
+from fedomop.harmonize.run.rules import FIELD_PREFIX, RuleEvaluator, RunContext
+from fedomop.harmonize.run.units import UnitConverter
+from fedomop.harmonize.sources.base import SourceBatch
+from fedomop.harmonize.sources.read import read_source
+from fedomop.harmonize.sources.tabular import match_files
+from fedomop.harmonize.tables import (
     DOMAIN_TABLES,
     KEYED_TABLES,
     TARGETS,
@@ -53,9 +54,13 @@ from harmonize.tables import (
     episode_event,
     observation_period,
 )
-from harmonize.units import UnitConverter
-from harmonize.vocabulary import descendants, load_source_to_concept_map, load_vocabulary, standard_concept_by_code
-from harmonize.vocabulary.resolve import ResolutionCache
+from fedomop.harmonize.vocabulary import (
+    descendants,
+    load_source_to_concept_map,
+    load_vocabulary,
+    standard_concept_by_code,
+)
+from fedomop.harmonize.vocabulary.resolve import ResolutionCache
 
 Progress = Callable[[str, int, int], None]
 RUN_TABLE = "fedomop_run"
@@ -125,7 +130,7 @@ def _inventory_unmapped(mapping: Mapping, source_dir: Path, quarantine: Quaranti
     """Quarantine every resource of a type no source maps (reason: resource type not mapped)."""
     if not mapping.fhir_inventory:
         return {}
-    from harmonize.sources.fhir import count_fhir_resources, read_fhir
+    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir
 
     seen: dict[str, int] = {}
     for item in mapping.fhir_inventory:

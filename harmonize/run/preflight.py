@@ -10,13 +10,13 @@ from pathlib import Path
 
 import polars as pl
 
-from harmonize.cdm import load_spec
-from harmonize.db import Database
-from harmonize.errors import MappingError, SourceError
-from harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
-from harmonize.sources.tabular import match_files, read_header
-from harmonize.tables import MAPPABLE_TABLES, TARGETS
-from harmonize.tables._target import RULE_SLOTS
+from fedomop.harmonize.cdm import load_spec
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
+from fedomop.harmonize.sources.tabular import match_files, read_header
+from fedomop.harmonize.tables import MAPPABLE_TABLES, TARGETS
+from fedomop.harmonize.tables._target import RULE_SLOTS
 
 
 def _choices(values: object) -> str:

@@ -1,0 +1,1 @@
+"""Ground floor of the harmonize stages: typed errors, database access, atomic replace, value parsing."""

@@ -1,0 +1,1 @@
+"""FHIR R4 sources: the NDJSON/Bundle reader, the mapping-path compiler and the structural validator."""
