@@ -30,7 +30,7 @@ KIND = {"site_a": "CSV rows", "site_b": "FHIR resources", "site_c": "CSV rows", 
 
 CHILD = """
 import json, sys, time
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 mapping, source, db = sys.argv[1:4]
 report = run_mapping(mapping, source, db)
 print(json.dumps({"records": report.records_read, "rows": report.rows_loaded, "seconds": report.seconds,

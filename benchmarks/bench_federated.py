@@ -39,7 +39,7 @@ MODES = [
 
 
 def harmonized_sample_sites(folder: Path) -> list[Path]:
-    from fedomop.harmonize.run.engine import run_mapping
+    from fedomop.harmonize.run import run_mapping
 
     paths = []
     for site in ("site_a", "site_b", "site_c", "site_d"):

@@ -61,7 +61,7 @@ HIST_LIMIT = (
 
 
 def generate_and_map(persons: int, folder: Path) -> list[Path]:
-    from fedomop.harmonize.run.engine import run_mapping
+    from fedomop.harmonize.run import run_mapping
 
     extract = folder / "extract"
     subprocess.run(

@@ -103,10 +103,11 @@ con.close()
 def mapped_csv_files(site_dir: Path) -> list[Path]:
     """The CSV files the site mapping reads (not the generator's ground-truth files)."""
     from fedomop.harmonize.mapping.loader import load_mapping
-    from fedomop.harmonize.sources.tabular import match_files
+    from fedomop.harmonize.run.files import resolve_files
 
     mapping = load_mapping(MAPPING)
-    return [p for name, s in mapping.sources.items() for p in match_files(site_dir, s.files, name)]
+    files = resolve_files(mapping, site_dir)
+    return [p for name in mapping.sources for p in files.of(name)]
 
 
 def checked(run: TreeRun, what: str) -> TreeRun:
@@ -347,14 +348,11 @@ def _site_b_mapping():  # type: ignore[no-untyped-def]
 
 def fhir_sources(site_dir: Path) -> list[tuple[str, object, list[Path]]]:
     """(name, source, files) of every NDJSON source of the site-B mapping."""
-    from fedomop.harmonize.sources.tabular import match_files
+    from fedomop.harmonize.run.files import resolve_files
 
     mapping = _site_b_mapping()
-    return [
-        (name, s, match_files(site_dir, s.files, name))
-        for name, s in mapping.sources.items()
-        if s.format == "fhir_ndjson"
-    ]
+    files = resolve_files(mapping, site_dir)
+    return [(name, s, files.of(name)) for name, s in mapping.sources.items() if s.format == "fhir_ndjson"]
 
 
 def read_site_fhir(site_dir: Path, workers: int = 1) -> int:

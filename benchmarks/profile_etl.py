@@ -28,7 +28,7 @@ def main() -> None:
 
     from pyinstrument import Profiler
 
-    from fedomop.harmonize.run.engine import run_mapping
+    from fedomop.harmonize.run import run_mapping
 
     profiler = Profiler(interval=0.005)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedomop.harmonize.run import RunReport, run_mapping
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
-from fedomop.harmonize.run.engine import RunReport, run_mapping
 from fedomop.harmonize.run.lineage import ALL_TABLES
 
 console = Console()
@@ -115,6 +115,12 @@ def map_site(
     print_summary(report, out)
     if report.chunks > 1:
         out.print(f"mapped in {report.chunks} person-disjoint chunks")
+    if report.absent_sources:
+        out.print(
+            f"sources with no file (0 records; add 'required: true' to a source that must exist): "
+            f"{', '.join(report.absent_sources)}",
+            highlight=False,
+        )
     if report.unsplit_reason:
         out.print(
             f"[yellow]warning:[/] mapped whole, not in chunks ({report.unsplit_reason}): memory grew with the site"

@@ -148,6 +148,7 @@ class Source(Strict):
 
     format: SourceFormat
     files: str
+    required: bool = False  # no matching file is an error (else the source is absent: 0 records, named in the summary)
     # tabular
     delimiter: str = ","
     encoding: Literal["utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "cp1252", "windows-1252"] = "utf-8"

@@ -27,10 +27,12 @@ from pathlib import Path
 import polars as pl
 
 from fedomop.harmonize.ground.errors import ReconciliationError
-from fedomop.harmonize.mapping.models import Mapping, Source
+from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.run.files import SiteFiles
+from fedomop.harmonize.run.reading import read_source, tabular_options
 from fedomop.harmonize.sources.base import SourceBatch, empty_rejects
-from fedomop.harmonize.sources.read import read_source
-from fedomop.harmonize.sources.tabular import PYTHON_CODEC, match_files, read_tabular
+from fedomop.harmonize.sources.options import TabularOptions
+from fedomop.harmonize.sources.tabular import read_tabular
 from fedomop.harmonize.tables import KEYED_TABLES
 
 DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
@@ -86,20 +88,20 @@ def person_columns(mapping: Mapping) -> tuple[dict[str, str], tuple[str, ...], s
     return columns, tuple(shared), ""
 
 
-def source_bytes(mapping: Mapping, source_dir: Path) -> int:
+def source_bytes(mapping: Mapping, files: SiteFiles) -> int:
     """Bytes of source text the mapping reads (FHIR discounted: its JSON is mostly structure)."""
     total = 0
     for name, source in mapping.sources.items():
-        size = sum(p.stat().st_size for p in match_files(source_dir, source.files, name))
+        size = sum(p.stat().st_size for p in files.of(name))
         total += size // _FHIR_TEXT_PER_RECORD if source.is_fhir else size
     return total
 
 
 def plan_chunks(
-    mapping: Mapping, source_dir: Path, chunks: int | None = None, chunk_mb: int = DEFAULT_CHUNK_MB
+    mapping: Mapping, files: SiteFiles, chunks: int | None = None, chunk_mb: int = DEFAULT_CHUNK_MB
 ) -> ChunkPlan:
     """``chunks`` if given, else one chunk per ``chunk_mb`` of source text; 1 when the mapping cannot be split."""
-    wanted = chunks if chunks else max(1, math.ceil(source_bytes(mapping, source_dir) / (chunk_mb * 2**20)))
+    wanted = chunks if chunks else max(1, math.ceil(source_bytes(mapping, files) / (chunk_mb * 2**20)))
     if wanted <= 1:
         return ChunkPlan(1, {})
     columns, shared, reason = person_columns(mapping)
@@ -111,10 +113,6 @@ def plan_chunks(
 def chunk_of(column: str, chunks: int) -> pl.Expr:
     """The chunk of a row: a hash of its person id as the reader gives it (CSV cells arrive stripped)."""
     return (pl.col(column).cast(pl.String).hash(seed=_HASH_SEED) % chunks).cast(pl.Int64).alias("_chunk")
-
-
-def _is_utf8(encoding: str) -> bool:
-    return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
 
 
 def _transcode(path: Path, codec: str, out: Path, block: int = 16 * 2**20) -> bool:
@@ -180,10 +178,11 @@ class StagedSite:
     chunks it mapped add up to it.
     """
 
-    def __init__(self, plan: ChunkPlan, mapping: Mapping, source_dir: Path, scratch: Path) -> None:
+    def __init__(self, plan: ChunkPlan, mapping: Mapping, files: SiteFiles, scratch: Path) -> None:
         self.plan = plan
         self.mapping = mapping
-        self.source_dir = source_dir
+        self.files = files
+        self.source_dir = files.source_dir
         self.scratch = scratch
         self._parts: dict[str, list[tuple[Path, list[str]]]] = {}  # source -> per file: (folder, columns)
         self._rejects: dict[str, pl.DataFrame] = {}
@@ -197,16 +196,17 @@ class StagedSite:
         rejects: list[pl.DataFrame] = []
         if source.is_fhir:  # the reader hands over blocks of mapped columns; each is split and written at once
             writer = _ChunkWriter(self.scratch / name / "0", column, self.plan.chunks)
-            batch = read_source(name, source, self.source_dir, on_frame=writer.add)
+            batch = read_source(name, source, self.files.of(name), self.source_dir, on_frame=writer.add)
             writer.close()
             staged.append((writer.folder, batch.frame.columns, self._written(writer.folder, expected=writer.rows)))
             rejects.append(batch.rejects)
         else:
-            for path in match_files(self.source_dir, source.files, name):
-                relative = str(path.relative_to(self.source_dir))
-                part = self._stream_file(name, len(staged), path, relative, source, column)
+            options = tabular_options(source)
+            for path in self.files.of(name):
+                relative = self.files.relative(path)
+                part = self._stream_file(name, len(staged), path, relative, options, column)
                 if part is None:  # ragged rows, bad bytes: the in-memory reader quarantines them
-                    batch = read_tabular(name, [path], self.source_dir, source)
+                    batch = read_tabular(name, [path], self.source_dir, options)
                     part = self._split_frame(name, len(staged), batch.frame, column)
                     rejects.append(batch.rejects)
                 staged.append(part)
@@ -214,26 +214,28 @@ class StagedSite:
         self._rejects[name] = pl.concat(rejects) if rejects else empty_rejects()
         self.records[name] = sum(rows for _, _, rows in staged) + self._rejects[name].height
 
-    def _scan(self, name: str, index: int, path: Path, source: Source) -> pl.LazyFrame | None:
+    def _scan(self, name: str, index: int, path: Path, options: TabularOptions) -> pl.LazyFrame | None:
         """A lazy scan of the file as text (legacy encodings transcoded first), or None if it cannot stream."""
-        if source.format == "parquet":
+        if options.format == "parquet":
             return pl.scan_parquet(path).select(pl.all().cast(pl.String))
-        if source.format != "csv":
-            return None
-        if not _is_utf8(source.encoding):
+        if not options.is_utf8:
             utf8 = self.scratch / name / f"{index}.utf8.csv"
             utf8.parent.mkdir(parents=True, exist_ok=True)
-            if not _transcode(path, PYTHON_CODEC[source.encoding], utf8):
+            if not _transcode(path, options.codec, utf8):
                 return None
             path = utf8
         return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
-            path, separator=source.delimiter, infer_schema=False, null_values=source.null_values, quote_char='"'
+            path,
+            separator=options.delimiter,
+            infer_schema=False,
+            null_values=list(options.null_values),
+            quote_char='"',
         )
 
     def _stream_file(
-        self, name: str, index: int, path: Path, relative: str, source: Source, column: str
+        self, name: str, index: int, path: Path, relative: str, options: TabularOptions, column: str
     ) -> tuple[Path, list[str], int] | None:
-        scan = self._scan(name, index, path, source)
+        scan = self._scan(name, index, path, options)
         if scan is None:
             return None
         folder = self.scratch / name / str(index)

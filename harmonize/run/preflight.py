@@ -14,7 +14,9 @@ from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
-from fedomop.harmonize.sources.tabular import match_files, read_header
+from fedomop.harmonize.run.files import SiteFiles
+from fedomop.harmonize.run.reading import tabular_options
+from fedomop.harmonize.sources.tabular import read_header
 from fedomop.harmonize.tables import MAPPABLE_TABLES, TARGETS
 from fedomop.harmonize.tables._target import RULE_SLOTS
 
@@ -139,37 +141,49 @@ def _named_constants(mapping: Mapping, file: str) -> Iterator[tuple[ConstantExpr
         yield mapping.episodes.type_concept, f"{file}: episodes.type_concept"
 
 
-def check_source_columns(mapping: Mapping, mapping_file: Path, source_dir: Path) -> None:
-    """Every column a rule reads exists in its source (CSV/Parquet header, or a FHIR source's declared columns)."""
+def check_source_columns(mapping: Mapping, mapping_file: Path, files: SiteFiles) -> None:
+    """Every column a rule reads exists in its source: in the header of *every* file of a CSV/Parquet source
+    (a second file without the ``unit`` column would otherwise load values without units), or among a FHIR
+    source's declared columns. Absent sources (no file) are skipped: they contribute no record."""
     file = str(mapping_file)
-    headers: dict[str, set[str]] = {}
-    for name, source in mapping.sources.items():
-        if source.is_fhir:
-            headers[name] = set(source.columns or {})
-            continue
-        try:
-            files = match_files(source_dir, source.files, name)
-        except SourceError as exc:
-            raise SourceError(exc.message, where=f"{file}: sources.{name}.files ({source_dir})", fix=exc.fix) from None
-        header = set(read_header(files[0], source))
-        for declared in source.columns or []:
-            if declared not in header:
-                raise MappingError(
-                    f"column {declared!r} is not in the header of {files[0].name}",
-                    where=f"{file}: sources.{name}.columns",
-                    fix=f"columns in the file: {_choices(sorted(header))}",
-                )
-        headers[name] = header
+    used: dict[str, list[tuple[str, str]]] = {}
     for table, rules in mapping.tables.items():
         for index, rule in enumerate(rules):
             for key, column in rule_columns(rule):
-                if column not in headers[rule.source]:
-                    kind = "declared columns" if mapping.sources[rule.source].is_fhir else "header"
+                used.setdefault(rule.source, []).append((f"tables.{table}[{index}].{key}", column))
+    for name, source in mapping.sources.items():
+        if source.is_fhir:
+            _check_columns_exist(file, name, "declared columns", set(source.columns or {}), used.get(name, []))
+            continue
+        options = tabular_options(source)
+        for path in files.of(name):
+            try:
+                header = read_header(path, options)
+            except OSError as error:
+                raise SourceError(
+                    f"cannot read the header: {error.strerror or error}",
+                    where=files.relative(path),
+                    fix="check that the file is readable",
+                ) from None
+            header_set = set(header)
+            for declared in source.columns or []:
+                if declared not in header_set:
                     raise MappingError(
-                        f"column {column!r} does not exist in source {rule.source!r}",
-                        where=f"{file}: tables.{table}[{index}].{key}",
-                        fix=f"{kind} of {rule.source}: {_choices(sorted(headers[rule.source]))}",
+                        f"column {declared!r} is not in the header of {files.relative(path)}",
+                        where=f"{file}: sources.{name}.columns",
+                        fix=f"columns in the file: {_choices(sorted(header_set))}",
                     )
+            _check_columns_exist(file, name, f"header of {files.relative(path)}", header_set, used.get(name, []))
+
+
+def _check_columns_exist(file: str, source: str, kind: str, available: set[str], used: list[tuple[str, str]]) -> None:
+    for key, column in used:
+        if column not in available:
+            raise MappingError(
+                f"column {column!r} does not exist in source {source!r} ({kind})",
+                where=f"{file}: {key}",
+                fix=f"{kind}: {_choices(sorted(available))}",
+            )
 
 
 def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> None:

@@ -14,40 +14,18 @@ from pathlib import Path
 import polars as pl
 
 from fedomop.harmonize.ground.errors import SourceError
-from fedomop.harmonize.mapping.models import Source
 from fedomop.harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
-
-PYTHON_CODEC = {
-    "utf-8": "utf-8",
-    "utf8": "utf-8",
-    "latin-1": "latin-1",
-    "latin1": "latin-1",
-    "iso-8859-1": "latin-1",
-    "cp1252": "cp1252",
-    "windows-1252": "cp1252",
-}
+from fedomop.harmonize.sources.options import TabularOptions
 
 
-def match_files(base_dir: Path, pattern: str, source_name: str) -> list[Path]:
-    """Files matching a source's glob, sorted so runs are repeatable; none is an error."""
-    files = sorted(p for p in base_dir.glob(pattern) if p.is_file())
-    if not files:
-        raise SourceError(
-            f"no file matches {pattern!r}",
-            where=f"source {source_name!r} in {base_dir}",
-            fix="check the source folder (--source) and the files: glob in the mapping",
-        )
-    return files
-
-
-def read_header(path: Path, source: Source) -> list[str]:
+def read_header(path: Path, options: TabularOptions) -> list[str]:
     """The column names of a file without reading its data (for checking a mapping before a run)."""
-    if source.format == "parquet":
+    if options.format == "parquet":
         return list(pl.read_parquet_schema(path))
     with path.open("rb") as handle:
         first = handle.readline()
-    text = first.decode(PYTHON_CODEC[source.encoding], errors="replace").lstrip("\ufeff").rstrip("\r\n")
-    return [c.strip().strip('"') for c in text.split(source.delimiter)]
+    text = first.decode(options.codec, errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    return [c.strip().strip('"') for c in text.split(options.delimiter)]
 
 
 def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataFrame, list[int] | None]:
@@ -88,41 +66,41 @@ def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataF
     return "".join(kept).lstrip("\ufeff"), pl.DataFrame(rejects, schema=REJECT_SCHEMA), numbers
 
 
-def _scan(path: Path, relative: str, source: Source) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
-    if source.format == "parquet":
+def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
+    if options.format == "parquet":
         return pl.scan_parquet(path).select(pl.all().cast(pl.String)), empty_rejects(), None
-    codec = PYTHON_CODEC[source.encoding]
-    options = {
-        "separator": source.delimiter,
+    codec = options.codec
+    csv_options = {
+        "separator": options.delimiter,
         "infer_schema": False,
-        "null_values": source.null_values,
+        "null_values": list(options.null_values),
         "quote_char": '"',
     }
     if codec == "utf-8":
         try:
             path.read_bytes().decode("utf-8")
-            return pl.scan_csv(path, **options), empty_rejects(), None
+            return pl.scan_csv(path, **csv_options), empty_rejects(), None
         except UnicodeDecodeError:
             pass
     text, rejects, numbers = _decoded_lines(path, relative, codec)
     try:
-        return pl.read_csv(io.StringIO(text), **options).lazy(), rejects, numbers
+        return pl.read_csv(io.StringIO(text), **csv_options).lazy(), rejects, numbers
     except pl.exceptions.PolarsError:  # ragged rows in a transcoded or partly undecodable file
-        frame, ragged, kept = _parse_ragged(text, relative, source, numbers)
+        frame, ragged, kept = _parse_ragged(text, relative, options, numbers)
         return frame.lazy(), pl.concat([rejects, ragged]), kept
 
 
-def _read_ragged(path: Path, relative: str, source: Source) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
+def _read_ragged(path: Path, relative: str, options: TabularOptions) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
     """Slow path for a UTF-8 CSV polars refuses: rows with the wrong number of fields become rejects, the rest
     load (files in other encodings, or with undecodable lines, take this path inside ``_scan``)."""
     text = path.read_bytes().decode("utf-8").lstrip("\ufeff")
-    return _parse_ragged(text, relative, source, None)
+    return _parse_ragged(text, relative, options, None)
 
 
 def _parse_ragged(
-    text: str, relative: str, source: Source, numbers: list[int] | None
+    text: str, relative: str, options: TabularOptions, numbers: list[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
-    records = list(csv.reader(io.StringIO(text), delimiter=source.delimiter))
+    records = list(csv.reader(io.StringIO(text), delimiter=options.delimiter))
     if not records:
         raise SourceError(
             "the CSV file is empty: not even a header row",
@@ -133,7 +111,7 @@ def _parse_ragged(
     kept: list[list[str | None]] = []
     kept_numbers: list[int] = []
     rejects: list[dict[str, str]] = []
-    nulls = set(source.null_values)
+    nulls = set(options.null_values)
     for index, record in enumerate(body, start=1):
         number = numbers[index - 1] if numbers and index <= len(numbers) else index
         if len(record) != len(header):
@@ -142,7 +120,7 @@ def _parse_ragged(
                     "source_file": relative,
                     "source_row": str(number),
                     "field": "*",
-                    "value": source.delimiter.join(record)[:200],
+                    "value": options.delimiter.join(record)[:200],
                     "reason": f"wrong number of fields: {len(record)} instead of {len(header)}; quote values "
                     "that contain the delimiter",
                 }
@@ -154,23 +132,23 @@ def _parse_ragged(
     return frame, pl.DataFrame(rejects, schema=REJECT_SCHEMA), kept_numbers
 
 
-def read_tabular(name: str, files: list[Path], base_dir: Path, source: Source) -> SourceBatch:
+def read_tabular(name: str, files: list[Path], base_dir: Path, options: TabularOptions) -> SourceBatch:
     """Read every file of a CSV/Parquet source as text with lineage columns (_source_file, _source_row)."""
     frames: list[pl.DataFrame] = []
     rejects: list[pl.DataFrame] = []
     for path in files:
         relative = str(path.relative_to(base_dir))
-        scan, bad, numbers = _scan(path, relative, source)
+        scan, bad, numbers = _scan(path, relative, options)
         try:
             frame = scan.collect()
         except pl.exceptions.PolarsError as exc:
-            if source.format != "csv":
+            if options.format != "csv":
                 raise SourceError(
-                    f"cannot parse as {source.format}: {str(exc).splitlines()[0]}",
+                    f"cannot parse as {options.format}: {str(exc).splitlines()[0]}",
                     where=relative,
                     fix="check that the file is the format the mapping declares",
                 ) from None
-            frame, ragged, numbers = _read_ragged(path, relative, source)
+            frame, ragged, numbers = _read_ragged(path, relative, options)
             bad = pl.concat([bad, ragged])
         rows = (
             pl.Series("_source_row", numbers, pl.Int64)

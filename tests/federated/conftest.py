@@ -20,7 +20,7 @@ def synthetic_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def sample_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The four sample sites harmonized into OMOP DuckDB files by the real mapping engine."""
-    from fedomop.harmonize.run.engine import run_mapping
+    from fedomop.harmonize.run import run_mapping
 
     folder = tmp_path_factory.mktemp("sample_sites")
     paths = {}

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 from tests.harmonize.fixture_site import DIAGNOSES, LABS, MAPPING, PATIENTS, make_site, write_csv
 
 
@@ -142,7 +142,7 @@ MAPPING_CASES = [
         "unknown column",
         _set(["tables", "measurement", 0, "value"], {"number": "result", "unit": "unit"}),
         "tables.measurement[0].value.number: column 'result' does not exist in source 'labs'",
-        "header of labs: lab_date, lab_id, loinc, patient_id, unit, value",
+        "header of labs.csv: lab_date, lab_id, loinc, patient_id, unit, value",
     ),
     (
         "unknown table",

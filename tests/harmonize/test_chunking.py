@@ -13,9 +13,11 @@ import sqlalchemy as sa
 
 from fedomop.harmonize.ground.errors import DatabaseError, MappingError, ReconciliationError
 from fedomop.harmonize.mapping.loader import load_mapping
-from fedomop.harmonize.run import engine
+from fedomop.harmonize.run import chunked as site_run
+from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.run.build import SiteBuild
 from fedomop.harmonize.run.chunking import ChunkPlan, StagedSite, person_columns, plan_chunks
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run.files import resolve_files
 from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SYNTHEA_BULK
 
 VOCABULARY_TABLES = {
@@ -184,15 +186,17 @@ def _site_a_variant(path: Path, old: str, new: str) -> Path:
 
 def test_plan_follows_the_size_budget_and_refuses_unsplittable_mappings(tmp_path: Path) -> None:
     mapping = load_mapping(MAPPINGS / "site_a.yaml")
-    assert plan_chunks(mapping, SAMPLE_DATA / "site_a").chunks == 1  # a few MB: one chunk
-    assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunk_mb=1).chunks > 1
-    assert plan_chunks(mapping, SAMPLE_DATA / "site_a", chunks=5) == ChunkPlan(5, person_columns(mapping)[0], (), "")
+    files = resolve_files(mapping, SAMPLE_DATA / "site_a")
+    assert plan_chunks(mapping, files).chunks == 1  # a few MB: one chunk
+    assert plan_chunks(mapping, files, chunk_mb=1).chunks > 1
+    assert plan_chunks(mapping, files, chunks=5) == ChunkPlan(5, person_columns(mapping)[0], (), "")
     odd = _site_a_variant(  # the death rule names the person in another column than the person rule
         tmp_path / "odd.yaml",
         "      when: {column: death_date, not_null: true}\n      person: patient_id",
         "      when: {column: death_date, not_null: true}\n      person: zip",
     )
-    plan = plan_chunks(load_mapping(odd), SAMPLE_DATA / "site_a", chunks=4)
+    odd_mapping = load_mapping(odd)
+    plan = plan_chunks(odd_mapping, resolve_files(odd_mapping, SAMPLE_DATA / "site_a"), chunks=4)
     assert plan.chunks == 1 and "patients" in plan.reason and "zip" in plan.reason
     with pytest.raises(MappingError, match="cannot map in 4 chunks: source 'patients' names its person"):
         run_mapping(odd, SAMPLE_DATA / "site_a", tmp_path / "odd.duckdb", chunks=4)
@@ -205,7 +209,8 @@ def test_a_person_split_source_keying_shared_rows_by_another_column_is_mapped_wh
     mapping = _site_a_variant(
         tmp_path / "npi.yaml", "tables:\n", "tables:\n  provider:\n    - source: encounters\n      id: encounter_type\n"
     )
-    plan = plan_chunks(load_mapping(mapping), SAMPLE_DATA / "site_a", chunks=3)
+    npi = load_mapping(mapping)
+    plan = plan_chunks(npi, resolve_files(npi, SAMPLE_DATA / "site_a"), chunks=3)
     assert plan.chunks == 1
     assert plan.reason.startswith("source 'encounters' is split by person (patient_id) but also builds provider")
 
@@ -243,7 +248,7 @@ def test_a_build_error_is_reported_even_if_the_background_load_failed_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loads = {"n": 0}
-    load_tables = engine._load_tables
+    load_tables = site_run.load_tables
 
     def second_load_fails(*args: object, **kwargs: object) -> dict[str, int]:
         loads["n"] += 1
@@ -252,16 +257,16 @@ def test_a_build_error_is_reported_even_if_the_background_load_failed_too(
         return load_tables(*args, **kwargs)  # type: ignore[arg-type]
 
     builds = {"n": 0}
-    build_events = engine.SiteBuild.build_events
+    build_events = SiteBuild.build_events
 
-    def third_build_fails(self: engine.SiteBuild) -> None:
+    def third_build_fails(self: SiteBuild) -> None:
         builds["n"] += 1
         if builds["n"] == 3:
             raise MappingError("bad rule", where="test", fix="none")
         build_events(self)
 
-    monkeypatch.setattr(engine, "_load_tables", second_load_fails)
-    monkeypatch.setattr(engine.SiteBuild, "build_events", third_build_fails)
+    monkeypatch.setattr(site_run, "load_tables", second_load_fails)
+    monkeypatch.setattr(SiteBuild, "build_events", third_build_fails)
     with pytest.raises(MappingError, match="bad rule") as raised:
         run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", tmp_path / "site.duckdb", chunks=4)
     notes = raised.value.__notes__

@@ -8,8 +8,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from fedomop.harmonize.ground.errors import MappingError, SourceError
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.run import run_mapping
 from tests.harmonize.fixture_site import make_site
 
 CDM_TABLES = (
@@ -171,9 +171,9 @@ def test_a_failing_run_leaves_the_previous_database_intact(tmp_path: Path) -> No
     db = tmp_path / "site.duckdb"
     run_mapping(mapping, source, db)
     before = _cdm_contents(db)
-    (source / "Condition.000.ndjson").unlink()  # discovered midway, after the new database was half built
-    with pytest.raises(SourceError, match="no file matches 'Condition\\*.ndjson'"):
-        run_mapping(mapping, source, db)
+    strict, _ = make_site(tmp_path / "strict", {"on_unmapped": "fail"})
+    with pytest.raises(MappingError, match="unmapped code"):  # found midway, after the new database was half built
+        run_mapping(strict, source, db)
     assert _cdm_contents(db) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("site")) == ["site.duckdb"]
 

@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from fedomop.harmonize.ground.db import connect
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.run import run_mapping
 from tests.conftest import REPO
 from tests.harmonize.fixture_site import make_site
 
@@ -83,9 +84,9 @@ def test_postgresql_target_is_loaded_and_replaced_atomically(tmp_path: Path, pos
         assert db.scalar("select max(run_id) from fedomop_run") == second.run_id != first.run_id
         stages = db.scalar("select count(*) from information_schema.schemata where schema_name like 'fedomop_stage%'")
         assert stages == 0
-        (source / "Condition.000.ndjson").unlink()
-        with pytest.raises(Exception, match="no file matches"):
-            run_mapping(mapping, source, postgres_url)
+        strict, _ = make_site(tmp_path / "strict", {"on_unmapped": "fail"})
+        with pytest.raises(MappingError, match="unmapped code"):  # fails midway, in the staging schema
+            run_mapping(strict, source, postgres_url)
         assert db.scalar("select count(*) from condition_occurrence") == 5  # previous load intact
     finally:
         db.dispose()

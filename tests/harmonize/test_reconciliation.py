@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from fedomop.harmonize.ground.errors import ReconciliationError
-from fedomop.harmonize.run.engine import _check_reconciliation
 from fedomop.harmonize.run.lineage import RecordLedger
+from fedomop.harmonize.run.load import check_reconciliation as _check_reconciliation
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA
 
 QUARANTINE = {**QUARANTINE_SCHEMA, "_ord": pl.Int64()}

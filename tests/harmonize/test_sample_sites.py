@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 from tests.conftest import MAPPINGS, SAMPLE_DATA
 
 SITES = ("site_a", "site_b", "site_c", "site_d")

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS, SYNTHEA_BULK
 
 

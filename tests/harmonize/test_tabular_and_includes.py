@@ -12,7 +12,8 @@ import yaml
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Source
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.run.reading import tabular_options
 from fedomop.harmonize.sources.tabular import read_tabular
 from tests.harmonize.fixture_site import MAPPING, make_site
 
@@ -22,7 +23,7 @@ def test_latin1_semicolon_day_first_and_decimal_comma(tmp_path: Path) -> None:
     source = Source(
         format="csv", files="labs.csv", delimiter=";", encoding="latin-1", date_format="%d/%m/%Y", decimal=","
     )
-    batch = read_tabular("labs", [tmp_path / "labs.csv"], tmp_path, source)
+    batch = read_tabular("labs", [tmp_path / "labs.csv"], tmp_path, tabular_options(source))
     assert batch.frame.row(0, named=True) == {
         "id": "1",
         "patient": "P1",
@@ -41,13 +42,15 @@ def test_an_empty_csv_file_among_others_is_a_clear_error(tmp_path: Path, encodin
     (tmp_path / "b.csv").write_text("")
     source = Source(format="csv", files="*.csv", encoding=encoding)
     with pytest.raises(SourceError, match="the CSV file is empty") as info:
-        read_tabular("s", [tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path, source)
+        read_tabular("s", [tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path, tabular_options(source))
     assert info.value.where == "b.csv" and "export it again" in info.value.fix
 
 
 def test_parquet_source_reads_as_text_with_row_numbers(tmp_path: Path) -> None:
     pl.DataFrame({"id": [1, 2], "value": [1.5, None]}).write_parquet(tmp_path / "x.parquet")
-    batch = read_tabular("x", [tmp_path / "x.parquet"], tmp_path, Source(format="parquet", files="*.parquet"))
+    batch = read_tabular(
+        "x", [tmp_path / "x.parquet"], tmp_path, tabular_options(Source(format="parquet", files="*.parquet"))
+    )
     assert batch.frame.rows() == [("1", "1.5", "x.parquet", "1"), ("2", None, "x.parquet", "2")]
 
 

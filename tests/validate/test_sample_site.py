@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 from fedomop.harmonize.validate.catalogue import load_catalogue
 from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 from tests.conftest import MAPPINGS, SAMPLE_DATA

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fedomop.harmonize.ground.db import connect
-from fedomop.harmonize.run.engine import run_mapping
+from fedomop.harmonize.run import run_mapping
 from fedomop.harmonize.tables.cdm_source import CDM_VERSION_CONCEPT_ID
 from fedomop.harmonize.tables.episode_event import CONDITION_OCCURRENCE_ID_FIELD
 from fedomop.harmonize.validate.checks import run_checks

@@ -1,0 +1,283 @@
+"""Build one chunk's OMOP tables from its source frames: rules table by table, domain routing, ids, derived tables.
+
+Nothing here touches the database except to read the vocabulary; the finished frames go to :mod:`.load`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+from fedomop.harmonize.cdm import load_spec
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.mapping.models import Rule
+from fedomop.harmonize.run.ids import assign_ids
+from fedomop.harmonize.run.progress import Progress
+from fedomop.harmonize.run.rules import FIELD_PREFIX, RuleEvaluator, RunContext
+from fedomop.harmonize.tables import (
+    DOMAIN_TABLES,
+    KEYED_TABLES,
+    TARGETS,
+    cdm_source,
+    episode,
+    episode_event,
+    observation_period,
+)
+from fedomop.harmonize.vocabulary import (
+    descendants,
+    standard_concept_by_code,
+)
+
+_POLARS_TYPE: dict[str, pl.DataType] = {
+    "integer": pl.Int64(),
+    "float": pl.Float64(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us"),
+}
+
+
+_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target", "_source_key")
+
+
+_DEFAULT_PERIOD_TYPE = 32817  # "EHR"; a mapping may declare its own observation_period.type_concept
+
+
+def _spec_types(table: str) -> dict[str, pl.DataType]:
+    return {f.name: _POLARS_TYPE.get(f.datatype, pl.String()) for f in load_spec().table(table).fields}
+
+
+def _to_table_columns(table: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """Rename slot columns to this table's columns; ``fields:`` apply only where the rule declared this table."""
+    target = TARGETS[table]
+    renamed = rows.rename({s: c for s, c in target.columns.items() if s in rows.columns and s != "_source_key"})
+    field_columns = [c for c in renamed.columns if c.startswith(FIELD_PREFIX)]
+    declared_here = renamed.height and renamed.get_column("_declared")[0] == table
+    if declared_here:
+        renamed = renamed.rename({c: c[len(FIELD_PREFIX) :] for c in field_columns})
+    else:
+        renamed = renamed.drop(field_columns)
+    key_column = target.columns.get("_source_key")
+    if key_column and "_source_key" in renamed.columns:  # the record's id is the *_source_value unless a field says
+        present = key_column in renamed.columns
+        value = pl.coalesce(key_column, "_source_key") if present else pl.col("_source_key")
+        renamed = renamed.with_columns(value.cast(pl.String).alias(key_column))
+    types = _spec_types(table)
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in types.items() if name not in renamed.columns]
+    return renamed.with_columns(missing)
+
+
+def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Spec types and varchar lengths (PostgreSQL would refuse longer text); lineage columns kept."""
+    exprs = []
+    for f in load_spec().table(table).fields:
+        dtype = _POLARS_TYPE.get(f.datatype, pl.String())
+        column = pl.col(f.name).cast(dtype, strict=False)  # type: ignore[arg-type]
+        if f.datatype == "varchar":
+            column = pl.col(f.name).cast(pl.String)
+            if f.length:
+                column = column.str.slice(0, f.length)
+        exprs.append(column.alias(f.name))
+    keep = [c for c in _LINEAGE_COLUMNS if c in frame.columns]
+    return frame.select(*exprs, *keep)
+
+
+class SiteBuild:
+    """One run's state: evaluates rules table by table and keeps the finished OMOP frames."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        batches: dict[str, pl.DataFrame],
+        progress: Progress,
+        *,
+        ids_after: dict[str, int] | None = None,
+        carried_keys: dict[str, pl.DataFrame] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.batches = batches
+        self.progress = progress
+        self.ids_after = ids_after or {}  # table -> last id used by earlier chunks
+        self.carried_keys = carried_keys or {}  # keys of shared keyed rows built by an earlier chunk
+        self.evaluator = RuleEvaluator(ctx)
+        self.tables: dict[str, pl.DataFrame] = {}
+        self.cancer_concepts: list[int] | None = None  # resolved by build_derived only when conditions exist
+        self.rule_numbers: dict[tuple[str, int], int] = {}
+        number = 0
+        for table, rules in ctx.mapping.tables.items():
+            for index in range(len(rules)):
+                self.rule_numbers[(table, index)] = number
+                number += 1
+
+    def _evaluate_table_rules(self, table: str) -> list[tuple[Rule, pl.DataFrame]]:
+        """Each rule of the table over its source (rules of sources not in this chunk are skipped)."""
+        rules = self.ctx.mapping.tables.get(table, [])
+        frames = []
+        for index, rule in enumerate(rules):
+            self.progress(table, index, len(rules))
+            if rule.source in self.batches:
+                number = self.rule_numbers[(table, index)]
+                frames.append((rule, self.evaluator.evaluate(table, number, rule, self.batches[rule.source])))
+        self.progress(table, len(rules), len(rules))
+        return frames
+
+    def _finish(self, table: str, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Table columns, ids, table defaults, NOT NULL check (violations quarantined), spec types."""
+        shaped = [_to_table_columns(table, f) for f in frames if f.height]
+        if not shaped:
+            return pl.DataFrame()
+        target = TARGETS[table]
+        frame = pl.concat(shaped, how="diagonal_relaxed")
+        if target.one_per_person:  # death: its key is the person, the first record wins
+            frame = self._one_per_person(frame)
+        elif target.id_column:
+            frame = assign_ids(frame.drop(target.id_column), target.id_column, self.ids_after.get(table, 0))
+        frame = _cast_to_spec(table, target.finish(frame))
+        return self._require(table, frame)
+
+    def _one_per_person(self, frame: pl.DataFrame) -> pl.DataFrame:
+        ordered = frame.sort("person_id", "_rule", "_ord").with_columns(
+            pl.col("person_id").is_first_distinct().alias("_keep")
+        )
+        for source, rows in ordered.filter(~pl.col("_keep")).partition_by("_source", as_dict=True).items():
+            self.ctx.quarantine.add_rows(
+                str(source[0]),
+                rows,
+                "person",
+                pl.col("person_id"),
+                "duplicate id: a second death record for this person",
+                table="death",
+            )
+        return ordered.filter(pl.col("_keep")).drop("_keep")
+
+    def _require(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+        required = [f.name for f in load_spec().table(table).fields if f.required]
+        bad = pl.any_horizontal(*(pl.col(c).is_null() for c in required))
+        broken = frame.filter(bad)
+        for source, rows in broken.partition_by("_source", as_dict=True).items():
+            missing = pl.concat_str(
+                [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in required], separator=",", ignore_nulls=True
+            )
+            self.ctx.quarantine.add_rows(
+                str(source[0]),
+                rows,
+                "*",
+                missing,
+                pl.format("missing required OMOP field(s): {}", missing),
+                table=table,
+            )
+        return frame.filter(~bad)
+
+    def build_keyed(self) -> None:
+        for table in KEYED_TABLES:
+            frame = self._finish(table, [f for _, f in self._evaluate_table_rules(table)])
+            self.tables[table] = frame
+            keys = [self.carried_keys[table]] if table in self.carried_keys else []
+            if frame.height:
+                keys.append(frame.select(_key_columns(table)))
+            if keys:
+                self.ctx.keys[table] = pl.concat(keys).unique("_key", keep="first", maintain_order=True)
+
+    def shared_keys(self, sources: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+        """Keys of the keyed rows built from ``sources`` (read in the first chunk only), for later chunks."""
+        kept = {}
+        for table in KEYED_TABLES:
+            frame = self.tables.get(table, pl.DataFrame())
+            if frame.height:
+                mine = frame.filter(pl.col("_source").is_in(list(sources)))
+                if mine.height:
+                    kept[table] = mine.select(_key_columns(table))
+        return kept
+
+    def build_events(self) -> None:
+        """Evaluate every non-keyed rule, route each row by its standard concept's domain, then finish tables."""
+        routed: dict[str, list[pl.DataFrame]] = {}
+        for table in TARGETS:
+            if table in KEYED_TABLES or TARGETS[table].derived:
+                continue
+            for rule, rule_frame in self._evaluate_table_rules(table):
+                for target, part in self._route(table, rule.route_by_domain, rule_frame).items():
+                    routed.setdefault(target, []).append(part)
+        for table, frames in routed.items():
+            self.tables[table] = self._finish(table, frames)
+
+    @staticmethod
+    def _route(table: str, by_domain: bool, rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        if not by_domain or "_domain" not in rows.columns or TARGETS[table].domain is None:
+            return {table: rows}
+        target = pl.col("_domain").replace_strict(DOMAIN_TABLES, default=table, return_dtype=pl.String).fill_null(table)
+        parts = rows.with_columns(target.alias("_to")).partition_by("_to", as_dict=True, include_key=False)
+        return {str(key[0]): part for key, part in parts.items()}
+
+    def build_derived(
+        self, mapping_file: str, *, with_cdm_source: bool = True, cancer_concepts: list[int] | None = None
+    ) -> None:
+        """observation_period, episode + episode_event, cdm_source.
+
+        ``cancer_concepts``: ids an earlier chunk resolved; resolved here when needed, then kept on ``self``.
+        """
+        mapping, db = self.ctx.mapping, self.ctx.db
+        person = self.tables.get("person", pl.DataFrame())
+        period_type = (
+            mapping.observation_period.type_concept.constant if mapping.observation_period else _DEFAULT_PERIOD_TYPE
+        )
+        if person.height:
+            period = observation_period.build(self.tables, person, int(period_type or 0))
+            if period.height:
+                period = self._continue_ids("observation_period", period)
+                self.tables["observation_period"] = _cast_to_spec(
+                    "observation_period", _to_table_columns_derived("observation_period", period)
+                )
+        conditions = self.tables.get("condition_occurrence", pl.DataFrame())
+        if mapping.episodes and conditions.height:
+            if cancer_concepts is None:
+                ids = [standard_concept_by_code(db, c.vocabulary, c.code) for c in mapping.episodes.cancer_concepts]
+                cancer_concepts = descendants(db, ids)
+            self.cancer_concepts = cancer_concepts
+            cancers = episode.cancer_conditions(conditions, cancer_concepts)
+            episodes = episode.build(
+                cancers,
+                int(mapping.episodes.episode_concept.constant or 0),
+                int(mapping.episodes.type_concept.constant or 0),
+            )
+            if episodes.height:
+                episodes = self._continue_ids("episode", episodes)
+                self.tables["episode"] = _cast_to_spec("episode", _to_table_columns_derived("episode", episodes))
+                events = episode_event.build(cancers, episodes)
+                self.tables["episode_event"] = _cast_to_spec(
+                    "episode_event", _to_table_columns_derived("episode_event", events)
+                )
+        if with_cdm_source:
+            version = _vocabulary_version(db)
+            row = cdm_source.build(mapping.cdm_source, version, mapping_file, dt.date.today())
+            self.tables["cdm_source"] = _cast_to_spec("cdm_source", _to_table_columns_derived("cdm_source", row))
+
+    def _continue_ids(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """Derived tables number from 1 per build; shift past the ids earlier chunks used."""
+        after = self.ids_after.get(table, 0)
+        column = TARGETS[table].id_column
+        return frame.with_columns(pl.col(column) + after) if after else frame
+
+    def last_ids(self) -> dict[str, int]:
+        """Per table with engine-assigned ids, the largest id so far (where the next chunk continues)."""
+        last = dict(self.ids_after)
+        for table, frame in self.tables.items():
+            target = TARGETS[table]
+            if frame.height and target.id_column and not target.one_per_person:
+                last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
+        return last
+
+
+def _key_columns(table: str) -> list[pl.Expr]:
+    """(_key, _id): a keyed table's source id and OMOP id, the lookup events join on."""
+    return [pl.col("_source_key").cast(pl.String).alias("_key"), pl.col(TARGETS[table].id_column).alias("_id")]
+
+
+def _to_table_columns_derived(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    types = _spec_types(table)
+    return frame.with_columns(pl.lit(None, dtype).alias(n) for n, dtype in types.items() if n not in frame.columns)
+
+
+def _vocabulary_version(db: Database) -> str:
+    found = db.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
+    return str(found.item(0, 0)) if found.height and found.item(0, 0) else "unknown"

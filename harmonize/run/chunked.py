@@ -1,0 +1,270 @@
+"""One run over a site: its chunks (one for a site that fits in memory) read, built, reconciled and loaded in turn.
+
+Chunk k loads on a second connection while chunk k+1 is built (DuckDB and PostgreSQL release the GIL); ids continue
+across chunks and the keys of shared rows (providers, care sites, locations) are carried forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.run.build import SiteBuild
+from fedomop.harmonize.run.chunking import ChunkPlan, StagedSite
+from fedomop.harmonize.run.files import SiteFiles
+from fedomop.harmonize.run.lineage import (
+    ALL_TABLES,
+    LINEAGE_TABLE,
+    RECONCILIATION_SCHEMA,
+    RecordLedger,
+    lineage_rows,
+)
+from fedomop.harmonize.run.load import (
+    check_reconciliation,
+    check_split,
+    lineage_id,
+    load_tables,
+    quarantine_leftovers,
+    summarise_reasons,
+)
+from fedomop.harmonize.run.progress import Progress, chunk_progress
+from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
+from fedomop.harmonize.run.reading import read_source
+from fedomop.harmonize.run.rules import RunContext
+from fedomop.harmonize.run.units import UnitConverter
+from fedomop.harmonize.sources.base import SourceBatch
+from fedomop.harmonize.vocabulary.resolve import ResolutionCache
+
+
+def unique_rows(frame: pl.DataFrame, *, repeats_possible: bool = True) -> pl.DataFrame:
+    """Number rows within the batch (``_ord``) and make (file, row) unique: a repeated FHIR id gets ``#n``.
+
+    CSV/Parquet rows are numbered per file by the reader, so they cannot repeat and skip the (costly) window.
+    """
+    frame = frame.with_row_index("_ord").with_columns(pl.col("_ord").cast(pl.Int64))
+    if not repeats_possible:
+        return frame
+    repeat = pl.col("_ord").cum_count().over("_source_file", "_source_row")
+    return frame.with_columns(
+        pl.when(repeat > 1)
+        .then(pl.format("{}#{}", "_source_row", repeat))
+        .otherwise(pl.col("_source_row"))
+        .alias("_source_row")
+    )
+
+
+def read_sources(
+    names: list[str], read: Callable[[str], SourceBatch], quarantine: Quarantine, progress: Progress, fhir: set[str]
+) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+    """Each named source as a frame (read-time rejects go to the quarantine), and records read per source."""
+    batches: dict[str, pl.DataFrame] = {}
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        progress("read sources", index, len(names))
+        batch = read(name)
+        quarantine.add_rejects(name, batch.rejects)
+        batches[name] = unique_rows(batch.frame, repeats_possible=name in fhir)
+        seen[name] = batch.seen
+    progress("read sources", len(names), len(names))
+    return batches, seen
+
+
+def inventory_unmapped(mapping: Mapping, files: SiteFiles, quarantine: Quarantine) -> dict[str, int]:
+    """Quarantine every resource of a type no source maps (reason: resource type not mapped)."""
+    if not mapping.fhir_inventory:
+        return {}
+    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir
+
+    source_dir = files.source_dir
+    seen: dict[str, int] = {}
+    for item, item_files in zip(mapping.fhir_inventory, files.inventory, strict=True):
+        fmt: Literal["ndjson", "bundle"] = "ndjson" if item.format == "fhir_ndjson" else "bundle"
+        mapped = {s.resource_type for s in mapping.sources.values() if s.format == item.format}
+        files_by_type: dict[str, list[Path]] = {}
+        for path in item_files:
+            for kind in count_fhir_resources([path], fmt):
+                files_by_type.setdefault(kind, []).append(path)
+        for resource_type in sorted(t for t in set(files_by_type) - mapped if not t.startswith("(")):
+            name = f"{resource_type} (not mapped)"
+            batch = read_fhir(name, files_by_type[resource_type], source_dir, resource_type, {"id": "id"}, fmt=fmt)
+            frame = unique_rows(batch.frame)
+            quarantine.add_rejects(name, batch.rejects)
+            quarantine.add_rows(name, frame, "resourceType", pl.lit(resource_type), "resource type not mapped")
+            seen[name] = batch.seen
+    return seen
+
+
+def rule_tables(mapping: Mapping) -> dict[str, set[str]]:
+    """Source -> the OMOP tables its rules are declared for."""
+    found: dict[str, set[str]] = {}
+    for table, rules in mapping.tables.items():
+        for rule in rules:
+            found.setdefault(rule.source, set()).add(table)
+    return found
+
+
+@dataclass
+class RunTotals:
+    """What the chunks of a run add up to."""
+
+    loaded: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+    reconciliations: list[pl.DataFrame] = field(default_factory=list)
+    read_seconds: float = 0.0
+
+    def reconciliation(self) -> pl.DataFrame:
+        """Per source and table, counts summed over chunks (chunks never share a record, so sums are exact)."""
+        both = pl.concat(self.reconciliations)
+        summed = both.group_by("run_id", "source", "omop_table", maintain_order=True).agg(
+            pl.col("source_count", "loaded", "quarantined").sum()
+        )
+        balanced = pl.when(pl.col("omop_table") == ALL_TABLES).then(
+            pl.col("source_count") == pl.col("loaded") + pl.col("quarantined")
+        )
+        return summed.with_columns(balanced.alias("balanced")).select(list(RECONCILIATION_SCHEMA))
+
+
+class SiteRun:
+    """One run over a site: its chunks mapped in turn into the same (aside) database."""
+
+    def __init__(
+        self, db: Database, mapping: Mapping, mapping_path: Path, files: SiteFiles, run_id: str, progress: Progress
+    ) -> None:
+        self.db = db
+        self.mapping = mapping
+        self.mapping_path = mapping_path
+        self.files = files
+        self.present = [name for name in mapping.sources if name not in files.absent]  # absent sources add nothing
+        self.run_id = run_id
+        self.progress = progress
+        self.units = UnitConverter(db, mapping.units, str(mapping_path))
+        self.fhir = {name for name, source in mapping.sources.items() if source.is_fhir}
+        self.totals = RunTotals()
+        self.ids_after: dict[str, int] = {}
+        self.carried_keys: dict[str, pl.DataFrame] = {}
+        self.cancer_concepts: list[int] | None = None
+        self.codes = ResolutionCache()
+        # DuckDB and PostgreSQL load a chunk on a second connection while the next chunk is built (both release
+        # the GIL); SQLite connections stay on their thread, so it loads in turn
+        self.loader = ThreadPoolExecutor(1, "fedomop-load") if db.dialect in ("duckdb", "postgresql") else None
+        self.pending: Future[None] | None = None
+
+    def whole(self) -> None:
+        """The site in one piece (small sites, and mappings that cannot be split by person)."""
+        self._map_chunk(0, 1, self.present, self._read_whole)
+
+    def _read_whole(self, name: str) -> SourceBatch:
+        return read_source(name, self.mapping.sources[name], self.files.of(name), self.files.source_dir)
+
+    def chunked(self, plan: ChunkPlan, scratch: Path) -> None:
+        """Stage the partitioned sources into ``plan.chunks`` person-disjoint chunks, then map them in turn."""
+        staged = StagedSite(plan, self.mapping, self.files, scratch)
+        names = [name for name in plan.person_columns if name in self.present]
+        for index, name in enumerate(names):
+            self.progress("split sources", index, len(names))
+            staged.stage(name)
+        self.progress("split sources", len(names), len(names))
+
+        def read(chunk: int) -> Callable[[str], SourceBatch]:
+            def one(name: str) -> SourceBatch:
+                if name in plan.person_columns:
+                    return staged.batch(name, chunk)
+                return self._read_whole(name)
+
+            return one
+
+        for chunk in range(plan.chunks):
+            chunk_names = [n for n in self.present if n in plan.person_columns or chunk == 0]
+            self._map_chunk(chunk, plan.chunks, chunk_names, read(chunk), shared=plan.shared)
+        check_split(staged.records, self.totals.seen)
+
+    def _map_chunk(
+        self,
+        chunk: int,
+        chunks: int,
+        names: list[str],
+        read: Callable[[str], SourceBatch],
+        shared: tuple[str, ...] = (),
+    ) -> None:
+        """Read, build, account for and load one chunk; what later chunks need is kept on ``self``."""
+        progress = self.progress if chunks == 1 else chunk_progress(self.progress, chunk, chunks)
+        quarantine = Quarantine(self.run_id)
+        read_started = time.perf_counter()
+        batches, seen = read_sources(names, read, quarantine, progress, self.fhir)
+        if chunk == 0:
+            seen.update(inventory_unmapped(self.mapping, self.files, quarantine))
+        self.totals.read_seconds += time.perf_counter() - read_started
+        ctx = RunContext(
+            db=self.db,
+            mapping=self.mapping,
+            mapping_file=str(self.mapping_path),
+            quarantine=quarantine,
+            units=self.units,
+            codes=self.codes,
+        )
+        build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
+        build.build_keyed()
+        build.build_events()
+        build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0, cancer_concepts=self.cancer_concepts)
+        if build.cancer_concepts is not None:
+            self.cancer_concepts = build.cancer_concepts
+        if chunk == 0 and shared:
+            self.carried_keys = build.shared_keys(shared)
+        self.ids_after = build.last_ids()
+        tables = {t: f for t, f in build.tables.items() if f.height}
+        ledger = RecordLedger({name: frame.height for name, frame in batches.items()})
+        for table, frame in tables.items():
+            ledger.mark_loaded(table, frame)
+        ledger.mark_quarantined(quarantine.frame())
+        quarantine_leftovers(batches, ledger, quarantine)
+        recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
+        check_reconciliation(recon)
+        quarantined = quarantine.frame()
+        self.totals.reasons.update(summarise_reasons(quarantined))
+        self.totals.seen.update(seen)
+        self.totals.reconciliations.append(recon)
+        self.wait_for_load()  # at most one chunk is loading while the next one is built
+        if self.loader is None or chunks == 1:
+            self._load(tables, quarantined, progress)
+        else:
+            self.pending = self.loader.submit(self._load, tables, quarantined, progress)
+
+    def _load(self, tables: dict[str, pl.DataFrame], quarantined: pl.DataFrame, progress: Progress) -> None:
+        self.totals.loaded.update(load_tables(self.db, tables, progress))
+        self.db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
+        for table, frame in tables.items():
+            constants = {"run_id": self.run_id, "omop_table": table}
+            self.db.load_arrow(LINEAGE_TABLE, lineage_rows(lineage_id(table), frame), constants=constants)
+
+    def close(self) -> None:
+        """Finish the last background load (its error surfaces here) and stop the loader thread."""
+        try:
+            self.wait_for_load()
+        finally:
+            if self.loader is not None:
+                self.loader.shutdown(wait=True)
+                self.loader = None
+
+    def abandon(self) -> BaseException | None:
+        """After a failure: let the background load end and return its error instead of raising it."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - the failure being raised already says what went wrong
+            return exc
+        return None
+
+    def wait_for_load(self) -> None:
+        """Block until the chunk being loaded in the background is in (re-raising its error, if any)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()

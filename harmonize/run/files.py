@@ -1,0 +1,117 @@
+"""The files a run reads, resolved once before anything is read, and kept inside the folder the user named.
+
+Every source's ``files:`` glob (and every ``fhir_inventory`` glob) is matched here, once per run; planning,
+pre-flight checks, chunking and the readers all take the result instead of globbing again. A pattern is
+relative to ``--source``: an absolute pattern, a ``..`` step, or a match that resolves (through a symlink)
+outside that folder is refused before any byte of it is read, and the error never shows such a file's content.
+
+A source whose files are missing is *absent*: a Bulk Data export has files only for the resource types it
+holds, so an absent source counts 0 records and is named in the run summary; ``required: true`` makes it an
+error, and a folder where no source finds a file at all is an error too (a wrong ``--source``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.mapping.models import Mapping
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """What one run reads: the files of each source and of each FHIR inventory glob, in a repeatable order."""
+
+    source_dir: Path
+    sources: dict[str, list[Path]]
+    inventory: list[list[Path]] = field(default_factory=list)  # one list per mapping.fhir_inventory entry
+    absent: tuple[str, ...] = ()  # sources with no file (counted as 0 records)
+
+    def of(self, name: str) -> list[Path]:
+        return self.sources[name]
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.source_dir))
+
+
+def check_pattern(pattern: str, where: str) -> None:
+    """A mapping's file pattern must stay inside the source folder: relative, and without ``..`` steps."""
+    posix, windows = PurePosixPath(pattern), PureWindowsPath(pattern)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive:
+        raise MappingError(
+            f"the file pattern {pattern!r} is an absolute path",
+            where=where,
+            fix="write it relative to the source folder (--source), e.g. 'patients*.csv'",
+        )
+    if ".." in posix.parts or ".." in windows.parts:
+        raise MappingError(
+            f"the file pattern {pattern!r} steps out of the source folder ('..')",
+            where=where,
+            fix="put the files under the source folder (--source) and name them relative to it",
+        )
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (symlinks resolved) lies in ``folder`` (symlinks resolved)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def match_files(source_dir: Path, pattern: str, where: str) -> list[Path]:
+    """Files matching a glob under ``source_dir``, sorted so runs are repeatable; each checked to stay inside."""
+    check_pattern(pattern, where)
+    files = sorted(p for p in source_dir.glob(pattern) if p.is_file())
+    for path in files:
+        if not inside(path, source_dir):
+            raise MappingError(
+                f"{path.relative_to(source_dir)} matches {pattern!r} but links to a file outside the source folder",
+                where=where,
+                fix="copy the file into the source folder instead of linking to it",
+            )
+    return files
+
+
+def contained_file(folder: Path, name: str, where: str) -> Path:
+    """A single file named relative to ``folder`` (e.g. the site's source_to_concept_map), kept inside it."""
+    check_pattern(name, where)
+    path = folder / name
+    if path.exists() and not inside(path, folder):
+        raise MappingError(
+            f"{name} links to a file outside the source folder",
+            where=where,
+            fix="copy the file into the source folder instead of linking to it",
+        )
+    return path
+
+
+def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mapping") -> SiteFiles:
+    """Match every source and inventory glob once; absent sources are named, required ones must exist."""
+    sources: dict[str, list[Path]] = {}
+    absent: list[str] = []
+    for name, source in mapping.sources.items():
+        where = f"{mapping_file}: sources.{name}.files"
+        files = match_files(source_dir, source.files, where)
+        if not files:
+            if source.required:
+                raise SourceError(
+                    f"no file matches {source.files!r} and the source is required",
+                    where=f"{where} (in {source_dir})",
+                    fix="check the source folder (--source) and the files: glob, or drop 'required: true'",
+                )
+            absent.append(name)
+        sources[name] = files
+    inventory = [
+        match_files(source_dir, item.files, f"{mapping_file}: fhir_inventory[{index}].files")
+        for index, item in enumerate(mapping.fhir_inventory)
+    ]
+    if len(absent) == len(sources) and sources:
+        raise SourceError(
+            "no file in the source folder matches any source of the mapping",
+            where=str(source_dir),
+            fix="point --source at the extract folder, or check the mapping's files: globs",
+        )
+    return SiteFiles(source_dir, sources, inventory, tuple(absent))

@@ -1,0 +1,174 @@
+"""Bookkeeping and loading: the empty CDM and run tables, the OMOP frames and their lineage, the reconciliation.
+
+A record is accounted for exactly once: loaded into at least one OMOP row (with lineage) or quarantined with its
+reason; what no rule took is quarantined here. An unbalanced reconciliation stops the run before the swap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+from fedomop.harmonize.cdm import create_cdm, load_spec
+from fedomop.harmonize.cdm.schema import supports_deferred_keys
+from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.errors import ReconciliationError
+from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.run.files import SiteFiles, contained_file
+from fedomop.harmonize.run.lineage import (
+    ALL_TABLES,
+    LINEAGE_SCHEMA,
+    LINEAGE_TABLE,
+    RECONCILIATION_SCHEMA,
+    RECONCILIATION_TABLE,
+    RecordLedger,
+)
+from fedomop.harmonize.run.preflight import check_concept_names
+from fedomop.harmonize.run.progress import Progress
+from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
+from fedomop.harmonize.tables import (
+    TARGETS,
+)
+from fedomop.harmonize.vocabulary import (
+    load_source_to_concept_map,
+    load_vocabulary,
+)
+
+RUN_TABLE = "fedomop_run"
+
+
+RUN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "site": pl.String(),
+    "mapping_file": pl.String(),
+    "source_dir": pl.String(),
+    "started_at": pl.Datetime("us"),
+    "finished_at": pl.Datetime("us"),
+    "records_read": pl.Int64(),
+    "rows_loaded": pl.Int64(),
+    "records_quarantined": pl.Int64(),
+}
+
+
+def _sa_type(dtype: pl.DataType) -> sa.types.TypeEngine:
+    if dtype == pl.Int64:
+        return sa.BigInteger()
+    if dtype == pl.Boolean:
+        return sa.Boolean()
+    if dtype == pl.Float64:
+        return sa.Double()
+    if dtype == pl.Datetime:
+        return sa.DateTime()
+    return sa.Text()
+
+
+def _create_bookkeeping(db: Database, tables: dict[str, dict[str, pl.DataType]]) -> None:
+    metadata = sa.MetaData()
+    for name, schema in tables.items():
+        sa.Table(name, metadata, *(sa.Column(c, _sa_type(t)) for c, t in schema.items()))
+    metadata.create_all(db.engine)
+
+
+def create_run_tables(db: Database) -> None:
+    _create_bookkeeping(
+        db,
+        {
+            QUARANTINE_TABLE: QUARANTINE_SCHEMA,
+            LINEAGE_TABLE: LINEAGE_SCHEMA,
+            RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
+            RUN_TABLE: RUN_SCHEMA,
+        },
+    )
+
+
+def prepare_database(
+    db: Database, mapping: Mapping, mapping_path: Path, files: SiteFiles, vocabulary_dir: Path, progress: Progress
+) -> None:
+    """Empty CDM, the vocabulary and the site's source_to_concept_map; then the concept names the mapping uses."""
+    progress("vocabulary", 0, 1)
+    if supports_deferred_keys(db.engine):  # the engine's own tables get their keys after the load
+        create_cdm(db.engine, constraints="none", tables=list(TARGETS))
+    create_cdm(db.engine)
+    load_vocabulary(db, vocabulary_dir)
+    if mapping.vocabulary.source_to_concept_map:
+        path = contained_file(
+            files.source_dir,
+            mapping.vocabulary.source_to_concept_map,
+            f"{mapping_path}: vocabulary.source_to_concept_map",
+        )
+        load_source_to_concept_map(db, path)
+    check_concept_names(db, mapping, mapping_path)
+    progress("vocabulary", 1, 1)
+
+
+def load_tables(db: Database, tables: dict[str, pl.DataFrame], progress: Progress) -> dict[str, int]:
+    loaded: dict[str, int] = {}
+    for index, (table, frame) in enumerate(sorted(tables.items())):
+        progress("load", index, len(tables))
+        columns = load_spec().table(table).column_names
+        loaded[table] = db.load_arrow(table, frame.select(columns)) if frame.height else 0
+    progress("load", len(tables), len(tables))
+    return loaded
+
+
+def lineage_id(table: str) -> str | pl.Expr:
+    """The id recorded in lineage: the primary key; episode_event by its event; cdm_source is row 1."""
+    if table == "episode_event":
+        return "event_id"
+    if table == "cdm_source":
+        return pl.lit(1, pl.Int64)
+    return TARGETS[table].id_column
+
+
+def quarantine_leftovers(batches: dict[str, pl.DataFrame], ledger: RecordLedger, quarantine: Quarantine) -> None:
+    """Rows no rule took (filtered out by every ``when``) are quarantined, so none is silently dropped."""
+    for name, frame in batches.items():
+        left = ledger.unaccounted(name)
+        if left.any():
+            quarantine.add_rows(
+                name,
+                frame.filter(pl.Series(left)),
+                "*",
+                pl.lit(None, pl.String),
+                "no mapping rule selects this record",
+            )
+            ledger.mark_held(name, left)
+
+
+def summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    """Quarantine rows per kind of reason: the text before ':' or ';', with quoted values elided."""
+    if quarantine.is_empty():
+        return {}
+    reasons = (
+        quarantine.with_columns(pl.col("reason").str.replace_all(r"'[^']*'", "'…'").str.replace(r"[:;].*$", ""))
+        .group_by("reason")
+        .len()
+        .sort("len", "reason", descending=[True, False])
+    )
+    return dict(reasons.iter_rows())
+
+
+def check_reconciliation(recon: pl.DataFrame) -> None:
+    unbalanced = recon.filter((pl.col("omop_table") == ALL_TABLES) & ~pl.col("balanced"))
+    if unbalanced.height:
+        row = unbalanced.row(0, named=True)
+        raise ReconciliationError(
+            f"source {row['source']!r}: {row['source_count']} records read but {row['loaded']} loaded + "
+            f"{row['quarantined']} quarantined",
+            where="fedomop_reconciliation",
+            fix="this is an engine bug: report it with the mapping; the previous site database was kept",
+        )
+
+
+def check_split(written: dict[str, int], mapped: Counter[str]) -> None:
+    """The chunks mapped must add up to what the split wrote, source by source."""
+    for source, count in written.items():
+        if mapped[source] != count:
+            raise ReconciliationError(
+                f"source {source!r}: the split wrote {count} records but the chunks mapped {mapped[source]}",
+                where="person-disjoint chunks",
+                fix="this is an engine bug: report it with the mapping; the previous site database was kept",
+            )
