@@ -12,6 +12,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedomop.harmonize.ground.errors import FedomopError
 
@@ -24,6 +25,23 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fedomop import __version__
+
+        typer.echo(f"fedomop {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+    ),
+) -> None:
+    """Harmonize EHR extracts into OMOP CDM v5.4, validate them, and train federated models."""
+
 # (module, attribute) of each command registrar; a module registers its commands on `app`.
 _COMMAND_MODULES = [
     "fedomop.harmonize.commands.cdm",
@@ -33,7 +51,7 @@ _COMMAND_MODULES = [
     "fedomop.harmonize.commands.validate",
     "fedomop.federated.commands.train",
     "fedomop.federated.commands.governance",
-    "fedomop.harmonize.commands.demo",
+    "fedomop.demo",
 ]
 
 
@@ -51,10 +69,38 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# The optional parts of fedomop and the extra that installs each (pyproject.toml [project.optional-dependencies]).
+EXTRA_OF_MODULE = {
+    "flwr": "federated",
+    "xgboost": "federated",
+    "sklearn": "federated",
+    "cryptography": "federated",
+    "psutil": "federated",
+    "torch": "torch",
+    "ray": "simulation",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module an import did not find, if it is one of fedomop's optional parts."""
+    top = (error.name or "").split(".")[0]
+    return EXTRA_OF_MODULE.get(top)
+
+
 def main() -> None:
     """Console entry point: run the app and turn typed errors into clear messages."""
     try:
         app(standalone_mode=False)
+    except ModuleNotFoundError as error:
+        extra = missing_extra(error)
+        if extra is None:
+            raise
+        message = f"this command needs fedomop's {extra!r} extra ({error.name} is not installed)"
+        err_console.print(
+            f"[bold red]error[/]: {escape(message)}\n  fix: {escape('pip install ' + repr(f'fedomop[{extra}]'))}",
+            highlight=False,
+        )
+        sys.exit(2)
     except FedomopError as error:
         err_console.print(f"[bold red]error[/] ({type(error).__name__}): {error}", highlight=False)
         sys.exit(2)
