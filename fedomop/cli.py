@@ -88,13 +88,21 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
 
 
 def main() -> None:
-    """Console entry point: run the app and turn typed errors into clear messages."""
+    """Console entry point: run the app and turn typed errors into clear messages and truthful exit codes.
+
+    Exit codes: 0 success, 1 a failed check or run, 2 bad input or usage, 130 interrupted. typer in
+    non-standalone mode *returns* a command's exit code (and turns Ctrl-C into 130), so the code is
+    passed on here rather than dropped.
+    """
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
     except ModuleNotFoundError as error:
         extra = missing_extra(error)
         if extra is None:
-            raise
+            _internal_error(error)
         message = f"this command needs fedomop's {extra!r} extra ({error.name} is not installed)"
         err_console.print(
             f"[bold red]error[/]: {escape(message)}\n  fix: {escape('pip install ' + repr(f'fedomop[{extra}]'))}",
@@ -102,12 +110,12 @@ def main() -> None:
         )
         sys.exit(2)
     except FedomopError as error:
-        err_console.print(f"[bold red]error[/] ({type(error).__name__}): {error}", highlight=False)
+        err_console.print(f"[bold red]error[/] ({type(error).__name__}): {escape(str(error))}", highlight=False)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except typer.Abort:
-        err_console.print("aborted")
+        err_console.print("interrupted", highlight=False)
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
@@ -115,7 +123,23 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        _internal_error(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> None:
+    """An unexpected failure: one clear line and exit 1; the traceback only when FEDOMOP_DEBUG is set."""
+    import os
+
+    if os.environ.get("FEDOMOP_DEBUG"):
+        raise exc
+    err_console.print(
+        f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
+        "  this is a fedomop bug, not a problem with your data: please report it with the command you ran;"
+        " set FEDOMOP_DEBUG=1 to see the traceback",
+        highlight=False,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":
