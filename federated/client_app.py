@@ -27,11 +27,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedomop.federated import features, metrics
+from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import describe_content
 from fedomop.harmonize.ground.db import connect
-from fedomop.harmonize.ground.errors import FedomopError, PolicyError, StudyError
+from fedomop.harmonize.ground.errors import FedomopError
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500

@@ -15,18 +15,9 @@ import numpy as np
 import polars as pl
 
 from fedomop.federated import split
-from fedomop.federated.study import Concept, Covariate, StudySpec
+from fedomop.federated.errors import StudyError
+from fedomop.federated.study import EVENT_TABLES, Concept, Covariate, StudySpec
 from fedomop.harmonize.ground.db import Database, connect
-from fedomop.harmonize.ground.errors import StudyError
-
-# kind -> (table, concept column, date column)
-EVENT_TABLES: dict[str, tuple[str, str, str]] = {
-    "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date"),
-    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
-    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date"),
-    "observation": ("observation", "observation_concept_id", "observation_date"),
-    "measurement": ("measurement", "measurement_concept_id", "measurement_date"),
-}
 
 
 @dataclass
@@ -50,26 +41,6 @@ class SiteData:
         ClientApp, the pooled reference and the benchmarks split every site the same way."""
         held_out = split.test_mask(self.person_id, self.y, seed=study.seed, test_fraction=study.test_fraction)
         return self.subset(~held_out), self.subset(held_out)
-
-
-def tables_read(study: StudySpec) -> dict[str, list[str]]:
-    """Tables and columns the study's SQL reads (declared to the site policy before anything runs)."""
-    read: dict[str, set[str]] = {
-        "person": {"person_id", "year_of_birth", "gender_concept_id"},
-        "condition_occurrence": {"person_id", "condition_concept_id", "condition_start_date"},
-        "concept": {"concept_id", "vocabulary_id", "concept_code", "standard_concept", "invalid_reason"},
-        "concept_ancestor": {"ancestor_concept_id", "descendant_concept_id"},
-    }
-    if study.outcome.require_followup:
-        read["observation_period"] = {"person_id", "observation_period_end_date"}
-    for covariate in study.covariates:
-        if covariate.kind in EVENT_TABLES:
-            table, concept_col, date_col = EVENT_TABLES[covariate.kind]
-            columns = {"person_id", concept_col, date_col}
-            if covariate.kind == "measurement":
-                columns |= {"value_as_number", "value_as_concept_id", "unit_concept_id", "measurement_id"}
-            read.setdefault(table, set()).update(columns)
-    return {table: sorted(columns) for table, columns in read.items()}
 
 
 def _literal(text: str) -> str:

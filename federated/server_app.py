@@ -26,12 +26,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedomop.federated import metrics
+from fedomop.federated.errors import StudyError
 from fedomop.federated.faults import FaultTolerantGrid
 from fedomop.federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
 from fedomop.federated.strategies import fedavg, fedprox
 from fedomop.federated.study import parse_study
 from fedomop.federated.transport import CountingGrid
-from fedomop.harmonize.ground.errors import FedomopError, StudyError
+from fedomop.harmonize.ground.errors import FedomopError
 
 MODELS = (xgb_histogram.NAME, xgb_bagging.NAME, xgb_cyclic.NAME, mlp.NAME)
 

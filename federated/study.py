@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from fedomop.harmonize.ground.errors import StudyError
+from fedomop.federated.errors import StudyError
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -135,8 +135,6 @@ class StudySpec(_Strict):
 
     def tables(self) -> dict[str, list[str]]:
         """The CDM tables (and columns) this study reads, for the site's governance check."""
-        from fedomop.federated.features import tables_read
-
         return tables_read(self)
 
     def data_request(self) -> dict[str, Any]:
@@ -197,3 +195,33 @@ def load_study(path: str | Path) -> StudySpec:
             "study file not found", where=str(path), fix=f"give a YAML path or one of the bundled studies: {available}"
         )
     return parse_study(candidate.read_text(encoding="utf-8"), source=str(candidate))
+
+
+# covariate kind -> (table, concept column, date column)
+EVENT_TABLES: dict[str, tuple[str, str, str]] = {
+    "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date"),
+    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date"),
+    "observation": ("observation", "observation_concept_id", "observation_date"),
+    "measurement": ("measurement", "measurement_concept_id", "measurement_date"),
+}
+
+
+def tables_read(study: StudySpec) -> dict[str, list[str]]:
+    """Tables and columns the study's SQL reads (declared to the site policy before anything runs)."""
+    read: dict[str, set[str]] = {
+        "person": {"person_id", "year_of_birth", "gender_concept_id"},
+        "condition_occurrence": {"person_id", "condition_concept_id", "condition_start_date"},
+        "concept": {"concept_id", "vocabulary_id", "concept_code", "standard_concept", "invalid_reason"},
+        "concept_ancestor": {"ancestor_concept_id", "descendant_concept_id"},
+    }
+    if study.outcome.require_followup:
+        read["observation_period"] = {"person_id", "observation_period_end_date"}
+    for covariate in study.covariates:
+        if covariate.kind in EVENT_TABLES:
+            table, concept_col, date_col = EVENT_TABLES[covariate.kind]
+            columns = {"person_id", concept_col, date_col}
+            if covariate.kind == "measurement":
+                columns |= {"value_as_number", "value_as_concept_id", "unit_concept_id", "measurement_id"}
+            read.setdefault(table, set()).update(columns)
+    return {table: sorted(columns) for table, columns in read.items()}

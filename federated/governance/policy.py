@@ -16,8 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedomop.federated.errors import PolicyError
 from fedomop.harmonize.cdm import load_spec
-from fedomop.harmonize.ground.errors import PolicyError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ALL_COLUMNS = "*"

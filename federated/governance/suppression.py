@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fedomop.harmonize.ground.errors import PolicyError
+from fedomop.federated.errors import PolicyError
 
 COUNT_TOKENS = frozenset(
     {"n", "count", "counts", "num", "persons", "patients", "cases", "events", "examples", "cohort"}
