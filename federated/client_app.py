@@ -33,6 +33,7 @@ from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import describe_content
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import FedomopError
+from fedomop.harmonize.ground.smallcell import suppress_counts
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500
@@ -144,17 +145,15 @@ def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
 
 # -- what each message type computes ---------------------------------------------------------------
 def _describe(prep: Prepared, message: Message) -> RecordDict:
-    positives = int(prep.train.y.sum())
+    """Who this site is and its sizes; the positives go through the small-cell rule (a withheld cell is left out:
+    a machine reply shows it as absent, never as a false 0)."""
+    counts = {"n-train": prep.train.n, "n-test": prep.test.n}
+    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, prep.study.small_cell)
+    counts.update({key: value for key, value in positives.items() if value is not None})
     return RecordDict(
         {
             "site": ConfigRecord({"site": prep.site.name, "data-version": prep.data_version}),
-            "counts": MetricRecord(
-                {
-                    "n-train": prep.train.n,
-                    "n-test": prep.test.n,
-                    "n-positive-train": positives if positives >= prep.study.small_cell else 0,
-                }
-            ),
+            "counts": MetricRecord(counts),
         }
     )
 

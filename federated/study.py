@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from fedomop.federated.errors import StudyError
+from fedomop.harmonize.ground.smallcell import DEFAULT_THRESHOLD
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -116,7 +117,7 @@ class StudySpec(_Strict):
     seed: int = 2026
     test_fraction: float = Field(default=0.3, gt=0, lt=1)
     min_cohort_size: int = Field(default=20, ge=1)
-    small_cell: int = Field(default=5, ge=1)
+    small_cell: int = Field(default=DEFAULT_THRESHOLD, ge=1)
     cohort: Cohort
     outcome: Outcome
     covariates: list[Covariate] = Field(min_length=1)
