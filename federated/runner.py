@@ -21,11 +21,13 @@ import numpy as np
 
 from fedomop.federated import features, metrics
 from fedomop.federated.client_app import NO_POLICY, Site, code_hash, make_client_app
+from fedomop.federated.console import quiet_third_party
 from fedomop.federated.models import registry
 from fedomop.federated.report import write_model_card
 from fedomop.federated.server_app import RunSettings, make_server_app
 from fedomop.federated.settings import TrainSettings
 from fedomop.federated.study import StudySpec, parse_study
+from fedomop.federated.transport import OnExchange
 from fedomop.harmonize.ground.errors import FedomopError
 
 APP_DIR = Path(__file__).parent / "flower_app"
@@ -73,9 +75,12 @@ def simulate(
     pooled: bool = True,
     message_log: str | Path | None = None,
     policies: dict[str, str] | None = None,
+    progress: OnExchange | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train in the simulation engine; returns the result dict (also in ``out/result.json``).
+
+    ``progress`` hears of every round trip at the hub (:class:`fedomop.federated.console.RoundProgress`).
 
     ``policies`` maps a site name to its governance YAML; a site not listed runs with the
     explicit opt-out (:data:`fedomop.federated.client_app.NO_POLICY`): a simulation reads local copies
@@ -95,12 +100,17 @@ def simulate(
     settings = RunSettings.of(study_text, model, train)
     _check_simulation_concurrency(settings.model, len(sites))
     backend = {
-        "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False},
+        # log_to_driver: the actors' own log lines (with colour codes) stay out of the user's output;
+        # a site's failure still reaches the hub as an error reply and is reported there.
+        "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False, "log_to_driver": False},
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_third_party()
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU-only: keep Ray's GPU-env notice quiet
-    run_simulation(make_server_app(settings), make_client_app(sites), num_supernodes=len(sites), backend_config=backend)
+    run_simulation(
+        make_server_app(settings, progress), make_client_app(sites), num_supernodes=len(sites), backend_config=backend
+    )
     result_path = Path(out) / "result.json"
     if not result_path.exists():
         raise FedomopError("the simulation ended without a result", where=str(out), fix="see the log above")
@@ -126,7 +136,12 @@ def run_deployment(
     out = Path(out).resolve()
     model = str(options.pop("model", "xgboost-hist"))
     train = TrainSettings.from_mapping({"out": str(out), **options})
-    run_config = {"study": str(study_path), "model": model, "settings": train.to_json(), "settings-digest": train.digest()}
+    run_config = {
+        "study": str(study_path),
+        "model": model,
+        "settings": train.to_json(),
+        "settings-digest": train.digest(),
+    }
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
     flwr = str(Path(os.sys.executable).parent / "flwr")

@@ -31,7 +31,7 @@ from fedomop.federated.faults import FaultTolerantGrid
 from fedomop.federated.models import registry
 from fedomop.federated.settings import TrainSettings, setting
 from fedomop.federated.study import parse_study
-from fedomop.federated.transport import CountingGrid
+from fedomop.federated.transport import CountingGrid, OnExchange
 from fedomop.harmonize.ground.errors import FedomopError
 
 
@@ -211,14 +211,16 @@ def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
     return registry.get(settings.model).save(model, out)
 
 
-def run(grid: Grid, settings: RunSettings) -> RunResult:
-    """The whole federated run at the hub; writes result.json, the model and returns the result."""
+def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None) -> RunResult:
+    """The whole federated run at the hub; writes result.json, the model and returns the result.
+
+    ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``."""
     study = parse_study(settings.study_text, source="study")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.wait_for_nodes_s)
     tolerant = fault_tolerant(grid, settings, len(nodes))
-    counting = CountingGrid(tolerant)
+    counting = CountingGrid(tolerant, on_exchange=on_exchange)
     config = settings.message_config(len(nodes))
     try:
         tolerant.round_timeout = max(settings.round_timeout, settings.wait_for_nodes_s)  # first contact: start-up
@@ -257,13 +259,13 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     return result
 
 
-def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+def make_server_app(settings: RunSettings | None = None, on_exchange: OnExchange | None = None) -> ServerApp:
     """A ServerApp for given settings (simulation) or reading Flower's run config (deployment)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, settings or RunSettings.from_run_config(dict(context.run_config)))
+        run(grid, settings or RunSettings.from_run_config(dict(context.run_config)), on_exchange)
 
     return app
 

@@ -8,7 +8,8 @@ check that a site sent only model parameters and aggregates, never the values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,23 +67,33 @@ class Traffic:
         self.messages[label] = self.messages.get(label, 0) + messages
 
 
-class CountingGrid:
-    """A Grid that counts message bytes per phase; everything else is delegated."""
+OnExchange = Callable[[str, float, int, int], None]
+"""Told of every exchange: its label (``round 3`` or a phase), seconds, bytes sent and bytes received."""
 
-    def __init__(self, grid: Any, traffic: Traffic | None = None) -> None:
+
+class CountingGrid:
+    """A Grid that counts message bytes per phase (and tells ``on_exchange``, e.g. the progress lines)."""
+
+    def __init__(self, grid: Any, traffic: Traffic | None = None, on_exchange: OnExchange | None = None) -> None:
         self._grid = grid
         self.traffic = traffic or Traffic()
         self.phase = "setup"
+        self.on_exchange = on_exchange
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         outgoing = list(messages)
+        started = time.perf_counter()
         replies = list(self._grid.send_and_receive(outgoing, timeout=timeout))
+        seconds = time.perf_counter() - started
         sent = sum(content_bytes(m.content) for m in outgoing)
         received = sum(content_bytes(r.content) for r in replies if r.has_content())
-        self.traffic.add(self._label(outgoing), sent, received, len(outgoing) + len(replies))
+        label = self._label(outgoing)
+        self.traffic.add(label, sent, received, len(outgoing) + len(replies))
+        if self.on_exchange is not None:
+            self.on_exchange(label, seconds, sent, received)
         return replies
 
     def _label(self, outgoing: list[Message]) -> str:

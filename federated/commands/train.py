@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedomop.federated.console import RoundProgress
 from fedomop.federated.deploy import flower_env, hub_command, site_command, write_connection
 from fedomop.federated.errors import StudyError
 from fedomop.federated.models import MODEL_NAMES as MODELS
+from fedomop.federated.models import registry
 from fedomop.federated.report import print_comparison
 from fedomop.harmonize.ground.errors import FedomopError
 
@@ -86,9 +88,14 @@ def register(app: typer.Typer) -> None:
                 study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
             )
         else:
-            result = runner.simulate(
-                study_spec_path, _check_sites(sites or DEFAULT_SITES), out=out, message_log=message_log, **options
-            )
+            site_paths = _check_sites(sites or DEFAULT_SITES)
+            progress = _progress(model, rounds, len(site_paths))
+            try:
+                result = runner.simulate(
+                    study_spec_path, site_paths, out=out, message_log=message_log, progress=progress, **options
+                )
+            finally:
+                progress.close()
         print_comparison(result)
         console.print(f"model, model_card.json and result.json in {out}")
 
@@ -193,6 +200,14 @@ def _secure_hub(
         if hub.poll() is None:
             hub.terminate()
             hub.wait(15)
+
+
+def _progress(model: str, rounds: int, n_sites: int) -> RoundProgress:
+    """Progress on stderr (stdout keeps the result table): a first line now, then one per round or phase."""
+    total = rounds or registry.get(model).defaults.rounds
+    progress = RoundProgress(total)
+    progress.console.print(f"training {model} on {n_sites} sites, {total} rounds (simulation)", markup=False)
+    return progress
 
 
 def _study_path(study: str) -> Path:

@@ -23,7 +23,13 @@ So the bin edges are agreed first, federatedly and without rows leaving a site:
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import socket
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,6 +44,7 @@ from fedomop.harmonize.ground.errors import FedomopError
 NAME = "xgboost-hist"
 SKETCH_LEVELS = 256
 MAX_BINS = 256
+log = logging.getLogger(__name__)
 
 
 # -- site side -------------------------------------------------------------------------------------
@@ -152,6 +159,26 @@ def agree_edges(grid: Grid, nodes: list[int], config: dict[str, Any]) -> list[np
     return global_edges([r.content.array_records["sketch"] for r in replies])
 
 
+@contextlib.contextmanager
+def _native_stderr_to_debug_log() -> Iterator[None]:
+    """XGBoost's tracker thread writes "listening on 0.0.0.0:<port>" straight to file descriptor 2 (its
+    Python log callback is registered per thread, not for the tracker's); send it to the debug log instead.
+    The tracker has written the line when ``run_federated_server`` returns (it waits until the server is up)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            said = capture.read().decode(errors="replace").strip()
+    if said:
+        log.debug("xgboost: %s", said)
+
+
 def server_run(
     grid: Grid,
     nodes: list[int],
@@ -163,8 +190,10 @@ def server_run(
 ) -> ArrayRecord:
     """Agree edges, start the federated allreduce server, and train all sites at once.
 
-    XGBoost's server listens on every interface (``0.0.0.0``; its API has no host), so
-    ``host`` is only the address the sites dial. With ``certs`` (``fedomop certs create``)
+    XGBoost's server listens on every interface: XGBoost 3.2's federated tracker hard-codes
+    ``0.0.0.0:<port>`` (``plugin/federated/federated_tracker.cc``; its API has no host), so ``host`` is
+    only the address the sites dial. The port is a fresh free one, open for this training only, and
+    admits ``len(nodes)`` ranks; its "listening on 0.0.0.0" line goes to the debug log, not the console. With ``certs`` (``fedomop certs create``)
     the server requires mutual TLS: sites present their ``<site>.tls.pem`` (node config ``certs``).
     """
     from xgboost.federated import run_federated_server
@@ -173,7 +202,9 @@ def server_run(
 
     edges = agree_edges(grid, nodes, config)
     port = free_port(host)
-    run_federated_server(len(nodes), port, blocking=False, timeout=600, **(xgboost_server_tls(certs) if certs else {}))
+    tls = xgboost_server_tls(certs) if certs else {}
+    with _native_stderr_to_debug_log():
+        run_federated_server(len(nodes), port, blocking=False, timeout=600, **tls)
     config = {**config, "xgb-tls": bool(certs)}
     edge_record = xgb_common.to_record(b"", edges)
     messages = []
