@@ -142,12 +142,16 @@ def run_deployment(
         "settings": train.to_json(),
         "settings-digest": train.digest(),
     }
-    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+    # A TOML file, not `key=value` pairs: flwr's pair parser cannot read a double quote inside a value, and the
+    # settings are JSON. A JSON string literal (ASCII, escaped) is also a valid TOML basic string.
+    overrides = out / "run_config.toml"
+    out.mkdir(parents=True, exist_ok=True)
+    overrides.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()), encoding="utf-8")
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
     flwr = str(Path(os.sys.executable).parent / "flwr")
     (out / "result.json").unlink(missing_ok=True)
     submitted = subprocess.run(
-        [flwr, "run", str(APP_DIR), federation, "--run-config", overrides, "--format", "json"],
+        [flwr, "run", str(APP_DIR), federation, "--run-config", str(overrides), "--format", "json"],
         capture_output=True,
         text=True,
         env=env,
