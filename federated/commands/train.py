@@ -15,6 +15,7 @@ from fedomop.federated.errors import StudyError
 from fedomop.federated.models import MODEL_NAMES as MODELS
 from fedomop.federated.models import registry
 from fedomop.federated.report import print_comparison
+from fedomop.federated.settings import TrainSettings
 from fedomop.harmonize.ground.errors import FedomopError
 
 console = Console()
@@ -71,8 +72,6 @@ def register(app: typer.Typer) -> None:
 
         study_spec_path = _study_path(study)
         load_study(study_spec_path)  # fail early, with the file and key, on a bad study
-        if strategy not in ("fedavg", "fedprox"):
-            raise typer.BadParameter("choose fedavg or fedprox", param_hint="--strategy")
         options = {
             "model": model,
             "rounds": rounds,
@@ -81,6 +80,8 @@ def register(app: typer.Typer) -> None:
             "round_timeout": round_timeout,
             "min_sites": min_sites,
         }
+        registry.get(model)  # fail early, naming the setting: an unknown model, a value out of bounds
+        TrainSettings.from_mapping({k: v for k, v in options.items() if k != "model"})
         if federation:
             if certs:
                 options["certs"] = str(certs.resolve())
