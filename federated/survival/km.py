@@ -14,11 +14,13 @@ interval as at risk for all of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
+Events = NDArray[Any]  # 0/1 floats or booleans: an event indicator (1 = event, 0 = censored)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Interval:
     censored: int
 
 
-def site_counts(time: Array, event: Array, width: float, horizon: float) -> list[Interval]:
+def site_counts(time: Array, event: Events, width: float, horizon: float) -> list[Interval]:
     """At risk / events / censored per grid interval [k*width, (k+1)*width) up to ``horizon``."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
