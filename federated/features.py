@@ -8,6 +8,7 @@ subqueries, EXISTS).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -66,6 +67,18 @@ class SiteData:
             None if self.time is None else self.time[mask],
             None if self.status is None else self.status[mask],
         )
+
+    def digest(self) -> str:
+        """A fingerprint of exactly what the site read for the study (features, labels, times, statuses, person
+        order), so any change of the data the model saw changes the model card's ``data_version``."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.feature_names).encode())
+        for part in (self.X, self.y, self.person_id, self.time, self.status):
+            if part is not None:
+                array = np.ascontiguousarray(part)
+                h.update(f"{array.dtype.str}{array.shape}".encode())
+                h.update(array.tobytes())
+        return h.hexdigest()[:16]
 
     def train_test(self, study: StudySpec) -> tuple[SiteData, SiteData]:
         """The study's person split (``fedomop.federated.split``): training rows, held-out rows. One place, so the

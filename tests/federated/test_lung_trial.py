@@ -212,3 +212,27 @@ def test_federated_cox_on_the_mapped_sites_equals_the_pooled_stratified_fit(
     pooled = CoxPHFitter().fit(raw, "time", "status", strata=["hospital"], fit_options={"precision": 1e-12})
     assert fit.converged
     np.testing.assert_allclose(fit.beta, pooled.params_[["age", "male", "ph.ecog"]].to_numpy(), atol=1e-6)
+
+
+def test_data_version_changes_with_any_value_the_study_reads(
+    trial: pd.DataFrame, mapped: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two databases of the same site (same cdm_source) differing in one ECOG score get different data versions;
+    the same database read twice gets the same one."""
+    study = parse_study(STUDY)
+    hospital = "hospital_1"
+    first = build_features(str(mapped[hospital]), study).digest()
+    assert build_features(str(mapped[hospital]), study).digest() == first
+    rows = trial[trial["hospital"] == hospital].copy()
+    changed = rows["ph.ecog"].first_valid_index()
+    rows.loc[changed, "ph.ecog"] = (rows.loc[changed, "ph.ecog"] + 1) % 4
+    site = tmp_path / hospital
+    _write_extract(rows, site / "extract")
+    _vocabulary_with_ecog(site / "vocabulary")
+    (site / "mapping.yaml").write_text(MAPPING.format(site=hospital), encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "fedomop", "map", "--mapping", str(site / "mapping.yaml"),
+         "--source", str(site / "extract"), "--db", str(site / "cdm.duckdb")],
+        capture_output=True, check=True,
+    )
+    assert build_features(str(site / "cdm.duckdb"), study).digest() != first
