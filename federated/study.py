@@ -198,6 +198,8 @@ class StudySpec(_Strict):
     test_fraction: float = Field(default=0.3, gt=0, lt=1)
     min_cohort_size: int = Field(default=20, ge=1)
     small_cell: int = Field(default=5, ge=1)
+    min_outcome_count: int = Field(default=1, ge=0)
+    allow_absent_covariates: list[str] = Field(default_factory=list)
     cohort: Cohort
     outcome: Outcome
     covariates: list[Covariate] = Field(min_length=1)
@@ -208,6 +210,9 @@ class StudySpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"covariate names must be unique, repeated: {', '.join(dupes)}")
+        unknown = sorted(set(self.allow_absent_covariates) - set(names))
+        if unknown:
+            raise ValueError(f"allow_absent_covariates names no covariate: {', '.join(unknown)}")
         return self
 
     @property

@@ -21,6 +21,7 @@ import pytest
 from fedomop.federated.features import build_features
 from fedomop.federated.study import parse_study
 from fedomop.federated.survival import cox
+from fedomop.harmonize.ground.errors import StudyError
 from fedomop.harmonize.ground.resources import vocabulary_subset_dir
 
 HOSPITALS = 3
@@ -236,3 +237,44 @@ def test_data_version_changes_with_any_value_the_study_reads(
         capture_output=True, check=True,
     )
     assert build_features(str(site / "cdm.duckdb"), study).digest() != first
+
+
+def test_feasibility_names_the_site_whose_vocabulary_lacks_a_covariate(
+    trial: pd.DataFrame, mapped: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fourth hospital whose vocabulary has no ECOG concept (its scores map to concept 0) stops the run before
+    training, naming that hospital and the covariate; listing the covariate as allowed-absent lets it run, with
+    ECOG missing (never 0) there. Counts below the threshold are withheld."""
+    from fedomop.federated.feasibility import require_feasible, site_feasibility
+
+    study = parse_study(STUDY)
+    site = tmp_path / "hospital_x"
+    rows = trial[trial["hospital"] == "hospital_2"]
+    _write_extract(rows, site / "extract")
+    shutil.copytree(vocabulary_subset_dir(), site / "vocabulary")  # no ECOG concept
+    (site / "mapping.yaml").write_text(MAPPING.format(site="hospital_x"), encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "fedomop", "map", "--mapping", str(site / "mapping.yaml"),
+         "--source", str(site / "extract"), "--db", str(site / "cdm.duckdb")],
+        capture_output=True, check=True,
+    )
+    reports = [site_feasibility(str(db), study, name, threshold=10) for name, db in mapped.items()]
+    reports.append(site_feasibility(str(site / "cdm.duckdb"), study, "hospital_x", threshold=10))
+    for report in reports[:-1]:
+        assert report.cohort_size == int((trial["hospital"] == report.site).sum())
+        ecog = next(c for c in report.covariates if c.name == "ecog")
+        assert ecog.concepts_in_vocabulary and ecog.share_with_value is not None and ecog.share_with_value > 0.9
+    absent = next(c for c in reports[-1].covariates if c.name == "ecog")
+    assert not absent.concepts_in_vocabulary
+    with pytest.raises(StudyError) as stopped:
+        require_feasible(reports, study)
+    assert "hospital_x: covariate 'ecog'" in str(stopped.value)
+    assert "hospital_0" not in str(stopped.value)
+    allowing = study.model_copy(update={"allow_absent_covariates": ["ecog"]})
+    require_feasible(reports, allowing)
+    data = build_features(str(site / "cdm.duckdb"), study)
+    assert np.isnan(data.X[:, 2]).all()
+
+    small = site_feasibility(str(mapped["hospital_1"]), study, "hospital_1", threshold=10_000)
+    assert small.cohort_size is None and small.outcome_count is None
+    assert all(c.share_with_value is None for c in small.covariates)
