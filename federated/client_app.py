@@ -26,15 +26,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedomop.federated import features, metrics
-from fedomop.federated.models import xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
+from fedomop.federated.errors import PolicyError, StudyError
+from fedomop.federated.models import registry, xgb_histogram
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import describe_content
-from fedomop.harmonize.ground.errors import FedomopError, PolicyError, StudyError
+from fedomop.harmonize.ground.errors import FedomopError
+from fedomop.harmonize.ground.smallcell import suppress_counts
 
 ERROR_CODE_REFUSED = 403
 ERROR_CODE_FAILED = 500
-MLP = "mlp"  # fedomop.federated.models.mlp imports torch; loaded only when an MLP message arrives
-XGB_MODELS = {xgb_bagging.NAME, xgb_cyclic.NAME, xgb_histogram.NAME}
 NO_POLICY = "none-for-testing"  # the explicit opt-out (node config policy=...): no governance at all
 
 
@@ -129,17 +129,15 @@ def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
 
 # -- what each message type computes ---------------------------------------------------------------
 def _describe(prep: Prepared, message: Message) -> RecordDict:
-    positives = int(prep.train.y.sum())
+    """Who this site is and its sizes; the positives go through the small-cell rule (a withheld cell is left out:
+    a machine reply shows it as absent, never as a false 0)."""
+    counts = {"n-train": prep.train.n, "n-test": prep.test.n}
+    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, prep.study.small_cell)
+    counts.update({key: value for key, value in positives.items() if value is not None})
     return RecordDict(
         {
             "site": ConfigRecord({"site": prep.site.name, "data-version": prep.data_version}),
-            "counts": MetricRecord(
-                {
-                    "n-train": prep.train.n,
-                    "n-test": prep.test.n,
-                    "n-positive-train": positives if positives >= prep.study.small_cell else 0,
-                }
-            ),
+            "counts": MetricRecord(counts),
         }
     )
 
@@ -155,40 +153,20 @@ def _moments(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _train(prep: Prepared, message: Message) -> RecordDict:
+    """One round of the hub's model at this site (the registry imports the model's code on first use)."""
     config = message.content["config"]
-    model = str(config["model"])
-    arrays = message.content.array_records["arrays"]
-    local_rounds = int(config.get("local-rounds", 1))
-    if model == xgb_bagging.NAME:
-        n_sites = int(config.get("n-sites", 1))
-        updated = xgb_bagging.site_train(arrays, prep.train.X, prep.train.y, local_rounds, n_sites)
-    elif model == xgb_cyclic.NAME:
-        updated = xgb_cyclic.site_train(arrays, prep.train.X, prep.train.y, local_rounds)
-    elif model == MLP:
-        from fedomop.federated.models import mlp
-
-        mu = float(config.get("proximal-mu", 0.0))
-        seed = int(config.get("server-round", 0))
-        updated = mlp.site_train(arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed)
-    else:
-        raise StudyError(f"unknown model {model!r}", where="train message config", fix="update the hub")
+    model = registry.get(str(config["model"]))
+    updated = model.site_train(message.content.array_records["arrays"], prep.train.X, prep.train.y, dict(config))
     return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
-    config = message.content["config"]
-    edges = xgb_common.from_record(message.content.array_records["edges"])[1] or []
-    model = xgb_histogram.site_train(
-        prep.train.X,
-        prep.train.y,
-        edges,
-        server_address=str(config["server-address"]),
-        world_size=int(config["world-size"]),
-        rank=int(config["rank"]),
-        rounds=int(config["rounds"]),
-        tls=_histogram_tls(prep.site, bool(config.get("xgb-tls", False))),
-    )
-    return RecordDict({"model": model, "metrics": MetricRecord({"num-examples": prep.train.n})})
+    """Histogram XGBoost's one long round: join the hub's allreduce with the global edges it sent."""
+    config = dict(message.content["config"])
+    config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)))
+    model = registry.get(str(config["model"]))
+    trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
+    return RecordDict({"model": trained, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
 def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
@@ -209,22 +187,12 @@ def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
 def _train_local(prep: Prepared, message: Message) -> RecordDict:
     """The site-alone reference: a model trained on this site's rows only."""
     config = message.content["config"]
-    model = str(config["model"])
-    if model in XGB_MODELS:
-        record = xgb_common.to_record(xgb_common.train_plain(prep.train.X, prep.train.y, int(config["local-total"])))
-    else:
-        from fedomop.federated.models import mlp
-
-        record = mlp.train_plain(prep.train.X, prep.train.y, epochs=int(config["local-total"]))
+    record = registry.get(str(config["model"])).train_plain(prep.train.X, prep.train.y, int(config["local-total"]))
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
 def predict(model: str, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
-    if model == MLP:
-        from fedomop.federated.models import mlp
-
-        return mlp.predict(record, X)
-    return xgb_common.predict(record, X)
+    return registry.get(model).predict(record, X)
 
 
 def _held_out_metrics(prep: Prepared, model: str, record: ArrayRecord) -> MetricRecord:

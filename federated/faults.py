@@ -44,7 +44,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedomop.harmonize.ground.errors import StudyError
+from fedomop.federated.errors import StudyError
 
 SITE_RECORD = "fedomop.site"  # written by fedomop.federated.governance.mods on every reply
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from fedomop.federated.features import EVENT_TABLES, build_features, resolve_concepts
-from fedomop.federated.study import StudySpec
+from fedomop.federated.errors import StudyError
+from fedomop.federated.features import build_features, resolve_concepts
+from fedomop.federated.study import EVENT_TABLES, StudySpec
 from fedomop.harmonize.ground.db import Database, connect
-from fedomop.harmonize.ground.errors import StudyError
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ import numpy as np
 
 from fedomop.federated import features, metrics
 from fedomop.federated.client_app import NO_POLICY, Site, code_hash, make_client_app
-from fedomop.federated.models import mlp, xgb_common, xgb_histogram
+from fedomop.federated.models import registry
 from fedomop.federated.report import write_model_card
 from fedomop.federated.server_app import RunSettings, make_server_app
+from fedomop.federated.settings import TrainSettings
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.harmonize.ground.errors import FedomopError
 
@@ -41,13 +42,9 @@ def pooled_reference(study: StudySpec, sites: list[Site], settings: RunSettings)
         train[site.name], test[site.name] = features.build_features(site.db, study).train_test(study)
     X = np.vstack([d.X for d in train.values()])
     y = np.concatenate([d.y for d in train.values()])
-    total = settings.total_local_rounds(len(sites))
-    if settings.model == mlp.NAME:
-        record = mlp.train_plain(X, y, epochs=total)
-        per_site = {s: metrics.binary_metrics(d.y, mlp.predict(record, d.X)) for s, d in test.items()}
-    else:
-        booster = xgb_common.to_record(xgb_common.train_plain(X, y, total))
-        per_site = {s: metrics.binary_metrics(d.y, xgb_common.predict(booster, d.X)) for s, d in test.items()}
+    model = registry.get(settings.model)
+    record = model.train_plain(X, y, settings.total_local_rounds(len(sites)))
+    per_site = {s: metrics.binary_metrics(d.y, model.predict(record, d.X)) for s, d in test.items()}
     return per_site, metrics.weighted_summary(per_site, {s: d.n for s, d in test.items()})
 
 
@@ -59,11 +56,11 @@ def simulation_concurrency() -> int:
 def _check_simulation_concurrency(model: str, n_sites: int) -> None:
     """Histogram XGBoost's allreduce needs every site connected at once; beyond the pool it would wait forever."""
     limit = simulation_concurrency()
-    if model == xgb_histogram.NAME and n_sites > limit:
+    if registry.get(model).needs_every_site and n_sites > limit:
         raise FedomopError(
-            f"histogram XGBoost needs all {n_sites} sites running at once, but the simulation runs at most "
+            f"{model} needs all {n_sites} sites running at once, but the simulation runs at most "
             f"{limit} ClientApps at a time on this machine (min(32, CPUs + 4))",
-            where="fedomop train --model xgboost-hist",
+            where=f"fedomop train --model {model}",
             fix=f"use at most {limit} sites in simulation, another model, or a real deployment (--federation)",
         )
 
@@ -93,7 +90,9 @@ def simulate(
         Site(s.name, s.db, policy=(policies or {}).get(s.name, NO_POLICY), message_log=log)
         for s in site_list(site_paths)
     ]
-    settings = RunSettings(study_text=study_text, out=str(out), min_nodes=len(sites), **options)
+    model = str(options.pop("model", "xgboost-hist"))
+    train = TrainSettings.from_mapping({"out": str(out), "min_nodes": len(sites), **options})
+    settings = RunSettings.of(study_text, model, train)
     _check_simulation_concurrency(settings.model, len(sites))
     backend = {
         "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False},
@@ -125,7 +124,9 @@ def run_deployment(
     """Submit the app to a SuperLink connection (``$FLWR_HOME/config.toml``) and wait for the result."""
     study_path = Path(study_path).resolve()
     out = Path(out).resolve()
-    run_config = {"study": str(study_path), "out": str(out), **{k.replace("_", "-"): v for k, v in options.items()}}
+    model = str(options.pop("model", "xgboost-hist"))
+    train = TrainSettings.from_mapping({"out": str(out), **options})
+    run_config = {"study": str(study_path), "model": model, "settings": train.to_json(), "settings-digest": train.digest()}
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
     flwr = str(Path(os.sys.executable).parent / "flwr")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,62 +26,61 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedomop.federated import metrics
+from fedomop.federated.errors import SettingsError
 from fedomop.federated.faults import FaultTolerantGrid
-from fedomop.federated.models import mlp, xgb_bagging, xgb_common, xgb_cyclic, xgb_histogram
-from fedomop.federated.strategies import fedavg, fedprox
+from fedomop.federated.models import registry
+from fedomop.federated.settings import TrainSettings, setting
 from fedomop.federated.study import parse_study
 from fedomop.federated.transport import CountingGrid
-from fedomop.harmonize.ground.errors import FedomopError, StudyError
-
-MODELS = (xgb_histogram.NAME, xgb_bagging.NAME, xgb_cyclic.NAME, mlp.NAME)
+from fedomop.harmonize.ground.errors import FedomopError
 
 
-@dataclass
-class RunSettings:
-    """Everything the hub needs; given directly in simulation, or as Flower run config (``run-config``)."""
+@dataclass(frozen=True)
+class RunSettings(TrainSettings):
+    """What the hub runs: the study, the model's name and the typed :class:`TrainSettings`, nothing else.
 
-    study_text: str
-    model: str = xgb_histogram.NAME
-    rounds: int = 0  # 0: the model's default
-    out: str = "out/federated"
-    min_nodes: int = 2
-    strategy: str = fedavg.NAME  # MLP only: fedavg | fedprox
-    proximal_mu: float = 0.1
-    local_rounds: int = 0  # trees per site per round (bagging/cyclic); 0: default
-    epochs: int = 2  # MLP local epochs per round
-    xgb_host: str = "127.0.0.1"
-    requester: str = "hub"
-    compare_local: bool = True
-    wait_for_nodes_s: float = 120.0
-    round_timeout: float = 600.0  # seconds a round waits for its sites (histogram: the whole training)
-    min_sites: int = 0  # fewest sites a round may continue with; 0: every site that answered describe
-    certs: str = ""  # fedomop certs create folder: histogram XGBoost's allreduce server then requires TLS
+    Given directly in simulation, or as Flower run config (``study``, ``model``, ``settings`` as canonical
+    JSON and ``settings-digest``; see :meth:`from_run_config`). ``rounds``/``local_rounds`` left at 0 take
+    the model's defaults.
+    """
+
+    study_text: str = setting("", doc="the study YAML")
+    model: str = setting("xgboost-hist", doc="a registered model name (fedomop.federated.models.registry)")
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise StudyError(f"unknown model {self.model!r}", where="--model", fix=f"choose one of {', '.join(MODELS)}")
-        defaults = {xgb_histogram.NAME: 60, xgb_bagging.NAME: 30, xgb_cyclic.NAME: 12, mlp.NAME: 15}
-        self.rounds = self.rounds or defaults[self.model]
-        if not self.local_rounds:
-            self.local_rounds = 2 if self.model == xgb_bagging.NAME else 5
+        super().__post_init__()
+        resolved = registry.get(self.model).resolve(self.train)
+        object.__setattr__(self, "rounds", resolved.rounds)
+        object.__setattr__(self, "local_rounds", resolved.local_rounds)
+
+    @classmethod
+    def of(cls, study_text: str, model: str, train: TrainSettings) -> RunSettings:
+        return cls(study_text=study_text, model=model, **asdict(train))
+
+    @property
+    def train(self) -> TrainSettings:
+        """The training settings alone (what the digest covers)."""
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        """Flower's run config: the study (path or text), the model and the serialized settings with their digest."""
+        known = {"study", "model", "settings", "settings-digest"}
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise SettingsError(
+                f"unknown run config key(s) {', '.join(unknown)}",
+                where="flwr run --run-config",
+                fix="training settings travel as one JSON 'settings' (fedomop train --federation writes it)",
+            )
         study = str(run_config["study"])
         text = Path(study).read_text(encoding="utf-8") if Path(study).exists() else study
-        known = {f for f in cls.__dataclass_fields__ if f != "study_text"}
-        values = {k.replace("-", "_"): v for k, v in run_config.items()}
-        return cls(study_text=text, **{k: v for k, v in values.items() if k in known})
+        train = TrainSettings.from_json(str(run_config.get("settings", "")), str(run_config.get("settings-digest", "")))
+        return cls.of(text, str(run_config.get("model", "xgboost-hist")), train)
 
     def total_local_rounds(self, n_sites: int) -> int:
         """Trees (or epochs) a site-alone model gets: as many as the federated model's training."""
-        if self.model == xgb_histogram.NAME:
-            return self.rounds
-        if self.model == xgb_bagging.NAME:
-            return self.rounds * self.local_rounds
-        if self.model == xgb_cyclic.NAME:
-            return self.rounds * self.local_rounds
-        return self.rounds * self.epochs
+        return registry.get(self.model).local_total(self)
 
     def message_config(self, n_sites: int) -> dict[str, Any]:
         return {
@@ -153,7 +152,7 @@ def fault_tolerant(grid: Grid, settings: RunSettings, n_sites: int) -> FaultTole
         round_timeout=settings.round_timeout,
         min_sites=min(settings.min_sites or n_sites, n_sites),
         wait_for_sites=settings.wait_for_nodes_s,
-        turn_taking=settings.model == xgb_cyclic.NAME,
+        turn_taking=registry.get(settings.model).turn_taking,
     )
 
 
@@ -190,35 +189,9 @@ def train_federated(
     grid: CountingGrid, settings: RunSettings, nodes: list[int], config: dict[str, Any]
 ) -> tuple[ArrayRecord, dict[int, dict[str, float]], int]:
     """Train the chosen model; returns the model, per-round history and the number of Flower rounds."""
-    n = len(nodes)
-    least = min(settings.min_sites or n, n)
-    if settings.model == xgb_histogram.NAME:
-        grid.phase = "histogram"
-        model = xgb_histogram.server_run(
-            grid,  # type: ignore[arg-type]
-            nodes,
-            settings.rounds,
-            config,
-            host=settings.xgb_host,
-            certs=settings.certs or None,
-        )
-        return model, {}, 2
-    if settings.model == xgb_bagging.NAME:
-        model, history = xgb_bagging.server_run(grid, settings.rounds, config, least, n_sites=n)  # type: ignore[arg-type]
-        return model, history, settings.rounds
-    if settings.model == xgb_cyclic.NAME:
-        model, history = xgb_cyclic.server_run(grid, settings.rounds, config, least)  # type: ignore[arg-type]
-        return model, history, settings.rounds
-    grid.phase = "moments"
-    replies = _send(grid, nodes, "query.moments", RecordDict({"config": ConfigRecord(config)}))  # type: ignore[arg-type]
-    mean, std = mlp.global_moments([r.content.array_records["moments"] for r in replies.values()])
-    initial = mlp.initial_record(len(mean), mean, std)
-    strategy = fedprox if settings.strategy == fedprox.NAME else fedavg
-    if strategy is fedprox:
-        model, history = fedprox.server_run(grid, initial, settings.rounds, config, least, mu=settings.proximal_mu)  # type: ignore[arg-type]
-    else:
-        model, history = fedavg.server_run(grid, initial, settings.rounds, config, least)  # type: ignore[arg-type]
-    return model, history, settings.rounds + 1
+    least = min(settings.min_sites or len(nodes), len(nodes))
+    trained = registry.get(settings.model).server_run(grid, nodes, settings.train, config, least)
+    return trained.model, trained.history, trained.flower_rounds
 
 
 def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]) -> dict[str, ArrayRecord]:
@@ -234,19 +207,8 @@ def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, 
 
 
 def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
-    """The model file: XGBoost JSON (+ global edges) or a PyTorch state dict with the standardisation."""
-    if settings.model == mlp.NAME:
-        import torch
-
-        net, mean, std = mlp.from_record(model)
-        path = out / "model.pt"
-        torch.save({"state_dict": net.state_dict(), "mean": mean, "std": std}, path)
-        return path
-    raw, edges = xgb_common.from_record(model)
-    (out / "model.json").write_bytes(raw)
-    if edges is not None:
-        (out / "bin_edges.json").write_text(json.dumps([e.tolist() for e in edges]))
-    return out / "model.json"
+    """The model file, as the model writes it (XGBoost JSON + global edges, or a PyTorch state dict)."""
+    return registry.get(settings.model).save(model, out)
 
 
 def run(grid: Grid, settings: RunSettings) -> RunResult:
@@ -277,7 +239,7 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     evaluated = evaluate_everywhere(counting, sites, models, config)  # type: ignore[arg-type]
     sizes = {s: sites[s].n_test for s in sites}
     result = RunResult(
-        settings={**asdict(settings), "study": study.name},
+        settings={**asdict(settings), "study": study.name, "settings_digest": settings.train.digest()},
         sites=sites,
         federated=evaluated.pop("federated"),
         federated_summary={},

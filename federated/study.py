@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from fedomop.harmonize.ground.errors import StudyError
+from fedomop.federated.errors import StudyError
+from fedomop.harmonize.ground.smallcell import DEFAULT_THRESHOLD
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -197,7 +198,7 @@ class StudySpec(_Strict):
     seed: int = 2026
     test_fraction: float = Field(default=0.3, gt=0, lt=1)
     min_cohort_size: int = Field(default=20, ge=1)
-    small_cell: int = Field(default=5, ge=1)
+    small_cell: int = Field(default=DEFAULT_THRESHOLD, ge=1)
     min_outcome_count: int = Field(default=1, ge=0)
     allow_absent_covariates: list[str] = Field(default_factory=list)
     cohort: Cohort
@@ -221,8 +222,6 @@ class StudySpec(_Strict):
 
     def tables(self) -> dict[str, list[str]]:
         """The CDM tables (and columns) this study reads, for the site's governance check."""
-        from fedomop.federated.features import tables_read
-
         return tables_read(self)
 
     def data_request(self) -> dict[str, Any]:
@@ -285,3 +284,51 @@ def load_study(path: str | Path) -> StudySpec:
             "study file not found", where=str(path), fix=f"give a YAML path or one of the bundled studies: {available}"
         )
     return parse_study(candidate.read_text(encoding="utf-8"), source=str(candidate))
+
+
+# covariate kind -> (table, concept column, date column)
+EVENT_TABLES: dict[str, tuple[str, str, str]] = {
+    "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date"),
+    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date"),
+    "observation": ("observation", "observation_concept_id", "observation_date"),
+    "measurement": ("measurement", "measurement_concept_id", "measurement_date"),
+}
+
+
+# domain -> (table, concept column, date column) of an outcome event
+OUTCOME_TABLES: dict[str, tuple[str, str, str]] = {
+    **EVENT_TABLES,
+    "death": ("death", "cause_concept_id", "death_date"),
+    "episode": ("episode", "episode_concept_id", "episode_start_date"),
+}
+
+
+def tables_read(study: StudySpec) -> dict[str, list[str]]:
+    """Tables and columns the study's SQL reads (declared to the site policy before anything runs)."""
+    read: dict[str, set[str]] = {
+        "person": {"person_id", "year_of_birth", "gender_concept_id"},
+        "condition_occurrence": {"person_id", "condition_concept_id", "condition_start_date"},
+        "concept": {"concept_id", "vocabulary_id", "concept_code", "standard_concept", "invalid_reason"},
+        "concept_ancestor": {"ancestor_concept_id", "descendant_concept_id"},
+    }
+    for event in study.outcome.all_events:
+        table, concept_col, date_col = OUTCOME_TABLES[event.domain]
+        columns = {"person_id", date_col} | ({concept_col} if event.concepts else set())
+        if event.value is not None:
+            columns |= {"value_as_number", "unit_concept_id"}
+        if event.objects:
+            columns.add("episode_object_concept_id")
+        read.setdefault(table, set()).update(columns)
+    if study.outcome.time_to_event and study.outcome.death != "event":
+        read.setdefault("death", set()).update({"person_id", "death_date"})
+    if study.outcome.require_followup or (study.outcome.time_to_event and study.outcome.censor == "observation_end"):
+        read["observation_period"] = {"person_id", "observation_period_start_date", "observation_period_end_date"}
+    for covariate in study.covariates:
+        if covariate.kind in EVENT_TABLES:
+            table, concept_col, date_col = EVENT_TABLES[covariate.kind]
+            columns = {"person_id", concept_col, date_col}
+            if covariate.kind == "measurement":
+                columns |= {"value_as_number", "value_as_concept_id", "unit_concept_id", "measurement_id"}
+            read.setdefault(table, set()).update(columns)
+    return {table: sorted(columns) for table, columns in read.items()}

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 
 from fedomop.federated.deploy import flower_env, hub_command, site_command, write_connection
+from fedomop.federated.errors import StudyError
 from fedomop.federated.models import MODEL_NAMES as MODELS
 from fedomop.federated.report import print_comparison
-from fedomop.harmonize.ground.errors import FedomopError, StudyError
+from fedomop.harmonize.ground.errors import FedomopError
 
 console = Console()
 DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]

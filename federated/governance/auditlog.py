@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedomop.harmonize.ground.errors import PolicyError
+from fedomop.federated.errors import PolicyError
 
 GENESIS = "0" * 64
 

@@ -1,7 +1,7 @@
 """The site's gate: every request is checked against the policy and audited, refused or not.
 
 :func:`enforce_request` runs before the ClientApp touches data. It answers with the
-loaded :class:`SitePolicy` or raises :class:`~fedomop.harmonize.ground.errors.PolicyError`; either
+loaded :class:`SitePolicy` or raises :class:`~fedomop.federated.errors.PolicyError`; either
 way one record goes into the site's audit log.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import auditlog as audit_log
 from fedomop.federated.governance.policy import SitePolicy, StudyPolicy, load_policy
-from fedomop.harmonize.ground.errors import PolicyError
 
 
 @dataclass

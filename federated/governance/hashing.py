@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fedomop.harmonize.ground.errors import PolicyError
+from fedomop.federated.errors import PolicyError
 
 _IGNORED_DIRS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}

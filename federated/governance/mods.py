@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance.enforce import audit, enforce_request, study_name
 from fedomop.federated.governance.hashing import app_hash, study_app_hash
 from fedomop.federated.governance.policy import DifferentialPrivacy, SitePolicy
 from fedomop.federated.governance.suppression import check_outgoing, outgoing_sizes
-from fedomop.harmonize.ground.errors import FedomopError, PolicyError
+from fedomop.harmonize.ground.errors import FedomopError
 
 POLICY_KEY = "policy"
 STUDY_KEY = "study"

@@ -16,8 +16,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedomop.federated.errors import PolicyError
 from fedomop.harmonize.cdm import load_spec
-from fedomop.harmonize.ground.errors import PolicyError
+from fedomop.harmonize.ground.smallcell import DEFAULT_THRESHOLD
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ALL_COLUMNS = "*"
@@ -113,7 +114,7 @@ class SitePolicy(_Strict):
     site: str = Field(min_length=1)
     audit_log: Path
     min_cohort_size: int = Field(default=20, ge=1)
-    small_cell_threshold: int = Field(default=5, ge=1)
+    small_cell_threshold: int = Field(default=DEFAULT_THRESHOLD, ge=1)
     studies: dict[str, StudyPolicy] = Field(default_factory=dict)
     _source: Path | None = PrivateAttr(default=None)
 

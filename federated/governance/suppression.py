@@ -1,9 +1,10 @@
-"""Small-cell suppression for everything that leaves a site.
+"""Small-cell checks for everything that leaves a site.
 
-Two rules, applied to person counts:
+The rule itself lives in :mod:`fedomop.harmonize.ground.smallcell` (one implementation for the QA report,
+the site comparison and federated replies); a machine reply shows a withheld cell as ``None``. Here:
 
-* a count between 1 and ``threshold - 1`` is never released (it is suppressed to
-  ``None``); zero is released because it identifies no one;
+* :func:`suppress_counts`: the rule on a reply's counts (``None`` for a withheld cell; with ``group``,
+  complementary suppression of the parts of a released total);
 * an aggregate (mean, histogram, model update) computed over fewer than
   ``threshold`` persons is refused outright (:func:`require_min_persons`).
 
@@ -23,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from fedomop.harmonize.ground.errors import PolicyError
+from fedomop.federated.errors import PolicyError
+from fedomop.harmonize.ground import smallcell
+from fedomop.harmonize.ground.smallcell import is_small
 
 COUNT_TOKENS = frozenset(
     {"n", "count", "counts", "num", "persons", "patients", "cases", "events", "examples", "cohort"}
@@ -36,13 +39,12 @@ def is_count_key(key: str) -> bool:
     return any(token in COUNT_TOKENS for token in _TOKEN_SPLIT.split(key.lower()))
 
 
-def is_small(value: float, threshold: int) -> bool:
-    return 0 < value < threshold
-
-
-def suppress_counts(counts: Mapping[str, int], threshold: int) -> dict[str, int | None]:
-    """The counts with every small cell replaced by ``None``."""
-    return {key: (None if is_small(value, threshold) else int(value)) for key, value in counts.items()}
+def suppress_counts(counts: Mapping[str, int], threshold: int, *, group: str | None = None) -> dict[str, int | None]:
+    """The counts with every withheld cell as ``None`` (the machine rendering of the one small-cell rule)."""
+    return {
+        key: None if value is None else int(value)
+        for key, value in smallcell.suppress_counts(counts, threshold, render="none", group=group).items()
+    }
 
 
 def require_min_persons(n_persons: int, threshold: int, *, what: str, where: str | None = None) -> None:

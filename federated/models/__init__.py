@@ -1,3 +1,5 @@
-"""Federated models, one per file. Names as the CLI and the run config spell them."""
+"""Federated models, one per file, behind one interface (:mod:`.base`) and a registry (:mod:`.registry`)."""
 
-MODEL_NAMES = ("xgboost-hist", "xgboost-bagging", "xgboost-cyclic", "mlp")
+from fedomop.federated.models.registry import names
+
+MODEL_NAMES = names()

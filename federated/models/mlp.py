@@ -17,11 +17,16 @@ evaluate any model.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
+
+from fedomop.federated.models.base import FederatedModel, ModelDefaults, Trained, set_phase
+from fedomop.federated.settings import TrainSettings
 
 NAME = "mlp"
 HIDDEN = (32, 16)
@@ -133,3 +138,55 @@ def train_plain(X: np.ndarray, y: np.ndarray, *, epochs: int, seed: int = 0) -> 
     """A model on one data set (a site alone, or the pooled reference), with that data's own moments."""
     mean, std = local_moments(X)
     return site_train(initial_record(X.shape[1], mean, std, seed), X, y, epochs=epochs, seed=seed)
+
+
+class MLP(FederatedModel):
+    """The MLP, averaged by FedAvg or FedProx (setting ``strategy``), on federated standardisation."""
+
+    name = NAME
+    defaults = ModelDefaults(rounds=15, local_rounds=1)
+
+    def server_run(
+        self, grid: Any, nodes: list[int], settings: TrainSettings, config: dict[str, Any], min_sites: int
+    ) -> Trained:
+        """Agree the global moments (``query.moments``), then the strategy's rounds (+1 Flower round: moments)."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        from fedomop.federated.strategies import fedavg, fedprox
+
+        set_phase(grid, "moments")
+        messages = [
+            Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=n, message_type="query.moments")
+            for n in nodes
+        ]
+        replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
+        mean, std = global_moments([r.content.array_records["moments"] for r in replies])
+        initial = initial_record(len(mean), mean, std)
+        if settings.strategy == fedprox.NAME:
+            model, rounds_history = fedprox.server_run(
+                grid, initial, settings.rounds, config, min_sites, mu=settings.proximal_mu
+            )
+        else:
+            model, rounds_history = fedavg.server_run(grid, initial, settings.rounds, config, min_sites)
+        return Trained(model, rounds_history, settings.rounds + 1)
+
+    def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
+        mu = float(config.get("proximal-mu", 0.0))
+        seed = int(config.get("server-round", 0))
+        return site_train(record, X, y, epochs=int(config["epochs"]), mu=mu, seed=seed)
+
+    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
+        return train_plain(X, y, epochs=total)
+
+    def predict(self, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
+        return predict(record, X)
+
+    def save(self, record: ArrayRecord, out: Path) -> Path:
+        """A PyTorch state dict with the global standardisation next to it."""
+        net, mean, std = from_record(record)
+        path = out / "model.pt"
+        torch.save({"state_dict": net.state_dict(), "mean": mean, "std": std}, path)
+        return path
+
+    def local_total(self, settings: TrainSettings) -> int:
+        return settings.rounds * settings.epochs

@@ -18,7 +18,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbBagging
 
 from fedomop.federated.models import xgb_common
-from fedomop.federated.models.history import History, run_rounds
+from fedomop.federated.models.base import ModelDefaults, Trained
+from fedomop.federated.settings import TrainSettings
+from fedomop.federated.strategies.history import History, run_rounds
 
 NAME = "xgboost-bagging"
 
@@ -59,3 +61,19 @@ def server_run(
     strategy = FedXgbBagging(min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
     _, rounds_history = run_rounds(strategy, grid, xgb_common.to_record(b""), rounds, config)
     return xgb_common.to_record(strategy.current_bst or b""), rounds_history  # the ensemble, not the last reply
+
+
+class BaggingXGBoost(xgb_common.XGBoostModel):
+    """Tree bagging: every site adds ``local_rounds`` trees per round."""
+
+    name = NAME
+    defaults = ModelDefaults(rounds=30, local_rounds=2)
+
+    def server_run(
+        self, grid: Any, nodes: list[int], settings: TrainSettings, config: dict[str, Any], min_sites: int
+    ) -> Trained:
+        model, rounds_history = server_run(grid, settings.rounds, config, min_sites, n_sites=len(nodes))
+        return Trained(model, rounds_history, settings.rounds)
+
+    def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
+        return site_train(record, X, y, int(config.get("local-rounds", 1)), int(config.get("n-sites", 1)))

@@ -8,10 +8,14 @@ same way.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+from fedomop.federated.models.base import FederatedModel
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -103,3 +107,21 @@ def train_plain(X: np.ndarray, y: np.ndarray, rounds: int, overrides: dict[str, 
     xgb = xgboost()
     booster = xgb.train(params(overrides), xgb.DMatrix(X, label=y, missing=np.nan), num_boost_round=rounds)
     return booster_bytes(booster)
+
+
+class XGBoostModel(FederatedModel):
+    """What the three XGBoost modes share as :class:`FederatedModel`: plain training, prediction, the JSON file."""
+
+    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
+        return to_record(train_plain(X, y, total))
+
+    def predict(self, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
+        return predict(record, X)
+
+    def save(self, record: ArrayRecord, out: Path) -> Path:
+        """XGBoost's JSON model, plus the global bin edges when the model was trained on them."""
+        raw, edges = from_record(record)
+        (out / "model.json").write_bytes(raw)
+        if edges is not None:
+            (out / "bin_edges.json").write_text(json.dumps([e.tolist() for e in edges]))
+        return out / "model.json"

@@ -19,7 +19,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedXgbCyclic
 
 from fedomop.federated.models import xgb_common
-from fedomop.federated.models.history import History, run_rounds
+from fedomop.federated.models.base import ModelDefaults, Trained
+from fedomop.federated.settings import TrainSettings
+from fedomop.federated.strategies.history import History, run_rounds
 
 NAME = "xgboost-cyclic"
 
@@ -38,3 +40,20 @@ def server_run(grid: Grid, rounds: int, config: dict[str, Any], min_nodes: int) 
     """``rounds`` visits in site order; every site is visited ``rounds / n_sites`` times."""
     strategy = FedXgbCyclic(min_available_nodes=min_nodes)
     return run_rounds(strategy, grid, xgb_common.to_record(b""), rounds, config)
+
+
+class CyclicXGBoost(xgb_common.XGBoostModel):
+    """Cyclic boosting: one site per round continues the global model."""
+
+    name = NAME
+    defaults = ModelDefaults(rounds=12, local_rounds=5)
+    turn_taking = True
+
+    def server_run(
+        self, grid: Any, nodes: list[int], settings: TrainSettings, config: dict[str, Any], min_sites: int
+    ) -> Trained:
+        model, rounds_history = server_run(grid, settings.rounds, config, min_sites)
+        return Trained(model, rounds_history, settings.rounds)
+
+    def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
+        return site_train(record, X, y, int(config.get("local-rounds", 1)))

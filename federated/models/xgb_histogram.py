@@ -31,6 +31,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedomop.federated.models import xgb_common
+from fedomop.federated.models.base import ModelDefaults, Trained, set_phase
+from fedomop.federated.settings import TrainSettings
 from fedomop.harmonize.ground.errors import FedomopError
 
 NAME = "xgboost-hist"
@@ -188,3 +190,34 @@ def server_run(
             "sites ended histogram training with different models", where=NAME, fix="check all sites run the same code"
         )
     return replies[0].content.array_records["model"]
+
+
+class HistogramXGBoost(xgb_common.XGBoostModel):
+    """Histogram XGBoost over XGBoost's federated allreduce; needs every site at once."""
+
+    name = NAME
+    defaults = ModelDefaults(rounds=60, local_rounds=5)
+    needs_every_site = True
+
+    def server_run(
+        self, grid: Any, nodes: list[int], settings: TrainSettings, config: dict[str, Any], min_sites: int
+    ) -> Trained:
+        set_phase(grid, "histogram")
+        model = server_run(grid, nodes, settings.rounds, config, host=settings.xgb_host, certs=settings.certs or None)
+        return Trained(model, {}, 2)
+
+    def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
+        """``record`` holds the global edges; ``config["tls"]`` the site's client certificate, if the hub asks."""
+        return site_train(
+            X,
+            y,
+            xgb_common.from_record(record)[1] or [],
+            server_address=str(config["server-address"]),
+            world_size=int(config["world-size"]),
+            rank=int(config["rank"]),
+            rounds=int(config["rounds"]),
+            tls=config.get("tls"),
+        )
+
+    def local_total(self, settings: TrainSettings) -> int:
+        return settings.rounds

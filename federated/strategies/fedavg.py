@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedomop.federated.models.history import History, run_rounds
+from fedomop.federated.strategies.history import History, run_rounds
 
 NAME = "fedavg"
 

@@ -49,11 +49,3 @@ class ReconciliationError(FedomopError):
 
 class ValidationError(FedomopError):
     """A table failed schema or data-quality validation in a way that stops the run."""
-
-
-class StudyError(FedomopError):
-    """A federated study specification is malformed or cannot be run at a site."""
-
-
-class PolicyError(FedomopError):
-    """A site's governance policy refuses a request."""

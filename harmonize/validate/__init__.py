@@ -5,6 +5,7 @@ Public API (see docs/validation.md): :func:`validate_database` (run everything, 
 :func:`validate_schemas`, :func:`compare_reports`, and :func:`suppress` (the one small-cell gate).
 """
 
+from fedomop.harmonize.ground.smallcell import Count, suppress
 from fedomop.harmonize.validate.checks import (
     CheckResult,
     register_check,
@@ -23,7 +24,6 @@ from fedomop.harmonize.validate.report import (
     write_report,
 )
 from fedomop.harmonize.validate.schemas import table_schema, validate_schemas
-from fedomop.harmonize.validate.suppression import Count, suppress
 
 __all__ = [
     "CheckResult",

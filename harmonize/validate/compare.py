@@ -5,6 +5,11 @@ coverage, key measurement medians), and a site is flagged when its median of a
 measurement concept is ``factor`` times (default 10x) above or below the median of the
 sites' medians — the signature of a unit mapping error (g/L vs mg/dL, mmol vs
 mg) — or when its mapping coverage of a table is far below the others'.
+
+The counts a comparison shows (persons, measurement records) go through the small-cell rule again
+(:mod:`fedomop.harmonize.ground.smallcell`) at the comparison's threshold or the report's, whichever is higher:
+a report written with a lower threshold than the comparison's policy shows no cell the policy withholds, and a
+median over a withheld number of records is withheld with it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from fedomop.harmonize.ground import smallcell
 from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.validate.report import load_report
 
@@ -27,33 +33,52 @@ def _medians_by_concept(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Per measurement concept, the entry (unit) with the most records."""
     best: dict[int, dict[str, Any]] = {}
     for m in report.get("measurements", []):
-        records = m["records"] if isinstance(m["records"], int) else 0
         current = best.get(m["concept_id"])
-        if current is None or records > (current["records"] if isinstance(current["records"], int) else 0):
+        if current is None or _released(m["records"]) > _released(current["records"]):
             best[int(m["concept_id"])] = m
     return best
 
 
-def site_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """What a site shows in the comparison: already-suppressed numbers, copied as they are."""
+def _released(value: Any) -> int:
+    """A released count as a number; a withheld cell (label or None) counts as 0 for choosing among entries."""
+    return 0 if smallcell.is_withheld(value) else int(value)
+
+
+def _count(value: Any) -> Any:
+    """A released count becomes a :class:`~fedomop.harmonize.ground.smallcell.Count` again; labels stay as they are."""
+    return value if smallcell.is_withheld(value) or isinstance(value, bool) else smallcell.Count(int(value))
+
+
+def site_summary(report: dict[str, Any], small_cell: int = smallcell.DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """What a site shows in the comparison: its suppressed numbers, with counts through the small-cell rule again."""
+    threshold = max(small_cell, int(report.get("suppression", {}).get("small_cell_threshold", 1)))
+    medians = {
+        str(c): {
+            "concept_name": m["concept_name"],
+            "unit_name": m["unit_name"],
+            "median": m["median"],
+            "records": _count(m["records"]),
+        }
+        for c, m in _medians_by_concept(report).items()
+    }
+    summary = smallcell.suppress(_summary(report, medians), threshold)
+    for entry in summary["measurement_medians"].values():
+        if smallcell.is_withheld(entry["records"]):
+            entry["median"] = None
+    return summary
+
+
+def _summary(report: dict[str, Any], medians: dict[str, Any]) -> dict[str, Any]:
     return {
         "site": report["site"],
-        "persons": report.get("persons"),
+        "persons": _count(report.get("persons")),
         "checks": report["overview"]["checks"],
         "fatal_failures": report["overview"]["fatal_failures"],
         "by_kahn_category": {
             e["category"]: {"pass": e["pass"], "fail": e["fail"]} for e in report["overview"]["by_kahn_category"]
         },
         "mapping_coverage": {t["table"]: t["pct_mapped"] for t in report["mapping_coverage"]["tables"]},
-        "measurement_medians": {
-            str(c): {
-                "concept_name": m["concept_name"],
-                "unit_name": m["unit_name"],
-                "median": m["median"],
-                "records": m["records"],
-            }
-            for c, m in _medians_by_concept(report).items()
-        },
+        "measurement_medians": medians,
     }
 
 
@@ -122,6 +147,7 @@ def compare_reports(
     *,
     factor: float = DEFAULT_FACTOR,
     coverage_gap: float = COVERAGE_GAP_POINTS,
+    small_cell: int = smallcell.DEFAULT_THRESHOLD,
 ) -> dict[str, Any]:
     """Side-by-side summaries and flags for two or more sites' suppressed reports."""
     loaded = [r if isinstance(r, dict) else load_report(r) for r in reports]
@@ -129,7 +155,7 @@ def compare_reports(
         raise ValidationError("comparing needs at least two reports", fix="pass two or more report.json files")
     if factor <= 1:
         raise ValidationError(f"factor {factor} must be greater than 1", fix="use e.g. --factor 10")
-    summaries = [site_summary(r) for r in loaded]
+    summaries = [site_summary(r, small_cell) for r in loaded]
     names = [s["site"] for s in summaries]
     if len(set(names)) != len(names):
         for n, s in enumerate(summaries):

@@ -12,7 +12,7 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from fedomop.harmonize.validate.suppression import assert_suppressed
+from fedomop.harmonize.ground.smallcell import assert_suppressed
 
 STATUS_ORDER = ("fail", "error", "pass", "not_applicable")
 _PLOT_W, _PLOT_H, _PAD = 320, 130, 26

@@ -1,6 +1,6 @@
 """Site profile for the QA report: mapping coverage, reconciliation, quarantine, records per year, and the
 distributions of key measurements. Every number is computed by SQL in the database; counts come back
-wrapped in :class:`Count` so that :func:`~fedomop.harmonize.validate.suppression.suppress` can hide small cells.
+wrapped in :class:`Count` so that :func:`~fedomop.harmonize.ground.smallcell.suppress` can hide small cells.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
+from fedomop.harmonize.ground.smallcell import Count, percent
 from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
 from fedomop.harmonize.validate.checks.base import CheckContext, q
-from fedomop.harmonize.validate.suppression import Count, percent
 
 QUARANTINE_TABLE = "fedomop_quarantine"
 RECONCILIATION_TABLE = "fedomop_reconciliation"

@@ -2,7 +2,7 @@
 
 :func:`validate_database` is the library entry point (a notebook user calls it directly).
 The report is built raw (counts wrapped in :class:`Count`), suppressed once by
-:func:`~fedomop.harmonize.validate.suppression.suppress`, and only then written: the JSON and
+:func:`~fedomop.harmonize.ground.smallcell.suppress`, and only then written: the JSON and
 the HTML hold the same suppressed content.
 """
 
@@ -21,17 +21,17 @@ import sqlalchemy as sa
 from fedomop import __version__ as fedomop_version
 from fedomop.harmonize.ground.db import Database, connect
 from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.ground.smallcell import (
+    DEFAULT_THRESHOLD,
+    Count,
+    assert_suppressed,
+    label,
+    percent,
+    suppress,
+)
 from fedomop.harmonize.validate import profile
 from fedomop.harmonize.validate.checks.runner import CheckResult, build_context, run_checks
 from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
-from fedomop.harmonize.validate.suppression import (
-    DEFAULT_SMALL_CELL,
-    Count,
-    assert_suppressed,
-    percent,
-    suppress,
-    suppressed_label,
-)
 
 REPORT_FORMAT = "fedomop-qa-report/1"
 KAHN_CATEGORIES = ("Conformance", "Completeness", "Plausibility")
@@ -41,7 +41,7 @@ KAHN_CATEGORIES = ("Conformance", "Completeness", "Plausibility")
 class ValidateOptions:
     """Knobs of a validation run (defaults are what ``fedomop validate`` uses)."""
 
-    small_cell: int = DEFAULT_SMALL_CELL
+    small_cell: int = DEFAULT_THRESHOLD
     sample_rows: int = DEFAULT_SAMPLE_ROWS
     checks: tuple[str, ...] | None = None  # None: every registered check
     site: str | None = None
@@ -135,10 +135,10 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
         "cdm_version": "5.4",
         "suppression": {
             "small_cell_threshold": options.small_cell,
-            "label": suppressed_label(options.small_cell),
+            "label": label(options.small_cell),
             "rule": (
                 f"every count of persons or records between 1 and {options.small_cell - 1} is shown as "
-                f"'{suppressed_label(options.small_cell)}'; percentages computed from such a count are null; "
+                f"'{label(options.small_cell)}'; percentages computed from such a count are null; "
                 f"measurement quantiles are only computed over at least {options.small_cell} records"
             ),
         },
@@ -202,7 +202,7 @@ def validate_database(
     return write_report(raw, out, options.small_cell)
 
 
-def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_SMALL_CELL) -> ValidationReport:
+def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD) -> ValidationReport:
     """Suppress a raw report once and write that same content as report.json and report.html."""
     from fedomop.harmonize.validate.html import render_html
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedomop.federated.errors import StudyError
 from fedomop.federated.features import build_features
 from fedomop.federated.study import parse_study
 from fedomop.federated.survival import cox
-from fedomop.harmonize.ground.errors import StudyError
 from fedomop.harmonize.ground.resources import vocabulary_subset_dir
 
 HOSPITALS = 3

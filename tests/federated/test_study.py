@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedomop.cli import app
+from fedomop.federated.errors import StudyError
 from fedomop.federated.study import load_study, parse_study
-from fedomop.harmonize.ground.errors import StudyError
 
 GOOD = (Path(__file__).parents[2] / "federated" / "studies" / "bone_metastasis.yaml").read_text()
 

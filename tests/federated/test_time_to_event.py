@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedomop.federated.errors import StudyError
 from fedomop.federated.features import build_features
 from fedomop.federated.study import load_study, parse_study
 from fedomop.harmonize.ground.db import connect
-from fedomop.harmonize.ground.errors import StudyError
 from tests.conftest import SAMPLE_DATA
 
 

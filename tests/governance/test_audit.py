@@ -77,7 +77,7 @@ def test_concurrent_appends_from_processes_keep_the_chain(tmp_path):
 def test_audit_refuses_values_in_sent(policy_path):
     import pytest
 
-    from fedomop.harmonize.ground.errors import PolicyError
+    from fedomop.federated.errors import PolicyError
 
     policy = load_policy(policy_path)
     with pytest.raises(PolicyError, match="byte sizes"):

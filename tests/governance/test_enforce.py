@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import auditlog as audit_log
 from fedomop.federated.governance import data_request, enforce_request, load_policy, verify
-from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import APPROVED
 

@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import app_hash, study_app_hash
-from fedomop.harmonize.ground.errors import PolicyError
 
 
 def _app(root):

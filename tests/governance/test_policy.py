@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import load_policy
-from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import APPROVED, policy_dict, write_policy
 

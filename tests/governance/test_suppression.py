@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import (
     assert_no_small_cells,
     check_outgoing,
@@ -14,7 +15,6 @@ from fedomop.federated.governance import (
     require_min_persons,
     suppress_counts,
 )
-from fedomop.harmonize.ground.errors import PolicyError
 
 
 def test_suppress_counts():

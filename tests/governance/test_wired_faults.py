@@ -17,11 +17,12 @@ import yaml
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedomop.federated.client_app import NO_POLICY, Site, _governed
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.faults import FaultTolerantGrid
 from fedomop.federated.governance import enforce_request
 from fedomop.federated.models.xgb_histogram import collect
 from fedomop.federated.study import load_study
-from fedomop.harmonize.ground.errors import FedomopError, PolicyError
+from fedomop.harmonize.ground.errors import FedomopError
 
 from .test_faults import ScriptedLink, task_identity  # noqa: F401 - the fixture is used by name
 

@@ -13,9 +13,9 @@ import pytest
 
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.ground.smallcell import Count, percent, suppress
 from fedomop.harmonize.validate.html import render_html
 from fedomop.harmonize.validate.report import ValidateOptions, build_report, validate_database, write_report
-from fedomop.harmonize.validate.suppression import Count, percent, suppress
 from tests.validate.conftest import TODAY
 
 # Keys whose values count persons or records, anywhere in the report.
