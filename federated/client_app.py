@@ -14,7 +14,6 @@ the sites are given to :func:`make_client_app` and chosen by ``partition-id``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.models import registry, xgb_histogram
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import describe_content
-from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import FedomopError
 from fedomop.harmonize.ground.smallcell import suppress_counts
 
@@ -58,21 +56,6 @@ class Prepared:
     data_version: str
 
 
-def data_version(db_url: str) -> str:
-    """A short fingerprint of the site data: its cdm_source row and the row counts the study reads."""
-    database = connect(db_url, read_only=True)
-    try:
-        parts = []
-        if database.has_table("cdm_source"):
-            parts.append(database.query("SELECT * FROM cdm_source").write_csv())
-        for table in ("person", "condition_occurrence", "measurement", "drug_exposure", "observation_period"):
-            if database.has_table(table):
-                parts.append(f"{table}={database.scalar(f'SELECT COUNT(*) FROM {table}')}")
-    finally:
-        database.dispose()
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 @lru_cache(maxsize=1)
 def code_hash() -> str:
     """The hash of the code that runs here (the federated package), which a site policy approves."""
@@ -84,8 +67,9 @@ def code_hash() -> str:
 @lru_cache(maxsize=8)
 def _prepare_cached(site: Site, study_text: str) -> Prepared:
     study = parse_study(study_text, source="study sent by the hub")
-    train, test = features.build_features(site.db, study).train_test(study)
-    return Prepared(site, study, train, test, data_version(site.db))
+    data = features.build_features(site.db, study)
+    train, test = data.train_test(study)
+    return Prepared(site, study, train, test, data.digest())
 
 
 def _site_from_context(context: Context, sites: list[Site] | None) -> Site:

@@ -8,6 +8,7 @@ vocabulary releases. Windows are in days relative to the index date.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,13 +68,93 @@ class Cohort(_Strict):
     max_age: int | None = None
 
 
-class Outcome(_Strict):
-    """A condition in the concept set occurring within ``window`` days of the index date."""
+OutcomeDomain = Literal["condition", "death", "measurement", "procedure", "drug", "observation", "episode"]
 
-    concepts: list[Concept] = Field(min_length=1)
+
+class ValueRule(_Strict):
+    """A measurement outcome counts only when its value crosses a threshold (e.g. PSA > 4 ng/mL)."""
+
+    op: Literal[">", ">=", "<", "<="]
+    value: float
+    units: list[Concept] = Field(default_factory=list)
+
+
+class OutcomeEvent(_Strict):
+    """One way the outcome can happen: a record of ``domain`` whose concept is in ``concepts``.
+
+    ``death`` needs no concepts (any death); with concepts it is a death with one of those causes.
+    ``episode`` matches ``episode_concept_id`` (e.g. Disease Progression) and, when ``objects`` is given,
+    also ``episode_object_concept_id`` (the disease).
+    """
+
+    domain: OutcomeDomain = "condition"
+    concepts: list[Concept] = Field(default_factory=list)
+    value: ValueRule | None = None
+    objects: list[Concept] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutcomeEvent:
+        if self.domain != "death" and not self.concepts:
+            raise ValueError(f"an outcome event of domain {self.domain} needs `concepts`")
+        if self.value is not None and self.domain != "measurement":
+            raise ValueError("a `value` rule applies only to measurement outcomes")
+        if self.objects and self.domain != "episode":
+            raise ValueError("`objects` applies only to episode outcomes")
+        return self
+
+
+class Outcome(_Strict):
+    """What is predicted, relative to the index date.
+
+    ``type: binary`` (default): 1 when any outcome event falls within ``window`` days of the index date.
+    ``type: time_to_event``: days from the index date to the first outcome event on or after ``window.start``,
+    censored at the end of follow-up: the end of the observation period holding the index date
+    (``censor: observation_end``, OMOP's own definition of when a person's records are complete) or the
+    study's ``study_end`` date (``censor: study_end``, for sites whose deaths come from a registry), and never
+    later than ``window.end`` days (the administrative horizon). ``death`` says what a death that is not itself an
+    outcome event does: ``censor`` ends follow-up there (status 0), ``competing`` ends it with status 2 (models
+    fit the cause-specific hazard, treating it as censored; the status is kept for competing-risk analyses),
+    ``event`` makes any death an outcome event (e.g. "recurrence or death").
+
+    ``concepts`` is shorthand for one ``condition`` event; ``events`` lists any-of events from any domain.
+    """
+
+    type: Literal["binary", "time_to_event"] = "binary"
+    concepts: list[Concept] = Field(default_factory=list)
+    events: list[OutcomeEvent] = Field(default_factory=list)
     window: Window
     exclude_prior: bool = True
     require_followup: bool = False
+    censor: Literal["observation_end", "study_end"] = "observation_end"
+    study_end: date | None = None
+    death: Literal["censor", "competing", "event"] = "censor"
+    horizons: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Outcome:
+        if not self.concepts and not self.events and self.death != "event":
+            raise ValueError("an outcome needs `concepts`, `events`, or `death: event`")
+        if self.censor == "study_end" and self.study_end is None:
+            raise ValueError("`censor: study_end` needs a `study_end` date")
+        if any(h <= 0 for h in self.horizons):
+            raise ValueError("horizons are days after the index date and must be positive")
+        if self.type == "binary" and (self.horizons or self.censor != "observation_end" or self.death == "competing"):
+            raise ValueError("`horizons`, `censor` and `death: competing` apply to time_to_event outcomes")
+        return self
+
+    @property
+    def all_events(self) -> list[OutcomeEvent]:
+        """The any-of event list, with the ``concepts`` shorthand and ``death: event`` spelled out."""
+        found = list(self.events)
+        if self.concepts:
+            found.insert(0, OutcomeEvent(domain="condition", concepts=self.concepts))
+        if self.death == "event" and not any(e.domain == "death" and not e.concepts for e in found):
+            found.append(OutcomeEvent(domain="death"))
+        return found
+
+    @property
+    def time_to_event(self) -> bool:
+        return self.type == "time_to_event"
 
 
 class ValueConcept(Concept):
@@ -118,6 +199,8 @@ class StudySpec(_Strict):
     test_fraction: float = Field(default=0.3, gt=0, lt=1)
     min_cohort_size: int = Field(default=20, ge=1)
     small_cell: int = Field(default=DEFAULT_THRESHOLD, ge=1)
+    min_outcome_count: int = Field(default=1, ge=0)
+    allow_absent_covariates: list[str] = Field(default_factory=list)
     cohort: Cohort
     outcome: Outcome
     covariates: list[Covariate] = Field(min_length=1)
@@ -128,6 +211,9 @@ class StudySpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"covariate names must be unique, repeated: {', '.join(dupes)}")
+        unknown = sorted(set(self.allow_absent_covariates) - set(names))
+        if unknown:
+            raise ValueError(f"allow_absent_covariates names no covariate: {', '.join(unknown)}")
         return self
 
     @property
@@ -143,7 +229,9 @@ class StudySpec(_Strict):
         return {"tables": self.tables(), "concepts": [c.model_dump() for c in self.all_concepts()]}
 
     def all_concepts(self) -> list[Concept]:
-        found: list[Concept] = [*self.cohort.concepts, *self.outcome.concepts]
+        found: list[Concept] = list(self.cohort.concepts)
+        for event in self.outcome.all_events:
+            found += [*event.concepts, *event.objects, *(event.value.units if event.value else [])]
         for covariate in self.covariates:
             found += [*covariate.concepts, *covariate.units, *covariate.values]
         return found
@@ -208,6 +296,14 @@ EVENT_TABLES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# domain -> (table, concept column, date column) of an outcome event
+OUTCOME_TABLES: dict[str, tuple[str, str, str]] = {
+    **EVENT_TABLES,
+    "death": ("death", "cause_concept_id", "death_date"),
+    "episode": ("episode", "episode_concept_id", "episode_start_date"),
+}
+
+
 def tables_read(study: StudySpec) -> dict[str, list[str]]:
     """Tables and columns the study's SQL reads (declared to the site policy before anything runs)."""
     read: dict[str, set[str]] = {
@@ -216,8 +312,18 @@ def tables_read(study: StudySpec) -> dict[str, list[str]]:
         "concept": {"concept_id", "vocabulary_id", "concept_code", "standard_concept", "invalid_reason"},
         "concept_ancestor": {"ancestor_concept_id", "descendant_concept_id"},
     }
-    if study.outcome.require_followup:
-        read["observation_period"] = {"person_id", "observation_period_end_date"}
+    for event in study.outcome.all_events:
+        table, concept_col, date_col = OUTCOME_TABLES[event.domain]
+        columns = {"person_id", date_col} | ({concept_col} if event.concepts else set())
+        if event.value is not None:
+            columns |= {"value_as_number", "unit_concept_id"}
+        if event.objects:
+            columns.add("episode_object_concept_id")
+        read.setdefault(table, set()).update(columns)
+    if study.outcome.time_to_event and study.outcome.death != "event":
+        read.setdefault("death", set()).update({"person_id", "death_date"})
+    if study.outcome.require_followup or (study.outcome.time_to_event and study.outcome.censor == "observation_end"):
+        read["observation_period"] = {"person_id", "observation_period_start_date", "observation_period_end_date"}
     for covariate in study.covariates:
         if covariate.kind in EVENT_TABLES:
             table, concept_col, date_col = EVENT_TABLES[covariate.kind]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,11 +55,12 @@ def _validate_sites(out: Path) -> None:
     from fedomop.harmonize.validate.compare import compare_reports, write_comparison
     from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 
-    reports = []
+    reports: list[dict[str, Any] | str | Path] = []
     for site in SITES:
         report = validate_database(out / f"{site}.duckdb", out / "qa" / site, ValidateOptions(site=site))
         console.print(f"{site}: QA report {report.html_path} ({report.fatal_failures} fatal check failures)")
-        reports.append(report.json_path)
+        if report.json_path is not None:
+            reports.append(report.json_path)
     if len(reports) >= 2:
         _, html = write_comparison(compare_reports(reports), out / "qa")
         console.print(f"site comparison: {html}")

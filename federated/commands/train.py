@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from fedomop.federated.console import RoundProgress
 from fedomop.federated.deploy import flower_env, hub_command, site_command, write_connection
@@ -33,13 +34,48 @@ def _check_sites(sites: list[Path]) -> list[Path]:
     return sites
 
 
+SURVIVAL_MODEL = "cox-ph"
+
+
+def _train_survival(spec: Any, model: str | None, federation: str | None, sites: list[Path] | None, out: Path) -> None:
+    """A time-to-event study: federated site-stratified Cox, printed like the classifier comparison."""
+    from fedomop.federated.survival.runner import comparison_rows, run_survival, site_names, write_result
+
+    if (model or SURVIVAL_MODEL) != SURVIVAL_MODEL:
+        raise StudyError(
+            f"model {model!r} is a classifier; this study's outcome is time-to-event",
+            where="--model",
+            fix=f"use --model {SURVIVAL_MODEL} (histogram XGBoost survival:cox/aft is not available yet)",
+        )
+    if federation:
+        raise StudyError(
+            "time-to-event studies run in the simulation only for now",
+            where="--federation",
+            fix="leave out --federation and pass --sites",
+        )
+    paths = _check_sites(sites or DEFAULT_SITES)
+    result = run_survival(spec, site_names([str(p) for p in paths]))
+    table = Table(title=f"{spec.name}: held-out 30% per site (weighted by held-out rows)")
+    keys = [k for k in result.metrics["federated"]["weighted"]]
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for label, values in comparison_rows(result):
+        table.add_row(label, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
+    console.print(table)
+    console.print(f"site-stratified Cox: {result.rounds} Newton rounds; result in {write_result(result, out)}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
         study: Annotated[
             str, typer.Option(help="Study YAML path or bundled name (bone_metastasis).")
         ] = "bone_metastasis",
-        model: Annotated[str, typer.Option(help=" | ".join(MODELS))] = "xgboost-hist",
+        model: Annotated[
+            str | None,
+            typer.Option(help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"),
+        ] = None,
         sites: Annotated[list[Path] | None, typer.Option("--sites", help="Site OMOP databases (simulation).")] = None,
         rounds: Annotated[int, typer.Option(help="Federated rounds (0: the model's default).")] = 0,
         strategy: Annotated[str, typer.Option(help="MLP aggregation: fedavg | fedprox.")] = "fedavg",
@@ -71,7 +107,15 @@ def register(app: typer.Typer) -> None:
         from fedomop.federated.study import load_study
 
         study_spec_path = _study_path(study)
-        load_study(study_spec_path)  # fail early, with the file and key, on a bad study
+        spec = load_study(study_spec_path)  # fail early, with the file and key, on a bad study
+        if spec.outcome.time_to_event:
+            _train_survival(spec, model, federation, sites, out)
+            return
+        model = model or "xgboost-hist"
+        if model == SURVIVAL_MODEL:
+            raise StudyError(
+                f"{SURVIVAL_MODEL} needs a time-to-event study", where="--model", fix="set `outcome.type: time_to_event`"
+            )
         options = {
             "model": model,
             "rounds": rounds,

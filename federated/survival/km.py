@@ -14,11 +14,13 @@ interval as at risk for all of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
+Events = NDArray[Any]  # 0/1 floats or booleans: an event indicator (1 = event, 0 = censored)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Interval:
     censored: int
 
 
-def site_counts(time: Array, event: Array, width: float, horizon: float) -> list[Interval]:
+def site_counts(time: Array, event: Events, width: float, horizon: float) -> list[Interval]:
     """At risk / events / censored per grid interval [k*width, (k+1)*width) up to ``horizon``."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -97,3 +99,43 @@ def pooled_curve(sites: list[list[Interval]]) -> list[tuple[float, float, int, i
         curve.append((boundary, survival, at_risk, events))
         previous = boundary
     return curve
+
+
+def counts_between(time: Array, event: Events, start: float, end: float) -> Interval:
+    """A site's at-risk / events / censored for one interval [start, end)."""
+    time = np.asarray(time, dtype=np.float64)
+    event = np.asarray(event, dtype=bool)
+    inside = (time >= start) & (time < end)
+    return Interval(start, end, int((time >= start).sum()), int((inside & event).sum()), int((inside & ~event).sum()))
+
+
+def releasable_between(time: Array, event: Events, start: float, end: float, threshold: int) -> bool:
+    """The one bit a site answers when the hub proposes an interval: could its counts there leave the site?"""
+    counts = counts_between(time, event, start, end)
+    return (
+        counts.at_risk >= threshold
+        and not _small(counts.events, threshold)
+        and not _small(counts.censored, threshold)
+    )
+
+
+def agreed_boundaries(sites: list[tuple[Array, Events]], width: float, horizon: float, threshold: int) -> list[float]:
+    """Interval ends every site can release: the hub widens the current interval by ``width`` until every site
+    answers yes (one bit each), so all sites then release counts on the same grid and the pooled curve is exact
+    on it. The curve stops where a site has fewer than ``threshold`` at risk."""
+    boundaries: list[float] = []
+    start, end = 0.0, width
+    while end <= horizon + 1e-9:
+        if any(counts_between(t, e, start, end).at_risk < threshold for t, e in sites):
+            break
+        if all(releasable_between(t, e, start, end, threshold) for t, e in sites):
+            boundaries.append(end)
+            start = end
+        end += width
+    return boundaries
+
+
+def counts_on(time: Array, event: Events, boundaries: list[float]) -> list[Interval]:
+    """A site's counts on the agreed grid (what it releases)."""
+    starts = [0.0, *boundaries[:-1]]
+    return [counts_between(time, event, s, e) for s, e in zip(starts, boundaries, strict=True)]

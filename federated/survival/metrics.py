@@ -19,20 +19,24 @@ censored row is the "event"). Definitions:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
+Events = NDArray[Any]  # 0/1 floats or booleans: an event indicator (1 = event, 0 = censored)
 
 
-def kaplan_meier(time: Array, event: Array) -> tuple[Array, Array]:
+def kaplan_meier(time: Array, event: Events) -> tuple[Array, Array]:
     """Distinct event times and the product-limit survival just after each."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
     times = np.unique(time[event])
     at_risk = np.array([(time >= t).sum() for t in times], dtype=np.float64)
     deaths = np.array([(event & (time == t)).sum() for t in times], dtype=np.float64)
-    return times, np.cumprod(1.0 - deaths / at_risk) if len(times) else np.array([])
+    survival = np.cumprod(1.0 - deaths / at_risk).astype(np.float64) if len(times) else np.array([], dtype=np.float64)
+    return times.astype(np.float64), survival
 
 
 def step_value(times: Array, values: Array, at: float, *, before: bool = False) -> float:
@@ -41,12 +45,12 @@ def step_value(times: Array, values: Array, at: float, *, before: bool = False) 
     return float(values[index]) if index >= 0 else 1.0
 
 
-def censoring_survival(time: Array, event: Array) -> tuple[Array, Array]:
+def censoring_survival(time: Array, event: Events) -> tuple[Array, Array]:
     """G(t) = P(C > t) by reverse Kaplan-Meier (censored rows are the events)."""
     return kaplan_meier(time, ~np.asarray(event, dtype=bool))
 
 
-def harrell_c(time: Array, event: Array, risk: Array) -> float:
+def harrell_c(time: Array, event: Events, risk: Array) -> float:
     """Harrell's concordance index; NaN when no pair is comparable."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -64,7 +68,7 @@ def harrell_c(time: Array, event: Array, risk: Array) -> float:
     return concordant / comparable if comparable else float("nan")
 
 
-def cumulative_dynamic_auc(time: Array, event: Array, risk: Array, horizon: float) -> float:
+def cumulative_dynamic_auc(time: Array, event: Events, risk: Array, horizon: float) -> float:
     """IPCW cumulative/dynamic AUROC at ``horizon``; NaN without cases or controls."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -87,7 +91,7 @@ def cumulative_dynamic_auc(time: Array, event: Array, risk: Array, horizon: floa
     return numerator / denominator if denominator else float("nan")
 
 
-def brier_score(time: Array, event: Array, survival: Array, horizon: float) -> float:
+def brier_score(time: Array, event: Events, survival: Array, horizon: float) -> float:
     """IPCW Brier score of predicted survival probabilities S(horizon|x); NaN when G reaches 0 too early."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -106,7 +110,7 @@ def brier_score(time: Array, event: Array, survival: Array, horizon: float) -> f
     return total / len(time) if len(time) else float("nan")
 
 
-def calibration_at(time: Array, event: Array, survival: Array, horizon: float, bins: int = 5) -> dict[str, object]:
+def calibration_at(time: Array, event: Events, survival: Array, horizon: float, bins: int = 5) -> dict[str, object]:
     """Predicted vs Kaplan-Meier observed event probability by ``horizon`` in quantile bins of predicted risk."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -130,7 +134,7 @@ def calibration_at(time: Array, event: Array, survival: Array, horizon: float, b
 
 
 def survival_metrics(
-    time: Array, event: Array, risk: Array, survival_by_horizon: dict[float, Array]
+    time: Array, event: Events, risk: Array, survival_by_horizon: dict[float, Array]
 ) -> dict[str, float]:
     """Harrell's C, and per horizon the td-AUROC, Brier score and calibration gap (names carry the horizon)."""
     values = {"c_index": harrell_c(time, event, risk)}

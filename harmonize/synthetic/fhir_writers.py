@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fedomop.harmonize.synthetic.codebook import Coded, format_number, to_written
 from fedomop.harmonize.synthetic.timeline import History
@@ -163,7 +163,7 @@ class FhirSiteWriter(SiteWriter):
         return item
 
     def condition(self, coded: Coded, item: str, subject: dict, encounter: dict, day: int, key: tuple) -> dict:
-        resource = {
+        resource: dict[str, Any] = {
             "resourceType": "Condition",
             "id": self.stable_uuid(*key),
             "clinicalStatus": {

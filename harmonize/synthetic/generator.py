@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import random
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -183,6 +184,12 @@ def generate_site(site: str, out: Path, *, seed: int, persons: int) -> None:
         writer.close()
 
 
+class RowWriter(Protocol):
+    """What the generator needs of a ``csv.writer``: one row at a time."""
+
+    def writerow(self, row: Iterable[Any], /) -> Any: ...
+
+
 def _recorded(value: float, item: str, book: Codebook) -> float:
     """A feature as a correct ETL will store it: written in the site's unit and rounding, converted back."""
     lab = book.lab(item)
@@ -190,7 +197,7 @@ def _recorded(value: float, item: str, book: Codebook) -> float:
 
 
 def _generate_chunk(
-    writer: SiteWriter, persons_out: csv.writer, seed: int, site_number: int, chunk: int, start: int, size: int
+    writer: SiteWriter, persons_out: RowWriter, seed: int, site_number: int, chunk: int, start: int, size: int
 ) -> None:
     sequence = np.random.SeedSequence([seed, site_number, chunk])
     rng = np.random.default_rng(sequence)
@@ -252,15 +259,29 @@ def _generate_chunk(
         persons_out.writerow(_truth_person(writer, person, features, float(eta[i]), float(probability[i])))
 
 
+def _unmapped_action(kind: str, code: str) -> Callable[[SiteWriter, History], None]:
+    def act(writer: SiteWriter, history: History) -> None:
+        writer.write_unmapped(history, kind, code)
+
+    return act
+
+
+def _defect_action(reason: str) -> Callable[[SiteWriter, History], None]:
+    def act(writer: SiteWriter, history: History) -> None:
+        writer.write_defect(history, Defect(reason))
+
+    return act
+
+
 def _defect_plan(book: Codebook, size: int) -> dict[int, list[Callable[[SiteWriter, History], None]]]:
     """Which persons of the first chunk get an extra unmapped or bad record (spread over the chunk)."""
     actions: list[Callable[[SiteWriter, History], None]] = []
     for kind in ("condition", "lab", "drug", "procedure"):
         for code in book.unmapped(kind):
-            actions.append(lambda w, h, kind=kind, code=code: w.write_unmapped(h, kind, code))
+            actions.append(_unmapped_action(kind, code))
     for reason in DEFECT_REASONS:
         for _ in range(DEFECTS_PER_REASON):
-            actions.append(lambda w, h, reason=reason: w.write_defect(h, Defect(reason)))
+            actions.append(_defect_action(reason))
     plan: dict[int, list[Callable[[SiteWriter, History], None]]] = {}
     for n, action in enumerate(actions):
         plan.setdefault((3 + 7 * n) % size, []).append(action)

@@ -128,7 +128,7 @@ def external_concepts(catalogue: Catalogue) -> list[dict[str, str]]:
 def eunomia_relationships(eunomia_dir: Path, ids: set[int]) -> list[tuple[str, ...]]:
     """Maps to / Mapped from / Is a / Subsumes rows of the shard whose both ends are in the subset."""
     kept = {"Maps to", "Mapped from", "Is a", "Subsumes"}
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in _read_eunomia_rows(eunomia_dir / "CONCEPT_RELATIONSHIP.csv"):
         if r["relationship_id"] in kept and int(r["concept_id_1"]) in ids and int(r["concept_id_2"]) in ids:
             rows.append(
@@ -307,9 +307,9 @@ def _check_closed(
         for end in (int(row[0]), int(row[1])):
             if end not in ids:
                 raise VocabularyError(f"relationship {row} points outside the subset", where="concepts.yaml")
-    for row in ancestors:
-        if row[0] not in ids or row[1] not in ids:
-            raise VocabularyError(f"ancestor row {row} points outside the subset", where="concepts.yaml")
+    for ancestor in ancestors:
+        if ancestor[0] not in ids or ancestor[1] not in ids:
+            raise VocabularyError(f"ancestor row {ancestor} points outside the subset", where="concepts.yaml")
 
 
 def write_provenance(path: Path, catalogue: Catalogue) -> None:

@@ -119,6 +119,18 @@ class SiteWriter:
         """(value in the standard unit, its unit concept) a correct ETL stores for a written lab value."""
         return to_standard(written, lab), lab.standard_unit_concept
 
+    def write_history(self, history: History, rnd: random.Random) -> None:
+        """Write one person's records in the site's format (each site format overrides this)."""
+        raise NotImplementedError
+
+    def write_unmapped(self, history: History, kind: str, code: str) -> None:
+        """Write one record with a code the site's vocabulary does not map (the quarantine must catch it)."""
+        raise NotImplementedError
+
+    def write_defect(self, history: History, defect: Defect) -> None:
+        """Write one deliberately broken record (the quarantine must catch it with its reason)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self.truth.close()
 

@@ -124,3 +124,29 @@ def test_released_km_counts_have_no_small_cells() -> None:
         assert interval.censored == 0 or interval.censored >= 5
     ends = [i.end for i in released]
     assert ends == sorted(ends) and released[0].start == 0.0
+
+
+def test_km_grid_agreed_by_one_bit_per_site_has_no_small_cells(lung: object) -> None:
+    """Sites only say yes/no to a proposed interval; the released counts on the agreed grid hold no count in
+    1..threshold-1, and the pooled curve is the grouped product-limit estimate of the pooled rows on that grid."""
+    frame = lung  # type: ignore[assignment]
+    threshold = 10
+    sites = [(g["time"].to_numpy(float), g["status"].to_numpy() == 1) for _, g in frame.groupby("site")]
+    grid = km.agreed_boundaries(sites, 30.0, 730.0, threshold)
+    assert grid and all(b % 30 == 0 for b in grid)
+    released = [km.counts_on(t, e, grid) for t, e in sites]
+    for intervals in released:
+        for i in intervals:
+            assert i.at_risk >= threshold
+            assert i.events == 0 or i.events >= threshold
+            assert i.censored == 0 or i.censored >= threshold
+    time = frame["time"].to_numpy(float)
+    event = frame["status"].to_numpy() == 1
+    expected, start = 1.0, 0.0
+    for (end, survival, at_risk, events) in km.pooled_curve(released):
+        n = int((time >= start).sum())
+        d = int(((time >= start) & (time < end) & event).sum())
+        expected *= 1 - d / n
+        assert (at_risk, events) == (n, d)
+        assert survival == pytest.approx(expected, abs=1e-12)
+        start = end
