@@ -131,9 +131,9 @@ def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
 def _describe(prep: Prepared, message: Message) -> RecordDict:
     """Who this site is and its sizes; the positives go through the small-cell rule (a withheld cell is left out:
     a machine reply shows it as absent, never as a false 0)."""
-    counts = {"n-train": prep.train.n, "n-test": prep.test.n}
-    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, prep.study.small_cell)
-    counts.update({key: value for key, value in positives.items() if value is not None})
+    counts: dict[str, int | float | list[int] | list[float]] = {"n-train": prep.train.n, "n-test": prep.test.n}
+    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, prep.study.small_cell, render="none")
+    counts.update({key: value for key, value in positives.items() if isinstance(value, int)})
     return RecordDict(
         {
             "site": ConfigRecord({"site": prep.site.name, "data-version": prep.data_version}),
@@ -162,7 +162,7 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
 
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     """Histogram XGBoost's one long round: join the hub's allreduce with the global edges it sent."""
-    config = dict(message.content["config"])
+    config: dict[str, Any] = dict(message.content["config"])
     config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)))
     model = registry.get(str(config["model"]))
     trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
@@ -186,7 +186,7 @@ def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
 
 def _train_local(prep: Prepared, message: Message) -> RecordDict:
     """The site-alone reference: a model trained on this site's rows only."""
-    config = message.content["config"]
+    config: dict[str, Any] = dict(message.content["config"])
     record = registry.get(str(config["model"])).train_plain(prep.train.X, prep.train.y, int(config["local-total"]))
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 

@@ -90,7 +90,9 @@ def suppress(document: Any, threshold: int = DEFAULT_THRESHOLD, *, render: Rende
     """A copy of ``document`` (dicts, lists, dataclasses, scalars) with every :class:`Count` and :class:`Percent`
     passed through the rule and complementary suppression; other values are copied as they are."""
     check_threshold(threshold)
-    compromised = {c.group for c in _counts(document) if c.group is not None and is_small(int(c), threshold)}
+    compromised: set[str | None] = {
+        c.group for c in _counts(document) if c.group is not None and is_small(int(c), threshold)
+    }
     return _walk(document, threshold, compromised, render)
 
 
