@@ -97,13 +97,29 @@ def _merge_include(base: dict[str, Any], part: dict[str, Any], part_path: Path, 
             base[key] = value
 
 
+def _included_file(path: Path, include: str) -> Path:
+    """An ``include:`` file must lie in the mapping's folder (symlinks resolved): a mapping cannot pull in, or echo
+    in an error, a file from elsewhere on the machine."""
+    folder = path.parent.resolve()
+    part = (path.parent / str(include)).resolve()
+    try:
+        part.relative_to(folder)
+    except ValueError:
+        raise MappingError(
+            f"include {include!r} is outside the mapping's folder",
+            where=f"{path}: include",
+            fix="put included files in the mapping's folder (or a folder below it) and name them relative to it",
+        ) from None
+    return part
+
+
 def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The merged raw mapping, and which file each top-level table/source came from (for error messages)."""
     path = Path(path)
     data = _read_yaml(path)
     origin: dict[str, Path] = {}
     for include in data.get("include") or []:
-        part_path = (path.parent / include).resolve()
+        part_path = _included_file(path, include)
         part = _read_yaml(part_path)
         for key in _MERGED_DICTS:
             for name in part.get(key) or {}:
