@@ -136,9 +136,11 @@ def main() -> None:
             err_console.print(f"[bold red]error[/] (DatabaseError): {escape(unreachable)}", highlight=False)
             sys.exit(2)
         _internal_error(exc)
-    if _SIGNALLED or code == 130:  # typer returns 130 for Ctrl-C without a word
+    if _SIGNALLED:  # typer returns 130 for Ctrl-C without a word
         err_console.print("interrupted", highlight=False)
         sys.exit(130)
+    if code == 130:  # click turns an EOFError into the same 130: input ended, nobody interrupted
+        _internal_error(EOFError("input ended unexpectedly"))
     sys.exit(code if isinstance(code, int) else 0)
 
 

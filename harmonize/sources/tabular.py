@@ -130,8 +130,8 @@ def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFr
     raw = path.read_bytes()
     _check_declared_encoding(raw, relative, codec)
     text, rejects, numbers = _decoded_lines(raw, relative, codec)
-    if _is_regular(text, relative, options):
-        if codec == "utf-8" and numbers is None:
+    if numbers is None and _is_regular(text, relative, options):  # dropped lines: row numbers need the slow path
+        if codec == "utf-8":
             return pl.scan_csv(path, **csv_options), rejects, None
         try:
             return pl.read_csv(io.StringIO(text), **csv_options).lazy(), rejects, numbers
@@ -151,8 +151,13 @@ def _read_ragged(path: Path, relative: str, options: TabularOptions) -> tuple[pl
 def _parse_ragged(
     text: str, relative: str, options: TabularOptions, numbers: list[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
+    reader = csv.reader(io.StringIO(text), delimiter=options.delimiter)
+    first_line = 1
+    records: list[tuple[list[str], int]] = []
     try:
-        records = [r for r in csv.reader(io.StringIO(text), delimiter=options.delimiter)]
+        for record in reader:  # with each record, the kept line it starts on (a quoted field may span lines)
+            records.append((record, first_line))
+            first_line = reader.line_num + 1
     except csv.Error as exc:
         raise SourceError(
             f"cannot parse as CSV: {exc}", where=relative, fix="check the file's quoting and delimiter"
@@ -163,17 +168,17 @@ def _parse_ragged(
             where=relative,
             fix="remove the file from the extract, or export it again with its header",
         )
-    header, body = [h.strip() for h in records[0]], records[1:]
+    header, body = [h.strip() for h in records[0][0]], records[1:]
     kept: list[list[str | None]] = []
     kept_numbers: list[int] = []
     rejects: list[dict[str, str]] = []
     nulls = set(options.null_values)
     index = 0
-    for record in body:
+    for record, line in body:
         if not record:
             continue  # a blank line is not a record
         index += 1
-        number = numbers[index - 1] if numbers and index <= len(numbers) else index
+        number = numbers[line - 2] if numbers and 2 <= line <= len(numbers) + 1 else index
         reason = _row_problem(record, header)
         if reason:
             rejects.append(
