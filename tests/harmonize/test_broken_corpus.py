@@ -75,3 +75,13 @@ def test_broken_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[
             assert any(s == name and reason in r for s, r in rows), rows
         if case.clean:
             assert [r for s, r in rows if s == case.clean] == []
+
+
+def test_yaml_merge_key_override_is_not_a_duplicate(tmp_path: Path) -> None:
+    """``<<: *anchor`` followed by a key of the block's own is YAML's override, not a key written twice."""
+    from fedomop.harmonize.mapping.loader import read_mapping_dict
+
+    path = tmp_path / "m.yaml"
+    path.write_text("site: x\ncommon: &c {format: csv, files: a.csv}\nsources:\n  a: {<<: *c, files: b.csv}\n")
+    data, _ = read_mapping_dict(path)
+    assert data["sources"]["a"] == {"format": "csv", "files": "b.csv"}
