@@ -34,7 +34,11 @@ APP_DIR = Path(__file__).parent / "flower_app"
 
 
 def site_list(paths: list[str | Path]) -> list[Site]:
-    return [Site(name=Path(str(p)).stem, db=str(p)) for p in paths]
+    """One Site per database, named by its cdm_source (DuckDB path or PostgreSQL URL alike): two URLs on one
+    server are two sites, and one site given twice is refused rather than trained on twice."""
+    from fedomop.federated.survival.runner import site_names
+
+    return [Site(name=name, db=db) for name, db in site_names([str(p) for p in paths]).items()]
 
 
 def pooled_reference(study: StudySpec, sites: list[Site], settings: RunSettings) -> tuple[dict, dict]:

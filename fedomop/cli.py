@@ -42,6 +42,7 @@ def _root(
 ) -> None:
     """Harmonize EHR extracts into OMOP CDM v5.4, validate them, and train federated models."""
 
+
 # (module, attribute) of each command registrar; a module registers its commands on `app`.
 _COMMAND_MODULES = [
     "fedomop.harmonize.commands.cdm",
@@ -94,6 +95,7 @@ def main() -> None:
     non-standalone mode *returns* a command's exit code (and turns Ctrl-C into 130), so the code is
     passed on here rather than dropped.
     """
+    _terminate_as_interrupt()
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:
@@ -110,6 +112,9 @@ def main() -> None:
         )
         sys.exit(2)
     except FedomopError as error:
+        if _SIGNALLED:  # an error the interrupt caused inside the run
+            err_console.print("interrupted", highlight=False)
+            sys.exit(130)
         err_console.print(f"[bold red]error[/] ({type(error).__name__}): {escape(str(error))}", highlight=False)
         sys.exit(2)
     except typer.Exit as exit_:
@@ -123,8 +128,55 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
+        if _SIGNALLED:
+            err_console.print("interrupted", highlight=False)
+            sys.exit(130)
+        unreachable = _unreachable_database(exc)
+        if unreachable:
+            err_console.print(f"[bold red]error[/] (DatabaseError): {escape(unreachable)}", highlight=False)
+            sys.exit(2)
         _internal_error(exc)
+    if _SIGNALLED:  # typer returns 130 for Ctrl-C without a word
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
+    if code == 130:  # click turns an EOFError into the same 130: input ended, nobody interrupted
+        _internal_error(EOFError("input ended unexpectedly"))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_SIGNALLED: list[int] = []  # the signals received: a native library may turn KeyboardInterrupt into its own error
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGINT and SIGTERM (a scheduler or ``kill``) unwind as KeyboardInterrupt, so context managers remove their
+    temporary files; the signal is remembered because DuckDB re-raises it as ``RuntimeError: Query interrupted``."""
+    import signal
+
+    def _raise(signum: int, frame: object) -> None:
+        _SIGNALLED.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, _raise)
+        signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (an embedding host): leave its handlers alone
+        pass
+
+
+def _unreachable_database(exc: BaseException) -> str | None:
+    """A database that cannot be reached (down, wrong host/port/password) is bad input: one line, not a traceback."""
+    try:
+        import sqlalchemy as sa
+    except ModuleNotFoundError:
+        return None
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return None
+    first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
+    reason = first[0] if first else type(exc).__name__
+    return (
+        f"cannot reach the database: {reason}\n"
+        "  fix: check that the server is running, and the host, port, user and password in the URL"
+    )
 
 
 def _internal_error(exc: BaseException) -> None:

@@ -23,8 +23,11 @@ console = Console()
 DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]
 
 
-def _check_sites(sites: list[Path]) -> list[Path]:
-    missing = [str(p) for p in sites if "://" not in str(p) and not p.exists()]
+def _check_sites(sites: list[str] | list[Path]) -> list[str]:
+    """Site databases as given: a DuckDB path must exist; a URL (postgresql://...) is passed on unchanged
+    (``--sites`` is text, not a Path, because a Path would fold ``postgresql://`` into ``postgresql:/``)."""
+    sites = [str(p) for p in sites]
+    missing = [p for p in sites if "://" not in p and not Path(p).exists()]
     if missing:
         raise StudyError(
             f"site database(s) not found: {', '.join(missing)}",
@@ -37,7 +40,7 @@ def _check_sites(sites: list[Path]) -> list[Path]:
 SURVIVAL_MODEL = "cox-ph"
 
 
-def _train_survival(spec: Any, model: str | None, federation: str | None, sites: list[Path] | None, out: Path) -> None:
+def _train_survival(spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path) -> None:
     """A time-to-event study: federated site-stratified Cox, printed like the classifier comparison."""
     from fedomop.federated.survival.runner import comparison_rows, run_survival, site_names, write_result
 
@@ -76,7 +79,10 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"),
         ] = None,
-        sites: Annotated[list[Path] | None, typer.Option("--sites", help="Site OMOP databases (simulation).")] = None,
+        sites: Annotated[
+            list[str] | None,
+            typer.Option("--sites", help="Site OMOP databases (simulation): DuckDB paths or postgresql:// URLs."),
+        ] = None,
         rounds: Annotated[int, typer.Option(help="Federated rounds (0: the model's default).")] = 0,
         strategy: Annotated[str, typer.Option(help="MLP aggregation: fedavg | fedprox.")] = "fedavg",
         mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.1,

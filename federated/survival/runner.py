@@ -100,6 +100,15 @@ def _weighted(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _database_name(db: str) -> str:
+    """A site without cdm_source: its file name, or the database name of a URL (not the URL's last path piece)."""
+    if "://" not in db:
+        return Path(db).stem
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(db).database or db
+
+
 def site_names(databases: list[str]) -> dict[str, str]:
     """Name -> database: each site's ``cdm_source_abbreviation`` (its identity), else the file name.
 
@@ -117,7 +126,7 @@ def site_names(databases: list[str]) -> dict[str, str]:
                 name = str(found.item()) if found.height == 1 and found.item() else None
         finally:
             database.dispose()
-        name = name or Path(db).stem
+        name = name or _database_name(db)
         if name in named:
             raise StudyError(
                 f"two databases are the same site {name!r}: {named[name]} and {db}",

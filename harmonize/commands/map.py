@@ -98,6 +98,8 @@ def map_site(
     chunks: int | None = None,
     chunk_mb: int = DEFAULT_CHUNK_MB,
     scratch: Path | None = None,
+    schema: str = "public",
+    results_schema: str | None = None,
 ) -> RunReport:
     """Run a mapping with live progress bars and print the summary (shared by ``map`` and ``demo``)."""
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -111,6 +113,8 @@ def map_site(
             chunks=chunks,
             chunk_mb=chunk_mb,
             scratch=scratch,
+            schema=schema,
+            results_schema=results_schema,
         )
     print_summary(report, out)
     if report.chunks > 1:
@@ -133,7 +137,13 @@ def register(app: typer.Typer) -> None:
     def map_command(
         mapping: Annotated[Path, typer.Option(help="Site mapping YAML (mappings/<site>.yaml).")],
         source: Annotated[Path, typer.Option(help="Folder with the site's extract files.")],
-        db: Annotated[str, typer.Option(help="Target database URL or DuckDB file path (replaced atomically).")],
+        db: Annotated[
+            str,
+            typer.Option(
+                help="Target database URL or DuckDB file path (replaced atomically; an existing file fedomop did "
+                "not create is refused)."
+            ),
+        ],
         vocabulary: Annotated[
             Path | None, typer.Option(help="Vocabulary folder (overrides the mapping's vocabulary.folder).")
         ] = None,
@@ -148,6 +158,25 @@ def register(app: typer.Typer) -> None:
         scratch: Annotated[
             Path | None, typer.Option(help="Folder for the split sources of a chunked run (default: system temp).")
         ] = None,
+        schema: Annotated[
+            str, typer.Option(help="PostgreSQL: schema for the OMOP CDM tables (OHDSI's cdm schema).")
+        ] = "public",
+        results_schema: Annotated[
+            str | None,
+            typer.Option(
+                help="PostgreSQL: schema for fedomop's run tables (quarantine, reconciliation; default: --schema)."
+            ),
+        ] = None,
     ) -> None:
         """Harmonize a site extract into OMOP CDM v5.4; every record is loaded or quarantined with a reason."""
-        map_site(mapping, source, db, vocabulary, chunks=chunks, chunk_mb=chunk_mb, scratch=scratch)
+        map_site(
+            mapping,
+            source,
+            db,
+            vocabulary,
+            chunks=chunks,
+            chunk_mb=chunk_mb,
+            scratch=scratch,
+            schema=schema,
+            results_schema=results_schema,
+        )

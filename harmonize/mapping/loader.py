@@ -27,11 +27,41 @@ _FIELD_TAGS: dict[str, type[BaseModel]] = {
 }
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping: YAML keeps only the last one, so writing
+    ``tables.measurement`` twice would silently drop the first block."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` then a key of one's own is an override, not a duplicate
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MappingError("mapping file not found", where=str(path), fix="check the --mapping path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as dup:
+        raise MappingError(
+            f"key {dup.key!r} is written twice in the same block: YAML would keep only the last one",
+            where=f"{path} line {dup.line}",
+            fix=f"merge the two {dup.key!r} blocks into one",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"the mapping is not UTF-8 text: {exc.reason}", where=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path} line {mark.line + 1}" if mark else str(path)
@@ -69,13 +99,29 @@ def _merge_include(base: dict[str, Any], part: dict[str, Any], part_path: Path, 
             base[key] = value
 
 
+def _included_file(path: Path, include: str) -> Path:
+    """An ``include:`` file must lie in the mapping's folder (symlinks resolved): a mapping cannot pull in, or echo
+    in an error, a file from elsewhere on the machine."""
+    folder = path.parent.resolve()
+    part = (path.parent / str(include)).resolve()
+    try:
+        part.relative_to(folder)
+    except ValueError:
+        raise MappingError(
+            f"include {include!r} is outside the mapping's folder",
+            where=f"{path}: include",
+            fix="put included files in the mapping's folder (or a folder below it) and name them relative to it",
+        ) from None
+    return part
+
+
 def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The merged raw mapping, and which file each top-level table/source came from (for error messages)."""
     path = Path(path)
     data = _read_yaml(path)
     origin: dict[str, Path] = {}
     for include in data.get("include") or []:
-        part_path = (path.parent / include).resolve()
+        part_path = _included_file(path, include)
         part = _read_yaml(part_path)
         for key in _MERGED_DICTS:
             for name in part.get(key) or {}:

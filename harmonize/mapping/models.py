@@ -6,6 +6,7 @@ and the valid choices instead of silently doing nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -231,6 +232,24 @@ class CdmSourceInfo(Strict):
     vocabulary_version: str | None = None
 
 
+class ColumnBounds(Strict):
+    """Plausible dates for one source column: rows outside are quarantined as implausible."""
+
+    earliest: dt.date | None = None
+    latest: dt.date | None = None
+
+
+class DateBounds(Strict):
+    """Plausible dates (docs/mapping.md "Date bounds"): a birth before ``birth_earliest``, an event before
+    ``event_earliest`` or an event start after the run date + ``future_margin_days`` is quarantined, not loaded
+    (2099-01-01 and 0001-01-01 are placeholders, not events). ``columns`` overrides per source column."""
+
+    birth_earliest: dt.date = dt.date(1850, 1, 1)
+    event_earliest: dt.date = dt.date(1900, 1, 1)
+    future_margin_days: int = Field(default=1, ge=0)
+    columns: dict[str, ColumnBounds] = Field(default_factory=dict)
+
+
 class Mapping(Strict):
     """A whole site mapping (after ``include:`` files are merged)."""
 
@@ -246,6 +265,7 @@ class Mapping(Strict):
     observation_period: ObservationPeriod | None = None
     episodes: Episodes | None = None
     include: list[str] = Field(default_factory=list)
+    date_bounds: DateBounds = Field(default_factory=DateBounds)
 
 
 UnitConversion.model_rebuild()

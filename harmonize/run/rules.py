@@ -27,6 +27,7 @@ from fedomop.harmonize.mapping.models import (
     Rule,
     Source,
 )
+from fedomop.harmonize.run.datebounds import date_bounds
 from fedomop.harmonize.run.quarantine import Quarantine
 from fedomop.harmonize.run.units import UnitConverter
 from fedomop.harmonize.vocabulary import resolve_codes
@@ -166,6 +167,7 @@ class RuleEvaluator:
                 columns, problem = _date_columns(prefix, date, source)
                 exprs += columns
                 problems.append(problem)
+                problems += self._bounds(table, prefix, date, source)
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
         if rule.value is not None:
@@ -209,6 +211,14 @@ class RuleEvaluator:
         if rule.value is not None:
             rows = self._convert_units(rule, rows)
         return rows.select(c for c in rows.columns if c.startswith(("_", FIELD_PREFIX)))
+
+    def _bounds(self, table: str, prefix: str, date: DateExpr, source: Source) -> list[Problem]:
+        """Implausible dates (harmonize/run/datebounds.py) as problems: quarantined with their reason."""
+        stamp = parse_datetime(date.date, date.format or source.date_format)
+        checks = date_bounds(
+            stamp, date.date, self.ctx.mapping.date_bounds, birth=table == "person", start=prefix == "_start"
+        )
+        return [Problem(b.mask, date.date, pl.col(date.date), b.reason) for b in checks]
 
     def _join_references(self, rule: Rule, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
         if rule.person is not None:

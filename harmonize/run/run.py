@@ -128,6 +128,7 @@ def run_mapping(
     vocabulary: Path | None = None,
     progress: Progress | None = None,
     schema: str = "public",
+    results_schema: str | None = None,
     chunks: int | None = None,
     chunk_mb: int = DEFAULT_CHUNK_MB,
     scratch: Path | None = None,
@@ -136,7 +137,8 @@ def run_mapping(
 
     A site with more than ``chunk_mb`` MiB of source text is mapped in person-disjoint chunks (``chunks`` fixes
     their number), so memory stays bounded whatever the site's size; ``scratch`` holds the split sources
-    (default: a temporary folder, removed afterwards).
+    (default: a temporary folder, removed afterwards). On PostgreSQL the OMOP tables go to ``schema`` and
+    fedomop's ``fedomop_*`` run tables to ``results_schema`` (default: ``schema``); nothing else there is touched.
     """
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -146,7 +148,7 @@ def run_mapping(
     )
     mapping = plan.mapping
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    target = AtomicTarget(db_url, run_id, schema=schema)
+    target = AtomicTarget(db_url, run_id, schema=schema, results_schema=results_schema)
     with target as db:
         prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
         create_run_tables(db)

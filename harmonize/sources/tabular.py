@@ -3,12 +3,24 @@
 Everything is read as text (parsing dates and numbers is the engine's job, so a bad value can be quarantined
 with its field). Files in a legacy encoding (latin-1, cp1252) are transcoded first; a file that claims UTF-8
 but has invalid bytes loses only the affected rows, which become rejects with reason "encoding error".
+
+Rows are checked before polars sees them, because polars fills a short row with nulls (``race = 'Whi'`` from a
+truncated last line) and counts a blank line as a record of nulls. The rule (docs/mapping.md, "CSV rows"):
+
+- a row with more or fewer fields than the header is quarantined: "wrong number of fields: F instead of H";
+- a blank line is not a record: it is skipped and not counted;
+- a row holding NUL or another control character (C0 other than tab, CR, LF; or DEL) is quarantined:
+  such bytes are never loaded into codes;
+- a file declared latin-1/cp1252 that is valid UTF-8 with non-ASCII bytes is refused (it would load as mojibake);
+- header names are trimmed (``a, b, c`` is ``a``, ``b``, ``c``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +28,13 @@ import polars as pl
 from fedomop.harmonize.ground.errors import SourceError
 from fedomop.harmonize.sources.base import REJECT_SCHEMA, SourceBatch, empty_rejects
 from fedomop.harmonize.sources.options import TabularOptions
+
+# a 200 KB field is data to quarantine or load, not a reason for the csv module to raise
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+# C0 controls other than tab, LF, CR, plus DEL: never part of a code or a value
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+LEGACY_CODECS = {"latin-1", "latin1", "iso-8859-1", "cp1252", "windows-1252"}
 
 
 def read_header(path: Path, options: TabularOptions) -> list[str]:
@@ -28,12 +47,11 @@ def read_header(path: Path, options: TabularOptions) -> list[str]:
     return [c.strip().strip('"') for c in text.split(options.delimiter)]
 
 
-def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataFrame, list[int] | None]:
+def _decoded_lines(raw: bytes, relative: str, codec: str) -> tuple[str, pl.DataFrame, list[int] | None]:
     """Decode a file; if some lines are not valid in ``codec``, drop them as rejects.
 
     Returns the text, the rejects, and (when lines were dropped) the 1-based data row number of each kept row.
     """
-    raw = path.read_bytes()
     try:
         return raw.decode(codec).lstrip("\ufeff"), empty_rejects(), None
     except UnicodeDecodeError:
@@ -66,6 +84,39 @@ def _decoded_lines(path: Path, relative: str, codec: str) -> tuple[str, pl.DataF
     return "".join(kept).lstrip("\ufeff"), pl.DataFrame(rejects, schema=REJECT_SCHEMA), numbers
 
 
+def _check_declared_encoding(raw: bytes, relative: str, codec: str) -> None:
+    """A file declared latin-1/cp1252 whose non-ASCII bytes are valid UTF-8 is almost surely UTF-8: refuse it."""
+    if codec.lower() not in LEGACY_CODECS or raw.isascii():
+        return
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    raise SourceError(
+        f"the file is declared {codec} but is valid UTF-8 with non-ASCII characters: read as {codec} it would "
+        "load as mojibake (é as Ã©)",
+        where=relative,
+        fix="declare 'encoding: utf-8' for this source in the mapping",
+    )
+
+
+def _is_regular(text: str, relative: str, options: TabularOptions) -> bool:
+    """True when every record has the header's width and no control characters (polars may read it as is)."""
+    if CONTROL.search(text):
+        return False
+    reader = csv.reader(io.StringIO(text), delimiter=options.delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return False
+        width = len(header)
+        return all(len(record) == width for record in reader)
+    except csv.Error as exc:
+        raise SourceError(
+            f"cannot parse as CSV: {exc}", where=relative, fix="check the file's quoting and delimiter"
+        ) from None
+
+
 def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
     if options.format == "parquet":
         return pl.scan_parquet(path).select(pl.all().cast(pl.String)), empty_rejects(), None
@@ -76,18 +127,18 @@ def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFr
         "null_values": list(options.null_values),
         "quote_char": '"',
     }
-    if codec == "utf-8":
+    raw = path.read_bytes()
+    _check_declared_encoding(raw, relative, codec)
+    text, rejects, numbers = _decoded_lines(raw, relative, codec)
+    if numbers is None and _is_regular(text, relative, options):  # dropped lines: row numbers need the slow path
+        if codec == "utf-8":
+            return pl.scan_csv(path, **csv_options), rejects, None
         try:
-            path.read_bytes().decode("utf-8")
-            return pl.scan_csv(path, **csv_options), empty_rejects(), None
-        except UnicodeDecodeError:
+            return pl.read_csv(io.StringIO(text), **csv_options).lazy(), rejects, numbers
+        except pl.exceptions.PolarsError:
             pass
-    text, rejects, numbers = _decoded_lines(path, relative, codec)
-    try:
-        return pl.read_csv(io.StringIO(text), **csv_options).lazy(), rejects, numbers
-    except pl.exceptions.PolarsError:  # ragged rows in a transcoded or partly undecodable file
-        frame, ragged, kept = _parse_ragged(text, relative, options, numbers)
-        return frame.lazy(), pl.concat([rejects, ragged]), kept
+    frame, ragged, kept = _parse_ragged(text, relative, options, numbers)
+    return frame.lazy(), pl.concat([rejects, ragged]), kept
 
 
 def _read_ragged(path: Path, relative: str, options: TabularOptions) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
@@ -100,29 +151,43 @@ def _read_ragged(path: Path, relative: str, options: TabularOptions) -> tuple[pl
 def _parse_ragged(
     text: str, relative: str, options: TabularOptions, numbers: list[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
-    records = list(csv.reader(io.StringIO(text), delimiter=options.delimiter))
+    reader = csv.reader(io.StringIO(text), delimiter=options.delimiter)
+    first_line = 1
+    records: list[tuple[list[str], int]] = []
+    try:
+        for record in reader:  # with each record, the kept line it starts on (a quoted field may span lines)
+            records.append((record, first_line))
+            first_line = reader.line_num + 1
+    except csv.Error as exc:
+        raise SourceError(
+            f"cannot parse as CSV: {exc}", where=relative, fix="check the file's quoting and delimiter"
+        ) from None
     if not records:
         raise SourceError(
             "the CSV file is empty: not even a header row",
             where=relative,
             fix="remove the file from the extract, or export it again with its header",
         )
-    header, body = records[0], records[1:]
+    header, body = [h.strip() for h in records[0][0]], records[1:]
     kept: list[list[str | None]] = []
     kept_numbers: list[int] = []
     rejects: list[dict[str, str]] = []
     nulls = set(options.null_values)
-    for index, record in enumerate(body, start=1):
-        number = numbers[index - 1] if numbers and index <= len(numbers) else index
-        if len(record) != len(header):
+    index = 0
+    for record, line in body:
+        if not record:
+            continue  # a blank line is not a record
+        index += 1
+        number = numbers[line - 2] if numbers and 2 <= line <= len(numbers) + 1 else index
+        reason = _row_problem(record, header)
+        if reason:
             rejects.append(
                 {
                     "source_file": relative,
                     "source_row": str(number),
                     "field": "*",
-                    "value": options.delimiter.join(record)[:200],
-                    "reason": f"wrong number of fields: {len(record)} instead of {len(header)}; quote values "
-                    "that contain the delimiter",
+                    "value": CONTROL.sub("?", options.delimiter.join(record))[:200],
+                    "reason": reason,
                 }
             )
             continue
@@ -130,6 +195,20 @@ def _parse_ragged(
         kept_numbers.append(number)
     frame = pl.DataFrame(kept, schema={h: pl.String for h in header}, orient="row")
     return frame, pl.DataFrame(rejects, schema=REJECT_SCHEMA), kept_numbers
+
+
+def _row_problem(record: list[str], header: list[str]) -> str | None:
+    """Why a parsed CSV record cannot load as is (wrong width, control characters), or None."""
+    if len(record) != len(header):
+        return (
+            f"wrong number of fields: {len(record)} instead of {len(header)}; quote values that contain the "
+            "delimiter, or export the row again if it was cut short"
+        )
+    for name, value in zip(header, record, strict=True):
+        found = CONTROL.search(value)
+        if found:
+            return f"control character U+{ord(found.group()):04X} in field {name!r}; remove it from the export"
+    return None
 
 
 def read_tabular(name: str, files: list[Path], base_dir: Path, options: TabularOptions) -> SourceBatch:
@@ -155,6 +234,7 @@ def read_tabular(name: str, files: list[Path], base_dir: Path, options: TabularO
             if numbers is not None
             else pl.int_range(1, frame.height + 1, eager=True)
         )
+        frame = frame.rename({c: c.strip() for c in frame.columns if c != c.strip()})
         frame = frame.with_columns(pl.col(c).str.strip_chars() for c in frame.columns).with_columns(
             pl.lit(relative).alias("_source_file"), rows.cast(pl.String).alias("_source_row")
         )

@@ -31,6 +31,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -193,7 +194,7 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line) for each record of an NDJSON file; ``None`` marks a blank line inside the
     file (reported, because a record may have been lost there). Blank lines at the end are ignored."""
     blanks: list[int] = []
-    with _open(path) as handle:
+    with _open(path) as handle, _corrupt_archive(path):
         for number, line in enumerate(handle, 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
@@ -204,6 +205,19 @@ def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
                 yield from ((blank, None) for blank in blanks)
                 blanks.clear()
             yield number, line
+
+
+@contextlib.contextmanager
+def _corrupt_archive(path: Path) -> Iterator[None]:
+    """A truncated or corrupt ``.gz`` is a clear SourceError, not an EOFError (which click reports as "Aborted")."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise SourceError(
+            f"cannot decompress: {error}; the file is truncated or corrupt",
+            where=path.name,
+            fix="copy or export the file again (gzip -t checks it)",
+        ) from None
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -356,7 +370,7 @@ class _Reader:
     # -- formats ----------------------------------------------------------------------------------
     def read_ndjson(self, path: Path, source_file: str) -> None:
         self.files.append(source_file)
-        with _open(path) as handle:
+        with _open(path) as handle, _corrupt_archive(path):
             self.read_lines(source_file, enumerate(handle, 1), (len(self.files) - 1) << PLACE_BITS)
 
     def read_lines(self, source_file: str, records: Iterable[tuple[int, bytes | None]], place: int = 0) -> None:
