@@ -98,6 +98,7 @@ def map_site(
     chunks: int | None = None,
     chunk_mb: int = DEFAULT_CHUNK_MB,
     scratch: Path | None = None,
+    indexes: bool = True,
 ) -> RunReport:
     """Run a mapping with live progress bars and print the summary (shared by ``map`` and ``demo``)."""
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -111,6 +112,7 @@ def map_site(
             chunks=chunks,
             chunk_mb=chunk_mb,
             scratch=scratch,
+            indexes=indexes,
         )
     print_summary(report, out)
     if report.chunks > 1:
@@ -148,6 +150,13 @@ def register(app: typer.Typer) -> None:
         scratch: Annotated[
             Path | None, typer.Option(help="Folder for the split sources of a chunked run (default: system temp).")
         ] = None,
+        indexes: Annotated[
+            bool,
+            typer.Option(
+                help="Create the official OMOP CDM v5.4 DDL indexes after the load (PostgreSQL also clusters); "
+                "--no-indexes skips them, e.g. for a throw-away database."
+            ),
+        ] = True,
     ) -> None:
         """Harmonize a site extract into OMOP CDM v5.4; every record is loaded or quarantined with a reason."""
-        map_site(mapping, source, db, vocabulary, chunks=chunks, chunk_mb=chunk_mb, scratch=scratch)
+        map_site(mapping, source, db, vocabulary, chunks=chunks, chunk_mb=chunk_mb, scratch=scratch, indexes=indexes)
