@@ -25,6 +25,7 @@ from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run.chunked import RunTotals, SiteRun
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB, ChunkPlan, plan_chunks
+from fedomop.harmonize.run.eras import build_eras
 from fedomop.harmonize.run.files import SiteFiles, resolve_files
 from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
@@ -156,6 +157,9 @@ def run_mapping(
         totals = _map_site(db, plan, run_id, progress, scratch)
         recon = totals.reconciliation()
         check_reconciliation(recon)
+        progress("eras", 0, 1)
+        build_eras(db)  # derived from the loaded rows: condition_era, drug_era, dose_era
+        progress("eras", 1, 1)
         if supports_deferred_keys(db.engine):
             progress("primary keys", 0, 1)
             add_primary_keys(db.engine, TARGETS)
