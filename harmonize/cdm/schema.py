@@ -3,6 +3,12 @@
 Nothing here is retyped from the DDL: each column's type, nullability, primary
 key and foreign key comes from a row of the field-level CSV.
 
+Types and names follow the official PostgreSQL DDL (facts in ``cdm/data/ddl_*.csv``, see
+:mod:`fedomop.harmonize.cdm.ddl`): the DDL's ``NUMERIC`` columns (``value_as_number``, ``quantity``,
+``cost.*``, ...) are ``NUMERIC`` on PostgreSQL. DuckDB's bare ``NUMERIC`` means ``DECIMAL(18,3)``, which would
+round 0.0004 to 0.000, so there (and on SQLite) they are ``DOUBLE``. Primary keys are named ``xpk_<table>``
+and foreign keys ``fpk_<table>_<column>`` as in the DDL (DuckDB accepts the names but reports its own).
+
 Foreign keys. The spec's foreign keys form cycles among the vocabulary tables
 (``concept.domain_id -> domain`` and ``domain.domain_concept_id -> concept``,
 and likewise for vocabulary, concept_class and relationship). PostgreSQL adds
@@ -21,16 +27,20 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from fedomop.harmonize.cdm.ddl import foreign_key_name, load_ddl_facts, primary_key_name
 from fedomop.harmonize.cdm.spec import CdmSpec, FieldSpec, load_spec
 
 Constraints = Literal["none", "primary", "all"]
 
 
-def column_type(field: FieldSpec) -> sa.types.TypeEngine:
-    """The SQLAlchemy type for a spec datatype (float is double precision, as in the OHDSI DDL)."""
+def column_type(field: FieldSpec, dialect: str = "duckdb") -> sa.types.TypeEngine:
+    """The SQLAlchemy type for a spec datatype: the DDL's NUMERIC columns are exact NUMERIC on PostgreSQL and
+    DOUBLE elsewhere (DuckDB's NUMERIC is DECIMAL(18,3) and would round); read back as Python floats either way."""
     if field.datatype == "integer":
         return sa.Integer()
     if field.datatype == "float":
+        if dialect == "postgresql" and (field.table, field.name) in load_ddl_facts().numeric_columns:
+            return sa.Numeric(asdecimal=False)
         return sa.Double()
     if field.datatype == "date":
         return sa.Date()
@@ -67,22 +77,21 @@ def cycle_closing_foreign_keys(spec: CdmSpec | None = None) -> set[tuple[str, st
     return closing
 
 
-def _column(field: FieldSpec, constraints: Constraints, skip_fk: set[tuple[str, str]]) -> sa.Column:
+def _column(field: FieldSpec, constraints: Constraints, skip_fk: set[tuple[str, str]], dialect: str) -> sa.Column:
     args: list[sa.SchemaItem] = []
     if constraints == "all" and field.fk_table and field.fk_field and (field.table, field.name) not in skip_fk:
         args.append(
             sa.ForeignKey(
                 f"{field.fk_table}.{field.fk_field}",
-                name=f"fk_{field.table}_{field.name}",
+                name=foreign_key_name(field.table, field.name),
                 use_alter=(field.table, field.name) in cycle_closing_foreign_keys(),
             )
         )
     return sa.Column(
         field.name,
-        column_type(field),
+        column_type(field, dialect),
         *args,
         nullable=not field.required,
-        primary_key=field.primary_key and constraints != "none",
         autoincrement=False,
     )
 
@@ -109,7 +118,10 @@ def build_metadata(
     metadata = sa.MetaData(schema=schema)
     for name in wanted:
         table = spec.tables[name]
-        sa.Table(name, metadata, *(_column(f, constraints, skip_fk) for f in table.fields))
+        items: list[sa.SchemaItem] = [_column(f, constraints, skip_fk, dialect) for f in table.fields]
+        if table.primary_key is not None and constraints != "none":
+            items.append(sa.PrimaryKeyConstraint(table.primary_key.name, name=primary_key_name(name)))
+        sa.Table(name, metadata, *items)
     return metadata
 
 
@@ -153,7 +165,12 @@ def add_primary_keys(engine: Engine, tables: Iterable[str], *, schema: str | Non
                 continue
             table = preparer.quote(name) if schema is None else f"{preparer.quote(schema)}.{preparer.quote(name)}"
             try:
-                connection.execute(sa.text(f"ALTER TABLE {table} ADD PRIMARY KEY ({preparer.quote(key.name)})"))
+                connection.execute(
+                    sa.text(
+                        f"ALTER TABLE {table} ADD CONSTRAINT {preparer.quote(primary_key_name(name))} "
+                        f"PRIMARY KEY ({preparer.quote(key.name)})"
+                    )
+                )
             except sa.exc.DBAPIError as exc:
                 raise DatabaseError(
                     f"cannot add the primary key {key.name} to {name}: {str(exc.orig).splitlines()[0]}",

@@ -100,6 +100,7 @@ def map_site(
     scratch: Path | None = None,
     schema: str = "public",
     results_schema: str | None = None,
+    indexes: bool = True,
 ) -> RunReport:
     """Run a mapping with live progress bars and print the summary (shared by ``map`` and ``demo``)."""
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -115,6 +116,7 @@ def map_site(
             scratch=scratch,
             schema=schema,
             results_schema=results_schema,
+            indexes=indexes,
         )
     print_summary(report, out)
     if report.chunks > 1:
@@ -167,6 +169,13 @@ def register(app: typer.Typer) -> None:
                 help="PostgreSQL: schema for fedomop's run tables (quarantine, reconciliation; default: --schema)."
             ),
         ] = None,
+        indexes: Annotated[
+            bool,
+            typer.Option(
+                help="Create the official OMOP CDM v5.4 DDL indexes after the load (PostgreSQL also clusters); "
+                "--no-indexes skips them, e.g. for a throw-away database."
+            ),
+        ] = True,
     ) -> None:
         """Harmonize a site extract into OMOP CDM v5.4; every record is loaded or quarantined with a reason."""
         map_site(
@@ -179,4 +188,5 @@ def register(app: typer.Typer) -> None:
             scratch=scratch,
             schema=schema,
             results_schema=results_schema,
+            indexes=indexes,
         )

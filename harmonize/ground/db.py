@@ -57,6 +57,16 @@ def normalize_url(url: str | Path) -> str:
     return f"duckdb:///{Path(text).expanduser()}"
 
 
+def _numeric_as_float(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL NUMERIC columns (the CDM's value_as_number, quantity, cost.*) read back as Python floats,
+    as the same columns do from DuckDB's DOUBLE; stored exactly, computed on as floats (like the DQD's R code)."""
+    adapters = getattr(dbapi_connection, "adapters", None)  # psycopg 3; other drivers keep their own reading
+    if adapters is not None:
+        from psycopg.types.numeric import FloatLoader
+
+        adapters.register_loader("numeric", FloatLoader)
+
+
 @dataclass(frozen=True)
 class ColumnInfo:
     """A column as reflected from a live database."""
@@ -96,6 +106,8 @@ class Database:
             raise DatabaseError(
                 f"cannot open {self.url}: {exc}", fix="check the URL and that its driver is installed"
             ) from exc
+        if self.dialect == "postgresql":
+            sa.event.listen(self.engine, "connect", _numeric_as_float)
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"

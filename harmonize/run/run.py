@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from fedomop.harmonize.cdm.ddl import create_indexes
 from fedomop.harmonize.cdm.schema import add_primary_keys, supports_deferred_keys
 from fedomop.harmonize.ground.atomic import AtomicTarget
 from fedomop.harmonize.ground.db import Database
@@ -24,6 +25,7 @@ from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run.chunked import RunTotals, SiteRun
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB, ChunkPlan, plan_chunks
+from fedomop.harmonize.run.eras import build_eras
 from fedomop.harmonize.run.files import SiteFiles, resolve_files
 from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
@@ -132,6 +134,7 @@ def run_mapping(
     chunks: int | None = None,
     chunk_mb: int = DEFAULT_CHUNK_MB,
     scratch: Path | None = None,
+    indexes: bool = True,
 ) -> RunReport:
     """Map one site's extract into a fresh OMOP CDM v5.4 database (vocabulary included) and swap it in atomically.
 
@@ -139,6 +142,8 @@ def run_mapping(
     their number), so memory stays bounded whatever the site's size; ``scratch`` holds the split sources
     (default: a temporary folder, removed afterwards). On PostgreSQL the OMOP tables go to ``schema`` and
     fedomop's ``fedomop_*`` run tables to ``results_schema`` (default: ``schema``); nothing else there is touched.
+    ``indexes`` creates the official DDL's indexes once the rows are in (building them over loaded rows is
+    cheaper than maintaining them during the load).
     """
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -155,10 +160,17 @@ def run_mapping(
         totals = _map_site(db, plan, run_id, progress, scratch)
         recon = totals.reconciliation()
         check_reconciliation(recon)
+        progress("eras", 0, 1)
+        build_eras(db)  # derived from the loaded rows: condition_era, drug_era, dose_era
+        progress("eras", 1, 1)
         if supports_deferred_keys(db.engine):
             progress("primary keys", 0, 1)
             add_primary_keys(db.engine, TARGETS)
             progress("primary keys", 1, 1)
+        if indexes:
+            progress("indexes", 0, 1)
+            create_indexes(db.engine)
+            progress("indexes", 1, 1)
         records_read = sum(totals.seen.values())
         records_quarantined = int(recon.filter(pl.col("omop_table") == ALL_TABLES).get_column("quarantined").sum())
         run_row = {

@@ -52,7 +52,7 @@ def normalise_type(reflected: str) -> tuple[str, int | None]:
     text = reflected.upper()
     if "INT" in text:
         return "integer", None
-    if any(k in text for k in ("DOUBLE", "FLOAT", "REAL")):
+    if any(k in text for k in ("DOUBLE", "FLOAT", "REAL", "NUMERIC")):  # NUMERIC: the DDL's type on PostgreSQL
         return "float", None
     if text == "DATE":
         return "date", None

@@ -84,6 +84,9 @@ def test_postgresql_target_is_loaded_and_replaced_atomically(tmp_path: Path, pos
         assert db.scalar("select max(run_id) from fedomop_run") == second.run_id != first.run_id
         stages = db.scalar("select count(*) from information_schema.schemata where schema_name like 'fedomop_stage%'")
         assert stages == 0
+        # the official DDL's 70 indexes, built after the load in the swapped-in schema (32 of them clustered)
+        assert db.scalar("select count(*) from pg_indexes where schemaname = 'public' and indexname like 'idx%'") == 70
+        assert db.scalar("select count(*) from pg_index where indisclustered") == 32
         strict, _ = make_site(tmp_path / "strict", {"on_unmapped": "fail"})
         with pytest.raises(MappingError, match="unmapped code"):  # fails midway, in the staging schema
             run_mapping(strict, source, postgres_url)

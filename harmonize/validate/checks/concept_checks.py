@@ -94,27 +94,30 @@ def plausible_gender_use_descendants(ctx: CheckContext) -> Iterator[CheckWork]:
 
 @register_check("plausibleUnitConceptIds")
 def plausible_unit_concept_ids(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Records with a value whose unit is not one of the concept's plausible units (-1 in the list: no unit)."""
+    """Records of the concept whose unit is not one of its plausible units (a list of just -1: no unit allowed).
+
+    As in DQD: a NULL unit never violates, unit 0 is neither counted nor violating (that is
+    standardConceptRecordCompleteness' job), and rows count whether or not they carry a value.
+    """
     check = ctx.catalogue.check_types["plausibleUnitConceptIds"]
     for (table, column), rows in _by_field(ctx, "plausibleUnitConceptIds").items():
         instances = _instances(ctx, check, rows)
-        absent = _absent_all(ctx, instances, (table, column), (table, "unit_concept_id"), (table, "value_as_number"))
+        absent = _absent_all(ctx, instances, (table, column), (table, "unit_concept_id"))
         if absent:
             yield from absent
             continue
         concepts = _values([(k, cid) for k, row in enumerate(rows) for cid in _concept_ids(row)], "k, concept_id")
-        units = [
-            (k, int(unit))
-            for k, row in enumerate(rows)
-            for unit in row["plausibleUnitConceptIds"].split(",")
-            if unit.strip()
-        ]
+        units = [(-1, -1)]  # never joins (keys start at 0); keeps the VALUES list non-empty when every list is -1
+        for k, row in enumerate(rows):
+            allowed = [int(u) for u in row["plausibleUnitConceptIds"].split(",") if u.strip()]
+            units += [(k, unit) for unit in allowed if allowed != [-1]]
         unit_values = _values(units, "k, unit_concept_id").replace("AS v(", "AS u(")
         yield CheckQuery(
-            f"SELECT v.k AS check_key, SUM(CASE WHEN u.k IS NULL THEN 1 ELSE 0 END) AS num_violated_rows, "
-            f"COUNT(*) AS num_denominator_rows FROM {q(table)} t JOIN {concepts} ON v.concept_id = t.{q(column)} "
-            f"LEFT JOIN {unit_values} ON u.k = v.k AND u.unit_concept_id = COALESCE(t.unit_concept_id, -1) "
-            f"WHERE t.value_as_number IS NOT NULL GROUP BY v.k",
+            f"SELECT v.k AS check_key, SUM(CASE WHEN t.unit_concept_id IS NOT NULL AND t.unit_concept_id <> 0 "
+            f"AND u.k IS NULL THEN 1 ELSE 0 END) AS num_violated_rows, COUNT(*) AS num_denominator_rows "
+            f"FROM {q(table)} t JOIN {concepts} ON v.concept_id = t.{q(column)} "
+            f"LEFT JOIN {unit_values} ON u.k = v.k AND u.unit_concept_id = t.unit_concept_id "
+            f"WHERE t.unit_concept_id <> 0 OR t.unit_concept_id IS NULL GROUP BY v.k",
             tuple(instances),
         )
 

@@ -7,9 +7,12 @@ table's conditions are counted in one scan.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import re
 from collections.abc import Iterator
+from functools import lru_cache
+from importlib import resources
 
 from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.validate.checks.base import (
@@ -66,16 +69,52 @@ def measure_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
     yield from _row_predicates(ctx, "measureValueCompleteness", "{c} IS NULL")
 
 
+@lru_cache(maxsize=1)
+def _source_value_pairs() -> list[dict[str, str]]:
+    """DQD's pairs of an optional concept field and the source value it is mapped from (recorded as data from
+    field_concept_record_completeness.sql): a NULL concept with a source value is unmapped too."""
+    path = resources.files("fedomop.harmonize.validate") / "data" / "dqd_concept_source_values.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _paired_source_value(ctx: CheckContext, table: str, column: str) -> str | None:
+    for pair in _source_value_pairs():
+        if pair["concept_field"] != column or table == pair["except_table"]:
+            continue
+        if pair["only_table"] and table != pair["only_table"]:
+            continue
+        if ctx.has_field(table, pair["source_value_field"]):
+            return ctx.col(table, pair["source_value_field"])
+    return None
+
+
+def _concept_record_completeness(ctx: CheckContext, name: str) -> Iterator[CheckWork]:
+    """Rows whose concept is 0, or NULL while its source value is given, out of the rows with either."""
+    for instance, absent in _field_instances(ctx, name):
+        if absent:
+            yield absent
+            continue
+        c = ctx.col(instance.table, instance.field)
+        source = _paired_source_value(ctx, instance.table, instance.field or "")
+        if source is None:
+            yield RowPredicate(instance, f"{c} = 0", f"{c} IS NOT NULL")
+            continue
+        yield RowPredicate(
+            instance, f"{c} = 0 OR ({c} IS NULL AND {source} IS NOT NULL)", f"{c} IS NOT NULL OR {source} IS NOT NULL"
+        )
+
+
 @register_check("standardConceptRecordCompleteness")
 def standard_concept_record_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
     """Rows whose standard concept is 0 (no standard concept found: unmapped)."""
-    yield from _row_predicates(ctx, "standardConceptRecordCompleteness", "{c} = 0")
+    yield from _concept_record_completeness(ctx, "standardConceptRecordCompleteness")
 
 
 @register_check("sourceConceptRecordCompleteness")
 def source_concept_record_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
     """Rows whose source concept is 0 (the source code is not in the vocabulary)."""
-    yield from _row_predicates(ctx, "sourceConceptRecordCompleteness", "{c} = 0")
+    yield from _concept_record_completeness(ctx, "sourceConceptRecordCompleteness")
 
 
 @register_check("cdmDatatype")
@@ -125,7 +164,9 @@ def is_foreign_key(ctx: CheckContext) -> Iterator[CheckWork]:
         )
 
 
-def _concept_attribute_check(ctx: CheckContext, name: str, condition: str) -> Iterator[CheckWork]:
+def _concept_attribute_check(
+    ctx: CheckContext, name: str, condition: str, denominator: str = ""
+) -> Iterator[CheckWork]:
     """Rows whose concept (other than 0) fails ``condition`` (SQL on alias ``co``, ``{row}`` filled from the row)."""
     for check, row in ctx.catalogue_rows(name):
         instance = ctx.instance(check, row)
@@ -139,7 +180,7 @@ def _concept_attribute_check(ctx: CheckContext, name: str, condition: str) -> It
             instance,
             f"SELECT COUNT(*) FROM {t} x JOIN concept co ON co.concept_id = x.{c} "
             f"WHERE co.concept_id <> 0 AND ({predicate})",
-            f"SELECT COUNT(*) FROM {t}",
+            f"SELECT COUNT(*) FROM {t} {denominator.format(c=c)}",
         )
 
 
@@ -161,15 +202,19 @@ def fk_class(ctx: CheckContext) -> Iterator[CheckWork]:
 
 @register_check("isStandardValidConcept")
 def is_standard_valid_concept(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Rows whose concept is not a standard, valid concept."""
+    """Rows whose concept (not 0) is not a standard, valid concept, out of the rows with a concept."""
     yield from _concept_attribute_check(
-        ctx, "isStandardValidConcept", "COALESCE(co.standard_concept, '') <> 'S' OR co.invalid_reason IS NOT NULL"
+        ctx,
+        "isStandardValidConcept",
+        "COALESCE(co.standard_concept, '') <> 'S' OR co.invalid_reason IS NOT NULL",
+        "WHERE {c} IS NOT NULL",
     )
 
 
 @register_check("sourceValueCompleteness")
 def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Distinct source values whose standard concept is 0, out of all distinct source values."""
+    """Distinct source values whose standard concept is 0, out of all distinct source values (NULL counts as one
+    value in both, as in DQD)."""
     for check, row in ctx.catalogue_rows("sourceValueCompleteness"):
         instance = ctx.instance(check, row)
         standard = row.get("standardConceptFieldName", "").lower()
@@ -180,8 +225,9 @@ def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
         t, c, s = q(instance.table), ctx.col(instance.table, instance.field), ctx.col(instance.table, standard)
         yield scalar_query(
             instance,
-            f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) FROM {t}",
-            f"SELECT COUNT(DISTINCT {c}) FROM {t}",
+            f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) "
+            f"+ MAX(CASE WHEN {s} = 0 AND {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
+            f"SELECT COUNT(DISTINCT {c}) + MAX(CASE WHEN {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
         )
 
 

@@ -69,11 +69,10 @@ def _result(instance: CheckInstance, violated: int | None, denominator: int | No
     check = instance.check
     if reason and violated is None:
         status, pct = ("error" if reason.startswith("error") else "not_applicable"), None
-    elif not denominator:
-        status, pct, reason = "not_applicable", None, reason or "no rows to check"
     else:
-        pct = 100.0 * (violated or 0) / denominator
-        status = "fail" if pct > instance.threshold else "pass"
+        fraction = (violated or 0) / denominator if denominator else 0.0
+        pct = 100.0 * fraction
+        status = "fail" if failed(violated or 0, fraction, instance.threshold) else "pass"
     return CheckResult(
         check_id=instance.check_id,
         check_name=check.name,
@@ -94,6 +93,71 @@ def _result(instance: CheckInstance, violated: int | None, denominator: int | No
         status=status,
         reason=reason,
     )
+
+
+def failed(violated: int, fraction: float, threshold: float) -> bool:
+    """DQD's threshold rule (evaluateThresholds.R): with a 0 (or no) threshold any violating row fails; otherwise
+    the violated fraction, times 100 in that order (the float rounding matters at the boundary), must exceed it."""
+    if threshold == 0:
+        return violated > 0
+    return fraction * 100 > threshold
+
+
+_NA_INPUTS = ("cdmTable", "cdmField", "measureValueCompleteness")
+
+
+def apply_not_applicable(results: list[CheckResult]) -> None:
+    """Mark results not applicable as DQD does (calculateNotApplicableStatus.R), in place.
+
+    With cdmTable, cdmField and measureValueCompleteness among the results: a check on a missing or empty table,
+    on a field that is entirely NULL (measureValueCompleteness: every row violates) or on a concept (and unit)
+    with no rows is not applicable; measureConditionEraCompleteness only when condition_occurrence is empty.
+    Without them (a partial run), a check with no rows to count is not applicable.
+    """
+    names = {r.check_name for r in results}
+    if not all(n in names for n in _NA_INPUTS):
+        for r in results:
+            if r.status in ("pass", "fail") and not r.num_denominator_rows:
+                r.status, r.pct_violated_rows, r.reason = "not_applicable", None, r.reason or "no rows to check"
+        return
+    missing_tables = {r.table for r in results if r.check_name == "cdmTable" and r.status == "fail"}
+    missing_fields = {(r.table, r.field) for r in results if r.check_name == "cdmField" and r.status == "fail"}
+    completeness = [r for r in results if r.check_name == "measureValueCompleteness" and r.status != "error"]
+    empty_tables = {r.table for r in completeness if r.num_denominator_rows == 0}
+    empty_fields = {(r.table, r.field) for r in completeness if r.num_violated_rows == r.num_denominator_rows}
+    for r in results:
+        reason = _not_applicable_reason(r, missing_tables, missing_fields, empty_tables, empty_fields)
+        if reason and r.status != "error":
+            r.status, r.reason = "not_applicable", reason
+
+
+def _not_applicable_reason(
+    r: CheckResult,
+    missing_tables: set[str],
+    missing_fields: set[tuple[str, str | None]],
+    empty_tables: set[str],
+    empty_fields: set[tuple[str, str | None]],
+) -> str:
+    if r.check_name == "cdmTable":
+        return ""
+    if r.check_name == "measureConditionEraCompleteness":
+        gone = "condition_occurrence" in missing_tables | empty_tables
+        return "table condition_occurrence is empty" if gone else ""
+    if r.table in missing_tables:
+        return r.reason or f"table {r.table} does not exist"
+    if r.check_name in ("cdmField", "measurePersonCompleteness"):
+        return ""
+    if (r.table, r.field) in missing_fields:
+        return r.reason or f"field {r.table}.{r.field} does not exist"
+    if r.table in empty_tables:
+        return f"table {r.table} is empty"
+    if r.check_name == "measureValueCompleteness":
+        return ""
+    if (r.table, r.field) in empty_fields:
+        return f"field {r.table}.{r.field} is not populated"
+    if r.level == "CONCEPT" and r.num_denominator_rows == 0:
+        return f"{r.field}={r.concept_id} has no rows in {r.table}"
+    return ""
 
 
 def inspect_columns(db: Database) -> dict[str, dict[str, str]]:
@@ -233,6 +297,7 @@ def run_checks(
     results += runner.run_queries(queries)
     for table, table_predicates in predicates.items():
         results += runner.run_predicates(table, table_predicates)
+    apply_not_applicable(results)
     order = {name: n for n, name in enumerate(names)}
     results.sort(key=lambda r: (order.get(r.check_name, 0), r.table, r.field or "", str(r.concept_id or "")))
     return CheckRun(results, time.perf_counter() - started, runner.queries, db.dialect, runner.timings)

@@ -38,7 +38,7 @@ def measure_person_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
 
 @register_check("measureConditionEraCompleteness")
 def measure_condition_era_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Persons with condition occurrences but no condition era (the eras were not built for them)."""
+    """Persons with a mapped condition occurrence (concept not 0) but no condition era (eras not built for them)."""
     for check, row in ctx.catalogue_rows("measureConditionEraCompleteness"):
         instance = ctx.instance(check, row)
         absent = ctx.missing(instance, ("condition_occurrence", "person_id"), ("condition_era", "person_id"))
@@ -47,9 +47,10 @@ def measure_condition_era_completeness(ctx: CheckContext) -> Iterator[CheckWork]
             continue
         yield CheckQuery(
             "SELECT 0 AS check_key, "
-            "(SELECT COUNT(DISTINCT co.person_id) FROM condition_occurrence co WHERE NOT EXISTS "
-            "(SELECT 1 FROM condition_era ce WHERE ce.person_id = co.person_id)) AS num_violated_rows, "
-            "(SELECT COUNT(DISTINCT person_id) FROM condition_occurrence) AS num_denominator_rows",
+            "(SELECT COUNT(DISTINCT co.person_id) FROM condition_occurrence co WHERE co.condition_concept_id <> 0 "
+            "AND NOT EXISTS (SELECT 1 FROM condition_era ce WHERE ce.person_id = co.person_id)) AS num_violated_rows, "
+            "(SELECT COUNT(DISTINCT person_id) FROM condition_occurrence WHERE condition_concept_id <> 0) "
+            "AS num_denominator_rows",
             (instance,),
         )
 
