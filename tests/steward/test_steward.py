@@ -1,0 +1,172 @@
+"""Profile -> draft -> map -> codes review -> apply -> map, on a site none of the mappings know (Eunomia-derived).
+
+Expected values come from Eunomia's own tables (28 persons, 470 conditions, 10,040 measurements, 3 deaths) and
+from the published check-digit rules of SNOMED CT (Verhoeff) and LOINC (mod 10), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from fedomop.cli import app
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.steward.codes_guess import loinc_valid, verhoeff_valid
+from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA
+
+runner = CliRunner()
+
+
+def _cli(*args: str | Path) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _unmapped(db: Path, table: str, prefix: str) -> tuple[int, int]:
+    frame = connect(str(db), read_only=True).query(
+        f"SELECT SUM(CASE WHEN {prefix}_concept_id = 0 THEN 1 ELSE 0 END) AS zero, COUNT(*) AS n FROM {table}"
+    )
+    return int(frame.item(0, "zero") or 0), int(frame.item(0, "n"))
+
+
+def test_check_digits_follow_the_published_rules() -> None:
+    assert verhoeff_valid("73211009")  # SNOMED CT: Diabetes mellitus
+    assert not verhoeff_valid("73211008")
+    assert loinc_valid("718-7") and loinc_valid("2160-0")  # hemoglobin, creatinine
+    assert not loinc_valid("718-6")
+
+
+@pytest.fixture(scope="module")
+def profiled(new_site: dict[str, Path]) -> Path:
+    out = new_site["root"] / "profile"
+    _cli("profile", "--source", new_site["extract"], "--out", out, "--vocabulary", new_site["vocabulary"])
+    return out
+
+
+def test_profile_describes_the_new_extract(profiled: Path) -> None:
+    data = json.loads((profiled / "profile.json").read_text())
+    files = {f["path"]: f for f in data["files"]}
+    assert files["people.csv"]["rows"] == 28 and files["people.csv"]["delimiter"] == ";"
+    columns = {c["name"]: c for c in files["people.csv"]["columns"]}
+    assert columns["date_of_birth"]["kind"] == "date" and columns["date_of_birth"]["date_format"] == "%d/%m/%Y"
+    died = pl.read_csv(EUNOMIA / "DEATH.csv")
+    assert columns["died_on"]["nulls"] == 28 - died.height
+    assert columns["died_on"]["date_min"] == str(min(died["death_date"]))
+    assert columns["pat_key"]["identifier_like"]
+    codes = {c["name"]: c["code_system"] for f in data["files"] for c in f["columns"]}
+    assert codes["dx"] == "SNOMED" and codes["test_code"] == "LOINC"
+    assert codes["result"] is None and codes["drawn_on"] is None
+
+
+def test_shareable_profile_hides_small_cells_and_identifiers(profiled: Path) -> None:
+    shared = json.loads((profiled / "profile.shareable.json").read_text())
+    internal = json.loads((profiled / "profile.json").read_text())
+    assert shared["kind"] == "shareable" and internal["kind"] == "internal"
+    for file in shared["files"]:
+        for column in file["columns"]:
+            assert all(count >= shared["min_cell"] for _, count in column["top_values"]), column["name"]
+            if column["identifier_like"]:
+                assert column["top_values"] == []
+    people = {c["name"]: c for f in internal["files"] if f["path"] == "people.csv" for c in f["columns"]}
+    assert people["pat_key"]["top_values"]  # the site's own profile keeps them
+    assert "<html" not in (profiled / "profile.json").read_text() and (profiled / "profile.shareable.html").exists()
+
+
+def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path], profiled: Path) -> None:
+    root = new_site["root"]
+    mapping = root / "mappings" / "new_site.yaml"
+    _cli("draft-mapping", "--profile", profiled / "profile.json", "--out", mapping,
+         "--vocabulary", new_site["vocabulary"])  # fmt: skip
+    text = mapping.read_text()
+    assert "# TODO" in text and "vocabulary: SNOMED" in text and "vocabulary: LOINC" in text
+
+    first = root / "first.duckdb"
+    output = _cli("map", "--mapping", mapping, "--source", new_site["extract"], "--db", first)
+    assert "reconciliation balanced" in output
+    db = connect(str(first), read_only=True)
+    assert db.query("SELECT COUNT(*) FROM person").item() == 28
+    assert db.query("SELECT COUNT(*) FROM death").item() == 3
+    assert db.query("SELECT COUNT(*) FROM condition_occurrence").item() == 470
+    zero, total = _unmapped(first, "measurement", "measurement")
+    assert total == 10_040 and zero > 0  # Eunomia's measurement_source_value also carries SNOMED codes
+
+    review = root / "review.csv"
+    _cli("codes", "review", "--mapping", mapping, "--db", first, "--out", review)
+    sheet = pl.read_csv(review, infer_schema=False)
+    assert sheet["records"].cast(pl.Int64).sum() == zero
+    # SNOMED 171207006 in a LOINC column: the exact-code candidate is Eunomia's SNOMED concept for it.
+    row = sheet.filter(pl.col("source_code") == "171207006").row(0, named=True)
+    concept = pl.read_csv(EUNOMIA / "CONCEPT.csv", infer_schema=False).filter(
+        (pl.col("concept_code") == "171207006") & (pl.col("vocabulary_id") == "SNOMED")
+    )
+    assert row["candidate_1_id"] == concept["concept_id"][0] and "same code in SNOMED" in row["candidate_1_why"]
+
+    approved = sheet.with_columns(pl.lit("approve").alias("decision"))
+    approved.write_csv(review)
+    stcm = new_site["extract"] / "source_to_concept_map.csv"
+    _cli("codes", "apply", "--review", review, "--out", stcm, "--vocabulary", new_site["vocabulary"])
+    mapping.write_text(
+        text.replace("  # source_to_concept_map:", "  source_to_concept_map: source_to_concept_map.csv  #")
+    )
+
+    second = root / "second.duckdb"
+    assert "reconciliation balanced" in _cli(
+        "map", "--mapping", mapping, "--source", new_site["extract"], "--db", second
+    )
+    zero_after, total_after = _unmapped(second, "measurement", "measurement")
+    cond_zero, cond_total = _unmapped(second, "condition_occurrence", "condition")
+    assert total_after == 10_040
+    coverage = 1 - (zero_after + cond_zero) / (total_after + cond_total)
+    assert coverage >= 0.95, coverage
+
+
+def test_apply_local_concepts_take_ids_above_two_billion(tmp_path: Path) -> None:
+    review = tmp_path / "review.csv"
+    pl.DataFrame({
+        "omop_table": ["measurement", "measurement"], "source_vocabulary_id": ["LOCAL", "LOCAL"],
+        "source_code": ["K-1", "K-2"], "source_name": ["potassium", "odd"], "records": ["4", "1"],
+        "decision": ["local", "skip"], "target_concept_id": ["", ""], "local_name": ["Site potassium", ""],
+        "local_domain": ["Measurement", ""],
+    }).write_csv(review)  # fmt: skip
+    vocabulary = SAMPLE_DATA / "vocabulary"
+    _cli("codes", "apply", "--review", review, "--out", tmp_path / "stcm.csv", "--vocabulary", vocabulary,
+         "--extension", tmp_path / "ext")  # fmt: skip
+    concept = pl.read_csv(tmp_path / "ext" / "CONCEPT.csv", separator="\t", infer_schema=False)
+    assert concept["concept_id"].to_list() == ["2000000001"]
+    stcm = pl.read_csv(tmp_path / "stcm.csv", infer_schema=False)
+    assert stcm["target_concept_id"].to_list() == ["2000000001"] and stcm["source_code"].to_list() == ["K-1"]
+
+
+def test_apply_refuses_an_unknown_decision(tmp_path: Path) -> None:
+    review = tmp_path / "review.csv"
+    pl.DataFrame({"source_vocabulary_id": ["X"], "source_code": ["1"], "decision": ["maybe"],
+                  "target_concept_id": [""]}).write_csv(review)  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "codes",
+            "apply",
+            "--review",
+            str(review),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--vocabulary",
+            str(SAMPLE_DATA / "vocabulary"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, MappingError) and "line 2, field decision" in str(result.exception)
+
+
+def test_mapping_doc_of_site_a(tmp_path: Path) -> None:
+    out = tmp_path / "site_a.md"
+    _cli("mapping", "doc", "--mapping", MAPPINGS / "site_a.yaml", "--out", out)
+    text = out.read_text()
+    assert "## measurement" in text and "code `loinc_code` in LOINC" in text
+    assert "| gender_concept_id | `sex` mapped: M → 8507 MALE; F → 8532 FEMALE; otherwise 0 |" in text
