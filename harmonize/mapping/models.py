@@ -246,6 +246,8 @@ class Mapping(Strict):
     observation_period: ObservationPeriod | None = None
     episodes: Episodes | None = None
     include: list[str] = Field(default_factory=list)
+    # OMOP table -> least share of its records mapped to a standard concept; below it `fedomop map` exits 1.
+    min_coverage: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
 
 
 UnitConversion.model_rebuild()

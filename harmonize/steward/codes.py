@@ -43,7 +43,7 @@ REVIEW_COLUMNS = [
 ]  # fmt: skip
 
 
-def _rule_vocabularies(mapping: Mapping) -> dict[str, str]:
+def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
     """Table -> the fixed source vocabulary of its coded rules (when all of them agree)."""
     found: dict[str, set[str]] = {}
     for table, rules in mapping.tables.items():
@@ -55,7 +55,7 @@ def _rule_vocabularies(mapping: Mapping) -> dict[str, str]:
 
 def unmapped_codes(db: Database, mapping: Mapping) -> pl.DataFrame:
     """Every distinct (table, source vocabulary, code) loaded with concept 0, with its record count."""
-    vocabularies = _rule_vocabularies(mapping)
+    vocabularies = rule_vocabularies(mapping)
     present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
     frames = []
     for table, (prefix, _domain) in EVENT_TABLES.items():
