@@ -53,14 +53,17 @@ def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
     return {table: next(iter(v)) for table, v in found.items() if len(v) == 1}
 
 
+def event_tables(db: Database) -> list[tuple[str, str]]:
+    """(table, column prefix) of the event tables the database has."""
+    present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
+    return [(table, prefix) for table, (prefix, _domain) in EVENT_TABLES.items() if table in present]
+
+
 def unmapped_codes(db: Database, mapping: Mapping) -> pl.DataFrame:
     """Every distinct (table, source vocabulary, code) loaded with concept 0, with its record count."""
     vocabularies = rule_vocabularies(mapping)
-    present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
     frames = []
-    for table, (prefix, _domain) in EVENT_TABLES.items():
-        if table not in present:
-            continue
+    for table, prefix in event_tables(db):
         frame = db.query(
             f"SELECT {prefix}_source_value AS source_code, MAX(c.vocabulary_id) AS concept_vocabulary, "
             f"MAX(c.concept_name) AS source_name, COUNT(*) AS records FROM {table} t "

@@ -12,7 +12,7 @@ import polars as pl
 
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.mapping.models import Mapping
-from fedomop.harmonize.steward.codes import EVENT_TABLES, rule_vocabularies
+from fedomop.harmonize.steward.codes import event_tables, rule_vocabularies
 
 COVERAGE_SCHEMA = {
     "omop_table": pl.String,
@@ -27,11 +27,8 @@ COVERAGE_SCHEMA = {
 def concept_coverage(db: Database, mapping: Mapping) -> pl.DataFrame:
     """One row per (event table, source vocabulary) with records, mapped (concept <> 0), unmapped and coverage."""
     vocabularies = rule_vocabularies(mapping)
-    present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
     frames = []
-    for table, (prefix, _domain) in EVENT_TABLES.items():
-        if table not in present:
-            continue
+    for table, prefix in event_tables(db):
         frame = db.query(
             f"SELECT c.vocabulary_id AS source_vocabulary_id, COUNT(*) AS records, "
             f"SUM(CASE WHEN t.{prefix}_concept_id <> 0 THEN 1 ELSE 0 END) AS mapped FROM {table} t "
