@@ -207,6 +207,7 @@ class Vocabulary(Strict):
     folder: str  # relative to the mapping file; --vocabulary overrides
     source_to_concept_map: str | None = None  # relative to the source folder
     fhir_systems: dict[str, str] = Field(default_factory=dict)  # system URL -> OMOP vocabulary_id
+    extensions: list[str] = Field(default_factory=list)  # site concept folders (ids > 2e9) added to `folder`
 
 
 class Episodes(Strict):

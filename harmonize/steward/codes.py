@@ -233,7 +233,7 @@ def apply_review(
                 "concept_id": start + offset, "concept_name": row["local_name"].strip(),
                 "domain_id": (row.get("local_domain") or "Observation").strip(), "vocabulary_id": site,
                 "concept_class_id": "Undefined", "standard_concept": "S", "concept_code": row["source_code"],
-                "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": "",
+                "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None,
             })  # fmt: skip
         _write_extension(extension, local_rows)
     local_ids = {(r["concept_code"]): r["concept_id"] for r in local_rows}
@@ -245,7 +245,7 @@ def apply_review(
             "source_vocabulary_id": row["source_vocabulary_id"],
             "source_code_description": row.get("source_name") or "", "target_concept_id": target,
             "target_vocabulary_id": site if row["decision"] == "local" else vocabulary_of[target],
-            "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": "",
+            "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None,
         })  # fmt: skip
     out = pl.DataFrame(stcm_rows, schema={k: (pl.Int64 if k.endswith("concept_id") else pl.String) for k in
                                           ("source_code", "source_concept_id", "source_vocabulary_id",

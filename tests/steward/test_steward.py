@@ -107,13 +107,18 @@ def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path],
     )
     assert row["candidate_1_id"] == concept["concept_id"][0] and "same code in SNOMED" in row["candidate_1_why"]
 
-    approved = sheet.with_columns(pl.lit("approve").alias("decision"))
-    approved.write_csv(review)
-    stcm = new_site["extract"] / "source_to_concept_map.csv"
-    _cli("codes", "apply", "--review", review, "--out", stcm, "--vocabulary", new_site["vocabulary"])
-    mapping.write_text(
-        text.replace("  # source_to_concept_map:", "  source_to_concept_map: source_to_concept_map.csv  #")
+    # The steward approves every candidate but keeps one screening code as a site concept.
+    local = pl.col("source_code") == "171207006"
+    decided = sheet.with_columns(
+        pl.when(local).then(pl.lit("local")).otherwise(pl.lit("approve")).alias("decision"),
+        pl.when(local).then(pl.lit("Site depression screen")).otherwise(pl.col("local_name")).alias("local_name"),
     )
+    decided.write_csv(review)
+    stcm = new_site["extract"] / "source_to_concept_map.csv"
+    _cli("codes", "apply", "--review", review, "--out", stcm, "--vocabulary", new_site["vocabulary"],
+         "--extension", mapping.parent / "extension", "--site", "new_site")  # fmt: skip
+    stcm_line = "  source_to_concept_map: source_to_concept_map.csv\n  extensions: [extension]  #"
+    mapping.write_text(text.replace("  # source_to_concept_map:", stcm_line))
 
     second = root / "second.duckdb"
     assert "reconciliation balanced" in _cli(
@@ -124,6 +129,12 @@ def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path],
     assert total_after == 10_040
     coverage = 1 - (zero_after + cond_zero) / (total_after + cond_total)
     assert coverage >= 0.95, coverage
+    eunomia = pl.read_csv(EUNOMIA / "MEASUREMENT.csv", infer_schema=False)
+    screened = eunomia.filter(pl.col("measurement_source_value") == "171207006").height
+    local_rows = connect(str(second), read_only=True).query(
+        "SELECT COUNT(*) FROM measurement WHERE measurement_concept_id = 2000000001"
+    )
+    assert local_rows.item() == screened > 0
 
 
 def test_apply_local_concepts_take_ids_above_two_billion(tmp_path: Path) -> None:
@@ -170,3 +181,21 @@ def test_mapping_doc_of_site_a(tmp_path: Path) -> None:
     text = out.read_text()
     assert "## measurement" in text and "code `loinc_code` in LOINC" in text
     assert "| gender_concept_id | `sex` mapped: M → 8507 MALE; F → 8532 FEMALE; otherwise 0 |" in text
+
+
+def test_vocab_load_extension_refuses_released_ids(tmp_path: Path) -> None:
+    db = tmp_path / "v.duckdb"
+    _cli("vocab", "load", "--db", db, "--folder", SAMPLE_DATA / "vocabulary")
+    extension = tmp_path / "ext"
+    extension.mkdir()
+    header = "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\tstandard_concept\tconcept_code"
+    header += "\tvalid_start_date\tvalid_end_date\tinvalid_reason\n"
+    row = "\tMine\tObservation\tsite\tUndefined\tS\tX\t19700101\t20991231\t\n"
+    (extension / "CONCEPT.csv").write_text(header + "8507" + row)
+    result = runner.invoke(app, ["vocab", "load", "--db", str(db), "--folder", str(extension), "--extension"])
+    assert result.exit_code != 0 and "not a local concept id" in str(result.exception)
+    (extension / "CONCEPT.csv").write_text(header + "2000000005" + row)
+    _cli("vocab", "load", "--db", db, "--folder", extension, "--extension")
+    names = connect(str(db)).query("SELECT concept_name FROM concept WHERE concept_id > 2000000000")
+    assert names["concept_name"].to_list() == ["Mine"]
+    assert connect(str(db)).query("SELECT COUNT(*) FROM concept WHERE concept_id = 8507").item() == 1
