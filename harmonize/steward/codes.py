@@ -44,13 +44,16 @@ REVIEW_COLUMNS = [
 
 
 def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
-    """Table -> the fixed source vocabulary of its coded rules (when all of them agree)."""
+    """Table -> the fixed source vocabulary of its coded rules ("ICD10CM or SNOMED" when they differ).
+
+    Used for codes the vocabulary does not know (source concept 0), whose vocabulary the database cannot tell.
+    """
     found: dict[str, set[str]] = {}
     for table, rules in mapping.tables.items():
         for rule in rules:
             if rule.concept is not None and rule.concept.vocabulary:
                 found.setdefault(table, set()).add(rule.concept.vocabulary)
-    return {table: next(iter(v)) for table, v in found.items() if len(v) == 1}
+    return {table: " or ".join(sorted(v)) for table, v in found.items()}
 
 
 def event_tables(db: Database) -> list[tuple[str, str]]:

@@ -121,3 +121,16 @@ def guess_code_system(values: Sequence[str], concepts: pl.DataFrame | None = Non
     if system and share >= MIN_SHARE:
         return system, round(share, 4)
     return None, None
+
+
+def code_domain(values: Sequence[str], system: str, concepts: pl.DataFrame) -> str | None:
+    """The most frequent domain of the column's codes in ``system`` (which table their events belong in)."""
+    codes = pl.DataFrame({"concept_code": [v.strip() for v in values if v]}, schema={"concept_code": pl.String})
+    domains = (
+        concepts.filter(pl.col("vocabulary_id") == system)
+        .join(codes, on="concept_code", how="inner")
+        .group_by("domain_id")
+        .len()
+        .sort(["len", "domain_id"], descending=[True, False])
+    )
+    return None if domains.is_empty() else str(domains.item(0, "domain_id"))

@@ -32,6 +32,14 @@ TABLE_OF_SYSTEM = {
     "HCPCS": "procedure_occurrence",
     "ICD9Proc": "procedure_occurrence",
 }
+TABLE_OF_DOMAIN = {
+    "Condition": "condition_occurrence",
+    "Procedure": "procedure_occurrence",
+    "Drug": "drug_exposure",
+    "Measurement": "measurement",
+    "Observation": "observation",
+    "Device": "device_exposure",
+}
 _PERSON_ID = re.compile(r"(patient|person|pat|subject|member|mrn|pid|ipp)(_?(id|key|no|num|nr|code))?$", re.I)
 _BIRTH = re.compile(r"birth|dob|born|naiss|geburt", re.I)
 _DEATH = re.compile(r"death|deceased|dod|died|deces", re.I)
@@ -45,7 +53,7 @@ _SEX_VALUES = {"m": 8507, "male": 8507, "man": 8507, "h": 8507, "f": 8532, "fema
 _VISIT_VALUES = {
     "inpatient": 9201, "ip": 9201, "imp": 9201, "hospitalisation": 9201,
     "outpatient": 9202, "op": 9202, "amb": 9202, "ambulatory": 9202,
-    "emergency": 9203, "er": 9203, "emer": 9203,
+    "emergency": 9203, "er": 9203, "emer": 9203, "urg": 9203, "hc": 9201, "cs": 9202,
 }  # fmt: skip
 
 
@@ -150,7 +158,7 @@ def _value_map(w: _Writer, indent: int, field_name: str, column: ColumnProfile, 
     if unknown:
         w.todo(indent, f"{field_name}: no concept chosen for {column.name} values {', '.join(unknown[:5])}")
     if not entries:
-        w.add(f"{pad}{field_name}: 0")
+        w.add(f"{pad}{field_name}: {{constant: 0, name: No matching concept}}")
         return
     w.add(f"{pad}{field_name}:")
     w.add(f"{pad}  map: {_q(column.name)}")
@@ -233,7 +241,7 @@ def _write_visit(w: _Writer, file: FileProfile, visit_id: ColumnProfile, person_
     w.add("      fields:")
     if kind is None:
         w.todo(8, "no visit type column recognised; visit_concept_id stays 0")
-        w.add("        visit_concept_id: 0")
+        w.add("        visit_concept_id: {constant: 0, name: No matching concept}")
     else:
         _value_map(w, 8, "visit_concept_id", kind, _VISIT_VALUES)
     w.rule("visit_occurrence", source)
@@ -248,7 +256,7 @@ def _event_rules(
     dates = _dates(file)
     visit = next((c for c in file.columns if c.name == visit_id), None) if visit_id else None
     for column in file.columns:
-        table = TABLE_OF_SYSTEM.get(column.code_system or "")
+        table = TABLE_OF_DOMAIN.get(column.code_domain or "") or TABLE_OF_SYSTEM.get(column.code_system or "")
         if table is None or column.name == person.name:
             continue
         end = _first(dates, _END)

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from fedomop.harmonize.ground.errors import SourceError, VocabularyError
-from fedomop.harmonize.steward.codes_guess import guess_code_system
+from fedomop.harmonize.steward.codes_guess import code_domain, guess_code_system
 from fedomop.harmonize.vocabulary.cdm_io import cdm_csv_files, read_cdm_csv
 
 DEFAULT_MIN_CELL = 10  # the project's small-cell threshold (validate/suppression.DEFAULT_SMALL_CELL)
@@ -43,6 +43,7 @@ class ColumnProfile:
     date_max: str | None = None
     code_system: str | None = None  # ICD10CM, ICD9CM, LOINC, SNOMED, RxNorm, local
     code_system_share: float | None = None
+    code_domain: str | None = None  # most frequent domain of the codes the vocabulary knows (Condition, Procedure, ...)
 
     @property
     def null_share(self) -> float:
@@ -166,6 +167,8 @@ def _profile_column(frame: pl.LazyFrame, name: str, rows: int, vocabulary: pl.Da
     if profile.kind in ("integer", "text") and distinct:
         values = frame.select(col.drop_nulls().unique().head(5000)).collect().to_series().to_list()
         profile.code_system, profile.code_system_share = guess_code_system(values, vocabulary)
+        if profile.code_system and vocabulary is not None:
+            profile.code_domain = code_domain(values, profile.code_system, vocabulary)
     return profile
 
 
