@@ -289,6 +289,10 @@ def draft_mapping(
 ) -> Draft:
     """The starting mapping for a profiled extract; ``vocabulary_folder`` is written relative to the mapping."""
     w = _Writer(concepts)
+    fhir = [f for f in profile.files if f.format not in ("csv", "parquet")]
+    profile = Profile(
+        source=profile.source, min_cell=profile.min_cell, files=[f for f in profile.files if f not in fhir]
+    )
     found = _person_file(profile)
     w.add(f"# Draft mapping for {site}, written by `fedomop draft-mapping` from a profile of {profile.source}.")
     w.add("# It runs as it is; review every TODO, then `fedomop codes review` for the codes it cannot map.")
@@ -301,6 +305,8 @@ def draft_mapping(
     w.add("  # source_to_concept_map: source_to_concept_map.csv  # written by `fedomop codes apply`")
     w.add("on_unmapped: concept_zero")
     w.add("")
+    for file in fhir:
+        w.todo(0, f"{file.path} is FHIR: the draft covers tabular files; see mappings/synthea_bulk.yaml for FHIR rules")
     if found is None:
         w.todo(0, "no person file recognised (a file with a birth date column and a unique id column)")
         w.add("sources: {}")

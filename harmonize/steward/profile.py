@@ -25,7 +25,16 @@ DEFAULT_MIN_CELL = 10  # the project's small-cell threshold (validate/suppressio
 TOP_VALUES = 10
 SUPPRESSED = "<suppressed>"
 # Date formats tried, most specific first; a column is a date when every non-null value parses with one format.
-DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y%m%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
+DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y%m%d",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%d.%m.%Y",
+)
 DATE_SHARE = 0.95
 _DELIMITERS = (",", ";", "\t", "|")
 
@@ -172,14 +181,77 @@ def _profile_column(frame: pl.LazyFrame, name: str, rows: int, vocabulary: pl.Da
     return profile
 
 
+# -- FHIR NDJSON ---------------------------------------------------------------------------------------
+
+FHIR_SYSTEMS = {
+    "http://snomed.info/sct": "SNOMED",
+    "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://unitsofmeasure.org": "UCUM",
+}
+
+
+def _flatten(value: Any, path: str, out: dict[str, str]) -> None:
+    """Element paths (``code.coding.system``; list positions dropped) -> the first value found at each."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}" if path else key, out)
+    elif isinstance(value, list):
+        for item in value:
+            _flatten(item, path, out)
+    elif value is not None and path not in out:
+        out[path] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def read_fhir_ndjson(path: Path) -> pl.DataFrame:
+    """One row per resource, one text column per element path (first value of repeated elements).
+
+    The flattened file is held in memory (FHIR bulk files are split per resource type and size by the server).
+    """
+    rows: list[dict[str, str]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                resource = json.loads(line)
+            except ValueError as exc:
+                raise SourceError(
+                    f"not JSON: {exc}", where=f"{path} line {number}", fix="one resource per line"
+                ) from None
+            flat: dict[str, str] = {}
+            _flatten(resource, "", flat)
+            rows.append(flat)
+    names = sorted({name for row in rows for name in row})
+    return pl.DataFrame(rows, schema=dict.fromkeys(names, pl.String))
+
+
+def _fhir_code_systems(columns: list[ColumnProfile]) -> None:
+    """A coding's ``.code`` takes the vocabulary of its sibling ``.system`` URL (its most frequent value)."""
+    by_name = {c.name: c for c in columns}
+    for column in columns:
+        if not column.name.endswith(".code"):
+            continue
+        system = by_name.get(column.name[: -len(".code")] + ".system")
+        if system is not None and system.top_values:
+            url, count = system.top_values[0]
+            column.code_system = FHIR_SYSTEMS.get(url, url)
+            column.code_system_share = round(count / max(system.rows - system.nulls, 1), 4)
+
+
 # -- whole extract -------------------------------------------------------------------------------------
 
 
 def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None) -> FileProfile:
-    """Profile one CSV/TSV/Parquet file (every column)."""
-    fmt = "parquet" if path.suffix.lower() == ".parquet" else "csv"
-    encoding, delimiter = ("utf-8", ",") if fmt == "parquet" else _sniff(path)
-    frame = _scan(path, fmt, delimiter, encoding)
+    """Profile one CSV/TSV/Parquet file (every column) or FHIR NDJSON file (every element path)."""
+    suffix = path.suffix.lower()
+    fmt = {".parquet": "parquet", ".ndjson": "fhir_ndjson"}.get(suffix, "csv")
+    encoding, delimiter = ("utf-8", ",") if fmt != "csv" else _sniff(path)
+    frame = read_fhir_ndjson(path).lazy() if fmt == "fhir_ndjson" else _scan(path, fmt, delimiter, encoding)
     try:
         names = frame.collect_schema().names()
         rows = int(frame.select(pl.len()).collect().item())
@@ -190,12 +262,14 @@ def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None)
             where=str(path),
             fix="check that it is a CSV/TSV with one header row, or a Parquet file",
         ) from None
+    if fmt == "fhir_ndjson":
+        _fhir_code_systems(columns)
     return FileProfile(
         path=path.relative_to(root).as_posix(),
         format=fmt,
         rows=rows,
-        delimiter=None if fmt == "parquet" else delimiter,
-        encoding=None if fmt == "parquet" else encoding,
+        delimiter=None if fmt != "csv" else delimiter,
+        encoding=None if fmt != "csv" else encoding,
         columns=columns,
     )
 
@@ -219,10 +293,14 @@ def profile_source(source: Path, vocabulary: Path | None = None, *, min_cell: in
     if not source.is_dir():
         raise SourceError("not a folder", where=str(source), fix="point --source at the folder of the extract")
     files = sorted(
-        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt", ".parquet")
+        p
+        for p in source.rglob("*")
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt", ".parquet", ".ndjson")
     )
     if not files:
-        raise SourceError("no CSV, TSV or Parquet file found", where=str(source), fix="check the --source folder")
+        raise SourceError(
+            "no CSV, TSV, Parquet or FHIR NDJSON file found", where=str(source), fix="check the --source folder"
+        )
     concepts = read_vocabulary_concepts(vocabulary)
     return Profile(source=str(source), min_cell=min_cell, files=[profile_file(p, source, concepts) for p in files])
 

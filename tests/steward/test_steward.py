@@ -17,7 +17,7 @@ from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import MappingError
 from fedomop.harmonize.steward.codes_guess import loinc_valid, verhoeff_valid
-from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA
+from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SHARED
 
 runner = CliRunner()
 
@@ -199,3 +199,18 @@ def test_vocab_load_extension_refuses_released_ids(tmp_path: Path) -> None:
     names = connect(str(db)).query("SELECT concept_name FROM concept WHERE concept_id > 2000000000")
     assert names["concept_name"].to_list() == ["Mine"]
     assert connect(str(db)).query("SELECT COUNT(*) FROM concept WHERE concept_id = 8507").item() == 1
+
+
+def test_profile_reads_fhir_bulk_ndjson(tmp_path: Path) -> None:
+    bulk = SHARED / "fhir" / "synthea-bulk-r4"
+    _cli("profile", "--source", bulk, "--out", tmp_path)
+    data = json.loads((tmp_path / "profile.json").read_text())
+    files = {f["path"]: f for f in data["files"]}
+    lines = [line for line in (bulk / "Condition.000.ndjson").read_text().splitlines() if line.strip()]
+    condition = files["Condition.000.ndjson"]
+    assert condition["format"] == "fhir_ndjson" and condition["rows"] == len(lines)
+    columns = {c["name"]: c for c in condition["columns"]}
+    assert columns["code.coding.code"]["code_system"] == "SNOMED"  # from code.coding.system http://snomed.info/sct
+    assert columns["onsetDateTime"]["kind"] == "date"
+    first_onsets = sorted(json.loads(line)["onsetDateTime"][:10] for line in lines)
+    assert columns["onsetDateTime"]["date_min"] == first_onsets[0]
