@@ -318,8 +318,23 @@ def to_dict(profile: Profile, *, shareable: bool) -> dict[str, Any]:
             column_data["identifier_like"] = column.identifier_like
             column_data["top_values"] = [list(pair) for pair in column.top_values]
             if shareable:
-                column_data["top_values"] = _shareable_top(column, profile.min_cell)
+                _suppress_column(column_data, column, profile.min_cell)
     return data
+
+
+def _small(count: int, min_cell: int) -> bool:
+    return 0 < count < min_cell
+
+
+def _suppress_column(data: dict[str, Any], column: ColumnProfile, min_cell: int) -> None:
+    """Hide what could single out a few records: small null/filled counts (3 filled death dates are 3 deaths,
+    recoverable as rows - nulls), the date range of such a column, and rare or identifying values."""
+    filled = column.rows - column.nulls
+    data["top_values"] = _shareable_top(column, min_cell)
+    if _small(column.nulls, min_cell) or _small(filled, min_cell):
+        data["nulls"] = data["null_share"] = None
+    if _small(filled, min_cell):
+        data["date_min"] = data["date_max"] = None
 
 
 def _shareable_top(column: ColumnProfile, min_cell: int) -> list[list[Any]]:
@@ -334,7 +349,8 @@ def from_dict(data: dict[str, Any]) -> Profile:
     for file_data in data["files"]:
         columns = [
             ColumnProfile(
-                **{k: v for k, v in c.items() if k not in ("null_share", "identifier_like", "top_values")},
+                **{k: v for k, v in c.items() if k not in ("null_share", "identifier_like", "top_values", "nulls")},
+                nulls=c["nulls"] or 0,  # suppressed in a shareable profile: drafting only needs "some"
                 top_values=[(str(v), int(n)) for v, n in c["top_values"]],
             )
             for c in file_data["columns"]
@@ -372,10 +388,11 @@ def render_html(data: dict[str, Any]) -> str:
         )
         for c in file_data["columns"]:
             dates = f"{c['date_min']} .. {c['date_max']} ({c['date_format']})" if c["date_min"] else ""
+            nulls = "suppressed" if c["null_share"] is None else f"{c['null_share']:.1%}"
             system = f"{c['code_system']} ({c['code_system_share']:.0%})" if c["code_system"] else ""
             top = "<br>".join(f"{esc(str(v))}: {n:,}" for v, n in c["top_values"])
             parts.append(
-                f"<tr><td>{esc(c['name'])}</td><td>{c['kind']}</td><td>{c['null_share']:.1%}</td>"
+                f"<tr><td>{esc(c['name'])}</td><td>{c['kind']}</td><td>{nulls}</td>"
                 f"<td>{c['distinct']:,}</td><td>{esc(dates)}</td><td>{esc(system)}</td><td>{top}</td></tr>"
             )
         parts.append("</table>")

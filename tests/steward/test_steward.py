@@ -75,6 +75,11 @@ def test_shareable_profile_hides_small_cells_and_identifiers(profiled: Path) -> 
                 assert column["top_values"] == []
     people = {c["name"]: c for f in internal["files"] if f["path"] == "people.csv" for c in f["columns"]}
     assert people["pat_key"]["top_values"]  # the site's own profile keeps them
+    # 3 of 28 Eunomia persons died: their count (rows - nulls) and their dates must not leave the site.
+    shared_people = {c["name"]: c for f in shared["files"] if f["path"] == "people.csv" for c in f["columns"]}
+    assert people["died_on"]["nulls"] == 25 and people["died_on"]["date_min"] is not None
+    assert shared_people["died_on"]["nulls"] is None and shared_people["died_on"]["date_min"] is None
+    assert shared_people["date_of_birth"]["nulls"] == 0 and shared_people["date_of_birth"]["date_min"] is not None
     assert "<html" not in (profiled / "profile.json").read_text() and (profiled / "profile.shareable.html").exists()
 
 
