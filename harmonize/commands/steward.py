@@ -79,9 +79,12 @@ def register(app: typer.Typer) -> None:
         mapping: Annotated[Path, typer.Option("--mapping", help="The site mapping YAML that was run.")],
         db: Annotated[str, typer.Option("--db", help="The mapped site database (after fedomop map).")],
         out: Annotated[Path, typer.Option("--out", help="Review sheet CSV to write.")],
+        source: Annotated[
+            Path | None, typer.Option("--source", help="The extract folder: labels of local codes come from it.")
+        ] = None,
     ) -> None:
         """List every unmapped source code with its record count and ranked candidate concepts."""
-        sheet = review_codes(connect(db, read_only=True), load_mapping(mapping))
+        sheet = review_codes(connect(db, read_only=True), load_mapping(mapping), source)
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.write_csv(out)
         records = int(sheet["records"].sum()) if sheet.height else 0

@@ -15,6 +15,7 @@ extension, and a source_to_concept_map row pointing at it.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +127,55 @@ def candidates_for(
     return list(unique.values())[:CANDIDATES]
 
 
-def review_codes(db: Database, mapping: Mapping) -> pl.DataFrame:
-    """The review sheet: one row per unmapped code, the best candidate pre-filled as target (decision left blank)."""
+_LABEL = re.compile(r"label|libelle|description|desc$|_desc|name$|display|text$|bezeichnung", re.I)
+
+
+def _code_and_label(path: Path, delimiter: str, encoding: str, code: str) -> pl.DataFrame | None:
+    """First label per code in one file, or None when the file has no label column (read in the file's encoding)."""
+    python_encoding = {"utf-8": "utf8", "utf8": "utf8"}.get(encoding, encoding.replace("-", ""))
+    header = pl.read_csv(path, separator=delimiter, n_rows=0, encoding=python_encoding).columns
+    label = next((n for n in header if _LABEL.search(n) and n != code), None)
+    if label is None or code not in header:
+        return None
+    frame = pl.read_csv(path, separator=delimiter, columns=[code, label], infer_schema=False, encoding=python_encoding)
+    frame = frame.rename({code: "source_code", label: "label"}).drop_nulls()
+    return frame.unique(subset="source_code", keep="first", maintain_order=True)
+
+
+def source_labels(mapping: Mapping, source_dir: Path) -> pl.DataFrame:
+    """(source_vocabulary_id, source_code, label) from the extract: the label column next to each code column.
+
+    Local codes have no concept, hence no name to compare with; the extract usually carries one (``LIBELLE``,
+    ``description``), found by its column name in the rule's tabular source.
+    """
+    frames = []
+    for rules in mapping.tables.values():
+        for rule in rules:
+            source = mapping.sources.get(rule.source)
+            if rule.concept is None or not rule.concept.vocabulary or source is None or source.format != "csv":
+                continue
+            for path in sorted(Path(source_dir).glob(source.files)):
+                frame = _code_and_label(path, source.delimiter, source.encoding, rule.concept.code)
+                if frame is not None:
+                    frames.append(frame.with_columns(pl.lit(rule.concept.vocabulary).alias("source_vocabulary_id")))
+    if not frames:
+        return pl.DataFrame(schema={"source_code": pl.String, "label": pl.String, "source_vocabulary_id": pl.String})
+    return pl.concat(frames).unique(subset=["source_vocabulary_id", "source_code"], keep="first")
+
+
+def review_codes(db: Database, mapping: Mapping, source_dir: Path | None = None) -> pl.DataFrame:
+    """The review sheet: one row per unmapped code, the best candidate pre-filled as target (decision left blank).
+
+    With ``source_dir``, a code the vocabulary does not name takes its label from the extract.
+    """
     codes = unmapped_codes(db, mapping)
+    if source_dir is not None:
+        labels = source_labels(mapping, source_dir)
+        codes = (
+            codes.join(labels, on=["source_vocabulary_id", "source_code"], how="left")
+            .with_columns(pl.coalesce("source_name", "label").alias("source_name"))
+            .drop("label")
+        )
     standard = _standard(db)
     rows = []
     for row in codes.iter_rows(named=True):

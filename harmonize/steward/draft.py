@@ -45,7 +45,7 @@ _BIRTH = re.compile(r"birth|dob|born|naiss|geburt", re.I)
 _DEATH = re.compile(r"death|deceased|dod|died|deces", re.I)
 _SEX = re.compile(r"^(sex|gender|sexe|geschlecht)", re.I)
 _VISIT = re.compile(r"encounter|visit|admission|stay|sejour|episode", re.I)
-_END = re.compile(r"end|stop|discharge|sortie|until", re.I)
+_END = re.compile(r"end|stop|discharge|sortie|until|fin$|_fin", re.I)
 _VALUE = re.compile(r"^(value|result|res|val|valeur|wert|value_as_number|num_value)", re.I)
 _UNIT = re.compile(r"unit|unite|einheit|uom", re.I)
 _VISIT_TYPE = re.compile(r"type|class|kind|setting", re.I)
@@ -247,6 +247,34 @@ def _write_visit(w: _Writer, file: FileProfile, visit_id: ColumnProfile, person_
     w.rule("visit_occurrence", source)
 
 
+_CODE_NAME = re.compile(r"(^|_)(code|cd|cod)(_|$)|code$", re.I)
+_LOCAL_TABLES = (
+    (re.compile(r"proc|acte|act_|surg|operat", re.I), "procedure_occurrence"),
+    (re.compile(r"drug|medic|rx|trait|pharm", re.I), "drug_exposure"),
+    (re.compile(r"diag|dx|cim|icd|condition", re.I), "condition_occurrence"),
+    (re.compile(r"lab|analy|test|bio|loinc", re.I), "measurement"),
+)
+
+
+def _local_code_column(file: FileProfile, skip: set[str]) -> ColumnProfile | None:
+    """A column named like a code that no vocabulary knows (CODE_ACTE, lab_cd): the site's local codes."""
+    for column in file.columns:
+        if column.name in skip or column.kind not in ("text", "integer") or column.identifier_like:
+            continue
+        if _CODE_NAME.search(column.name) and 0 < column.distinct <= 5000:
+            return column
+    return None
+
+
+def _local_table(file: FileProfile, column: ColumnProfile) -> str:
+    """By the code column's or file's name; a file with a numeric result column holds measurements."""
+    for pattern, table in _LOCAL_TABLES:
+        if pattern.search(column.name) or pattern.search(Path(file.path).stem):
+            return table
+    numeric = [c for c in file.columns if c.kind in ("number", "integer")]
+    return "measurement" if _first(numeric, _VALUE) else "observation"
+
+
 def _event_rules(
     w: _Writer, file: FileProfile, person: ColumnProfile, visit_id: str | None
 ) -> list[tuple[str, list[str]]]:
@@ -255,22 +283,32 @@ def _event_rules(
     source = _source_name(file.path)
     dates = _dates(file)
     visit = next((c for c in file.columns if c.name == visit_id), None) if visit_id else None
+    coded = []
     for column in file.columns:
         table = TABLE_OF_DOMAIN.get(column.code_domain or "") or TABLE_OF_SYSTEM.get(column.code_system or "")
-        if table is None or column.name == person.name:
-            continue
+        if table is not None and column.name != person.name:
+            coded.append((column, column.code_system or "", table))
+    if not coded:
+        local = _local_code_column(file, {person.name, visit_id or ""})
+        if local is not None:
+            coded.append((local, f"{_source_name(file.path).upper()}_LOCAL", _local_table(file, local)))
+    for column, system, table in coded:
         end = _first(dates, _END)
         start = next((c for c in dates if c is not end), end)
         if start is None:
             w.todo(4, f"{file.path}: code column {column.name} has no date column; not mapped")
             continue
-        lines = [
-            f"    - source: {source}  # {column.name}: {column.code_system} ({column.code_system_share:.0%} of codes)",
-            f"      person: {_q(person.name)}",
-        ]
+        if column.code_system:
+            note = f"{column.name}: {column.code_system} ({column.code_system_share or 0:.0%} of codes)"
+        else:
+            note = f"{column.name}: local codes ({column.distinct:,} distinct)"
+            w.draft.todos.append(f"{file.path}: {column.name} holds local codes; map them with fedomop codes review")
+        lines = [f"    - source: {source}  # {note}", f"      person: {_q(person.name)}"]
+        if not column.code_system:
+            lines.append("      # TODO: local codes: fedomop codes review lists them; codes apply maps them")
         if visit is not None:
             lines.append(f"      visit: {_q(visit.name)}")
-        lines.append(f"      concept: {{code: {_q(column.name)}, vocabulary: {_q(column.code_system or '')}}}")
+        lines.append(f"      concept: {{code: {_q(column.name)}, vocabulary: {_q(system)}}}")
         lines.append(f"      start: {{date: {_q(start.name)}}}")
         if end is not None and table != "measurement":
             lines.append(f"      end: {{date: {_q(end.name)}}}")
