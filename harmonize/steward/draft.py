@@ -361,12 +361,18 @@ def draft_mapping(
         person = _person_column(file, person_id.name)
         rules = _event_rules(w, file, person, visit[1].name if visit else None) if person else []
         if not rules:
-            w.todo(0, f"{file.path} is not mapped (no person column and code column recognised)")
+            numeric = [c for c in file.columns if c.kind in ("number", "integer") and c is not person]
+            if person and len(numeric) >= 3:
+                names = ", ".join(c.name for c in numeric[:6])
+                w.todo(0, f"{file.path} looks like a wide table (one column per test: {names}); not mapped")
+            else:
+                w.todo(0, f"{file.path} is not mapped (no person column and code column recognised)")
             continue
         used.append(file)
         for table, lines in rules:
             events.setdefault(table, []).append(lines)
             w.rule(table, _source_name(file.path))
+    w.add("# min_coverage: {measurement: 0.95}  # per table; below it `fedomop map` exits 1")
     _write_sources(w, profile, used)
     w.add("")
     w.add("tables:")
