@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import DatabaseError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.steward.codes import apply_review, review_codes
 from fedomop.harmonize.steward.doc import write_mapping_document
@@ -84,6 +85,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """List every unmapped source code with its record count and ranked candidate concepts."""
+        if "://" not in db and not Path(db).is_file():
+            raise DatabaseError("no such database", where=db, fix="run fedomop map first and pass its --db")
         sheet = review_codes(connect(db, read_only=True), load_mapping(mapping), source)
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.write_csv(out)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.steward.codes_guess import loinc_valid, verhoeff_valid
+from fedomop.harmonize.steward.codes_guess import guess_code_system, loinc_valid, verhoeff_valid
 from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SHARED
 
 runner = CliRunner()
@@ -219,3 +219,25 @@ def test_profile_reads_fhir_bulk_ndjson(tmp_path: Path) -> None:
     assert columns["onsetDateTime"]["kind"] == "date"
     first_onsets = sorted(json.loads(line)["onsetDateTime"][:10] for line in lines)
     assert columns["onsetDateTime"]["date_min"] == first_onsets[0]
+
+
+@pytest.mark.parametrize(
+    ("site", "file", "column", "declared"),
+    [  # what the hand-written mappings declare for these columns
+        ("site_a", "conditions.csv", "icd10_code", "ICD10CM"),
+        ("site_a", "observations.csv", "loinc_code", "LOINC"),
+        ("site_a", "procedures.csv", "snomed_code", "SNOMED"),
+        ("site_c", "diagnostics.csv", "CODE_CIM9", "ICD9CM"),
+    ],
+)
+def test_code_system_by_shape_alone_matches_the_hand_mappings(site: str, file: str, column: str, declared: str) -> None:
+    separator = ";" if site == "site_c" else ","
+    values = pl.read_csv(SAMPLE_DATA / site / file, separator=separator, infer_schema=False, encoding="latin-1")
+    assert guess_code_system(values[column].unique().drop_nulls().to_list())[0] == declared
+    assert guess_code_system(["Full-time employment", "anemia"]) == (None, None)
+
+
+def test_review_needs_a_mapped_database(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["codes", "review", "--mapping", str(MAPPINGS / "site_a.yaml"),
+                                 "--db", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r.csv")])  # fmt: skip
+    assert result.exit_code != 0 and "run fedomop map first" in str(result.exception)
