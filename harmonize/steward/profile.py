@@ -125,60 +125,75 @@ def _scan(path: Path, fmt: str, delimiter: str, encoding: str) -> pl.LazyFrame:
 # -- per column ----------------------------------------------------------------------------------------
 
 
-def _kind(frame: pl.LazyFrame, name: str, filled: int) -> tuple[str, str | None]:
+def _count_exprs(index: int, name: str) -> list[pl.Expr]:
+    """Nulls, distinct values and how many values parse as integer / number / each date format, for one column."""
+    value = pl.col(name).str.strip_chars()
+    exprs = [
+        pl.col(name).null_count().alias(f"{index}:nulls"),
+        pl.col(name).n_unique().alias(f"{index}:distinct"),
+        value.cast(pl.Int64, strict=False).is_not_null().sum().alias(f"{index}:integer"),
+        value.cast(pl.Float64, strict=False).is_not_null().sum().alias(f"{index}:number"),
+    ]
+    exprs += [
+        value.str.strptime(pl.Datetime, fmt, strict=False).is_not_null().sum().alias(f"{index}:{fmt}")
+        for fmt in DATE_FORMATS
+    ]
+    return exprs
+
+
+def _kind(counts: dict[str, int], index: int, filled: int) -> tuple[str, str | None]:
     """integer / number / date (with its format) / text: the narrowest type every non-null value fits."""
     if filled == 0:
         return "empty", None
-    value = pl.col(name).str.strip_chars()
-    checks = [
-        value.cast(pl.Int64, strict=False).is_not_null().sum().alias("integer"),
-        value.cast(pl.Float64, strict=False).is_not_null().sum().alias("number"),
-    ]
-    checks += [
-        value.str.strptime(pl.Datetime, fmt, strict=False).is_not_null().sum().alias(fmt) for fmt in DATE_FORMATS
-    ]
-    counts = frame.select(checks).collect().row(0, named=True)
     for fmt in DATE_FORMATS:
-        if counts[fmt] >= DATE_SHARE * filled:  # a few broken dates do not make a date column text
+        if counts[f"{index}:{fmt}"] >= DATE_SHARE * filled:  # a few broken dates do not make a date column text
             return "date", fmt
-    if counts["integer"] == filled:
+    if counts[f"{index}:integer"] == filled:
         return "integer", None
-    if counts["number"] == filled:
+    if counts[f"{index}:number"] == filled:
         return "number", None
     return "text", None
 
 
-def _profile_column(frame: pl.LazyFrame, name: str, rows: int, vocabulary: pl.DataFrame | None) -> ColumnProfile:
-    col = pl.col(name)
-    stats = frame.select(col.null_count().alias("nulls"), col.n_unique().alias("distinct")).collect().row(0)
-    nulls, distinct = int(stats[0]), int(stats[1]) - (1 if stats[0] else 0)
-    top = (
-        frame.drop_nulls(name)
-        .group_by(name)
-        .len()
-        .sort(["len", name], descending=[True, False])
-        .head(TOP_VALUES)
-        .collect()
-    )
-    profile = ColumnProfile(
-        name=name,
-        kind="text",
-        rows=rows,
-        nulls=nulls,
-        distinct=distinct,
-        top_values=[(str(v), int(n)) for v, n in top.iter_rows()],
-    )
-    profile.kind, profile.date_format = _kind(frame, name, rows - nulls)
-    if profile.kind == "date" and profile.date_format:
-        parsed = col.str.strip_chars().str.strptime(pl.Datetime, profile.date_format, strict=False)
-        low, high = frame.select(parsed.min().alias("lo"), parsed.max().alias("hi")).collect().row(0)
-        profile.date_min, profile.date_max = str(low.date()), str(high.date())
-    if profile.kind in ("integer", "text") and distinct:
-        values = frame.select(col.drop_nulls().unique().head(5000)).collect().to_series().to_list()
-        profile.code_system, profile.code_system_share = guess_code_system(values, vocabulary)
-        if profile.code_system and vocabulary is not None:
-            profile.code_domain = code_domain(values, profile.code_system, vocabulary)
-    return profile
+def _profile_columns(
+    frame: pl.LazyFrame, names: list[str], rows: int, vocabulary: pl.DataFrame | None
+) -> list[ColumnProfile]:
+    """All columns' counts and types in one pass over the file; then top values (and code values) per column."""
+    counts = frame.select([e for i, n in enumerate(names) for e in _count_exprs(i, n)]).collect().row(0, named=True)
+    columns = []
+    for index, name in enumerate(names):
+        nulls = int(counts[f"{index}:nulls"])
+        top = frame.drop_nulls(name).group_by(name).len().sort(["len", name], descending=[True, False]).head(TOP_VALUES)
+        column = ColumnProfile(
+            name=name,
+            kind="text",
+            rows=rows,
+            nulls=nulls,
+            distinct=int(counts[f"{index}:distinct"]) - (1 if nulls else 0),
+            top_values=[(str(v), int(n)) for v, n in top.collect().iter_rows()],
+        )
+        column.kind, column.date_format = _kind(counts, index, rows - nulls)
+        if column.kind in ("integer", "text") and column.distinct:
+            values = frame.select(pl.col(name).drop_nulls().unique().head(5000)).collect().to_series().to_list()
+            column.code_system, column.code_system_share = guess_code_system(values, vocabulary)
+            if column.code_system and vocabulary is not None:
+                column.code_domain = code_domain(values, column.code_system, vocabulary)
+        columns.append(column)
+    _date_ranges(frame, [c for c in columns if c.kind == "date"])
+    return columns
+
+
+def _date_ranges(frame: pl.LazyFrame, dates: list[ColumnProfile]) -> None:
+    """First and last date of every date column, in one pass."""
+    if not dates:
+        return
+    exprs = []
+    for index, column in enumerate(dates):
+        parsed = pl.col(column.name).str.strip_chars().str.strptime(pl.Datetime, column.date_format, strict=False)
+        exprs += [parsed.min().alias(f"{index}:lo"), parsed.max().alias(f"{index}:hi")]
+    bounds = frame.select(exprs).collect().row(0, named=True)
+    for index, column in enumerate(dates):
+        column.date_min, column.date_max = str(bounds[f"{index}:lo"].date()), str(bounds[f"{index}:hi"].date())
 
 
 # -- FHIR NDJSON ---------------------------------------------------------------------------------------
@@ -255,7 +270,7 @@ def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None)
     try:
         names = frame.collect_schema().names()
         rows = int(frame.select(pl.len()).collect().item())
-        columns = [_profile_column(frame, name, rows, vocabulary) for name in names]
+        columns = _profile_columns(frame, names, rows, vocabulary)
     except pl.exceptions.PolarsError as exc:
         raise SourceError(
             f"cannot be profiled: {str(exc).splitlines()[0]}",
