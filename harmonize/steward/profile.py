@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ DATE_FORMATS = (
     "%d.%m.%Y",
 )
 DATE_SHARE = 0.95
+_ID_NAME = re.compile(r"(^|_)(id|key|mrn|ssn|nir|ipp)$|^(patient|person|pat|subject|member)_?(id|key|no|num|nr)", re.I)
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -327,25 +329,34 @@ def to_dict(profile: Profile, *, shareable: bool) -> dict[str, Any]:
     """The profile as JSON-ready data; ``shareable`` suppresses counts below ``min_cell`` and identifier values."""
     data = asdict(profile)
     data["kind"] = "shareable" if shareable else "internal"
+    id_names = _identifier_names(profile)
     for file_data, file_profile in zip(data["files"], profile.files, strict=True):
         for column_data, column in zip(file_data["columns"], file_profile.columns, strict=True):
             column_data["null_share"] = round(column.null_share, 4)
             column_data["identifier_like"] = column.identifier_like
             column_data["top_values"] = [list(pair) for pair in column.top_values]
             if shareable:
-                _suppress_column(column_data, column, profile.min_cell)
+                _suppress_column(column_data, column, profile.min_cell, column.name in id_names)
     return data
+
+
+def _identifier_names(profile: Profile) -> set[str]:
+    """Columns holding ids anywhere: identifier-like in some file (a person's id repeats in event files, where
+    it is not unique but still identifies), or named like an id (patient_id, mrn, ...)."""
+    names = {c.name for f in profile.files for c in f.columns if c.identifier_like}
+    names |= {c.name for f in profile.files for c in f.columns if _ID_NAME.search(c.name)}
+    return names
 
 
 def _small(count: int, min_cell: int) -> bool:
     return 0 < count < min_cell
 
 
-def _suppress_column(data: dict[str, Any], column: ColumnProfile, min_cell: int) -> None:
+def _suppress_column(data: dict[str, Any], column: ColumnProfile, min_cell: int, identifier: bool) -> None:
     """Hide what could single out a few records: small null/filled counts (3 filled death dates are 3 deaths,
     recoverable as rows - nulls), the date range of such a column, and rare or identifying values."""
     filled = column.rows - column.nulls
-    data["top_values"] = _shareable_top(column, min_cell)
+    data["top_values"] = [] if identifier else _shareable_top(column, min_cell)
     if _small(column.nulls, min_cell) or _small(filled, min_cell):
         data["nulls"] = data["null_share"] = None
     if _small(filled, min_cell):
