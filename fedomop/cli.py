@@ -50,6 +50,7 @@ _COMMAND_MODULES = [
     "fedomop.harmonize.commands.sample_data",
     "fedomop.harmonize.commands.map",
     "fedomop.harmonize.commands.validate",
+    "fedomop.harmonize.commands.steward",
     "fedomop.federated.commands.train",
     "fedomop.federated.commands.governance",
     "fedomop.demo",

@@ -11,9 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run import RunReport, run_mapping
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
 from fedomop.harmonize.run.lineage import ALL_TABLES
+from fedomop.harmonize.steward.coverage import concept_coverage, coverage_failures
 
 console = Console()
 
@@ -86,6 +90,22 @@ def print_summary(report: RunReport, out: Console = console) -> None:
         out.print(reasons)
     state = "[green]balanced[/]" if report.balanced else "[red]NOT balanced[/]"
     out.print(f"reconciliation {state}; {report.seconds:.1f}s -> {report.database}")
+
+
+def print_coverage(report: RunReport, mapping: Mapping, out: Console = console) -> bool:
+    """Print concept coverage per table and source vocabulary; False when a table is below its min_coverage."""
+    coverage = concept_coverage(connect(report.database, read_only=True), mapping)
+    table = Table(title="concept coverage (records mapped to a standard concept / to 0)")
+    for name in ("OMOP table", "source vocabulary", "records", "mapped", "to 0", "coverage"):
+        table.add_column(name, justify="left" if name in ("OMOP table", "source vocabulary") else "right")
+    for row in coverage.iter_rows(named=True):
+        table.add_row(row["omop_table"], row["source_vocabulary_id"], f"{row['records']:,}", f"{row['mapped']:,}",
+                      f"{row['unmapped']:,}", f"{row['coverage']:.1%}")  # fmt: skip
+    out.print(table)
+    failures = coverage_failures(coverage, mapping)
+    for failure in failures:
+        out.print(f"[red]coverage too low[/] {failure}", highlight=False)
+    return not failures
 
 
 def map_site(
@@ -178,7 +198,7 @@ def register(app: typer.Typer) -> None:
         ] = True,
     ) -> None:
         """Harmonize a site extract into OMOP CDM v5.4; every record is loaded or quarantined with a reason."""
-        map_site(
+        report = map_site(
             mapping,
             source,
             db,
@@ -190,3 +210,5 @@ def register(app: typer.Typer) -> None:
             results_schema=results_schema,
             indexes=indexes,
         )
+        if not print_coverage(report, load_mapping(mapping)):
+            raise typer.Exit(1)

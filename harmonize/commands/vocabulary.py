@@ -11,7 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from fedomop.harmonize.ground.db import connect
-from fedomop.harmonize.vocabulary import load_source_to_concept_map, load_vocabulary, resolve_codes
+from fedomop.harmonize.vocabulary import (
+    load_source_to_concept_map,
+    load_vocabulary,
+    load_vocabulary_extension,
+    resolve_codes,
+)
 from fedomop.harmonize.vocabulary.cdm_io import load_cdm_folder
 
 DbOption = Annotated[str, typer.Option("--db", help="Database URL or DuckDB file path.")]
@@ -40,8 +45,18 @@ def register(app: typer.Typer) -> None:
     vocab_app = typer.Typer(help="OMOP vocabularies: load Athena files, resolve source codes.", no_args_is_help=True)
 
     @vocab_app.command("load")
-    def load(db: DbOption, folder: FolderOption) -> None:
+    def load(
+        db: DbOption,
+        folder: FolderOption,
+        extension: Annotated[
+            bool, typer.Option("--extension", help="Append a site extension (concept ids > 2,000,000,000) instead.")
+        ] = False,
+    ) -> None:
         """Replace the vocabulary tables with an Athena download or OHDSI CSV export (CONCEPT.csv, ...)."""
+        if extension:
+            counts = load_vocabulary_extension(connect(db), folder)
+            Console().print(_counts_table(f"vocabulary extension added from {folder}", counts))
+            return
         counts = load_vocabulary(connect(db), folder)
         Console().print(_counts_table(f"vocabulary loaded from {folder}", counts))
 

@@ -208,6 +208,7 @@ class Vocabulary(Strict):
     folder: str  # relative to the mapping file; --vocabulary overrides
     source_to_concept_map: str | None = None  # relative to the source folder
     fhir_systems: dict[str, str] = Field(default_factory=dict)  # system URL -> OMOP vocabulary_id
+    extensions: list[str] = Field(default_factory=list)  # site concept folders (ids > 2e9) added to `folder`
 
 
 class Episodes(Strict):
@@ -266,6 +267,8 @@ class Mapping(Strict):
     episodes: Episodes | None = None
     include: list[str] = Field(default_factory=list)
     date_bounds: DateBounds = Field(default_factory=DateBounds)
+    # OMOP table -> least share of its records mapped to a standard concept; below it `fedomop map` exits 1.
+    min_coverage: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
 
 
 UnitConversion.model_rebuild()

@@ -35,6 +35,7 @@ from fedomop.harmonize.tables import (
 from fedomop.harmonize.vocabulary import (
     load_source_to_concept_map,
     load_vocabulary,
+    load_vocabulary_extension,
 )
 
 RUN_TABLE = "fedomop_run"
@@ -93,6 +94,8 @@ def prepare_database(
         create_cdm(db.engine, constraints="none", tables=list(TARGETS))
     create_cdm(db.engine)
     load_vocabulary(db, vocabulary_dir)
+    for extension in mapping.vocabulary.extensions:  # site concepts compose with the release, never copy it
+        load_vocabulary_extension(db, (mapping_path.parent / extension).resolve())
     if mapping.vocabulary.source_to_concept_map:
         path = contained_file(
             files.source_dir,

@@ -8,6 +8,7 @@ two releases. A site's ``source_to_concept_map`` is its own data, so it is
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import polars as pl
@@ -59,6 +60,46 @@ def load_vocabulary(db: Database, folder: Path) -> dict[str, int]:
         )
     create_cdm(db.engine, tables=[*VOCABULARY_TABLES, SITE_MAPPING_TABLE])
     return replace_tables(db, {t: files.get(t) for t in VOCABULARY_TABLES}, error=VocabularyError)
+
+
+LOCAL_CONCEPT_FLOOR = 2_000_000_000  # OMOP reserves concept ids above this for a site's own concepts
+EXTENSION_TABLES = ("concept", "concept_relationship", "concept_synonym")
+
+
+def load_vocabulary_extension(db: Database, folder: Path) -> dict[str, int]:
+    """Append a site vocabulary extension (CONCEPT.csv, optional CONCEPT_RELATIONSHIP/SYNONYM) to the loaded one.
+
+    Extensions compose with a bundled or Athena vocabulary instead of copying it: every concept id must be above
+    2,000,000,000 and new, so an extension can never shadow a released concept. All files go in one transaction.
+    """
+    folder = Path(folder)
+    files = {t: p for t, p in cdm_csv_files(folder).items() if t in EXTENSION_TABLES} if folder.is_dir() else {}
+    if "concept" not in files:
+        raise VocabularyError(
+            "no CONCEPT.csv in the vocabulary extension", where=str(folder), fix="fedomop codes apply writes one"
+        )
+    create_cdm(db.engine, tables=[*VOCABULARY_TABLES, SITE_MAPPING_TABLE])
+    counts: dict[str, int] = {}
+    with ExitStack() as stack:
+        staged = {t: stack.enter_context(staging_table(db, t)) for t in files}
+        for table, path in files.items():
+            counts[table] = db.load_arrow(staged[table], read_cdm_csv(path, table, error=VocabularyError))
+        low = db.query(f'SELECT MIN(concept_id) FROM "{staged["concept"]}"').item()
+        if low is not None and int(low) <= LOCAL_CONCEPT_FLOOR:
+            raise VocabularyError(
+                f"concept_id {low} is not a local concept id", where=str(files["concept"]),
+                fix="local concepts take ids above 2,000,000,000 (OMOP convention)",
+            )  # fmt: skip
+        taken = db.query(f'SELECT MIN(s.concept_id) FROM "{staged["concept"]}" s JOIN concept c USING (concept_id)')
+        if taken.item() is not None:
+            raise VocabularyError(
+                f"concept_id {taken.item()} is already in the vocabulary", where=str(files["concept"]),
+                fix="give the local concept a new id (fedomop codes apply continues after the highest)",
+            )  # fmt: skip
+        with db.engine.begin() as connection:
+            for table, stage in staged.items():
+                connection.execute(sa.text(f'INSERT INTO "{table}" SELECT * FROM "{stage}"'))
+    return counts
 
 
 def load_source_to_concept_map(db: Database, path: Path, *, replace: bool = False) -> int:

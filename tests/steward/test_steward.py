@@ -1,0 +1,248 @@
+"""Profile -> draft -> map -> codes review -> apply -> map, on a site none of the mappings know (Eunomia-derived).
+
+Expected values come from Eunomia's own tables (28 persons, 470 conditions, 10,040 measurements, 3 deaths) and
+from the published check-digit rules of SNOMED CT (Verhoeff) and LOINC (mod 10), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from fedomop.cli import app
+from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.steward.codes_guess import guess_code_system, loinc_valid, verhoeff_valid
+from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SHARED
+
+runner = CliRunner()
+
+
+def _cli(*args: str | Path) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _unmapped(db: Path, table: str, prefix: str) -> tuple[int, int]:
+    frame = connect(str(db), read_only=True).query(
+        f"SELECT SUM(CASE WHEN {prefix}_concept_id = 0 THEN 1 ELSE 0 END) AS zero, COUNT(*) AS n FROM {table}"
+    )
+    return int(frame.item(0, "zero") or 0), int(frame.item(0, "n"))
+
+
+def test_check_digits_follow_the_published_rules() -> None:
+    assert verhoeff_valid("73211009")  # SNOMED CT: Diabetes mellitus
+    assert not verhoeff_valid("73211008")
+    assert loinc_valid("718-7") and loinc_valid("2160-0")  # hemoglobin, creatinine
+    assert not loinc_valid("718-6")
+
+
+@pytest.fixture(scope="module")
+def profiled(new_site: dict[str, Path]) -> Path:
+    out = new_site["root"] / "profile"
+    _cli("profile", "--source", new_site["extract"], "--out", out, "--vocabulary", new_site["vocabulary"])
+    return out
+
+
+def test_profile_describes_the_new_extract(profiled: Path) -> None:
+    data = json.loads((profiled / "profile.json").read_text())
+    files = {f["path"]: f for f in data["files"]}
+    assert files["people.csv"]["rows"] == 28 and files["people.csv"]["delimiter"] == ";"
+    columns = {c["name"]: c for c in files["people.csv"]["columns"]}
+    assert columns["date_of_birth"]["kind"] == "date" and columns["date_of_birth"]["date_format"] == "%d/%m/%Y"
+    died = pl.read_csv(EUNOMIA / "DEATH.csv")
+    assert columns["died_on"]["nulls"] == 28 - died.height
+    assert columns["died_on"]["date_min"] == str(min(died["death_date"]))
+    assert columns["pat_key"]["identifier_like"]
+    codes = {c["name"]: c["code_system"] for f in data["files"] for c in f["columns"]}
+    assert codes["dx"] == "SNOMED" and codes["test_code"] == "LOINC"
+    assert codes["result"] is None and codes["drawn_on"] is None
+
+
+def test_shareable_profile_hides_small_cells_and_identifiers(profiled: Path) -> None:
+    shared = json.loads((profiled / "profile.shareable.json").read_text())
+    internal = json.loads((profiled / "profile.json").read_text())
+    assert shared["kind"] == "shareable" and internal["kind"] == "internal"
+    for file in shared["files"]:
+        for column in file["columns"]:
+            assert all(count >= shared["min_cell"] for _, count in column["top_values"]), column["name"]
+            if column["identifier_like"]:
+                assert column["top_values"] == []
+    people = {c["name"]: c for f in internal["files"] if f["path"] == "people.csv" for c in f["columns"]}
+    assert people["pat_key"]["top_values"]  # the site's own profile keeps them
+    # 3 of 28 Eunomia persons died: their count (rows - nulls) and their dates must not leave the site.
+    shared_people = {c["name"]: c for f in shared["files"] if f["path"] == "people.csv" for c in f["columns"]}
+    assert people["died_on"]["nulls"] == 25 and people["died_on"]["date_min"] is not None
+    assert shared_people["died_on"]["nulls"] is None and shared_people["died_on"]["date_min"] is None
+    assert shared_people["date_of_birth"]["nulls"] == 0 and shared_people["date_of_birth"]["date_min"] is not None
+    person_keys = pl.read_csv(EUNOMIA / "PERSON.csv", infer_schema=False)["person_source_value"].to_list()
+    internal_html = (profiled / "profile.html").read_text()
+    shareable_html = (profiled / "profile.shareable.html").read_text()
+    assert any(key in internal_html for key in person_keys)
+    assert not any(key in shareable_html for key in person_keys)
+    assert not any(key in (profiled / "profile.shareable.json").read_text() for key in person_keys)
+
+
+def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path], profiled: Path) -> None:
+    root = new_site["root"]
+    mapping = root / "mappings" / "new_site.yaml"
+    _cli("draft-mapping", "--profile", profiled / "profile.json", "--out", mapping,
+         "--vocabulary", new_site["vocabulary"])  # fmt: skip
+    text = mapping.read_text()
+    assert "# TODO" in text and "vocabulary: SNOMED" in text and "vocabulary: LOINC" in text
+
+    first = root / "first.duckdb"
+    output = _cli("map", "--mapping", mapping, "--source", new_site["extract"], "--db", first)
+    assert "reconciliation balanced" in output
+    db = connect(str(first), read_only=True)
+    assert db.query("SELECT COUNT(*) FROM person").item() == 28
+    assert db.query("SELECT COUNT(*) FROM death").item() == 3
+    assert db.query("SELECT COUNT(*) FROM condition_occurrence").item() == 470
+    zero, total = _unmapped(first, "measurement", "measurement")
+    assert total == 10_040 and zero > 0  # Eunomia's measurement_source_value also carries SNOMED codes
+
+    review = root / "review.csv"
+    _cli("codes", "review", "--mapping", mapping, "--db", first, "--out", review)
+    sheet = pl.read_csv(review, infer_schema=False)
+    assert sheet["records"].cast(pl.Int64).sum() == zero
+    # SNOMED 171207006 in a LOINC column: the exact-code candidate is Eunomia's SNOMED concept for it.
+    row = sheet.filter(pl.col("source_code") == "171207006").row(0, named=True)
+    concept = pl.read_csv(EUNOMIA / "CONCEPT.csv", infer_schema=False).filter(
+        (pl.col("concept_code") == "171207006") & (pl.col("vocabulary_id") == "SNOMED")
+    )
+    assert row["candidate_1_id"] == concept["concept_id"][0] and "same code in SNOMED" in row["candidate_1_why"]
+
+    # The steward approves every candidate but keeps one screening code as a site concept.
+    local = pl.col("source_code") == "171207006"
+    decided = sheet.with_columns(
+        pl.when(local).then(pl.lit("local")).otherwise(pl.lit("approve")).alias("decision"),
+        pl.when(local).then(pl.lit("Site depression screen")).otherwise(pl.col("local_name")).alias("local_name"),
+    )
+    decided.write_csv(review)
+    stcm = new_site["extract"] / "source_to_concept_map.csv"
+    _cli("codes", "apply", "--review", review, "--out", stcm, "--vocabulary", new_site["vocabulary"],
+         "--extension", mapping.parent / "extension", "--site", "new_site")  # fmt: skip
+    stcm_line = "  source_to_concept_map: source_to_concept_map.csv\n  extensions: [extension]  #"
+    mapping.write_text(text.replace("  # source_to_concept_map:", stcm_line))
+
+    second = root / "second.duckdb"
+    assert "reconciliation balanced" in _cli(
+        "map", "--mapping", mapping, "--source", new_site["extract"], "--db", second
+    )
+    zero_after, total_after = _unmapped(second, "measurement", "measurement")
+    cond_zero, cond_total = _unmapped(second, "condition_occurrence", "condition")
+    assert total_after == 10_040
+    coverage = 1 - (zero_after + cond_zero) / (total_after + cond_total)
+    assert coverage >= 0.95, coverage
+    eunomia = pl.read_csv(EUNOMIA / "MEASUREMENT.csv", infer_schema=False)
+    screened = eunomia.filter(pl.col("measurement_source_value") == "171207006").height
+    local_rows = connect(str(second), read_only=True).query(
+        "SELECT COUNT(*) FROM measurement WHERE measurement_concept_id = 2000000001"
+    )
+    assert local_rows.item() == screened > 0
+
+
+def test_apply_local_concepts_take_ids_above_two_billion(tmp_path: Path) -> None:
+    review = tmp_path / "review.csv"
+    pl.DataFrame({
+        "omop_table": ["measurement", "measurement"], "source_vocabulary_id": ["LOCAL", "LOCAL"],
+        "source_code": ["K-1", "K-2"], "source_name": ["potassium", "odd"], "records": ["4", "1"],
+        "decision": ["local", "skip"], "target_concept_id": ["", ""], "local_name": ["Site potassium", ""],
+        "local_domain": ["Measurement", ""],
+    }).write_csv(review)  # fmt: skip
+    vocabulary = SAMPLE_DATA / "vocabulary"
+    _cli("codes", "apply", "--review", review, "--out", tmp_path / "stcm.csv", "--vocabulary", vocabulary,
+         "--extension", tmp_path / "ext")  # fmt: skip
+    concept = pl.read_csv(tmp_path / "ext" / "CONCEPT.csv", separator="\t", infer_schema=False)
+    assert concept["concept_id"].to_list() == ["2000000001"]
+    stcm = pl.read_csv(tmp_path / "stcm.csv", infer_schema=False)
+    assert stcm["target_concept_id"].to_list() == ["2000000001"] and stcm["source_code"].to_list() == ["K-1"]
+
+
+def test_apply_refuses_an_unknown_decision(tmp_path: Path) -> None:
+    review = tmp_path / "review.csv"
+    pl.DataFrame({"source_vocabulary_id": ["X"], "source_code": ["1"], "decision": ["maybe"],
+                  "target_concept_id": [""]}).write_csv(review)  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "codes",
+            "apply",
+            "--review",
+            str(review),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--vocabulary",
+            str(SAMPLE_DATA / "vocabulary"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, MappingError) and "line 2, field decision" in str(result.exception)
+
+
+def test_mapping_doc_of_site_a(tmp_path: Path) -> None:
+    out = tmp_path / "site_a.md"
+    _cli("mapping", "doc", "--mapping", MAPPINGS / "site_a.yaml", "--out", out)
+    text = out.read_text()
+    assert "## measurement" in text and "code `loinc_code` in LOINC" in text
+    assert "| gender_concept_id | `sex` mapped: M → 8507 MALE; F → 8532 FEMALE; otherwise 0 |" in text
+
+
+def test_vocab_load_extension_refuses_released_ids(tmp_path: Path) -> None:
+    db = tmp_path / "v.duckdb"
+    _cli("vocab", "load", "--db", db, "--folder", SAMPLE_DATA / "vocabulary")
+    extension = tmp_path / "ext"
+    extension.mkdir()
+    header = "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\tstandard_concept\tconcept_code"
+    header += "\tvalid_start_date\tvalid_end_date\tinvalid_reason\n"
+    row = "\tMine\tObservation\tsite\tUndefined\tS\tX\t19700101\t20991231\t\n"
+    (extension / "CONCEPT.csv").write_text(header + "8507" + row)
+    result = runner.invoke(app, ["vocab", "load", "--db", str(db), "--folder", str(extension), "--extension"])
+    assert result.exit_code != 0 and "not a local concept id" in str(result.exception)
+    (extension / "CONCEPT.csv").write_text(header + "2000000005" + row)
+    _cli("vocab", "load", "--db", db, "--folder", extension, "--extension")
+    names = connect(str(db)).query("SELECT concept_name FROM concept WHERE concept_id > 2000000000")
+    assert names["concept_name"].to_list() == ["Mine"]
+    assert connect(str(db)).query("SELECT COUNT(*) FROM concept WHERE concept_id = 8507").item() == 1
+
+
+def test_profile_reads_fhir_bulk_ndjson(tmp_path: Path) -> None:
+    bulk = SHARED / "fhir" / "synthea-bulk-r4"
+    _cli("profile", "--source", bulk, "--out", tmp_path)
+    data = json.loads((tmp_path / "profile.json").read_text())
+    files = {f["path"]: f for f in data["files"]}
+    lines = [line for line in (bulk / "Condition.000.ndjson").read_text().splitlines() if line.strip()]
+    condition = files["Condition.000.ndjson"]
+    assert condition["format"] == "fhir_ndjson" and condition["rows"] == len(lines)
+    columns = {c["name"]: c for c in condition["columns"]}
+    assert columns["code.coding.code"]["code_system"] == "SNOMED"  # from code.coding.system http://snomed.info/sct
+    assert columns["onsetDateTime"]["kind"] == "date"
+    first_onsets = sorted(json.loads(line)["onsetDateTime"][:10] for line in lines)
+    assert columns["onsetDateTime"]["date_min"] == first_onsets[0]
+
+
+@pytest.mark.parametrize(
+    ("site", "file", "column", "declared"),
+    [  # what the hand-written mappings declare for these columns
+        ("site_a", "conditions.csv", "icd10_code", "ICD10CM"),
+        ("site_a", "observations.csv", "loinc_code", "LOINC"),
+        ("site_a", "procedures.csv", "snomed_code", "SNOMED"),
+        ("site_c", "diagnostics.csv", "CODE_CIM9", "ICD9CM"),
+    ],
+)
+def test_code_system_by_shape_alone_matches_the_hand_mappings(site: str, file: str, column: str, declared: str) -> None:
+    separator = ";" if site == "site_c" else ","
+    values = pl.read_csv(SAMPLE_DATA / site / file, separator=separator, infer_schema=False, encoding="latin-1")
+    assert guess_code_system(values[column].unique().drop_nulls().to_list())[0] == declared
+    assert guess_code_system(["Full-time employment", "anemia"]) == (None, None)
+
+
+def test_review_needs_a_mapped_database(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["codes", "review", "--mapping", str(MAPPINGS / "site_a.yaml"),
+                                 "--db", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r.csv")])  # fmt: skip
+    assert result.exit_code != 0 and "run fedomop map first" in str(result.exception)
