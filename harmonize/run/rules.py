@@ -14,7 +14,7 @@ import polars as pl
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.ground.parsing import failed, parse_datetime, parse_number
+from fedomop.harmonize.ground.parsing import FHIR, ISO, failed, fhir_precision, parse_any_datetime, parse_number
 from fedomop.harmonize.mapping.models import (
     CodeExpr,
     ColumnExpr,
@@ -77,10 +77,18 @@ def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
     return rows
 
 
-def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], Problem]:
+def _date_format(expr: DateExpr, source: Source) -> str:
+    """A FHIR source's dates follow the FHIR grammar (partial dates, offsets) unless the rule names a format."""
     fmt = expr.format or source.date_format
-    stamp = parse_datetime(expr.date, fmt)
+    return FHIR if fmt == ISO and source.format.startswith("fhir") else fmt
+
+
+def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], Problem]:
+    fmt = _date_format(expr, source)
+    stamp = parse_any_datetime(expr.date, fmt)
     columns = [stamp.alias(f"{prefix}_datetime"), stamp.dt.date().alias(f"{prefix}_date")]
+    if fmt == FHIR:  # which parts the source gave (person keeps month/day of birth NULL when absent)
+        columns.append(fhir_precision(expr.date).alias(f"{prefix}_precision"))
     problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
     return columns, problem
 
@@ -95,8 +103,8 @@ def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple
     if isinstance(expr, ConstantExpr):
         return pl.lit(expr.constant).alias(out), None
     if isinstance(expr, DateExpr):
-        fmt = expr.format or source.date_format
-        stamp = parse_datetime(expr.date, fmt)
+        fmt = _date_format(expr, source)
+        stamp = parse_any_datetime(expr.date, fmt)
         value = stamp if name.endswith("datetime") else stamp.dt.date()
         problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
         return value.alias(out), problem

@@ -1,0 +1,133 @@
+"""The HL7 FHIR-to-OMOP rules fedomop follows (docs/mapping.md, "IG rule -> fedomop behaviour -> test").
+
+Each test writes a small bulk export of valid FHIR R4 and maps it with a shipped mapping; expected values are
+worked out by hand from the rule stated in the test's docstring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from fedomop.harmonize.run import run_mapping
+from tests.conftest import EUNOMIA, MAPPINGS
+
+PATIENTS = [
+    {"resourceType": "Patient", "id": "year-only", "gender": "female", "birthDate": "1960"},
+    {"resourceType": "Patient", "id": "year-month", "gender": "male", "birthDate": "1961-07"},
+    {"resourceType": "Patient", "id": "full", "gender": "male", "birthDate": "1970-02-03"},
+]
+ENCOUNTERS = [
+    # ongoing: no period.end; the patient has a later condition (2021-05-02), so the visit lasts until then
+    {
+        "resourceType": "Encounter",
+        "id": "open",
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/year-only"},
+        "period": {"start": "2021-04-30T23:30:00-05:00"},
+    },
+    {
+        "resourceType": "Encounter",
+        "id": "closed",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/year-month"},
+        "period": {"start": "2020-01-01T00:30:00+10:00", "end": "2020-01-01T01:00:00+10:00"},
+    },
+]
+CONDITIONS = [
+    {
+        "resourceType": "Condition",
+        "id": "later",
+        "subject": {"reference": "Patient/year-only"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+        "onsetDateTime": "2021-05-02",
+    },
+    {
+        "resourceType": "Condition",
+        "id": "month-onset",
+        "subject": {"reference": "Patient/year-month"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+        "onsetDateTime": "2019-03",
+    },
+    {
+        "resourceType": "Condition",
+        "id": "year-onset",
+        "subject": {"reference": "Patient/full"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+        "onsetDateTime": "2018",
+    },
+]
+
+
+def _write(folder: Path, name: str, resources: list[dict[str, object]]) -> None:
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+
+
+@pytest.fixture(scope="module")
+def dates_db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    folder = tmp_path_factory.mktemp("fhir_dates")
+    _write(folder, "Patient.000.ndjson", PATIENTS)
+    _write(folder, "Encounter.000.ndjson", ENCOUNTERS)
+    _write(folder, "Condition.000.ndjson", CONDITIONS)
+    db = folder / "out.duckdb"
+    report = run_mapping(MAPPINGS / "synthea_bulk.yaml", folder, db, vocabulary=EUNOMIA)
+    assert report.balanced
+    return db
+
+
+def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_partial_birth_dates_give_a_person_with_only_the_parts_given(dates_db: Path) -> None:
+    """FHIR ``date`` may be YYYY or YYYY-MM; OMOP requires only year_of_birth, so month/day stay NULL."""
+    rows = _rows(
+        dates_db,
+        "select person_source_value, year_of_birth, month_of_birth, day_of_birth, birth_datetime "
+        "from person order by 1",
+    )
+    assert [r[:4] for r in rows] == [
+        ("full", 1970, 2, 3),
+        ("year-month", 1961, 7, None),
+        ("year-only", 1960, None, None),
+    ]
+    assert [r[4] is None for r in rows] == [False, True, True]
+    assert _rows(dates_db, "select count(*) from fedomop_quarantine where source = 'patients'") == [(0,)]
+
+
+def test_partial_event_dates_follow_themis(dates_db: Path) -> None:
+    """YYYY-MM -> first of the month; YYYY -> 15 June (OHDSI THEMIS #93); the patient's events all load."""
+    rows = _rows(
+        dates_db,
+        "select condition_source_value, cast(condition_start_date as varchar) from condition_occurrence "
+        "join person using (person_id) order by person_source_value",
+    )
+    assert sorted(r[1] for r in rows) == ["2018-06-15", "2019-03-01", "2021-05-02"]
+
+
+def test_time_zone_offset_keeps_the_local_wall_clock(dates_db: Path) -> None:
+    """2021-04-30T23:30:00-05:00 stays on 30 April 23:30 (local time kept, no shift to UTC's 1 May)."""
+    rows = _rows(
+        dates_db,
+        "select visit_source_value, cast(visit_start_date as varchar), cast(visit_start_datetime as varchar), "
+        "cast(visit_end_datetime as varchar) from visit_occurrence order by 1",
+    )
+    assert rows[0] == ("closed", "2020-01-01", "2020-01-01 00:30:00", "2020-01-01 01:00:00")
+    assert rows[1][:3] == ("open", "2021-04-30", "2021-04-30 23:30:00")
+
+
+def test_ongoing_encounter_ends_at_the_persons_last_record(dates_db: Path) -> None:
+    """No period.end: visit_end_date (NOT NULL) = the person's last recorded date (2021-05-02, the condition),
+    not the start; visit_end_datetime stays NULL to show it was open."""
+    rows = _rows(
+        dates_db,
+        "select cast(visit_end_date as varchar), visit_end_datetime from visit_occurrence "
+        "where visit_source_value = 'open'",
+    )
+    assert rows == [("2021-05-02", None)]
