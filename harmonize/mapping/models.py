@@ -120,6 +120,14 @@ class Filter(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class Exclude(Filter):
+    """Records a source holds but the mapping deliberately leaves out (the FHIR-to-OMOP IG's status filters:
+    entered-in-error, not-done, refuted ...). No rule sees them; each is accounted as "excluded by rule: <reason>"
+    in fedomop_quarantine, so read = loaded + excluded + quarantined still holds record by record."""
+
+    reason: str
+
+
 class Rule(Strict):
     """How one source feeds one OMOP table. Which slots a table accepts is declared by its table module."""
 
@@ -159,6 +167,15 @@ class Source(Strict):
     # FHIR
     resource_type: str | None = None
     validation: Literal["structural", "full"] = "structural"
+    exclude: list[Exclude] = Field(default_factory=list)  # records left out by rule (checked in order)
+
+    @model_validator(mode="after")
+    def _exclude_reads_known_columns(self) -> Source:
+        names = list(self.columns) if self.columns is not None else None
+        for rule in self.exclude:
+            if names is not None and rule.column not in names:
+                raise ValueError(f"exclude: column {rule.column!r} is not one of this source's columns {names}")
+        return self
 
     @model_validator(mode="after")
     def _fhir_needs_type(self) -> Source:

@@ -226,7 +226,7 @@ class SiteRun:
         for table, frame in tables.items():
             ledger.mark_loaded(table, frame)
         ledger.mark_quarantined(quarantine.frame())
-        quarantine_leftovers(batches, ledger, quarantine)
+        quarantine_leftovers(batches, ledger, quarantine, self.mapping.sources)
         recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
         check_reconciliation(recon)
         quarantined = quarantine.frame()

@@ -64,17 +64,26 @@ class Problem:
     reason: pl.Expr | str
 
 
-def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
-    if when is None:
-        return rows
+def filter_mask(when: Filter) -> pl.Expr:
+    """True where a row meets every condition of ``when`` (a null value meets no equals/in condition)."""
     column = pl.col(when.column)
+    mask = pl.lit(True)
     if when.equals is not None:
-        rows = rows.filter(column == when.equals)
+        mask = mask & (column == when.equals)
     if when.in_ is not None:
-        rows = rows.filter(column.is_in(when.in_))
+        mask = mask & column.is_in(when.in_)
     if when.not_null:
-        rows = rows.filter(column.is_not_null())
-    return rows
+        mask = mask & column.is_not_null()
+    return mask.fill_null(False)
+
+
+def excluded_mask(source: Source) -> pl.Expr:
+    """True where any of the source's ``exclude`` rules selects the row."""
+    return pl.any_horizontal(*(filter_mask(e) for e in source.exclude)) if source.exclude else pl.lit(False)
+
+
+def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
+    return rows if when is None else rows.filter(filter_mask(when))
 
 
 def _date_format(expr: DateExpr, source: Source) -> str:
@@ -161,7 +170,8 @@ class RuleEvaluator:
     def evaluate(self, table: str, rule_index: int, rule: Rule, frame: pl.DataFrame) -> pl.DataFrame:
         """Slot columns for every accepted row of ``rule`` (lineage columns kept)."""
         source = self.ctx.mapping.sources[rule.source]
-        rows = _apply_filter(frame, rule.when).with_columns(
+        kept = frame.filter(~excluded_mask(source)) if source.exclude else frame
+        rows = _apply_filter(kept, rule.when).with_columns(
             pl.lit(rule_index).alias("_rule"), pl.lit(rule.source).alias("_source"), pl.lit(table).alias("_declared")
         )
         problems: list[Problem] = []

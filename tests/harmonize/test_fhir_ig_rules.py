@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from fedomop.harmonize.run import run_mapping
-from tests.conftest import EUNOMIA, MAPPINGS
+from tests.conftest import EUNOMIA, MAPPINGS, SHARED
 
 PATIENTS = [
     {"resourceType": "Patient", "id": "year-only", "gender": "female", "birthDate": "1960"},
@@ -131,3 +131,74 @@ def test_ongoing_encounter_ends_at_the_persons_last_record(dates_db: Path) -> No
         "where visit_source_value = 'open'",
     )
     assert rows == [("2021-05-02", None)]
+
+
+HL7_NDJSON = SHARED / "fhir" / "hl7-r4-examples" / "ndjson"
+
+
+@pytest.fixture(scope="module")
+def hl7_db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    db = tmp_path_factory.mktemp("hl7") / "hl7.duckdb"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", HL7_NDJSON, db, vocabulary=EUNOMIA)
+    assert report.balanced
+    return db
+
+
+def _status_counts(resource_type: str, element: str, codes: set[str]) -> int:
+    """Resources of the HL7 examples whose status element (a code, or a CodeableConcept's first code) is in codes."""
+    count = 0
+    for line in (HL7_NDJSON / f"{resource_type}.ndjson").read_text().splitlines():
+        value = json.loads(line).get(element)
+        if isinstance(value, dict):
+            value = (value.get("coding") or [{}])[0].get("code")
+        count += value in codes
+    return count
+
+
+@pytest.mark.parametrize(
+    ("source", "resource_type", "element", "codes"),
+    [
+        ("conditions", "Condition", "verificationStatus", {"entered-in-error", "refuted", "differential"}),
+        ("observations", "Observation", "status", {"entered-in-error", "cancelled"}),
+        ("procedures", "Procedure", "status", {"entered-in-error", "not-done", "preparation"}),
+        ("immunizations", "Immunization", "status", {"entered-in-error", "not-done"}),
+        ("medication_statements", "MedicationStatement", "status", {"entered-in-error", "not-taken"}),
+        ("allergies", "AllergyIntolerance", "verificationStatus", {"entered-in-error", "refuted"}),
+    ],
+)
+def test_status_filters_exclude_by_rule_and_account_for_every_record(
+    hl7_db: Path, source: str, resource_type: str, element: str, codes: set[str]
+) -> None:
+    """IG status rules: entered-in-error, not-done, refuted, differential ... never become events; each such
+    record is "excluded by rule" with its reason, and read = loaded + excluded + quarantined."""
+    expected_excluded = _status_counts(resource_type, element, codes)
+    read = sum(1 for line in (HL7_NDJSON / f"{resource_type}.ndjson").read_text().splitlines() if line.strip())
+    excluded = _rows(
+        hl7_db,
+        f"select count(distinct source_row) from fedomop_quarantine where source = '{source}' "
+        "and reason like 'excluded by rule: %'",
+    )[0][0]
+    quarantined = _rows(
+        hl7_db,
+        f"select count(distinct source_row) from fedomop_quarantine where source = '{source}' "
+        "and reason not like 'excluded by rule: %'",
+    )[0][0]
+    loaded = _rows(hl7_db, f"select count(distinct source_row) from fedomop_lineage where source = '{source}'")[0][0]
+    recon = _rows(
+        hl7_db,
+        f"select source_count, loaded, quarantined from fedomop_reconciliation "
+        f"where source = '{source}' and omop_table = '*'",
+    )
+    assert excluded == expected_excluded
+    assert read == loaded + excluded + quarantined
+    assert recon == [(read, loaded, excluded + quarantined)]
+
+
+def test_excluded_records_never_reach_an_event_table(hl7_db: Path) -> None:
+    """The not-done Procedure and the refuted/differential Conditions of the examples are nowhere in OMOP."""
+    rows = _rows(
+        hl7_db,
+        "select q.source_row from fedomop_quarantine q join fedomop_lineage l using (source, source_row) "
+        "where q.reason like 'excluded by rule: %'",
+    )
+    assert rows == []
