@@ -107,6 +107,7 @@ class ValueExpr(Strict):
     unit: str | None = None
     unit_constant: str | None = None
     required: bool = False  # a record without a number is quarantined ("missing value")
+    text: str | None = None  # value_source_value when there is no number (a coded or string result)
 
 
 class Filter(Strict):
@@ -118,6 +119,14 @@ class Filter(Strict):
     not_null: bool | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class EachElement(Strict):
+    """A FHIR source read as one record per element of a repeating element (Observation.component: one
+    measurement per component, the panel kept in lineage as ``<id>/component/<i>``)."""
+
+    element: str
+    replaces: list[str] = Field(default_factory=list)  # resource fields the element's own replace (value = value[x])
 
 
 class Exclude(Filter):
@@ -168,6 +177,7 @@ class Source(Strict):
     resource_type: str | None = None
     validation: Literal["structural", "full"] = "structural"
     exclude: list[Exclude] = Field(default_factory=list)  # records left out by rule (checked in order)
+    each: EachElement | None = None  # FHIR: one record per element of a repeating element
 
     @model_validator(mode="after")
     def _exclude_reads_known_columns(self) -> Source:

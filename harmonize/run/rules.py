@@ -66,7 +66,7 @@ class Problem:
 
 def filter_mask(when: Filter) -> pl.Expr:
     """True where a row meets every condition of ``when`` (a null value meets no equals/in condition)."""
-    column = pl.col(when.column)
+    column = pl.col(when.column).cast(pl.String)  # a boolean column (exists()) compares as "true"/"false"
     mask = pl.lit(True)
     if when.equals is not None:
         mask = mask & (column == when.equals)
@@ -193,7 +193,10 @@ class RuleEvaluator:
                 number.alias("_value"),
                 unit.alias("_unit_source_value"),
                 unit.cast(pl.String).replace(self.ctx.mapping.unit_aliases).alias("_unit_code"),
-                pl.col(rule.value.number).cast(pl.String).alias("_value_source_value"),
+                pl.coalesce(
+                    pl.col(rule.value.number).cast(pl.String),
+                    *([pl.col(rule.value.text).cast(pl.String)] if rule.value.text else []),
+                ).alias("_value_source_value"),
             ]
             problems.append(
                 Problem(

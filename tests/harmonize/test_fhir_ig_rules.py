@@ -189,7 +189,12 @@ def test_status_filters_exclude_by_rule_and_account_for_every_record(
         f"select source_count, loaded, quarantined from fedomop_reconciliation "
         f"where source = '{source}' and omop_table = '*'",
     )
-    assert excluded == expected_excluded
+    by_status = _rows(
+        hl7_db,
+        f"select count(distinct source_row) from fedomop_quarantine where source = '{source}' "
+        f"and reason like 'excluded by rule: {resource_type}.{element} %'",
+    )[0][0]
+    assert by_status == expected_excluded
     assert read == loaded + excluded + quarantined
     assert recon == [(read, loaded, excluded + quarantined)]
 
@@ -202,3 +207,44 @@ def test_excluded_records_never_reach_an_event_table(hl7_db: Path) -> None:
         "where q.reason like 'excluded by rule: %'",
     )
     assert rows == []
+
+
+def _measurements(db: Path, row_like: str) -> list[tuple[object, ...]]:
+    return _rows(
+        db,
+        "select l.source_row, m.measurement_source_value, m.value_as_number, m.unit_source_value, "
+        "m.unit_concept_id, m.value_source_value, m.range_low, m.range_high from measurement m "
+        "join fedomop_lineage l on l.omop_table = 'measurement' and l.omop_id = m.measurement_id "
+        f"where l.source_row like '{row_like}' order by 1",
+    )
+
+
+def test_blood_pressure_panel_gives_one_measurement_per_component(hl7_db: Path) -> None:
+    """IG: each Observation.component is its own measurement, the panel kept in lineage (<id>/component/<i>).
+    The HL7 example: systolic 8480-6 = 107 mm[Hg], diastolic 8462-4 = 60 mm[Hg]; UCUM mm[Hg] is concept 8876."""
+    assert _measurements(hl7_db, "blood-pressure/%") == [
+        ("blood-pressure/component/0", "8480-6", 107.0, "mm[Hg]", 8876, "107.0", None, None),
+        ("blood-pressure/component/1", "8462-4", 60.0, "mm[Hg]", 8876, "60.0", None, None),
+    ]
+    panel = _rows(hl7_db, "select reason from fedomop_quarantine where source_row = 'blood-pressure'")
+    assert panel == [
+        (
+            "excluded by rule: Observation with components: each component is a measurement "
+            "(source observation_components)",
+        )
+    ]
+
+
+def test_data_absent_component_keeps_its_reason_and_no_number(hl7_db: Path) -> None:
+    """blood-pressure-dar: the diastolic component has dataAbsentReason not-performed and no value."""
+    rows = _measurements(hl7_db, "blood-pressure-dar/%")
+    assert [(r[1], r[2], r[5]) for r in rows] == [("8480-6", 107.0, "107.0"), ("8462-4", None, "not-performed")]
+
+
+def test_coded_values_and_reference_ranges(hl7_db: Path) -> None:
+    """valueCodeableConcept -> value_source_value (the code); referenceRange low/high -> range_low/high.
+    satO2 example: 95 % with range 90-99; the Apgar components carry LOINC answer codes (LA...)."""
+    assert _measurements(hl7_db, "satO2") == [("satO2", "2708-6", 95.0, "%", 8554, "95.0", 90.0, 99.0)]
+    apgar = _measurements(hl7_db, "1minute-apgar-score/%")
+    assert len(apgar) == 5
+    assert all(str(r[5]).startswith("LA") and r[2] is None for r in apgar)
