@@ -248,3 +248,72 @@ def test_coded_values_and_reference_ranges(hl7_db: Path) -> None:
     apgar = _measurements(hl7_db, "1minute-apgar-score/%")
     assert len(apgar) == 5
     assert all(str(r[5]).startswith("LA") and r[2] is None for r in apgar)
+
+
+MED_EXPORT = {
+    "Patient.ndjson": [{"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950"}],
+    "MedicationRequest.ndjson": [
+        {
+            "resourceType": "MedicationRequest",
+            "id": "rx-contained",
+            "status": "active",
+            "intent": "order",
+            "contained": [
+                {
+                    "resourceType": "Medication",
+                    "id": "med",
+                    "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]},
+                }
+            ],
+            "medicationReference": {"reference": "#med"},
+            "subject": {"reference": "Patient/p1"},
+            "authoredOn": "2020-03-04",
+            "dosageInstruction": [
+                {
+                    "text": "1 tablet daily",
+                    "route": {"coding": [{"system": "http://snomed.info/sct", "code": "26643006"}]},
+                }
+            ],
+            "dispenseRequest": {
+                "quantity": {"value": 30, "unit": "tablet"},
+                "expectedSupplyDuration": {
+                    "value": 30,
+                    "unit": "days",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "d",
+                },
+                "numberOfRepeatsAllowed": 2,
+            },
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "rx-proposal",
+            "status": "active",
+            "intent": "proposal",
+            "medicationCodeableConcept": {
+                "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]
+            },
+            "subject": {"reference": "Patient/p1"},
+            "authoredOn": "2020-03-05",
+        },
+    ],
+}
+
+
+def test_contained_medication_dose_quantity_days_supply_route(tmp_path: Path, shared_dir: Path) -> None:
+    """medicationReference "#med" resolves to the contained Medication's RxNorm code; quantity, days supply,
+    refills, route and sig are mapped; intent=proposal is excluded (suggested, never ordered)."""
+    for name, resources in MED_EXPORT.items():
+        _write(tmp_path, name, resources)
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=EUNOMIA).balanced
+    rows = _rows(
+        db,
+        "select drug_source_value, drug_source_concept_id <> 0, quantity, days_supply, refills, "
+        "route_source_value, sig from drug_exposure",
+    )
+    assert rows == [("314076", True, 30.0, 30, 2, "26643006", "1 tablet daily")]
+    reasons = _rows(db, "select source_row, reason from fedomop_quarantine")
+    assert reasons == [
+        ("rx-proposal", "excluded by rule: MedicationRequest.intent proposal/plan: suggested, not ordered")
+    ]
