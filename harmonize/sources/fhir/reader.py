@@ -777,6 +777,35 @@ def count_fhir_resources(files: Iterable[Path], fmt: Literal["ndjson", "bundle"]
     return dict(counts)
 
 
+def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFrame:
+    """Reject rows for Bundle entries that no resource-type source can read: an entry without a resource
+    object, or a resource without a resourceType. Each is accounted (file, ``entry[i]``) instead of vanishing."""
+    rejects = _Rejects()
+    base = Path(base_dir).resolve()
+    for path in _require_files(files):
+        try:
+            bundle = _load_bundle(path)
+        except _Rejected:
+            continue  # the whole file is rejected by the sources that read it
+        source_file = _relative(path, base)
+        for index, entry in enumerate(bundle.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            where = f"{source_file}:entry[{index}]"
+            if not isinstance(resource, dict):
+                rejects.add(
+                    source_file, where, "entry.resource", "", "bundle entry has no resource (request or response only)"
+                )
+            elif not isinstance(resource.get("resourceType"), str):
+                rejects.add(
+                    source_file,
+                    where,
+                    "resourceType",
+                    str(resource.get("id", "")),
+                    "bundle entry resource has no resourceType; add it",
+                )
+    return rejects.frame()
+
+
 def _kind(line: bytes | None) -> str:
     if line is None:
         return "(blank)"
