@@ -19,9 +19,7 @@ _PLOT_W, _PLOT_H, _PAD = 320, 130, 26
 
 
 def _template() -> Template:
-    return Template(
-        (resources.files("fedomop.harmonize.validate") / "data" / "report_template.html").read_text("utf-8")
-    )
+    return Template((resources.files("fedomop.harmonize.validate") / "data" / "report_template.html").read_text("utf-8"))
 
 
 def _text(value: Any) -> str:
