@@ -9,6 +9,8 @@ from __future__ import annotations
 import polars as pl
 
 ISO = "iso"
+FHIR = "fhir"  # FHIR date/dateTime: YYYY, YYYY-MM, YYYY-MM-DD, or YYYY-MM-DDThh:mm:ss[.fff](Z|+hh:mm)
+MID_YEAR = "-06-15"  # OHDSI THEMIS #93: a year-only date stands for 15 June of that year
 
 
 def _has_time(fmt: str) -> bool:
@@ -29,6 +31,55 @@ def parse_datetime(column: str, fmt: str) -> pl.Expr:
     if _has_time(fmt):
         return text.str.to_datetime(fmt, strict=False)
     return text.str.to_date(fmt, strict=False).cast(pl.Datetime("us"))
+
+
+def parse_fhir_datetime(column: str) -> pl.Expr:
+    """FHIR ``date``/``dateTime`` text -> naive datetime in the source's local wall-clock time.
+
+    Partial precision is valid FHIR and common in de-identified data, so it is completed, never refused:
+    ``YYYY-MM`` -> the first of the month, ``YYYY`` -> 15 June (OHDSI THEMIS #93, the convention for an
+    incomplete birth date, applied to every event date), no time -> midnight. A time-zone offset is not
+    converted: the recorded local time is kept, so an event keeps the calendar day on which it happened
+    (converting to UTC would move a 23:30-05:00 visit to the next day). :func:`fhir_precision` says which parts
+    were given, so a person's month/day of birth stay NULL when the source did not have them.
+    """
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    size = text.str.len_chars()
+    full = text.str.slice(0, 19).str.replace("T", " ").str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False)
+    day = text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
+    month = (text + "-01").str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
+    year = (text + MID_YEAR).str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
+    return (
+        pl.when(size >= 19)
+        .then(full)
+        .when(size == 10)
+        .then(day)
+        .when(size == 7)
+        .then(month)
+        .when(size == 4)
+        .then(year)
+        .otherwise(pl.lit(None, pl.Datetime("us")))
+    )
+
+
+def fhir_precision(column: str) -> pl.Expr:
+    """ "year", "month", "day" or "time": how much of a FHIR date/dateTime the source gave (null when absent)."""
+    size = pl.col(column).cast(pl.String).str.strip_chars().str.len_chars()
+    return (
+        pl.when(size == 4)
+        .then(pl.lit("year"))
+        .when(size == 7)
+        .then(pl.lit("month"))
+        .when(size == 10)
+        .then(pl.lit("day"))
+        .when(size >= 19)
+        .then(pl.lit("time"))
+    )
+
+
+def parse_any_datetime(column: str, fmt: str) -> pl.Expr:
+    """:func:`parse_fhir_datetime` for the ``fhir`` format, else :func:`parse_datetime`."""
+    return parse_fhir_datetime(column) if fmt == FHIR else parse_datetime(column, fmt)
 
 
 def parse_number(column: str, decimal: str = ".") -> pl.Expr:

@@ -108,6 +108,7 @@ class ValueExpr(Strict):
     unit: str | None = None
     unit_constant: str | None = None
     required: bool = False  # a record without a number is quarantined ("missing value")
+    text: str | None = None  # value_source_value when there is no number (a coded or string result)
 
 
 class Filter(Strict):
@@ -119,6 +120,22 @@ class Filter(Strict):
     not_null: bool | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class EachElement(Strict):
+    """A FHIR source read as one record per element of a repeating element (Observation.component: one
+    measurement per component, the panel kept in lineage as ``<id>/component/<i>``)."""
+
+    element: str
+    replaces: list[str] = Field(default_factory=list)  # resource fields the element's own replace (value = value[x])
+
+
+class Exclude(Filter):
+    """Records a source holds but the mapping deliberately leaves out (the FHIR-to-OMOP IG's status filters:
+    entered-in-error, not-done, refuted ...). No rule sees them; each is accounted as "excluded by rule: <reason>"
+    in fedomop_quarantine, so read = loaded + excluded + quarantined still holds record by record."""
+
+    reason: str
 
 
 class Rule(Strict):
@@ -160,6 +177,16 @@ class Source(Strict):
     # FHIR
     resource_type: str | None = None
     validation: Literal["structural", "full"] = "structural"
+    exclude: list[Exclude] = Field(default_factory=list)  # records left out by rule (checked in order)
+    each: EachElement | None = None  # FHIR: one record per element of a repeating element
+
+    @model_validator(mode="after")
+    def _exclude_reads_known_columns(self) -> Source:
+        names = list(self.columns) if self.columns is not None else None
+        for rule in self.exclude:
+            if names is not None and rule.column not in names:
+                raise ValueError(f"exclude: column {rule.column!r} is not one of this source's columns {names}")
+        return self
 
     @model_validator(mode="after")
     def _fhir_needs_type(self) -> Source:

@@ -24,6 +24,7 @@ from fedomop.harmonize.tables import (
     episode_event,
     observation_period,
 )
+from fedomop.harmonize.tables.visit_occurrence import OPEN_END, close_open_visits
 from fedomop.harmonize.vocabulary import (
     descendants,
     standard_concept_by_code,
@@ -37,7 +38,7 @@ _POLARS_TYPE: dict[str, pl.DataType] = {
 }
 
 
-_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target", "_source_key")
+_LINEAGE_COLUMNS = ("_source", "_source_file", "_source_row", "_rule", "_ord", "_target", "_source_key", OPEN_END)
 
 
 _DEFAULT_PERIOD_TYPE = 32817  # "EHR"; a mapping may declare its own observation_period.type_concept
@@ -217,6 +218,10 @@ class SiteBuild:
         ``cancer_concepts``: ids an earlier chunk resolved; resolved here when needed, then kept on ``self``.
         """
         mapping, db = self.ctx.mapping, self.ctx.db
+        if "visit_occurrence" in self.tables:
+            self.tables["visit_occurrence"] = close_open_visits(
+                self.tables["visit_occurrence"], observation_period.person_last_dates(self.tables)
+            )
         person = self.tables.get("person", pl.DataFrame())
         period_type = (
             mapping.observation_period.type_concept.constant if mapping.observation_period else _DEFAULT_PERIOD_TYPE

@@ -82,7 +82,7 @@ def inventory_unmapped(mapping: Mapping, files: SiteFiles, quarantine: Quarantin
     """Quarantine every resource of a type no source maps (reason: resource type not mapped)."""
     if not mapping.fhir_inventory:
         return {}
-    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir
+    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir, untyped_bundle_entries
 
     source_dir = files.source_dir
     seen: dict[str, int] = {}
@@ -100,6 +100,12 @@ def inventory_unmapped(mapping: Mapping, files: SiteFiles, quarantine: Quarantin
             quarantine.add_rejects(name, batch.rejects)
             quarantine.add_rows(name, frame, "resourceType", pl.lit(resource_type), "resource type not mapped")
             seen[name] = batch.seen
+        if fmt == "bundle" and item_files:
+            untyped = untyped_bundle_entries(item_files, source_dir)
+            if untyped.height:
+                name = "(bundle entries without a resource type)"
+                quarantine.add_rejects(name, untyped)
+                seen[name] = seen.get(name, 0) + untyped.height
     return seen
 
 
@@ -226,7 +232,7 @@ class SiteRun:
         for table, frame in tables.items():
             ledger.mark_loaded(table, frame)
         ledger.mark_quarantined(quarantine.frame())
-        quarantine_leftovers(batches, ledger, quarantine)
+        quarantine_leftovers(batches, ledger, quarantine, self.mapping.sources)
         recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
         check_reconciliation(recon)
         quarantined = quarantine.frame()

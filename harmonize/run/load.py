@@ -16,7 +16,7 @@ from fedomop.harmonize.cdm import create_cdm, load_spec
 from fedomop.harmonize.cdm.schema import supports_deferred_keys
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import ReconciliationError
-from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.mapping.models import Mapping, Source
 from fedomop.harmonize.run.files import SiteFiles, contained_file
 from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
@@ -29,6 +29,7 @@ from fedomop.harmonize.run.lineage import (
 from fedomop.harmonize.run.preflight import check_concept_names
 from fedomop.harmonize.run.progress import Progress
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
+from fedomop.harmonize.run.rules import filter_mask
 from fedomop.harmonize.tables import (
     TARGETS,
 )
@@ -126,19 +127,26 @@ def lineage_id(table: str) -> str | pl.Expr:
     return TARGETS[table].id_column
 
 
-def quarantine_leftovers(batches: dict[str, pl.DataFrame], ledger: RecordLedger, quarantine: Quarantine) -> None:
-    """Rows no rule took (filtered out by every ``when``) are quarantined, so none is silently dropped."""
+def quarantine_leftovers(
+    batches: dict[str, pl.DataFrame],
+    ledger: RecordLedger,
+    quarantine: Quarantine,
+    sources: dict[str, Source] | None = None,
+) -> None:
+    """Rows no rule took are accounted, so none is silently dropped: those a source's ``exclude`` selects as
+    "excluded by rule: <reason>" (first matching rule), the rest (filtered out by every ``when``) quarantined."""
     for name, frame in batches.items():
         left = ledger.unaccounted(name)
-        if left.any():
-            quarantine.add_rows(
-                name,
-                frame.filter(pl.Series(left)),
-                "*",
-                pl.lit(None, pl.String),
-                "no mapping rule selects this record",
-            )
-            ledger.mark_held(name, left)
+        if not left.any():
+            continue
+        rows = frame.filter(pl.Series(left))
+        source = (sources or {}).get(name)
+        for rule in source.exclude if source else []:
+            hit = rows.filter(filter_mask(rule))
+            quarantine.add_rows(name, hit, rule.column, pl.col(rule.column), f"excluded by rule: {rule.reason}")
+            rows = rows.filter(~filter_mask(rule))
+        quarantine.add_rows(name, rows, "*", pl.lit(None, pl.String), "no mapping rule selects this record")
+        ledger.mark_held(name, left)
 
 
 def summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:

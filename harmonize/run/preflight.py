@@ -43,6 +43,8 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
         yield "value.number", rule.value.number
         if rule.value.unit:
             yield "value.unit", rule.value.unit
+        if rule.value.text:
+            yield "value.text", rule.value.text
     for name, expr in rule.fields.items():
         if isinstance(expr, ColumnExpr):
             yield f"fields.{name}.column", expr.column

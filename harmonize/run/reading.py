@@ -54,7 +54,7 @@ def read_source(
         return SourceBatch(name=name, frame=pl.DataFrame(), rejects=empty_rejects(), seen=0)
     if not source.is_fhir:
         return read_tabular(name, files, source_dir, tabular_options(source))
-    from fedomop.harmonize.sources.fhir.reader import read_fhir
+    from fedomop.harmonize.sources.fhir.reader import Each, read_fhir
 
     options = fhir_options(source)
     return read_fhir(
@@ -66,4 +66,5 @@ def read_source(
         fmt=options.format,
         validation=options.validation,
         on_frame=on_frame,
+        each=Each(source.each.element, tuple(source.each.replaces)) if source.each else None,
     )

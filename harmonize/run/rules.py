@@ -14,7 +14,7 @@ import polars as pl
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.ground.parsing import failed, parse_datetime, parse_number
+from fedomop.harmonize.ground.parsing import FHIR, ISO, failed, fhir_precision, parse_any_datetime, parse_number
 from fedomop.harmonize.mapping.models import (
     CodeExpr,
     ColumnExpr,
@@ -65,23 +65,40 @@ class Problem:
     reason: pl.Expr | str
 
 
-def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
-    if when is None:
-        return rows
-    column = pl.col(when.column)
+def filter_mask(when: Filter) -> pl.Expr:
+    """True where a row meets every condition of ``when`` (a null value meets no equals/in condition)."""
+    column = pl.col(when.column).cast(pl.String)  # a boolean column (exists()) compares as "true"/"false"
+    mask = pl.lit(True)
     if when.equals is not None:
-        rows = rows.filter(column == when.equals)
+        mask = mask & (column == when.equals)
     if when.in_ is not None:
-        rows = rows.filter(column.is_in(when.in_))
+        mask = mask & column.is_in(when.in_)
     if when.not_null:
-        rows = rows.filter(column.is_not_null())
-    return rows
+        mask = mask & column.is_not_null()
+    return mask.fill_null(False)
+
+
+def excluded_mask(source: Source) -> pl.Expr:
+    """True where any of the source's ``exclude`` rules selects the row."""
+    return pl.any_horizontal(*(filter_mask(e) for e in source.exclude)) if source.exclude else pl.lit(False)
+
+
+def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
+    return rows if when is None else rows.filter(filter_mask(when))
+
+
+def _date_format(expr: DateExpr, source: Source) -> str:
+    """A FHIR source's dates follow the FHIR grammar (partial dates, offsets) unless the rule names a format."""
+    fmt = expr.format or source.date_format
+    return FHIR if fmt == ISO and source.format.startswith("fhir") else fmt
 
 
 def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], Problem]:
-    fmt = expr.format or source.date_format
-    stamp = parse_datetime(expr.date, fmt)
+    fmt = _date_format(expr, source)
+    stamp = parse_any_datetime(expr.date, fmt)
     columns = [stamp.alias(f"{prefix}_datetime"), stamp.dt.date().alias(f"{prefix}_date")]
+    if fmt == FHIR:  # which parts the source gave (person keeps month/day of birth NULL when absent)
+        columns.append(fhir_precision(expr.date).alias(f"{prefix}_precision"))
     problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
     return columns, problem
 
@@ -96,8 +113,8 @@ def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple
     if isinstance(expr, ConstantExpr):
         return pl.lit(expr.constant).alias(out), None
     if isinstance(expr, DateExpr):
-        fmt = expr.format or source.date_format
-        stamp = parse_datetime(expr.date, fmt)
+        fmt = _date_format(expr, source)
+        stamp = parse_any_datetime(expr.date, fmt)
         value = stamp if name.endswith("datetime") else stamp.dt.date()
         problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
         return value.alias(out), problem
@@ -154,7 +171,8 @@ class RuleEvaluator:
     def evaluate(self, table: str, rule_index: int, rule: Rule, frame: pl.DataFrame) -> pl.DataFrame:
         """Slot columns for every accepted row of ``rule`` (lineage columns kept)."""
         source = self.ctx.mapping.sources[rule.source]
-        rows = _apply_filter(frame, rule.when).with_columns(
+        kept = frame.filter(~excluded_mask(source)) if source.exclude else frame
+        rows = _apply_filter(kept, rule.when).with_columns(
             pl.lit(rule_index).alias("_rule"), pl.lit(rule.source).alias("_source"), pl.lit(table).alias("_declared")
         )
         problems: list[Problem] = []
@@ -177,7 +195,10 @@ class RuleEvaluator:
                 number.alias("_value"),
                 unit.alias("_unit_source_value"),
                 unit.cast(pl.String).replace(self.ctx.mapping.unit_aliases).alias("_unit_code"),
-                pl.col(rule.value.number).cast(pl.String).alias("_value_source_value"),
+                pl.coalesce(
+                    pl.col(rule.value.number).cast(pl.String),
+                    *([pl.col(rule.value.text).cast(pl.String)] if rule.value.text else []),
+                ).alias("_value_source_value"),
             ]
             problems.append(
                 Problem(

@@ -20,6 +20,20 @@ SPAN_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def person_last_dates(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """person_id, _last: each person's latest start or end date over the span tables (empty when none)."""
+    spans = [
+        tables[name].select(
+            "person_id", pl.max_horizontal(start, end).alias("_last") if end else pl.col(start).alias("_last")
+        )
+        for name, (start, end) in SPAN_COLUMNS.items()
+        if name in tables and tables[name].height
+    ]
+    if not spans:
+        return pl.DataFrame(schema={"person_id": pl.Int64, "_last": pl.Date})
+    return pl.concat(spans, how="vertical_relaxed").group_by("person_id").agg(pl.max("_last"))
+
+
 def build(tables: dict[str, pl.DataFrame], person: pl.DataFrame, type_concept_id: int) -> pl.DataFrame:
     """Span of each person's records; persons without records get none (lineage: the person's source row)."""
     spans = [

@@ -1,6 +1,36 @@
 """visit_occurrence: encounters; other tables point at them through the rule's ``visit`` column."""
 
-from fedomop.harmonize.tables._target import TableTarget, default_end_to_start
+import polars as pl
+
+from fedomop.harmonize.tables._target import TableTarget
+
+OPEN_END = "_open_end"  # carried to the end of the build: the visit had no end in the source
+
+
+def _mark_open_visits(frame: pl.DataFrame) -> pl.DataFrame:
+    """visit_end_date is NOT NULL. An encounter without an end is marked open and given its start for now;
+    :func:`close_open_visits` moves the end to the person's last recorded date once every table is built."""
+    return frame.with_columns(
+        pl.col("visit_end_date").is_null().alias(OPEN_END),
+        pl.coalesce("visit_end_date", "visit_start_date").alias("visit_end_date"),
+    )
+
+
+def close_open_visits(visits: pl.DataFrame, person_last: pl.DataFrame) -> pl.DataFrame:
+    """An ongoing encounter (FHIR ``in-progress``, no ``period.end``) lasts until at least the person's last
+    recorded date (the end of their observation period), never less than its start: end = start would claim a
+    one-day stay. visit_end_datetime stays NULL so an analyst can still tell the visit was open at extraction.
+    ``person_last``: person_id, _last (date)."""
+    if OPEN_END not in visits.columns:
+        return visits
+    if not visits.height or not visits.get_column(OPEN_END).any():
+        return visits.drop(OPEN_END)
+    joined = visits.join(person_last, on="person_id", how="left")
+    later = pl.max_horizontal("visit_start_date", pl.col("_last").cast(pl.Date))
+    return joined.with_columns(
+        pl.when(pl.col(OPEN_END)).then(later).otherwise(pl.col("visit_end_date")).alias("visit_end_date")
+    ).drop("_last", OPEN_END)
+
 
 TARGET = TableTarget(
     table="visit_occurrence",
@@ -19,5 +49,5 @@ TARGET = TableTarget(
         "_type_concept_id": "visit_type_concept_id",
     },
     required_rule_keys=("id", "person", "start", "type_concept"),
-    finish=default_end_to_start("visit_start_date", "visit_end_date"),
+    finish=_mark_open_visits,
 )

@@ -35,6 +35,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -62,6 +63,15 @@ PLACE_BITS = 40  # first_seen stores (file index << PLACE_BITS) + line number fo
 VALUE_LIMIT = 200
 FORMATS = ("ndjson", "bundle")
 VALIDATIONS = ("structural", "full")
+
+
+@dataclass(frozen=True)
+class Each:
+    """Read one record per element of ``element`` (e.g. Observation.component) instead of per resource;
+    the element's fields named in ``replaces`` stand in for the resource's (see ``_Columns._per_element``)."""
+
+    element: str
+    replaces: tuple[str, ...] = ()
 
 
 class _Rejected(Exception):
@@ -99,8 +109,13 @@ class _Columns:
     """
 
     def __init__(
-        self, paths: Mapping[str, CompiledPath], on_frame: Callable[[pl.DataFrame], None] | None = None
+        self,
+        paths: Mapping[str, CompiledPath],
+        on_frame: Callable[[pl.DataFrame], None] | None = None,
+        each: Each | None = None,
     ) -> None:
+        self.each = each
+        self.extra = 0  # with ``each``: rows emitted minus resources accepted (the records are the elements)
         self.paths = list(paths.items())
         self.schema: dict[str, pl.DataType] = {name: path.dtype for name, path in self.paths}
         self.schema.update({"_source_file": pl.String(), "_source_row": pl.String()})
@@ -114,6 +129,26 @@ class _Columns:
         self.rows: list[tuple[Any, ...]] = []
         self.add_row = self._make_adder(self.rows.append)  # (resource, source_file, source_row, urn_ids)
         self.add_valid_row = self._make_valid_adder(self.rows.append)  # only for structurally checked resources
+        if self.each is not None:
+            self.add_row, self.add_valid_row = self._per_element(self.add_row), self._per_element(self.add_valid_row)
+
+    def _per_element(self, add: Callable[..., None]) -> Callable[..., None]:
+        """One row per element of ``each.element`` (e.g. an Observation's components): the element's own
+        fields stand in for the resource's (the names in ``each.replaces``; ``value`` covers every value[x]),
+        the rest (subject, effective[x], ...) is the resource's. The row id is ``<id>/<element>/<index>``,
+        so lineage keeps the parent (the panel) of every row."""
+        each = self.each
+        assert each is not None
+        name, replaced = each.element, tuple(each.replaces)
+
+        def emit(resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
+            elements = resource.get(name) or []
+            base = {k: v for k, v in resource.items() if k != name and not _replaced(k, replaced)}
+            for index, element in enumerate(elements):
+                add({**base, **element}, source_file, f"{source_row}/{name}/{index}", urn_ids)
+            self.extra += len(elements) - 1
+
+        return emit
 
     def add(self, resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
         self.add_row(resource, source_file, source_row, urn_ids)
@@ -171,6 +206,11 @@ class _Columns:
         if not self.frames:
             return pl.DataFrame(schema=self.schema)
         return pl.concat(self.frames, how="vertical") if len(self.frames) > 1 else self.frames[0]
+
+
+def _replaced(key: str, replaced: tuple[str, ...]) -> bool:
+    """``key`` is one of ``replaced``, or a choice-type form of one (``value`` -> valueQuantity, valueString...)."""
+    return any(key == r or (key.startswith(r) and key[len(r) : len(r) + 1].isupper()) for r in replaced)
 
 
 class _Rejects:
@@ -268,6 +308,7 @@ class _Reader:
         *,
         in_worker: bool = False,
         on_frame: Callable[[pl.DataFrame], None] | None = None,
+        each: Each | None = None,
     ) -> None:
         self.in_worker = in_worker  # duplicates are checked by the parent, which sees every chunk in order
         self.wheres: list[str] = []
@@ -275,7 +316,7 @@ class _Reader:
         self.validation = validation
         self.model = resource_model(resource_type)
         self.checker = structural_validator(resource_type)
-        self.columns = _Columns(paths, on_frame)
+        self.columns = _Columns(paths, on_frame, each)
         self.rejects = _Rejects()
         self.first_seen: dict[str, str | int] = {}  # id -> "file:line", or a place (see read_lines)
         self.files: list[str] = []  # NDJSON files read so far, for the places in first_seen
@@ -664,6 +705,7 @@ def read_fhir(
     validation: Literal["structural", "full"] = "structural",
     workers: int = 1,
     on_frame: Callable[[pl.DataFrame], None] | None = None,
+    each: Each | None = None,
 ) -> SourceBatch:
     """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
 
@@ -691,12 +733,12 @@ def read_fhir(
     except SourceError as error:
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
-    reader = _Reader(resource_type, paths, validation, on_frame=on_frame)
+    reader = _Reader(resource_type, paths, validation, on_frame=on_frame, each=each)
     base = Path(base_dir).resolve()
     sources = [(path, _relative(path, base)) for path in _require_files(files)]
     if not isinstance(workers, int) or workers < 1:
         raise MappingError(f"workers must be a whole number >= 1, got {workers!r}", where=f"source {name}")
-    processes = workers if fmt == "ndjson" else 1
+    processes = workers if fmt == "ndjson" and each is None else 1  # elements are expanded in this process
     with _collector_paused():
         if processes > 1:
             reader.read_ndjson_parallel(sources, processes, columns)
@@ -706,7 +748,7 @@ def read_fhir(
             else:
                 reader.read_bundle(path, source_file)
         frame = reader.columns.frame()
-    return SourceBatch(name=name, frame=frame, rejects=reader.rejects.frame(), seen=reader.seen)
+    return SourceBatch(name=name, frame=frame, rejects=reader.rejects.frame(), seen=reader.seen + reader.columns.extra)
 
 
 @contextlib.contextmanager
@@ -747,6 +789,35 @@ def count_fhir_resources(files: Iterable[Path], fmt: Literal["ndjson", "bundle"]
                 kind = resource.get("resourceType")
                 counts[kind if isinstance(kind, str) else "(invalid)"] += 1
     return dict(counts)
+
+
+def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFrame:
+    """Reject rows for Bundle entries that no resource-type source can read: an entry without a resource
+    object, or a resource without a resourceType. Each is accounted (file, ``entry[i]``) instead of vanishing."""
+    rejects = _Rejects()
+    base = Path(base_dir).resolve()
+    for path in _require_files(files):
+        try:
+            bundle = _load_bundle(path)
+        except _Rejected:
+            continue  # the whole file is rejected by the sources that read it
+        source_file = _relative(path, base)
+        for index, entry in enumerate(bundle.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            where = f"{source_file}:entry[{index}]"
+            if not isinstance(resource, dict):
+                rejects.add(
+                    source_file, where, "entry.resource", "", "bundle entry has no resource (request or response only)"
+                )
+            elif not isinstance(resource.get("resourceType"), str):
+                rejects.add(
+                    source_file,
+                    where,
+                    "resourceType",
+                    str(resource.get("id", "")),
+                    "bundle entry resource has no resourceType; add it",
+                )
+    return rejects.frame()
 
 
 def _kind(line: bytes | None) -> str:

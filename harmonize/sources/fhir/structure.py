@@ -19,6 +19,8 @@ Public API:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import json
 import re
@@ -236,6 +238,16 @@ def real_date_pattern(primitive: str, pattern: str) -> str | None:
     return f"{_YEAR}(-{_MONTH})?|{_YEAR}-{REAL_MONTH_DAY}{optional}|{LEAP_YEAR}-02-29{optional}"
 
 
+def _decodable_base64(value: str) -> str:
+    """A base64Binary is valid when R4B can decode it: :func:`base64.b64decode` without ``validate``
+    (characters outside the alphabet are skipped, the padding must be right)."""
+    try:
+        base64.b64decode(value)
+    except (binascii.Error, ValueError):
+        raise ValueError("not decodable base64") from None
+    return value
+
+
 def _primitive_schema(element: Element) -> cs.CoreSchema:
     primitive = element.primitive
     limits = dict(element.limits)
@@ -245,11 +257,17 @@ def _primitive_schema(element: Element) -> cs.CoreSchema:
         return cs.float_schema(strict=True, allow_inf_nan=False)
     if primitive in NUMBER_PRIMITIVES:
         return cs.int_schema(strict=True, ge=limits.get("ge"), le=limits.get("le"))
+    if primitive == "base64Binary":  # R4B decodes the text (lenient base64, "/" and "+" included), no regex
+        return cs.no_info_after_validator_function(_decodable_base64, cs.str_schema(strict=True))
     real_date = real_date_pattern(primitive, element.pattern) if primitive in DATE_PRIMITIVES else None
     pattern = real_date or element.pattern
+    if pattern and primitive in DATE_PRIMITIVES:
+        pattern = f"^(?:{pattern})$"
+    # other primitives: the regex as R4B's pydantic applies it -- a search, anchored only where the FHIR
+    # regex has its own ^...$ (so a string "van\u00a0Dam" passes: it has a non-space; "\u00a0" alone fails)
     schema = cs.str_schema(
         strict=True,
-        pattern=f"^(?:{pattern})$" if pattern else None,
+        pattern=pattern or None,
         min_length=limits.get("min_length"),
         max_length=limits.get("max_length"),
     )
