@@ -278,6 +278,9 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         requester = str(config.get("requester", "hub"))
         study = parse_study(str(config["study"]), source="study sent by the hub")
         policy = _governed(site, study, requester)
+        from fedomop.federated.governance.bounds import check_message_config
+
+        check_message_config(config, policy)
         prep = _prepare_cached(site, str(config["study"]))
         if policy is not None:
             from fedomop.federated.governance import enforce_cohort

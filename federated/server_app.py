@@ -67,6 +67,9 @@ class RunSettings:
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        from fedomop.federated.governance.bounds import check_settings
+
+        check_settings(run_config)
         study = str(run_config["study"])
         text = Path(study).read_text(encoding="utf-8") if Path(study).exists() else study
         known = {f for f in cls.__dataclass_fields__ if f != "study_text"}
