@@ -288,6 +288,10 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
         reply = handler(prep, message)
         _release(site, policy, study, requester, message.metadata.message_type, reply)
+        if policy is not None:
+            from fedomop.federated.governance.auditlog import head
+
+            reply["audit"] = ConfigRecord({"site": policy.site, **head(policy.audit_log)})
         _log_reply(site, message.metadata.message_type, reply)
         return Message(reply, reply_to=message)
     except FedomopError as error:

@@ -64,6 +64,10 @@ class RunSettings:
         self.rounds = self.rounds or defaults[self.model]
         if not self.local_rounds:
             self.local_rounds = 2 if self.model == xgb_bagging.NAME else 5
+        if self.certs:  # the TLS allreduce server needs these; a wrong folder must not hang the run
+            from fedomop.federated.governance.startup import HUB_FILES, require_credentials
+
+            require_credentials(self.certs, HUB_FILES)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -119,6 +123,7 @@ class RunResult:
     train_seconds: float = 0.0
     flower_rounds: int = 0
     faults: dict[str, Any] = field(default_factory=dict)  # FaultReport.to_dict(): who was missing per round
+    audit_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its audit log's head at the end
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -293,6 +298,7 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     result.federated_summary = metrics.weighted_summary(result.federated, sizes)
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
     result.faults = tolerant.report.to_dict()
+    result.audit_heads = dict(sorted(counting.audit_heads.items()))
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result

@@ -73,6 +73,7 @@ class CountingGrid:
         self._grid = grid
         self.traffic = traffic or Traffic()
         self.phase = "setup"
+        self.audit_heads: dict[str, dict[str, Any]] = {}  # site -> the head of its audit log, latest reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -83,6 +84,10 @@ class CountingGrid:
         sent = sum(content_bytes(m.content) for m in outgoing)
         received = sum(content_bytes(r.content) for r in replies if r.has_content())
         self.traffic.add(self._label(outgoing), sent, received, len(outgoing) + len(replies))
+        for reply in replies:
+            if reply.has_content() and "audit" in reply.content.config_records:
+                record = reply.content.config_records["audit"]
+                self.audit_heads[str(record["site"])] = {"seq": int(record["seq"]), "sha256": str(record["sha256"])}
         return replies
 
     def _label(self, outgoing: list[Message]) -> str:
