@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class Prepared:
     train: features.SiteData
     test: features.SiteData
     data_version: str
+    small_cell: int = 0  # the release thresholds: the stricter of the study's and the site policy's
+    release_min: int = 0  # fewest persons behind a released sum (moments); 0: small_cell
+    release_local_model: bool = True  # False: a site-alone model stays here, only its metrics leave
 
 
 def data_version(db_url: str) -> str:
@@ -161,13 +164,17 @@ def _describe(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _sketch(prep: Prepared, message: Message) -> RecordDict:
-    return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, prep.study.small_cell)})
+    """Quantile sketch coarsened so each bin holds >= the small-cell threshold (governance.release)."""
+    threshold = max(prep.small_cell, prep.study.small_cell)
+    return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, threshold)})
 
 
 def _moments(prep: Prepared, message: Message) -> RecordDict:
+    """Feature sums; a feature seen in fewer persons than the release minimum is withheld."""
     from fedomop.federated.models import mlp
 
-    return RecordDict({"moments": mlp.site_moments(prep.train.X, prep.study.small_cell)})
+    threshold = max(prep.release_min, prep.small_cell, prep.study.small_cell)
+    return RecordDict({"moments": mlp.site_moments(prep.train.X, threshold)})
 
 
 def _train(prep: Prepared, message: Message) -> RecordDict:
@@ -232,6 +239,8 @@ def _train_local(prep: Prepared, message: Message) -> RecordDict:
         from fedomop.federated.models import mlp
 
         record = mlp.train_plain(prep.train.X, prep.train.y, epochs=int(config["local-total"]))
+    if not prep.release_local_model:  # evaluated here; the model (and its normalisation means) stays
+        return RecordDict({"metrics": _held_out_metrics(prep, model, record)})
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
@@ -284,8 +293,17 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         prep = _prepare_cached(site, str(config["study"]))
         if policy is not None:
             from fedomop.federated.governance import enforce_cohort
+            from fedomop.federated.governance.release import enforce_one_cohort
 
+            enforce_one_cohort(policy, study, requester=requester, app_hash=code_hash())
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
+            small_cell = max(study.small_cell, policy.small_cell(study.name))
+            prep = replace(
+                prep,
+                small_cell=small_cell,
+                release_min=max(small_cell, policy.min_cohort(study.name)),
+                release_local_model=policy.release_site_alone_models,
+            )
         reply = handler(prep, message)
         _release(site, policy, study, requester, message.metadata.message_type, reply)
         if policy is not None:

@@ -229,16 +229,26 @@ def train_federated(
     return model, history, settings.rounds + 1
 
 
-def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]) -> dict[str, ArrayRecord]:
+def site_alone_models(
+    grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]
+) -> tuple[dict[str, ArrayRecord], dict[str, dict[str, float]]]:
+    """Site-alone models the sites released, and the own held-out metrics of those they kept
+    (a site policy releases only metrics of a model fitted to that site alone, by default)."""
     names = list(sites)
     replies = _send(
         grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)})
     )
-    return {
-        name: replies[sites[name].node_id].content.array_records["model"]
-        for name in names
-        if sites[name].node_id in replies
-    }
+    models, kept = {}, {}
+    for name in names:
+        reply = replies.get(sites[name].node_id)
+        if reply is None:
+            continue
+        if "model" in reply.content.array_records:
+            models[name] = reply.content.array_records["model"]
+        else:
+            record = reply.content.metric_records["metrics"]
+            kept[name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+    return models, kept
 
 
 def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
@@ -277,12 +287,15 @@ def run(grid: Grid, settings: RunSettings) -> RunResult:
     except FedomopError:
         (out / "faults.json").write_text(json.dumps(tolerant.report.to_dict(), indent=2))
         raise
-    models = {"federated": model}
+    models, kept = {"federated": model}, {}
     if settings.compare_local:
         counting.phase = "site-alone training"
-        models.update(site_alone_models(counting, sites, config))  # type: ignore[arg-type]
+        released, kept = site_alone_models(counting, sites, config)  # type: ignore[arg-type]
+        models.update(released)
     counting.phase = "final evaluation"
     evaluated = evaluate_everywhere(counting, sites, models, config)  # type: ignore[arg-type]
+    for name, own in kept.items():  # evaluated at its own site only
+        evaluated[name] = {name: own}
     sizes = {s: sites[s].n_test for s in sites}
     result = RunResult(
         settings={**asdict(settings), "study": study.name},

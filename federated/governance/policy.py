@@ -130,6 +130,9 @@ class SitePolicy(_Strict):
     min_cohort_size: int = Field(default=20, ge=1)
     small_cell_threshold: int = Field(default=5, ge=1)
     limits: SettingsLimits = Field(default_factory=SettingsLimits)
+    # a site-alone model is fitted to this site's rows only; by default it is evaluated here and only
+    # its held-out metrics leave (its normalisation means alone would give away small-cohort sums)
+    release_site_alone_models: bool = False
     studies: dict[str, StudyPolicy] = Field(default_factory=dict)
     _source: Path | None = PrivateAttr(default=None)
 
@@ -214,6 +217,7 @@ def _fix_for(exc: ValidationError) -> str:
     if "extra_forbidden" in kinds:
         return (
             "remove the unknown key; valid keys: site, audit_log, min_cohort_size, small_cell_threshold, limits, "
+            "release_site_alone_models, "
             "studies; limits: max_rounds, max_epochs, max_depth, max_local_rounds, wall_time_s; "
             "per study: approved_apps, tables, concept_sets, min_cohort_size, small_cell_threshold, "
             "differential_privacy"

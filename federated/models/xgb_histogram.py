@@ -45,16 +45,21 @@ def quantile_levels(k: int = SKETCH_LEVELS) -> np.ndarray:
 
 
 def site_sketch(X: np.ndarray, small_cell: int, k: int = SKETCH_LEVELS) -> ArrayRecord:
-    """Per-feature interpolated quantiles at :func:`quantile_levels` and the non-missing count.
+    """Per-feature quantiles at :func:`quantile_levels` and the non-missing count.
 
-    A feature observed in fewer than ``small_cell`` persons is sent as count 0 and NaN quantiles.
+    Only the boundaries between bins of at least ``small_cell`` persons are released
+    (:func:`fedomop.federated.governance.release.coarse_quantiles`); a feature with fewer
+    than two such bins is sent as count 0 and NaN quantiles.
     """
+    from fedomop.federated.governance.release import coarse_quantiles
+
     quantiles = np.full((X.shape[1], k), np.nan)
     counts = np.zeros(X.shape[1], dtype=np.int64)
     for j in range(X.shape[1]):
         present = X[:, j][~np.isnan(X[:, j])]
-        if present.size >= small_cell:
-            quantiles[j] = np.quantile(present, quantile_levels(k))
+        released = coarse_quantiles(present, quantile_levels(k), small_cell)
+        if released is not None:
+            quantiles[j] = released
             counts[j] = present.size
     return ArrayRecord({"quantiles": Array(quantiles), "counts": Array(counts)})
 
