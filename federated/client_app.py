@@ -59,6 +59,8 @@ class Prepared:
     small_cell: int = 0  # the release thresholds: the stricter of the study's and the site policy's
     release_min: int = 0  # fewest persons behind a released sum (moments); 0: small_cell
     release_local_model: bool = True  # False: a site-alone model stays here, only its metrics leave
+    policy: Any = None  # the site policy (None: node opted out of governance)
+    requester: str = "hub"
 
 
 def data_version(db_url: str) -> str:
@@ -138,6 +140,16 @@ def _release(site: Site, policy: Any, study: StudySpec, requester: str, action: 
     release(policy, reply, requester=requester, study=study.name, app_hash=code_hash(), action=action)
 
 
+def _dp_total(policy: Any, study: StudySpec) -> dict[str, float]:
+    """The study's epsilon spent so far at this site (sent with every reply, kept in the model card)."""
+    settings = _dp(policy, study.name)
+    if settings is None:
+        return {}
+    from fedomop.federated.governance.dp import spent
+
+    return {"dp-epsilon-total": spent(policy, study.name, settings.delta), "dp-delta": settings.delta}
+
+
 def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
     if not site.message_log:
         return
@@ -164,7 +176,7 @@ def _describe(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _sketch(prep: Prepared, message: Message) -> RecordDict:
-    """Quantile sketch coarsened so each bin holds >= the small-cell threshold (governance.release)."""
+    """Quantile sketch coarsened so each bin holds >= the small-cell threshold (governance.disclosure)."""
     threshold = max(prep.small_cell, prep.study.small_cell)
     return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, threshold)})
 
@@ -193,9 +205,31 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
         mu = float(config.get("proximal-mu", 0.0))
         seed = int(config.get("server-round", 0))
         updated = mlp.site_train(arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed)
+        if prep.policy is not None and _dp(prep.policy, prep.study.name):
+            updated = _private_update(prep, arrays, updated, seed)
     else:
         raise StudyError(f"unknown model {model!r}", where="train message config", fix="update the hub")
     return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _dp(policy: Any, study: str) -> Any:
+    """The study's differential-privacy settings at this site, or None."""
+    return policy.studies[study].differential_privacy if study in policy.studies else None
+
+
+def _private_update(prep: Prepared, base: ArrayRecord, updated: ArrayRecord, seed: int) -> ArrayRecord:
+    """DP-FedAvg at the site (governance.dp): book the release against the budget, then clip and noise."""
+    from fedomop.federated.governance import dp
+    from fedomop.federated.models import mlp
+
+    settings = _dp(prep.policy, prep.study.name)
+    multiplier = dp.multiplier_for(prep.policy, settings)
+    dp.spend(prep.policy, prep.study.name, multiplier, requester=prep.requester, app_hash=code_hash())
+    rng = np.random.default_rng()  # fresh OS entropy: noise must not be reproducible from the round number
+    private, _ = dp.clip_and_noise(
+        base, updated, clip=settings.clipping_norm, multiplier=multiplier, rng=rng, skip=mlp.NORM_KEYS
+    )
+    return private
 
 
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
@@ -293,7 +327,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         prep = _prepare_cached(site, str(config["study"]))
         if policy is not None:
             from fedomop.federated.governance import enforce_cohort
-            from fedomop.federated.governance.release import enforce_one_cohort
+            from fedomop.federated.governance.disclosure import enforce_one_cohort
 
             enforce_one_cohort(policy, study, requester=requester, app_hash=code_hash())
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
@@ -302,14 +336,20 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
                 prep,
                 small_cell=small_cell,
                 release_min=max(small_cell, policy.min_cohort(study.name)),
-                release_local_model=policy.release_site_alone_models,
+                release_local_model=policy.release_site_alone_models and not _dp(policy, study.name),
+                policy=policy,
+                requester=requester,
             )
+            if _dp(policy, study.name) and str(config.get("model", MLP)) in XGB_MODELS:
+                from fedomop.federated.governance.dp import refuse_non_dp_model
+
+                refuse_non_dp_model(policy, study.name, str(config["model"]))
         reply = handler(prep, message)
         _release(site, policy, study, requester, message.metadata.message_type, reply)
         if policy is not None:
             from fedomop.federated.governance.auditlog import head
 
-            reply["audit"] = ConfigRecord({"site": policy.site, **head(policy.audit_log)})
+            reply["audit"] = ConfigRecord({"site": policy.site, **head(policy.audit_log), **_dp_total(policy, study)})
         _log_reply(site, message.metadata.message_type, reply)
         return Message(reply, reply_to=message)
     except FedomopError as error:

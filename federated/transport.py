@@ -87,7 +87,7 @@ class CountingGrid:
         for reply in replies:
             if reply.has_content() and "audit" in reply.content.config_records:
                 record = reply.content.config_records["audit"]
-                self.audit_heads[str(record["site"])] = {"seq": int(record["seq"]), "sha256": str(record["sha256"])}
+                self.audit_heads[str(record["site"])] = {k: v for k, v in record.items() if k != "site"}
         return replies
 
     def _label(self, outgoing: list[Message]) -> str:

@@ -76,6 +76,9 @@ class DifferentialPrivacy(_Strict):
     delta: float = Field(gt=0, lt=1)
     clipping_norm: float = Field(gt=0)
     sensitivity: float | None = Field(default=None, gt=0)
+    # the deployed ClientApp (governance.dp): epsilon/delta are the study's total budget at this site
+    noise_multiplier: float | None = Field(default=None, gt=0)  # fixed z; default: calibrated to the budget
+    releases: int | None = Field(default=None, ge=1)  # updates the budget is calibrated for; default limits.max_rounds
 
     @property
     def noise_sigma(self) -> float:

@@ -48,10 +48,10 @@ def site_sketch(X: np.ndarray, small_cell: int, k: int = SKETCH_LEVELS) -> Array
     """Per-feature quantiles at :func:`quantile_levels` and the non-missing count.
 
     Only the boundaries between bins of at least ``small_cell`` persons are released
-    (:func:`fedomop.federated.governance.release.coarse_quantiles`); a feature with fewer
+    (:func:`fedomop.federated.governance.disclosure.coarse_quantiles`); a feature with fewer
     than two such bins is sent as count 0 and NaN quantiles.
     """
-    from fedomop.federated.governance.release import coarse_quantiles
+    from fedomop.federated.governance.disclosure import coarse_quantiles
 
     quantiles = np.full((X.shape[1], k), np.nan)
     counts = np.zeros(X.shape[1], dtype=np.int64)

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from fedomop.federated import client_app
 from fedomop.federated.features import SiteData, build_features
 from fedomop.federated.governance import auditlog, load_policy
-from fedomop.federated.governance.release import coarse_quantiles, enforce_one_cohort
+from fedomop.federated.governance.disclosure import coarse_quantiles, enforce_one_cohort
 from fedomop.federated.models.xgb_histogram import quantile_levels, site_sketch
 from fedomop.federated.study import load_study
 from fedomop.harmonize.ground.errors import PolicyError, StudyError
