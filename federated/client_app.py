@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -61,6 +62,7 @@ class Prepared:
     release_local_model: bool = True  # False: a site-alone model stays here, only its metrics leave
     policy: Any = None  # the site policy (None: node opted out of governance)
     requester: str = "hub"
+    wall_time_s: float | None = None  # the site's budget per message (policy limits)
 
 
 def data_version(db_url: str) -> str:
@@ -204,7 +206,10 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
 
         mu = float(config.get("proximal-mu", 0.0))
         seed = int(config.get("server-round", 0))
-        updated = mlp.site_train(arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed)
+        deadline = time.monotonic() + prep.wall_time_s if prep.wall_time_s else None
+        updated = mlp.site_train(
+            arrays, prep.train.X, prep.train.y, epochs=int(config["epochs"]), mu=mu, seed=seed, deadline=deadline
+        )
         if prep.policy is not None and _dp(prep.policy, prep.study.name):
             updated = _private_update(prep, arrays, updated, seed)
     else:
@@ -339,6 +344,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
                 release_local_model=policy.release_site_alone_models and not _dp(policy, study.name),
                 policy=policy,
                 requester=requester,
+                wall_time_s=policy.limits.wall_time_s,
             )
             if _dp(policy, study.name) and str(config.get("model", MLP)) in XGB_MODELS:
                 from fedomop.federated.governance.dp import refuse_non_dp_model

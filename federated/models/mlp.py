@@ -16,12 +16,15 @@ evaluate any model.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
+
+from fedomop.harmonize.ground.errors import PolicyError
 
 NAME = "mlp"
 HIDDEN = (32, 16)
@@ -99,9 +102,21 @@ def from_record(record: ArrayRecord) -> tuple[RiskMLP, np.ndarray, np.ndarray]:
 
 # -- training and prediction -----------------------------------------------------------------------
 def site_train(
-    record: ArrayRecord, X: np.ndarray, y: np.ndarray, *, epochs: int, mu: float = 0.0, lr: float = 0.01, seed: int = 0
+    record: ArrayRecord,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    mu: float = 0.0,
+    lr: float = 0.01,
+    seed: int = 0,
+    deadline: float | None = None,
 ) -> ArrayRecord:
-    """Local epochs of Adam on this site's rows; ``mu > 0`` adds FedProx's proximal term."""
+    """Local epochs of Adam on this site's rows; ``mu > 0`` adds FedProx's proximal term.
+
+    ``deadline`` (``time.monotonic()`` value): the site's wall-time budget for this message;
+    past it training stops with a PolicyError, so one request cannot occupy the site.
+    """
     model, mean, std = from_record(record)
     global_weights = [p.detach().clone() for p in model.parameters()]
     inputs, target = prepare(X, mean, std), torch.tensor(y, dtype=torch.float32)
@@ -111,6 +126,12 @@ def site_train(
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(target), generator=generator).split(64):
+            if deadline is not None and time.monotonic() > deadline:
+                raise PolicyError(
+                    "training stopped: the message exceeded the site's wall-time budget",
+                    where="site policy: limits.wall_time_s",
+                    fix="ask for fewer epochs per round, or ask the site for a larger wall_time_s",
+                )
             optimiser.zero_grad()
             loss = loss_fn(model(inputs[batch]), target[batch])
             if mu > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,11 @@ def site_db(tmp_path_factory) -> str:
     return str(build_sites(tmp_path_factory.mktemp("sites"), DEFAULT_SITES[:1], scale=0.3)["site_a"])
 
 
-def _policy(tmp_path: Path, differential_privacy: dict | None) -> Path:
+def _policy(tmp_path: Path, differential_privacy: dict | None, limits: dict | None = None) -> Path:
     data = yaml.safe_load(EXAMPLE_POLICY.read_text())
     data["audit_log"] = str(tmp_path / "audit.jsonl")
+    if limits:
+        data["limits"] = limits
     study = data["studies"]["bone_metastasis"]
     study["approved_apps"] = [{"sha256": client_app.code_hash()}]
     if differential_privacy:
@@ -125,3 +128,17 @@ def test_xgboost_is_refused_under_a_dp_policy(tmp_path, site_db):
     reply = _send(client_app._describe, _policy(tmp_path, settings), site_db, {"model": "xgboost-hist"})
     assert reply.has_error() and reply.error.code == client_app.ERROR_CODE_REFUSED
     assert "cannot be made differentially private" in reply.error.reason
+
+
+def test_a_message_past_the_sites_wall_time_is_stopped_and_the_site_answers_the_next(tmp_path, site_db):
+    """Item 5: epochs=10**7 kept every site busy; now the site stops at limits.wall_time_s."""
+    n_features = len(client_app.parse_study(STUDY_TEXT).feature_names)
+    base = mlp.initial_record(n_features, np.zeros(n_features), np.ones(n_features))
+    policy = _policy(tmp_path, None, {"max_epochs": 10**7, "wall_time_s": 1.0})
+    started = time.monotonic()
+    config = {"model": "mlp", "epochs": 10**7, "server-round": 1}
+    stopped = _send(client_app._train, policy, site_db, config, base)
+    assert time.monotonic() - started < 30
+    assert stopped.has_error() and "wall-time budget" in stopped.error.reason
+    answered = _send(client_app._train, policy, site_db, {**config, "epochs": 1}, base)
+    assert not answered.has_error()
