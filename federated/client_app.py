@@ -240,16 +240,28 @@ def _private_update(prep: Prepared, base: ArrayRecord, updated: ArrayRecord, see
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     config = message.content["config"]
     edges = xgb_common.from_record(message.content.array_records["edges"])[1] or []
-    model = xgb_histogram.site_train(
-        prep.train.X,
-        prep.train.y,
-        edges,
-        server_address=str(config["server-address"]),
-        world_size=int(config["world-size"]),
-        rank=int(config["rank"]),
-        rounds=int(config["rounds"]),
-        tls=_histogram_tls(prep.site, bool(config.get("xgb-tls", False))),
-    )
+    try:
+        model = xgb_histogram.site_train(
+            prep.train.X,
+            prep.train.y,
+            edges,
+            server_address=str(config["server-address"]),
+            world_size=int(config["world-size"]),
+            rank=int(config["rank"]),
+            rounds=int(config["rounds"]),
+            tls=_histogram_tls(prep.site, bool(config.get("xgb-tls", False))),
+            timeout=int(config.get("xgb-timeout", 300)),
+        )
+    except Exception as error:  # xgboost's collective error: another rank stopped answering
+        if type(error).__name__ != "XGBoostError":
+            raise
+        from fedomop.federated.faults import PEER_LOST
+
+        raise StudyError(
+            f"histogram training stopped: {PEER_LOST} (another site stopped answering)",
+            where=f"site {prep.site.name}",
+            fix="nothing to do at this site; the hub names the site that stopped",
+        ) from None
     return RecordDict({"model": model, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 

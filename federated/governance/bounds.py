@@ -72,6 +72,7 @@ MESSAGE_CONFIG: dict[str, Rule] = {
     "world-size": Rule(int, 1, 1000),
     "rank": Rule(int, 0, 1000),
     "xgb-tls": Rule(bool),
+    "xgb-timeout": Rule(int, 1, lambda lim: lim.wall_time_s),
 }
 
 

@@ -129,15 +129,24 @@ def collect(grid: Grid, messages: list[Message], what: str) -> list[Message]:
     The allreduce needs every rank, so a site that failed or did not answer within the
     grid's round timeout (:class:`fedomop.federated.faults.FaultTolerantGrid`) stops the run, named.
     """
+    from fedomop.federated.faults import PEER_LOST
+
     replies = list(grid.send_and_receive(messages))
     by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
-    failed = [str(r.error.reason) for r in replies if r.has_error()]
+    failed = {r.metadata.src_node_id: str(r.error.reason) for r in replies if r.has_error()}
     missing = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in by_node]
     if missing:
         name = getattr(grid, "site", lambda node: f"node {node}")
-        reasons = "; ".join(failed) or "no reply within the round timeout"
+        silent = [n for n in missing if n not in failed]
+        # survivors of a silent site fail with PEER_LOST: name the silent site, not them
+        culprits = silent or [n for n in missing if PEER_LOST not in failed.get(n, "")] or missing
+        own = [why for n, why in failed.items() if n in culprits]
+        reasons = "; ".join(own) or "no reply within the round timeout"
+        collateral = len(missing) - len(culprits)
+        others = f"; {collateral} other site(s) stopped with it" if collateral else ""
         raise FedomopError(
-            f"{what}: every site is needed and {', '.join(name(n) for n in missing)} did not answer ({reasons})",
+            f"{what}: every site is needed and {', '.join(name(n) for n in culprits)} did not answer "
+            f"({reasons}){others}",
             where=NAME,
             fix="restart the missing site and run again, or train with xgboost-bagging/xgboost-cyclic/mlp, "
             "which continue with min_sites",
@@ -177,7 +186,9 @@ def server_run(
     edges = agree_edges(grid, nodes, config)
     port = free_port(host)
     run_federated_server(len(nodes), port, blocking=False, timeout=600, **(xgboost_server_tls(certs) if certs else {}))
-    config = {**config, "xgb-tls": bool(certs)}
+    # each site's collective gives up within the round timeout, so a killed site frees the others in time
+    round_timeout = float(getattr(grid, "round_timeout", 600.0))
+    config = {**config, "xgb-tls": bool(certs), "xgb-timeout": max(5, int(round_timeout / 2))}
     edge_record = xgb_common.to_record(b"", edges)
     messages = []
     for rank, node in enumerate(nodes):
