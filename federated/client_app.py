@@ -15,8 +15,9 @@ the sites are given to :func:`make_client_app` and chosen by ``partition-id``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,12 @@ class Prepared:
     train: features.SiteData
     test: features.SiteData
     data_version: str
+    small_cell: int = 0  # the release thresholds: the stricter of the study's and the site policy's
+    release_min: int = 0  # fewest persons behind a released sum (moments); 0: small_cell
+    release_local_model: bool = True  # False: a site-alone model stays here, only its metrics leave
+    policy: Any = None  # the site policy (None: node opted out of governance)
+    requester: str = "hub"
+    wall_time_s: float | None = None  # the site's budget per message (policy limits)
 
 
 @lru_cache(maxsize=1)
@@ -119,6 +126,16 @@ def _release(site: Site, policy: Any, study: StudySpec, requester: str, action: 
     release(policy, reply, requester=requester, study=study.name, app_hash=code_hash(), action=action)
 
 
+def _dp_total(policy: Any, study: StudySpec) -> dict[str, float]:
+    """The study's epsilon spent so far at this site (sent with every reply, kept in the model card)."""
+    settings = _dp(policy, study.name)
+    if settings is None:
+        return {}
+    from fedomop.federated.governance.dp import spent
+
+    return {"dp-epsilon-total": spent(policy, study.name, settings.delta), "dp-delta": settings.delta}
+
+
 def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
     if not site.message_log:
         return
@@ -143,21 +160,51 @@ def _describe(prep: Prepared, message: Message) -> RecordDict:
 
 
 def _sketch(prep: Prepared, message: Message) -> RecordDict:
-    return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, prep.study.small_cell)})
+    """Quantile sketch coarsened so each bin holds >= the small-cell threshold (governance.disclosure)."""
+    threshold = max(prep.small_cell, prep.study.small_cell)
+    return RecordDict({"sketch": xgb_histogram.site_sketch(prep.train.X, threshold)})
 
 
 def _moments(prep: Prepared, message: Message) -> RecordDict:
+    """Feature sums; a feature seen in fewer persons than the release minimum is withheld."""
     from fedomop.federated.models import mlp
 
-    return RecordDict({"moments": mlp.site_moments(prep.train.X, prep.study.small_cell)})
+    threshold = max(prep.release_min, prep.small_cell, prep.study.small_cell)
+    return RecordDict({"moments": mlp.site_moments(prep.train.X, threshold)})
 
 
 def _train(prep: Prepared, message: Message) -> RecordDict:
     """One round of the hub's model at this site (the registry imports the model's code on first use)."""
     config = message.content["config"]
     model = registry.get(str(config["model"]))
-    updated = model.site_train(message.content.array_records["arrays"], prep.train.X, prep.train.y, dict(config))
+    site_config: dict[str, Any] = dict(config)
+    if prep.wall_time_s:  # the site's wall-time budget for this message (the MLP stops at the next batch)
+        site_config["deadline"] = time.monotonic() + prep.wall_time_s
+    arrays = message.content.array_records["arrays"]
+    updated = model.site_train(arrays, prep.train.X, prep.train.y, site_config)
+    if model.name == "mlp" and prep.policy is not None and _dp(prep.policy, prep.study.name):
+        updated = _private_update(prep, arrays, updated, int(config.get("server-round", 0)))
     return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _dp(policy: Any, study: str) -> Any:
+    """The study's differential-privacy settings at this site, or None."""
+    return policy.studies[study].differential_privacy if study in policy.studies else None
+
+
+def _private_update(prep: Prepared, base: ArrayRecord, updated: ArrayRecord, seed: int) -> ArrayRecord:
+    """DP-FedAvg at the site (governance.dp): book the release against the budget, then clip and noise."""
+    from fedomop.federated.governance import dp
+    from fedomop.federated.models import mlp
+
+    settings = _dp(prep.policy, prep.study.name)
+    multiplier = dp.multiplier_for(prep.policy, settings)
+    dp.spend(prep.policy, prep.study.name, multiplier, requester=prep.requester, app_hash=code_hash())
+    rng = np.random.default_rng()  # fresh OS entropy: noise must not be reproducible from the round number
+    private, _ = dp.clip_and_noise(
+        base, updated, clip=settings.clipping_norm, multiplier=multiplier, rng=rng, skip=mlp.NORM_KEYS
+    )
+    return private
 
 
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
@@ -165,7 +212,18 @@ def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     config: dict[str, Any] = dict(message.content["config"])
     config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)))
     model = registry.get(str(config["model"]))
-    trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
+    try:
+        trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
+    except Exception as error:  # xgboost's collective error: another rank stopped answering
+        if type(error).__name__ != "XGBoostError":
+            raise
+        from fedomop.federated.faults import PEER_LOST
+
+        raise StudyError(
+            f"histogram training stopped: {PEER_LOST} (another site stopped answering)",
+            where=f"site {prep.site.name}",
+            fix="nothing to do at this site; the hub names the site that stopped",
+        ) from None
     return RecordDict({"model": trained, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
@@ -188,6 +246,8 @@ def _train_local(prep: Prepared, message: Message) -> RecordDict:
     """The site-alone reference: a model trained on this site's rows only."""
     config: dict[str, Any] = dict(message.content["config"])
     record = registry.get(str(config["model"])).train_plain(prep.train.X, prep.train.y, int(config["local-total"]))
+    if not prep.release_local_model:  # evaluated here; the model (and its normalisation means) stays
+        return RecordDict({"metrics": _held_out_metrics(prep, str(config["model"]), record)})
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
@@ -230,13 +290,36 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         requester = str(config.get("requester", "hub"))
         study = parse_study(str(config["study"]), source="study sent by the hub")
         policy = _governed(site, study, requester)
+        from fedomop.federated.governance.bounds import check_message_config
+
+        check_message_config(config, policy)
         prep = _prepare_cached(site, str(config["study"]))
         if policy is not None:
             from fedomop.federated.governance import enforce_cohort
+            from fedomop.federated.governance.disclosure import enforce_one_cohort
 
+            enforce_one_cohort(policy, study, requester=requester, app_hash=code_hash())
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
+            small_cell = max(study.small_cell, policy.small_cell(study.name))
+            prep = replace(
+                prep,
+                small_cell=small_cell,
+                release_min=max(small_cell, policy.min_cohort(study.name)),
+                release_local_model=policy.release_site_alone_models and not _dp(policy, study.name),
+                policy=policy,
+                requester=requester,
+                wall_time_s=policy.limits.wall_time_s,
+            )
+            if _dp(policy, study.name) and str(config.get("model", "mlp")) != "mlp":
+                from fedomop.federated.governance.dp import refuse_non_dp_model
+
+                refuse_non_dp_model(policy, study.name, str(config["model"]))
         reply = handler(prep, message)
         _release(site, policy, study, requester, message.metadata.message_type, reply)
+        if policy is not None:
+            from fedomop.federated.governance.auditlog import head
+
+            reply["audit"] = ConfigRecord({"site": policy.site, **head(policy.audit_log), **_dp_total(policy, study)})
         _log_reply(site, message.metadata.message_type, reply)
         return Message(reply, reply_to=message)
     except FedomopError as error:

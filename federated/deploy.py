@@ -209,7 +209,8 @@ class LocalDeployment:
 
     def _secure_hub(self, env: dict[str, str]) -> None:
         """TLS SuperLink with SuperNode authentication; every site's public key registered."""
-        from fedomop.federated.governance.certs import create_credentials, register_supernode, write_flower_connection
+        from fedomop.federated.governance.certs import create_credentials, write_flower_connection
+        from fedomop.federated.governance.startup import register_once
 
         certs = Path(self.certs).resolve()  # type: ignore[arg-type]
         self.certs = certs
@@ -219,7 +220,7 @@ class LocalDeployment:
         hub = self._spawn(hub_command(self.port, certs=certs, state=self._state), "hub", env)
         wait_for_port(self.port, process=hub)
         for name in self.sites:
-            register_supernode(certs / f"{name}.pub", flwr_home=self.flwr_home, connection=self.connection)
+            register_once(certs / f"{name}.pub", flwr_home=self.flwr_home, connection=self.connection)
 
     def online_sites(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``); 0 if it cannot say yet."""

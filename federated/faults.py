@@ -57,6 +57,9 @@ class TooFewSitesError(StudyError):
         super().__init__(message, **kwargs)
 
 
+PEER_LOST = "allreduce lost a peer"  # a histogram site's error when another rank stopped answering
+
+
 @dataclass
 class RoundRecord:
     """One send/receive exchange (a training or evaluation round, or any other query)."""
@@ -71,6 +74,15 @@ class RoundRecord:
     seconds: float
     bytes_received: int
 
+    def culprits(self) -> list[str]:
+        """Sites that caused this exchange to miss them: silent ones, and failures of their own.
+
+        In histogram XGBoost the survivors of a killed site fail too (their allreduce lost a
+        peer, :data:`PEER_LOST`); they are not named as missing while a silent site explains it.
+        """
+        own = [site for site, why in self.failed.items() if not (self.missing and PEER_LOST in why)]
+        return [*self.missing, *own]
+
 
 @dataclass
 class FaultReport:
@@ -84,7 +96,7 @@ class FaultReport:
     @property
     def missing_sites(self) -> list[str]:
         """Sites that did not answer (timed out or failed) in at least one exchange."""
-        return sorted({site for r in self.rounds for site in [*r.missing, *r.failed]})
+        return sorted({site for r in self.rounds for site in r.culprits()})
 
     @property
     def finished(self) -> bool:
@@ -281,10 +293,13 @@ class FaultTolerantGrid(Grid):
                     f"{self.min_sites} required (missing: {', '.join(lost)})"
                 )
         if len(answered) < required:
+            own = {site: why for site, why in failed.items() if site in self.report.rounds[-1].culprits()}
+            stopped = len(failed) - len(own)
             self._abort(
                 f"{message_type} round {number}: only {len(answered)} of {len(asked)} sites answered, "
                 f"{required} required (missing: {', '.join(missing) or 'none'}; "
-                f"failed: {'; '.join(f'{site}: {why}' for site, why in failed.items()) or 'none'})"
+                f"failed: {'; '.join(f'{site}: {why}' for site, why in own.items()) or 'none'}"
+                + (f"; {stopped} other site(s) stopped with it: {PEER_LOST})" if stopped else ")")
             )
         return replies
 

@@ -307,7 +307,7 @@ def build_features(db: Database | str, study: StudySpec) -> SiteData:
         frame = time_to_event(frame, study)
     if frame.height < study.min_cohort_size:
         raise StudyError(
-            f"cohort has {frame.height} persons, below the study minimum {study.min_cohort_size}",
+            f"cohort below the study's minimum of {study.min_cohort_size} persons",  # never the count itself
             where=f"{database!r}: {study.name}",
             fix="this site cannot take part in the study as defined",
         )

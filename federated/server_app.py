@@ -52,6 +52,10 @@ class RunSettings(TrainSettings):
         resolved = registry.get(self.model).resolve(self.train)
         object.__setattr__(self, "rounds", resolved.rounds)
         object.__setattr__(self, "local_rounds", resolved.local_rounds)
+        if self.certs:  # the TLS allreduce server needs these; a wrong folder must not hang the run
+            from fedomop.federated.governance.startup import HUB_FILES, require_credentials
+
+            require_credentials(Path(self.certs), HUB_FILES)
 
     @classmethod
     def of(cls, study_text: str, model: str, train: TrainSettings) -> RunSettings:
@@ -115,6 +119,7 @@ class RunResult:
     train_seconds: float = 0.0
     flower_rounds: int = 0
     faults: dict[str, Any] = field(default_factory=dict)  # FaultReport.to_dict(): who was missing per round
+    audit_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its audit log's head at the end
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -194,16 +199,26 @@ def train_federated(
     return trained.model, trained.history, trained.flower_rounds
 
 
-def site_alone_models(grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]) -> dict[str, ArrayRecord]:
+def site_alone_models(
+    grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]
+) -> tuple[dict[str, ArrayRecord], dict[str, dict[str, float]]]:
+    """Site-alone models the sites released, and the own held-out metrics of those they kept
+    (a site policy releases only metrics of a model fitted to that site alone, by default)."""
     names = list(sites)
     replies = _send(
         grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)})
     )
-    return {
-        name: replies[sites[name].node_id].content.array_records["model"]
-        for name in names
-        if sites[name].node_id in replies
-    }
+    models, kept = {}, {}
+    for name in names:
+        reply = replies.get(sites[name].node_id)
+        if reply is None:
+            continue
+        if "model" in reply.content.array_records:
+            models[name] = reply.content.array_records["model"]
+        else:
+            record = reply.content.metric_records["metrics"]
+            kept[name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+    return models, kept
 
 
 def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
@@ -233,12 +248,15 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     except FedomopError:
         (out / "faults.json").write_text(json.dumps(tolerant.report.to_dict(), indent=2))
         raise
-    models = {"federated": model}
+    models, kept = {"federated": model}, {}
     if settings.compare_local:
         counting.phase = "site-alone training"
-        models.update(site_alone_models(counting, sites, config))  # type: ignore[arg-type]
+        released, kept = site_alone_models(counting, sites, config)  # type: ignore[arg-type]
+        models.update(released)
     counting.phase = "final evaluation"
     evaluated = evaluate_everywhere(counting, sites, models, config)  # type: ignore[arg-type]
+    for name, own in kept.items():  # evaluated at its own site only
+        evaluated[name] = {name: own}
     sizes = {s: sites[s].n_test for s in sites}
     result = RunResult(
         settings={**asdict(settings), "study": study.name, "settings_digest": settings.train.digest()},
@@ -254,6 +272,7 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     result.federated_summary = metrics.weighted_summary(result.federated, sizes)
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
     result.faults = tolerant.report.to_dict()
+    result.audit_heads = dict(sorted(counting.audit_heads.items()))
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result

@@ -79,6 +79,7 @@ class CountingGrid:
         self.traffic = traffic or Traffic()
         self.phase = "setup"
         self.on_exchange = on_exchange
+        self.audit_heads: dict[str, dict[str, Any]] = {}  # site -> the head of its audit log, latest reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -94,6 +95,10 @@ class CountingGrid:
         self.traffic.add(label, sent, received, len(outgoing) + len(replies))
         if self.on_exchange is not None:
             self.on_exchange(label, seconds, sent, received)
+        for reply in replies:
+            if reply.has_content() and "audit" in reply.content.config_records:
+                record = reply.content.config_records["audit"]
+                self.audit_heads[str(record["site"])] = {k: v for k, v in record.items() if k != "site"}
         return replies
 
     def _label(self, outgoing: list[Message]) -> str:

@@ -45,14 +45,25 @@ def register(app: typer.Typer) -> None:
     @governance_app.command("verify-log")
     def verify_log(
         log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
-        head: Annotated[str | None, typer.Option(help="Published head hash to compare with.")] = None,
+        head: Annotated[
+            str | None,
+            typer.Option(help="Published head: a hash, or a result.json / model_card.json holding this site's head."),
+        ] = None,
     ) -> None:
         """Check the audit log's hash chain; exit 1 if it was edited, reordered or truncated."""
         from fedomop.federated.governance.auditlog import verify
+        from fedomop.federated.governance.startup import published_head
 
-        result = verify(log, expected_head=head)
+        expected = published_head(head, log) if head else None
+        result = verify(log, expected_head=expected)
         if result.ok:
             console.print(f"ok: {result.records} records, head {result.head}")
+            if expected is None:
+                console.print(
+                    "not anchored: without --head a log rewritten together with its head file also passes; "
+                    "pass the head published in result.json or model_card.json",
+                    highlight=False,
+                )
             return
         for problem in result.problems:
             console.print(f"[red]{problem}[/]", highlight=False)

@@ -134,7 +134,9 @@ def register(app: typer.Typer) -> None:
         TrainSettings.from_mapping({k: v for k, v in options.items() if k != "model"})
         if federation:
             if certs:
-                options["certs"] = str(certs.resolve())
+                from fedomop.federated.governance.startup import HUB_FILES, require_credentials
+
+                options["certs"] = str(require_credentials(certs, HUB_FILES))
             result = runner.run_deployment(
                 study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
             )
@@ -171,6 +173,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run this site's Flower SuperNode in the foreground, pointed at its own database."""
         site = name or Path(db).stem
+        _preflight_site(site, policy, certs, root_cert)
         command = site_command(
             superlink,
             str(Path(db).resolve()) if "://" not in db else db,
@@ -222,6 +225,10 @@ def register(app: typer.Typer) -> None:
             state.parent.mkdir(parents=True, exist_ok=True)
         address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
+        if certs:
+            from fedomop.federated.governance.startup import HUB_FILES, require_credentials
+
+            require_credentials(certs, HUB_FILES)
         if not certs:
             write_connection(home, connection, address)
             raise typer.Exit(subprocess.call(hub_command(port, host=host, state=state), env=flower_env(home)))
@@ -237,15 +244,17 @@ def _secure_hub(
     """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
     ``certs``, then stay in the foreground until it exits."""
     from fedomop.federated.deploy import wait_for_port
-    from fedomop.federated.governance.certs import register_supernode, write_flower_connection
+    from fedomop.federated.governance.certs import write_flower_connection
+    from fedomop.federated.governance.startup import register_once
 
     write_flower_connection(home, connection, address, certs / "ca.crt")
     hub = subprocess.Popen(hub_command(port, host=host, certs=certs, state=state), env=flower_env(home))
     try:
         wait_for_port(port, process=hub)
         for public_key in sorted(certs.glob("*.pub")):
-            node_id = register_supernode(public_key, flwr_home=home, connection=connection)
-            console.print(f"registered {public_key.stem} (node {node_id})")
+            node_id = register_once(public_key, flwr_home=home, connection=connection)
+            known = "already registered (saved state)" if node_id is None else f"node {node_id}"
+            console.print(f"registered {public_key.stem} ({known})")
         return hub.wait()
     finally:
         if hub.poll() is None:
@@ -259,6 +268,20 @@ def _progress(model: str, rounds: int, n_sites: int) -> RoundProgress:
     progress = RoundProgress(total)
     progress.console.print(f"training {model} on {n_sites} sites, {total} rounds (simulation)", markup=False)
     return progress
+
+
+def _preflight_site(site: str, policy: Path | None, certs: Path | None, root_cert: Path | None) -> None:
+    """Fail in seconds, naming the path, on missing credentials or a tampered audit log."""
+    from fedomop.federated.governance.startup import require_credentials, require_untampered_log, site_files
+
+    if certs:
+        require_credentials(certs, site_files(site))
+    if root_cert and not root_cert.is_file():
+        raise FedomopError(
+            f"CA certificate {root_cert.resolve()} does not exist", where="--root-cert", fix="pass the hub's ca.crt"
+        )
+    if policy:
+        require_untampered_log(policy)
 
 
 def _study_path(study: str) -> Path:

@@ -72,6 +72,7 @@ def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(path)
     with _locked(path):
         last = _last_line(path)
+        _require_head_matches(path, last)
         if last is None:
             seq, prev = 1, GENESIS
         else:
@@ -90,6 +91,40 @@ def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _require_head_matches(path: Path, last: bytes | None) -> None:
+    """Refuse to append to a log whose last record is not the one the head file names.
+
+    A cheap check on every append (one line read): a log whose tail was edited, cut or
+    extended behind the site's back is not silently continued.
+    """
+    head_path = _head_path(path)
+    if not head_path.exists():
+        return
+    head = json.loads(head_path.read_text(encoding="utf-8"))
+    actual = None if last is None else _line_hash(last)
+    if actual != head.get("sha256"):
+        raise PolicyError(
+            "audit log was changed since its last record was written (its end differs from the head file)",
+            where=str(path),
+            fix="treat the log as tampered: run `fedomop governance verify-log`, investigate, archive it "
+            "and start a new log",
+        )
+
+
+def head(path: Path | str) -> dict[str, Any]:
+    """The log's current head: its last record's sequence number and hash (``GENESIS`` when empty).
+
+    Sent with every reply and written into result.json and the model card, so the site's
+    log can later be checked against a head it published (``verify-log --head``).
+    """
+    path = Path(path)
+    with _locked(path):
+        last = _last_line(path)
+    if last is None:
+        return {"seq": 0, "sha256": GENESIS}
+    return {"seq": int(json.loads(last)["seq"]), "sha256": _line_hash(last)}
+
+
 @dataclass
 class Verification:
     """The outcome of :func:`verify`: ok, records checked, the head hash, and every problem found."""
@@ -101,10 +136,16 @@ class Verification:
 
 
 def verify(path: Path | str, *, expected_head: str | None = None) -> Verification:
-    """Walk the chain; report edited, removed, reordered or truncated records."""
+    """Walk the chain; report edited, removed, reordered or truncated records.
+
+    ``expected_head`` is a head published earlier (result.json, model card): it must be
+    the hash of one of the log's records, which anchors every record up to it; a log that
+    has grown since still verifies.
+    """
     path = Path(path)
     problems: list[str] = []
     prev, seq = GENESIS, 0
+    hashes = {GENESIS}
     if not path.exists():
         return Verification(False, 0, GENESIS, [f"{path}: audit log does not exist"])
     with _locked(path):
@@ -121,6 +162,7 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> Verificatio
         except json.JSONDecodeError:
             problems.append(f"{path}:{number}: not a JSON record")
             prev = _line_hash(line)
+            hashes.add(prev)
             continue
         if entry.get("prev") != prev:
             problems.append(f"{path}:{number}: chain broken (record edited, removed or reordered before it)")
@@ -128,14 +170,18 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> Verificatio
             problems.append(f"{path}:{number}: sequence {entry.get('seq')} where {seq + 1} was expected")
         seq = entry.get("seq", seq + 1) if isinstance(entry.get("seq"), int) else seq + 1
         prev = _line_hash(line)
+        hashes.add(prev)
     if head_record is None and lines:
         problems.append(f"{head_file}: head file missing, cannot check for truncation")
     elif head_record is not None and (head_record.get("seq"), head_record.get("sha256")) != (seq, prev):
         problems.append(
             f"{path}: log ends at record {seq} but the head file says {head_record.get('seq')} (records cut off or added)"
         )
-    if expected_head is not None and expected_head != prev:
-        problems.append(f"{path}: last record hash {prev} differs from the published head {expected_head}")
+    if expected_head is not None and expected_head not in hashes:
+        problems.append(
+            f"{path}: the published head {expected_head} is not a record of this log "
+            "(records before it were rewritten, or it belongs to another log)"
+        )
     return Verification(not problems, len(lines), prev, problems)
 
 

@@ -77,6 +77,9 @@ class DifferentialPrivacy(_Strict):
     delta: float = Field(gt=0, lt=1)
     clipping_norm: float = Field(gt=0)
     sensitivity: float | None = Field(default=None, gt=0)
+    # the deployed ClientApp (governance.dp): epsilon/delta are the study's total budget at this site
+    noise_multiplier: float | None = Field(default=None, gt=0)  # fixed z; default: calibrated to the budget
+    releases: int | None = Field(default=None, ge=1)  # updates the budget is calibrated for; default limits.max_rounds
 
     @property
     def noise_sigma(self) -> float:
@@ -84,6 +87,21 @@ class DifferentialPrivacy(_Strict):
 
         sensitivity = self.sensitivity if self.sensitivity is not None else self.clipping_norm
         return sensitivity * math.sqrt(2 * math.log(1.25 / self.delta)) / self.epsilon
+
+
+class SettingsLimits(_Strict):
+    """The site's ceiling on what one run may ask of it: the bounds :func:`check_settings` enforces.
+
+    Kept as data in the policy so each site decides how much compute a researcher may
+    request (``rounds=10**9`` or ``epochs=10**7`` would otherwise occupy a site for days).
+    ``wall_time_s`` is the most one message may take at the site.
+    """
+
+    max_rounds: int = Field(default=200, ge=1)
+    max_epochs: int = Field(default=50, ge=1)
+    max_depth: int = Field(default=12, ge=1)
+    max_local_rounds: int = Field(default=50, ge=1)
+    wall_time_s: float = Field(default=3600.0, gt=0)
 
 
 class StudyPolicy(_Strict):
@@ -115,6 +133,10 @@ class SitePolicy(_Strict):
     audit_log: Path
     min_cohort_size: int = Field(default=20, ge=1)
     small_cell_threshold: int = Field(default=DEFAULT_THRESHOLD, ge=1)
+    limits: SettingsLimits = Field(default_factory=SettingsLimits)
+    # a site-alone model is fitted to this site's rows only; by default it is evaluated here and only
+    # its held-out metrics leave (its normalisation means alone would give away small-cohort sums)
+    release_site_alone_models: bool = False
     studies: dict[str, StudyPolicy] = Field(default_factory=dict)
     _source: Path | None = PrivateAttr(default=None)
 
@@ -198,7 +220,9 @@ def _fix_for(exc: ValidationError) -> str:
     kinds = {error["type"] for error in exc.errors()}
     if "extra_forbidden" in kinds:
         return (
-            "remove the unknown key; valid keys: site, audit_log, min_cohort_size, small_cell_threshold, studies; "
+            "remove the unknown key; valid keys: site, audit_log, min_cohort_size, small_cell_threshold, limits, "
+            "release_site_alone_models, "
+            "studies; limits: max_rounds, max_epochs, max_depth, max_local_rounds, wall_time_s; "
             "per study: approved_apps, tables, concept_sets, min_cohort_size, small_cell_threshold, "
             "differential_privacy"
         )

@@ -16,6 +16,7 @@ evaluate any model.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.models.base import FederatedModel, ModelDefaults, Trained, set_phase
 from fedomop.federated.settings import TrainSettings
 
@@ -104,9 +106,21 @@ def from_record(record: ArrayRecord) -> tuple[RiskMLP, np.ndarray, np.ndarray]:
 
 # -- training and prediction -----------------------------------------------------------------------
 def site_train(
-    record: ArrayRecord, X: np.ndarray, y: np.ndarray, *, epochs: int, mu: float = 0.0, lr: float = 0.01, seed: int = 0
+    record: ArrayRecord,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    mu: float = 0.0,
+    lr: float = 0.01,
+    seed: int = 0,
+    deadline: float | None = None,
 ) -> ArrayRecord:
-    """Local epochs of Adam on this site's rows; ``mu > 0`` adds FedProx's proximal term."""
+    """Local epochs of Adam on this site's rows; ``mu > 0`` adds FedProx's proximal term.
+
+    ``deadline`` (``time.monotonic()`` value): the site's wall-time budget for this message;
+    past it training stops with a PolicyError, so one request cannot occupy the site.
+    """
     model, mean, std = from_record(record)
     global_weights = [p.detach().clone() for p in model.parameters()]
     inputs, target = prepare(X, mean, std), torch.tensor(y, dtype=torch.float32)
@@ -116,6 +130,12 @@ def site_train(
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(target), generator=generator).split(64):
+            if deadline is not None and time.monotonic() > deadline:
+                raise PolicyError(
+                    "training stopped: the message exceeded the site's wall-time budget",
+                    where="site policy: limits.wall_time_s",
+                    fix="ask for fewer epochs per round, or ask the site for a larger wall_time_s",
+                )
             optimiser.zero_grad()
             loss = loss_fn(model(inputs[batch]), target[batch])
             if mu > 0:
@@ -173,7 +193,11 @@ class MLP(FederatedModel):
     def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
         mu = float(config.get("proximal-mu", 0.0))
         seed = int(config.get("server-round", 0))
-        return site_train(record, X, y, epochs=int(config["epochs"]), mu=mu, seed=seed)
+        deadline = config.get("deadline")
+        return site_train(
+            record, X, y, epochs=int(config["epochs"]), mu=mu, seed=seed,
+            deadline=float(deadline) if deadline is not None else None,
+        )
 
     def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
         return train_plain(X, y, epochs=total)

@@ -54,16 +54,21 @@ def quantile_levels(k: int = SKETCH_LEVELS) -> np.ndarray:
 
 
 def site_sketch(X: np.ndarray, small_cell: int, k: int = SKETCH_LEVELS) -> ArrayRecord:
-    """Per-feature interpolated quantiles at :func:`quantile_levels` and the non-missing count.
+    """Per-feature quantiles at :func:`quantile_levels` and the non-missing count.
 
-    A feature observed in fewer than ``small_cell`` persons is sent as count 0 and NaN quantiles.
+    Only the boundaries between bins of at least ``small_cell`` persons are released
+    (:func:`fedomop.federated.governance.disclosure.coarse_quantiles`); a feature with fewer
+    than two such bins is sent as count 0 and NaN quantiles.
     """
+    from fedomop.federated.governance.disclosure import coarse_quantiles
+
     quantiles = np.full((X.shape[1], k), np.nan)
     counts = np.zeros(X.shape[1], dtype=np.int64)
     for j in range(X.shape[1]):
         present = X[:, j][~np.isnan(X[:, j])]
-        if present.size >= small_cell:
-            quantiles[j] = np.quantile(present, quantile_levels(k))
+        released = coarse_quantiles(present, quantile_levels(k), small_cell)
+        if released is not None:
+            quantiles[j] = released
             counts[j] = present.size
     return ArrayRecord({"quantiles": Array(quantiles), "counts": Array(counts)})
 
@@ -133,15 +138,24 @@ def collect(grid: Grid, messages: list[Message], what: str) -> list[Message]:
     The allreduce needs every rank, so a site that failed or did not answer within the
     grid's round timeout (:class:`fedomop.federated.faults.FaultTolerantGrid`) stops the run, named.
     """
+    from fedomop.federated.faults import PEER_LOST
+
     replies = list(grid.send_and_receive(messages))
     by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
-    failed = [str(r.error.reason) for r in replies if r.has_error()]
+    failed = {r.metadata.src_node_id: str(r.error.reason) for r in replies if r.has_error()}
     missing = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in by_node]
     if missing:
         name = getattr(grid, "site", lambda node: f"node {node}")
-        reasons = "; ".join(failed) or "no reply within the round timeout"
+        silent = [n for n in missing if n not in failed]
+        # survivors of a silent site fail with PEER_LOST: name the silent site, not them
+        culprits = silent or [n for n in missing if PEER_LOST not in failed.get(n, "")] or missing
+        own = [why for n, why in failed.items() if n in culprits]
+        reasons = "; ".join(own) or "no reply within the round timeout"
+        collateral = len(missing) - len(culprits)
+        others = f"; {collateral} other site(s) stopped with it" if collateral else ""
         raise FedomopError(
-            f"{what}: every site is needed and {', '.join(name(n) for n in missing)} did not answer ({reasons})",
+            f"{what}: every site is needed and {', '.join(name(n) for n in culprits)} did not answer "
+            f"({reasons}){others}",
             where=NAME,
             fix="restart the missing site and run again, or train with xgboost-bagging/xgboost-cyclic/mlp, "
             "which continue with min_sites",
@@ -205,7 +219,9 @@ def server_run(
     tls = xgboost_server_tls(certs) if certs else {}
     with _native_stderr_to_debug_log():
         run_federated_server(len(nodes), port, blocking=False, timeout=600, **tls)
-    config = {**config, "xgb-tls": bool(certs)}
+    # each site's collective gives up within the round timeout, so a killed site frees the others in time
+    round_timeout = float(getattr(grid, "round_timeout", 600.0))
+    config = {**config, "xgb-tls": bool(certs), "xgb-timeout": max(5, int(round_timeout / 2))}
     edge_record = xgb_common.to_record(b"", edges)
     messages = []
     for rank, node in enumerate(nodes):
@@ -248,6 +264,7 @@ class HistogramXGBoost(xgb_common.XGBoostModel):
             rank=int(config["rank"]),
             rounds=int(config["rounds"]),
             tls=config.get("tls"),
+            timeout=int(config.get("xgb-timeout", 300)),
         )
 
     def local_total(self, settings: TrainSettings) -> int:

@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedomop.federated.client_app import NO_POLICY, Site, _governed
 from fedomop.federated.errors import PolicyError
-from fedomop.federated.faults import FaultTolerantGrid
+from fedomop.federated.faults import PEER_LOST, FaultTolerantGrid
 from fedomop.federated.governance import enforce_request
 from fedomop.federated.models.xgb_histogram import collect
 from fedomop.federated.study import load_study
@@ -62,6 +62,33 @@ def test_histogram_collect_names_the_site_that_did_not_answer():
     with pytest.raises(FedomopError, match=r"every site is needed and site_c did not answer"):
         collect(grid, messages, "histogram training")
     assert time.monotonic() - started < 5
+
+
+def test_histogram_survivors_of_a_killed_site_are_not_named_missing():
+    """Issue 19: a killed site made the run report all sites missing; its survivors fail with PEER_LOST."""
+    grid = FaultTolerantGrid(
+        ScriptedLink({1: "refuse", 2: "refuse", 3: "hang"}), round_timeout=0.5, min_sites=2, poll_interval=0.05
+    )
+    grid.site_names.update({1: "site_a", 2: "site_b", 3: "site_c"})
+    original = grid._exchange
+
+    def survivors_lost_a_peer(messages, limit):  # the real sites' reply once their allreduce gives up
+        replies = original(messages, limit)
+        for reply in replies.values():
+            if reply.has_error():
+                reply.error.__dict__["_reason"] = f"site: StudyError: histogram training stopped: {PEER_LOST}"
+        return replies
+
+    grid._exchange = survivors_lost_a_peer
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="train") for n in (1, 2, 3)
+    ]
+    with pytest.raises(FedomopError) as info:
+        collect(grid, messages, "histogram training")
+    text = str(info.value).split("fix:")[0]
+    assert "missing: site_c; failed: none; 2 other site(s) stopped with it" in text
+    assert "site_a" not in text and "site_b" not in text
+    assert grid.report.missing_sites == ["site_c"]
 
 
 def _wait_for_training(log: Path, site: str, timeout: float) -> None:
