@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import load_policy
 from fedomop.federated.governance.bounds import check_message_config, check_settings
 from fedomop.federated.governance.policy import SettingsLimits
-from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import policy_dict, write_policy
 

@@ -12,10 +12,10 @@ import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedomop.federated import client_app
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import auditlog, dp, load_policy
 from fedomop.federated.models import mlp
 from fedomop.federated.study import STUDIES_DIR
-from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import policy_dict, write_policy
 from .test_faults import task_identity  # noqa: F401 - autouse: Flower messages need a task identity

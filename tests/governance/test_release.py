@@ -10,12 +10,12 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedomop.federated import client_app
+from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.features import SiteData, build_features
 from fedomop.federated.governance import auditlog, load_policy
 from fedomop.federated.governance.disclosure import coarse_quantiles, enforce_one_cohort
 from fedomop.federated.models.xgb_histogram import quantile_levels, site_sketch
 from fedomop.federated.study import load_study
-from fedomop.harmonize.ground.errors import PolicyError, StudyError
 
 from .conftest import policy_dict, write_policy
 from .test_faults import task_identity  # noqa: F401 - autouse: Flower messages need a task identity

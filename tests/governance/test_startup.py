@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import auditlog
 from fedomop.federated.governance.startup import published_head, require_credentials
-from fedomop.harmonize.ground.errors import PolicyError
 
 from .conftest import policy_dict, write_policy
 
