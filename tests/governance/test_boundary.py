@@ -154,8 +154,11 @@ def hub(tmp_path_factory):
 
 def _submit(hub: Cluster, tag: str, study_name: str = "bone_metastasis") -> tuple[Path, Path]:
     work = hub.workdir / tag
-    marker, result = work / "MARKER", work / "result.json"
-    app = _app(work / "app", marker)
+    marker, result = hub.workdir / "MARKER", work / "result.json"
+    app = hub.workdir / "app"
+    if not app.exists():  # one bundle for every submission: same bytes, same hash
+        _app(app, marker)
+    work.mkdir()
     study_file = work / "study.yaml"
     study_file.write_text(load_study(study_name).to_yaml())
     config = f'study-file="{study_file}" result="{result}" requester="mallory"'
