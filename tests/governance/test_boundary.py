@@ -97,7 +97,14 @@ def _policy(path: Path, study_name: str, approvals: list[dict]) -> None:
     data = {
         "site": "site_a",
         "audit_log": "site_a.audit.jsonl",
-        "studies": {study_name: {"approvals": approvals, "tables": study.tables()}},
+        "studies": {
+            study_name: {
+                "approvals": approvals,
+                "tables": study.tables(),
+                "concept_sets": [{"vocabulary": c.vocabulary, "code": c.code} for c in study.all_concepts()],
+                "min_cohort_size": 20,
+            }
+        },
     }
     path.write_text(yaml.safe_dump(data))
 
@@ -139,12 +146,15 @@ def hub(tmp_path_factory):
     )
     registered = _flwr(cluster, "supernode", "register", str(certs / "site_a.pub"), "olga", "--format", "json")
     assert '"node-id"' in registered.stdout, registered.stdout + registered.stderr + gate.text()
+    from fedomop.federated.testing import DEFAULT_SITES, build_sites
+
+    database = build_sites(work / "sites", DEFAULT_SITES[:1], scale=0.3)["site_a"]
     policy = work / "site_a.yaml"
     _policy(policy, "bone_metastasis", [])
     cluster.supernode("site_a", public, ["--root-certificates", str(certs / "ca.crt"),
                                          "--auth-supernode-private-key", str(certs / "site_a.key"),
                                          "--isolation", "process", "--port", str(runtime),
-                                         "--node-config", f'site="site_a" db="none" policy="{policy}"'])  # fmt: skip
+                                         "--node-config", f'site="site_a" db="{database}" policy="{policy}"'])  # fmt: skip
     cluster.start("executor", [sys.executable, "-m", "fedomop.federated.governance.executor", "serve",
                                "--runtime-api-address", f"127.0.0.1:{runtime}", "--policy", str(policy)])  # fmt: skip
     cluster.certs, cluster.policy, cluster.public = certs, policy, public  # type: ignore[attr-defined]
@@ -212,3 +222,20 @@ def test_approved_bundle_with_another_study_definition_is_refused(hub):
     assert not marker.exists()
     ledger = [json.loads(line) for line in (hub.workdir / "ledger.jsonl").read_text().splitlines()]
     assert [e["requester"] for e in ledger if e["event"] == "run"] == ["alice", "alice"]
+
+
+def test_approved_submission_is_answered_by_the_installed_app_not_the_bundle(hub):
+    from fedomop.federated.governance.approval import study_digest
+
+    audit = hub.workdir / "site_a.audit.jsonl"
+    bundle = [r for r in auditlog.read(audit) if r["outcome"] == "refused"][-1]["app_hash"]
+    digest = study_digest(load_study("bone_metastasis"))
+    _policy(hub.policy, "bone_metastasis", [{"app_sha256": bundle, "study_digest": digest, "requester": "alice"}])
+    before = len(auditlog.read(audit))
+    marker, result = _submit(hub, "approved")
+    assert json.loads(result.read_text()) == ["content"]
+    assert not marker.exists()  # the site answered with its installed fedomop ClientApp
+    records = auditlog.read(audit)[before:]
+    assert records and {r["requester"] for r in records} == {"alice"}  # not "mallory" from run_config/message
+    assert {r["app_hash"] for r in records} == {bundle}
+    assert auditlog.verify(audit).ok
