@@ -64,11 +64,26 @@ class Prepared:
 
 
 @lru_cache(maxsize=1)
-def code_hash() -> str:
-    """The hash of the code that runs here (the federated package), which a site policy approves."""
+def _installed_hash() -> str:
     from fedomop.federated.governance import app_hash
 
     return app_hash(Path(__file__).parent)
+
+
+def code_hash() -> str:
+    """The hash a site policy approves: the submitted bundle the site executor admitted, else this package's code."""
+    from fedomop.federated.governance.approval import admitted
+
+    request = admitted()
+    return request.app_sha256 if request else _installed_hash()
+
+
+def _requester(config: Any) -> str:
+    """The certificate name the site executor admitted (run_config's ``requester`` only outside an executor)."""
+    from fedomop.federated.governance.approval import admitted
+
+    request = admitted()
+    return request.requester if request else str(config.get("requester", "hub"))
 
 
 @lru_cache(maxsize=8)
@@ -287,7 +302,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
     try:
         site = _site_from_context(context, sites)
         config = message.content["config"]
-        requester = str(config.get("requester", "hub"))
+        requester = _requester(config)
         study = parse_study(str(config["study"]), source="study sent by the hub")
         policy = _governed(site, study, requester)
         from fedomop.federated.governance.bounds import check_message_config

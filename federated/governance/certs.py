@@ -260,3 +260,43 @@ def register_supernode(public_key: Path | str, *, flwr_home: Path | str, connect
             where=f"flwr supernode register ({connection})",
             fix="check that the SuperLink runs with --enable-supernode-auth and that the key was not registered before",
         ) from None
+
+
+ROLES = ("researcher", "operator")
+
+
+def issue_user_cert(out: Path | str, role: str, name: str, *, days: int = 365) -> tuple[Path, Path]:
+    """A client certificate for a person, signed by the network CA in ``out``: CN = name, OU = role.
+
+    The hub's gate (gate.py) admits Control API calls only with such a certificate and takes the
+    requester's name and role from it. Written as ``<name>.<role>.pem`` / ``.key``.
+    """
+    out = Path(out)
+    if role not in ROLES or not _SITE_NAME.match(name):
+        raise PolicyError(
+            f"bad role or name: {role!r} {name!r}", where="certs issue", fix=f"role: {', '.join(ROLES)}; name: [A-Za-z0-9_.-]"
+        )
+    try:
+        ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    except FileNotFoundError:
+        raise PolicyError("no CA here", where=str(out), fix="run `fedomop certs create` first") from None
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedomop"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    cert = (
+        _certificate(subject, ca_cert.subject, key.public_key(), ca_key, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = out / f"{name}.{role}.pem", out / f"{name}.{role}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private_pem(key, key_path)
+    return cert_path, key_path

@@ -65,6 +65,30 @@ class ApprovedApp(_Strict):
         return value
 
 
+def _sha256_hex(value: object) -> object:
+    if isinstance(value, str):
+        value = value.lower().removeprefix("sha256:")
+        if not _SHA256.match(value):
+            raise ValueError("must be 64 hex digits")
+    return value
+
+
+class Approval(_Strict):
+    """One reviewed submission: this app bundle, running this study definition, for this person.
+
+    ``app_sha256``: ``fedomop governance hash app.fab``; ``study_digest``: ``fedomop governance
+    study-digest study.yaml``; ``requester``: the name on the researcher's client certificate.
+    The site's executor refuses any run that matches no approval (see approval.py).
+    """
+
+    app_sha256: str
+    study_digest: str
+    requester: str = Field(min_length=1)
+    note: str = ""
+
+    _hex = field_validator("app_sha256", "study_digest", mode="before")(_sha256_hex)
+
+
 class DifferentialPrivacy(_Strict):
     """Local (site-side) Gaussian DP on float model updates: clip the update, add noise.
 
@@ -108,6 +132,7 @@ class StudyPolicy(_Strict):
     """What one study may do at this site."""
 
     approved_apps: list[ApprovedApp] = Field(default_factory=list)
+    approvals: list[Approval] = Field(default_factory=list)
     tables: dict[str, list[str] | Literal["*"]] = Field(default_factory=dict)
     concept_sets: list[ConceptRef] = Field(default_factory=list)
     min_cohort_size: int | None = Field(default=None, ge=1)
@@ -115,7 +140,8 @@ class StudyPolicy(_Strict):
     differential_privacy: DifferentialPrivacy | None = None
 
     def approves(self, sha256: str) -> bool:
-        return sha256.lower() in {app.sha256 for app in self.approved_apps}
+        known = {app.sha256 for app in self.approved_apps} | {a.app_sha256 for a in self.approvals}
+        return sha256.lower() in known
 
     def allowed_columns(self, table: str) -> set[str] | None:
         """Columns of ``table`` this study may read (None: every column of the table)."""
@@ -223,7 +249,7 @@ def _fix_for(exc: ValidationError) -> str:
             "remove the unknown key; valid keys: site, audit_log, min_cohort_size, small_cell_threshold, limits, "
             "release_site_alone_models, "
             "studies; limits: max_rounds, max_epochs, max_depth, max_local_rounds, wall_time_s; "
-            "per study: approved_apps, tables, concept_sets, min_cohort_size, small_cell_threshold, "
+            "per study: approved_apps, approvals, tables, concept_sets, min_cohort_size, small_cell_threshold, "
             "differential_privacy"
         )
     return "correct the value named above (see docs/governance.md for the policy format)"

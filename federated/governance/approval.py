@@ -1,0 +1,88 @@
+"""What a site approves: one (app hash, study digest, requester) triple, checked before any code runs.
+
+Approving an app hash alone let any study of the approved name through (another cohort,
+another outcome), and the requester came from run_config. An approval here binds three things:
+
+* ``app_sha256`` - :func:`~fedomop.federated.governance.hashing.app_hash` of the submitted
+  app bundle (FAB), computed from the zip's bytes in memory: nothing is unpacked or imported;
+* ``study_digest`` - :func:`study_digest` of the study's cohort, outcome and covariates, so a
+  changed ``max_age`` or an added covariate is a different study;
+* ``requester`` - the name on the researcher's client certificate, which the hub's mTLS gate
+  (:mod:`fedomop.federated.governance.gate`) writes into the run's config, overwriting anything
+  the researcher sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+
+from fedomop.federated.governance.hashing import _digest, _ignored
+from fedomop.harmonize.ground.errors import PolicyError
+
+REQUESTER_KEY = "requester"
+
+
+def bundle_hash(content: bytes) -> str:
+    """:func:`app_hash` of a FAB given as bytes (the zip is read in memory, never extracted)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            entries = [(i.filename, archive.read(i)) for i in archive.infolist() if not i.is_dir()]
+    except zipfile.BadZipFile:
+        raise PolicyError("the submitted app is not a zip bundle", where="app bundle", fix="submit a FAB") from None
+    return _digest((name, data) for name, data in entries if not _ignored(name))
+
+
+def study_digest(study: object) -> str:
+    """sha256 of the study's cohort, outcome and covariates (canonical JSON; names and prose excluded)."""
+    from fedomop.federated.study import StudySpec, parse_study
+
+    spec = study if isinstance(study, StudySpec) else parse_study(str(study), source="study sent by the hub")
+    core = spec.model_dump(mode="json", include={"cohort", "outcome", "covariates"})
+    canonical = json.dumps(core, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"fedomop-study-digest-v1\n" + canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What arrived: the bundle's hash, the study (name and digest) and the authenticated requester."""
+
+    app_sha256: str
+    study: str
+    study_digest: str
+    requester: str
+
+
+def check_approved(policy: object, request: Request) -> None:
+    """Raise PolicyError unless the site's policy holds an approval matching all three parts of ``request``."""
+    from fedomop.federated.governance.policy import SitePolicy
+
+    assert isinstance(policy, SitePolicy)
+    study = policy.study(request.study)
+    triples = {(a.app_sha256, a.study_digest, a.requester) for a in study.approvals}
+    if (request.app_sha256, request.study_digest, request.requester) in triples:
+        return
+    apps = {a.app_sha256 for a in study.approvals}
+    if request.app_sha256 not in apps:
+        reason = f"app {request.app_sha256[:12]}... is not approved for study {request.study!r}"
+    elif request.study_digest not in {a.study_digest for a in study.approvals if a.app_sha256 == request.app_sha256}:
+        reason = f"study digest {request.study_digest[:12]}... is not the approved definition of {request.study!r}"
+    else:
+        reason = f"requester {request.requester!r} is not approved for study {request.study!r} with this app"
+    raise PolicyError(
+        reason,
+        where=f"{policy.source or 'policy'}: studies.{request.study}.approvals",
+        fix="the site reviews the bundle and study, then adds {app_sha256, study_digest, requester} to approvals",
+    )
+
+
+ADMITTED: Request | None = None
+"""Set by the site executor in its task process once a request is approved; the installed ClientApp
+then audits this bundle hash and requester instead of anything the message claims."""
+
+
+def admitted() -> Request | None:
+    return ADMITTED

@@ -1,0 +1,169 @@
+"""The site's own executor: checks a run's app bundle before anything of it runs, then runs the INSTALLED app.
+
+Flower's stock ``flwr-clientapp`` unpacks the submitted app bundle (FAB), puts it first on
+``sys.path`` and imports it, so any check inside a ClientApp runs after the submitted code
+already did. A site therefore starts its SuperNode with ``--isolation process`` (no executor of
+Flower's own is spawned) and runs this module beside it (``fedomop site executor``):
+
+* ``serve`` polls the SuperNode's loopback Runtime API for ClientApp tasks (the SuperExec
+  protocol, authenticated with the shared ``--superexec-auth-secret-file`` when given) and starts
+  one ``task`` process per task;
+* ``task`` pulls the message, run and FAB; hashes the FAB's bytes in memory
+  (:func:`~fedomop.federated.governance.approval.bundle_hash`, nothing unpacked, nothing
+  imported); checks (app hash, study digest, requester) against the site policy; then either
+  answers with the site's installed, pinned fedomop ClientApp or refuses with an audited error.
+
+The requester is the name the hub's mTLS gate wrote into the run's config from the client
+certificate (see gate.py); the submitted code never chooses it. This uses Flower's Runtime
+API client internals, hence the exact ``flwr`` pin in pyproject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedomop.federated.governance import approval
+
+CLIENT_APP_TASK = "flwr-clientapp"
+ERROR_CODE_REFUSED = 403
+
+
+def _client(address: str, *, token: str | None = None, secret: bytes | None = None):  # type: ignore[no-untyped-def]
+    from flwr.supercore.interceptors import (
+        RuntimeTokenHttpInterceptor,
+        RuntimeVersionHttpInterceptor,
+        SuperExecAuthHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    interceptors: list = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
+    if token:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    if secret:
+        interceptors.append(
+            SuperExecAuthHttpInterceptor(
+                master_secret=secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})
+            )
+        )
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=True, root_certificates=None, interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )  # fmt: skip
+
+
+def _loopback(address: str) -> None:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        raise SystemExit(f"fedomop executor: the Runtime API must be on loopback, got {address}")
+
+
+def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: float = 0.5) -> None:
+    """Poll for ClientApp tasks and run each in its own ``task`` process (until killed)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+
+    _loopback(address)
+    secret = Path(secret_file).read_bytes() if secret_file else None
+    client = _client(address, secret=secret)
+    children: list[subprocess.Popen] = []
+    while True:
+        children = [child for child in children if child.poll() is None]
+        answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
+        if answer.HasField("task") and answer.token:
+            command = [sys.executable, "-m", "fedomop.federated.governance.executor", "task",
+                       "--runtime-api-address", address, "--policy", policy, "--token", answer.token]  # fmt: skip
+            children.append(subprocess.Popen(command))
+        time.sleep(poll_s)
+
+
+def _refuse(policy_path: str, request: approval.Request, reason: str) -> None:
+    from fedomop.federated.governance.enforce import audit
+    from fedomop.federated.governance.policy import load_policy
+
+    audit(load_policy(policy_path), requester=request.requester, study=request.study, app_hash=request.app_sha256,
+          action="execute", outcome="refused", sent={}, reason=reason, study_digest=request.study_digest)  # fmt: skip
+
+
+def admit(policy_path: str, fab_content: bytes, study_text: str, requester: str) -> approval.Request:
+    """The approval decision for one task (PolicyError when refused, after auditing the refusal)."""
+    from fedomop.federated.governance.enforce import study_name
+    from fedomop.federated.governance.policy import load_policy
+    from fedomop.federated.study import parse_study
+    from fedomop.harmonize.ground.errors import FedomopError, PolicyError
+
+    app_sha = approval.bundle_hash(fab_content)
+    try:
+        spec = parse_study(study_text, source="study sent by the hub")
+        request = approval.Request(app_sha, study_name(spec), approval.study_digest(spec), requester)
+    except FedomopError as error:
+        request = approval.Request(app_sha, "?", "?", requester)
+        _refuse(policy_path, request, f"unreadable study: {error}")
+        raise PolicyError(f"unreadable study: {error}", where="study sent by the hub") from None
+    try:
+        approval.check_approved(load_policy(policy_path), request)
+    except PolicyError as error:
+        _refuse(policy_path, request, str(error).splitlines()[0])
+        raise
+    return request
+
+
+def run_task(address: str, token: str, policy_path: str) -> int:
+    """One ClientApp task: pull, decide, answer with the installed app or a refusal; push the reply."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    from fedomop.harmonize.ground.errors import FedomopError
+
+    _loopback(address)
+    client = _client(address, token=token)
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context, status, details, reply = None, SubStatus.FAILED, "", None
+    try:
+        message, context, run, fab = pull_task_input(client)
+        requester = str(run.override_config.get(approval.REQUESTER_KEY, "unauthenticated"))
+        try:
+            config = message.content["config"]
+            admitted = admit(policy_path, fab.content, str(config["study"]), requester)
+        except (FedomopError, KeyError) as error:
+            details = f"{context.node_config.get('site', 'site')}: PolicyError: {error}"
+            reply = Message(Error(code=ERROR_CODE_REFUSED, reason=details), reply_to=message)
+        else:
+            approval.ADMITTED = admitted
+            from fedomop.federated.client_app import app as installed_app
+
+            reply = installed_app(message=message, context=context)
+            status = SubStatus.COMPLETED
+        if reply is not None:
+            push_message(client, reply, context)
+    finally:
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        heartbeat.stop()
+        client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedomop.federated.governance.executor")
+    parser.add_argument("mode", choices=["serve", "task"])
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--token")
+    parser.add_argument("--auth-secret-file")
+    args = parser.parse_args(argv)
+    if args.mode == "task":
+        return run_task(args.runtime_api_address, args.token, args.policy)
+    os.environ.setdefault("FEDOMOP_EXECUTOR", "1")
+    serve(args.runtime_api_address, args.policy, secret_file=args.auth_secret_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

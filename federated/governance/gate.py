@@ -1,0 +1,258 @@
+"""The hub's front door: mutual TLS on the public address, the SuperLink itself on loopback only.
+
+In this Flower release the SuperLink serves its Fleet, Control and Runtime APIs over HTTP on
+one port, and the Control API (``flwr run``, ``flwr ls``, ``flwr stop``, ``flwr supernode
+register``) has no authentication of its own. ``fedomop hub start`` therefore binds the
+SuperLink to 127.0.0.1 and puts this gate on the public address. It serves TLS with the hub
+certificate and asks for a client certificate signed by the network CA (``fedomop certs issue``):
+
+* ``/v1/fleet/*`` (SuperNodes) passes without a client certificate: Flower's SuperNode cannot
+  present one, and ``--enable-supernode-auth`` already signs every Fleet request with a
+  registered node key;
+* ``/v1/control/*`` needs a certificate: role ``researcher`` may submit, list, stop and follow
+  runs; only ``operator`` may register nodes or change federations;
+* anything else (the Runtime API of ServerApps) is refused from outside.
+
+On ``start-run`` the gate overwrites ``requester`` in the run config with the certificate's
+name and appends ``{run_id, requester}`` to its ledger (JSONL), so a site's audit log names the
+person the certificate names, never what the researcher typed.
+
+``connect`` is the researcher's side: a plain listener on 127.0.0.1 whose bytes go to the gate
+inside TLS with the researcher's certificate, so the unmodified ``flwr`` CLI works through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fedomop.federated.governance.approval import REQUESTER_KEY
+
+FLEET = "/v1/fleet/"
+CONTROL = "/v1/control/"
+RESEARCHER_CALLS = {
+    f"{CONTROL}{name}"
+    for name in (
+        "start-run", "list-runs", "stop-run", "stream-logs", "stream-run-events", "pull-artifacts",
+        "list-run-series", "get-run-series", "list-run-series-events", "list-nodes", "list-federations",
+        "show-federation", "list-apps",
+    )
+}  # fmt: skip
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade", "host"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str | None
+    role: str | None
+
+
+def caller_of(peercert: dict | None) -> Caller:
+    """Name (CN) and role (OU) of a verified client certificate; both None without one."""
+    if not peercert:
+        return Caller(None, None)
+    fields = {key: value for rdn in peercert.get("subject", ()) for key, value in rdn}
+    return Caller(fields.get("commonName"), fields.get("organizationalUnitName"))
+
+
+def allowed(path: str, caller: Caller) -> str | None:
+    """None when ``caller`` may call ``path``, else the reason for refusing."""
+    if path.startswith(FLEET):
+        return None
+    if not path.startswith(CONTROL):
+        return "not served on the public address"
+    if caller.name is None:
+        return "the Control API needs a client certificate issued by the network operator"
+    if caller.role == "operator" or (caller.role == "researcher" and path in RESEARCHER_CALLS):
+        return None
+    return f"role {caller.role!r} may not call {path.removeprefix(CONTROL)}"
+
+
+def stamp_requester(body: bytes, content_type: str, requester: str) -> bytes:
+    """The StartRunRequest with ``requester`` set to the certificate's name (whatever was sent)."""
+    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+    from google.protobuf import json_format
+
+    as_json = "json" in content_type
+    request = json_format.Parse(body, StartRunRequest()) if as_json else StartRunRequest.FromString(body)
+    request.override_config[REQUESTER_KEY].string = requester
+    return json_format.MessageToJson(request).encode() if as_json else request.SerializeToString()
+
+
+def _run_id(body: bytes, content_type: str) -> int | None:
+    from flwr.proto.control_pb2 import StartRunResponse  # pylint: disable=no-name-in-module
+    from google.protobuf import json_format
+
+    with contextlib.suppress(Exception):
+        if "json" in content_type:
+            return int(json_format.Parse(body, StartRunResponse()).run_id)
+        return int(StartRunResponse.FromString(body).run_id)
+    return None
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    values = {k.lower(): v for k, v in headers}
+    if values.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await reader.readexactly(int(values.get("content-length", "0")))
+    return method, target, headers, body  # type: ignore[return-value]
+
+
+def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    data = text.encode()
+    writer.write(
+        f"HTTP/1.1 {status} Refused\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n\r\n".encode() + data
+    )
+
+
+class Gate:
+    """The mTLS gate: ``public`` (host, port) in front of the SuperLink at ``upstream`` (loopback)."""
+
+    def __init__(self, certs: Path | str, upstream: str, ledger: Path | str, *, superlink_tls: bool = True) -> None:
+        certs = Path(certs)
+        self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.crt"))
+        self.tls.load_cert_chain(certs / "server.pem", certs / "server.key")
+        self.tls.verify_mode = ssl.CERT_OPTIONAL  # Fleet calls come without one; Control calls are checked below
+        scheme = "https" if superlink_tls else "http"
+        verify = str(certs / "ca.crt") if superlink_tls else False
+        self.upstream = httpx.AsyncClient(base_url=f"{scheme}://{upstream}", verify=verify, timeout=None)
+        self.ledger = Path(ledger)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        caller = caller_of(writer.get_extra_info("peercert"))
+        try:
+            while (request := await _read_request(reader)) is not None:
+                await self._one(caller, *request, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _one(  # noqa: PLR0913 - one parsed request
+        self, caller: Caller, method: str, target: str, headers: list, body: bytes, writer: asyncio.StreamWriter
+    ) -> None:
+        path = target.split("?", 1)[0]
+        reason = allowed(path, caller)
+        if reason:
+            self._log({"event": "refused", "path": path, "caller": caller.name, "reason": reason})
+            _reply(writer, 403, reason)
+            await writer.drain()
+            return
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+        if path == f"{CONTROL}start-run":
+            body = stamp_requester(body, content_type, str(caller.name))
+        forward = [(k, v) for k, v in headers if k.lower() not in _HOP]
+        upstream = self.upstream.build_request(method, target, headers=forward, content=body)
+        response = await self.upstream.send(upstream, stream=True)
+        try:
+            head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}"]
+            head += [f"{k}: {v}" for k, v in response.headers.multi_items() if k.lower() not in _HOP]
+            head += ["transfer-encoding: chunked", "", ""]
+            writer.write("\r\n".join(head).encode("latin-1"))
+            collected = b""
+            async for chunk in response.aiter_raw():
+                if path == f"{CONTROL}start-run":
+                    collected += chunk
+                writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            await response.aclose()
+        if path == f"{CONTROL}start-run" and response.status_code == 200:
+            run_id = _run_id(collected, response.headers.get("content-type", ""))
+            self._log({"event": "run", "run_id": run_id, "requester": caller.name, "role": caller.role})
+
+    def _log(self, entry: dict) -> None:
+        with open(self.ledger, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    async def serve(self, host: str, port: int) -> None:
+        server = await asyncio.start_server(self.handle, host, port, ssl=self.tls)
+        async with server:
+            await server.serve_forever()
+
+
+def runs_of(ledger: Path | str) -> dict[int, str]:
+    """run_id -> requester, from the gate's ledger."""
+    path = Path(ledger)
+    if not path.exists():
+        return {}
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {e["run_id"]: e["requester"] for e in entries if e.get("event") == "run" and e.get("run_id") is not None}
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+async def connect(gate: str, listen_port: int, cert: Path | str, key: Path | str, ca: Path | str) -> None:
+    """The researcher's side: 127.0.0.1:listen_port (plain) -> gate (TLS with the researcher's certificate)."""
+    tls = ssl.create_default_context(cafile=str(ca))
+    tls.load_cert_chain(str(cert), str(key))
+    host, port = gate.rsplit(":", 1)
+
+    async def tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port), ssl=tls)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    server = await asyncio.start_server(tunnel, "127.0.0.1", listen_port)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fedomop.federated.governance.gate")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    gate = sub.add_parser("gate")
+    gate.add_argument("--certs", required=True)
+    gate.add_argument("--listen", required=True, help="host:port (public)")
+    gate.add_argument("--upstream", required=True, help="the SuperLink on loopback, host:port")
+    gate.add_argument("--ledger", required=True)
+    gate.add_argument("--superlink-insecure", action="store_true")
+    link = sub.add_parser("connect")
+    link.add_argument("--gate", required=True)
+    link.add_argument("--port", type=int, required=True)
+    link.add_argument("--cert", required=True)
+    link.add_argument("--key", required=True)
+    link.add_argument("--ca", required=True)
+    args = parser.parse_args(argv)
+    if args.mode == "gate":
+        host, port = args.listen.rsplit(":", 1)
+        front = Gate(args.certs, args.upstream, args.ledger, superlink_tls=not args.superlink_insecure)
+        asyncio.run(front.serve(host, int(port)))
+    else:
+        asyncio.run(connect(args.gate, args.port, args.cert, args.key, args.ca))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
