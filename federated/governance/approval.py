@@ -20,8 +20,8 @@ import json
 import zipfile
 from dataclasses import dataclass
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance.hashing import _digest, _ignored
-from fedomop.harmonize.ground.errors import PolicyError
 
 REQUESTER_KEY = "requester"
 

@@ -91,10 +91,11 @@ def _refuse(policy_path: str, request: approval.Request, reason: str) -> None:
 
 def admit(policy_path: str, fab_content: bytes, study_text: str, requester: str) -> approval.Request:
     """The approval decision for one task (PolicyError when refused, after auditing the refusal)."""
+    from fedomop.federated.errors import PolicyError
     from fedomop.federated.governance.enforce import study_name
     from fedomop.federated.governance.policy import load_policy
     from fedomop.federated.study import parse_study
-    from fedomop.harmonize.ground.errors import FedomopError, PolicyError
+    from fedomop.harmonize.ground.errors import FedomopError
 
     app_sha = approval.bundle_hash(fab_content)
     try:
