@@ -94,7 +94,11 @@ def print_summary(report: RunReport, out: Console = console) -> None:
 
 def print_coverage(report: RunReport, mapping: Mapping, out: Console = console) -> bool:
     """Print concept coverage per table and source vocabulary; False when a table is below its min_coverage."""
-    coverage = concept_coverage(connect(report.database, read_only=True), mapping)
+    database = connect(report.database, read_only=True)
+    try:
+        coverage = concept_coverage(database, mapping)
+    finally:
+        database.dispose()  # a later reader of the same DuckDB file must not meet this connection
     table = Table(title="concept coverage (records mapped to a standard concept / to 0)")
     for name in ("OMOP table", "source vocabulary", "records", "mapped", "to 0", "coverage"):
         table.add_column(name, justify="left" if name in ("OMOP table", "source vocabulary") else "right")

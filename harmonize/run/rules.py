@@ -235,7 +235,7 @@ class RuleEvaluator:
 
     def _bounds(self, table: str, prefix: str, date: DateExpr, source: Source) -> list[Problem]:
         """Implausible dates (harmonize/run/datebounds.py) as problems: quarantined with their reason."""
-        stamp = parse_datetime(date.date, date.format or source.date_format)
+        stamp = parse_any_datetime(date.date, _date_format(date, source))
         checks = date_bounds(
             stamp, date.date, self.ctx.mapping.date_bounds, birth=table == "person", start=prefix == "_start"
         )
