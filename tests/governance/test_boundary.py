@@ -155,7 +155,7 @@ def hub(tmp_path_factory):
                                          "--auth-supernode-private-key", str(certs / "site_a.key"),
                                          "--isolation", "process", "--port", str(runtime),
                                          "--node-config", f'site="site_a" db="{database}" policy="{policy}"'])  # fmt: skip
-    cluster.start("executor", [sys.executable, "-m", "fedomop.federated.governance.executor", "serve",
+    cluster.start("executor", [sys.executable, "-m", "fedomop.federated.executor", "serve",
                                "--runtime-api-address", f"127.0.0.1:{runtime}", "--policy", str(policy)])  # fmt: skip
     cluster.certs, cluster.policy, cluster.public = certs, policy, public  # type: ignore[attr-defined]
     yield cluster

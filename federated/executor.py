@@ -75,7 +75,7 @@ def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: 
         children = [child for child in children if child.poll() is None]
         answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
         if answer.HasField("task") and answer.token:
-            command = [sys.executable, "-m", "fedomop.federated.governance.executor", "task",
+            command = [sys.executable, "-m", "fedomop.federated.executor", "task",
                        "--runtime-api-address", address, "--policy", policy, "--token", answer.token]  # fmt: skip
             children.append(subprocess.Popen(command))
         time.sleep(poll_s)
@@ -152,7 +152,7 @@ def run_task(address: str, token: str, policy_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedomop.federated.governance.executor")
+    parser = argparse.ArgumentParser(prog="fedomop.federated.executor")
     parser.add_argument("mode", choices=["serve", "task"])
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--policy", required=True)
