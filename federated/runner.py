@@ -95,6 +95,8 @@ def simulate(
     study_text = Path(study_path).read_text(encoding="utf-8")
     study = parse_study(study_text, source=str(study_path))
     log = str(message_log) if message_log else None
+    model_name = str(options.get("model", "xgboost-hist"))
+    _check_simulation_concurrency(model_name, len(site_paths))  # before opening any site: fail fast, no hang
     sites = [
         Site(s.name, s.db, policy=(policies or {}).get(s.name, NO_POLICY), message_log=log)
         for s in site_list(site_paths)

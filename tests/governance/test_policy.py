@@ -28,7 +28,7 @@ def test_unknown_key_is_refused_with_file_key_and_choices(tmp_path):
         load_policy(path)
     message = str(info.value)
     assert str(path) in message and "studies.bone_metastasis.tabels" in message
-    assert "approved_apps, tables, concept_sets" in message
+    assert "approved_apps, approvals, tables, concept_sets" in message
 
 
 def test_table_outside_the_omop_spec_is_refused(tmp_path):
