@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.ground.resources import mappings_dir
 from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
 
 _MERGED_DICTS = ("sources", "tables", "unit_aliases")
@@ -100,19 +101,18 @@ def _merge_include(base: dict[str, Any], part: dict[str, Any], part_path: Path, 
 
 
 def _included_file(path: Path, include: str) -> Path:
-    """An ``include:`` file must lie in the mapping's folder (symlinks resolved): a mapping cannot pull in, or echo
-    in an error, a file from elsewhere on the machine."""
+    """An ``include:`` file must lie in the mapping's folder (symlinks resolved) or be one of the mappings shipped
+    with fedomop: a mapping cannot pull in, or echo in an error, a file from elsewhere on the machine."""
     folder = path.parent.resolve()
     part = (path.parent / str(include)).resolve()
-    try:
-        part.relative_to(folder)
-    except ValueError:
-        raise MappingError(
-            f"include {include!r} is outside the mapping's folder",
-            where=f"{path}: include",
-            fix="put included files in the mapping's folder (or a folder below it) and name them relative to it",
-        ) from None
-    return part
+    if part.is_relative_to(folder) or part.is_relative_to(mappings_dir().resolve()):
+        return part  # the mapping's own folder, or a mapping shipped with fedomop (mappings/)
+    raise MappingError(
+        f"include {include!r} is outside the mapping's folder",
+        where=f"{path}: include",
+        fix="put included files in the mapping's folder (or a folder below it) and name them relative to it, "
+        "or include a mapping shipped with fedomop",
+    )
 
 
 def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
