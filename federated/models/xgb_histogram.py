@@ -193,6 +193,20 @@ def _native_stderr_to_debug_log() -> Iterator[None]:
         log.debug("xgboost: %s", said)
 
 
+def require_federated_xgboost() -> None:
+    """Histogram training needs XGBoost's federated plugin; some wheels on the index are built without it.
+
+    Checked before any site is asked to train, so the user reads what to install, not a native stack trace."""
+    import xgboost
+
+    if not xgboost.build_info().get("USE_FEDERATED", False):
+        raise FedomopError(
+            f"xgboost {xgboost.__version__} is built without federated learning support",
+            where=NAME,
+            fix="install an xgboost build with the federated plugin: pip install 'xgboost>=2.1,<3.3'",
+        )
+
+
 def server_run(
     grid: Grid,
     nodes: list[int],
@@ -214,6 +228,7 @@ def server_run(
 
     from fedomop.federated.governance.certs import xgboost_server_tls
 
+    require_federated_xgboost()
     edges = agree_edges(grid, nodes, config)
     port = free_port(host)
     tls = xgboost_server_tls(certs) if certs else {}
