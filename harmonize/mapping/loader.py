@@ -75,29 +75,78 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _merge_include(base: dict[str, Any], part: dict[str, Any], part_path: Path, root: Path) -> None:
-    """Merge one included file: tables/sources are merged by key, units/inventory appended; nothing is overwritten."""
+    """Merge one included file: tables/sources are merged by key, units/inventory appended; nothing is overwritten
+    (a key two files set to the same value is no conflict; replacing a value is what ``override:`` is for)."""
     for key, value in part.items():
         if key in _MERGED_DICTS:
             target = base.setdefault(key, {})
             for name, item in (value or {}).items():
                 if key == "tables":
                     target.setdefault(name, []).extend(item or [])
-                elif name in target:
+                elif name in target and target[name] != item:
                     raise MappingError(
-                        f"{key}.{name} is defined twice", where=f"{part_path} (included from {root})", fix="keep one"
+                        f"{key}.{name} is defined twice",
+                        where=f"{part_path} (included from {root})",
+                        fix=f"keep one, or replace the included one under override: {key}: {name}",
                     )
                 else:
                     target[name] = item
         elif key in _MERGED_LISTS:
             base.setdefault(key, []).extend(value or [])
-        elif key in base:
+        elif key in base and base[key] != value:
             raise MappingError(
                 f"key {key!r} is already set by the including file",
                 where=f"{part_path} (included from {root})",
-                fix=f"an included file may add {', '.join(_MERGED_DICTS + _MERGED_LISTS)}; set other keys once",
+                fix=f"an included file may add {', '.join(_MERGED_DICTS + _MERGED_LISTS)}; set other keys once, "
+                f"or replace the included value under override: {key}",
             )
         else:
             base[key] = value
+
+
+_OVERRIDE_ENTRIES = ("sources", "tables", "unit_aliases", "min_coverage")  # overridden entry by entry
+
+
+def _deep_merge(base: Any, change: Any) -> Any:
+    """``change`` laid over ``base``: mappings merged key by key, anything else (a list, a scalar) replaced."""
+    if isinstance(base, dict) and isinstance(change, dict):
+        merged = dict(base)
+        for key, value in change.items():
+            merged[key] = _deep_merge(base.get(key), value)
+        return merged
+    return change
+
+
+def _apply_override(
+    data: dict[str, Any], override: object, included: set[str], path: Path, origin: dict[str, Path]
+) -> None:
+    """The declared override rule (docs/mapping.md "include and override"): every value an including file
+    replaces is listed under ``override:`` and must exist in an included file. A mapping (a source, cdm_source,
+    vocabulary) is merged key by key down to the keys listed; a list or a scalar (a table's rules, fhir_inventory,
+    site) is replaced whole. Anything else an included file defines is kept; a second definition outside
+    ``override:`` is still refused, so nothing is replaced by accident."""
+    if not override:
+        return
+    if not isinstance(override, dict):
+        raise MappingError("override: must be a mapping of the keys to replace", where=f"{path}: override")
+    for key, value in override.items():
+        entries = [f"{key}.{name}" for name in value or {}] if key in _OVERRIDE_ENTRIES else [key]
+        if key in _OVERRIDE_ENTRIES and not isinstance(value, dict):
+            raise MappingError(f"override: {key} must be a mapping of names", where=f"{path}: override.{key}")
+        for entry in entries:
+            if entry not in included:
+                raise MappingError(
+                    f"override: {entry} replaces nothing: no included file defines it",
+                    where=f"{path}: override.{entry}",
+                    fix=f"declare it outside override: (as {entry.replace('.', ': ', 1)}), or fix the name",
+                )
+        if key in _OVERRIDE_ENTRIES:
+            target = data.setdefault(key, {})
+            for name, item in value.items():
+                target[name] = item if key == "tables" else _deep_merge(target.get(name), item)
+                origin[f"{key}.{name}"] = path
+        else:
+            data[key] = _deep_merge(data.get(key), value)
 
 
 def _included_file(path: Path, include: str) -> Path:
@@ -119,14 +168,34 @@ def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The merged raw mapping, and which file each top-level table/source came from (for error messages)."""
     path = Path(path)
     data = _read_yaml(path)
+    override = data.pop("override", None)
+    for key in override if isinstance(override, dict) else {}:
+        if key in data and key not in _OVERRIDE_ENTRIES:
+            raise MappingError(
+                f"key {key!r} is set both at the top level and under override:",
+                where=f"{path}: override.{key}",
+                fix="keep it in one place",
+            )
+    for name in (override or {}).get("tables") or {} if isinstance(override, dict) else {}:
+        if name in (data.get("tables") or {}):
+            raise MappingError(
+                f"tables.{name} has rules both at the top level and under override:",
+                where=f"{path}: override.tables.{name}",
+                fix="under override: the rules replace the included ones; put all of this table's rules there",
+            )
     origin: dict[str, Path] = {}
+    included: set[str] = set()
     for include in data.get("include") or []:
         part_path = _included_file(path, include)
         part = _read_yaml(part_path)
+        for key, value in part.items():
+            names = value if key in _OVERRIDE_ENTRIES and isinstance(value, dict) else {}
+            included.update([key, *(f"{key}.{name}" for name in names)])
         for key in _MERGED_DICTS:
             for name in part.get(key) or {}:
                 origin[f"{key}.{name}"] = part_path
         _merge_include(data, part, part_path, path)
+    _apply_override(data, override, included, path, origin)
     return data, origin
 
 

@@ -107,7 +107,7 @@ class ValueExpr(Strict):
     number: str
     unit: str | None = None
     unit_constant: str | None = None
-    required: bool = False  # a record without a number is quarantined ("missing value")
+    required: bool = False  # a record with neither number nor text is quarantined ("missing value")
     text: str | None = None  # value_source_value when there is no number (a coded or string result)
 
 

@@ -209,9 +209,10 @@ class RuleEvaluator:
                 )
             )
             if rule.value.required:
-                problems.append(
-                    Problem(pl.col(rule.value.number).is_null(), rule.value.number, pl.lit(None), "missing value")
-                )
+                nothing = pl.col(rule.value.number).is_null()  # a coded/string result is a value too
+                if rule.value.text:
+                    nothing = nothing & pl.col(rule.value.text).is_null()
+                problems.append(Problem(nothing, rule.value.number, pl.lit(None), "missing value"))
         if rule.type_concept is not None:
             exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
         spec = load_spec().table(table)
