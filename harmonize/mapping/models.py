@@ -130,6 +130,18 @@ class EachElement(Strict):
     replaces: list[str] = Field(default_factory=list)  # resource fields the element's own replace (value = value[x])
 
 
+class Lookup(Strict):
+    """Fill this source's columns from the record another source holds under a referenced id: a
+    MedicationRequest's ``medicationReference`` to a Medication in the same Bundle (urn:uuid via fullUrl) or in
+    the same export (``Medication/<id>``). A column keeps its own value where it has one; the looked-up source's
+    records are not events (exclude them by rule, so each is still accounted for)."""
+
+    source: str  # the source holding the referenced records (e.g. Medication resources)
+    key: str  # this source's column with the referenced id (a path ending in resolve_id())
+    on: str = "id"  # the other source's column the key matches
+    columns: dict[str, str]  # this source's column <- the other source's column, where this one is empty
+
+
 class Exclude(Filter):
     """Records a source holds but the mapping deliberately leaves out (the FHIR-to-OMOP IG's status filters:
     entered-in-error, not-done, refuted ...). No rule sees them; each is accounted as "excluded by rule: <reason>"
@@ -179,6 +191,16 @@ class Source(Strict):
     validation: Literal["structural", "full"] = "structural"
     exclude: list[Exclude] = Field(default_factory=list)  # records left out by rule (checked in order)
     each: EachElement | None = None  # FHIR: one record per element of a repeating element
+    lookup: list[Lookup] = Field(default_factory=list)  # columns filled from a referenced record of another source
+
+    @model_validator(mode="after")
+    def _lookup_reads_known_columns(self) -> Source:
+        names = list(self.columns) if self.columns is not None else []
+        for item in self.lookup:
+            for column in (item.key, *item.columns):
+                if column not in names:
+                    raise ValueError(f"lookup: column {column!r} is not one of this source's columns {names}")
+        return self
 
     @model_validator(mode="after")
     def _exclude_reads_known_columns(self) -> Source:

@@ -36,6 +36,7 @@ from fedomop.harmonize.run.load import (
     quarantine_leftovers,
     summarise_reasons,
 )
+from fedomop.harmonize.run.lookup import apply_lookups, lookup_sources
 from fedomop.harmonize.run.progress import Progress, chunk_progress
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
 from fedomop.harmonize.run.reading import read_source
@@ -160,6 +161,7 @@ class SiteRun:
         self.carried_keys: dict[str, pl.DataFrame] = {}
         self.cancer_concepts: list[int] | None = None
         self.codes = ResolutionCache()
+        self.looked_up: dict[str, pl.DataFrame] = {}  # sources read through lookup:, kept for later chunks
         # DuckDB and PostgreSQL load a chunk on a second connection while the next chunk is built (both release
         # the GIL); SQLite connections stay on their thread, so it loads in turn
         self.loader = ThreadPoolExecutor(1, "fedomop-load") if db.dialect in ("duckdb", "postgresql") else None
@@ -207,6 +209,8 @@ class SiteRun:
         quarantine = Quarantine(self.run_id)
         read_started = time.perf_counter()
         batches, seen = read_sources(names, read, quarantine, progress, self.fhir)
+        self.looked_up.update({n: f for n, f in batches.items() if n in lookup_sources(self.mapping)})
+        batches = apply_lookups(self.mapping, batches, self.looked_up)
         if chunk == 0:
             seen.update(inventory_unmapped(self.mapping, self.files, quarantine))
         self.totals.read_seconds += time.perf_counter() - read_started

@@ -124,6 +124,15 @@ def check_mapping(mapping: Mapping, mapping_file: Path) -> None:
         for index, rule in enumerate(rules):
             _check_rule(mapping, file, table, index, rule)
             used_sources.add(rule.source)
+    for name, source in mapping.sources.items():
+        for item in source.lookup:
+            if item.source not in mapping.sources:
+                raise MappingError(
+                    f"lookup: source {item.source!r} is not defined",
+                    where=f"{file}: sources.{name}.lookup",
+                    fix=f"use one of: {_choices(mapping.sources)}",
+                )
+            used_sources.add(item.source)
     unused = sorted(set(mapping.sources) - used_sources)
     if unused:
         raise MappingError(
