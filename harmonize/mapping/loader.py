@@ -16,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from fedomop.harmonize.ground.errors import MappingError
 from fedomop.harmonize.ground.resources import mappings_dir
-from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping
+from fedomop.harmonize.mapping.models import ColumnExpr, ConceptFieldExpr, ConstantExpr, DateExpr, MapExpr, Mapping
 
 _MERGED_DICTS = ("sources", "tables", "unit_aliases")
 _MERGED_LISTS = ("units", "fhir_inventory")
@@ -25,6 +25,7 @@ _FIELD_TAGS: dict[str, type[BaseModel]] = {
     "constant": ConstantExpr,
     "date": DateExpr,
     "map": MapExpr,
+    "concept": ConceptFieldExpr,
 }
 
 

@@ -57,9 +57,28 @@ class MapExpr(Strict):
     default: ConceptConstant | int | float | str | None = None
 
 
+class ConceptFieldExpr(Strict):
+    """A coded source value as the standard concept it maps to (``value_as_concept_id`` from a FHIR
+    valueCodeableConcept, ``route_concept_id`` from a dosage route): the code column and its vocabulary, resolved
+    through the site vocabulary ("Maps to"; the lowest concept id when a code has several targets). A code
+    that maps to nothing gives 0; no code gives NULL."""
+
+    concept: str
+    vocabulary: str | None = None
+    vocabulary_column: str | None = None
+    system_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_vocabulary(self) -> ConceptFieldExpr:
+        given = [k for k in ("vocabulary", "vocabulary_column", "system_column") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of vocabulary, vocabulary_column, system_column")
+        return self
+
+
 def _field_tag(value: Any) -> str | None:
     if isinstance(value, dict):
-        for key in ("column", "constant", "date", "map"):
+        for key in ("column", "constant", "date", "map", "concept"):
             if key in value:
                 return key
     return None
@@ -73,12 +92,13 @@ FieldExpr = Annotated[
     Annotated[ColumnExpr, Tag("column")]
     | Annotated[ConstantExpr, Tag("constant")]
     | Annotated[DateExpr, Tag("date")]
-    | Annotated[MapExpr, Tag("map")],
+    | Annotated[MapExpr, Tag("map")]
+    | Annotated[ConceptFieldExpr, Tag("concept")],
     Discriminator(
         _field_tag,
         custom_error_type="field_expression",
         custom_error_message="a field expression is a column name or one of {column: ...}, {constant: ..., name: ...},"
-        " {date: ...}, {map: ..., values: ...}",
+        " {date: ...}, {map: ..., values: ...}, {concept: ..., system_column: ...}",
     ),
     BeforeValidator(_shorthand),
 ]

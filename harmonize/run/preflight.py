@@ -13,7 +13,15 @@ import polars as pl
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError, SourceError
-from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
+from fedomop.harmonize.mapping.models import (
+    ColumnExpr,
+    ConceptFieldExpr,
+    ConstantExpr,
+    DateExpr,
+    MapExpr,
+    Mapping,
+    Rule,
+)
 from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import tabular_options
 from fedomop.harmonize.sources.tabular import read_header
@@ -52,6 +60,11 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
             yield f"fields.{name}.date", expr.date
         elif isinstance(expr, MapExpr):
             yield f"fields.{name}.map", expr.map
+        elif isinstance(expr, ConceptFieldExpr):
+            yield f"fields.{name}.concept", expr.concept
+            for key in ("vocabulary_column", "system_column"):
+                if getattr(expr, key):
+                    yield f"fields.{name}.{key}", getattr(expr, key)
 
 
 def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule) -> None:

@@ -18,6 +18,7 @@ from fedomop.harmonize.ground.parsing import FHIR, ISO, failed, fhir_precision, 
 from fedomop.harmonize.mapping.models import (
     CodeExpr,
     ColumnExpr,
+    ConceptFieldExpr,
     ConceptConstant,
     ConstantExpr,
     DateExpr,
@@ -118,6 +119,8 @@ def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple
         value = stamp if name.endswith("datetime") else stamp.dt.date()
         problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
         return value.alias(out), problem
+    if isinstance(expr, ConceptFieldExpr):  # the code for now; RuleEvaluator._concept_fields resolves it
+        return pl.col(expr.concept).cast(pl.String).alias(out), None
     if isinstance(expr, MapExpr):
         values = {k: _constant_value(v) for k, v in expr.values.items()}
         default = _constant_value(expr.default)
@@ -222,6 +225,7 @@ class RuleEvaluator:
             if problem:
                 problems.append(problem)
         rows = rows.with_columns(exprs) if exprs else rows
+        rows = self._concept_fields(rule, rows)
         rows = self._join_references(rule, rows, problems)
         rows = self._drop_problems(rule.source, rows, problems)
         if rule.id:
@@ -259,6 +263,35 @@ class RuleEvaluator:
             rule.source, dupes, Problem(pl.lit(True), rule.id or "id", pl.col("_source_key"), "duplicate id")
         )
         return first.filter(pl.col("_first")).drop("_first")
+
+    def _concept_fields(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
+        """``{concept: ...}`` fields: code -> standard concept id (lowest "Maps to" target; 0 unmapped; NULL no code)."""
+        for name, expr in rule.fields.items():
+            if not isinstance(expr, ConceptFieldExpr) or not rows.height:
+                continue
+            out = f"{FIELD_PREFIX}{name}"
+            code = CodeExpr(
+                code=expr.concept,
+                vocabulary=expr.vocabulary,
+                vocabulary_column=expr.vocabulary_column,
+                system_column=expr.system_column,
+            )
+            keyed = rows.select(
+                pl.col("_ord"), self._vocabulary_expr(code).alias("vocabulary_id"), pl.col(out).alias("source_code")
+            )
+            found = (
+                resolve_codes(self.ctx.db, keyed, cache=self.ctx.codes)
+                .group_by("_ord", maintain_order=True)
+                .agg(pl.col("concept_id").min().alias("__concept"))
+            )
+            rows = (
+                rows.join(found, on="_ord", how="left", maintain_order="left")
+                .with_columns(
+                    pl.when(pl.col(out).is_null()).then(None).otherwise(pl.col("__concept").fill_null(0)).alias(out)
+                )
+                .drop("__concept")
+            )
+        return rows
 
     def _vocabulary_expr(self, code: CodeExpr) -> pl.Expr:
         if code.vocabulary:

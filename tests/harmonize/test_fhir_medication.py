@@ -105,3 +105,71 @@ def test_reference_to_a_medication_entry_of_the_same_bundle(tmp_path: Path, shar
     db = tmp_path / "out.duckdb"
     assert run_mapping(mapping, tmp_path / "data", db, vocabulary=EUNOMIA).balanced
     assert _drugs(db) == [("rx-b", "314076", True, True)]
+
+
+def _vocabulary_with(tmp_path: Path, rows: list[str], domains: list[str], classes: list[str]) -> Path:
+    """The sample vocabulary plus the given standard concepts (tab-separated CONCEPT rows)."""
+    folder = tmp_path / "vocabulary"
+    folder.mkdir()
+    for path in (MAPPINGS.parent / "sample_data" / "vocabulary").glob("*.csv"):
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, extra in (("CONCEPT.csv", rows), ("DOMAIN.csv", domains), ("CONCEPT_CLASS.csv", classes)):
+        with (folder / name).open("a", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in extra))
+    return folder
+
+
+def test_route_and_coded_value_become_standard_concepts(tmp_path: Path) -> None:
+    """IG: dosage route -> route_concept_id, valueCodeableConcept -> value_as_concept_id, both through the
+    vocabulary. SNOMED 26643006 is OMOP 4132161 "Oral route" (domain Route); SNOMED 260385009 is OMOP 9189
+    "Negative" (domain Meas Value); both are added to the sample vocabulary here. A route code the vocabulary
+    lacks gives 0, no route gives NULL."""
+    vocabulary = _vocabulary_with(
+        tmp_path,
+        [
+            "4132161\tOral route\tRoute\tSNOMED\tQualifier Value\tS\t26643006\t19700101\t20991231\t",
+            "9189\tNegative\tMeas Value\tSNOMED\tQualifier Value\tS\t260385009\t19700101\t20991231\t",
+        ],
+        ["Route\tRoute\t0", "Meas Value\tMeas Value\t0"],
+        ["Qualifier Value\tQualifier Value\t0"],
+    )
+    snomed = "http://snomed.info/sct"
+    drug = {"coding": [{"system": RXNORM, "code": "199224"}]}  # anastrozole 1 MG Oral Tablet (sample vocabulary)
+
+    def request(rx_id: str, route: dict[str, object] | None) -> dict[str, object]:
+        rx: dict[str, object] = {**_request(rx_id, "unused"), "medicationCodeableConcept": drug}
+        del rx["medicationReference"]
+        if route is not None:
+            rx["dosageInstruction"] = [{"route": route}]
+        return rx
+
+    export = {
+        "Patient.ndjson": [PATIENT],
+        "MedicationRequest.ndjson": [
+            request("oral", {"coding": [{"system": snomed, "code": "26643006"}]}),
+            request("unknown-route", {"coding": [{"system": snomed, "code": "999999999"}]}),
+            request("no-route", None),
+        ],
+        "Observation.ndjson": [
+            {
+                "resourceType": "Observation",
+                "id": "coded",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": "2020-03-04",
+                "valueCodeableConcept": {"coding": [{"system": snomed, "code": "260385009"}]},
+            }
+        ],
+    }
+    for name, resources in export.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=vocabulary).balanced
+    routes = _rows(
+        db,
+        "select l.source_row, d.route_source_value, d.route_concept_id from drug_exposure d "
+        "join fedomop_lineage l on l.omop_table = 'drug_exposure' and l.omop_id = d.drug_exposure_id order by 1",
+    )
+    assert routes == [("no-route", None, None), ("oral", "26643006", 4132161), ("unknown-route", "999999999", 0)]
+    assert _rows(db, "select value_as_concept_id, value_source_value from measurement") == [(9189, "260385009")]
