@@ -151,6 +151,12 @@ def map_site(
             f"{', '.join(report.absent_sources)}",
             highlight=False,
         )
+    if report.values_shortened:
+        out.print(
+            f"{report.values_shortened} value(s) longer than their OMOP column were loaded in a recorded short form "
+            "(prefix~hash); the whole values are in fedomop_shortened",
+            highlight=False,
+        )
     if report.unsplit_reason:
         out.print(
             f"[yellow]warning:[/] mapped whole, not in chunks ({report.unsplit_reason}): memory grew with the site"

@@ -15,6 +15,7 @@ from fedomop.harmonize.mapping.models import Rule
 from fedomop.harmonize.run.ids import assign_ids
 from fedomop.harmonize.run.progress import Progress
 from fedomop.harmonize.run.rules import FIELD_PREFIX, RuleEvaluator, RunContext
+from fedomop.harmonize.run.shorten import Shortened
 from fedomop.harmonize.tables import (
     DOMAIN_TABLES,
     KEYED_TABLES,
@@ -68,19 +69,21 @@ def _to_table_columns(table: str, rows: pl.DataFrame) -> pl.DataFrame:
     return renamed.with_columns(missing)
 
 
-def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """Spec types and varchar lengths (PostgreSQL would refuse longer text); lineage columns kept."""
+def _cast_to_spec(table: str, frame: pl.DataFrame, shortened: Shortened) -> pl.DataFrame:
+    """Spec types and varchar lengths (PostgreSQL would refuse longer text); lineage columns kept. A longer text
+    gets its recorded short form (:mod:`.shorten`): never cut silently."""
     exprs = []
+    fitted = frame
     for f in load_spec().table(table).fields:
         dtype = _POLARS_TYPE.get(f.datatype, pl.String())
         column = pl.col(f.name).cast(dtype, strict=False)  # type: ignore[arg-type]
         if f.datatype == "varchar":
             column = pl.col(f.name).cast(pl.String)
-            if f.length:
-                column = column.str.slice(0, f.length)
+            if f.length and f.name in frame.columns:
+                fitted = shortened.fit(table, f.name, f.length, fitted.with_columns(pl.col(f.name).cast(pl.String)))
         exprs.append(column.alias(f.name))
-    keep = [c for c in _LINEAGE_COLUMNS if c in frame.columns]
-    return frame.select(*exprs, *keep)
+    keep = [c for c in _LINEAGE_COLUMNS if c in fitted.columns]
+    return fitted.select(*exprs, *keep)
 
 
 class SiteBuild:
@@ -133,7 +136,7 @@ class SiteBuild:
             frame = self._one_per_person(frame)
         elif target.id_column:
             frame = assign_ids(frame.drop(target.id_column), target.id_column, self.ids_after.get(table, 0))
-        frame = _cast_to_spec(table, target.finish(frame))
+        frame = _cast_to_spec(table, target.finish(frame), self.ctx.shortened)
         return self._require(table, frame)
 
     def _one_per_person(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -231,7 +234,7 @@ class SiteBuild:
             if period.height:
                 period = self._continue_ids("observation_period", period)
                 self.tables["observation_period"] = _cast_to_spec(
-                    "observation_period", _to_table_columns_derived("observation_period", period)
+                    "observation_period", _to_table_columns_derived("observation_period", period), self.ctx.shortened
                 )
         conditions = self.tables.get("condition_occurrence", pl.DataFrame())
         if mapping.episodes and conditions.height:
@@ -247,15 +250,19 @@ class SiteBuild:
             )
             if episodes.height:
                 episodes = self._continue_ids("episode", episodes)
-                self.tables["episode"] = _cast_to_spec("episode", _to_table_columns_derived("episode", episodes))
+                self.tables["episode"] = _cast_to_spec(
+                    "episode", _to_table_columns_derived("episode", episodes), self.ctx.shortened
+                )
                 events = episode_event.build(cancers, episodes)
                 self.tables["episode_event"] = _cast_to_spec(
-                    "episode_event", _to_table_columns_derived("episode_event", events)
+                    "episode_event", _to_table_columns_derived("episode_event", events), self.ctx.shortened
                 )
         if with_cdm_source:
             version = _vocabulary_version(db)
             row = cdm_source.build(mapping.cdm_source, version, mapping_file, dt.date.today())
-            self.tables["cdm_source"] = _cast_to_spec("cdm_source", _to_table_columns_derived("cdm_source", row))
+            self.tables["cdm_source"] = _cast_to_spec(
+                "cdm_source", _to_table_columns_derived("cdm_source", row), self.ctx.shortened
+            )
 
     def _continue_ids(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
         """Derived tables number from 1 per build; shift past the ids earlier chunks used."""

@@ -41,6 +41,7 @@ from fedomop.harmonize.run.progress import Progress, chunk_progress
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
 from fedomop.harmonize.run.reading import read_source
 from fedomop.harmonize.run.rules import RunContext
+from fedomop.harmonize.run.shorten import SHORTENED_SCHEMA, SHORTENED_TABLE, Shortened
 from fedomop.harmonize.run.units import UnitConverter
 from fedomop.harmonize.sources.base import SourceBatch
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
@@ -128,6 +129,7 @@ class RunTotals:
     seen: Counter[str] = field(default_factory=Counter)
     reconciliations: list[pl.DataFrame] = field(default_factory=list)
     read_seconds: float = 0.0
+    shortened: int = 0  # values longer than their OMOP column, loaded in short form (fedomop_shortened)
 
     def reconciliation(self) -> pl.DataFrame:
         """Per source and table, counts summed over chunks (chunks never share a record, so sums are exact)."""
@@ -221,6 +223,7 @@ class SiteRun:
             quarantine=quarantine,
             units=self.units,
             codes=self.codes,
+            shortened=Shortened(self.run_id),
         )
         build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
         build.build_keyed()
@@ -240,18 +243,24 @@ class SiteRun:
         recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
         check_reconciliation(recon)
         quarantined = quarantine.frame()
+        shortened = ctx.shortened.frame()
+        self.totals.shortened += shortened.height
         self.totals.reasons.update(summarise_reasons(quarantined))
         self.totals.seen.update(seen)
         self.totals.reconciliations.append(recon)
         self.wait_for_load()  # at most one chunk is loading while the next one is built
         if self.loader is None or chunks == 1:
-            self._load(tables, quarantined, progress)
+            self._load(tables, quarantined, shortened, progress)
         else:
-            self.pending = self.loader.submit(self._load, tables, quarantined, progress)
+            self.pending = self.loader.submit(self._load, tables, quarantined, shortened, progress)
 
-    def _load(self, tables: dict[str, pl.DataFrame], quarantined: pl.DataFrame, progress: Progress) -> None:
+    def _load(
+        self, tables: dict[str, pl.DataFrame], quarantined: pl.DataFrame, shortened: pl.DataFrame, progress: Progress
+    ) -> None:
         self.totals.loaded.update(load_tables(self.db, tables, progress))
         self.db.load_arrow(QUARANTINE_TABLE, quarantined.select(list(QUARANTINE_SCHEMA)))
+        if shortened.height:
+            self.db.load_arrow(SHORTENED_TABLE, shortened.select(list(SHORTENED_SCHEMA)))
         for table, frame in tables.items():
             constants = {"run_id": self.run_id, "omop_table": table}
             self.db.load_arrow(LINEAGE_TABLE, lineage_rows(lineage_id(table), frame), constants=constants)

@@ -30,6 +30,7 @@ from fedomop.harmonize.run.preflight import check_concept_names
 from fedomop.harmonize.run.progress import Progress
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
 from fedomop.harmonize.run.rules import filter_mask
+from fedomop.harmonize.run.shorten import SHORTENED_SCHEMA, SHORTENED_TABLE
 from fedomop.harmonize.tables import (
     TARGETS,
 )
@@ -52,6 +53,7 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "records_read": pl.Int64(),
     "rows_loaded": pl.Int64(),
     "records_quarantined": pl.Int64(),
+    "values_shortened": pl.Int64(),  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
 }
 
 
@@ -82,6 +84,7 @@ def create_run_tables(db: Database) -> None:
             LINEAGE_TABLE: LINEAGE_SCHEMA,
             RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
             RUN_TABLE: RUN_SCHEMA,
+            SHORTENED_TABLE: SHORTENED_SCHEMA,
         },
     )
 

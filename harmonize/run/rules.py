@@ -30,6 +30,7 @@ from fedomop.harmonize.mapping.models import (
 )
 from fedomop.harmonize.run.datebounds import date_bounds
 from fedomop.harmonize.run.quarantine import Quarantine
+from fedomop.harmonize.run.shorten import Shortened
 from fedomop.harmonize.run.units import UnitConverter
 from fedomop.harmonize.vocabulary import resolve_codes
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
@@ -54,6 +55,7 @@ class RunContext:
     units: UnitConverter
     keys: dict[str, pl.DataFrame] = field(default_factory=dict)  # table -> (_key, _id)
     codes: ResolutionCache = field(default_factory=ResolutionCache)  # answers shared by the run's chunks
+    shortened: Shortened = field(default_factory=lambda: Shortened(""))  # over-long texts, recorded (shorten.py)
 
 
 @dataclass

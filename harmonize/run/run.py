@@ -58,6 +58,7 @@ class RunReport:
     chunks: int = 1
     unsplit_reason: str = ""  # why a site big enough to chunk was mapped whole
     absent_sources: list[str] = field(default_factory=list)  # sources with no file: 0 records
+    values_shortened: int = 0  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
 
     @property
     def balanced(self) -> bool:
@@ -183,6 +184,7 @@ def run_mapping(
             "records_read": records_read,
             "rows_loaded": sum(totals.loaded.values()),
             "records_quarantined": records_quarantined,
+            "values_shortened": totals.shortened,
         }
         db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
         db.load_arrow(RUN_TABLE, pl.DataFrame([run_row], schema=RUN_SCHEMA))
@@ -202,6 +204,7 @@ def run_mapping(
         chunks=plan.chunks.chunks,
         unsplit_reason=plan.chunks.reason,
         absent_sources=list(plan.files.absent),
+        values_shortened=totals.shortened,
     )
 
 
