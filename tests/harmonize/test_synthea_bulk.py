@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -19,6 +20,7 @@ def synthea(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> tuple
     return db, report
 
 
+@cache
 def _resources_in_export() -> dict[str, int]:
     counts: dict[str, int] = {}
     for path in SYNTHEA_BULK.glob("*.ndjson"):
@@ -88,3 +90,73 @@ def test_clinical_tables_are_populated_and_routed_by_domain(synthea) -> None:
     with duckdb.connect(str(db), read_only=True) as con:
         note = con.execute("select note_text, note_title from note order by note_id limit 1").fetchone()
     assert "# Chief Complaint" in note[0] and note[1]
+
+
+# Counted by hand from the export with jq (`jq -r .status F | sort | uniq -c`, likewise verificationStatus and
+# intent): resources per type, and how many carry a status the standard mapping excludes (none: every Condition
+# and AllergyIntolerance is confirmed, every Procedure/Immunization completed, every MedicationRequest an
+# order that is active or stopped, DocumentReferences current or superseded, Devices active).
+HAND_COUNTS = {
+    "AllergyIntolerance": ("allergies", 11),
+    "Condition": ("conditions", 555),
+    "Device": ("devices", 16),
+    "DocumentReference": ("notes", 1215),
+    "Encounter": ("encounters", 1215),
+    "Immunization": ("immunizations", 161),
+    "Location": ("locations", 44),
+    "MedicationRequest": ("medication_requests", 1745),
+    "Organization": ("organizations", 43),
+    "Patient": ("patients", 13),
+    "Practitioner": ("practitioners", 43),
+    "PractitionerRole": ("PractitionerRole (not mapped)", 43),
+    "Procedure": ("procedures", 2056),
+}
+EXCLUDED_STATUSES = {  # the standard mapping's exclude: rules (mappings/fhir_r4.yaml), element -> codes
+    "status": {"entered-in-error", "cancelled", "not-done", "preparation", "draft", "not-taken"},
+    "verificationStatus": {"entered-in-error", "refuted", "differential"},
+    "intent": {"proposal", "plan"},
+}
+
+
+@cache
+def _excluded_in_export(resource_type: str) -> int:
+    """Resources of the type whose status/verificationStatus/intent is one fhir_r4.yaml excludes (read here,
+    independently of fedomop)."""
+    count = 0
+    for path in SYNTHEA_BULK.glob(f"{resource_type}.*ndjson"):
+        for line in path.read_text().splitlines():
+            resource = json.loads(line)
+            for element, codes in EXCLUDED_STATUSES.items():
+                value = resource.get(element)
+                if isinstance(value, dict):
+                    value = (value.get("coding") or [{}])[0].get("code")
+                if value in codes:
+                    count += 1
+                    break
+    return count
+
+
+@pytest.mark.parametrize("resource_type", sorted(HAND_COUNTS))
+def test_per_resource_type_read_loaded_excluded_quarantined(synthea, resource_type: str) -> None:
+    """Per resource type of the export: read = loaded + excluded by rule + quarantined, each with its reasons.
+    Every type but PractitionerRole (which the CDM has no place for) loads whole."""
+    db, _ = synthea
+    source, count = HAND_COUNTS[resource_type]
+    assert _resources_in_export()[resource_type] == count  # the hand count still describes the shared files
+    assert _excluded_in_export(resource_type) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        recon = con.execute(
+            "select source_count, loaded, quarantined, balanced from fedomop_reconciliation "
+            "where source = ? and omop_table = '*'",
+            [source],
+        ).fetchall()
+        reasons = con.execute(
+            "select reason, count(distinct source_row) from fedomop_quarantine where source = ? group by 1",
+            [source],
+        ).fetchall()
+    if resource_type == "PractitionerRole":
+        assert recon == [(count, 0, count, True)]
+        assert reasons == [("resource type not mapped", count)]
+    else:
+        assert recon == [(count, count, 0, True)]
+        assert reasons == []
