@@ -317,3 +317,25 @@ def test_contained_medication_dose_quantity_days_supply_route(tmp_path: Path, sh
     assert reasons == [
         ("rx-proposal", "excluded by rule: MedicationRequest.intent proposal/plan: suggested, not ordered")
     ]
+
+
+def test_grouping_panels_and_waveforms_are_excluded_and_valueless_results_quarantined(hl7_db: Path) -> None:
+    """vitals-panel and bgpanel only group other Observations (hasMember): each member is its own result, the
+    group is excluded by rule. The ekg components carry valueSampledData (no CDM column): excluded by rule.
+    example-genetics-3 has no value[x], no dataAbsentReason and no component (US Core us-core-2 requires one):
+    quarantined "missing value". date-lastmp's valueDateTime is a value (it is held back only for its unknown
+    subject, Patient/pat2)."""
+    reasons = dict(
+        _rows(
+            hl7_db,
+            "select source_row, reason from fedomop_quarantine where source_row in "
+            "('vitals-panel', 'bgpanel', 'ekg/component/0', 'example-genetics-3', 'date-lastmp')",
+        )
+    )
+    assert reasons == {
+        "vitals-panel": "excluded by rule: Observation grouping others (hasMember): each member is its own Observation",
+        "bgpanel": "excluded by rule: Observation grouping others (hasMember): each member is its own Observation",
+        "ekg/component/0": "excluded by rule: valueSampledData (a waveform): the CDM has no column for sampled data",
+        "example-genetics-3": "missing value",
+        "date-lastmp": "unknown person",
+    }
