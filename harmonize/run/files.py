@@ -8,12 +8,19 @@ outside that folder is refused before any byte of it is read, and the error neve
 A source whose files are missing is *absent*: a Bulk Data export has files only for the resource types it
 holds, so an absent source counts 0 records and is named in the run summary; ``required: true`` makes it an
 error, and a folder where no source finds a file at all is an error too (a wrong ``--source``).
+
+A Bulk Data ``$export`` manifest (``manifest.json`` in the source folder: ``transactionTime`` and ``output``)
+is the export's own list of files: when present, each NDJSON source reads the ``output`` files of its resource
+type (the last segment of each ``url``, found in the folder), not what its glob matches, so a stale file from an
+earlier export is not read and the ``error`` files (OperationOutcomes) are not data.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import urlparse
 
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.models import Mapping
@@ -27,6 +34,7 @@ class SiteFiles:
     sources: dict[str, list[Path]]
     inventory: list[list[Path]] = field(default_factory=list)  # one list per mapping.fhir_inventory entry
     absent: tuple[str, ...] = ()  # sources with no file (counted as 0 records)
+    manifest: Path | None = None  # the Bulk Data manifest the NDJSON files were taken from
 
     def of(self, name: str) -> list[Path]:
         return self.sources[name]
@@ -88,13 +96,53 @@ def contained_file(folder: Path, name: str, where: str) -> Path:
     return path
 
 
+MANIFEST = "manifest.json"
+
+
+def read_manifest(source_dir: Path) -> dict[str, list[Path]] | None:
+    """The ``output`` files of a Bulk Data manifest in ``source_dir``, by resource type (None: no manifest)."""
+    path = source_dir / MANIFEST
+    if not path.is_file() or not inside(path, source_dir):
+        return None
+    where = str(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceError(f"the Bulk Data manifest is not JSON: {exc}", where=where, fix="fix or remove it") from None
+    if not isinstance(manifest, dict) or "output" not in manifest or "transactionTime" not in manifest:
+        return None  # some other manifest.json: the globs decide
+    by_type: dict[str, list[Path]] = {}
+    for index, item in enumerate(manifest.get("output") or []):
+        kind = item.get("type") if isinstance(item, dict) else None
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(kind, str) or not isinstance(url, str):
+            raise SourceError(
+                f"output[{index}] has no type and url", where=where, fix="each output entry names {type, url}"
+            )
+        name = PurePosixPath(urlparse(url).path).name
+        local = source_dir / name
+        if not name or not local.is_file() or not inside(local, source_dir):
+            raise SourceError(
+                f"the manifest lists {name or url!r} ({kind}) but the folder has no such file",
+                where=where,
+                fix="download every output file of the export into the source folder, or remove the manifest",
+            )
+        by_type.setdefault(kind, []).append(local)
+    return {kind: sorted(files) for kind, files in by_type.items()}
+
+
 def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mapping") -> SiteFiles:
     """Match every source and inventory glob once; absent sources are named, required ones must exist."""
     sources: dict[str, list[Path]] = {}
     absent: list[str] = []
+    manifest = read_manifest(source_dir)
     for name, source in mapping.sources.items():
         where = f"{mapping_file}: sources.{name}.files"
-        files = match_files(source_dir, source.files, where)
+        if manifest is not None and source.format == "fhir_ndjson":
+            check_pattern(source.files, where)
+            files = manifest.get(source.resource_type or "", [])
+        else:
+            files = match_files(source_dir, source.files, where)
         if not files:
             if source.required:
                 raise SourceError(
@@ -104,8 +152,11 @@ def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mappi
                 )
             absent.append(name)
         sources[name] = files
+    listed = sorted(f for files in (manifest or {}).values() for f in files)
     inventory = [
-        match_files(source_dir, item.files, f"{mapping_file}: fhir_inventory[{index}].files")
+        listed
+        if manifest is not None and item.format == "fhir_ndjson"
+        else match_files(source_dir, item.files, f"{mapping_file}: fhir_inventory[{index}].files")
         for index, item in enumerate(mapping.fhir_inventory)
     ]
     if len(absent) == len(sources) and sources:
@@ -114,4 +165,6 @@ def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mappi
             where=str(source_dir),
             fix="point --source at the extract folder, or check the mapping's files: globs",
         )
-    return SiteFiles(source_dir, sources, inventory, tuple(absent))
+    return SiteFiles(
+        source_dir, sources, inventory, tuple(absent), source_dir / MANIFEST if manifest is not None else None
+    )
