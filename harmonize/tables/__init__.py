@@ -19,6 +19,7 @@ from fedomop.harmonize.tables import (
     person,
     procedure_occurrence,
     provider,
+    specimen,
     visit_occurrence,
 )
 from fedomop.harmonize.tables._target import TableTarget
@@ -38,6 +39,7 @@ TARGETS: dict[str, TableTarget] = {
         measurement,
         observation,
         device_exposure,
+        specimen,
         note,
         death,
         observation_period,
