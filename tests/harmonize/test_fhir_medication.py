@@ -173,3 +173,24 @@ def test_route_and_coded_value_become_standard_concepts(tmp_path: Path) -> None:
     )
     assert routes == [("no-route", None, None), ("oral", "26643006", 4132161), ("unknown-route", "999999999", 0)]
     assert _rows(db, "select value_as_concept_id, value_source_value from measurement") == [(9189, "260385009")]
+
+
+def test_lookup_holds_across_person_chunks(tmp_path: Path) -> None:
+    """Mapped in 2 person-disjoint chunks, the Medication (no person: read with the first chunk) still resolves
+    every request, including those of the second chunk."""
+    requests = [_request(f"rx{i}", "Medication/m1", patient=f"Patient/p{i}") for i in range(6)]
+    export = {
+        "Patient.ndjson": [{**PATIENT, "id": f"p{i}"} for i in range(6)],
+        "Medication.ndjson": [{**MEDICATION, "code": {"coding": [{"system": RXNORM, "code": "199224"}]}}],
+        "MedicationRequest.ndjson": requests,
+    }
+    for name, resources in export.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+    db = tmp_path / "out.duckdb"
+    vocabulary = MAPPINGS.parent / "sample_data" / "vocabulary"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=vocabulary, chunks=2)
+    assert report.balanced and report.chunks == 2
+    # RxNorm 199224 is "anastrozole 1 MG Oral Tablet", concept 1348267 in the sample vocabulary
+    assert _rows(db, "select drug_source_value, drug_concept_id, count(*) from drug_exposure group by all") == [
+        ("199224", 1348267, 6)
+    ]
