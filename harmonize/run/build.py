@@ -50,15 +50,18 @@ def _spec_types(table: str) -> dict[str, pl.DataType]:
 
 
 def _to_table_columns(table: str, rows: pl.DataFrame) -> pl.DataFrame:
-    """Rename slot columns to this table's columns; ``fields:`` apply only where the rule declared this table."""
+    """Rename slot columns to this table's columns; ``fields:`` apply where the rule declared this table, and in a
+    table rows are routed to only where that table has the same column (value_as_concept_id, quantity ...)."""
     target = TARGETS[table]
     renamed = rows.rename({s: c for s, c in target.columns.items() if s in rows.columns and s != "_source_key"})
     field_columns = [c for c in renamed.columns if c.startswith(FIELD_PREFIX)]
     declared_here = renamed.height and renamed.get_column("_declared")[0] == table
     if declared_here:
         renamed = renamed.rename({c: c[len(FIELD_PREFIX) :] for c in field_columns})
-    else:
-        renamed = renamed.drop(field_columns)
+    else:  # routed here by domain: a field this table also has (value_as_concept_id ...) comes along
+        own = set(load_spec().table(table).column_names) - set(renamed.columns)
+        carried = {c: c[len(FIELD_PREFIX) :] for c in field_columns if c[len(FIELD_PREFIX) :] in own}
+        renamed = renamed.drop([c for c in field_columns if c not in carried]).rename(carried)
     key_column = target.columns.get("_source_key")
     if key_column and "_source_key" in renamed.columns:  # the record's id is the *_source_value unless a field says
         present = key_column in renamed.columns

@@ -194,3 +194,35 @@ def test_lookup_holds_across_person_chunks(tmp_path: Path) -> None:
     assert _rows(db, "select drug_source_value, drug_concept_id, count(*) from drug_exposure group by all") == [
         ("199224", 1348267, 6)
     ]
+
+
+def test_a_coded_value_follows_its_row_routed_to_observation(tmp_path: Path) -> None:
+    """An Observation whose code is in the Observation domain is routed to the observation table; its
+    valueCodeableConcept still becomes value_as_concept_id there (the column exists in both tables). The two
+    concepts are test concepts added to the sample vocabulary (ids above 2,000,000,000, as site concepts are)."""
+    vocabulary = _vocabulary_with(
+        tmp_path,
+        [
+            "2000000101\tSmoking status (test)\tObservation\tLOINC\tClinical Observation\tS\t72166-2\t19700101\t20991231\t",
+            "2000000102\tEx-smoker (test)\tObservation\tSNOMED\tClinical Finding\tS\t8517006\t19700101\t20991231\t",
+        ],
+        ["Observation\tObservation\t0"],
+        [],
+    )
+    observation = {
+        "resourceType": "Observation",
+        "id": "smoking",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2020-03-04",
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "8517006"}]},
+    }
+    for name, resources in {"Patient.ndjson": [PATIENT], "Observation.ndjson": [observation]}.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=vocabulary).balanced
+    assert _rows(db, "select observation_concept_id, value_as_concept_id, value_source_value from observation") == [
+        (2000000101, 2000000102, "8517006")
+    ]
+    assert _rows(db, "select count(*) from measurement") == [(0,)]
