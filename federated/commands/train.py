@@ -45,7 +45,7 @@ def _train_survival(
 ) -> None:
     """A time-to-event study: federated site-stratified Cox or histogram XGBoost survival:aft, printed like the
     classifier comparison."""
-    from fedomop.federated.survival.boosted import COX
+    from fedomop.federated.survival.boosted import COX, refuse_cox
     from fedomop.federated.survival.runner import (
         SURVIVAL_MODELS,
         comparison_rows,
@@ -61,6 +61,8 @@ def _train_survival(
             where="--model",
             fix=f"use --model {' or '.join(SURVIVAL_MODELS)}",
         )
+    if chosen == COX:
+        refuse_cox()  # before any site is read
     if federation:
         raise StudyError(
             "time-to-event studies are not yet offered over a Flower deployment: the deployed ClientApp answers "

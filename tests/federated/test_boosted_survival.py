@@ -107,3 +107,22 @@ def test_site_metrics_are_released_only_above_the_small_cell_threshold() -> None
     opened = _released(per_site, {"a": rows_a, "b": rows_b}, [100.0], small=2)
     assert opened["a"]["auroc_100d"] == 1.0
     assert opened["a"]["brier_100d"] == pytest.approx(0.25)
+
+
+def test_cli_refuses_xgboost_cox_and_a_deployment_for_time_to_event_studies(tmp_path) -> None:
+    """Both refusals come before any site is read: exit 2, the reason and a fix, no traceback."""
+    from typer.testing import CliRunner
+
+    from fedomop.cli import app
+
+    study = tmp_path / "tte.yaml"
+    study.write_text(TTE_STUDY, encoding="utf-8")
+    site = tmp_path / "site.duckdb"
+    site.touch()
+    boosted_cox = CliRunner().invoke(
+        app, ["train", "--study", str(study), "--model", "xgboost-cox", "--sites", str(site)]
+    )
+    assert isinstance(boosted_cox.exception, StudyError) and "own risk sets" in str(boosted_cox.exception)
+    deployed = CliRunner().invoke(app, ["train", "--study", str(study), "--model", "xgboost-aft", "--federation", "x"])
+    assert isinstance(deployed.exception, StudyError)
+    assert "Flower deployment" in str(deployed.exception) and "--sites" in deployed.exception.fix
