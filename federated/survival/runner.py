@@ -169,12 +169,15 @@ def run_survival(
     horizons = [float(h) for h in study.outcome.horizons] or [365.0]
     train: dict[str, Rows] = {}
     test: dict[str, Rows] = {}
+    raw_train: dict[str, np.ndarray] = {}
     versions = {}
     for name, db in sites.items():
         data = build_features(db, study)
         versions[name] = data.digest()
         site_train, site_test = data.train_test(study)
         train[name], test[name] = Rows.of(site_train), Rows.of(site_test)
+        raw_train[name] = site_train.X
+    require_complete_cases(study, raw_train, train, model)
     fitted = (
         _fit_cox(study, train, test, horizons) if model == COX_PH else _fit_aft(train, test, horizons, small, rounds)
     )
@@ -204,6 +207,44 @@ def run_survival(
         model=MODEL_LABELS[model],
         booster=fitted.booster,
     )
+
+
+def require_complete_cases(study: StudySpec, raw: dict[str, np.ndarray], train: dict[str, Rows], model: str) -> None:
+    """Stop, naming the site and covariate, where complete cases leave a model nothing to fit.
+
+    A covariate allowed absent at a site (``allow_absent_covariates``) is missing for everyone there, so under
+    complete cases that site has no row at all; and a covariate that never varies within any site among the
+    complete rows has no site-stratified Cox coefficient (its column is absorbed by the strata).
+    """
+    names = study.feature_names
+    empty = {
+        site: [names[j] for j in range(len(names)) if np.isnan(raw[site][:, j]).all()]
+        for site, rows in train.items()
+        if len(rows.time) == 0
+    }
+    if empty:
+        detail = "; ".join(
+            f"{site} (all missing: {', '.join(cols) or 'different covariates per row'})" for site, cols in empty.items()
+        )
+        raise StudyError(
+            f"{model} fits complete cases, and no training row is complete at {detail}",
+            where=study.name,
+            fix="drop the covariate from the study, or leave that site out (--sites)",
+        )
+    if model != COX_PH:
+        return
+    flat = [
+        names[j]
+        for j in range(len(names))
+        if all(len(rows.time) < 2 or np.ptp(rows.X[:, j]) == 0 for rows in train.values())
+    ]
+    if flat:
+        raise StudyError(
+            f"cox-ph: covariate(s) {', '.join(flat)} do not vary within any site among the complete training rows, "
+            "so a site-stratified Cox model has no coefficient for them",
+            where=study.name,
+            fix="drop the covariate(s) from the study",
+        )
 
 
 @dataclass

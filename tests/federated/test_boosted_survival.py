@@ -126,3 +126,31 @@ def test_cli_refuses_xgboost_cox_and_a_deployment_for_time_to_event_studies(tmp_
     deployed = CliRunner().invoke(app, ["train", "--study", str(study), "--model", "xgboost-aft", "--federation", "x"])
     assert isinstance(deployed.exception, StudyError)
     assert "Flower deployment" in str(deployed.exception) and "--sites" in deployed.exception.fix
+
+
+def test_complete_cases_that_leave_nothing_to_fit_stop_naming_site_and_covariate() -> None:
+    """A covariate allowed absent at a site leaves that site no complete row; a covariate that never varies within
+    a site among complete rows has no stratified Cox coefficient. Both stop before fitting (no singular matrix)."""
+    from fedomop.federated.survival.runner import require_complete_cases
+
+    study = parse_study(
+        TTE_STUDY.replace(
+            "[{name: age, kind: age}]",
+            "[{name: age, kind: age}, {name: male, kind: sex, concepts: [{vocabulary: Gender, code: M}]}]",
+        )
+    )
+    ages = np.array([[50.0, np.nan], [60.0, np.nan]])
+    with pytest.raises(StudyError, match=r"no training row is complete at b \(all missing: male\)"):
+        require_complete_cases(
+            study,
+            {"a": np.array([[50.0, 1.0], [60.0, 0.0]]), "b": ages},
+            {
+                "a": Rows(np.array([[50.0, 1.0], [60.0, 0.0]]), np.ones(2), np.ones(2, bool), 0),
+                "b": Rows(np.zeros((0, 2)), np.zeros(0), np.zeros(0, bool), 2),
+            },
+            "xgboost-aft",
+        )
+    flat = Rows(np.array([[50.0, 1.0], [60.0, 1.0], [70.0, 1.0]]), np.ones(3), np.ones(3, bool), 0)
+    with pytest.raises(StudyError, match="male do not vary within any site"):
+        require_complete_cases(study, {"a": flat.X}, {"a": flat}, "cox-ph")
+    require_complete_cases(study, {"a": flat.X}, {"a": flat}, "xgboost-aft")  # trees need no variation
