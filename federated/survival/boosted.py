@@ -48,7 +48,7 @@ COX_GAP = (
 
 @dataclass(frozen=True)
 class Part:
-    """One site's complete-case rows: covariates, follow-up time (days) and event flag."""
+    """One site's rows (missing values stay NaN): covariates, follow-up time (days) and event flag."""
 
     X: Array
     time: Array

@@ -7,7 +7,7 @@ stratified by site, as the clarification of the issue asks), so survival probabi
 
 The pooled reference fits the same site-stratified model on the rows of every site together; because the
 stratified partial likelihood is a sum over sites, it equals the federated fit up to floating-point order (the
-tests check it against lifelines on the NCCTG lung trial). Complete cases: a row with any missing covariate is
+tests check it against lifelines on the NCCTG lung trial). Cox uses complete cases: a row with any missing covariate is
 left out of fitting and evaluation at every site (the count is reported).
 """
 
@@ -47,9 +47,11 @@ class Rows:
     left_out: int
 
     @classmethod
-    def of(cls, data: SiteData) -> Rows:
+    def of(cls, data: SiteData, *, complete_cases: bool = True) -> Rows:
+        """``complete_cases``: leave out rows with a missing covariate (Cox); XGBoost keeps them (missing stays
+        missing: its trees learn a default direction for it)."""
         assert data.time is not None  # only time-to-event studies come here
-        complete = ~np.isnan(data.X).any(axis=1)
+        complete = ~np.isnan(data.X).any(axis=1) if complete_cases else np.ones(data.n, dtype=bool)
         return cls(data.X[complete], data.time[complete], data.y[complete] == 1, int((~complete).sum()))
 
 
@@ -175,7 +177,9 @@ def run_survival(
         data = build_features(db, study)
         versions[name] = data.digest()
         site_train, site_test = data.train_test(study)
-        train[name], test[name] = Rows.of(site_train), Rows.of(site_test)
+        cases = model == COX_PH
+        train[name] = Rows.of(site_train, complete_cases=cases)
+        test[name] = Rows.of(site_test, complete_cases=cases)
         raw_train[name] = site_train.X
     require_complete_cases(study, raw_train, train, model)
     fitted = (
@@ -210,12 +214,14 @@ def run_survival(
 
 
 def require_complete_cases(study: StudySpec, raw: dict[str, np.ndarray], train: dict[str, Rows], model: str) -> None:
-    """Stop, naming the site and covariate, where complete cases leave a model nothing to fit.
+    """Stop, naming the site and covariate, where complete cases (Cox) leave a model nothing to fit.
 
     A covariate allowed absent at a site (``allow_absent_covariates``) is missing for everyone there, so under
     complete cases that site has no row at all; and a covariate that never varies within any site among the
     complete rows has no site-stratified Cox coefficient (its column is absorbed by the strata).
     """
+    if model != COX_PH:
+        return
     names = study.feature_names
     empty = {
         site: [names[j] for j in range(len(names)) if np.isnan(raw[site][:, j]).all()]
@@ -229,10 +235,9 @@ def require_complete_cases(study: StudySpec, raw: dict[str, np.ndarray], train: 
         raise StudyError(
             f"{model} fits complete cases, and no training row is complete at {detail}",
             where=study.name,
-            fix="drop the covariate from the study, or leave that site out (--sites)",
+            fix="drop the covariate from the study, leave that site out (--sites), or use --model xgboost-aft "
+            "(it keeps rows with missing values)",
         )
-    if model != COX_PH:
-        return
     flat = [
         names[j]
         for j in range(len(names))

@@ -129,8 +129,9 @@ def test_cli_refuses_xgboost_cox_and_a_deployment_for_time_to_event_studies(tmp_
 
 
 def test_complete_cases_that_leave_nothing_to_fit_stop_naming_site_and_covariate() -> None:
-    """A covariate allowed absent at a site leaves that site no complete row; a covariate that never varies within
-    a site among complete rows has no stratified Cox coefficient. Both stop before fitting (no singular matrix)."""
+    """Cox on complete cases: a covariate allowed absent at a site leaves that site no complete row; a covariate that
+    never varies within a site among complete rows has no stratified coefficient. Both stop before fitting (no
+    singular matrix); xgboost-aft keeps rows with missing values and is not stopped."""
     from fedomop.federated.survival.runner import require_complete_cases
 
     study = parse_study(
@@ -148,9 +149,11 @@ def test_complete_cases_that_leave_nothing_to_fit_stop_naming_site_and_covariate
                 "a": Rows(np.array([[50.0, 1.0], [60.0, 0.0]]), np.ones(2), np.ones(2, bool), 0),
                 "b": Rows(np.zeros((0, 2)), np.zeros(0), np.zeros(0, bool), 2),
             },
-            "xgboost-aft",
+            "cox-ph",
         )
     flat = Rows(np.array([[50.0, 1.0], [60.0, 1.0], [70.0, 1.0]]), np.ones(3), np.ones(3, bool), 0)
     with pytest.raises(StudyError, match="male do not vary within any site"):
         require_complete_cases(study, {"a": flat.X}, {"a": flat}, "cox-ph")
-    require_complete_cases(study, {"a": flat.X}, {"a": flat}, "xgboost-aft")  # trees need no variation
+    require_complete_cases(
+        study, {"a": flat.X}, {"a": flat}, "xgboost-aft"
+    )  # keeps incomplete rows, needs no variation
