@@ -54,6 +54,8 @@ def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
         for rule in rules:
             if rule.concept is not None and rule.concept.vocabulary:
                 found.setdefault(table, set()).add(rule.concept.vocabulary)
+            for wide in (rule.unpivot or {}).values():
+                found.setdefault(table, set()).add(wide.vocabulary)
     return {table: " or ".join(sorted(v)) for table, v in found.items()}
 
 
