@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         factor: Annotated[float, typer.Option(help="--compare: flag medians this many times off.")] = 10.0,
         fail_on_fatal: Annotated[bool, typer.Option(help="Exit 1 when a fatal check fails.")] = False,
+        internal: Annotated[
+            bool, typer.Option(help="Also write OUT/internal/report.* with exact counts (stays at the site).")
+        ] = True,
     ) -> None:
         """Validate an OMOP database (schemas + OHDSI DQD checks) into report.html + report.json, or --compare."""
         if compare:
@@ -67,14 +70,16 @@ def register(app: typer.Typer) -> None:
             load_site_checks(module)
         names = tuple(n.strip() for n in checks.split(",") if n.strip()) if checks else None
         options = ValidateOptions(small_cell=small_cell, sample_rows=sample_rows, checks=names, site=site)
-        report = validate_database(db, out, options)
+        report = validate_database(db, out, options, internal=internal)
         overview = report.data["overview"]
         status = overview["by_status"]
         console.print(
             f"{report.data['site']}: {overview['checks']:,} checks — {status['pass']:,} pass, {status['fail']:,} fail "
             f"({overview['fatal_failures']} fatal), {status['not_applicable']:,} not applicable, {status['error']} error"
         )
-        console.print(f"wrote {report.html_path} and {report.json_path}")
+        console.print(f"wrote {report.html_path} and {report.json_path} (shareable: small cells withheld)")
+        if report.internal_html_path:
+            console.print(f"internal report (exact counts, stays at the site): {report.internal_html_path}")
         if fail_on_fatal and overview["fatal_failures"]:
             raise typer.Exit(1)
 

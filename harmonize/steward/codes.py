@@ -24,17 +24,10 @@ import polars as pl
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError, VocabularyError
 from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.run.coverage import EVENT_TABLES, code_counts, rule_vocabularies
 
 LOCAL_CONCEPT_START = 2_000_000_001
 CANDIDATES = 3
-EVENT_TABLES = {
-    "condition_occurrence": ("condition", "Condition"),
-    "procedure_occurrence": ("procedure", "Procedure"),
-    "drug_exposure": ("drug", "Drug"),
-    "measurement": ("measurement", "Measurement"),
-    "observation": ("observation", "Observation"),
-    "device_exposure": ("device", "Device"),
-}
 DECISIONS = ("", "approve", "local", "skip")
 REVIEW_COLUMNS = [
     "omop_table", "source_vocabulary_id", "source_code", "source_name", "records",
@@ -44,52 +37,18 @@ REVIEW_COLUMNS = [
 ]  # fmt: skip
 
 
-def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
-    """Table -> the fixed source vocabulary of its coded rules ("ICD10CM or SNOMED" when they differ).
-
-    Used for codes the vocabulary does not know (source concept 0), whose vocabulary the database cannot tell.
-    """
-    found: dict[str, set[str]] = {}
-    for table, rules in mapping.tables.items():
-        for rule in rules:
-            if rule.concept is not None and rule.concept.vocabulary:
-                found.setdefault(table, set()).add(rule.concept.vocabulary)
-            for wide in (rule.unpivot or {}).values():
-                found.setdefault(table, set()).add(wide.vocabulary)
-    return {table: " or ".join(sorted(v)) for table, v in found.items()}
-
-
-def event_tables(db: Database) -> list[tuple[str, str]]:
-    """(table, column prefix) of the event tables the database has."""
-    present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
-    return [(table, prefix) for table, (prefix, _domain) in EVENT_TABLES.items() if table in present]
-
-
 def unmapped_codes(db: Database, mapping: Mapping) -> pl.DataFrame:
-    """Every distinct (table, source vocabulary, code) loaded with concept 0, with its record count."""
+    """Every distinct (table, source vocabulary, code) loaded with concept 0, with its count of such records."""
     vocabularies = rule_vocabularies(mapping)
-    frames = []
-    for table, prefix in event_tables(db):
-        frame = db.query(
-            f"SELECT {prefix}_source_value AS source_code, MAX(c.vocabulary_id) AS concept_vocabulary, "
-            f"MAX(c.concept_name) AS source_name, COUNT(*) AS records FROM {table} t "
-            f"LEFT JOIN concept c ON c.concept_id = t.{prefix}_source_concept_id AND c.concept_id <> 0 "
-            f"WHERE t.{prefix}_concept_id = 0 AND t.{prefix}_source_value IS NOT NULL GROUP BY 1"
-        )
-        frames.append(
-            frame.with_columns(
-                pl.lit(table).alias("omop_table"),
-                pl.coalesce("concept_vocabulary", pl.lit(vocabularies.get(table))).alias("source_vocabulary_id"),
-                pl.col("records").cast(pl.Int64),
-            ).drop("concept_vocabulary")
-        )
-    if not frames:
-        return pl.DataFrame(schema={"omop_table": pl.String, "source_vocabulary_id": pl.String,
-                                    "source_code": pl.String, "source_name": pl.String, "records": pl.Int64})  # fmt: skip
-    out = pl.concat(frames, how="diagonal_relaxed")
-    return out.select("omop_table", "source_vocabulary_id", "source_code", "source_name", "records").sort(
-        ["records", "omop_table", "source_code"], descending=[True, False, False]
-    )
+    fallback = pl.col("omop_table").replace_strict(vocabularies, default=None, return_dtype=pl.String)
+    codes = code_counts(db).filter((pl.col("unmapped") > 0) & pl.col("source_code").is_not_null())
+    return codes.select(
+        "omop_table",
+        pl.coalesce("source_vocabulary_id", fallback).alias("source_vocabulary_id"),
+        "source_code",
+        "source_name",
+        pl.col("unmapped").alias("records"),
+    ).sort(["records", "omop_table", "source_code"], descending=[True, False, False])
 
 
 @dataclass(frozen=True)

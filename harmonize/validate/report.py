@@ -34,6 +34,8 @@ from fedomop.harmonize.validate.checks.runner import CheckResult, build_context,
 from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
 
 REPORT_FORMAT = "fedomop-qa-report/1"
+SHAREABLE = "shareable"  # small cells withheld: the only report that leaves the site (--compare reads it)
+INTERNAL = "internal"  # exact counts for the site's own stewards; never passed to --compare
 KAHN_CATEGORIES = ("Conformance", "Completeness", "Plausibility")
 
 
@@ -56,6 +58,7 @@ class ValidationReport:
     data: dict[str, Any]
     json_path: Path | None = None
     html_path: Path | None = None
+    internal_html_path: Path | None = None  # the exact internal copy, when written
 
     @property
     def fatal_failures(self) -> int:
@@ -179,9 +182,14 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 
 def validate_database(
-    db: Database | str | Path, out: Path | str | None = None, options: ValidateOptions | None = None
+    db: Database | str | Path,
+    out: Path | str | None = None,
+    options: ValidateOptions | None = None,
+    *,
+    internal: bool = False,
 ) -> ValidationReport:
-    """Validate a site database; with ``out``, write ``report.json`` and ``report.html`` there."""
+    """Validate a site database; with ``out``, write the shareable ``report.json`` and ``report.html`` there, and
+    with ``internal`` also ``internal/report.json|html`` with exact counts (for the site's stewards only)."""
     options = options or ValidateOptions()
     if isinstance(db, Path | str) and "://" not in str(db) and not Path(db).exists():
         raise ValidationError(
@@ -199,14 +207,32 @@ def validate_database(
     finally:
         if database is not db:
             database.dispose()  # release the file: DuckDB allows one configuration per file per process
-    return write_report(raw, out, options.small_cell)
+    report = write_report(raw, out, options.small_cell)
+    if internal and out is not None:
+        report.internal_html_path = write_report(raw, Path(out) / INTERNAL, audience=INTERNAL).html_path
+    return report
 
 
-def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD) -> ValidationReport:
-    """Suppress a raw report once and write that same content as report.json and report.html."""
+def write_report(
+    raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD, *, audience: str = SHAREABLE
+) -> ValidationReport:
+    """Suppress a raw report once and write that same content as report.json and report.html.
+
+    The ``internal`` audience gets every count exact (a threshold of 1 withholds nothing) and says so on its
+    face: the site's own steward must see that coverage is 99.4%, not "<10 unmapped"."""
     from fedomop.harmonize.validate.html import render_html
 
-    data = suppress(raw, small_cell)
+    if audience == INTERNAL:
+        raw = {
+            **raw,
+            "suppression": {
+                "small_cell_threshold": 1,
+                "label": "none",
+                "rule": "internal report: exact counts, nothing withheld; it stays at the site (share report.json)",
+            },
+        }
+    data = suppress(raw, 1 if audience == INTERNAL else small_cell)
+    data["audience"] = audience
     report = ValidationReport(data)
     if out is not None:
         folder = Path(out)
