@@ -340,7 +340,7 @@ def draft_mapping(
     w.add(f"  cdm_source_abbreviation: {_q(site[:25])}")
     w.add("vocabulary:")
     w.add(f"  folder: {_q(vocabulary_folder)}")
-    w.add("  # source_to_concept_map: source_to_concept_map.csv  # written by `fedomop codes apply`")
+    w.add("  # source_to_concept_map and extensions: added here by `fedomop codes apply --mapping`")
     w.add("on_unmapped: concept_zero")
     w.add("")
     for file in fhir:
