@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from tests.conftest import SAMPLE_DATA
+from tests.steward.conftest import LAB_SITE
 
 runner = CliRunner()
 LABS = (
@@ -28,21 +29,15 @@ cdm_source: {{cdm_source_name: Lab site, cdm_source_abbreviation: lab_site}}
 vocabulary:
   folder: {SAMPLE_DATA / "vocabulary"}  # the bundled sample vocabulary
   # the steward's reviewed codes go below (codes apply)
-sources:
-  patients: {{format: csv, files: patients.csv}}
-  labs: {{format: csv, files: labs.csv}}
-tables:
-  person:
-    - source: patients
-      id: pid
-      start: {{date: born}}
-  measurement:
+"""
+MAPPING += LAB_SITE
+MAPPING += """  measurement:
     - source: labs
       person: pid
-      concept: {{code: code, vocabulary: SITE_LAB}}
-      start: {{date: drawn}}
-      value: {{number: value}}
-      type_concept: {{constant: 32817, name: EHR}}
+      concept: {code: code, vocabulary: SITE_LAB}
+      start: {date: drawn}
+      value: {number: value}
+      type_concept: {constant: 32817, name: EHR}
 """
 
 
@@ -86,7 +81,7 @@ def test_applied_review_takes_effect_on_the_next_map(tmp_path: Path) -> None:
 
     text = mapping.read_text()
     assert "# the bundled sample vocabulary" in text  # the steward's comments survive
-    assert "extensions: [\"lab_site_vocabulary\"]" in text
+    assert 'extensions: ["lab_site_vocabulary"]' in text
 
     extension = mapping.parent / "lab_site_vocabulary"
     vocabulary = pl.read_csv(extension / "VOCABULARY.csv", separator="\t", infer_schema=False)

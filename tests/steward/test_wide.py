@@ -16,6 +16,7 @@ from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from tests.conftest import SAMPLE_DATA
+from tests.steward.conftest import LAB_SITE
 
 runner = CliRunner()
 
@@ -56,15 +57,8 @@ def _site(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
         f"""site: wide
 cdm_source: {{cdm_source_name: Wide lab site, cdm_source_abbreviation: wide}}
 vocabulary: {{folder: {SAMPLE_DATA / "vocabulary"}, source_to_concept_map: stcm.csv}}
-sources:
-  patients: {{format: csv, files: patients.csv}}
-  labs: {{format: csv, files: labs.csv}}
-tables:
-  person:
-    - source: patients
-      id: pid
-      start: {{date: born}}
 """
+        + LAB_SITE
         + MEASUREMENT_RULE.format(extra=extra)
     )
     return mapping, source
