@@ -33,7 +33,9 @@ VocabularyOption = Annotated[
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile_command(
-        source: Annotated[Path, typer.Option("--source", help="Folder of the extract (CSV/TSV/Parquet).")],
+        source: Annotated[
+            Path, typer.Option("--source", help="Folder of the extract (CSV/TSV/Parquet, FHIR NDJSON/Bundles).")
+        ],
         out: Annotated[Path, typer.Option("--out", help="Folder for profile.json/.html (+ .shareable).")],
         vocabulary: VocabularyOption = None,
         min_cell: Annotated[int, typer.Option("--min-cell", min=1, help="Small-cell threshold.")] = DEFAULT_MIN_CELL,
@@ -47,6 +49,10 @@ def register(app: typer.Typer) -> None:
                 f"{file.path}: {file.rows:,} rows, {len(file.columns)} columns; codes: {', '.join(coded) or '-'}",
                 highlight=False,
             )
+        if profile.fhir is not None:
+            types = ", ".join(f"{k} {v:,}" for k, v in sorted(profile.fhir.resources.items()))
+            systems = sorted({s.system for s in profile.fhir.codings.values()})
+            console.print(f"FHIR resources: {types}; {len(systems)} code systems", highlight=False)
         console.print(f"internal profile (stays at the site): {written['internal']}", highlight=False)
         console.print(f"shareable profile (small cells suppressed): {written['shareable']}", highlight=False)
 
