@@ -115,3 +115,37 @@ def test_unpivot_of_a_column_the_file_lacks_names_it(tmp_path: Path) -> None:
     )
     assert isinstance(result.exception, MappingError | SourceError), result.output
     assert "unpivot.calcium" in str(result.exception)
+
+
+def test_a_drafted_mapping_unpivots_a_wide_table_and_review_lists_its_columns(tmp_path: Path) -> None:
+    _, source = _site(tmp_path)
+    (source / "stcm.csv").unlink()
+    # the drafter knows a person file by a birth date and an id unique over at least 20 rows
+    people = "".join(f"P{n},19{50 + n}-01-0{1 + n % 9}\n" for n in range(1, 26))
+    (source / "patients.csv").write_text("pid,born\n" + people)
+    # the same cells without the unit column, and a number for "abc" (a text column would not look like a test)
+    wide = [line.rsplit(",", 1)[0].replace("abc", "12.9") for line in LABS.splitlines()]
+    (source / "labs.csv").write_text("\n".join(wide) + "\n")
+    profile, mapping, db = tmp_path / "profile", tmp_path / "drafted.yaml", tmp_path / "drafted.duckdb"
+    vocabulary = str(SAMPLE_DATA / "vocabulary")
+    for args in (
+        ["profile", "--source", str(source), "--out", str(profile)],
+        [
+            "draft-mapping",
+            "--profile",
+            str(profile / "profile.json"),
+            "--out",
+            str(mapping),
+            "--vocabulary",
+            vocabulary,
+        ],
+        ["map", "--mapping", str(mapping), "--source", str(source), "--db", str(db)],
+        ["codes", "review", "--mapping", str(mapping), "--db", str(db), "--out", str(tmp_path / "review.csv")],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert "unpivot:" in mapping.read_text()
+    # filled cells counted in the extract above: hb 2, calcium 2, crea 2 -> the review sheet's counts
+    sheet = pl.read_csv(tmp_path / "review.csv", infer_schema=False)
+    assert dict(sheet.select("source_code", "records").iter_rows()) == {"calcium": "2", "crea": "2", "hb": "2"}
+    assert set(sheet["source_vocabulary_id"]) == {"LABS_LOCAL"}
