@@ -146,11 +146,15 @@ class _Ids:
         self.next += 1
         return self.next - 1
 
-    def concept(self, concepts: list[dict[str, object]], vocabulary: str, code: str, **fields: str | None) -> int:
+    def concept(  # noqa: PLR0913 (the concept's own fields)
+        self, concepts: list[dict[str, object]], vocabulary: str, code: str, *, name: str, domain: str, klass: str,
+        standard: str | None,
+    ) -> int:  # fmt: skip
         """The id of the site concept (vocabulary, code), adding it to ``concepts`` when the extension lacks it."""
         if (vocabulary, code) not in self.known:
             self.known[(vocabulary, code)] = self.take()
-            concepts.append(_concept(self.known[(vocabulary, code)], vocabulary=vocabulary, code=code, **fields))
+            concepts.append(_concept(self.known[(vocabulary, code)], name=name, domain=domain, vocabulary=vocabulary,
+                                     klass=klass, standard=standard, code=code))  # fmt: skip
         return self.known[(vocabulary, code)]
 
 

@@ -70,7 +70,8 @@ def wire_vocabulary(path: Path, *, source_to_concept_map: str | None = None, ext
     text = path.read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     vocabulary = data.get("vocabulary") if isinstance(data, dict) else None
-    found = _child(yaml.compose(text), "vocabulary")
+    root = yaml.compose(text)
+    found = _child(root, "vocabulary") if root is not None else None
     if not isinstance(vocabulary, dict) or found is None or not isinstance(found[1], yaml.MappingNode):
         raise MappingError("the mapping has no vocabulary: block of its own", where=f"{path}: vocabulary",
                            fix="add vocabulary: {folder: ...} to the site mapping")  # fmt: skip
