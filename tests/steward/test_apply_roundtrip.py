@@ -12,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import yaml
 from typer.testing import CliRunner
 
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.steward.mapping_edit import wire_vocabulary
 from tests.conftest import SAMPLE_DATA
 from tests.steward.conftest import LAB_SITE
 
@@ -120,3 +122,29 @@ def test_applied_review_takes_effect_on_the_next_map(tmp_path: Path) -> None:
     output = _cli("codes", "apply", "--review", review, "--mapping", mapping, "--source", source)
     assert (mapping.read_text(), (extension / "CONCEPT.csv").read_text()) == before
     assert pl.read_csv(source / "source_to_concept_map.csv", infer_schema=False).height == 2
+
+
+def test_wiring_keeps_other_keys_in_flow_and_block_styles(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("site: s  # a site\nvocabulary: {folder: vocab, fhir_systems: {'urn:x': X}}\nsources: {}\n")
+    assert wire_vocabulary(flow, source_to_concept_map="stcm.csv", extension="ext") == [
+        "vocabulary.source_to_concept_map: stcm.csv",
+        "vocabulary.extensions += ext",
+    ]
+    assert yaml.safe_load(flow.read_text())["vocabulary"] == {
+        "folder": "vocab", "fhir_systems": {"urn:x": "X"}, "source_to_concept_map": "stcm.csv", "extensions": ["ext"],
+    }  # fmt: skip
+    assert flow.read_text().startswith("site: s  # a site\n")
+    block = tmp_path / "block.yaml"
+    block.write_text(
+        "vocabulary:\n  folder: vocab\n  source_to_concept_map: mine.csv  # kept\n  extensions:\n    - first\n"
+        "sources: {}\n"
+    )
+    assert wire_vocabulary(block, source_to_concept_map="stcm.csv", extension="second") == [
+        "vocabulary.extensions += second"
+    ]
+    assert yaml.safe_load(block.read_text())["vocabulary"] == {
+        "folder": "vocab", "source_to_concept_map": "mine.csv", "extensions": ["first", "second"],
+    }  # fmt: skip
+    assert "mine.csv  # kept" in block.read_text()
+    assert wire_vocabulary(block, source_to_concept_map="stcm.csv", extension="second") == []
