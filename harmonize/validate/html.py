@@ -62,9 +62,11 @@ def _section(anchor: str, title: str, content: str) -> str:
 def _overview(report: dict[str, Any]) -> str:
     ov = report["overview"]
     fatal = ov["fatal_failures"]
+    low = ", ".join(f"{c['table']} (min_coverage {c['min_coverage']:.0%})" for c in ov.get("coverage_failures", []))
+    problems = ([f"{fatal} fatal check(s) failed"] if fatal else []) + ([f"coverage below {low}"] if low else [])
     verdict = (
-        f'<div class="verdict bad">{fatal} fatal check(s) failed</div>'
-        if fatal
+        f'<div class="verdict bad">{escape("; ".join(problems))}</div>'
+        if problems
         else '<div class="verdict good">All fatal checks pass</div>'
     )
     rows = []

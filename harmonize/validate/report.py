@@ -49,6 +49,7 @@ class ValidateOptions:
     site: str | None = None
     profile: profile.ProfileOptions = field(default_factory=profile.ProfileOptions)
     today: dt.date | None = None
+    min_coverage: dict[str, float] = field(default_factory=dict)  # the mapping's floors: below them, not green
 
 
 @dataclass
@@ -157,13 +158,14 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             ),
             "tables": [_schema_row(s) for s in schemas],
         },
-        "mapping_coverage": profile.mapping_coverage(db, ctx, profile_options),
+        "mapping_coverage": (coverage := profile.mapping_coverage(db, ctx, profile_options)),
         "reconciliation": profile.reconciliation(db, ctx),
         "quarantine": profile.quarantine(db, ctx),
         "lineage": profile.lineage(db, ctx),
         "records_per_year": profile.records_per_year(db, ctx),
         "measurements": profile.measurement_distributions(db, ctx, profile_options),
     }
+    report["overview"]["coverage_failures"] = coverage_failures(coverage, options.min_coverage)
     report["timings"] = {
         "checks_seconds": round(checks_done - started, 3),
         "check_queries": run.queries,
@@ -173,6 +175,19 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
         "dialect": run.dialect,
     }
     return report
+
+
+def coverage_failures(coverage: dict[str, Any], minimum: dict[str, float]) -> list[dict[str, Any]]:
+    """Tables whose share of mapped records is below the mapping's ``min_coverage`` (a table with no records
+    fails too): the report's verdict is then not green, whatever the checks say. Only the table and its floor
+    are listed; the share itself stays in the coverage section, suppressed there as every count is."""
+    shares = {t["table"]: (int(t["mapped"]), int(t["records"])) for t in coverage["tables"]}
+    failed = []
+    for table, floor in sorted(minimum.items()):
+        mapped, records = shares.get(table, (0, 0))
+        if not records or mapped / records < floor:
+            failed.append({"table": table, "min_coverage": floor})
+    return failed
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:

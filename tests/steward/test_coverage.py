@@ -83,7 +83,8 @@ def test_the_loss_shows_in_the_internal_report_exactly_and_in_the_shareable_one_
     mapping, source = _site_a_with_min_coverage(tmp_path, keep_stcm=False)
     db = tmp_path / "a.duckdb"
     runner.invoke(app, ["map", "--mapping", str(mapping), "--source", str(source), "--db", str(db)])
-    options = ValidateOptions(checks=("isPrimaryKey",), sample_rows=100, site="site_a")
+    floors = load_mapping(mapping).min_coverage  # condition_occurrence and measurement: 0.95
+    options = ValidateOptions(checks=("isPrimaryKey",), sample_rows=100, site="site_a", min_coverage=floors)
     shared = validate_database(db, tmp_path / "qa", options, internal=True)
     internal = load_report(tmp_path / "qa" / "internal" / "report.json")
     assert (shared.data["audience"], internal["audience"]) == ("shareable", "internal")
@@ -103,6 +104,10 @@ def test_the_loss_shows_in_the_internal_report_exactly_and_in_the_shareable_one_
     for u in internal["mapping_coverage"]["top_unmapped"]:
         expected = "<10" if 0 < u["records"] < 10 else u["records"]
         assert released[(u["table"], u["source_value"])] == expected
+    # the checks pass, but the verdict is not green: the mapping's floor for conditions is not met
+    assert shared.data["overview"]["fatal_failures"] == 0
+    assert shared.data["overview"]["coverage_failures"] == [{"table": "condition_occurrence", "min_coverage": 0.95}]
+    assert "coverage below condition_occurrence (min_coverage 95%)" in shared.html_path.read_text()
     with pytest.raises(ValidationError, match="internal one"):
         compare_reports([shared.json_path, tmp_path / "qa" / "internal" / "report.json"])
 
