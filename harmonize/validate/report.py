@@ -130,6 +130,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             key_measurements=profile_options.key_measurements,
             measurement_concepts=profile_options.measurement_concepts,
         )
+    coverage = profile.mapping_coverage(db, ctx, profile_options)
     report = {
         "format": REPORT_FORMAT,
         "site": options.site or _database_label(db).split(":", 1)[1].removesuffix(".duckdb") or "site",
@@ -148,7 +149,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
         },
         "persons": profile.person_count(db, ctx),
         "table_rows": profile.table_counts(db, ctx),
-        "overview": overview(run.results),
+        "overview": {**overview(run.results), "coverage_failures": coverage_failures(coverage, options.min_coverage)},
         "checks": [_check_row(r) for r in run.results],
         "schemas": {
             "sample_rows": options.sample_rows,
@@ -158,14 +159,13 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             ),
             "tables": [_schema_row(s) for s in schemas],
         },
-        "mapping_coverage": (coverage := profile.mapping_coverage(db, ctx, profile_options)),
+        "mapping_coverage": coverage,
         "reconciliation": profile.reconciliation(db, ctx),
         "quarantine": profile.quarantine(db, ctx),
         "lineage": profile.lineage(db, ctx),
         "records_per_year": profile.records_per_year(db, ctx),
         "measurements": profile.measurement_distributions(db, ctx, profile_options),
     }
-    report["overview"]["coverage_failures"] = coverage_failures(coverage, options.min_coverage)
     report["timings"] = {
         "checks_seconds": round(checks_done - started, 3),
         "check_queries": run.queries,
