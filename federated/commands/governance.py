@@ -1,4 +1,4 @@
-"""``fedomop governance ...`` and ``fedomop certs create``: thin commands over fedomop.federated.governance."""
+"""``fedomop governance ...`` and ``fedomop certs create|issue``: thin commands over fedomop.federated.governance."""
 
 from __future__ import annotations
 
@@ -92,6 +92,25 @@ def register(app: typer.Typer) -> None:
         console.print(
             "SuperLink: flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key "
             "--enable-supernode-auth; then `flwr supernode register <site>.pub` for each site."
+        )
+
+    @certs_app.command("issue")
+    def issue(
+        certs: Annotated[Path, typer.Option(help="The `fedomop certs create` folder holding ca.crt and ca.key.")],
+        name: Annotated[str, typer.Option(help="The person's name: the requester in audit logs and model cards.")],
+        role: Annotated[
+            str, typer.Option(help="researcher (submit, list, stop runs) | operator (also register nodes).")
+        ],
+        days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+    ) -> None:
+        """Issue a person's client certificate (CN = name, OU = role) for the hub's mTLS gate."""
+        from fedomop.federated.governance.certs import issue_user_cert
+
+        cert, key = issue_user_cert(certs, role, name, days=days)
+        console.print(f"{name} ({role}): {cert}, {key} (give both to {name}, with ca.crt)", highlight=False)
+        console.print(
+            f"{name} connects with: fedomop hub connect --gate HUB:PORT --cert {cert.name} --key {key.name} --ca ca.crt",
+            highlight=False,
         )
 
     app.add_typer(governance_app, name="governance")
