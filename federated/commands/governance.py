@@ -21,11 +21,34 @@ def register(app: typer.Typer) -> None:
     def hash_command(
         path: Annotated[Path, typer.Argument(help="App directory, .fab/zip bundle, or model code directory.")],
         study: Annotated[Path | None, typer.Option(help="Hash this study file together with the code.")] = None,
+        fab: Annotated[
+            bool,
+            typer.Option(
+                "--fab",
+                help="Hash the bundle `flwr run` builds from this app directory: the app_sha256 of an executor "
+                "approval (federated/executor.py).",
+            ),
+        ] = False,
     ) -> None:
-        """Print the sha256 a site puts in its policy's approved_apps."""
+        """Print the sha256 a site puts in its policy's approved_apps (or, with --fab, in its approvals)."""
         from fedomop.federated.governance.hashing import app_hash, study_app_hash
 
+        if fab:
+            from fedomop.federated.governance.approval import fab_hash
+
+            print(fab_hash(path))
+            return
         print(study_app_hash(study, path) if study else app_hash(path))
+
+    @governance_app.command("study-digest")
+    def study_digest_command(
+        study: Annotated[Path, typer.Argument(help="Study YAML (cohort, outcome, covariates).")],
+    ) -> None:
+        """Print the study_digest a site puts in an approval (a changed cohort, outcome or covariate changes it)."""
+        from fedomop.federated.governance.approval import study_digest
+        from fedomop.federated.study import load_study
+
+        print(study_digest(load_study(study)))
 
     @governance_app.command("check-policy")
     def check_policy(policy: Annotated[Path, typer.Argument(help="Site policy YAML.")]) -> None:
