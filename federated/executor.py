@@ -6,8 +6,8 @@ already did. A site therefore starts its SuperNode with ``--isolation process`` 
 Flower's own is spawned) and runs this module beside it (``fedomop site executor``):
 
 * ``serve`` polls the SuperNode's loopback Runtime API for ClientApp tasks (the SuperExec
-  protocol, authenticated with the shared ``--superexec-auth-secret-file`` when given) and starts
-  one ``task`` process per task;
+  protocol, authenticated with the shared ``--superexec-auth-secret-file`` when given) and runs
+  each task in its own process, forked from a server that preloaded the installed ClientApp;
 * ``task`` pulls the message, run and FAB; hashes the FAB's bytes in memory
   (:func:`~fedomop.federated.governance.approval.bundle_hash`, nothing unpacked, nothing
   imported); checks (app hash, study digest, requester) against the site policy; then either
@@ -21,8 +21,11 @@ API client internals, hence the exact ``flwr`` pin in pyproject.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.process
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,21 +66,40 @@ def _loopback(address: str) -> None:
         raise SystemExit(f"fedomop executor: the Runtime API must be on loopback, got {address}")
 
 
+def _task_starter() -> multiprocessing.context.BaseContext:
+    """Each task in a fresh child of a fork server that has imported the *installed* ClientApp once.
+
+    Spawning ``python -m ... task`` per message paid fedomop's and its libraries' import for every
+    message (seconds each on a busy host, several messages per run). The fork server is a clean,
+    single-threaded process started from this one; it preloads only installed, pinned code (never a
+    submitted bundle), and every task still gets its own process and its own ``approval.ADMITTED``.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["fedomop.federated.client_app", "fedomop.federated.executor"])
+    multiprocessing.forkserver.ensure_running()  # pay the imports now, before the first task waits on them
+    return context
+
+
 def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: float = 0.5) -> None:
-    """Poll for ClientApp tasks and run each in its own ``task`` process (until killed)."""
+    """Poll for ClientApp tasks and run each in its own process (until killed)."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
 
     _loopback(address)
     secret = Path(secret_file).read_bytes() if secret_file else None
     client = _client(address, secret=secret)
-    children: list[subprocess.Popen] = []
+    starter = _task_starter()
+    from fedomop.federated.executor import run_task as task  # by its module name, also when run as __main__
+
+    children: list[multiprocessing.process.BaseProcess] = []
     while True:
-        children = [child for child in children if child.poll() is None]
+        for child in [c for c in children if not c.is_alive()]:
+            child.join()
+            children.remove(child)
         answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
         if answer.HasField("task") and answer.token:
-            command = [sys.executable, "-m", "fedomop.federated.executor", "task",
-                       "--runtime-api-address", address, "--policy", policy, "--token", answer.token]  # fmt: skip
-            children.append(subprocess.Popen(command))
+            child = starter.Process(target=task, args=(address, answer.token, policy), daemon=False)  # type: ignore[attr-defined]
+            child.start()
+            children.append(child)
         time.sleep(poll_s)
 
 
