@@ -333,9 +333,13 @@ def connect_command(gate: str, port: int, cert: Path, key: Path, ca: Path) -> li
             "--port", str(port), "--cert", str(cert), "--key", str(key), "--ca", str(ca)]  # fmt: skip
 
 
+EXECUTOR_MAIN = "import sys; from fedomop.federated.executor import main; sys.exit(main(sys.argv[1:]))"
+
+
 def executor_command(runtime_address: str, policy: Path, secret_file: Path | None = None) -> list[str]:
     """The site executor (federated/executor.py) on the SuperNode's loopback Runtime API."""
-    command = [sys.executable, "-m", "fedomop.federated.executor", "serve",
+    # `-c`, not `-m`: each task process of the executor's fork server would otherwise re-run the main module
+    command = [sys.executable, "-c", EXECUTOR_MAIN, "serve",
                "--runtime-api-address", runtime_address, "--policy", str(policy)]  # fmt: skip
     if secret_file:
         command += ["--auth-secret-file", str(secret_file)]
