@@ -298,7 +298,8 @@ def make_server_app(settings: RunSettings | None = None, on_exchange: OnExchange
         from fedomop.federated.governance.gate import requester_of_run
 
         deployed = RunSettings.from_run_config(dict(context.run_config))
-        who = requester_of_run(int(grid.run.run_id), str(context.run_config.get("requester", "")))
+        stamped = str(context.run_config.get("requester", ""))
+        who = requester_of_run(int(grid.run.run_id), stamped, deployed.requester)
         run(grid, replace(deployed, requester=who["name"]), on_exchange, who)
 
     return app

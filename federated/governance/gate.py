@@ -209,7 +209,7 @@ def runs_of(ledger: Path | str) -> dict[int, str]:
     return {e["run_id"]: e["requester"] for e in entries if e.get("event") == "run" and e.get("run_id") is not None}
 
 
-def requester_of_run(run_id: int, stamped: str, *, wait_s: float = 15.0) -> dict[str, str]:
+def requester_of_run(run_id: int, stamped: str, declared: str = "", *, wait_s: float = 15.0) -> dict[str, str]:
     """Who submitted ``run_id``, for result.json and the model card: never a name the researcher typed.
 
     On a governed hub (``FEDOMOP_GATE_LEDGER`` set) the gate's ledger is the authority; the entry
@@ -218,9 +218,10 @@ def requester_of_run(run_id: int, stamped: str, *, wait_s: float = 15.0) -> dict
     hub machine itself) and is refused. Without a gate the name is reported as unverified.
     """
     ledger = os.environ.get(LEDGER_ENV)
-    if not ledger:
-        source = "run config, unverified (no gate: ungoverned hub)" if stamped else "none (no gate)"
-        return {"name": stamped or "unauthenticated", "source": source}
+    if not ledger:  # an ungoverned hub: say what was claimed, and that nobody checked it
+        if stamped:
+            return {"name": stamped, "source": "run config, unverified (no gate: ungoverned hub)"}
+        return {"name": declared or "unauthenticated", "source": "training settings, unverified (no gate)"}
     deadline = time.monotonic() + wait_s
     while (name := runs_of(ledger).get(run_id)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
