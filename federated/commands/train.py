@@ -74,7 +74,9 @@ def register(app: typer.Typer) -> None:
         ] = "bone_metastasis",
         model: Annotated[
             str | None,
-            typer.Option(help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"),
+            typer.Option(
+                help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"
+            ),
         ] = None,
         sites: Annotated[
             list[str] | None,
@@ -98,6 +100,10 @@ def register(app: typer.Typer) -> None:
         min_sites: Annotated[
             int, typer.Option(help="Fewest sites a round may go on with (0: all; histogram XGBoost needs all).")
         ] = 0,
+        compare_local: Annotated[
+            bool,
+            typer.Option(help="Also train and evaluate each site alone (one more training and evaluation per site)."),
+        ] = True,
         certs: Annotated[
             Path | None,
             typer.Option(
@@ -117,7 +123,9 @@ def register(app: typer.Typer) -> None:
         model = model or "xgboost-hist"
         if model == SURVIVAL_MODEL:
             raise StudyError(
-                f"{SURVIVAL_MODEL} needs a time-to-event study", where="--model", fix="set `outcome.type: time_to_event`"
+                f"{SURVIVAL_MODEL} needs a time-to-event study",
+                where="--model",
+                fix="set `outcome.type: time_to_event`",
             )
         options = {
             "model": model,
@@ -126,6 +134,7 @@ def register(app: typer.Typer) -> None:
             "proximal_mu": mu,
             "round_timeout": round_timeout,
             "min_sites": min_sites,
+            "compare_local": compare_local,
         }
         registry.get(model)  # fail early, naming the setting: an unknown model, a value out of bounds
         TrainSettings.from_mapping({k: v for k, v in options.items() if k != "model"})
