@@ -315,6 +315,10 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
 
             enforce_one_cohort(policy, study, requester=requester, app_hash=code_hash())
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
+            from fedomop.federated.governance.disclosure import enforce_min_difference
+
+            members = [*prep.train.person_id.tolist(), *prep.test.person_id.tolist()]
+            enforce_min_difference(policy, study, members, requester=requester, app_hash=code_hash())
             small_cell = max(study.small_cell, policy.small_cell(study.name))
             prep = replace(
                 prep,

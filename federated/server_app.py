@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class RunSettings(TrainSettings):
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         """Flower's run config: the study (path or text), the model and the serialized settings with their digest."""
-        known = {"study", "model", "settings", "settings-digest"}
+        known = {"study", "model", "settings", "settings-digest", "requester"}
         unknown = sorted(set(run_config) - known)
         if unknown:
             raise SettingsError(
@@ -120,6 +120,7 @@ class RunResult:
     flower_rounds: int = 0
     faults: dict[str, Any] = field(default_factory=dict)  # FaultReport.to_dict(): who was missing per round
     audit_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its audit log's head at the end
+    requester: dict[str, str] = field(default_factory=dict)  # name and where it came from (the gate's ledger)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -226,10 +227,16 @@ def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
     return registry.get(settings.model).save(model, out)
 
 
-def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None) -> RunResult:
+def run(
+    grid: Grid,
+    settings: RunSettings,
+    on_exchange: OnExchange | None = None,
+    requester: dict[str, str] | None = None,
+) -> RunResult:
     """The whole federated run at the hub; writes result.json, the model and returns the result.
 
-    ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``."""
+    ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``.
+    ``requester``: who asked, as the gate authenticated them (simulation: the declared name)."""
     study = parse_study(settings.study_text, source="study")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +280,7 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
     result.faults = tolerant.report.to_dict()
     result.audit_heads = dict(sorted(counting.audit_heads.items()))
+    result.requester = requester or {"name": settings.requester, "source": "declared (simulation)"}
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
@@ -284,7 +292,15 @@ def make_server_app(settings: RunSettings | None = None, on_exchange: OnExchange
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, settings or RunSettings.from_run_config(dict(context.run_config)), on_exchange)
+        if settings is not None:
+            run(grid, settings, on_exchange)
+            return
+        from fedomop.federated.governance.gate import requester_of_run
+
+        deployed = RunSettings.from_run_config(dict(context.run_config))
+        stamped = str(context.run_config.get("requester", ""))
+        who = requester_of_run(int(grid.run.run_id), stamped, deployed.requester)
+        run(grid, replace(deployed, requester=who["name"]), on_exchange, who)
 
     return app
 
