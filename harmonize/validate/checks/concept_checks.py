@@ -75,14 +75,15 @@ def _gender_check(ctx: CheckContext, name: str, descendants: bool) -> Iterator[C
         yield CheckQuery(
             f"SELECT v.k AS check_key, SUM(CASE WHEN p.gender_concept_id <> v.gender THEN 1 ELSE 0 END) "
             f"AS num_violated_rows, COUNT(*) AS num_denominator_rows FROM {q(table)} t {concept_join} "
-            f"JOIN person p ON p.person_id = t.person_id GROUP BY v.k",
+            f"LEFT JOIN person p ON p.person_id = t.person_id GROUP BY v.k",  # orphan rows count, never violate
             tuple(instances),
         )
 
 
 @register_check("plausibleGender")
 def plausible_gender(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Records of a sex-specific concept (e.g. prostate cancer) on persons of the other gender."""
+    """Records of a sex-specific concept (e.g. prostate cancer) on persons of the other gender, out of all records
+    of the concept (a record whose person is missing, or has no gender, counts and never violates, as in DQD)."""
     yield from _gender_check(ctx, "plausibleGender", descendants=False)
 
 

@@ -112,13 +112,11 @@ def apply_not_applicable(results: list[CheckResult]) -> None:
     With cdmTable, cdmField and measureValueCompleteness among the results: a check on a missing or empty table,
     on a field that is entirely NULL (measureValueCompleteness: every row violates) or on a concept (and unit)
     with no rows is not applicable; measureConditionEraCompleteness only when condition_occurrence is empty.
-    Without them (a partial run), a check with no rows to count is not applicable.
+    Without them (a partial run) DQD computes no not-applicable status at all (``.hasNAchecks``): a check with 0 of 0
+    rows passes. Only a check whose table or field is missing from the database (``Absent``) stays not applicable.
     """
     names = {r.check_name for r in results}
     if not all(n in names for n in _NA_INPUTS):
-        for r in results:
-            if r.status in ("pass", "fail") and not r.num_denominator_rows:
-                r.status, r.pct_violated_rows, r.reason = "not_applicable", None, r.reason or "no rows to check"
         return
     missing_tables = {r.table for r in results if r.check_name == "cdmTable" and r.status == "fail"}
     missing_fields = {(r.table, r.field) for r in results if r.check_name == "cdmField" and r.status == "fail"}
