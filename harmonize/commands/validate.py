@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
             f"{report.data['site']}: {overview['checks']:,} checks — {status['pass']:,} pass, {status['fail']:,} fail "
             f"({overview['fatal_failures']} fatal), {status['not_applicable']:,} not applicable, {status['error']} error"
         )
-        console.print(f"wrote {report.html_path} and {report.json_path}")
+        console.print(f"wrote {report.html_path}, {report.json_path} and {report.dqd_path} (OHDSI DQD viewer format)")
         if fail_on_fatal and overview["fatal_failures"]:
             raise typer.Exit(1)
 

@@ -164,6 +164,18 @@ def test_missing_table_and_field_fail_and_make_their_checks_not_applicable(resul
     assert results["plausibleGender.condition_occurrence.condition_concept_id.26935"].status == "not_applicable"
 
 
+def test_query_text_of_each_failed_check_lists_its_violating_rows(results, db_path: Path) -> None:
+    """The SQL the QA report and the DQD export show for a failed check finds exactly the rows it counted."""
+    failed = [r for r in results.values() if r.status == "fail" and r.check_name not in ("cdmTable", "cdmField")]
+    assert len({r.check_name for r in failed}) >= 12
+    db = connect(db_path, read_only=True)
+    try:
+        for r in failed:
+            assert db.query(r.query_text).height == r.num_violated_rows, r.check_id
+    finally:
+        db.dispose()
+
+
 def test_partial_run_has_no_not_applicable_status(db_path: Path) -> None:
     """Without cdmTable, cdmField and measureValueCompleteness DQD computes no not-applicable status: a concept
     with no rows is 0 of 0 and passes (evaluateThresholds.R, .hasNAchecks)."""

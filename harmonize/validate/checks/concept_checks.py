@@ -77,7 +77,21 @@ def _gender_check(ctx: CheckContext, name: str, descendants: bool) -> Iterator[C
             f"AS num_violated_rows, COUNT(*) AS num_denominator_rows FROM {q(table)} t {concept_join} "
             f"LEFT JOIN person p ON p.person_id = t.person_id GROUP BY v.k",  # orphan rows count, never violate
             tuple(instances),
+            tuple(_gender_rows_sql(table, column, row[name], _concept_ids(row), descendants) for row in rows),
         )
+
+
+def _gender_rows_sql(table: str, column: str, gender: str, concept_ids: list[int], descendants: bool) -> str:
+    ids = ", ".join(str(c) for c in concept_ids)
+    where = (
+        f"t.{q(column)} IN (SELECT descendant_concept_id FROM concept_ancestor WHERE ancestor_concept_id IN ({ids}))"
+        if descendants
+        else f"t.{q(column)} IN ({ids})"
+    )
+    return (
+        f"SELECT t.* FROM {q(table)} t JOIN person p ON p.person_id = t.person_id "
+        f"WHERE {where} AND p.gender_concept_id <> {GENDER_CONCEPTS[gender]}"
+    )
 
 
 @register_check("plausibleGender")
@@ -120,7 +134,18 @@ def plausible_unit_concept_ids(ctx: CheckContext) -> Iterator[CheckWork]:
             f"LEFT JOIN {unit_values} ON u.k = v.k AND u.unit_concept_id = t.unit_concept_id "
             f"WHERE t.unit_concept_id <> 0 OR t.unit_concept_id IS NULL GROUP BY v.k",
             tuple(instances),
+            tuple(_unit_rows_sql(table, column, row) for row in rows),
         )
+
+
+def _unit_rows_sql(table: str, column: str, row: Row) -> str:
+    allowed = [u.strip() for u in row["plausibleUnitConceptIds"].split(",") if u.strip()]
+    unit_rule = "" if allowed == ["-1"] else f" AND unit_concept_id NOT IN ({', '.join(allowed)})"
+    ids = ", ".join(str(c) for c in _concept_ids(row))
+    return (
+        f"SELECT * FROM {q(table)} WHERE {q(column)} IN ({ids}) AND unit_concept_id IS NOT NULL "
+        f"AND unit_concept_id <> 0{unit_rule}"
+    )
 
 
 def concept_value_bounds(ctx: CheckContext, name: str, operator: str) -> Iterator[CheckWork]:
@@ -147,4 +172,9 @@ def concept_value_bounds(ctx: CheckContext, name: str, operator: str) -> Iterato
             f"ON v.concept_id = t.{q(column)} AND v.unit_concept_id = t.unit_concept_id "
             f"WHERE t.value_as_number IS NOT NULL GROUP BY v.k",
             tuple(instances),
+            tuple(
+                f"SELECT * FROM {q(table)} WHERE {q(column)} IN ({', '.join(str(c) for c in _concept_ids(row))}) "
+                f"AND unit_concept_id = {int(row['unitConceptId'])} AND value_as_number {operator} {float(row[name])}"
+                for row in rows
+            ),
         )
