@@ -12,6 +12,7 @@ the report's label (e.g. ``"<10"``) and its percentage is null.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from functools import lru_cache
 from importlib import resources
@@ -65,9 +66,8 @@ VIEWER_METADATA = (
 @lru_cache(maxsize=1)
 def sql_files() -> dict[str, str]:
     """check name -> the DQD template it follows (recorded in dqd_check_semantics.csv)."""
-    path = resources.files("fedomop.harmonize.validate") / "data" / "dqd_check_semantics.csv"
-    with path.open(newline="", encoding="utf-8") as handle:
-        return {row["check_name"]: row["template"].split(" / ")[0] for row in csv.DictReader(handle)}
+    text = (resources.files("fedomop.harmonize.validate") / "data" / "dqd_check_semantics.csv").read_text("utf-8")
+    return {row["check_name"]: row["template"].split(" / ")[0] for row in csv.DictReader(io.StringIO(text))}
 
 
 def dqd_check_id(check: dict[str, Any]) -> str:

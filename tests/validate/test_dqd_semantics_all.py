@@ -134,12 +134,6 @@ def results(db_path: Path):
         ("plausibleValueLow.condition_era.condition_occurrence_count", (1, 2, "fail")),
         # period 5 ends 2030-01-01, after today + 1 day; 1 of 5 = 20% > 1
         ("plausibleValueHigh.observation_period.observation_period_end_date", (1, 5, "fail")),
-        # mg/dL rows with a value: 40 (low), 600 (high), 100; threshold 5
-        ("plausibleValueLow.observation.observation_concept_id.37393449.8840", (1, 3, "fail")),
-        ("plausibleValueHigh.observation.observation_concept_id.37393449.8840", (1, 3, "fail")),
-        # mmol/L: 40 is above 15
-        ("plausibleValueHigh.observation.observation_concept_id.37393449.8753", (1, 1, "fail")),
-        ("plausibleValueLow.observation.observation_concept_id.37393449.8753", (0, 1, "pass")),
         # co5 (1979-12-31 before 1980-03-15) of 5 dated rows, orphan co4 counted; person 2's year-only birth is
         # 1990-01-01 here (month and day default to 01), so co2 on 1990-01-01 is not before it; 20% > 1
         ("plausibleAfterBirth.condition_occurrence.condition_start_date", (1, 5, "fail")),
@@ -162,6 +156,12 @@ def test_missing_table_and_field_fail_and_make_their_checks_not_applicable(resul
     empty = results["measurePersonCompleteness.specimen"]  # empty, not missing: applicable (4 of 4 <= 100%)
     assert (empty.num_violated_rows, empty.num_denominator_rows, empty.status) == (4, 4, "pass")
     assert results["plausibleGender.condition_occurrence.condition_concept_id.26935"].status == "not_applicable"
+
+
+def test_concept_level_value_bounds_are_not_run_as_in_dqd(results) -> None:
+    """The v5.4 check descriptions list plausibleValueLow/High at FIELD level only: the concept rows' bounds
+    (plasma cholesterol 50..500 mg/dL) are not evaluated, so observation 2 (600 mg/dL) is not counted anywhere."""
+    assert not [r for r in results.values() if r.check_name.startswith("plausibleValue") and r.concept_id]
 
 
 def test_query_text_of_each_failed_check_lists_its_violating_rows(results, db_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Concept-level DQD checks (plausible gender, plausible units, plausible values per concept + unit).
+"""Concept-level DQD checks (plausible gender, with descendants, plausible units).
 
 The catalogue has hundreds of concept rows per table; instead of one query per concept,
 each (table, field) gets one query that joins an inline ``VALUES`` list of the
@@ -146,35 +146,3 @@ def _unit_rows_sql(table: str, column: str, row: Row) -> str:
         f"SELECT * FROM {q(table)} WHERE {q(column)} IN ({ids}) AND unit_concept_id IS NOT NULL "
         f"AND unit_concept_id <> 0{unit_rule}"
     )
-
-
-def concept_value_bounds(ctx: CheckContext, name: str, operator: str) -> Iterator[CheckWork]:
-    """plausibleValueLow/High per concept and unit: values (in that unit) beyond the bound."""
-    check = ctx.catalogue.check_types[name]
-    for (table, column), rows in _by_field(ctx, name).items():
-        rows = [row for row in rows if row.get("unitConceptId")]
-        instances = _instances(ctx, check, rows)
-        absent = _absent_all(ctx, instances, (table, column), (table, "unit_concept_id"), (table, "value_as_number"))
-        if absent or not rows:
-            yield from absent
-            continue
-        values = _values(
-            [
-                (k, cid, int(row["unitConceptId"]), float(row[name]))
-                for k, row in enumerate(rows)
-                for cid in _concept_ids(row)
-            ],
-            "k, concept_id, unit_concept_id, bound",
-        )
-        yield CheckQuery(
-            f"SELECT v.k AS check_key, SUM(CASE WHEN t.value_as_number {operator} v.bound THEN 1 ELSE 0 END) "
-            f"AS num_violated_rows, COUNT(*) AS num_denominator_rows FROM {q(table)} t JOIN {values} "
-            f"ON v.concept_id = t.{q(column)} AND v.unit_concept_id = t.unit_concept_id "
-            f"WHERE t.value_as_number IS NOT NULL GROUP BY v.k",
-            tuple(instances),
-            tuple(
-                f"SELECT * FROM {q(table)} WHERE {q(column)} IN ({', '.join(str(c) for c in _concept_ids(row))}) "
-                f"AND unit_concept_id = {int(row['unitConceptId'])} AND value_as_number {operator} {float(row[name])}"
-                for row in rows
-            ),
-        )
