@@ -11,15 +11,12 @@ the report's label (e.g. ``"<10"``) and its percentage is null.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fedomop.harmonize.ground.smallcell import assert_suppressed
+from fedomop.harmonize.validate.catalogue import check_semantics
 
 DQD_FILE = "dqd_results.json"
 
@@ -63,11 +60,9 @@ VIEWER_METADATA = (
 )
 
 
-@lru_cache(maxsize=1)
 def sql_files() -> dict[str, str]:
     """check name -> the DQD template it follows (recorded in dqd_check_semantics.csv)."""
-    text = (resources.files("fedomop.harmonize.validate") / "data" / "dqd_check_semantics.csv").read_text("utf-8")
-    return {row["check_name"]: row["template"].split(" / ")[0] for row in csv.DictReader(io.StringIO(text))}
+    return {name: row["template"].split(" / ")[0] for name, row in check_semantics().items()}
 
 
 def dqd_check_id(check: dict[str, Any]) -> str:

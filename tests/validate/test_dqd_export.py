@@ -9,6 +9,9 @@ test_dqd_semantics_all are counted by hand there.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from fedomop.harmonize.validate.dqd_export import VIEWER_FIELDS, VIEWER_METADATA
 from fedomop.harmonize.validate.report import ValidateOptions, validate_database
 from tests.validate.conftest import TODAY
 from tests.validate.test_dqd_semantics_all import ROWS
+from tests.validate.test_report import CHROMIUM_FLAGS, chromium_binary
 
 CHECKS = ("cdmTable", "cdmField", "measureValueCompleteness", "isRequired", "plausibleGenderUseDescendants")
 
@@ -47,8 +51,15 @@ def export(site: Path, out: Path, small_cell: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exact(site: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return export(site, tmp_path_factory.mktemp("qa"), small_cell=1)
+def qa_dir(site: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("qa")
+    export(site, out, small_cell=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact(qa_dir: Path) -> dict:
+    return json.loads((qa_dir / "dqd_results.json").read_text(encoding="utf-8"))
 
 
 def viewer_status(d: dict) -> str:
@@ -119,3 +130,35 @@ def test_small_counts_are_suppressed_as_in_the_qa_report(site: Path, tmp_path: P
         None,
     )
     assert required["failed"] == 1  # pass/fail is decided on the exact counts, before suppression
+
+
+def test_failed_checks_in_the_qa_report_show_what_to_do_and_their_sql(qa_dir: Path) -> None:
+    html = (qa_dir / "report.html").read_text(encoding="utf-8")
+    row = next(r for r in html.split("<tr ") if "isRequired" in r and "gender_concept_id" in r and "badge fail" in r)
+    assert "What to do:" in row and "Fill the required field" in row
+    assert "SELECT * FROM &quot;person&quot; WHERE" in row and "gender_concept_id" in row
+
+
+# Measures the check table's scroll box in a copy of the report, with every SQL block opened.
+_MEASURE = (
+    "<script>document.querySelectorAll('details').forEach(function (d) { d.open = true; });"
+    "var box = document.querySelector('#checks .scroll');"
+    "document.title = 'W:' + box.scrollWidth + ':' + box.clientWidth;</script></body>"
+)
+
+
+def test_check_table_fits_1400px_without_horizontal_scrolling(qa_dir: Path, tmp_path: Path) -> None:
+    binary = chromium_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed")
+    page = tmp_path / "measure.html"
+    page.write_text((qa_dir / "report.html").read_text(encoding="utf-8").replace("</body>", _MEASURE), "utf-8")
+    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900",
+               "--dump-dom", page.resolve().as_uri()]  # fmt: skip
+    dom = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+    match = re.search(r"<title>W:(\d+):(\d+)</title>", dom)
+    assert match, "the measuring script did not run"
+    scroll_width, client_width = int(match[1]), int(match[2])
+    assert 0 < scroll_width <= client_width
