@@ -7,9 +7,11 @@ with a minimal SqlRender (``@parameter`` substitution and ``{condition}?{then}:{
 from SQL Server to DuckDB for the handful of functions the templates use. fedomop's own checks run on the same
 DuckDB file; the script prints the instances whose (violated, denominator) differ and writes every pair to a CSV.
 
-    python benchmarks/dqd_official.py --dqd ~/src/DataQualityDashboard [--db eunomia.duckdb] [--csv out.csv]
+    python benchmarks/dqd_official.py --dqd ~/src/DataQualityDashboard [--db x.duckdb | --seeded NAME] [--csv out.csv]
 
-Without ``--db`` the Eunomia CDM in ``$FEDOMOP_SHARED/omop/eunomia-synthea27nj`` is loaded into a temporary file.
+Without ``--db`` the Eunomia CDM in ``$FEDOMOP_SHARED/omop/eunomia-synthea27nj`` is loaded into a temporary file
+(``--seeded eunomia`` adds the tests' seeded defects; ``--seeded semantics`` / ``semantics_all`` builds the tiny CDM
+of tests/validate/test_dqd_<name>.py instead); run it from the repository root.
 docs/validation.md records the result.
 """
 
@@ -164,20 +166,40 @@ def official_counts(db: Database, dqd: Path) -> dict[str, tuple[int | None, int 
     return out
 
 
+SEEDED = ("eunomia", "semantics", "semantics_all")
+
+
+def build_cdm(path: Path, seeded: str | None) -> None:
+    """Eunomia (with the seeded defects of tests/validate/seeds.py for ``eunomia``) or a test's tiny CDM."""
+    db = connect(path)
+    try:
+        create_cdm(db.engine, constraints="none")
+        if seeded in (None, "eunomia"):
+            load_cdm_folder(db, Path(os.environ.get("FEDOMOP_SHARED", "shared")) / "omop" / "eunomia-synthea27nj")
+        if seeded == "eunomia":
+            from tests.validate.seeds import seed
+
+            seed(db)
+        elif seeded:
+            module = __import__(f"tests.validate.test_dqd_{seeded}", fromlist=["ROWS"])
+            for sql in module.ROWS:
+                db.execute(sql)
+    finally:
+        db.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dqd", type=Path, required=True, help="a clone of OHDSI/DataQualityDashboard")
     parser.add_argument("--db", type=Path, help="a DuckDB OMOP CDM (default: Eunomia loaded from FEDOMOP_SHARED)")
+    parser.add_argument("--seeded", choices=SEEDED, help="a seeded-defect CDM of the tests instead of Eunomia")
     parser.add_argument("--csv", type=Path, help="write every instance's counts here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db
         if path is None:
-            path = Path(tmp) / "eunomia.duckdb"
-            db = connect(path)
-            create_cdm(db.engine, constraints="none")
-            load_cdm_folder(db, Path(os.environ.get("FEDOMOP_SHARED", "shared")) / "omop" / "eunomia-synthea27nj")
-            db.dispose()
+            path = Path(tmp) / "cdm.duckdb"
+            build_cdm(path, args.seeded)
         db = connect(path, read_only=True)
         try:
             ours = {r.check_id: r for r in run_checks(db, today=TODAY).results}
