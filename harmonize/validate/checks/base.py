@@ -245,12 +245,13 @@ def registered_checks() -> dict[str, RegisteredCheck]:
     return dict(_REGISTRY)
 
 
-def scalar_query(instance: CheckInstance, violated_sql: str, denominator_sql: str) -> CheckQuery:
-    """A one-instance query from two ``SELECT COUNT(...)`` statements."""
+def scalar_query(instance: CheckInstance, violated_sql: str, denominator_sql: str, rows_sql: str = "") -> CheckQuery:
+    """A one-instance query from two ``SELECT COUNT(...)`` statements; ``rows_sql`` lists what the first counts
+    (by default derived from it)."""
     return CheckQuery(
         f"SELECT 0 AS check_key, ({violated_sql}) AS num_violated_rows, ({denominator_sql}) AS num_denominator_rows",
         (instance,),
-        rows_sql=(listing_sql(violated_sql),),
+        rows_sql=(rows_sql or listing_sql(violated_sql),),
     )
 
 

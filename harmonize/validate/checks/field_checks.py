@@ -228,6 +228,7 @@ def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
             f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) "
             f"+ MAX(CASE WHEN {s} = 0 AND {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
             f"SELECT COUNT(DISTINCT {c}) + MAX(CASE WHEN {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
+            f"SELECT DISTINCT {c} FROM {t} WHERE {s} = 0",  # NULL is one of the distinct values listed
         )
 
 
