@@ -86,7 +86,10 @@ def register(app: typer.Typer) -> None:
             f"{report.data['site']}: {overview['checks']:,} checks — {status['pass']:,} pass, {status['fail']:,} fail "
             f"({overview['fatal_failures']} fatal), {status['not_applicable']:,} not applicable, {status['error']} error"
         )
-        console.print(f"wrote {report.html_path} and {report.json_path} (shareable: small cells withheld)")
+        console.print(
+            f"wrote {report.html_path}, {report.json_path} and {report.dqd_path} (OHDSI DQD viewer format); "
+            "shareable: small cells withheld"
+        )
         if report.internal_html_path:
             console.print(f"internal report (exact counts, stays at the site): {report.internal_html_path}")
         for low in overview["coverage_failures"]:

@@ -13,6 +13,7 @@ from string import Template
 from typing import Any
 
 from fedomop.harmonize.ground.smallcell import assert_suppressed
+from fedomop.harmonize.validate.catalogue import check_semantics
 
 STATUS_ORDER = ("fail", "error", "pass", "not_applicable")
 _PLOT_W, _PLOT_H, _PAD = 320, 130, 26
@@ -148,27 +149,42 @@ def _checks(report: dict[str, Any]) -> str:
         + '<label>text <input id="filter-text" type="search" placeholder="check, field, concept…"></label>'
         + '<span id="filter-count" class="note"></span></div>'
     )
-    rows = []
-    for c in checks:
-        target = ".".join(str(p) for p in (c["field"], c["concept_id"], c["unit_concept_id"]) if p not in (None, ""))
-        rows.append(
-            f'<tr data-status="{_text(c["status"])}" data-category="{_text(c["kahn_category"])}" '
-            f'data-table="{_text(c["table"])}" data-severity="{_text(c["severity"])}">'
-            f"<td>{_badge(c['status'])}</td><td>{_text(c['check_name'])}</td><td>{_text(c['table'])}</td>"
-            f"<td>{_text(target)}</td><td>{_text(c['kahn_category'])}</td><td>{_text(c['kahn_subcategory'])}</td>"
-            f"<td>{_text(c['severity'])}</td>{_num(c['num_violated_rows'])}{_num(c['num_denominator_rows'])}"
-            f"{_pct(c['pct_violated_rows'])}<td class='k'>{c['threshold']:g}%</td>"
-            f"<td>{_text(c['description'])}{'<br><i>' + _text(c['reason']) + '</i>' if c['reason'] else ''}</td></tr>"
+    rows = [_check_row(c) for c in checks]
+    head = "".join(
+        f"<th{' class=n' if n in (5, 6, 7, 8) else ''}>{escape(h)}</th>"
+        for n, h in enumerate(
+            ["status", "check", "table", "field / concept", "severity", "violated", "rows", "% violated", "threshold",
+             "description, what to do, SQL"]
         )
-    table = _table(
-        ["status", "check", "table", "field / concept", "category", "subcategory", "severity", "violated",
-         "rows", "% violated", "threshold", "description"],
-        rows,
-        table_id="check-table",
-        numeric={7, 8, 9, 10},
     )  # fmt: skip
+    widths = "".join(f'<col style="width:{w}%">' for w in (7, 15, 10, 13, 8, 6, 6, 6, 6, 23))
+    table = (
+        f'<table id="check-table"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
     return _section(
         "checks", "Data-quality checks (OHDSI DQD catalogue)", filters + f'<div class="scroll">{table}</div>'
+    )
+
+
+def _check_row(c: dict[str, Any]) -> str:
+    """One check: counts in their own narrow columns; for a failed check, what to do and the SQL that lists the
+    violating rows (to run at the site: it returns row-level data, which never leaves the site in this report)."""
+    target = ".".join(str(p) for p in (c["field"], c["concept_id"], c["unit_concept_id"]) if p not in (None, ""))
+    kind = " / ".join(str(k) for k in (c["kahn_category"], c["kahn_subcategory"]) if k)
+    details = _text(c["description"]) + (f"<br><i>{_text(c['reason'])}</i>" if c["reason"] else "")
+    if c["status"] == "fail":
+        todo = check_semantics().get(str(c["check_name"]), {}).get("what_to_do", "")
+        details += f'<div class="todo"><b>What to do:</b> {_text(todo)}</div>' if todo else ""
+        if c.get("query_text"):
+            details += f"<details><summary>SQL listing the violating rows</summary><pre>{_text(c['query_text'])}</pre></details>"
+    return (
+        f'<tr data-status="{_text(c["status"])}" data-category="{_text(c["kahn_category"])}" '
+        f'data-table="{_text(c["table"])}" data-severity="{_text(c["severity"])}">'
+        f"<td>{_badge(c['status'])}</td><td>{_text(c['check_name'])}<div class='note'>{_text(kind)}</div></td>"
+        f"<td>{_text(c['table'])}</td><td>{_text(target)}</td><td>{_text(c['severity'])}</td>"
+        f"{_num(c['num_violated_rows'])}{_num(c['num_denominator_rows'])}{_pct(c['pct_violated_rows'])}"
+        f"<td class='k'>{c['threshold']:g}%</td><td class='d'>{details}</td></tr>"
     )
 
 

@@ -31,6 +31,7 @@ from fedomop.harmonize.ground.smallcell import (
 )
 from fedomop.harmonize.validate import profile
 from fedomop.harmonize.validate.checks.runner import CheckResult, build_context, run_checks
+from fedomop.harmonize.validate.dqd_export import DQD_FILE, write_dqd_json
 from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
 
 REPORT_FORMAT = "fedomop-qa-report/1"
@@ -60,6 +61,7 @@ class ValidationReport:
     json_path: Path | None = None
     html_path: Path | None = None
     internal_html_path: Path | None = None  # the exact internal copy, when written
+    dqd_path: Path | None = None  # the same check results for the OHDSI DQD viewer
 
     @property
     def fatal_failures(self) -> int:
@@ -113,6 +115,22 @@ def _schema_row(result: SchemaResult) -> dict[str, Any]:
     }
 
 
+def cdm_source(db: Database) -> dict[str, str | None]:
+    """The first cdm_source row, camelCase keys (what DQD puts in its results' Metadata); empty when absent."""
+    if not db.has_table("cdm_source"):
+        return {}
+    frame = db.query("SELECT * FROM cdm_source LIMIT 1")
+    rows = list(frame.iter_rows())
+    if not rows:
+        return {}
+
+    def camel(name: str) -> str:
+        head, *rest = name.lower().split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+    return {camel(c): None if v is None else str(v) for c, v in zip(frame.columns, rows[0], strict=True)}
+
+
 def build_report(db: Database, options: ValidateOptions | None = None) -> dict[str, Any]:
     """The raw report (counts still exact, wrapped in Count): never write this; pass it to :func:`suppress`."""
     options = options or ValidateOptions()
@@ -147,6 +165,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
                 f"measurement quantiles are only computed over at least {options.small_cell} records"
             ),
         },
+        "cdm_source": cdm_source(db),
         "persons": profile.person_count(db, ctx),
         "table_rows": profile.table_counts(db, ctx),
         "overview": {**overview(run.results), "coverage_failures": coverage_failures(coverage, options.min_coverage)},
@@ -255,6 +274,7 @@ def write_report(
         report.json_path = write_json(data, folder / "report.json")
         report.html_path = folder / "report.html"
         report.html_path.write_text(render_html(data), encoding="utf-8")
+        report.dqd_path = write_dqd_json(data, folder / DQD_FILE)
     return report
 
 

@@ -49,6 +49,7 @@ class CheckResult:
     pct_violated_rows: float | None
     status: str
     reason: str = ""
+    query_text: str = ""  # SQL listing the violating rows (or, for grouped concept checks, the counting SQL)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -112,13 +113,11 @@ def apply_not_applicable(results: list[CheckResult]) -> None:
     With cdmTable, cdmField and measureValueCompleteness among the results: a check on a missing or empty table,
     on a field that is entirely NULL (measureValueCompleteness: every row violates) or on a concept (and unit)
     with no rows is not applicable; measureConditionEraCompleteness only when condition_occurrence is empty.
-    Without them (a partial run), a check with no rows to count is not applicable.
+    Without them (a partial run) DQD computes no not-applicable status at all (``.hasNAchecks``): a check with 0 of 0
+    rows passes. Only a check whose table or field is missing from the database (``Absent``) stays not applicable.
     """
     names = {r.check_name for r in results}
     if not all(n in names for n in _NA_INPUTS):
-        for r in results:
-            if r.status in ("pass", "fail") and not r.num_denominator_rows:
-                r.status, r.pct_violated_rows, r.reason = "not_applicable", None, r.reason or "no rows to check"
         return
     missing_tables = {r.table for r in results if r.check_name == "cdmTable" and r.status == "fail"}
     missing_fields = {(r.table, r.field) for r in results if r.check_name == "cdmField" and r.status == "fail"}
@@ -281,12 +280,16 @@ def run_checks(
     results: list[CheckResult] = []
     predicates: dict[str, list[RowPredicate]] = {}
     queries: list[CheckQuery] = []
+    query_text: dict[str, str] = {}
     for name in names:
         for work in _build(registry[name].build, ctx, name):
             if isinstance(work, RowPredicate):
                 predicates.setdefault(work.instance.table, []).append(work)
+                query_text[work.instance.check_id] = work.rows_sql()
             elif isinstance(work, CheckQuery):
                 queries.append(work)
+                for k, instance in enumerate(work.instances):
+                    query_text[instance.check_id] = work.rows_sql[k] if k < len(work.rows_sql) else work.sql
             elif isinstance(work, Absent):
                 results.append(_result(work.instance, None, None, work.reason))
             else:
@@ -297,6 +300,8 @@ def run_checks(
     results += runner.run_queries(queries)
     for table, table_predicates in predicates.items():
         results += runner.run_predicates(table, table_predicates)
+    for r in results:
+        r.query_text = query_text.get(r.check_id, "")
     apply_not_applicable(results)
     order = {name: n for n, name in enumerate(names)}
     results.sort(key=lambda r: (order.get(r.check_name, 0), r.table, r.field or "", str(r.concept_id or "")))
