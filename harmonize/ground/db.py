@@ -235,7 +235,9 @@ class Database:
         names = ", ".join(quote_identifier(c) for c in arrow.column_names)
         raw = self.engine.raw_connection()
         try:
-            with raw.driver_connection.cursor() as cursor:
+            driver = raw.driver_connection
+            assert driver is not None, "a checked-out pool connection holds a psycopg connection"
+            with driver.cursor() as cursor:
                 with cursor.copy(f'COPY "{table}" ({names}) FROM STDIN WITH (FORMAT csv, HEADER false)') as copy:
                     for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
                         buffer = io.BytesIO()

@@ -73,7 +73,7 @@ def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     exprs = []
     for f in load_spec().table(table).fields:
         dtype = _POLARS_TYPE.get(f.datatype, pl.String())
-        column = pl.col(f.name).cast(dtype, strict=False)  # type: ignore[arg-type]
+        column = pl.col(f.name).cast(dtype, strict=False)
         if f.datatype == "varchar":
             column = pl.col(f.name).cast(pl.String)
             if f.length:

@@ -257,7 +257,8 @@ def _next_local_id(extension: Path) -> int:
     if not concept.exists():
         return LOCAL_CONCEPT_START
     existing = pl.read_csv(concept, separator="\t", infer_schema=False)["concept_id"].cast(pl.Int64)
-    return max(LOCAL_CONCEPT_START, int(existing.max() or 0) + 1)
+    top = existing.max()  # None for an extension without concepts yet
+    return max(LOCAL_CONCEPT_START, (top if isinstance(top, int) else 0) + 1)
 
 
 def apply_review(
@@ -276,9 +277,11 @@ def apply_review(
         raise MappingError("the sheet has local decisions but no extension folder was given",
                            where=str(review), fix="pass --extension FOLDER (the site's vocabulary extension)")  # fmt: skip
     local_rows: list[dict[str, object]] = []
+    local_ids: dict[str, int] = {}  # source code -> its new local concept id
     if local.height and extension is not None:
         start = _next_local_id(extension)
         for offset, row in enumerate(local.iter_rows(named=True)):
+            local_ids[row["source_code"]] = start + offset
             local_rows.append({
                 "concept_id": start + offset, "concept_name": row["local_name"].strip(),
                 "domain_id": (row.get("local_domain") or "Observation").strip(), "vocabulary_id": site,
@@ -286,7 +289,6 @@ def apply_review(
                 "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None,
             })  # fmt: skip
         _write_extension(extension, local_rows)
-    local_ids = {(r["concept_code"]): r["concept_id"] for r in local_rows}
     stcm_rows = []
     for row in frame.filter(pl.col("decision").is_in(["approve", "local"])).iter_rows(named=True):
         target = int(row["target_concept_id"]) if row["decision"] == "approve" else local_ids[row["source_code"]]

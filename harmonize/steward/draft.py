@@ -379,9 +379,9 @@ def draft_mapping(
     _write_person(w, person_file, person_id)
     if visit:
         _write_visit(w, visit[0], visit[1], person_id.name)
-    for table, rules in events.items():
+    for table, blocks in events.items():
         w.add(f"  {table}:")
-        for lines in rules:
+        for lines in blocks:
             w.lines.extend(lines)
             _type_concept(w, 6)
     w.draft.text = "\n".join(w.lines) + "\n"

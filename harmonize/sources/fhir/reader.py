@@ -437,6 +437,9 @@ class _Reader:
         rows, add = columns.rows, columns.add_valid_row
         accepted = 0
         for number, line in records:
+            if line is None:  # a blank line in a worker's records: read_record holds it back
+                self.read_record(source_file, number, line)
+                continue
             try:
                 resource = validate(line)
             except pydantic_core.ValidationError:
