@@ -26,14 +26,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedomop.federated.governance import approval
+
+if TYPE_CHECKING:
+    from flwr.supercore.runtime import RuntimeHttpClient
 
 CLIENT_APP_TASK = "flwr-clientapp"
 ERROR_CODE_REFUSED = 403
 
 
-def _client(address: str, *, token: str | None = None, secret: bytes | None = None):  # type: ignore[no-untyped-def]
+def _client(address: str, *, token: str | None = None, secret: bytes | None = None) -> RuntimeHttpClient:
     from flwr.supercore.interceptors import (
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
