@@ -128,7 +128,9 @@ class Database:
         """Run a query and return a polars DataFrame (through Arrow on DuckDB)."""
         if self.dialect == "duckdb" and not params:
             with self.raw_duckdb() as con:
-                return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+                frame = pl.from_arrow(con.sql(sql).to_arrow_table())
+                assert isinstance(frame, pl.DataFrame)  # an Arrow table (not an array) gives a DataFrame
+                return frame
         with self.engine.connect() as connection:
             result = connection.execute(sa.text(sql), params or {})
             columns = list(result.keys())

@@ -269,7 +269,8 @@ class SiteBuild:
         for table, frame in self.tables.items():
             target = TARGETS[table]
             if frame.height and target.id_column and not target.one_per_person:
-                last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
+                top = frame.select(pl.col(target.id_column).max()).item()
+                last[table] = max(last.get(table, 0), int(top))
         return last
 
 

@@ -130,7 +130,7 @@ class CompiledPath:
         generated = _generate(self)
         self.generated = generated is not None
         if generated is not None:  # the same value as the generic evaluate(), in one flat Python function
-            self.evaluate = generated  # type: ignore[method-assign]
+            self.evaluate = generated  # type: ignore[method-assign]  # per instance: the generated form wins
 
     def evaluate_all(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Items:
         """Every item the expression selects (the first alternative that selects anything)."""

@@ -260,10 +260,10 @@ def _corrupt_archive(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> IO[bytes] | gzip.GzipFile:
     """Binary reader with a large buffer; ``.gz`` files (common for bulk exports) are decompressed."""
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return path.open("rb", buffering=1 << 20)
 
 
