@@ -109,7 +109,6 @@ def simulate(
     model = str(options.pop("model", "xgboost-hist"))
     train = TrainSettings.from_mapping({"out": str(out), "min_nodes": len(sites), **options})
     settings = RunSettings.of(study_text, model, train)
-    _check_simulation_concurrency(settings.model, len(sites))
     backend: dict[str, dict[str, ConfigRecordValues]] = {
         # log_to_driver: the actors' own log lines (with colour codes) stay out of the user's output;
         # a site's failure still reaches the hub as an error reply and is reported there.

@@ -53,25 +53,40 @@ class _TrainOptions(TypedDict, total=False):
     certs: str
 
 
-def _train_survival(spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path) -> None:
-    """A time-to-event study: federated site-stratified Cox, printed like the classifier comparison."""
-    from fedomop.federated.survival.runner import comparison_rows, run_survival, site_names, write_result
+def _train_survival(
+    spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path, rounds: int
+) -> None:
+    """A time-to-event study: federated site-stratified Cox or histogram XGBoost survival:aft, printed like the
+    classifier comparison."""
+    from fedomop.federated.survival.boosted import COX, refuse_cox
+    from fedomop.federated.survival.runner import (
+        SURVIVAL_MODELS,
+        comparison_rows,
+        run_survival,
+        site_names,
+        write_result,
+    )
 
-    if (model or SURVIVAL_MODEL) != SURVIVAL_MODEL:
+    chosen = model or SURVIVAL_MODEL
+    if chosen not in (*SURVIVAL_MODELS, COX):
         raise StudyError(
-            f"model {model!r} is a classifier; this study's outcome is time-to-event",
+            f"model {chosen!r} is a classifier; this study's outcome is time-to-event",
             where="--model",
-            fix=f"use --model {SURVIVAL_MODEL} (histogram XGBoost survival:cox/aft is not available yet)",
+            fix=f"use --model {' or '.join(SURVIVAL_MODELS)}",
         )
+    if chosen == COX:
+        refuse_cox()  # before any site is read
     if federation:
         raise StudyError(
-            "time-to-event studies run in the simulation only for now",
+            "time-to-event studies are not yet offered over a Flower deployment: the deployed ClientApp answers "
+            "only the classifier messages (no Efron-sums, survival-metrics or Kaplan-Meier-count message types), "
+            "so a deployed site could not take part",
             where="--federation",
-            fix="leave out --federation and pass --sites",
+            fix="run the study in simulation: leave out --federation and pass --sites with the site databases",
         )
     paths = _check_sites(sites or DEFAULT_SITES)
-    result = run_survival(spec, site_names([str(p) for p in paths]))
-    table = Table(title=f"{spec.name}: held-out 30% per site (weighted by held-out rows)")
+    result = run_survival(spec, site_names([str(p) for p in paths]), model=chosen, rounds=rounds)
+    table = Table(title=f"{spec.name} ({chosen}): held-out 30% per site (weighted by held-out rows)")
     keys = [k for k in result.metrics["federated"]["weighted"]]
     table.add_column("model")
     for key in keys:
@@ -79,7 +94,8 @@ def _train_survival(spec: Any, model: str | None, federation: str | None, sites:
     for label, values in comparison_rows(result):
         table.add_row(label, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
     console.print(table)
-    console.print(f"site-stratified Cox: {result.rounds} Newton rounds; result in {write_result(result, out)}")
+    unit = "Newton rounds" if chosen == SURVIVAL_MODEL else "trees"
+    console.print(f"{result.model}: {result.rounds} {unit}; result in {write_result(result, out)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -90,7 +106,10 @@ def register(app: typer.Typer) -> None:
         ] = "bone_metastasis",
         model: Annotated[
             str | None,
-            typer.Option(help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"),
+            typer.Option(
+                help=" | ".join(MODELS)
+                + " (classifiers; default xgboost-hist) | cox-ph | xgboost-aft (time-to-event studies; default cox-ph)"
+            ),
         ] = None,
         sites: Annotated[
             list[str] | None,
@@ -128,7 +147,7 @@ def register(app: typer.Typer) -> None:
         study_spec_path = _study_path(study)
         spec = load_study(study_spec_path)  # fail early, with the file and key, on a bad study
         if spec.outcome.time_to_event:
-            _train_survival(spec, model, federation, sites, out)
+            _train_survival(spec, model, federation, sites, out, rounds)
             return
         model = model or "xgboost-hist"
         if model == SURVIVAL_MODEL:

@@ -45,6 +45,10 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
             yield "value.unit", rule.value.unit
         if rule.value.text:
             yield "value.text", rule.value.text
+    for column, wide in (rule.unpivot or {}).items():
+        yield f"unpivot.{column}", column
+        if wide.unit_column:
+            yield f"unpivot.{column}.unit_column", wide.unit_column
     for name, expr in rule.fields.items():
         if isinstance(expr, ColumnExpr):
             yield f"fields.{name}.column", expr.column
@@ -69,7 +73,10 @@ def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule)
             where=f"{where}.{extra[0]}",
             fix=f"valid keys for {table}: {_choices(sorted(target.allowed_rule_keys))}",
         )
-    missing = [k for k in target.required_rule_keys if getattr(rule, k) is None]
+    given = {k for k in target.required_rule_keys if getattr(rule, k) is not None}
+    if rule.unpivot is not None:
+        given.add("concept")  # each unpivoted column carries its own code
+    missing = [k for k in target.required_rule_keys if k not in given]
     if missing:
         raise MappingError(
             f"required key {missing[0]!r} is missing",

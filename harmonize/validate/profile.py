@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
+
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.smallcell import Count, percent
+from fedomop.harmonize.run.coverage import code_counts
 from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
 from fedomop.harmonize.validate.checks.base import CheckContext, q
 
@@ -45,36 +48,75 @@ def concept_tables(catalogue: Catalogue | None = None) -> list[tuple[str, str, s
     return found
 
 
+def coverage_bounds(records: int, mapped: int, threshold: int) -> list[float] | None:
+    """Where the exact share of mapped records is withheld (mapped or unmapped is a small cell), the interval it
+    lies in, in percent. It tells no more than the withheld cell's label (``unmapped < 10`` of ``records``), so a
+    near-complete site still shows "at least 99.2%" in the comparison instead of a blank."""
+    if records < threshold:
+        return None  # the total itself is withheld
+    if 0 < records - mapped < threshold:
+        return [round(100.0 * (records - threshold + 1) / records, 4), 100.0]
+    if 0 < mapped < threshold:
+        return [0.0, round(100.0 * (threshold - 1) / records, 4)]
+    return None
+
+
+UNKNOWN_VOCABULARY = "(code not in the vocabulary)"
+
+
 def mapping_coverage(db: Database, ctx: CheckContext, options: ProfileOptions) -> dict[str, object]:
-    """Share of records with a standard concept (concept_id <> 0) per table, and the top unmapped source values."""
-    tables, unmapped = [], []
-    for table, concept, source in concept_tables(ctx.catalogue):
-        if not (ctx.has_field(table, concept) and ctx.has_field(table, source)):
-            continue
-        ((records, mapped),) = _rows(
-            db, f"SELECT COUNT(*) AS n, SUM(CASE WHEN {q(concept)} <> 0 THEN 1 ELSE 0 END) AS mapped FROM {q(table)}"
-        )
-        records, mapped = int(records or 0), int(mapped or 0)
+    """Share of records with a standard concept (concept_id <> 0) per table and per source vocabulary, and the top
+    unmapped source codes; the same counts ``fedomop map`` prints (:func:`~fedomop.harmonize.run.coverage.code_counts`).
+
+    The counts of one table's vocabularies add up to its total, so they are one complementary group: a small cell
+    in any of them withholds them all (the table-level numbers stay)."""
+    pairs = [
+        (table, concept.removesuffix("concept_id"))
+        for table, concept, source in concept_tables(ctx.catalogue)
+        if ctx.has_field(table, concept) and ctx.has_field(table, source)
+    ]
+    counts = code_counts(db, pairs).with_columns(pl.col("source_vocabulary_id").fill_null(UNKNOWN_VOCABULARY))
+    tables, vocabularies = [], []
+    for table, prefix in pairs:
+        part = counts.filter(pl.col("omop_table") == table)
+        records, mapped = int(part["records"].sum()), int(part["mapped"].sum())
         if not records:
             continue
+        group = f"coverage:{table}"
         tables.append(
             {
                 "table": table,
-                "field": concept,
+                "field": f"{prefix}concept_id",
                 "records": Count(records),
-                "mapped": Count(mapped, group=f"coverage:{table}"),
-                "unmapped": Count(records - mapped, group=f"coverage:{table}"),
-                "pct_mapped": percent(Count(mapped, group=f"coverage:{table}"), records),
+                "mapped": Count(mapped, group=group),
+                "unmapped": Count(records - mapped, group=group),
+                "pct_mapped": percent(Count(mapped, group=group), records),
+                "pct_mapped_bounds": coverage_bounds(records, mapped, options.min_cell),
             }
         )
-        top = _rows(
-            db,
-            f"SELECT {q(source)}, COUNT(*) AS n FROM {q(table)} WHERE {q(concept)} = 0 "
-            f"GROUP BY {q(source)} ORDER BY n DESC, {q(source)} LIMIT {int(options.top_unmapped)}",
-        )
-        unmapped += [{"table": table, "source_value": value, "records": Count(int(n))} for value, n in top]
-    unmapped.sort(key=lambda r: -int(r["records"]))
-    return {"tables": tables, "top_unmapped": unmapped[: options.top_unmapped]}
+        per_vocabulary = part.group_by("source_vocabulary_id").agg(pl.col("records").sum(), pl.col("mapped").sum())
+        for vocabulary, n, m in per_vocabulary.sort("source_vocabulary_id").iter_rows():
+            group = f"vocabularies:{table}"
+            vocabularies.append(
+                {
+                    "table": table,
+                    "source_vocabulary_id": vocabulary,
+                    "records": Count(int(n), group=group),
+                    "mapped": Count(int(m), group=group),
+                    "unmapped": Count(int(n) - int(m), group=group),
+                    "pct_mapped": percent(Count(int(m), group=group), int(n)),
+                }
+            )
+    top = (
+        counts.filter(pl.col("unmapped") > 0)
+        .sort(["unmapped", "omop_table", "source_code"], descending=[True, False, False], nulls_last=True)
+        .head(options.top_unmapped)
+    )
+    unmapped = [
+        {"table": t, "source_vocabulary_id": v, "source_value": c, "records": Count(int(n))}
+        for t, v, c, n in top.select("omop_table", "source_vocabulary_id", "source_code", "unmapped").iter_rows()
+    ]
+    return {"tables": tables, "by_vocabulary": vocabularies, "top_unmapped": unmapped}
 
 
 def event_date_fields() -> dict[str, str]:

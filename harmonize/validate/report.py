@@ -34,6 +34,8 @@ from fedomop.harmonize.validate.checks.runner import CheckResult, build_context,
 from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
 
 REPORT_FORMAT = "fedomop-qa-report/1"
+SHAREABLE = "shareable"  # small cells withheld: the only report that leaves the site (--compare reads it)
+INTERNAL = "internal"  # exact counts for the site's own stewards; never passed to --compare
 KAHN_CATEGORIES = ("Conformance", "Completeness", "Plausibility")
 
 
@@ -47,6 +49,7 @@ class ValidateOptions:
     site: str | None = None
     profile: profile.ProfileOptions = field(default_factory=profile.ProfileOptions)
     today: dt.date | None = None
+    min_coverage: dict[str, float] = field(default_factory=dict)  # the mapping's floors: below them, not green
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ValidationReport:
     data: dict[str, Any]
     json_path: Path | None = None
     html_path: Path | None = None
+    internal_html_path: Path | None = None  # the exact internal copy, when written
 
     @property
     def fatal_failures(self) -> int:
@@ -126,6 +130,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             key_measurements=profile_options.key_measurements,
             measurement_concepts=profile_options.measurement_concepts,
         )
+    coverage = profile.mapping_coverage(db, ctx, profile_options)
     report = {
         "format": REPORT_FORMAT,
         "site": options.site or _database_label(db).split(":", 1)[1].removesuffix(".duckdb") or "site",
@@ -144,7 +149,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
         },
         "persons": profile.person_count(db, ctx),
         "table_rows": profile.table_counts(db, ctx),
-        "overview": overview(run.results),
+        "overview": {**overview(run.results), "coverage_failures": coverage_failures(coverage, options.min_coverage)},
         "checks": [_check_row(r) for r in run.results],
         "schemas": {
             "sample_rows": options.sample_rows,
@@ -154,7 +159,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             ),
             "tables": [_schema_row(s) for s in schemas],
         },
-        "mapping_coverage": profile.mapping_coverage(db, ctx, profile_options),
+        "mapping_coverage": coverage,
         "reconciliation": profile.reconciliation(db, ctx),
         "quarantine": profile.quarantine(db, ctx),
         "lineage": profile.lineage(db, ctx),
@@ -172,6 +177,19 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
     return report
 
 
+def coverage_failures(coverage: dict[str, Any], minimum: dict[str, float]) -> list[dict[str, Any]]:
+    """Tables whose share of mapped records is below the mapping's ``min_coverage`` (a table with no records
+    fails too): the report's verdict is then not green, whatever the checks say. Only the table and its floor
+    are listed; the share itself stays in the coverage section, suppressed there as every count is."""
+    shares = {t["table"]: (int(t["mapped"]), int(t["records"])) for t in coverage["tables"]}
+    failed = []
+    for table, floor in sorted(minimum.items()):
+        mapped, records = shares.get(table, (0, 0))
+        if not records or mapped / records < floor:
+            failed.append({"table": table, "min_coverage": floor})
+    return failed
+
+
 def write_json(report: dict[str, Any], path: Path) -> Path:
     assert_suppressed(report)
     path.write_text(json.dumps(report, indent=1, default=str, allow_nan=False), encoding="utf-8")
@@ -179,9 +197,14 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 
 def validate_database(
-    db: Database | str | Path, out: Path | str | None = None, options: ValidateOptions | None = None
+    db: Database | str | Path,
+    out: Path | str | None = None,
+    options: ValidateOptions | None = None,
+    *,
+    internal: bool = False,
 ) -> ValidationReport:
-    """Validate a site database; with ``out``, write ``report.json`` and ``report.html`` there."""
+    """Validate a site database; with ``out``, write the shareable ``report.json`` and ``report.html`` there, and
+    with ``internal`` also ``internal/report.json|html`` with exact counts (for the site's stewards only)."""
     options = options or ValidateOptions()
     if isinstance(db, Path | str) and "://" not in str(db) and not Path(db).exists():
         raise ValidationError(
@@ -199,14 +222,32 @@ def validate_database(
     finally:
         if database is not db:
             database.dispose()  # release the file: DuckDB allows one configuration per file per process
-    return write_report(raw, out, options.small_cell)
+    report = write_report(raw, out, options.small_cell)
+    if internal and out is not None:
+        report.internal_html_path = write_report(raw, Path(out) / INTERNAL, audience=INTERNAL).html_path
+    return report
 
 
-def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD) -> ValidationReport:
-    """Suppress a raw report once and write that same content as report.json and report.html."""
+def write_report(
+    raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD, *, audience: str = SHAREABLE
+) -> ValidationReport:
+    """Suppress a raw report once and write that same content as report.json and report.html.
+
+    The ``internal`` audience gets every count exact (a threshold of 1 withholds nothing) and says so on its
+    face: the site's own steward must see that coverage is 99.4%, not "<10 unmapped"."""
     from fedomop.harmonize.validate.html import render_html
 
-    data = suppress(raw, small_cell)
+    if audience == INTERNAL:
+        raw = {
+            **raw,
+            "suppression": {
+                "small_cell_threshold": 1,
+                "label": "none",
+                "rule": "internal report: exact counts, nothing withheld; it stays at the site (share report.json)",
+            },
+        }
+    data = suppress(raw, 1 if audience == INTERNAL else small_cell)
+    data["audience"] = audience
     report = ValidationReport(data)
     if out is not None:
         folder = Path(out)
