@@ -191,7 +191,8 @@ class LocalDeployment:
         self.port = free_port()
         env = flower_env(self.flwr_home)
         if self.certs:
-            self._secure_hub(env)
+            self.certs = Path(self.certs).resolve()  # the sites below get the same absolute folder
+            self._secure_hub(env, self.certs)
         else:
             write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
             hub = self._spawn(hub_command(self.port, state=self._state), "hub", env)
@@ -209,13 +210,11 @@ class LocalDeployment:
             self.site_processes[name] = self._spawn(command, name, env)
         return self
 
-    def _secure_hub(self, env: dict[str, str]) -> None:
+    def _secure_hub(self, env: dict[str, str], certs: Path) -> None:
         """TLS SuperLink with SuperNode authentication; every site's public key registered."""
         from fedomop.federated.governance.certs import create_credentials, write_flower_connection
         from fedomop.federated.governance.startup import register_once
 
-        certs = Path(self.certs).resolve()  # type: ignore[arg-type]
-        self.certs = certs
         if not (certs / "ca.crt").exists():
             create_credentials(certs, list(self.sites))
         write_flower_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}", certs / "ca.crt")

@@ -32,9 +32,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import approval
+
+if TYPE_CHECKING:
+    from flwr.supercore.runtime import RuntimeHttpClient
 
 CLIENT_APP_TASK = "flwr-clientapp"
 ERROR_CODE_REFUSED = 403
@@ -87,7 +91,7 @@ def wall_time_of(policy_path: str) -> float:
     return float(load_policy(policy_path).limits.wall_time_s)
 
 
-def _client(address: str, *, token: str | None = None, secret: bytes | None = None):  # type: ignore[no-untyped-def]
+def _client(address: str, *, token: str | None = None, secret: bytes | None = None) -> RuntimeHttpClient:
     from flwr.supercore.interceptors import (
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.console import Console
@@ -35,6 +35,19 @@ def _check_sites(sites: list[str] | list[Path]) -> list[str]:
 
 
 SURVIVAL_MODEL = "cox-ph"
+
+
+class _TrainOptions(TypedDict, total=False):
+    """What ``train`` hands the runner besides the study and sites (TrainSettings checks each; ``certs``:
+    deployment only)."""
+
+    model: str
+    rounds: int
+    strategy: str
+    proximal_mu: float
+    round_timeout: float
+    min_sites: int
+    certs: str
 
 
 def _train_survival(
@@ -144,7 +157,7 @@ def register(app: typer.Typer) -> None:
                 where="--model",
                 fix="set `outcome.type: time_to_event`",
             )
-        options = {
+        options: _TrainOptions = {
             "model": model,
             "rounds": rounds,
             "strategy": strategy,

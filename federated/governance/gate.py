@@ -109,7 +109,8 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tu
         return None
     lines = head.decode("latin-1").split("\r\n")
     method, target, _version = lines[0].split(" ", 2)
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    pairs = (line.split(":", 1) for line in lines[1:] if ":" in line)
+    headers = [(name.strip(), value.strip()) for name, value in pairs]
     values = {k.lower(): v for k, v in headers}
     if values.get("transfer-encoding", "").lower() == "chunked":
         body = b""
@@ -121,7 +122,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tu
             body += chunk[:-2]
     else:
         body = await reader.readexactly(int(values.get("content-length", "0")))
-    return method, target, headers, body  # type: ignore[return-value]
+    return method, target, headers, body
 
 
 def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:

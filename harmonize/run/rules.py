@@ -212,9 +212,9 @@ class RuleEvaluator:
             problems.append(Problem(pl.col(rule.id).is_null(), rule.id, pl.lit(None), "missing id"))
         for prefix, date in (("_start", rule.start), ("_end", rule.end)):
             if date is not None:
-                columns, problem = _date_columns(prefix, date, source)
+                columns, date_problem = _date_columns(prefix, date, source)
                 exprs += columns
-                problems.append(problem)
+                problems.append(date_problem)
                 problems += self._bounds(table, prefix, date, source)
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
@@ -295,6 +295,7 @@ class RuleEvaluator:
         if code.vocabulary_column:
             return pl.col(code.vocabulary_column)
         systems = self.ctx.mapping.vocabulary.fhir_systems
+        assert code.system_column, "the mapping model requires one of vocabulary, vocabulary_column, system_column"
         return pl.col(code.system_column).replace_strict(systems, default=None, return_dtype=pl.String)
 
     def _resolve(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:

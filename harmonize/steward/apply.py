@@ -137,7 +137,8 @@ class _Ids:
         self.known: dict[tuple[str, str], int] = {}
         if existing is not None and existing.height:
             ids = existing["concept_id"].cast(pl.Int64)
-            self.next = max(LOCAL_CONCEPT_START, int(ids.max()) + 1)  # type: ignore[arg-type]
+            top = ids.max()  # None only if every id is blank
+            self.next = max(LOCAL_CONCEPT_START, (top if isinstance(top, int) else 0) + 1)
             self.known = {
                 (v, c): int(i) for v, c, i in zip(existing["vocabulary_id"], existing["concept_code"], ids, strict=True)
             }

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import polars as pl
 
@@ -283,6 +283,10 @@ def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None)
     )
 
 
+@overload
+def read_vocabulary_concepts(folder: Path) -> pl.DataFrame: ...
+@overload
+def read_vocabulary_concepts(folder: Path | None) -> pl.DataFrame | None: ...
 def read_vocabulary_concepts(folder: Path | None) -> pl.DataFrame | None:
     """concept_code, vocabulary_id, concept_id, concept_name, domain_id, standard_concept of a vocabulary folder."""
     if folder is None:

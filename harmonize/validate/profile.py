@@ -6,6 +6,7 @@ wrapped in :class:`Count` so that :func:`~fedomop.harmonize.ground.smallcell.sup
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -32,7 +33,7 @@ class ProfileOptions:
     measurement_concepts: tuple[int, ...] = ()  # or exactly these concepts
 
 
-def _rows(db: Database, sql: str) -> list[tuple[object, ...]]:
+def _rows(db: Database, sql: str) -> list[tuple[Any, ...]]:  # polars rows: values of any SQL type
     return list(db.query(sql).iter_rows())
 
 
@@ -141,7 +142,7 @@ def records_per_year(db: Database, ctx: CheckContext) -> dict[str, list[dict[str
             f"WHERE {q(column)} IS NOT NULL GROUP BY y ORDER BY y",
         )
         if rows:
-            per_table[table] = [{"year": int(y), "records": Count(int(n))} for y, n in rows]  # type: ignore[call-overload]
+            per_table[table] = [{"year": int(y), "records": Count(int(n))} for y, n in rows]
     return per_table
 
 
@@ -157,14 +158,14 @@ def _key_measurements(db: Database, options: ProfileOptions) -> list[tuple[int, 
         f"HAVING COUNT(*) >= {int(options.min_cell)} ORDER BY n DESC, measurement_concept_id "
         f"LIMIT {int(options.key_measurements)}",
     )
-    return [(int(c), int(u)) for c, u, _ in rows]  # type: ignore[call-overload]
+    return [(int(c), int(u)) for c, u, _ in rows]
 
 
 def _concept_names(db: Database, ctx: CheckContext, ids: set[int]) -> dict[int, str]:
     if not ids or not ctx.has_field("concept", "concept_name"):
         return {}
     rows = _rows(db, f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({', '.join(map(str, ids))})")
-    return {int(c): str(n) for c, n in rows}  # type: ignore[call-overload]
+    return {int(c): str(n) for c, n in rows}
 
 
 def measurement_distributions(db: Database, ctx: CheckContext, options: ProfileOptions) -> list[dict[str, object]]:
@@ -183,14 +184,14 @@ def measurement_distributions(db: Database, ctx: CheckContext, options: ProfileO
         fractions = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
         stats = ", ".join(f"{ctx.quantile('value_as_number', f)} AS q{i}" for i, f in enumerate(fractions))
         ((n, *values),) = _rows(db, f"SELECT COUNT(*) AS n, {stats} {subset}")
-        p01, p05, p25, p50, p75, p95, p99 = (float(v) for v in values)  # type: ignore[arg-type]
+        p01, p05, p25, p50, p75, p95, p99 = (float(v) for v in values)
         out.append(
             {
                 "concept_id": concept,
                 "concept_name": names.get(concept, ""),
                 "unit_concept_id": unit,
                 "unit_name": names.get(unit, ""),
-                "records": Count(int(n)),  # type: ignore[call-overload]
+                "records": Count(int(n)),
                 "p05": p05,
                 "p25": p25,
                 "median": p50,
@@ -211,7 +212,7 @@ def _histogram(db: Database, subset: str, low: float, high: float) -> dict[str, 
     )
     counts = [0] * HISTOGRAM_BINS
     for b, n in rows:
-        counts[min(int(b), HISTOGRAM_BINS - 1)] += int(n)  # type: ignore[call-overload]
+        counts[min(int(b), HISTOGRAM_BINS - 1)] += int(n)
     return {"edges": [low + width * i for i in range(HISTOGRAM_BINS + 1)], "counts": [Count(c) for c in counts]}
 
 
@@ -225,7 +226,7 @@ def table_counts(db: Database, ctx: CheckContext) -> dict[str, Count]:
     if not present:
         return {}
     sql = " UNION ALL ".join(f"SELECT '{t}' AS t, COUNT(*) AS n FROM {q(t)}" for t in present)
-    return {str(t): Count(int(n)) for t, n in _rows(db, sql)}  # type: ignore[call-overload]
+    return {str(t): Count(int(n)) for t, n in _rows(db, sql)}
 
 
 def reconciliation(db: Database, ctx: CheckContext) -> dict[str, object]:
@@ -264,8 +265,7 @@ def quarantine(db: Database, ctx: CheckContext) -> dict[str, object]:
         "available": True,
         "total": Count(total, group="quarantine"),
         "by_reason": [
-            {"source": s, "field": f, "reason": r, "records": Count(int(n), group="quarantine")}  # type: ignore[call-overload]
-            for s, f, r, n in rows
+            {"source": s, "field": f, "reason": r, "records": Count(int(n), group="quarantine")} for s, f, r, n in rows
         ],
     }
 
@@ -274,4 +274,4 @@ def lineage(db: Database, ctx: CheckContext) -> dict[str, object]:
     if not ctx.has_table(LINEAGE_TABLE):
         return {"available": False, "note": f"no {LINEAGE_TABLE} table: this database was not built by fedomop map"}
     rows = _rows(db, f"SELECT omop_table, COUNT(*) FROM {q(LINEAGE_TABLE)} GROUP BY omop_table ORDER BY omop_table")
-    return {"available": True, "rows_per_table": {str(t): Count(int(n)) for t, n in rows}}  # type: ignore[call-overload]
+    return {"available": True, "rows_per_table": {str(t): Count(int(n)) for t, n in rows}}

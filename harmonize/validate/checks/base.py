@@ -107,18 +107,25 @@ class CheckContext:
     def has_field(self, table: str, column: str) -> bool:
         return column.lower() in self.columns.get(table.lower(), {})
 
-    def instance(self, check: CheckType, row: Row | None = None, **kwargs: object) -> CheckInstance:
+    def instance(
+        self,
+        check: CheckType,
+        row: Row | None = None,
+        *,
+        concept_id: int | str | None = None,
+        unit_concept_id: int | None = None,
+    ) -> CheckInstance:
         """A check instance whose threshold is read from ``row[<checkName>Threshold]`` (0 when blank)."""
         threshold = parse_threshold((row or {}).get(f"{check.name}Threshold", ""))
-        table = str(kwargs.pop("table", (row or {}).get("cdmTableName", ""))).lower()
-        column = kwargs.pop("field", (row or {}).get("cdmFieldName") or None)
+        column = (row or {}).get("cdmFieldName") or None
         return CheckInstance(
             check=check,
-            table=table,
+            table=str((row or {}).get("cdmTableName", "")).lower(),
             field=str(column).lower() if column else None,
+            concept_id=concept_id,
+            unit_concept_id=unit_concept_id,
             threshold=threshold,
             description=render_description(check.description, row or {}),
-            **kwargs,  # type: ignore[arg-type]
         )
 
     def missing(self, instance: CheckInstance, *tables_fields: tuple[str, str | None]) -> Absent | None:

@@ -7,7 +7,7 @@ concepts with their parameters and groups by concept, so a table is scanned once
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from fedomop.harmonize.validate.catalogue import CheckType, Row
 from fedomop.harmonize.validate.checks.base import CheckContext, CheckInstance, CheckQuery, CheckWork, q, register_check
@@ -41,7 +41,7 @@ def _concept_ids(row: Row) -> list[int]:
     return [int(part) for part in row["conceptId"].split(",") if part.strip()]
 
 
-def _values(rows: list[tuple[object, ...]], columns: str) -> str:
+def _values(rows: Sequence[tuple[object, ...]], columns: str) -> str:
     body = ", ".join("(" + ", ".join(str(v) for v in row) + ")" for row in rows)
     return f"(VALUES {body}) AS v({columns})"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from collections.abc import Iterator
 from functools import lru_cache
@@ -73,7 +74,7 @@ def _source_value_pairs() -> list[dict[str, str]]:
     """DQD's pairs of an optional concept field and the source value it is mapped from (recorded as data from
     field_concept_record_completeness.sql): a NULL concept with a source value is unmapped too."""
     path = resources.files("fedomop.harmonize.validate") / "data" / "dqd_concept_source_values.csv"
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 

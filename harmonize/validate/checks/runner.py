@@ -6,12 +6,14 @@ import datetime as dt
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any, SupportsInt
 
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
 from fedomop.harmonize.validate.checks.base import (
     Absent,
+    CheckBuilder,
     CheckContext,
     CheckInstance,
     CheckQuery,
@@ -176,7 +178,12 @@ def _error_text(exc: Exception) -> str:
 
 
 def _count(value: object) -> int:
-    return int(value) if value is not None else 0  # type: ignore[call-overload]
+    """A count from a result row: NULL (SUM over no rows) is 0; PostgreSQL's SUM gives a Decimal."""
+    if value is None:
+        return 0
+    if not isinstance(value, SupportsInt):
+        raise TypeError(f"a check query returned {value!r} where a count belongs")
+    return int(value)
 
 
 class _Runner:
@@ -185,7 +192,7 @@ class _Runner:
         self.queries = 0
         self.timings: dict[str, float] = {}
 
-    def _timed_query(self, label: str, sql: str) -> list[tuple[object, ...]]:
+    def _timed_query(self, label: str, sql: str) -> list[tuple[Any, ...]]:
         start = time.perf_counter()
         try:
             return list(self.db.query(sql).iter_rows())
@@ -198,7 +205,7 @@ class _Runner:
             rows = self._timed_query(work.instances[0].check.name, work.sql)
         except Exception as exc:  # noqa: BLE001 - one broken check must not stop the others
             return [_result(i, None, None, _error_text(exc)) for i in work.instances]
-        counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+        counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}
         return [_result(i, *counts.get(k, (0, 0))) for k, i in enumerate(work.instances)]
 
     def run_queries(self, works: list[CheckQuery]) -> list[CheckResult]:
@@ -221,7 +228,7 @@ class _Runner:
                 for work in batch:
                     results += self.run_query(work)
                 continue
-            counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+            counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}
             for work, base in zip(batch, offsets, strict=True):
                 results += [_result(i, *counts.get(base + k, (0, 0))) for k, i in enumerate(work.instances)]
         return results
@@ -308,9 +315,9 @@ def run_checks(
     return CheckRun(results, time.perf_counter() - started, runner.queries, db.dialect, runner.timings)
 
 
-def _build(build: object, ctx: CheckContext, name: str) -> list[CheckWork]:
+def _build(build: CheckBuilder, ctx: CheckContext, name: str) -> list[CheckWork]:
     try:
-        return list(build(ctx))  # type: ignore[operator]
+        return list(build(ctx))
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - a site's check with a bug is named, not a traceback
