@@ -48,6 +48,7 @@ class _TrainOptions(TypedDict, total=False):
     round_timeout: float
     min_sites: int
     certs: str
+    compare_local: bool
 
 
 def _train_survival(
