@@ -161,8 +161,8 @@ def check_mapping(mapping: Mapping, mapping_file: Path) -> None:
             where=f"{file}: sources.{unused[0]}",
             fix="add a rule that reads it, or remove the source",
         )
-    for item, where in _named_constants(mapping, file):
-        _check_named_constant(item, "concept_id", where)
+    for constant, where in _named_constants(mapping, file):
+        _check_named_constant(constant, "concept_id", where)
 
 
 def _named_constants(mapping: Mapping, file: str) -> Iterator[tuple[ConstantExpr, str]]:
