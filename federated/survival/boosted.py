@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 
 from fedomop.federated.errors import StudyError
 from fedomop.federated.models import xgb_common, xgb_histogram
+from fedomop.federated.survival import cox
 
 Array = NDArray[np.float64]
 AFT = "xgboost-aft"
@@ -219,3 +220,12 @@ def survival_at(log_time_location: Array, horizon: float, scale: float = AFT_SCA
     from scipy.special import ndtr
 
     return np.asarray(1.0 - ndtr((np.log(horizon) - log_time_location) / scale), dtype=np.float64)
+
+
+def cox_survival_at(
+    train_margin: Array, time: Array, event: NDArray[np.bool_], held_out_margin: Array, horizon: float
+) -> Array:
+    """S(h | x) = exp(-H0(h) e^f(x)) for the boosted Cox model, with the site's own Breslow baseline H0 from its
+    training rows' margins (its stratum: each site predicts with its own baseline, as ``cox-ph`` does)."""
+    times, hazard = cox.breslow_baseline(np.asarray(train_margin)[:, None], time, event.astype(np.float64), np.ones(1))
+    return cox.survival_at(times, hazard, np.exp(held_out_margin), horizon)

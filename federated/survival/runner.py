@@ -325,9 +325,7 @@ def _boosted_predictions(
     if model == boosted.AFT:
         return -location, {h: boosted.survival_at(location, h) for h in horizons}
     fitted = boosted.margin(raw, train.X, cuts)
-    times, hazard = cox.breslow_baseline(fitted[:, None], train.time, train.event, np.ones(1))
-    relative = np.exp(location)
-    return location, {h: cox.survival_at(times, hazard, relative, h) for h in horizons}
+    return location, {h: boosted.cox_survival_at(fitted, train.time, train.event, location, h) for h in horizons}
 
 
 def _released(

@@ -134,6 +134,18 @@ def test_aft_survival_probability_by_hand() -> None:
     assert boosted.survival_at(location, 100.0 * np.e)[0] == pytest.approx(0.158655, abs=1e-6)
 
 
+def test_boosted_cox_survival_probability_by_hand() -> None:
+    """The site's Breslow baseline from its training margins [0, 0, ln 2], times [1, 2, 3], events at 1 and 2:
+    H0(1) = 1 / (1 + 1 + 2) = 0.25, H0(2) = 0.25 + 1 / (1 + 2) = 7/12. S(2.5 | f = ln 3) = exp(-7/12 * 3)
+    = exp(-1.75); S(1.5 | f = 0) = exp(-0.25); before the first event S = 1."""
+    train = np.array([0.0, 0.0, np.log(2.0)])
+    time, event = np.array([1.0, 2.0, 3.0]), np.array([True, True, False])
+    held_out = np.array([np.log(3.0), 0.0])
+    assert boosted.cox_survival_at(train, time, event, held_out, 2.5)[0] == pytest.approx(np.exp(-1.75), abs=1e-12)
+    assert boosted.cox_survival_at(train, time, event, held_out, 1.5)[1] == pytest.approx(np.exp(-0.25), abs=1e-12)
+    assert boosted.cox_survival_at(train, time, event, held_out, 0.5).tolist() == [1.0, 1.0]
+
+
 def test_site_metrics_are_released_only_above_the_small_cell_threshold() -> None:
     """Site a: 12 held-out rows, 10 events by day 100 (days 1..10), rows 11 and 12 followed beyond day 100
     (2 rows: a small cell at threshold 3 for the horizon, not for the C-index). Site b: 2 rows (small).
