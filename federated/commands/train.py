@@ -54,9 +54,8 @@ class _TrainOptions(TypedDict, total=False):
 def _train_survival(
     spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path, rounds: int
 ) -> None:
-    """A time-to-event study: federated site-stratified Cox or histogram XGBoost survival:aft, printed like the
-    classifier comparison."""
-    from fedomop.federated.survival.boosted import COX, refuse_cox
+    """A time-to-event study: federated site-stratified Cox or histogram XGBoost survival:aft / site-stratified
+    survival:cox, printed like the classifier comparison."""
     from fedomop.federated.survival.runner import (
         SURVIVAL_MODELS,
         comparison_rows,
@@ -66,14 +65,12 @@ def _train_survival(
     )
 
     chosen = model or SURVIVAL_MODEL
-    if chosen not in (*SURVIVAL_MODELS, COX):
+    if chosen not in SURVIVAL_MODELS:
         raise StudyError(
             f"model {chosen!r} is a classifier; this study's outcome is time-to-event",
             where="--model",
             fix=f"use --model {' or '.join(SURVIVAL_MODELS)}",
         )
-    if chosen == COX:
-        refuse_cox()  # before any site is read
     if federation:
         raise StudyError(
             "time-to-event studies are not yet offered over a Flower deployment: the deployed ClientApp answers "
@@ -106,7 +103,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 help=" | ".join(MODELS)
-                + " (classifiers; default xgboost-hist) | cox-ph | xgboost-aft (time-to-event studies; default cox-ph)"
+                + " (classifiers; default xgboost-hist) | cox-ph | xgboost-aft | xgboost-cox (time-to-event studies; "
+                "default cox-ph)"
             ),
         ] = None,
         sites: Annotated[

@@ -30,10 +30,11 @@ from fedomop.harmonize.ground.smallcell import is_small
 KM_INTERVAL_DAYS = 30.0
 COX_PH = "cox-ph"
 AFT_ROUNDS = 60
-SURVIVAL_MODELS = (COX_PH, boosted.AFT)
+SURVIVAL_MODELS = (COX_PH, boosted.AFT, boosted.COX)
 MODEL_LABELS = {
     COX_PH: "cox-ph (site-stratified, Efron ties)",
     boosted.AFT: "xgboost-aft (histogram, survival:aft, normal, scale 1, agreed bin edges)",
+    boosted.COX: "xgboost-cox (histogram, survival:cox stratified by site, Breslow ties, agreed bin edges)",
 }
 
 
@@ -152,15 +153,13 @@ def run_survival(
 ) -> SurvivalResult:
     """Pre-flight every site, then fit and compare. ``sites``: name -> database path or URL.
 
-    ``model``: ``cox-ph`` (federated site-stratified Cox) or ``xgboost-aft`` (histogram XGBoost ``survival:aft``
-    through XGBoost's federated communicator); ``xgboost-cox`` is refused (:data:`boosted.COX_GAP`).
+    ``model``: ``cox-ph`` (federated site-stratified Cox), ``xgboost-aft`` (histogram XGBoost ``survival:aft``
+    through XGBoost's federated communicator) or ``xgboost-cox`` (the same, ``survival:cox`` stratified by site).
     """
     if not study.outcome.time_to_event:
         raise StudyError(
             f"{model} needs a time-to-event study", where=study.name, fix="set `outcome.type: time_to_event`"
         )
-    if model == boosted.COX:
-        boosted.refuse_cox()
     if model not in SURVIVAL_MODELS:
         raise StudyError(
             f"unknown survival model {model!r}", where="--model", fix=f"use one of: {', '.join(SURVIVAL_MODELS)}"
@@ -183,7 +182,9 @@ def run_survival(
         raw_train[name] = site_train.X
     require_complete_cases(study, raw_train, train, model)
     fitted = (
-        _fit_cox(study, train, test, horizons) if model == COX_PH else _fit_aft(train, test, horizons, small, rounds)
+        _fit_cox(study, train, test, horizons)
+        if model == COX_PH
+        else _fit_boosted(model, train, test, horizons, small, rounds)
     )
     results = {label: _released(per_site, test, horizons, small) for label, per_site in fitted.metrics.items()}
     followed = [
@@ -235,8 +236,8 @@ def require_complete_cases(study: StudySpec, raw: dict[str, np.ndarray], train: 
         raise StudyError(
             f"{model} fits complete cases, and no training row is complete at {detail}",
             where=study.name,
-            fix="drop the covariate from the study, leave that site out (--sites), or use --model xgboost-aft "
-            "(it keeps rows with missing values)",
+            fix="drop the covariate from the study, leave that site out (--sites), or use --model xgboost-aft or "
+            "xgboost-cox (they keep rows with missing values)",
         )
     flat = [
         names[j]
@@ -284,29 +285,47 @@ def _fit_cox(study: StudySpec, train: dict[str, Rows], test: dict[str, Rows], ho
     )
 
 
-def _fit_aft(train: dict[str, Rows], test: dict[str, Rows], horizons: list[float], small: int, rounds: int) -> Fitted:
-    """Histogram XGBoost survival:aft: federated (agreed edges, communicator), pooled on the same discretised
-    matrix, and each site alone on its own raw values."""
+def _fit_boosted(
+    model: str, train: dict[str, Rows], test: dict[str, Rows], horizons: list[float], small: int, rounds: int
+) -> Fitted:
+    """Histogram XGBoost survival:aft or site-stratified survival:cox: federated (agreed edges, communicator), pooled
+    on the same discretised matrix (for xgboost-cox: the pooled site-stratified fit), and each site alone on its
+    own raw values."""
     if not any(rows.event.any() for rows in train.values()):
-        raise StudyError("no outcome event among the training rows", where=boosted.AFT, fix="check the study outcome")
+        raise StudyError("no outcome event among the training rows", where=model, fix="check the study outcome")
     rounds = rounds or AFT_ROUNDS
     parts = {name: boosted.Part(r.X, r.time, r.event) for name, r in train.items()}
     edges = boosted.agreed_edges(list(parts.values()), small)
-    federated = boosted.train_federated(list(parts.values()), edges, rounds)
-    pooled = boosted.train_plain(list(parts.values()), rounds, edges)
+    federated = boosted.train_federated(list(parts.values()), edges, rounds, model)
+    pooled = boosted.train_plain(list(parts.values()), rounds, edges, model)
 
     def scored(raw: bytes, name: str, cuts: list[np.ndarray] | None) -> dict[str, float]:
-        location = boosted.log_time(raw, test[name].X, cuts)
-        survival = {h: boosted.survival_at(location, h) for h in horizons}
-        values = metrics.survival_metrics(test[name].time, test[name].event, -location, survival)
+        risk, survival = _boosted_predictions(model, raw, train[name], test[name], cuts, horizons)
+        values = metrics.survival_metrics(test[name].time, test[name].event, risk, survival)
         return {**values, "n_test": float(len(test[name].time))}
 
     results = {
         "federated": {name: scored(federated, name, edges) for name in train},
         "pooled": {name: scored(pooled, name, edges) for name in train},
-        "site alone": {name: scored(boosted.train_plain([parts[name]], rounds), name, None) for name in train},
+        "site alone": {
+            name: scored(boosted.train_plain([parts[name]], rounds, model=model), name, None) for name in train
+        },
     }
     return Fitted(results, rounds, booster=federated)
+
+
+def _boosted_predictions(
+    model: str, raw: bytes, train: Rows, test: Rows, cuts: list[np.ndarray] | None, horizons: list[float]
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Risk (higher = earlier event) and S(h|x) at each horizon for one site's held-out rows.
+
+    aft: risk -f(x), S from the normal AFT. cox: risk f(x) (log relative hazard), S(h|x) = exp(-H0(h) e^f(x)) with
+    the site's own Breslow baseline H0 from its training rows (its stratum), as ``cox-ph`` predicts."""
+    location = boosted.margin(raw, test.X, cuts)
+    if model == boosted.AFT:
+        return -location, {h: boosted.survival_at(location, h) for h in horizons}
+    fitted = boosted.margin(raw, train.X, cuts)
+    return location, {h: boosted.cox_survival_at(fitted, train.time, train.event, location, h) for h in horizons}
 
 
 def _released(
@@ -346,5 +365,6 @@ def comparison_rows(result: SurvivalResult) -> list[tuple[str, dict[str, float]]
     """(label, weighted metrics) rows: federated, each site alone, pooled -- as the classifier table prints them."""
     rows = [("federated", result.metrics["federated"]["weighted"])]
     rows += [(f"{site} alone", values) for site, values in result.metrics["site alone"].items() if site != "weighted"]
-    rows.append(("pooled (reference)", result.metrics["pooled"]["weighted"]))
+    pooled = "pooled site-stratified (reference)" if result.model == MODEL_LABELS[boosted.COX] else "pooled (reference)"
+    rows.append((pooled, result.metrics["pooled"]["weighted"]))
     return rows

@@ -1,7 +1,9 @@
-"""Histogram XGBoost survival:aft through XGBoost's federated communicator, and survival metrics released per site.
+"""Histogram XGBoost survival:aft and site-stratified survival:cox through XGBoost's federated communicator, and
+survival metrics released per site.
 
-Expected values: the pooled model is built here with xgboost.train directly (not with fedomop's helpers) on the
-same discretised matrix; metric values are computed by hand in the comments.
+Expected values: the pooled models are built here with xgboost.train directly (not with fedomop's helpers) on the
+same discretised matrix -- for Cox with a gradient written here in numpy; metric values are computed by hand in the
+comments.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fedomop.federated.errors import StudyError
 from fedomop.federated.models import xgb_common
 from fedomop.federated.study import parse_study
 from fedomop.federated.survival import boosted
-from fedomop.federated.survival.runner import Rows, _released, run_survival
+from fedomop.federated.survival.runner import Rows, _released
 
 TTE_STUDY = """\
 name: tiny_tte
@@ -62,11 +64,66 @@ def test_federated_aft_equals_pooled_training_on_the_agreed_edges() -> None:
     np.testing.assert_allclose(federated_margin, pooled_margin, atol=1e-5)
 
 
-def test_xgboost_cox_is_refused_naming_the_gap() -> None:
-    with pytest.raises(StudyError) as refused:
-        run_survival(parse_study(TTE_STUDY), {}, model=boosted.COX)
-    assert "own risk sets" in str(refused.value) and "no pooled" in str(refused.value)
-    assert "xgboost-aft" in refused.value.fix and "cox-ph" in refused.value.fix
+def _cox_gradient_in_one_stratum(margin: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple:
+    """XGBoost's survival:cox gradient and Hessian (Breslow) over one stratum's rows, as its CoxRegression computes
+    them: rows in order of time; the risk-set sum starts at the sum of exp(margin) over all rows and drops the rows
+    already passed only when time moves forward; r and s add 1/sum and 1/sum^2 at each event;
+    gradient = e r - [event], Hessian = e r - e^2 s with e = exp(margin)."""
+    grad = np.empty(len(time))
+    hess = np.empty(len(time))
+    remaining = float(np.exp(margin).sum())
+    r = s = passed = last_e = last_time = 0.0
+    for i in np.argsort(time):
+        e = float(np.exp(margin[i]))
+        passed += last_e
+        if time[i] > last_time:
+            remaining -= passed
+            passed = 0.0
+        if event[i]:
+            r += 1.0 / remaining
+            s += 1.0 / remaining**2
+        grad[i] = e * r - float(event[i])
+        hess[i] = e * r - e * e * s
+        last_e, last_time = e, float(time[i])
+    return grad, hess
+
+
+def test_federated_cox_equals_the_pooled_site_stratified_fit() -> None:
+    """Each site computes survival:cox over its own risk sets, so the communicator trains a site-stratified boosted
+    Cox: it equals a pooled xgboost.train whose custom objective computes the Cox gradient within each site.
+
+    Times are continuous here (no two rows share a time), so the order of tied rows (which XGBoost's running sums
+    depend on) cannot differ between the federated and the pooled run."""
+    parts = [_site(s, 250 + 60 * s) for s in range(3)]
+    parts = [boosted.Part(p.X, p.time + np.random.default_rng(9 + k).random(len(p.time)), p.event)
+             for k, p in enumerate(parts)]  # continuous days: no ties
+    time = np.concatenate([p.time for p in parts])
+    event = np.concatenate([p.event for p in parts])
+    assert len(np.unique(time)) == len(time)
+    edges = boosted.agreed_edges(parts, small_cell=5)
+    federated = xgb_common.load_booster(boosted.train_federated(parts, edges, rounds=12, model=boosted.COX))
+
+    strata = [np.arange(len(p.time)) + sum(len(q.time) for q in parts[:k]) for k, p in enumerate(parts)]
+
+    def stratified(margin: np.ndarray, _matrix: xgb.DMatrix) -> tuple:
+        grad, hess = np.empty(len(time)), np.empty(len(time))
+        for rows in strata:
+            grad[rows], hess[rows] = _cox_gradient_in_one_stratum(margin[rows].astype(float), time[rows], event[rows])
+        return grad, hess
+
+    matrix = xgb.DMatrix(xgb_common.discretise(np.vstack([p.X for p in parts]), edges), missing=np.nan)
+    parameters = {**xgb_common.DEFAULT_PARAMS, "objective": "survival:cox", "eval_metric": "cox-nloglik",
+                  "base_score": 1.0}  # margin log(1) = 0 before the first tree, at every site and here
+    pooled = xgb.train(parameters, matrix, num_boost_round=12, obj=stratified)
+
+    unseen = xgb.DMatrix(xgb_common.discretise(_site(7, 400).X, edges), missing=np.nan)
+    federated_margin = federated.predict(unseen, output_margin=True)
+    pooled_margin = pooled.predict(unseen, output_margin=True)
+    assert np.std(pooled_margin) > 0.1  # the trees split
+    np.testing.assert_allclose(federated_margin, pooled_margin, atol=1e-5)
+    # fedomop's own pooled reference (what `fedomop train` prints as pooled) is the same stratified fit
+    reference = xgb_common.load_booster(boosted.train_plain(parts, 12, edges, boosted.COX))
+    np.testing.assert_allclose(reference.predict(unseen, output_margin=True), pooled_margin, atol=1e-5)
 
 
 def test_aft_survival_probability_by_hand() -> None:
@@ -75,6 +132,18 @@ def test_aft_survival_probability_by_hand() -> None:
     location = np.array([np.log(100.0)])
     assert boosted.survival_at(location, 100.0)[0] == pytest.approx(0.5, abs=1e-12)
     assert boosted.survival_at(location, 100.0 * np.e)[0] == pytest.approx(0.158655, abs=1e-6)
+
+
+def test_boosted_cox_survival_probability_by_hand() -> None:
+    """The site's Breslow baseline from its training margins [0, 0, ln 2], times [1, 2, 3], events at 1 and 2:
+    H0(1) = 1 / (1 + 1 + 2) = 0.25, H0(2) = 0.25 + 1 / (1 + 2) = 7/12. S(2.5 | f = ln 3) = exp(-7/12 * 3)
+    = exp(-1.75); S(1.5 | f = 0) = exp(-0.25); before the first event S = 1."""
+    train = np.array([0.0, 0.0, np.log(2.0)])
+    time, event = np.array([1.0, 2.0, 3.0]), np.array([True, True, False])
+    held_out = np.array([np.log(3.0), 0.0])
+    assert boosted.cox_survival_at(train, time, event, held_out, 2.5)[0] == pytest.approx(np.exp(-1.75), abs=1e-12)
+    assert boosted.cox_survival_at(train, time, event, held_out, 1.5)[1] == pytest.approx(np.exp(-0.25), abs=1e-12)
+    assert boosted.cox_survival_at(train, time, event, held_out, 0.5).tolist() == [1.0, 1.0]
 
 
 def test_site_metrics_are_released_only_above_the_small_cell_threshold() -> None:
@@ -109,23 +178,18 @@ def test_site_metrics_are_released_only_above_the_small_cell_threshold() -> None
     assert opened["a"]["brier_100d"] == pytest.approx(0.25)
 
 
-def test_cli_refuses_xgboost_cox_and_a_deployment_for_time_to_event_studies(tmp_path) -> None:
-    """Both refusals come before any site is read: exit 2, the reason and a fix, no traceback."""
+def test_cli_refuses_a_deployment_for_time_to_event_studies(tmp_path) -> None:
+    """The refusal comes before any site is read (for xgboost-cox too): exit 2, the reason and a fix."""
     from typer.testing import CliRunner
 
     from fedomop.cli import app
 
     study = tmp_path / "tte.yaml"
     study.write_text(TTE_STUDY, encoding="utf-8")
-    site = tmp_path / "site.duckdb"
-    site.touch()
-    boosted_cox = CliRunner().invoke(
-        app, ["train", "--study", str(study), "--model", "xgboost-cox", "--sites", str(site)]
-    )
-    assert isinstance(boosted_cox.exception, StudyError) and "own risk sets" in str(boosted_cox.exception)
-    deployed = CliRunner().invoke(app, ["train", "--study", str(study), "--model", "xgboost-aft", "--federation", "x"])
-    assert isinstance(deployed.exception, StudyError)
-    assert "Flower deployment" in str(deployed.exception) and "--sites" in deployed.exception.fix
+    for model in ("xgboost-aft", "xgboost-cox"):
+        deployed = CliRunner().invoke(app, ["train", "--study", str(study), "--model", model, "--federation", "x"])
+        assert isinstance(deployed.exception, StudyError)
+        assert "Flower deployment" in str(deployed.exception) and "--sites" in deployed.exception.fix
 
 
 def test_complete_cases_that_leave_nothing_to_fit_stop_naming_site_and_covariate() -> None:
