@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ EUNOMIA = SHARED / "omop" / "eunomia-synthea27nj"
 SYNTHEA_BULK = SHARED / "fhir" / "synthea-bulk-r4"
 SAMPLE_DATA = REPO / "sample_data"
 MAPPINGS = REPO / "mappings"
+# the console script of the interpreter running the tests (a worktree or clone need not have its own .venv)
+FEDOMOP_BIN = Path(sys.executable).parent / "fedomop"
 
 
 @pytest.fixture(scope="session")

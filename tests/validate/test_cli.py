@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fedomop.cli import app
 from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.validate.checks import registered_checks, unregister_check
-from tests.conftest import REPO
+from tests.conftest import FEDOMOP_BIN
 
 SITE_CHECKS = """
 from fedomop.harmonize.validate.checks import CheckInstance, RowPredicate, register_check, registered_checks
@@ -59,7 +59,7 @@ def test_cli_validate_writes_reports_and_runs_a_site_check_module(seeded_duckdb,
 
 
 def fedomop(*args: str) -> tuple[int, str]:
-    result = subprocess.run([str(REPO / ".venv/bin/fedomop"), *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(FEDOMOP_BIN), *args], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr
     return result.returncode, " ".join(result.stderr.split())
 

@@ -16,7 +16,7 @@ from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import SourceError
 from fedomop.harmonize.vocabulary.cdm_io import export_cdm_folder, load_cdm_folder, read_cdm_csv
 
-from ..conftest import EUNOMIA, REPO
+from ..conftest import EUNOMIA, FEDOMOP_BIN
 from .conftest import csv_records
 
 
@@ -102,7 +102,7 @@ def test_cli_reports_a_malformed_vocabulary_without_traceback(tmp_path: Path) ->
     )
     done = subprocess.run(
         [
-            str(REPO / ".venv" / "bin" / "fedomop"),
+            str(FEDOMOP_BIN),
             "vocab",
             "load",
             "--db",
