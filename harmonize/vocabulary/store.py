@@ -79,9 +79,15 @@ def load_versioned(db: Database, folder: Path) -> dict[str, int]:
 
 def _create_version_table(db: Database) -> None:
     """The one-row table, emptied (a reload replaces the row)."""
-    types = {pl.String(): sa.Text(), pl.Int64(): sa.BigInteger(), pl.Float64(): sa.Double()}
     metadata = sa.MetaData()
-    columns = [sa.Column(name, types.get(dtype, sa.DateTime())) for name, dtype in VERSION_SCHEMA.items()]
+    columns: list[sa.schema.SchemaItem] = [
+        sa.Column("version", sa.Text()),
+        sa.Column("load_id", sa.Text()),
+        sa.Column("folder", sa.Text()),
+        sa.Column("loaded_at", sa.DateTime()),
+        sa.Column("concepts", sa.BigInteger()),
+        sa.Column("load_seconds", sa.Double()),
+    ]  # VERSION_SCHEMA's columns
     table = sa.Table(VERSION_TABLE, metadata, *columns)
     metadata.create_all(db.engine)
     with db.engine.begin() as connection:
