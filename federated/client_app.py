@@ -30,7 +30,7 @@ from fedomop.federated import features, metrics
 from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.models import registry, xgb_histogram
 from fedomop.federated.study import StudySpec, parse_study
-from fedomop.federated.transport import describe_content
+from fedomop.federated.transport import describe_content, record_number
 from fedomop.harmonize.ground.errors import FedomopError
 from fedomop.harmonize.ground.smallcell import suppress_counts
 
@@ -198,7 +198,7 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
     arrays = message.content.array_records["arrays"]
     updated = model.site_train(arrays, prep.train.X, prep.train.y, site_config)
     if model.name == "mlp" and prep.policy is not None and _dp(prep.policy, prep.study.name):
-        updated = _private_update(prep, arrays, updated, int(config.get("server-round", 0)))
+        updated = _private_update(prep, arrays, updated, int(record_number(config.get("server-round", 0))))
     return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
@@ -315,6 +315,10 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
 
             enforce_one_cohort(policy, study, requester=requester, app_hash=code_hash())
             enforce_cohort(policy, study.name, prep.train.n + prep.test.n, requester=requester, app_hash=code_hash())
+            from fedomop.federated.governance.disclosure import enforce_min_difference
+
+            members = [*prep.train.person_id.tolist(), *prep.test.person_id.tolist()]
+            enforce_min_difference(policy, study, members, requester=requester, app_hash=code_hash())
             small_cell = max(study.small_cell, policy.small_cell(study.name))
             prep = replace(
                 prep,

@@ -135,16 +135,18 @@ def site_command(
     return command
 
 
-def wait_for_port(port: int, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float = 60.0, process: subprocess.Popen | None = None, *, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise FedomopError(f"the process listening on {port} exited with {process.returncode}", where="hub")
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
+            if probe.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
-    raise FedomopError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f} s", where="hub")
+    raise FedomopError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s", where="hub")
 
 
 @dataclass
@@ -189,7 +191,8 @@ class LocalDeployment:
         self.port = free_port()
         env = flower_env(self.flwr_home)
         if self.certs:
-            self._secure_hub(env)
+            self.certs = Path(self.certs).resolve()  # the sites below get the same absolute folder
+            self._secure_hub(env, self.certs)
         else:
             write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
             hub = self._spawn(hub_command(self.port, state=self._state), "hub", env)
@@ -207,13 +210,11 @@ class LocalDeployment:
             self.site_processes[name] = self._spawn(command, name, env)
         return self
 
-    def _secure_hub(self, env: dict[str, str]) -> None:
+    def _secure_hub(self, env: dict[str, str], certs: Path) -> None:
         """TLS SuperLink with SuperNode authentication; every site's public key registered."""
         from fedomop.federated.governance.certs import create_credentials, write_flower_connection
         from fedomop.federated.governance.startup import register_once
 
-        certs = Path(self.certs).resolve()  # type: ignore[arg-type]
-        self.certs = certs
         if not (certs / "ca.crt").exists():
             create_credentials(certs, list(self.sites))
         write_flower_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}", certs / "ca.crt")
@@ -296,3 +297,77 @@ class LocalDeployment:
 
 def which_flwr() -> str:
     return str(BIN / "flwr") if (BIN / "flwr").exists() else (shutil.which("flwr") or "flwr")
+
+
+WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", "*", ""}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def refuse_wildcard(host: str, option: str) -> str:
+    """``host`` unless it is a wildcard: fedomop never listens on every interface at once."""
+    if host.strip() in WILDCARD_HOSTS:
+        raise FedomopError(
+            f"{host!r} would listen on every interface of this machine",
+            where=option,
+            fix="pass the one address the sites and researchers reach (e.g. the hub's LAN IP), or 127.0.0.1",
+        )
+    return host
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host[:port]`` names this machine only."""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]") in {h.strip("[]") for h in LOOPBACK_HOSTS}
+
+
+def gate_command(certs: Path, listen: str, upstream: str, ledger: Path) -> list[str]:
+    """The hub's mTLS gate (governance/gate.py) on the public address, in front of the loopback SuperLink."""
+    return [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
+            "--listen", listen, "--upstream", upstream, "--ledger", str(ledger)]  # fmt: skip
+
+
+def connect_command(gate: str, port: int, cert: Path, key: Path, ca: Path) -> list[str]:
+    """A researcher's loopback listener that carries the unchanged ``flwr`` CLI to the gate inside mTLS."""
+    return [sys.executable, "-m", "fedomop.federated.governance.gate", "connect", "--gate", gate,
+            "--port", str(port), "--cert", str(cert), "--key", str(key), "--ca", str(ca)]  # fmt: skip
+
+
+EXECUTOR_MAIN = "import sys; from fedomop.federated.executor import main; sys.exit(main(sys.argv[1:]))"
+
+
+def executor_command(runtime_address: str, policy: Path, secret_file: Path | None = None) -> list[str]:
+    """The site executor (federated/executor.py) on the SuperNode's loopback Runtime API."""
+    # `-c`, not `-m`: each task process of the executor's fork server would otherwise re-run the main module
+    command = [sys.executable, "-c", EXECUTOR_MAIN, "serve",
+               "--runtime-api-address", runtime_address, "--policy", str(policy)]  # fmt: skip
+    if secret_file:
+        command += ["--auth-secret-file", str(secret_file)]
+    return command
+
+
+def supervise(processes: dict[str, subprocess.Popen], poll_s: float = 0.5) -> int:
+    """Wait in the foreground until one of ``processes`` ends, then end the others.
+
+    The pieces of a governed hub (SuperLink + gate) or site (SuperNode + executor) only make
+    sense together: a hub without its gate is unreachable, a SuperNode without its executor
+    would hold tasks nobody answers. Any piece ending is therefore a failure (exit code 1 at
+    least), never a silent 0.
+    """
+    try:
+        while True:
+            ended = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
+            if ended:
+                for name, code in ended.items():
+                    print(f"fedomop: {name} exited with {code}; stopping the rest", file=sys.stderr)
+                return max(1, *(abs(code) for code in ended.values()))
+            time.sleep(poll_s)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)

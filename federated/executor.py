@@ -6,8 +6,8 @@ already did. A site therefore starts its SuperNode with ``--isolation process`` 
 Flower's own is spawned) and runs this module beside it (``fedomop site executor``):
 
 * ``serve`` polls the SuperNode's loopback Runtime API for ClientApp tasks (the SuperExec
-  protocol, authenticated with the shared ``--superexec-auth-secret-file`` when given) and starts
-  one ``task`` process per task;
+  protocol, authenticated with the shared ``--superexec-auth-secret-file`` when given) and runs
+  each task in its own process, forked from a server that preloaded the installed ClientApp;
 * ``task`` pulls the message, run and FAB; hashes the FAB's bytes in memory
   (:func:`~fedomop.federated.governance.approval.bundle_hash`, nothing unpacked, nothing
   imported); checks (app hash, study digest, requester) against the site policy; then either
@@ -21,19 +21,77 @@ API client internals, hence the exact ``flwr`` pin in pyproject.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.process
 import os
-import subprocess
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import approval
+
+if TYPE_CHECKING:
+    from flwr.supercore.runtime import RuntimeHttpClient
 
 CLIENT_APP_TASK = "flwr-clientapp"
 ERROR_CODE_REFUSED = 403
+ERROR_CODE_WALL_TIME = 408
+HARD_KILL_GRACE_S = 30.0
+"""A task still running this long after its wall-time budget did not return to Python (a native call that
+ignores the alarm): the executor kills its process; the hub then counts the site as not answering."""
 
 
-def _client(address: str, *, token: str | None = None, secret: bytes | None = None):  # type: ignore[no-untyped-def]
+class WallTimeExceeded(PolicyError):
+    """A message ran past the site's ``limits.wall_time_s``; its training was stopped."""
+
+
+class _Expired(BaseException):
+    """Raised by the alarm: a BaseException, so no ``except Exception`` in model or library code swallows it."""
+
+
+@contextlib.contextmanager
+def wall_time_bound(seconds: float, site: str) -> Iterator[None]:
+    """Raise :class:`WallTimeExceeded` in this task once ``seconds`` have passed, whatever the model.
+
+    An interval timer's SIGALRM interrupts Python code at its next bytecode: the MLP's batches,
+    XGBoost's boosting rounds (each returns to Python), feature building between queries. Only the
+    main thread of a task process runs the app, so the signal reaches it; the executor's hard kill
+    covers a native call that never returns (see :data:`HARD_KILL_GRACE_S`).
+    """
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Expired:
+        raise WallTimeExceeded(
+            f"{site}: the message exceeded the site's wall-time budget of {seconds:g} s; its training was stopped",
+            where="site policy: limits.wall_time_s",
+            fix="ask for fewer rounds, epochs or trees per message, or ask the site for a larger wall_time_s",
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def wall_time_of(policy_path: str) -> float:
+    """The site's per-message budget (policy ``limits.wall_time_s``)."""
+    from fedomop.federated.governance.policy import load_policy
+
+    return float(load_policy(policy_path).limits.wall_time_s)
+
+
+def _client(address: str, *, token: str | None = None, secret: bytes | None = None) -> RuntimeHttpClient:
     from flwr.supercore.interceptors import (
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
@@ -63,30 +121,62 @@ def _loopback(address: str) -> None:
         raise SystemExit(f"fedomop executor: the Runtime API must be on loopback, got {address}")
 
 
+def _task_starter() -> multiprocessing.context.BaseContext:
+    """Each task in a fresh child of a fork server that has imported the *installed* ClientApp once.
+
+    Spawning ``python -m ... task`` per message paid fedomop's and its libraries' import for every
+    message (seconds each on a busy host, several messages per run). The fork server is a clean,
+    single-threaded process started from this one; it preloads only installed, pinned code (never a
+    submitted bundle), and every task still gets its own process and its own ``approval.ADMITTED``.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["fedomop.federated.client_app", "fedomop.federated.executor"])
+    multiprocessing.forkserver.ensure_running()  # pay the imports now, before the first task waits on them
+    return context
+
+
 def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: float = 0.5) -> None:
-    """Poll for ClientApp tasks and run each in its own ``task`` process (until killed)."""
+    """Poll for ClientApp tasks and run each in its own process (until killed)."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
 
     _loopback(address)
     secret = Path(secret_file).read_bytes() if secret_file else None
     client = _client(address, secret=secret)
-    children: list[subprocess.Popen] = []
+    starter = _task_starter()
+    from fedomop.federated.executor import run_task as task  # by its module name, also when run as __main__
+
+    children: dict[multiprocessing.process.BaseProcess, float] = {}  # task process -> when to kill it
     while True:
-        children = [child for child in children if child.poll() is None]
+        for child, kill_at in list(children.items()):
+            if child.is_alive() and time.monotonic() > kill_at:
+                print(f"fedomop executor: task {child.pid} ignored its wall-time budget; killed", file=sys.stderr)
+                child.kill()
+            if not child.is_alive():
+                child.join()
+                del children[child]
         answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
         if answer.HasField("task") and answer.token:
-            command = [sys.executable, "-m", "fedomop.federated.executor", "task",
-                       "--runtime-api-address", address, "--policy", policy, "--token", answer.token]  # fmt: skip
-            children.append(subprocess.Popen(command))
+            child = starter.Process(target=task, args=(address, answer.token, policy), daemon=False)  # type: ignore[attr-defined]
+            child.start()
+            children[child] = time.monotonic() + _budget(policy) + HARD_KILL_GRACE_S
         time.sleep(poll_s)
 
 
-def _refuse(policy_path: str, request: approval.Request, reason: str) -> None:
+def _budget(policy_path: str) -> float:
+    try:
+        return wall_time_of(policy_path)
+    except Exception:  # noqa: BLE001 - an unreadable policy refuses the task itself; the default bounds it here
+        from fedomop.federated.governance.policy import SettingsLimits
+
+        return float(SettingsLimits().wall_time_s)
+
+
+def _refuse(policy_path: str, request: approval.Request, reason: str, outcome: str = "refused") -> None:
     from fedomop.federated.governance.enforce import audit
     from fedomop.federated.governance.policy import load_policy
 
     audit(load_policy(policy_path), requester=request.requester, study=request.study, app_hash=request.app_sha256,
-          action="execute", outcome="refused", sent={}, reason=reason, study_digest=request.study_digest)  # fmt: skip
+          action="execute", outcome=outcome, sent={}, reason=reason, study_digest=request.study_digest)  # fmt: skip
 
 
 def admit(policy_path: str, fab_content: bytes, study_text: str, requester: str) -> approval.Request:
@@ -140,8 +230,15 @@ def run_task(address: str, token: str, policy_path: str) -> int:
             approval.ADMITTED = admitted
             from fedomop.federated.client_app import app as installed_app
 
-            reply = installed_app(message=message, context=context)
-            status = SubStatus.COMPLETED
+            site = str(context.node_config.get("site", "site"))
+            try:
+                with wall_time_bound(wall_time_of(policy_path), site):
+                    reply = installed_app(message=message, context=context)
+                status = SubStatus.COMPLETED
+            except WallTimeExceeded as error:
+                _refuse(policy_path, admitted, str(error).splitlines()[0], outcome="stopped")
+                details = f"{site}: WallTimeExceeded: {error}"
+                reply = Message(Error(code=ERROR_CODE_WALL_TIME, reason=details), reply_to=message)
         if reply is not None:
             push_message(client, reply, context)
     finally:

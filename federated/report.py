@@ -112,6 +112,7 @@ def write_model_card(result: dict[str, Any], study_text: str, out: Path, app_has
         "faults": result.get("faults"),
         "train_seconds": result.get("train_seconds"),
         "app_hash": app_hash,
+        "requester": result.get("requester", {}),  # from the hub gate's ledger, never from run_config
         "audit_heads": result.get("audit_heads", {}),  # per site: check with `fedomop governance verify-log --head`
         "software": {p: _version(p) for p in ("fedomop", "flwr", "xgboost", "torch")},
     }

@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,10 +32,13 @@ from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import OnExchange
 from fedomop.harmonize.ground.errors import FedomopError
 
+if TYPE_CHECKING:
+    from flwr.app import ConfigRecordValues
+
 APP_DIR = Path(__file__).parent / "flower_app"
 
 
-def site_list(paths: list[str | Path]) -> list[Site]:
+def site_list(paths: Sequence[str | Path]) -> list[Site]:
     """One Site per database, named by its cdm_source (DuckDB path or PostgreSQL URL alike): two URLs on one
     server are two sites, and one site given twice is refused rather than trained on twice."""
     from fedomop.federated.survival.runner import site_names
@@ -73,7 +78,7 @@ def _check_simulation_concurrency(model: str, n_sites: int) -> None:
 
 def simulate(
     study_path: str | Path,
-    site_paths: list[str | Path],
+    site_paths: Sequence[str | Path],
     *,
     out: str | Path = "out/federated",
     pooled: bool = True,
@@ -104,8 +109,7 @@ def simulate(
     model = str(options.pop("model", "xgboost-hist"))
     train = TrainSettings.from_mapping({"out": str(out), "min_nodes": len(sites), **options})
     settings = RunSettings.of(study_text, model, train)
-    _check_simulation_concurrency(settings.model, len(sites))
-    backend = {
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
         # log_to_driver: the actors' own log lines (with colour codes) stay out of the user's output;
         # a site's failure still reaches the hub as an error reply and is reported there.
         "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False, "log_to_driver": False},
@@ -154,7 +158,7 @@ def run_deployment(
     out.mkdir(parents=True, exist_ok=True)
     overrides.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()), encoding="utf-8")
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
-    flwr = str(Path(os.sys.executable).parent / "flwr")
+    flwr = str(Path(sys.executable).parent / "flwr")
     (out / "result.json").unlink(missing_ok=True)
     submitted = subprocess.run(
         [flwr, "run", str(APP_DIR), federation, "--run-config", str(overrides), "--format", "json"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from fedomop.federated.faults import FaultTolerantGrid
 from fedomop.federated.models import registry
 from fedomop.federated.settings import TrainSettings, setting
 from fedomop.federated.study import parse_study
-from fedomop.federated.transport import CountingGrid, OnExchange
+from fedomop.federated.transport import CountingGrid, OnExchange, record_number
 from fedomop.harmonize.ground.errors import FedomopError
 
 
@@ -69,7 +69,7 @@ class RunSettings(TrainSettings):
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         """Flower's run config: the study (path or text), the model and the serialized settings with their digest."""
-        known = {"study", "model", "settings", "settings-digest"}
+        known = {"study", "model", "settings", "settings-digest", "requester"}
         unknown = sorted(set(run_config) - known)
         if unknown:
             raise SettingsError(
@@ -120,6 +120,7 @@ class RunResult:
     flower_rounds: int = 0
     faults: dict[str, Any] = field(default_factory=dict)  # FaultReport.to_dict(): who was missing per round
     audit_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its audit log's head at the end
+    requester: dict[str, str] = field(default_factory=dict)  # name and where it came from (the gate's ledger)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -142,7 +143,7 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict) -> dict[int, Message]:
+def _send(grid: Grid | CountingGrid, nodes: list[int], message_type: str, content: RecordDict) -> dict[int, Message]:
     """Replies by node from the sites that answered; the FaultTolerantGrid below has already
     recorded the others and stopped the run if fewer than ``min_sites`` answered."""
     messages = [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes]
@@ -161,19 +162,23 @@ def fault_tolerant(grid: Grid, settings: RunSettings, n_sites: int) -> FaultTole
     )
 
 
-def describe_sites(grid: Grid, nodes: list[int], config: dict[str, Any]) -> dict[str, SiteInfo]:
+def describe_sites(grid: Grid | CountingGrid, nodes: list[int], config: dict[str, Any]) -> dict[str, SiteInfo]:
     replies = _send(grid, nodes, "query.describe", RecordDict({"config": ConfigRecord(config)}))
     sites = {}
     for node, reply in replies.items():
         info, counts = reply.content["site"], reply.content["counts"]
         sites[str(info["site"])] = SiteInfo(
-            node, str(info["site"]), int(counts["n-train"]), int(counts["n-test"]), str(info["data-version"])
+            node,
+            str(info["site"]),
+            int(record_number(counts["n-train"])),
+            int(record_number(counts["n-test"])),
+            str(info["data-version"]),
         )
     return dict(sorted(sites.items()))
 
 
 def evaluate_everywhere(
-    grid: Grid, sites: dict[str, SiteInfo], models: dict[str, ArrayRecord], config: dict[str, Any]
+    grid: Grid | CountingGrid, sites: dict[str, SiteInfo], models: dict[str, ArrayRecord], config: dict[str, Any]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Held-out metrics of several models at every site in one round trip: {label: {site: metrics}}."""
     names = list(sites)
@@ -186,7 +191,7 @@ def evaluate_everywhere(
             continue
         for label in models:
             record = reply.content[f"metrics.{label}"]
-            out[label][name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+            out[label][name] = {k: record_number(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
     return out
 
 
@@ -200,7 +205,7 @@ def train_federated(
 
 
 def site_alone_models(
-    grid: Grid, sites: dict[str, SiteInfo], config: dict[str, Any]
+    grid: Grid | CountingGrid, sites: dict[str, SiteInfo], config: dict[str, Any]
 ) -> tuple[dict[str, ArrayRecord], dict[str, dict[str, float]]]:
     """Site-alone models the sites released, and the own held-out metrics of those they kept
     (a site policy releases only metrics of a model fitted to that site alone, by default)."""
@@ -208,7 +213,8 @@ def site_alone_models(
     replies = _send(
         grid, [sites[s].node_id for s in names], "train.local", RecordDict({"config": ConfigRecord(config)})
     )
-    models, kept = {}, {}
+    models: dict[str, ArrayRecord] = {}
+    kept: dict[str, dict[str, float]] = {}
     for name in names:
         reply = replies.get(sites[name].node_id)
         if reply is None:
@@ -217,7 +223,7 @@ def site_alone_models(
             models[name] = reply.content.array_records["model"]
         else:
             record = reply.content.metric_records["metrics"]
-            kept[name] = {k: float(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
+            kept[name] = {k: record_number(record.get(k, float("nan"))) for k in metrics.METRIC_NAMES}
     return models, kept
 
 
@@ -226,10 +232,16 @@ def save_model(model: ArrayRecord, settings: RunSettings, out: Path) -> Path:
     return registry.get(settings.model).save(model, out)
 
 
-def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None) -> RunResult:
+def run(
+    grid: Grid,
+    settings: RunSettings,
+    on_exchange: OnExchange | None = None,
+    requester: dict[str, str] | None = None,
+) -> RunResult:
     """The whole federated run at the hub; writes result.json, the model and returns the result.
 
-    ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``."""
+    ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``.
+    ``requester``: who asked, as the gate authenticated them (simulation: the declared name)."""
     study = parse_study(settings.study_text, source="study")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +251,7 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     config = settings.message_config(len(nodes))
     try:
         tolerant.round_timeout = max(settings.round_timeout, settings.wait_for_nodes_s)  # first contact: start-up
-        sites = describe_sites(counting, nodes, config)  # type: ignore[arg-type]
+        sites = describe_sites(counting, nodes, config)
         tolerant.round_timeout = settings.round_timeout
         tolerant.name_sites({info.node_id: name for name, info in sites.items()})
         started = time.perf_counter()
@@ -248,13 +260,14 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     except FedomopError:
         (out / "faults.json").write_text(json.dumps(tolerant.report.to_dict(), indent=2))
         raise
-    models, kept = {"federated": model}, {}
+    models = {"federated": model}
+    kept: dict[str, dict[str, float]] = {}  # site-alone metrics of the models the sites kept
     if settings.compare_local:
         counting.phase = "site-alone training"
-        released, kept = site_alone_models(counting, sites, config)  # type: ignore[arg-type]
+        released, kept = site_alone_models(counting, sites, config)
         models.update(released)
     counting.phase = "final evaluation"
-    evaluated = evaluate_everywhere(counting, sites, models, config)  # type: ignore[arg-type]
+    evaluated = evaluate_everywhere(counting, sites, models, config)
     for name, own in kept.items():  # evaluated at its own site only
         evaluated[name] = {name: own}
     sizes = {s: sites[s].n_test for s in sites}
@@ -273,6 +286,7 @@ def run(grid: Grid, settings: RunSettings, on_exchange: OnExchange | None = None
     result.traffic = {"sent": counting.traffic.sent, "received": counting.traffic.received}
     result.faults = tolerant.report.to_dict()
     result.audit_heads = dict(sorted(counting.audit_heads.items()))
+    result.requester = requester or {"name": settings.requester, "source": "declared (simulation)"}
     save_model(model, settings, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
@@ -284,7 +298,15 @@ def make_server_app(settings: RunSettings | None = None, on_exchange: OnExchange
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, settings or RunSettings.from_run_config(dict(context.run_config)), on_exchange)
+        if settings is not None:
+            run(grid, settings, on_exchange)
+            return
+        from fedomop.federated.governance.gate import requester_of_run
+
+        deployed = RunSettings.from_run_config(dict(context.run_config))
+        stamped = str(context.run_config.get("requester", ""))
+        who = requester_of_run(int(grid.run.run_id), stamped, deployed.requester)
+        run(grid, replace(deployed, requester=who["name"]), on_exchange, who)
 
     return app
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
 from fedomop.federated.errors import StudyError
 from fedomop.harmonize.ground.smallcell import DEFAULT_THRESHOLD
@@ -240,7 +241,7 @@ class StudySpec(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
 
 
-def _location(error: dict[str, Any], raw: dict[str, Any]) -> str:
+def _location(error: ErrorDetails, raw: dict[str, Any]) -> str:
     """Dotted key path; a covariate is also named, since list indexes are hard to count in YAML."""
     loc = list(error["loc"])
     text = ".".join(str(part) for part in loc) or "(top level)"

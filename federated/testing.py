@@ -107,7 +107,7 @@ def _person_rows(profile: SiteProfile, rng: np.random.Generator, offset: int) ->
     stage = np.clip(np.round(rng.normal(2.4 + profile.stage_bias, 1.0, n)), 1, 4)
     labs: dict[str, np.ndarray] = {}
     for name, (_, _, mean, sd) in LABS.items():
-        value = rng.normal(mean, sd, n) + (stage - 2.5) * sd * 0.35
+        value: np.ndarray = rng.normal(mean, sd, n) + (stage - 2.5) * sd * 0.35
         if name == "psa":
             value = np.where(
                 cancer == CANCERS["prostate"],

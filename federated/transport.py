@@ -16,6 +16,14 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 
+def record_number(value: object) -> float:
+    """One number from a record: Flower types record values as scalars or lists, and the keys read here hold one
+    number (a count, a metric, the server round); anything else is a protocol error, not a value to coerce."""
+    if isinstance(value, int | float):
+        return value
+    raise TypeError(f"expected one number in the record, got {type(value).__name__}")
+
+
 def content_bytes(content: RecordDict | None) -> int:
     if content is None:
         return 0
@@ -106,5 +114,5 @@ class CountingGrid:
         for message in outgoing[:1]:
             for record in message.content.config_records.values():
                 if "server-round" in record:
-                    return f"round {record['server-round']}"
+                    return "round " + str(record["server-round"])
         return self.phase

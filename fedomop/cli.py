@@ -53,6 +53,7 @@ _COMMAND_MODULES = [
     "fedomop.harmonize.commands.steward",
     "fedomop.federated.commands.train",
     "fedomop.federated.commands.governance",
+    "fedomop.federated.commands.network",
     "fedomop.demo",
 ]
 

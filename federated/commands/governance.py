@@ -1,4 +1,4 @@
-"""``fedomop governance ...`` and ``fedomop certs create``: thin commands over fedomop.federated.governance."""
+"""``fedomop governance ...`` and ``fedomop certs create|issue``: thin commands over fedomop.federated.governance."""
 
 from __future__ import annotations
 
@@ -21,11 +21,34 @@ def register(app: typer.Typer) -> None:
     def hash_command(
         path: Annotated[Path, typer.Argument(help="App directory, .fab/zip bundle, or model code directory.")],
         study: Annotated[Path | None, typer.Option(help="Hash this study file together with the code.")] = None,
+        fab: Annotated[
+            bool,
+            typer.Option(
+                "--fab",
+                help="Hash the bundle `flwr run` builds from this app directory: the app_sha256 of an executor "
+                "approval (federated/executor.py).",
+            ),
+        ] = False,
     ) -> None:
-        """Print the sha256 a site puts in its policy's approved_apps."""
+        """Print the sha256 a site puts in its policy's approved_apps (or, with --fab, in its approvals)."""
         from fedomop.federated.governance.hashing import app_hash, study_app_hash
 
+        if fab:
+            from fedomop.federated.governance.approval import fab_hash
+
+            print(fab_hash(path))
+            return
         print(study_app_hash(study, path) if study else app_hash(path))
+
+    @governance_app.command("study-digest")
+    def study_digest_command(
+        study: Annotated[Path, typer.Argument(help="Study YAML (cohort, outcome, covariates).")],
+    ) -> None:
+        """Print the study_digest a site puts in an approval (a changed cohort, outcome or covariate changes it)."""
+        from fedomop.federated.governance.approval import study_digest
+        from fedomop.federated.study import load_study
+
+        print(study_digest(load_study(study)))
 
     @governance_app.command("check-policy")
     def check_policy(policy: Annotated[Path, typer.Argument(help="Site policy YAML.")]) -> None:
@@ -92,6 +115,25 @@ def register(app: typer.Typer) -> None:
         console.print(
             "SuperLink: flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key "
             "--enable-supernode-auth; then `flwr supernode register <site>.pub` for each site."
+        )
+
+    @certs_app.command("issue")
+    def issue(
+        certs: Annotated[Path, typer.Option(help="The `fedomop certs create` folder holding ca.crt and ca.key.")],
+        name: Annotated[str, typer.Option(help="The person's name: the requester in audit logs and model cards.")],
+        role: Annotated[
+            str, typer.Option(help="researcher (submit, list, stop runs) | operator (also register nodes).")
+        ],
+        days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+    ) -> None:
+        """Issue a person's client certificate (CN = name, OU = role) for the hub's mTLS gate."""
+        from fedomop.federated.governance.certs import issue_user_cert
+
+        cert, key = issue_user_cert(certs, role, name, days=days)
+        console.print(f"{name} ({role}): {cert}, {key} (give both to {name}, with ca.crt)", highlight=False)
+        console.print(
+            f"{name} connects with: fedomop hub connect --gate HUB:PORT --cert {cert.name} --key {key.name} --ca ca.crt",
+            highlight=False,
         )
 
     app.add_typer(governance_app, name="governance")

@@ -1,23 +1,20 @@
-"""``fedomop train``, ``fedomop site start`` and ``fedomop hub start``: thin commands over fedomop.federated.runner/deploy."""
+"""``fedomop train``: a thin command over fedomop.federated.runner (hub/site commands: commands/network.py)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fedomop.federated.console import RoundProgress
-from fedomop.federated.deploy import flower_env, hub_command, site_command, write_connection
 from fedomop.federated.errors import StudyError
 from fedomop.federated.models import MODEL_NAMES as MODELS
 from fedomop.federated.models import registry
 from fedomop.federated.report import print_comparison
 from fedomop.federated.settings import TrainSettings
-from fedomop.harmonize.ground.errors import FedomopError
 
 console = Console()
 DEFAULT_SITES = [Path("out") / f"site_{s}.duckdb" for s in "abcd"]
@@ -40,25 +37,54 @@ def _check_sites(sites: list[str] | list[Path]) -> list[str]:
 SURVIVAL_MODEL = "cox-ph"
 
 
-def _train_survival(spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path) -> None:
-    """A time-to-event study: federated site-stratified Cox, printed like the classifier comparison."""
-    from fedomop.federated.survival.runner import comparison_rows, run_survival, site_names, write_result
+class _TrainOptions(TypedDict, total=False):
+    """What ``train`` hands the runner besides the study and sites (TrainSettings checks each; ``certs``:
+    deployment only)."""
 
-    if (model or SURVIVAL_MODEL) != SURVIVAL_MODEL:
+    model: str
+    rounds: int
+    strategy: str
+    proximal_mu: float
+    round_timeout: float
+    min_sites: int
+    certs: str
+    compare_local: bool
+
+
+def _train_survival(
+    spec: Any, model: str | None, federation: str | None, sites: list[str] | None, out: Path, rounds: int
+) -> None:
+    """A time-to-event study: federated site-stratified Cox or histogram XGBoost survival:aft, printed like the
+    classifier comparison."""
+    from fedomop.federated.survival.boosted import COX, refuse_cox
+    from fedomop.federated.survival.runner import (
+        SURVIVAL_MODELS,
+        comparison_rows,
+        run_survival,
+        site_names,
+        write_result,
+    )
+
+    chosen = model or SURVIVAL_MODEL
+    if chosen not in (*SURVIVAL_MODELS, COX):
         raise StudyError(
-            f"model {model!r} is a classifier; this study's outcome is time-to-event",
+            f"model {chosen!r} is a classifier; this study's outcome is time-to-event",
             where="--model",
-            fix=f"use --model {SURVIVAL_MODEL} (histogram XGBoost survival:cox/aft is not available yet)",
+            fix=f"use --model {' or '.join(SURVIVAL_MODELS)}",
         )
+    if chosen == COX:
+        refuse_cox()  # before any site is read
     if federation:
         raise StudyError(
-            "time-to-event studies run in the simulation only for now",
+            "time-to-event studies are not yet offered over a Flower deployment: the deployed ClientApp answers "
+            "only the classifier messages (no Efron-sums, survival-metrics or Kaplan-Meier-count message types), "
+            "so a deployed site could not take part",
             where="--federation",
-            fix="leave out --federation and pass --sites",
+            fix="run the study in simulation: leave out --federation and pass --sites with the site databases",
         )
     paths = _check_sites(sites or DEFAULT_SITES)
-    result = run_survival(spec, site_names([str(p) for p in paths]))
-    table = Table(title=f"{spec.name}: held-out 30% per site (weighted by held-out rows)")
+    result = run_survival(spec, site_names([str(p) for p in paths]), model=chosen, rounds=rounds)
+    table = Table(title=f"{spec.name} ({chosen}): held-out 30% per site (weighted by held-out rows)")
     keys = [k for k in result.metrics["federated"]["weighted"]]
     table.add_column("model")
     for key in keys:
@@ -66,7 +92,8 @@ def _train_survival(spec: Any, model: str | None, federation: str | None, sites:
     for label, values in comparison_rows(result):
         table.add_row(label, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
     console.print(table)
-    console.print(f"site-stratified Cox: {result.rounds} Newton rounds; result in {write_result(result, out)}")
+    unit = "Newton rounds" if chosen == SURVIVAL_MODEL else "trees"
+    console.print(f"{result.model}: {result.rounds} {unit}; result in {write_result(result, out)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -77,7 +104,10 @@ def register(app: typer.Typer) -> None:
         ] = "bone_metastasis",
         model: Annotated[
             str | None,
-            typer.Option(help=" | ".join(MODELS) + " (classifiers; default xgboost-hist) | cox-ph (time-to-event studies)"),
+            typer.Option(
+                help=" | ".join(MODELS)
+                + " (classifiers; default xgboost-hist) | cox-ph | xgboost-aft (time-to-event studies; default cox-ph)"
+            ),
         ] = None,
         sites: Annotated[
             list[str] | None,
@@ -101,6 +131,10 @@ def register(app: typer.Typer) -> None:
         min_sites: Annotated[
             int, typer.Option(help="Fewest sites a round may go on with (0: all; histogram XGBoost needs all).")
         ] = 0,
+        compare_local: Annotated[
+            bool,
+            typer.Option(help="Also train and evaluate each site alone (one more training and evaluation per site)."),
+        ] = True,
         certs: Annotated[
             Path | None,
             typer.Option(
@@ -115,20 +149,23 @@ def register(app: typer.Typer) -> None:
         study_spec_path = _study_path(study)
         spec = load_study(study_spec_path)  # fail early, with the file and key, on a bad study
         if spec.outcome.time_to_event:
-            _train_survival(spec, model, federation, sites, out)
+            _train_survival(spec, model, federation, sites, out, rounds)
             return
         model = model or "xgboost-hist"
         if model == SURVIVAL_MODEL:
             raise StudyError(
-                f"{SURVIVAL_MODEL} needs a time-to-event study", where="--model", fix="set `outcome.type: time_to_event`"
+                f"{SURVIVAL_MODEL} needs a time-to-event study",
+                where="--model",
+                fix="set `outcome.type: time_to_event`",
             )
-        options = {
+        options: _TrainOptions = {
             "model": model,
             "rounds": rounds,
             "strategy": strategy,
             "proximal_mu": mu,
             "round_timeout": round_timeout,
             "min_sites": min_sites,
+            "compare_local": compare_local,
         }
         registry.get(model)  # fail early, naming the setting: an unknown model, a value out of bounds
         TrainSettings.from_mapping({k: v for k, v in options.items() if k != "model"})
@@ -152,115 +189,6 @@ def register(app: typer.Typer) -> None:
         print_comparison(result)
         console.print(f"model, model_card.json and result.json in {out}")
 
-    site_app = typer.Typer(help="A site's SuperNode (one per hospital).", no_args_is_help=True)
-
-    @site_app.command("start")
-    def site_start(
-        db: Annotated[str, typer.Option(help="This site's OMOP database URL or DuckDB path.")],
-        superlink: Annotated[str, typer.Option(help="The hub's address host:port.")] = "127.0.0.1:9091",
-        name: Annotated[str | None, typer.Option("--site", help="Site name (default: the database file name).")] = None,
-        policy: Annotated[
-            Path | None, typer.Option(help="Governance policy YAML enforced before data is touched.")
-        ] = None,
-        runtime_port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
-        root_cert: Annotated[
-            Path | None, typer.Option(help="CA certificate of the hub (TLS); omit for --insecure.")
-        ] = None,
-        certs: Annotated[
-            Path | None,
-            typer.Option(help="Folder from `fedomop certs create`: TLS + sign with <site>.key (default insecure)."),
-        ] = None,
-    ) -> None:
-        """Run this site's Flower SuperNode in the foreground, pointed at its own database."""
-        site = name or Path(db).stem
-        _preflight_site(site, policy, certs, root_cert)
-        command = site_command(
-            superlink,
-            str(Path(db).resolve()) if "://" not in db else db,
-            site,
-            runtime_port=runtime_port,
-            policy=str(policy.resolve()) if policy else None,
-            root_cert=str(root_cert) if root_cert else None,
-            certs=certs.resolve() if certs else None,
-        )
-        console.print(f"site {site}: connecting to {superlink}")
-        raise typer.Exit(subprocess.call(command, env=flower_env(None)))
-
-    hub_app = typer.Typer(help="The hub's SuperLink (one per federation).", no_args_is_help=True)
-
-    @hub_app.command("start")
-    def hub_start(
-        port: Annotated[int, typer.Option(help="Port of the SuperLink's HTTP APIs (Control, Fleet, Runtime).")] = 9091,
-        host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-        connection: Annotated[
-            str, typer.Option(help="Name written to $FLWR_HOME/config.toml for --federation.")
-        ] = "fedomop",
-        flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME (default ~/.flwr).")] = None,
-        certs: Annotated[
-            Path | None,
-            typer.Option(help="Folder from `fedomop certs create`: TLS, and admit only the sites whose .pub it holds."),
-        ] = None,
-        state: Annotated[
-            Path | None, typer.Option(help="SQLite file for the SuperLink's state (default FLWR_HOME/superlink.db).")
-        ] = None,
-        in_memory_state: Annotated[
-            bool,
-            typer.Option(
-                "--in-memory-state",
-                help="Keep the SuperLink's state in memory: lost on restart, but no SQLite 'database is locked' "
-                "stalls on a busy hub with many sites (docs/federated.md).",
-            ),
-        ] = False,
-    ) -> None:
-        """Run the hub's Flower SuperLink in the foreground (insecure unless --certs)."""
-        home = flwr_home or Path.home() / ".flwr"
-        if in_memory_state and state:
-            raise FedomopError(
-                "--state and --in-memory-state contradict each other",
-                where="fedomop hub start",
-                fix="keep one: --state FILE (survives a restart) or --in-memory-state",
-            )
-        state = None if in_memory_state else state or home / "superlink.db"
-        if state:
-            state.parent.mkdir(parents=True, exist_ok=True)
-        address = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-        console.print(f"hub on {host}:{port}; train with: fedomop train --federation {connection}")
-        if certs:
-            from fedomop.federated.governance.startup import HUB_FILES, require_credentials
-
-            require_credentials(certs, HUB_FILES)
-        if not certs:
-            write_connection(home, connection, address)
-            raise typer.Exit(subprocess.call(hub_command(port, host=host, state=state), env=flower_env(home)))
-        raise typer.Exit(_secure_hub(port, host, certs.resolve(), home, connection, address, state))
-
-    app.add_typer(site_app, name="site")
-    app.add_typer(hub_app, name="hub")
-
-
-def _secure_hub(
-    port: int, host: str, certs: Path, home: Path, connection: str, address: str, state: Path | None
-) -> int:
-    """Start a TLS SuperLink with SuperNode authentication, register every ``<site>.pub`` in
-    ``certs``, then stay in the foreground until it exits."""
-    from fedomop.federated.deploy import wait_for_port
-    from fedomop.federated.governance.certs import write_flower_connection
-    from fedomop.federated.governance.startup import register_once
-
-    write_flower_connection(home, connection, address, certs / "ca.crt")
-    hub = subprocess.Popen(hub_command(port, host=host, certs=certs, state=state), env=flower_env(home))
-    try:
-        wait_for_port(port, process=hub)
-        for public_key in sorted(certs.glob("*.pub")):
-            node_id = register_once(public_key, flwr_home=home, connection=connection)
-            known = "already registered (saved state)" if node_id is None else f"node {node_id}"
-            console.print(f"registered {public_key.stem} ({known})")
-        return hub.wait()
-    finally:
-        if hub.poll() is None:
-            hub.terminate()
-            hub.wait(15)
-
 
 def _progress(model: str, rounds: int, n_sites: int) -> RoundProgress:
     """Progress on stderr (stdout keeps the result table): a first line now, then one per round or phase."""
@@ -268,20 +196,6 @@ def _progress(model: str, rounds: int, n_sites: int) -> RoundProgress:
     progress = RoundProgress(total)
     progress.console.print(f"training {model} on {n_sites} sites, {total} rounds (simulation)", markup=False)
     return progress
-
-
-def _preflight_site(site: str, policy: Path | None, certs: Path | None, root_cert: Path | None) -> None:
-    """Fail in seconds, naming the path, on missing credentials or a tampered audit log."""
-    from fedomop.federated.governance.startup import require_credentials, require_untampered_log, site_files
-
-    if certs:
-        require_credentials(certs, site_files(site))
-    if root_cert and not root_cert.is_file():
-        raise FedomopError(
-            f"CA certificate {root_cert.resolve()} does not exist", where="--root-cert", fix="pass the hub's ca.crt"
-        )
-    if policy:
-        require_untampered_log(policy)
 
 
 def _study_path(study: str) -> Path:

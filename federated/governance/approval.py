@@ -36,6 +36,19 @@ def bundle_hash(content: bytes) -> str:
     return _digest((name, data) for name, data in entries if not _ignored(name))
 
 
+def fab_hash(app_dir: object) -> str:
+    """:func:`bundle_hash` of the FAB ``flwr run`` builds from ``app_dir`` (flwr rewrites pyproject.toml and
+    adds a manifest, so the directory's own hash differs); what a site puts in ``approvals``."""
+    from pathlib import Path
+
+    from flwr.cli.build import build_fab_from_disk
+
+    folder = Path(str(app_dir))
+    if not (folder / "pyproject.toml").is_file():
+        raise PolicyError(f"{folder} is not a Flower app directory", where=str(folder), fix="pass the app's folder")
+    return bundle_hash(build_fab_from_disk(folder.resolve()))
+
+
 def study_digest(study: object) -> str:
     """sha256 of the study's cohort, outcome and covariates (canonical JSON; names and prose excluded)."""
     from fedomop.federated.study import StudySpec, parse_study

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -274,7 +275,9 @@ def issue_user_cert(out: Path | str, role: str, name: str, *, days: int = 365) -
     out = Path(out)
     if role not in ROLES or not _SITE_NAME.match(name):
         raise PolicyError(
-            f"bad role or name: {role!r} {name!r}", where="certs issue", fix=f"role: {', '.join(ROLES)}; name: [A-Za-z0-9_.-]"
+            f"bad role or name: {role!r} {name!r}",
+            where="certs issue",
+            fix=f"role: {', '.join(ROLES)}; name: [A-Za-z0-9_.-]",
         )
     try:
         ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
@@ -300,3 +303,35 @@ def issue_user_cert(out: Path | str, role: str, name: str, *, days: int = 365) -
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_private_pem(key, key_path)
     return cert_path, key_path
+
+
+def holder(cert: Path | str, ca: Path | str) -> tuple[str, str]:
+    """(name, role) of a person's certificate, after checking the network CA signed it.
+
+    ``fedomop hub connect`` says who the gate will see before any call is made, so a researcher
+    holding the wrong file (another network's, a site's) learns it now rather than from a refusal.
+    """
+    try:
+        certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        authority = x509.load_pem_x509_certificate(Path(ca).read_bytes())
+    except ValueError:
+        raise PolicyError(
+            f"{cert} or {ca} is not a PEM certificate", where="--cert/--ca", fix="pass the .pem files"
+        ) from None
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PolicyError(
+            f"{cert} was not issued by the CA in {ca}",
+            where="--cert",
+            fix="ask this network's operator for `fedomop certs issue --role researcher --name <you>`",
+        ) from None
+    names = {a.oid: str(a.value) for a in certificate.subject}
+    role = names.get(NameOID.ORGANIZATIONAL_UNIT_NAME, "")
+    if role not in ROLES:
+        raise PolicyError(
+            f"{cert} carries no person's role (OU {role!r})",
+            where="--cert",
+            fix=f"use a certificate from `fedomop certs issue` (roles: {', '.join(ROLES)}), not a site's",
+        )
+    return names.get(NameOID.COMMON_NAME, ""), role

@@ -107,3 +107,63 @@ def enforce_one_cohort(policy: Any, study: Any, *, requester: str, app_hash: str
             study_sha256=digest,
         )  # fmt: skip
         raise error
+
+
+def _members_path(audit_log: Path) -> Path:
+    return audit_log.with_name(audit_log.name + ".members.json")
+
+
+def check_difference(  # noqa: PLR0913 - one released cohort, described
+    audit_log: Path, study_name: str, digest: str, person_ids: Any, threshold: int
+) -> None:
+    """Refuse a cohort that differs from an earlier, overlapping cohort of another definition by 1..threshold-1.
+
+    Two releases on cohorts A and B that overlap reveal, by subtraction, aggregates of A \\ B and
+    B \\ A; those must be empty or hold at least ``threshold`` persons each (the small-cell rule applied to
+    the difference). Earlier cohorts of *any* study name count, which is what one-definition-per-study
+    cannot see. Members are kept as salted hashes next to the audit log, never sent anywhere.
+    """
+    import secrets
+
+    from fedomop.federated.governance.auditlog import _locked
+
+    path = _members_path(Path(audit_log))
+    with _locked(path):
+        ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        salt = ledger.setdefault("salt", secrets.token_hex(16))
+        mine = {hashlib.sha256(f"{salt}:{int(p)}".encode()).hexdigest()[:16] for p in person_ids}
+        cohorts: dict[str, dict[str, Any]] = ledger.setdefault("cohorts", {})
+        for other_digest, entry in cohorts.items():
+            other = set(entry["members"])
+            if other_digest == digest or not mine & other:
+                continue
+            if any(0 < len(side) < threshold for side in (mine - other, other - mine)):
+                raise PolicyError(
+                    f"this cohort of study {study_name!r} overlaps the cohort released for study "
+                    f"{entry['study']!r} and differs from it by fewer than {threshold} persons: comparing the two "
+                    "releases would single those persons out",
+                    where=f"{path} (minimum difference between overlapping cohorts = small_cell_threshold)",
+                    fix="widen or narrow the cohort so it differs by at least the threshold, or reuse the approved one",
+                )
+        if digest not in cohorts:
+            cohorts[digest] = {"study": study_name, "members": sorted(mine)}
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(ledger, sort_keys=True), encoding="utf-8")
+            tmp.replace(path)
+
+
+def enforce_min_difference(policy: Any, study: Any, person_ids: Any, *, requester: str, app_hash: str) -> None:
+    """:func:`check_difference` at this site with its small-cell threshold; a refusal is audited."""
+    from fedomop.federated.governance.enforce import audit
+
+    digest = study_digest(study)
+    threshold = max(int(study.small_cell), int(policy.small_cell(study.name)))
+    try:
+        check_difference(policy.audit_log, study.name, digest, person_ids, threshold)
+    except PolicyError as error:
+        audit(
+            policy, requester=requester, study=study.name, app_hash=app_hash, action="request",
+            outcome="refused", sent={}, reason="cohort differs from an overlapping released cohort by too few persons",
+            study_sha256=digest,
+        )  # fmt: skip
+        raise error

@@ -111,7 +111,7 @@ def multiplier_for(policy: Any, settings: Any) -> float:
 def spent(policy: Any, study: str, delta: float) -> float:
     """Total epsilon this study has spent at this site (0 before any release)."""
     releases = [tuple(r) for r in _load(_ledger(policy)).get(study, [])]
-    return epsilon_spent(releases, delta) if releases else 0.0  # type: ignore[arg-type]
+    return epsilon_spent(releases, delta) if releases else 0.0
 
 
 def spend(policy: Any, study: str, multiplier: float, *, requester: str, app_hash: str) -> dict[str, float]:

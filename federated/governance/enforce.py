@@ -116,9 +116,9 @@ def _outside_policy(request: DataRequest, rules: StudyPolicy) -> list[str]:
                 f"column(s) {', '.join(sorted(columns - allowed))} of {table} are not allowed "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
-    allowed = rules.allowed_concepts()
-    outside = {(vocabulary, code) for vocabulary, code in request.concepts if (vocabulary, code) not in allowed}
-    outside = {(vocabulary, code) for vocabulary, code in outside if (vocabulary, "*") not in allowed}
+    approved = rules.allowed_concepts()
+    outside = {(vocabulary, code) for vocabulary, code in request.concepts if (vocabulary, code) not in approved}
+    outside = {(vocabulary, code) for vocabulary, code in outside if (vocabulary, "*") not in approved}
     if outside:
         problems.append(
             "concept(s) outside the approved concept sets: " + ", ".join(f"{v} {c}" for v, c in sorted(outside))

@@ -26,13 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance.approval import REQUESTER_KEY
+
+LEDGER_ENV = "FEDOMOP_GATE_LEDGER"
+"""Set by ``fedomop hub start`` for the SuperLink and so for every ServerApp it spawns."""
 
 FLEET = "/v1/fleet/"
 CONTROL = "/v1/control/"
@@ -103,7 +109,8 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tu
         return None
     lines = head.decode("latin-1").split("\r\n")
     method, target, _version = lines[0].split(" ", 2)
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    pairs = (line.split(":", 1) for line in lines[1:] if ":" in line)
+    headers = [(name.strip(), value.strip()) for name, value in pairs]
     values = {k.lower(): v for k, v in headers}
     if values.get("transfer-encoding", "").lower() == "chunked":
         body = b""
@@ -115,7 +122,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tu
             body += chunk[:-2]
     else:
         body = await reader.readexactly(int(values.get("content-length", "0")))
-    return method, target, headers, body  # type: ignore[return-value]
+    return method, target, headers, body
 
 
 def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
@@ -201,6 +208,37 @@ def runs_of(ledger: Path | str) -> dict[int, str]:
         return {}
     entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {e["run_id"]: e["requester"] for e in entries if e.get("event") == "run" and e.get("run_id") is not None}
+
+
+def requester_of_run(run_id: int, stamped: str, declared: str = "", *, wait_s: float = 15.0) -> dict[str, str]:
+    """Who submitted ``run_id``, for result.json and the model card: never a name the researcher typed.
+
+    On a governed hub (``FEDOMOP_GATE_LEDGER`` set) the gate's ledger is the authority; the entry
+    is written when the gate relays the start-run answer, so a freshly spawned ServerApp waits a
+    moment for it. A run missing from the ledger reached the SuperLink without the gate (from the
+    hub machine itself) and is refused. Without a gate the name is reported as unverified.
+    """
+    ledger = os.environ.get(LEDGER_ENV)
+    if not ledger:  # an ungoverned hub: say what was claimed, and that nobody checked it
+        if stamped:
+            return {"name": stamped, "source": "run config, unverified (no gate: ungoverned hub)"}
+        return {"name": declared or "unauthenticated", "source": "training settings, unverified (no gate)"}
+    deadline = time.monotonic() + wait_s
+    while (name := runs_of(ledger).get(run_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if name is None:
+        raise PolicyError(
+            f"run {run_id} is not in the gate's ledger {ledger}: it was not submitted through the gate",
+            where="hub",
+            fix="submit through the hub's public address with an issued certificate (`fedomop hub connect`)",
+        )
+    if stamped and stamped != name:
+        raise PolicyError(
+            f"run {run_id}: the run config names {stamped!r}, the gate's ledger {name!r}",
+            where=f"hub: {ledger}",
+            fix="submit through the gate only; the SuperLink's loopback port is for the hub operator",
+        )
+    return {"name": name, "source": "gate ledger (client certificate)"}
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

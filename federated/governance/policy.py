@@ -76,7 +76,7 @@ def _sha256_hex(value: object) -> object:
 class Approval(_Strict):
     """One reviewed submission: this app bundle, running this study definition, for this person.
 
-    ``app_sha256``: ``fedomop governance hash app.fab``; ``study_digest``: ``fedomop governance
+    ``app_sha256``: ``fedomop governance hash --fab APP_DIR`` (or ``hash app.fab``); ``study_digest``: ``fedomop governance
     study-digest study.yaml``; ``requester``: the name on the researcher's client certificate.
     The site's executor refuses any run that matches no approval (see approval.py).
     """

@@ -62,7 +62,7 @@ def site_moments(X: np.ndarray, small_cell: int) -> ArrayRecord:
 
 
 def global_moments(replies: list[ArrayRecord]) -> tuple[np.ndarray, np.ndarray]:
-    total = sum(r["count"].numpy() for r in replies).astype(np.float64)
+    total = np.asarray(sum(r["count"].numpy() for r in replies), dtype=np.float64)
     sums = sum(r["sum"].numpy() for r in replies)
     squares = sum(r["sumsq"].numpy() for r in replies)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -19,7 +19,7 @@ censored row is the "event"). Definitions:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -110,7 +110,14 @@ def brier_score(time: Array, event: Events, survival: Array, horizon: float) -> 
     return total / len(time) if len(time) else float("nan")
 
 
-def calibration_at(time: Array, event: Events, survival: Array, horizon: float, bins: int = 5) -> dict[str, object]:
+class Calibration(TypedDict):
+    """Per risk bin: rows, mean predicted and observed event probability; ``ici``: their row-weighted mean gap."""
+
+    bins: list[dict[str, float]]
+    ici: float
+
+
+def calibration_at(time: Array, event: Events, survival: Array, horizon: float, bins: int = 5) -> Calibration:
     """Predicted vs Kaplan-Meier observed event probability by ``horizon`` in quantile bins of predicted risk."""
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event, dtype=bool)
@@ -142,5 +149,5 @@ def survival_metrics(
         label = f"{horizon:g}d"
         values[f"auroc_{label}"] = cumulative_dynamic_auc(time, event, risk, horizon)
         values[f"brier_{label}"] = brier_score(time, event, survival, horizon)
-        values[f"calibration_{label}"] = float(calibration_at(time, event, survival, horizon)["ici"])  # type: ignore[arg-type]
+        values[f"calibration_{label}"] = float(calibration_at(time, event, survival, horizon)["ici"])
     return values

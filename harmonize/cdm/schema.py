@@ -26,6 +26,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.schema import SchemaItem
 
 from fedomop.harmonize.cdm.ddl import foreign_key_name, load_ddl_facts, primary_key_name
 from fedomop.harmonize.cdm.spec import CdmSpec, FieldSpec, load_spec
@@ -78,7 +79,7 @@ def cycle_closing_foreign_keys(spec: CdmSpec | None = None) -> set[tuple[str, st
 
 
 def _column(field: FieldSpec, constraints: Constraints, skip_fk: set[tuple[str, str]], dialect: str) -> sa.Column:
-    args: list[sa.SchemaItem] = []
+    args: list[SchemaItem] = []
     if constraints == "all" and field.fk_table and field.fk_field and (field.table, field.name) not in skip_fk:
         args.append(
             sa.ForeignKey(
@@ -118,7 +119,7 @@ def build_metadata(
     metadata = sa.MetaData(schema=schema)
     for name in wanted:
         table = spec.tables[name]
-        items: list[sa.SchemaItem] = [_column(f, constraints, skip_fk, dialect) for f in table.fields]
+        items: list[SchemaItem] = [_column(f, constraints, skip_fk, dialect) for f in table.fields]
         if table.primary_key is not None and constraints != "none":
             items.append(sa.PrimaryKeyConstraint(table.primary_key.name, name=primary_key_name(name)))
         sa.Table(name, metadata, *items)

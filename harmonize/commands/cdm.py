@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
 
 from fedomop.harmonize.cdm import create_cdm
 from fedomop.harmonize.cdm.ddl import create_indexes
+from fedomop.harmonize.cdm.schema import Constraints
 from fedomop.harmonize.ground.db import connect
 
 console = Console()
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         if constraints not in ("none", "primary", "all"):
             raise typer.BadParameter("choose none, primary or all", param_hint="--constraints")
         database = connect(db)
-        metadata = create_cdm(database.engine, constraints=constraints)  # type: ignore[arg-type]
+        metadata = create_cdm(database.engine, constraints=cast(Constraints, constraints))  # checked above
         made = create_indexes(database.engine) if indexes else []
         console.print(f"created {len(metadata.tables)} OMOP CDM v5.4 tables and {len(made)} indexes in {database!r}")
 

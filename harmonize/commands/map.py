@@ -16,8 +16,8 @@ from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run import RunReport, run_mapping
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
+from fedomop.harmonize.run.coverage import concept_coverage, coverage_failures
 from fedomop.harmonize.run.lineage import ALL_TABLES
-from fedomop.harmonize.steward.coverage import concept_coverage, coverage_failures
 
 console = Console()
 

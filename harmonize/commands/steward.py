@@ -11,7 +11,8 @@ from rich.console import Console
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import DatabaseError
 from fedomop.harmonize.mapping.loader import load_mapping
-from fedomop.harmonize.steward.codes import apply_review, review_codes
+from fedomop.harmonize.steward.apply import SiteVocabulary, apply_review, apply_to_mapping
+from fedomop.harmonize.steward.codes import review_codes
 from fedomop.harmonize.steward.doc import write_mapping_document
 from fedomop.harmonize.steward.draft import draft_mapping, relative_folder
 from fedomop.harmonize.steward.profile import (
@@ -23,6 +24,7 @@ from fedomop.harmonize.steward.profile import (
 )
 
 console = Console()
+MappingOption = Annotated[Path, typer.Option("--mapping", help="The site mapping YAML.")]
 VocabularyOption = Annotated[
     Path | None, typer.Option("--vocabulary", help="Vocabulary folder (CONCEPT.csv ...) to recognise codes with.")
 ]
@@ -31,7 +33,9 @@ VocabularyOption = Annotated[
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile_command(
-        source: Annotated[Path, typer.Option("--source", help="Folder of the extract (CSV/TSV/Parquet).")],
+        source: Annotated[
+            Path, typer.Option("--source", help="Folder of the extract (CSV/TSV/Parquet, FHIR NDJSON/Bundles).")
+        ],
         out: Annotated[Path, typer.Option("--out", help="Folder for profile.json/.html (+ .shareable).")],
         vocabulary: VocabularyOption = None,
         min_cell: Annotated[int, typer.Option("--min-cell", min=1, help="Small-cell threshold.")] = DEFAULT_MIN_CELL,
@@ -45,6 +49,10 @@ def register(app: typer.Typer) -> None:
                 f"{file.path}: {file.rows:,} rows, {len(file.columns)} columns; codes: {', '.join(coded) or '-'}",
                 highlight=False,
             )
+        if profile.fhir is not None:
+            types = ", ".join(f"{k} {v:,}" for k, v in sorted(profile.fhir.resources.items()))
+            systems = sorted({s.system for s in profile.fhir.codings.values()})
+            console.print(f"FHIR resources: {types}; {len(systems)} code systems", highlight=False)
         console.print(f"internal profile (stays at the site): {written['internal']}", highlight=False)
         console.print(f"shareable profile (small cells suppressed): {written['shareable']}", highlight=False)
 
@@ -77,12 +85,10 @@ def register(app: typer.Typer) -> None:
 
     @codes_app.command("review")
     def review_command(
-        mapping: Annotated[Path, typer.Option("--mapping", help="The site mapping YAML that was run.")],
+        mapping: MappingOption,
         db: Annotated[str, typer.Option("--db", help="The mapped site database (after fedomop map).")],
         out: Annotated[Path, typer.Option("--out", help="Review sheet CSV to write.")],
-        source: Annotated[
-            Path | None, typer.Option("--source", help="The extract folder: labels of local codes come from it.")
-        ] = None,
+        source: Annotated[Path | None, typer.Option("--source", help="The extract: labels of local codes.")] = None,
     ) -> None:
         """List every unmapped source code with its record count and ranked candidate concepts."""
         if "://" not in db and not Path(db).is_file():
@@ -102,21 +108,53 @@ def register(app: typer.Typer) -> None:
     @codes_app.command("apply")
     def apply_command(
         review: Annotated[Path, typer.Option("--review", help="The edited review sheet.")],
-        out: Annotated[Path, typer.Option("--out", help="source_to_concept_map CSV to write.")],
-        vocabulary: Annotated[Path, typer.Option("--vocabulary", help="The site's vocabulary folder.")],
+        mapping: Annotated[
+            Path | None,
+            typer.Option(
+                "--mapping",
+                help="The site mapping: the map is written where it reads it, and it is "
+                "pointed at the map and extension (with --source).",
+            ),  # fmt: skip
+        ] = None,
+        source: Annotated[Path | None, typer.Option("--source", help="With --mapping: the extract folder.")] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Without --mapping: the source_to_concept_map CSV to write.")
+        ] = None,
+        vocabulary: Annotated[
+            Path | None, typer.Option("--vocabulary", help="The site's vocabulary folder (default: the mapping's).")
+        ] = None,
         extension: Annotated[
             Path | None, typer.Option("--extension", help="Site vocabulary extension folder (local concepts).")
         ] = None,
-        site: Annotated[str, typer.Option("--site", help="vocabulary_id of the site's local concepts.")] = "site",
+        site: Annotated[
+            str | None, typer.Option("--site", help="vocabulary_id of local concepts (default: the mapping's site).")
+        ] = None,
     ) -> None:
-        """Turn approved and local decisions into the site's source_to_concept_map (+ local concepts)."""
-        applied = apply_review(
-            review, out, concepts=read_vocabulary_concepts(vocabulary), extension=extension, site=site
-        )
+        """Turn approved and local decisions into the site's source_to_concept_map (+ local concepts), used by the
+        next fedomop map without editing the mapping by hand."""
+        if mapping is not None:
+            if source is None:
+                raise typer.BadParameter("--mapping needs --source (the extract folder)", param_hint="--source")
+            applied, changes = apply_to_mapping(
+                review, mapping, source, extension=extension, site=site, vocabulary_folder=vocabulary
+            )
+        else:
+            if out is None or vocabulary is None:
+                raise typer.BadParameter("give --mapping and --source, or --out and --vocabulary", param_hint="--out")
+            folders = [vocabulary, *([extension] if extension is not None else [])]
+            applied = apply_review(
+                review, out, vocabulary=SiteVocabulary.read(folders), extension=extension, site=site or "site"
+            )
+            changes = []
         console.print(
-            f"{applied.mapped:,} codes mapped, {applied.local:,} local concepts, {applied.skipped:,} left -> {out}",
+            f"{applied.mapped:,} codes mapped, {applied.local:,} local concepts, {applied.source_concepts:,} local "
+            f"source concepts, {applied.skipped:,} left -> {applied.stcm}",
             highlight=False,
         )
+        if applied.vocabularies:
+            console.print(f"vocabularies added: {', '.join(applied.vocabularies)}", highlight=False)
+        for change in changes:
+            console.print(f"{mapping}: {change}", highlight=False)
 
     app.add_typer(codes_app, name="codes")
 
@@ -124,7 +162,7 @@ def register(app: typer.Typer) -> None:
 
     @mapping_app.command("doc")
     def doc_command(
-        mapping: Annotated[Path, typer.Option("--mapping", help="Mapping YAML.")],
+        mapping: MappingOption,
         out: Annotated[Path, typer.Option("--out", help="Markdown file to write.")],
     ) -> None:
         """Write a readable document of a mapping (source field -> OMOP field, rules, units) for ETL review."""

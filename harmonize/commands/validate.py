@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from fedomop.harmonize.ground.errors import ValidationError
+from fedomop.harmonize.mapping.loader import load_mapping
 
 console = Console()
 
@@ -53,7 +54,15 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="Site check module (dotted name or .py file); repeatable.")
         ] = None,
         factor: Annotated[float, typer.Option(help="--compare: flag medians this many times off.")] = 10.0,
-        fail_on_fatal: Annotated[bool, typer.Option(help="Exit 1 when a fatal check fails.")] = False,
+        fail_on_fatal: Annotated[
+            bool, typer.Option(help="Exit 1 when a fatal check fails or coverage is below min_coverage.")
+        ] = False,
+        mapping: Annotated[
+            Path | None, typer.Option(help="The site mapping: its min_coverage floors decide the verdict too.")
+        ] = None,
+        internal: Annotated[
+            bool, typer.Option(help="Also write OUT/internal/report.* with exact counts (stays at the site).")
+        ] = True,
     ) -> None:
         """Validate an OMOP database (schemas + OHDSI DQD checks) into report.html + report.json, or --compare."""
         if compare:
@@ -66,16 +75,26 @@ def register(app: typer.Typer) -> None:
         for module in check_module or []:
             load_site_checks(module)
         names = tuple(n.strip() for n in checks.split(",") if n.strip()) if checks else None
-        options = ValidateOptions(small_cell=small_cell, sample_rows=sample_rows, checks=names, site=site)
-        report = validate_database(db, out, options)
+        floors = load_mapping(mapping).min_coverage if mapping is not None else {}
+        options = ValidateOptions(
+            small_cell=small_cell, sample_rows=sample_rows, checks=names, site=site, min_coverage=floors
+        )
+        report = validate_database(db, out, options, internal=internal)
         overview = report.data["overview"]
         status = overview["by_status"]
         console.print(
             f"{report.data['site']}: {overview['checks']:,} checks — {status['pass']:,} pass, {status['fail']:,} fail "
             f"({overview['fatal_failures']} fatal), {status['not_applicable']:,} not applicable, {status['error']} error"
         )
-        console.print(f"wrote {report.html_path} and {report.json_path}")
-        if fail_on_fatal and overview["fatal_failures"]:
+        console.print(
+            f"wrote {report.html_path}, {report.json_path} and {report.dqd_path} (OHDSI DQD viewer format); "
+            "shareable: small cells withheld"
+        )
+        if report.internal_html_path:
+            console.print(f"internal report (exact counts, stays at the site): {report.internal_html_path}")
+        for low in overview["coverage_failures"]:
+            console.print(f"coverage of {low['table']} is below min_coverage {low['min_coverage']:.0%}")
+        if fail_on_fatal and (overview["fatal_failures"] or overview["coverage_failures"]):
             raise typer.Exit(1)
 
     def _compare(reports: list[Path], out: Path, factor: float) -> None:

@@ -128,7 +128,9 @@ class Database:
         """Run a query and return a polars DataFrame (through Arrow on DuckDB)."""
         if self.dialect == "duckdb" and not params:
             with self.raw_duckdb() as con:
-                return pl.from_arrow(con.sql(sql).to_arrow_table())  # type: ignore[return-value]
+                frame = pl.from_arrow(con.sql(sql).to_arrow_table())
+                assert isinstance(frame, pl.DataFrame)  # an Arrow table (not an array) gives a DataFrame
+                return frame
         with self.engine.connect() as connection:
             result = connection.execute(sa.text(sql), params or {})
             columns = list(result.keys())
@@ -235,7 +237,9 @@ class Database:
         names = ", ".join(quote_identifier(c) for c in arrow.column_names)
         raw = self.engine.raw_connection()
         try:
-            with raw.driver_connection.cursor() as cursor:
+            driver = raw.driver_connection
+            assert driver is not None, "a checked-out pool connection holds a psycopg connection"
+            with driver.cursor() as cursor:
                 with cursor.copy(f'COPY "{table}" ({names}) FROM STDIN WITH (FORMAT csv, HEADER false)') as copy:
                     for batch in arrow.to_batches(max_chunksize=_COPY_CHUNK_ROWS):
                         buffer = io.BytesIO()

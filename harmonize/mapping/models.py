@@ -138,8 +138,29 @@ class Exclude(Filter):
     reason: str
 
 
+class WideColumn(Strict):
+    """One column of a wide export (one column per test): each row's value in it becomes one OMOP row whose
+    source code is constant for the column. ``code`` defaults to the column's name, so a local wide export can
+    be mapped code by code through the site's source_to_concept_map under a site vocabulary."""
+
+    code: str | None = None
+    vocabulary: str  # the code's vocabulary: a standard one (LOINC) or the site's own (mapped by the concept map)
+    unit: str | None = None  # the column's unit as the site writes it (``unit_aliases`` and ``units`` apply)
+    unit_column: str | None = None  # or a column holding each row's unit
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> WideColumn:
+        if self.unit is not None and self.unit_column is not None:
+            raise ValueError("give unit or unit_column, not both")
+        return self
+
+
 class Rule(Strict):
-    """How one source feeds one OMOP table. Which slots a table accepts is declared by its table module."""
+    """How one source feeds one OMOP table. Which slots a table accepts is declared by its table module.
+
+    ``unpivot`` maps a wide export: each listed column gives one OMOP row per source row where it holds a
+    value, with the column's own code, value and unit (the rule then has no ``concept`` or ``value``).
+    """
 
     source: str
     when: Filter | None = None
@@ -156,6 +177,16 @@ class Rule(Strict):
     type_concept: ConstantExpr | None = None
     route_by_domain: bool = True
     fields: dict[str, FieldExpr] = Field(default_factory=dict)
+    unpivot: dict[str, WideColumn] | None = None  # source column -> its constant code, vocabulary and unit
+
+    @model_validator(mode="after")
+    def _unpivot_replaces_concept_and_value(self) -> Rule:
+        if self.unpivot is not None:
+            if not self.unpivot:
+                raise ValueError("unpivot lists no column")
+            if self.concept is not None or self.value is not None:
+                raise ValueError("an unpivot rule takes its concept and value from each column: drop concept/value")
+        return self
 
 
 # -- sources --------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def _cast_to_spec(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     exprs = []
     for f in load_spec().table(table).fields:
         dtype = _POLARS_TYPE.get(f.datatype, pl.String())
-        column = pl.col(f.name).cast(dtype, strict=False)  # type: ignore[arg-type]
+        column = pl.col(f.name).cast(dtype, strict=False)
         if f.datatype == "varchar":
             column = pl.col(f.name).cast(pl.String)
             if f.length:
@@ -269,7 +269,8 @@ class SiteBuild:
         for table, frame in self.tables.items():
             target = TARGETS[table]
             if frame.height and target.id_column and not target.one_per_person:
-                last[table] = max(last.get(table, 0), int(frame.get_column(target.id_column).max()))  # type: ignore[arg-type]
+                top = frame.select(pl.col(target.id_column).max()).item()
+                last[table] = max(last.get(table, 0), int(top))
         return last
 
 

@@ -3,8 +3,10 @@
 An era joins a person's records of one concept whose intervals lie within a persistence window of each other:
 30 days for conditions (a record starting at most 30 days after the previous records' latest end continues the
 era), 30 days for drugs after rolling each exposure up to its ingredient(s) through CONCEPT_ANCESTOR. Records
-without an end last one day (conditions: end = start + 1 day, drugs: start + days_supply, else + 1 day), as
-in the OHDSI era scripts. Eras are computed in SQL inside the site database (DuckDB or PostgreSQL), so nothing
+without an end last one day (conditions: end = start + 1 day, drugs: start + days_supply when days_supply is
+above 0, else + 1 day), and exposures with a negative days_supply are left out, as in the OHDSI era scripts
+(ETL-CMS create_CDMv5_drug_era.sql, used by ETL-Synthea). Unlike those, ingredients of RxNorm Extension count
+too (European sites map to them). Eras are computed in SQL inside the site database (DuckDB or PostgreSQL), so nothing
 but the counts leaves it; they are rebuilt from scratch each run (the tables are emptied first).
 
 drug_era.gap_days is the era's length minus the days actually covered by its exposures (overlapping
@@ -52,11 +54,12 @@ def condition_era_sql() -> str:
 _INGREDIENT_EXPOSURES = (
     "SELECT de.person_id, ca.ancestor_concept_id AS concept_id, de.drug_concept_id, de.quantity, de.days_supply, "
     "de.drug_exposure_start_date AS s, COALESCE(de.drug_exposure_end_date, "
-    "de.drug_exposure_start_date + COALESCE(de.days_supply, 1)) AS e FROM drug_exposure de "
+    "NULLIF(de.drug_exposure_start_date + de.days_supply, de.drug_exposure_start_date), "
+    "de.drug_exposure_start_date + 1) AS e FROM drug_exposure de "
     "JOIN concept_ancestor ca ON ca.descendant_concept_id = de.drug_concept_id "
     "JOIN concept c ON c.concept_id = ca.ancestor_concept_id AND c.concept_class_id = 'Ingredient' "
     "AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension') "
-    "WHERE de.drug_concept_id <> 0 AND de.drug_exposure_start_date IS NOT NULL"
+    "WHERE de.drug_concept_id <> 0 AND de.drug_exposure_start_date IS NOT NULL AND COALESCE(de.days_supply, 0) >= 0"
 )
 
 

@@ -5,7 +5,7 @@ All of this runs before any data row is read, so a typo in a mapping costs secon
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +13,7 @@ import polars as pl
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError, SourceError
-from fedomop.harmonize.mapping.models import ColumnExpr, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
+from fedomop.harmonize.mapping.models import ColumnExpr, ConceptConstant, ConstantExpr, DateExpr, MapExpr, Mapping, Rule
 from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import tabular_options
 from fedomop.harmonize.sources.tabular import read_header
@@ -21,8 +21,8 @@ from fedomop.harmonize.tables import MAPPABLE_TABLES, TARGETS
 from fedomop.harmonize.tables._target import RULE_SLOTS
 
 
-def _choices(values: object) -> str:
-    return ", ".join(str(v) for v in values)  # type: ignore[attr-defined]
+def _choices(values: Iterable[object]) -> str:
+    return ", ".join(str(v) for v in values)
 
 
 def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
@@ -45,6 +45,10 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
             yield "value.unit", rule.value.unit
         if rule.value.text:
             yield "value.text", rule.value.text
+    for column, wide in (rule.unpivot or {}).items():
+        yield f"unpivot.{column}", column
+        if wide.unit_column:
+            yield f"unpivot.{column}.unit_column", wide.unit_column
     for name, expr in rule.fields.items():
         if isinstance(expr, ColumnExpr):
             yield f"fields.{name}.column", expr.column
@@ -69,7 +73,10 @@ def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule)
             where=f"{where}.{extra[0]}",
             fix=f"valid keys for {table}: {_choices(sorted(target.allowed_rule_keys))}",
         )
-    missing = [k for k in target.required_rule_keys if getattr(rule, k) is None]
+    given = {k for k in target.required_rule_keys if getattr(rule, k) is not None}
+    if rule.unpivot is not None:
+        given.add("concept")  # each unpivoted column carries its own code
+    missing = [k for k in target.required_rule_keys if k not in given]
     if missing:
         raise MappingError(
             f"required key {missing[0]!r} is missing",
@@ -206,14 +213,14 @@ def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> N
                     )
                 if isinstance(expr, MapExpr):
                     for value, target in expr.values.items():
-                        if hasattr(target, "concept_id"):
+                        if isinstance(target, ConceptConstant):
                             named.append(
                                 (
                                     target.concept_id,
                                     target.name,
                                     f"{file}: tables.{table}[{index}].fields.{name}.values.{value}",
                                 )
-                            )  # type: ignore[union-attr]
+                            )
     for expr, where in _named_constants(mapping, file):
         if expr.name and isinstance(expr.constant, int):
             named.append((expr.constant, expr.name, where))

@@ -48,7 +48,7 @@ class Quarantine:
         self,
         source: str,
         rows: pl.DataFrame,
-        field: str,
+        field: str | pl.Expr,
         value: pl.Expr,
         reason: pl.Expr | str,
         table: str | None = None,
@@ -71,7 +71,7 @@ class Quarantine:
             rows.select(
                 pl.col("_source_file").alias("source_file"),
                 pl.col("_source_row").alias("source_row"),
-                pl.lit(field).alias("field"),
+                (pl.lit(field) if isinstance(field, str) else field).cast(pl.String).alias("field"),
                 value.cast(pl.String).alias("value"),
                 reason_expr.alias("reason"),
                 table_expr.alias("omop_table"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -19,7 +20,7 @@ from fedomop.harmonize.sources.tabular import read_tabular
 
 def tabular_options(source: Source) -> TabularOptions:
     """Reader options of a CSV/Parquet source."""
-    fmt = "parquet" if source.format == "parquet" else "csv"
+    fmt: Literal["csv", "parquet"] = "parquet" if source.format == "parquet" else "csv"
     return TabularOptions(
         format=fmt, encoding=source.encoding, delimiter=source.delimiter, null_values=tuple(source.null_values)
     )

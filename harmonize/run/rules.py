@@ -26,6 +26,8 @@ from fedomop.harmonize.mapping.models import (
     Mapping,
     Rule,
     Source,
+    ValueExpr,
+    WideColumn,
 )
 from fedomop.harmonize.run.datebounds import date_bounds
 from fedomop.harmonize.run.quarantine import Quarantine
@@ -33,6 +35,9 @@ from fedomop.harmonize.run.units import UnitConverter
 from fedomop.harmonize.vocabulary import resolve_codes
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
 
+WIDE_COLUMN = "_wide_column"  # an unpivoted row's source column (named in its quarantine rows)
+_WIDE_CODE = CodeExpr(code="_wide_code", vocabulary_column="_wide_vocabulary")
+_WIDE_VALUE = ValueExpr(number="_wide_value", unit="_wide_unit")
 FIELD_PREFIX = "="  # evaluated ``fields:`` columns travel as "=<omop column>" until the row's table is known
 REFERENCE_SLOTS = {
     "visit": "visit_occurrence",
@@ -85,6 +90,25 @@ def excluded_mask(source: Source) -> pl.Expr:
 
 def _apply_filter(rows: pl.DataFrame, when: Filter | None) -> pl.DataFrame:
     return rows if when is None else rows.filter(filter_mask(when))
+
+
+def unpivot(rows: pl.DataFrame, columns: dict[str, WideColumn]) -> pl.DataFrame:
+    """A wide export made long: one row per (source row, listed column holding a value), carrying the column's
+    constant code and vocabulary, its value and unit. An empty cell is a test not done, not a record; the source
+    row keeps its ``_ord``, so the reconciliation still counts it once however many rows it gives."""
+    parts = []
+    for column, wide in columns.items():
+        unit = pl.col(wide.unit_column).cast(pl.String) if wide.unit_column else pl.lit(wide.unit, pl.String)
+        parts.append(
+            rows.filter(pl.col(column).is_not_null()).with_columns(
+                pl.lit(column).alias(WIDE_COLUMN),
+                pl.lit(wide.code or column).alias("_wide_code"),
+                pl.lit(wide.vocabulary).alias("_wide_vocabulary"),
+                pl.col(column).cast(pl.String).alias("_wide_value"),
+                unit.alias("_wide_unit"),
+            )
+        )
+    return pl.concat(parts)
 
 
 def _date_format(expr: DateExpr, source: Source) -> str:
@@ -156,7 +180,9 @@ class RuleEvaluator:
         self.ctx = ctx
 
     def quarantine_rows(self, source: str, rows: pl.DataFrame, problem: Problem) -> None:
-        self.ctx.quarantine.add_rows(source, rows, problem.field, problem.value, problem.reason)
+        wide = problem.field.startswith("_wide_") and WIDE_COLUMN in rows.columns
+        field = pl.col(WIDE_COLUMN) if wide else problem.field  # the wide export's own column, not the engine's
+        self.ctx.quarantine.add_rows(source, rows, field, problem.value, problem.reason)
 
     def _drop_problems(self, source: str, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
         """Quarantine rows with any problem (one quarantine row per problem) and keep the rest."""
@@ -172,7 +198,11 @@ class RuleEvaluator:
         """Slot columns for every accepted row of ``rule`` (lineage columns kept)."""
         source = self.ctx.mapping.sources[rule.source]
         kept = frame.filter(~excluded_mask(source)) if source.exclude else frame
-        rows = _apply_filter(kept, rule.when).with_columns(
+        rows = _apply_filter(kept, rule.when)
+        if rule.unpivot is not None:  # each listed column as a coded value, then the rule as any other
+            rows = unpivot(rows, rule.unpivot)
+            rule = rule.model_copy(update={"concept": _WIDE_CODE, "value": _WIDE_VALUE, "unpivot": None})
+        rows = rows.with_columns(
             pl.lit(rule_index).alias("_rule"), pl.lit(rule.source).alias("_source"), pl.lit(table).alias("_declared")
         )
         problems: list[Problem] = []
@@ -182,9 +212,9 @@ class RuleEvaluator:
             problems.append(Problem(pl.col(rule.id).is_null(), rule.id, pl.lit(None), "missing id"))
         for prefix, date in (("_start", rule.start), ("_end", rule.end)):
             if date is not None:
-                columns, problem = _date_columns(prefix, date, source)
+                columns, date_problem = _date_columns(prefix, date, source)
                 exprs += columns
-                problems.append(problem)
+                problems.append(date_problem)
                 problems += self._bounds(table, prefix, date, source)
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
@@ -231,7 +261,7 @@ class RuleEvaluator:
             rows = rows.with_columns(pl.lit(0, pl.UInt32).alias("_target"))
         if rule.value is not None:
             rows = self._convert_units(rule, rows)
-        return rows.select(c for c in rows.columns if c.startswith(("_", FIELD_PREFIX)))
+        return rows.select(c for c in rows.columns if c.startswith(("_", FIELD_PREFIX)) and not c.startswith("_wide_"))
 
     def _bounds(self, table: str, prefix: str, date: DateExpr, source: Source) -> list[Problem]:
         """Implausible dates (harmonize/run/datebounds.py) as problems: quarantined with their reason."""
@@ -265,6 +295,7 @@ class RuleEvaluator:
         if code.vocabulary_column:
             return pl.col(code.vocabulary_column)
         systems = self.ctx.mapping.vocabulary.fhir_systems
+        assert code.system_column, "the mapping model requires one of vocabulary, vocabulary_column, system_column"
         return pl.col(code.system_column).replace_strict(systems, default=None, return_dtype=pl.String)
 
     def _resolve(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
@@ -281,7 +312,7 @@ class RuleEvaluator:
             pl.col("source_concept_id").fill_null(0).alias("_source_concept_id"),
             pl.col("domain_id").alias("_domain"),
         )
-        if resolved.height == rows.height:  # input order is kept, so every row has exactly one target
+        if resolved.height == rows.height and WIDE_COLUMN not in rows.columns:  # one target per row (order kept)
             resolved = resolved.with_columns(pl.lit(1, pl.UInt32).alias("_target"))
         else:
             resolved = resolved.with_columns(pl.col("_ord").cum_count().over("_ord").cast(pl.UInt32).alias("_target"))

@@ -22,6 +22,7 @@ import io
 import re
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
 
@@ -117,16 +118,22 @@ def _is_regular(text: str, relative: str, options: TabularOptions) -> bool:
         ) from None
 
 
+class _CsvArgs(TypedDict):
+    """The keyword arguments polars' scan_csv and read_csv share here (typed, so the checker sees each one)."""
+
+    separator: str
+    infer_schema: bool
+    null_values: list[str]
+    quote_char: str
+
+
 def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFrame, pl.DataFrame, list[int] | None]:
     if options.format == "parquet":
         return pl.scan_parquet(path).select(pl.all().cast(pl.String)), empty_rejects(), None
     codec = options.codec
-    csv_options = {
-        "separator": options.delimiter,
-        "infer_schema": False,
-        "null_values": list(options.null_values),
-        "quote_char": '"',
-    }
+    csv_options = _CsvArgs(
+        separator=options.delimiter, infer_schema=False, null_values=list(options.null_values), quote_char='"'
+    )
     raw = path.read_bytes()
     _check_declared_encoding(raw, relative, codec)
     text, rejects, numbers = _decoded_lines(raw, relative, codec)

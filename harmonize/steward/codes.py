@@ -7,9 +7,7 @@ code's own concept name, in the table's domain. Name similarity uses the standar
 is not a dependency); it compares against the standard concepts of one domain, which is fine for site
 vocabularies and slow for a full Athena download (minutes for 100k codes).
 
-``apply`` reads the edited review CSV back: ``approve`` rows become source_to_concept_map rows; ``local`` rows
-get a local concept (OMOP reserves ids above 2,000,000,000 for site concepts) written to a site vocabulary
-extension, and a source_to_concept_map row pointing at it.
+The edited sheet is turned into the site's source_to_concept_map by :mod:`.apply`.
 """
 
 from __future__ import annotations
@@ -22,20 +20,10 @@ from pathlib import Path
 import polars as pl
 
 from fedomop.harmonize.ground.db import Database
-from fedomop.harmonize.ground.errors import MappingError, VocabularyError
 from fedomop.harmonize.mapping.models import Mapping
+from fedomop.harmonize.run.coverage import EVENT_TABLES, code_counts, rule_vocabularies
 
-LOCAL_CONCEPT_START = 2_000_000_001
 CANDIDATES = 3
-EVENT_TABLES = {
-    "condition_occurrence": ("condition", "Condition"),
-    "procedure_occurrence": ("procedure", "Procedure"),
-    "drug_exposure": ("drug", "Drug"),
-    "measurement": ("measurement", "Measurement"),
-    "observation": ("observation", "Observation"),
-    "device_exposure": ("device", "Device"),
-}
-DECISIONS = ("", "approve", "local", "skip")
 REVIEW_COLUMNS = [
     "omop_table", "source_vocabulary_id", "source_code", "source_name", "records",
     "decision", "target_concept_id", "target_concept_name",
@@ -44,50 +32,18 @@ REVIEW_COLUMNS = [
 ]  # fmt: skip
 
 
-def rule_vocabularies(mapping: Mapping) -> dict[str, str]:
-    """Table -> the fixed source vocabulary of its coded rules ("ICD10CM or SNOMED" when they differ).
-
-    Used for codes the vocabulary does not know (source concept 0), whose vocabulary the database cannot tell.
-    """
-    found: dict[str, set[str]] = {}
-    for table, rules in mapping.tables.items():
-        for rule in rules:
-            if rule.concept is not None and rule.concept.vocabulary:
-                found.setdefault(table, set()).add(rule.concept.vocabulary)
-    return {table: " or ".join(sorted(v)) for table, v in found.items()}
-
-
-def event_tables(db: Database) -> list[tuple[str, str]]:
-    """(table, column prefix) of the event tables the database has."""
-    present = set(db.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list())
-    return [(table, prefix) for table, (prefix, _domain) in EVENT_TABLES.items() if table in present]
-
-
 def unmapped_codes(db: Database, mapping: Mapping) -> pl.DataFrame:
-    """Every distinct (table, source vocabulary, code) loaded with concept 0, with its record count."""
+    """Every distinct (table, source vocabulary, code) loaded with concept 0, with its count of such records."""
     vocabularies = rule_vocabularies(mapping)
-    frames = []
-    for table, prefix in event_tables(db):
-        frame = db.query(
-            f"SELECT {prefix}_source_value AS source_code, MAX(c.vocabulary_id) AS concept_vocabulary, "
-            f"MAX(c.concept_name) AS source_name, COUNT(*) AS records FROM {table} t "
-            f"LEFT JOIN concept c ON c.concept_id = t.{prefix}_source_concept_id AND c.concept_id <> 0 "
-            f"WHERE t.{prefix}_concept_id = 0 AND t.{prefix}_source_value IS NOT NULL GROUP BY 1"
-        )
-        frames.append(
-            frame.with_columns(
-                pl.lit(table).alias("omop_table"),
-                pl.coalesce("concept_vocabulary", pl.lit(vocabularies.get(table))).alias("source_vocabulary_id"),
-                pl.col("records").cast(pl.Int64),
-            ).drop("concept_vocabulary")
-        )
-    if not frames:
-        return pl.DataFrame(schema={"omop_table": pl.String, "source_vocabulary_id": pl.String,
-                                    "source_code": pl.String, "source_name": pl.String, "records": pl.Int64})  # fmt: skip
-    out = pl.concat(frames, how="diagonal_relaxed")
-    return out.select("omop_table", "source_vocabulary_id", "source_code", "source_name", "records").sort(
-        ["records", "omop_table", "source_code"], descending=[True, False, False]
-    )
+    fallback = pl.col("omop_table").replace_strict(vocabularies, default=None, return_dtype=pl.String)
+    codes = code_counts(db).filter((pl.col("unmapped") > 0) & pl.col("source_code").is_not_null())
+    return codes.select(
+        "omop_table",
+        pl.coalesce("source_vocabulary_id", fallback).alias("source_vocabulary_id"),
+        "source_code",
+        "source_name",
+        pl.col("unmapped").alias("records"),
+    ).sort(["records", "omop_table", "source_code"], descending=[True, False, False])
 
 
 @dataclass(frozen=True)
@@ -193,132 +149,3 @@ def review_codes(db: Database, mapping: Mapping, source_dir: Path | None = None)
     schema = {c: pl.String for c in REVIEW_COLUMNS} | {"records": pl.Int64, "target_concept_id": pl.Int64}
     schema |= {f"candidate_{i}_id": pl.Int64 for i in range(1, CANDIDATES + 1)}
     return pl.DataFrame(rows, schema=schema).select(REVIEW_COLUMNS)
-
-
-# -- apply -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Applied:
-    mapped: int  # source_to_concept_map rows to existing standard concepts
-    local: int  # local concepts created
-    skipped: int  # rows left undecided or skipped
-    stcm: Path
-    extension: Path | None
-
-
-def _read_review(path: Path) -> pl.DataFrame:
-    try:
-        frame = pl.read_csv(path, infer_schema=False)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise MappingError(f"cannot read the review sheet: {exc}", where=str(path)) from None
-    missing = [
-        c for c in ("source_vocabulary_id", "source_code", "decision", "target_concept_id") if c not in frame.columns
-    ]
-    if missing:
-        raise MappingError(
-            f"not a review sheet: no column {missing[0]}", where=str(path), fix="use fedomop codes review's CSV"
-        )
-    return frame.with_columns(pl.col("decision").fill_null("").str.strip_chars().str.to_lowercase())
-
-
-def _check_decisions(frame: pl.DataFrame, path: Path) -> None:
-    for line, row in enumerate(frame.iter_rows(named=True), start=2):
-        decision = row["decision"]
-        if decision not in DECISIONS:
-            raise MappingError(f"decision {decision!r} is not one of approve, local, skip (or blank)",
-                               where=f"{path} line {line}, field decision", fix="correct the decision")  # fmt: skip
-        if decision == "approve" and not (row["target_concept_id"] or "").strip().isdigit():
-            raise MappingError("an approved row needs a target_concept_id",
-                               where=f"{path} line {line}, field target_concept_id",
-                               fix="copy a candidate_N_id, or choose decision local")  # fmt: skip
-        if decision == "local" and not (row.get("local_name") or "").strip():
-            raise MappingError("a local concept needs a local_name", where=f"{path} line {line}, field local_name",
-                               fix="name the site's concept")  # fmt: skip
-
-
-def _target_vocabularies(frame: pl.DataFrame, concepts: pl.DataFrame, path: Path) -> dict[int, str]:
-    known = dict(concepts.select("concept_id", "vocabulary_id").iter_rows())
-    found: dict[int, str] = {}
-    for line, row in enumerate(frame.iter_rows(named=True), start=2):
-        if row["decision"] != "approve":
-            continue
-        target = int(row["target_concept_id"])
-        if target not in known:
-            raise VocabularyError(f"target_concept_id {target} is not in the site vocabulary",
-                                  where=f"{path} line {line}, field target_concept_id",
-                                  fix="copy a candidate_N_id, or load the vocabulary that has it")  # fmt: skip
-        found[target] = str(known[target])
-    return found
-
-
-def _next_local_id(extension: Path) -> int:
-    concept = extension / "CONCEPT.csv"
-    if not concept.exists():
-        return LOCAL_CONCEPT_START
-    existing = pl.read_csv(concept, separator="\t", infer_schema=False)["concept_id"].cast(pl.Int64)
-    return max(LOCAL_CONCEPT_START, int(existing.max() or 0) + 1)
-
-
-def apply_review(
-    review: Path, stcm: Path, *, concepts: pl.DataFrame, extension: Path | None = None, site: str = "site"
-) -> Applied:
-    """Write the approved/local decisions of a review sheet as a source_to_concept_map CSV (and extension).
-
-    ``concepts`` is the site vocabulary's CONCEPT table: an approved target must be in it (its vocabulary_id is
-    copied into the map), so a typo in a concept id fails here, with its line, not at the next run.
-    """
-    frame = _read_review(Path(review))
-    _check_decisions(frame, Path(review))
-    vocabulary_of = _target_vocabularies(frame, concepts, Path(review))
-    local = frame.filter(pl.col("decision") == "local")
-    if local.height and extension is None:
-        raise MappingError("the sheet has local decisions but no extension folder was given",
-                           where=str(review), fix="pass --extension FOLDER (the site's vocabulary extension)")  # fmt: skip
-    local_rows: list[dict[str, object]] = []
-    if local.height and extension is not None:
-        start = _next_local_id(extension)
-        for offset, row in enumerate(local.iter_rows(named=True)):
-            local_rows.append({
-                "concept_id": start + offset, "concept_name": row["local_name"].strip(),
-                "domain_id": (row.get("local_domain") or "Observation").strip(), "vocabulary_id": site,
-                "concept_class_id": "Undefined", "standard_concept": "S", "concept_code": row["source_code"],
-                "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None,
-            })  # fmt: skip
-        _write_extension(extension, local_rows)
-    local_ids = {(r["concept_code"]): r["concept_id"] for r in local_rows}
-    stcm_rows = []
-    for row in frame.filter(pl.col("decision").is_in(["approve", "local"])).iter_rows(named=True):
-        target = int(row["target_concept_id"]) if row["decision"] == "approve" else local_ids[row["source_code"]]
-        stcm_rows.append({
-            "source_code": row["source_code"], "source_concept_id": 0,
-            "source_vocabulary_id": row["source_vocabulary_id"],
-            "source_code_description": row.get("source_name") or "", "target_concept_id": target,
-            "target_vocabulary_id": site if row["decision"] == "local" else vocabulary_of[target],
-            "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None,
-        })  # fmt: skip
-    out = pl.DataFrame(stcm_rows, schema={k: (pl.Int64 if k.endswith("concept_id") else pl.String) for k in
-                                          ("source_code", "source_concept_id", "source_vocabulary_id",
-                                           "source_code_description", "target_concept_id", "target_vocabulary_id",
-                                           "valid_start_date", "valid_end_date", "invalid_reason")})  # fmt: skip
-    stcm.parent.mkdir(parents=True, exist_ok=True)
-    out.write_csv(stcm)
-    return Applied(
-        mapped=frame.filter(pl.col("decision") == "approve").height,
-        local=len(local_rows),
-        skipped=frame.filter(~pl.col("decision").is_in(["approve", "local"])).height,
-        stcm=stcm,
-        extension=extension if local_rows else None,
-    )
-
-
-def _write_extension(extension: Path, rows: list[dict[str, object]]) -> None:
-    """Append local concepts to the extension's CONCEPT.csv (tab-separated, Athena layout)."""
-    extension.mkdir(parents=True, exist_ok=True)
-    concept = extension / "CONCEPT.csv"
-    frame = pl.DataFrame(rows, schema={k: pl.String for k in rows[0]})
-    if concept.exists():
-        frame = pl.concat([pl.read_csv(concept, separator="\t", infer_schema=False), frame], how="diagonal")
-    frame.write_csv(concept, separator="\t")
-    if any(int(str(r["concept_id"])) < LOCAL_CONCEPT_START for r in rows):
-        raise VocabularyError("local concept ids must be above 2,000,000,000", where=str(concept))

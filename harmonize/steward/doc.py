@@ -53,6 +53,10 @@ def _rule_rows(table: str, rule: Rule) -> list[tuple[str, str]]:
         )
         route = ", routed by the concept's domain" if rule.route_by_domain else ""
         rows.append((f"{table} concept", f"code `{c.code}` in {vocab} → standard concept{route}"))
+    for column, wide in (rule.unpivot or {}).items():  # a wide export: one row per column holding a value
+        unit = f"`{wide.unit_column}`" if wide.unit_column else (wide.unit or "none")
+        rows.append((f"{table} row", f"column `{column}` = value; code `{wide.code or column}` in "
+                     f"{wide.vocabulary} → standard concept; unit {unit}"))  # fmt: skip
     if rule.start is not None:
         rows.append(("start date", _expr(rule.start)))
     if rule.end is not None:

@@ -192,14 +192,14 @@ def _write_person(w: _Writer, file: FileProfile, person_id: ColumnProfile) -> No
     w.add(f"    - source: {source}  # {file.path}: identifier-like {person_id.name}, birth date {birth.name}")
     w.add(f"      id: {_q(person_id.name)}")
     w.add(f"      start: {{date: {_q(birth.name)}}}")
-    w.add("      fields:")
     sex = _first(file.columns, _SEX)
-    if sex is None:
-        w.todo(8, "no sex/gender column recognised; gender_concept_id stays 0")
+    if sex is None:  # no fields: an empty `fields:` key would read as null and fail to load
+        w.todo(6, "no sex/gender column recognised; gender_concept_id stays 0")
     else:
+        w.add("      fields:")
         w.add(f"        gender_source_value: {_q(sex.name)}")
         _value_map(w, 8, "gender_concept_id", sex, _SEX_VALUES)
-    w.todo(8, "race_concept_id / ethnicity_concept_id: add a map when the extract has them")
+    w.todo(8 if sex is not None else 6, "race_concept_id / ethnicity_concept_id: add a map when the extract has them")
     w.rule("person", source)
     death = _first(_dates(file), _DEATH)
     if death is not None:
@@ -322,6 +322,32 @@ def _event_rules(
     return rules
 
 
+def _wide_columns(file: FileProfile, person: ColumnProfile) -> list[ColumnProfile]:
+    """The numeric columns of a file that looks wide (one column per test): three or more besides the person."""
+    numeric = [c for c in file.columns if c.kind in ("number", "integer") and c is not person]
+    return numeric if len(numeric) >= 3 else []
+
+
+def _wide_rule(w: _Writer, file: FileProfile, person: ColumnProfile) -> list[tuple[str, list[str]]]:
+    """A wide table as one ``unpivot`` measurement rule: each numeric column's name is its code in a local
+    vocabulary, so ``fedomop codes review`` lists the columns and ``codes apply`` maps them."""
+    columns, dates = _wide_columns(file, person), _dates(file)
+    if not columns or not dates:
+        return []
+    vocabulary = f"{_source_name(file.path).upper()}_LOCAL"
+    w.draft.todos.append(f"{file.path}: wide table; map its columns with fedomop codes review")
+    lines = [
+        f"    - source: {_source_name(file.path)}  # wide table: one measurement per filled cell of each column",
+        f"      person: {_q(person.name)}",
+        f"      # TODO: each column's code is its name in {vocabulary} (codes review/apply map them), or write "
+        "{code: <LOINC code>, vocabulary: LOINC, unit: <unit>}",
+        f"      start: {{date: {_q(dates[0].name)}}}",
+        "      unpivot:",
+        *(f"        {_q(c.name)}: {{vocabulary: {_q(vocabulary)}}}" for c in columns),
+    ]
+    return [("measurement", lines)]
+
+
 def draft_mapping(
     profile: Profile, *, site: str, vocabulary_folder: str, concepts: pl.DataFrame | None = None
 ) -> Draft:
@@ -340,7 +366,7 @@ def draft_mapping(
     w.add(f"  cdm_source_abbreviation: {_q(site[:25])}")
     w.add("vocabulary:")
     w.add(f"  folder: {_q(vocabulary_folder)}")
-    w.add("  # source_to_concept_map: source_to_concept_map.csv  # written by `fedomop codes apply`")
+    w.add("  # source_to_concept_map and extensions: added here by `fedomop codes apply --mapping`")
     w.add("on_unmapped: concept_zero")
     w.add("")
     for file in fhir:
@@ -360,13 +386,10 @@ def draft_mapping(
             continue
         person = _person_column(file, person_id.name)
         rules = _event_rules(w, file, person, visit[1].name if visit else None) if person else []
+        if not rules and person is not None:
+            rules = _wide_rule(w, file, person)
         if not rules:
-            numeric = [c for c in file.columns if c.kind in ("number", "integer") and c is not person]
-            if person and len(numeric) >= 3:
-                names = ", ".join(c.name for c in numeric[:6])
-                w.todo(0, f"{file.path} looks like a wide table (one column per test: {names}); not mapped")
-            else:
-                w.todo(0, f"{file.path} is not mapped (no person column and code column recognised)")
+            w.todo(0, f"{file.path} is not mapped (no person column with a code column, or a dated wide table)")
             continue
         used.append(file)
         for table, lines in rules:
@@ -379,9 +402,9 @@ def draft_mapping(
     _write_person(w, person_file, person_id)
     if visit:
         _write_visit(w, visit[0], visit[1], person_id.name)
-    for table, rules in events.items():
+    for table, table_rules in events.items():
         w.add(f"  {table}:")
-        for lines in rules:
+        for lines in table_rules:
             w.lines.extend(lines)
             _type_concept(w, 6)
     w.draft.text = "\n".join(w.lines) + "\n"

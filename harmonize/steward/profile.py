@@ -14,12 +14,13 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import polars as pl
 
 from fedomop.harmonize.ground.errors import SourceError, VocabularyError
 from fedomop.harmonize.steward.codes_guess import code_domain, guess_code_system
+from fedomop.harmonize.steward.fhir_profile import FHIR_SYSTEMS, FhirProfile, fhir_to_dict, is_bundle, profile_fhir
 from fedomop.harmonize.vocabulary.cdm_io import cdm_csv_files, read_cdm_csv
 
 DEFAULT_MIN_CELL = 10  # the project's small-cell threshold (validate/suppression.DEFAULT_SMALL_CELL)
@@ -82,6 +83,8 @@ class Profile:
     source: str
     min_cell: int
     files: list[FileProfile]
+    fhir: FhirProfile | None = None  # resource types and code systems of the FHIR files (NDJSON and Bundles)
+    vocabulary: pl.DataFrame | None = field(default=None, repr=False)  # to tell which FHIR codes it lacks
 
     def column(self, file: str, name: str) -> ColumnProfile:
         for profile in self.files:
@@ -200,17 +203,6 @@ def _date_ranges(frame: pl.LazyFrame, dates: list[ColumnProfile]) -> None:
 
 # -- FHIR NDJSON ---------------------------------------------------------------------------------------
 
-FHIR_SYSTEMS = {
-    "http://snomed.info/sct": "SNOMED",
-    "http://loinc.org": "LOINC",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
-    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
-    "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM",
-    "http://hl7.org/fhir/sid/icd-10": "ICD10",
-    "http://hl7.org/fhir/sid/cvx": "CVX",
-    "http://unitsofmeasure.org": "UCUM",
-}
-
 
 def _flatten(value: Any, path: str, out: dict[str, str]) -> None:
     """Element paths (``code.coding.system``; list positions dropped) -> the first value found at each."""
@@ -291,6 +283,10 @@ def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None)
     )
 
 
+@overload
+def read_vocabulary_concepts(folder: Path) -> pl.DataFrame: ...
+@overload
+def read_vocabulary_concepts(folder: Path | None) -> pl.DataFrame | None: ...
 def read_vocabulary_concepts(folder: Path | None) -> pl.DataFrame | None:
     """concept_code, vocabulary_id, concept_id, concept_name, domain_id, standard_concept of a vocabulary folder."""
     if folder is None:
@@ -314,12 +310,20 @@ def profile_source(source: Path, vocabulary: Path | None = None, *, min_cell: in
         for p in source.rglob("*")
         if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt", ".parquet", ".ndjson")
     )
-    if not files:
+    bundles = sorted(p for p in source.rglob("*.json") if p.is_file() and is_bundle(p))
+    if not files and not bundles:
         raise SourceError(
-            "no CSV, TSV, Parquet or FHIR NDJSON file found", where=str(source), fix="check the --source folder"
+            "no CSV, TSV, Parquet, FHIR NDJSON or Bundle file found", where=str(source), fix="check the --source folder"
         )
     concepts = read_vocabulary_concepts(vocabulary)
-    return Profile(source=str(source), min_cell=min_cell, files=[profile_file(p, source, concepts) for p in files])
+    fhir_files = sorted([p for p in files if p.suffix.lower() == ".ndjson"] + bundles)
+    return Profile(
+        source=str(source),
+        min_cell=min_cell,
+        files=[profile_file(p, source, concepts) for p in files],
+        fhir=profile_fhir(fhir_files, source) if fhir_files else None,
+        vocabulary=concepts,
+    )
 
 
 # -- outputs -------------------------------------------------------------------------------------------
@@ -327,8 +331,14 @@ def profile_source(source: Path, vocabulary: Path | None = None, *, min_cell: in
 
 def to_dict(profile: Profile, *, shareable: bool) -> dict[str, Any]:
     """The profile as JSON-ready data; ``shareable`` suppresses counts below ``min_cell`` and identifier values."""
-    data = asdict(profile)
-    data["kind"] = "shareable" if shareable else "internal"
+    data: dict[str, Any] = {
+        "source": profile.source,
+        "min_cell": profile.min_cell,
+        "files": [asdict(f) for f in profile.files],
+        "kind": "shareable" if shareable else "internal",
+    }
+    if profile.fhir is not None:
+        data["fhir"] = fhir_to_dict(profile.fhir, profile.vocabulary, shareable=shareable, min_cell=profile.min_cell)
     id_names = _identifier_names(profile)
     for file_data, file_profile in zip(data["files"], profile.files, strict=True):
         for column_data, column in zip(file_data["columns"], file_profile.columns, strict=True):
@@ -422,8 +432,34 @@ def render_html(data: dict[str, Any]) -> str:
                 f"<td>{c['distinct']:,}</td><td>{esc(dates)}</td><td>{esc(system)}</td><td>{top}</td></tr>"
             )
         parts.append("</table>")
+    if data.get("fhir"):
+        parts.append(_fhir_html(data["fhir"]))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _fhir_html(fhir: dict[str, Any]) -> str:
+    """Resource types, then one row per (resource type, element, code system) with its unmapped codes."""
+    esc = html.escape
+
+    def n(value: int | None) -> str:
+        return "suppressed" if value is None else f"{value:,}"
+
+    types = "".join(f"<tr><td>{esc(k)}</td><td>{n(v)}</td></tr>" for k, v in fhir["resource_types"].items())
+    rows = "".join(
+        f"<tr><td>{esc(s['resource_type'])}</td><td>{esc(s['element'])}</td><td>{esc(s['system'])}</td>"
+        f"<td>{esc(s['vocabulary'] or 'not an OMOP vocabulary')}</td><td>{n(s['codings'])}</td>"
+        f"<td>{n(s['distinct_codes'])}</td><td>{n(s['unmapped_codings'])}</td>"
+        f"<td>{'<br>'.join(f'{esc(str(c))}: {k:,}' for c, k in s['top_unmapped'])}</td></tr>"
+        for s in fhir["code_systems"]
+    )
+    checked = "" if fhir["vocabulary_checked"] else " (no --vocabulary given: only systems outside OMOP are counted)"
+    return (
+        "<h2>FHIR resources</h2><table><tr><th>resource type</th><th>resources</th></tr>" + types + "</table>"
+        f"<h2>FHIR code systems</h2><p>Unmapped: codes the site vocabulary does not know{esc(checked)}.</p>"
+        "<table><tr><th>resource type</th><th>element</th><th>system</th><th>OMOP vocabulary</th><th>codings</th>"
+        "<th>distinct codes</th><th>unmapped codings</th><th>top unmapped codes</th></tr>" + rows + "</table>"
+    )
 
 
 def write_profile(profile: Profile, out: Path) -> dict[str, Path]:

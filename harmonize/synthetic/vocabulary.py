@@ -69,7 +69,7 @@ def load_catalogue() -> Catalogue:
         eunomia_ids={int(row["id"]): row["role"] for row in data["eunomia"]},
         external=data["external"],
         maps_to=data["maps_to"],
-        ancestors=[tuple(int(x) for x in row) for row in data["ancestors"]],  # type: ignore[misc]
+        ancestors=[(int(a), int(d), int(low), int(high)) for a, d, low, high in data["ancestors"]],
         reference=data["reference"],
     )
 

@@ -14,10 +14,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from fedomop.harmonize.synthetic.codebook import Codebook, Coded, LabCoding, format_number, to_standard, to_written
 from fedomop.harmonize.synthetic.timeline import History
+
+if TYPE_CHECKING:
+    from _csv import Writer  # what csv.writer returns (the csv module names no public type for it)
 
 TRUTH_COLUMNS = (
     "source_file",
@@ -169,7 +172,7 @@ class CsvSiteWriter(SiteWriter):
         config = self.book.config
         self.date_format = config["date_format"]
         self.handles: dict[str, IO[str]] = {}
-        self.writers: dict[str, object] = {}
+        self.writers: dict[str, Writer] = {}
         self.rows: dict[str, int] = {}
         self.names: dict[str, str] = {}
         for kind, (name, header) in self.FILES[site].items():
@@ -189,7 +192,7 @@ class CsvSiteWriter(SiteWriter):
 
     def emit(self, kind: str, row: tuple) -> tuple[str, str]:
         """Write one data row; returns (file name, 1-based data row number) for the ground truth."""
-        self.writers[kind].writerow(row)  # type: ignore[attr-defined]
+        self.writers[kind].writerow(row)
         self.rows[kind] += 1
         return self.names[kind], str(self.rows[kind])
 

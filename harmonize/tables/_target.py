@@ -26,6 +26,7 @@ RULE_SLOTS: dict[str, tuple[str, ...]] = {
     "value": ("_value", "_unit_concept_id", "_unit_source_value", "_value_source_value"),
     "type_concept": ("_type_concept_id",),
 }
+RULE_SLOTS["unpivot"] = RULE_SLOTS["concept"] + RULE_SLOTS["value"]  # a wide rule's columns give both
 
 
 def _unchanged(frame: pl.DataFrame) -> pl.DataFrame:

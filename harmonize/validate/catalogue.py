@@ -124,3 +124,10 @@ def load_catalogue_from(folder: Path) -> Catalogue:
 def load_catalogue() -> Catalogue:
     """The bundled catalogue (cached: it does not change at run time)."""
     return load_catalogue_from(bundled_catalogue_dir())
+
+
+@lru_cache(maxsize=1)
+def check_semantics() -> dict[str, Row]:
+    """Per DQD check type: the official template it follows, its numerator, denominator, NULL handling,
+    not-applicable rule and a short "what to do" when it fails (harmonize/validate/data/dqd_check_semantics.csv)."""
+    return {row["check_name"]: row for row in _read(bundled_catalogue_dir() / "dqd_check_semantics.csv")}

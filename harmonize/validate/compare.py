@@ -77,9 +77,29 @@ def _summary(report: dict[str, Any], medians: dict[str, Any]) -> dict[str, Any]:
         "by_kahn_category": {
             e["category"]: {"pass": e["pass"], "fail": e["fail"]} for e in report["overview"]["by_kahn_category"]
         },
-        "mapping_coverage": {t["table"]: t["pct_mapped"] for t in report["mapping_coverage"]["tables"]},
+        "mapping_coverage": {t["table"]: _coverage_interval(t) for t in report["mapping_coverage"]["tables"]},
         "measurement_medians": medians,
     }
+
+
+def _coverage_interval(entry: dict[str, Any]) -> list[float] | None:
+    """A table's share of mapped records as [low, high] percent: equal ends when the report released it, the
+    report's bounds where a small cell withheld it (a near-complete site is "at least 99.2%", not blank)."""
+    pct = entry.get("pct_mapped")
+    if isinstance(pct, int | float):
+        return [float(pct), float(pct)]
+    bounds = entry.get("pct_mapped_bounds")
+    return [float(bounds[0]), float(bounds[1])] if bounds else None
+
+
+def coverage_text(interval: list[float] | None) -> str:
+    """How a coverage interval reads: "28.5%", "≥ 99.2%", "≤ 0.9%" or "withheld"."""
+    if interval is None:
+        return "withheld"
+    low, high = interval
+    if low == high:
+        return f"{low:.1f}%"
+    return f"≥ {low:.1f}%" if high >= 100 else f"≤ {high:.1f}%"
 
 
 def _measurement_flags(summaries: list[dict[str, Any]], factor: float) -> list[dict[str, Any]]:
@@ -121,22 +141,28 @@ def _measurement_flags(summaries: list[dict[str, Any]], factor: float) -> list[d
 
 
 def _coverage_flags(summaries: list[dict[str, Any]], gap: float) -> list[dict[str, Any]]:
+    """A site is flagged when its coverage of a table is surely ``gap`` points below the other sites' median:
+    its upper end against the median of their lower ends, so a withheld share never hides a difference."""
     tables = sorted({t for s in summaries for t in s["mapping_coverage"]})
     flags = []
     for table in tables:
         values = {s["site"]: s["mapping_coverage"].get(table) for s in summaries}
-        values = {k: v for k, v in values.items() if isinstance(v, int | float)}
-        for site, pct in values.items():
-            others = [v for other, v in values.items() if other != site]
-            if others and statistics.median(others) - pct >= gap:
+        known = {site: v for site, v in values.items() if v is not None}
+        for site, (_low, high) in known.items():
+            others = [v[0] for other, v in known.items() if other != site]
+            if others and statistics.median(others) - high >= gap:
+                reference = statistics.median(others)
                 flags.append(
                     {
                         "site": site,
                         "kind": "mapping_coverage",
                         "table": table,
-                        "site_pct_mapped": pct,
-                        "others_pct_mapped": statistics.median(others),
-                        "message": f"{table}: {pct:.1f}% mapped vs {statistics.median(others):.1f}% at the other sites",
+                        "site_pct_mapped": known[site],
+                        "others_pct_mapped": reference,
+                        "message": (
+                            f"{table}: {coverage_text(known[site])} mapped vs at least {reference:.1f}% "
+                            "at the other sites (median) — check the concept maps"
+                        ),
                     }
                 )
     return flags
@@ -151,6 +177,13 @@ def compare_reports(
 ) -> dict[str, Any]:
     """Side-by-side summaries and flags for two or more sites' suppressed reports."""
     loaded = [r if isinstance(r, dict) else load_report(r) for r in reports]
+    for n, report in enumerate(loaded):
+        if report.get("audience") == "internal":
+            raise ValidationError(
+                f"report of {report.get('site')!r} is the internal one (exact counts)",
+                where=str(reports[n]) if not isinstance(reports[n], dict) else f"report {n + 1}",
+                fix="compare the shareable report.json (small cells withheld), not internal/report.json",
+            )
     if len(loaded) < 2:
         raise ValidationError("comparing needs at least two reports", fix="pass two or more report.json files")
     if factor <= 1:
@@ -198,7 +231,7 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     for table in sorted({t for s in sites for t in s["mapping_coverage"]}):
         rows.append(
             f"<tr><td>% mapped: {escape(table)}</td>"
-            + "".join(_cell(s["mapping_coverage"].get(table)) for s in sites)
+            + "".join(_cell(coverage_text(s["mapping_coverage"].get(table))) for s in sites)
             + "</tr>"
         )
     for concept in sorted({c for s in sites for c in s["measurement_medians"]}, key=int):

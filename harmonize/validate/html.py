@@ -13,13 +13,16 @@ from string import Template
 from typing import Any
 
 from fedomop.harmonize.ground.smallcell import assert_suppressed
+from fedomop.harmonize.validate.catalogue import check_semantics
 
 STATUS_ORDER = ("fail", "error", "pass", "not_applicable")
 _PLOT_W, _PLOT_H, _PAD = 320, 130, 26
 
 
 def _template() -> Template:
-    return Template((resources.files("fedomop.harmonize.validate") / "data" / "report_template.html").read_text("utf-8"))
+    return Template(
+        (resources.files("fedomop.harmonize.validate") / "data" / "report_template.html").read_text("utf-8")
+    )
 
 
 def _text(value: Any) -> str:
@@ -60,9 +63,11 @@ def _section(anchor: str, title: str, content: str) -> str:
 def _overview(report: dict[str, Any]) -> str:
     ov = report["overview"]
     fatal = ov["fatal_failures"]
+    low = ", ".join(f"{c['table']} (min_coverage {c['min_coverage']:.0%})" for c in ov.get("coverage_failures", []))
+    problems = ([f"{fatal} fatal check(s) failed"] if fatal else []) + ([f"coverage below {low}"] if low else [])
     verdict = (
-        f'<div class="verdict bad">{fatal} fatal check(s) failed</div>'
-        if fatal
+        f'<div class="verdict bad">{escape("; ".join(problems))}</div>'
+        if problems
         else '<div class="verdict good">All fatal checks pass</div>'
     )
     rows = []
@@ -144,27 +149,42 @@ def _checks(report: dict[str, Any]) -> str:
         + '<label>text <input id="filter-text" type="search" placeholder="check, field, concept…"></label>'
         + '<span id="filter-count" class="note"></span></div>'
     )
-    rows = []
-    for c in checks:
-        target = ".".join(str(p) for p in (c["field"], c["concept_id"], c["unit_concept_id"]) if p not in (None, ""))
-        rows.append(
-            f'<tr data-status="{_text(c["status"])}" data-category="{_text(c["kahn_category"])}" '
-            f'data-table="{_text(c["table"])}" data-severity="{_text(c["severity"])}">'
-            f"<td>{_badge(c['status'])}</td><td>{_text(c['check_name'])}</td><td>{_text(c['table'])}</td>"
-            f"<td>{_text(target)}</td><td>{_text(c['kahn_category'])}</td><td>{_text(c['kahn_subcategory'])}</td>"
-            f"<td>{_text(c['severity'])}</td>{_num(c['num_violated_rows'])}{_num(c['num_denominator_rows'])}"
-            f"{_pct(c['pct_violated_rows'])}<td class='k'>{c['threshold']:g}%</td>"
-            f"<td>{_text(c['description'])}{'<br><i>' + _text(c['reason']) + '</i>' if c['reason'] else ''}</td></tr>"
+    rows = [_check_row(c) for c in checks]
+    head = "".join(
+        f"<th{' class=n' if n in (5, 6, 7, 8) else ''}>{escape(h)}</th>"
+        for n, h in enumerate(
+            ["status", "check", "table", "field / concept", "severity", "violated", "rows", "% violated", "threshold",
+             "description, what to do, SQL"]
         )
-    table = _table(
-        ["status", "check", "table", "field / concept", "category", "subcategory", "severity", "violated",
-         "rows", "% violated", "threshold", "description"],
-        rows,
-        table_id="check-table",
-        numeric={7, 8, 9, 10},
     )  # fmt: skip
+    widths = "".join(f'<col style="width:{w}%">' for w in (7, 15, 10, 13, 8, 6, 6, 6, 6, 23))
+    table = (
+        f'<table id="check-table"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
     return _section(
         "checks", "Data-quality checks (OHDSI DQD catalogue)", filters + f'<div class="scroll">{table}</div>'
+    )
+
+
+def _check_row(c: dict[str, Any]) -> str:
+    """One check: counts in their own narrow columns; for a failed check, what to do and the SQL that lists the
+    violating rows (to run at the site: it returns row-level data, which never leaves the site in this report)."""
+    target = ".".join(str(p) for p in (c["field"], c["concept_id"], c["unit_concept_id"]) if p not in (None, ""))
+    kind = " / ".join(str(k) for k in (c["kahn_category"], c["kahn_subcategory"]) if k)
+    details = _text(c["description"]) + (f"<br><i>{_text(c['reason'])}</i>" if c["reason"] else "")
+    if c["status"] == "fail":
+        todo = check_semantics().get(str(c["check_name"]), {}).get("what_to_do", "")
+        details += f'<div class="todo"><b>What to do:</b> {_text(todo)}</div>' if todo else ""
+        if c.get("query_text"):
+            details += f"<details><summary>SQL listing the violating rows</summary><pre>{_text(c['query_text'])}</pre></details>"
+    return (
+        f'<tr data-status="{_text(c["status"])}" data-category="{_text(c["kahn_category"])}" '
+        f'data-table="{_text(c["table"])}" data-severity="{_text(c["severity"])}">'
+        f"<td>{_badge(c['status'])}</td><td>{_text(c['check_name'])}<div class='note'>{_text(kind)}</div></td>"
+        f"<td>{_text(c['table'])}</td><td>{_text(target)}</td><td>{_text(c['severity'])}</td>"
+        f"{_num(c['num_violated_rows'])}{_num(c['num_denominator_rows'])}{_pct(c['pct_violated_rows'])}"
+        f"<td class='k'>{c['threshold']:g}%</td><td class='d'>{details}</td></tr>"
     )
 
 
@@ -181,22 +201,43 @@ def _schemas(report: dict[str, Any]) -> str:
     return _section("schemas", "Schema validation (pandera)", f'<p class="note">{_text(schemas["note"])}</p>{table}')
 
 
+def _coverage_share(entry: dict[str, Any]) -> str:
+    """The exact share, or the interval it lies in where a small cell withholds it (``≥ 99.2%``)."""
+    if entry.get("pct_mapped") is not None:
+        return _pct(entry["pct_mapped"])
+    bounds = entry.get("pct_mapped_bounds")
+    if not bounds:
+        return _pct(None)
+    text = f"≥ {bounds[0]:.2f}%" if bounds[1] >= 100 else f"≤ {bounds[1]:.2f}%"
+    return f'<td class="p n">{escape(text)}</td>'
+
+
 def _coverage(report: dict[str, Any]) -> str:
     cov = report["mapping_coverage"]
     rows = [
         f"<tr><td>{_text(t['table'])}</td><td>{_text(t['field'])}</td>{_num(t['records'])}{_num(t['mapped'])}"
-        f"{_num(t['unmapped'])}{_pct(t['pct_mapped'])}<td>{_share_bar(t['pct_mapped'])}</td></tr>"
+        f"{_num(t['unmapped'])}{_coverage_share(t)}"
+        f"<td>{_share_bar(t['pct_mapped'] if t['pct_mapped'] is not None else (t.get('pct_mapped_bounds') or [None])[0])}</td></tr>"
         for t in cov["tables"]
     ]
     table = _table(
         ["table", "standard concept field", "records", "mapped", "unmapped", "% mapped", ""], rows, numeric={2, 3, 4, 5}
     )
+    by_vocabulary = [
+        f"<tr><td>{_text(v['table'])}</td><td>{_text(v['source_vocabulary_id'])}</td>{_num(v['records'])}"
+        f"{_num(v['mapped'])}{_num(v['unmapped'])}{_pct(v['pct_mapped'])}</tr>"
+        for v in cov.get("by_vocabulary", [])
+    ]
+    vocabulary_table = _table(
+        ["table", "source vocabulary", "records", "mapped", "unmapped", "% mapped"], by_vocabulary, numeric={2, 3, 4, 5}
+    )
     top = [
-        f"<tr><td>{_text(u['table'])}</td><td>{_text(u['source_value'])}</td>{_num(u['records'])}</tr>"
+        f"<tr><td>{_text(u['table'])}</td><td>{_text(u.get('source_vocabulary_id'))}</td>"
+        f"<td>{_text(u['source_value'])}</td>{_num(u['records'])}</tr>"
         for u in cov["top_unmapped"]
     ]
     top_table = (
-        _table(["table", "source value", "records"], top, numeric={2})
+        _table(["table", "source vocabulary", "source code", "records"], top, numeric={3})
         if top
         else '<p class="note">No unmapped records.</p>'
     )
@@ -204,9 +245,11 @@ def _coverage(report: dict[str, Any]) -> str:
         "coverage",
         "Mapping coverage",
         '<p class="note">Share of records whose standard concept is not 0 (mapped to a standard concept). '
-        "A blank count is hidden because its complement is suppressed.</p>"
+        "A blank count is hidden because its complement is suppressed; a share shown as ≥ or ≤ is the interval "
+        "a withheld share lies in.</p>"
         + table
-        + "<h3>Top unmapped source values</h3>"
+        + ("<h3>By source vocabulary</h3>" + vocabulary_table if by_vocabulary else "")
+        + "<h3>Top unmapped source codes</h3>"
         + top_table,
     )
 
@@ -335,6 +378,9 @@ def render_html(report: dict[str, Any]) -> str:
         f"{_text(report['generated_at'])} · fedomop {_text(report['fedomop_version'])} · small cells "
         f"{_text(report['suppression']['label'])} suppressed"
     )
+    if report.get("audience") == "internal":
+        title += " (internal)"
+        meta = f"<b>INTERNAL — exact counts, stays at the site</b> · {meta}"
     sections = [
         ("overview", "Overview"),
         ("checks", "Checks"),

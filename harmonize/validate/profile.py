@@ -6,10 +6,14 @@ wrapped in :class:`Count` so that :func:`~fedomop.harmonize.ground.smallcell.sup
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
 
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.smallcell import Count, percent
+from fedomop.harmonize.run.coverage import code_counts
 from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
 from fedomop.harmonize.validate.checks.base import CheckContext, q
 
@@ -29,7 +33,7 @@ class ProfileOptions:
     measurement_concepts: tuple[int, ...] = ()  # or exactly these concepts
 
 
-def _rows(db: Database, sql: str) -> list[tuple[object, ...]]:
+def _rows(db: Database, sql: str) -> list[tuple[Any, ...]]:  # polars rows: values of any SQL type
     return list(db.query(sql).iter_rows())
 
 
@@ -44,36 +48,75 @@ def concept_tables(catalogue: Catalogue | None = None) -> list[tuple[str, str, s
     return found
 
 
+def coverage_bounds(records: int, mapped: int, threshold: int) -> list[float] | None:
+    """Where the exact share of mapped records is withheld (mapped or unmapped is a small cell), the interval it
+    lies in, in percent. It tells no more than the withheld cell's label (``unmapped < 10`` of ``records``), so a
+    near-complete site still shows "at least 99.2%" in the comparison instead of a blank."""
+    if records < threshold:
+        return None  # the total itself is withheld
+    if 0 < records - mapped < threshold:
+        return [round(100.0 * (records - threshold + 1) / records, 4), 100.0]
+    if 0 < mapped < threshold:
+        return [0.0, round(100.0 * (threshold - 1) / records, 4)]
+    return None
+
+
+UNKNOWN_VOCABULARY = "(code not in the vocabulary)"
+
+
 def mapping_coverage(db: Database, ctx: CheckContext, options: ProfileOptions) -> dict[str, object]:
-    """Share of records with a standard concept (concept_id <> 0) per table, and the top unmapped source values."""
-    tables, unmapped = [], []
-    for table, concept, source in concept_tables(ctx.catalogue):
-        if not (ctx.has_field(table, concept) and ctx.has_field(table, source)):
-            continue
-        ((records, mapped),) = _rows(
-            db, f"SELECT COUNT(*) AS n, SUM(CASE WHEN {q(concept)} <> 0 THEN 1 ELSE 0 END) AS mapped FROM {q(table)}"
-        )
-        records, mapped = int(records or 0), int(mapped or 0)  # type: ignore[call-overload]
+    """Share of records with a standard concept (concept_id <> 0) per table and per source vocabulary, and the top
+    unmapped source codes; the same counts ``fedomop map`` prints (:func:`~fedomop.harmonize.run.coverage.code_counts`).
+
+    The counts of one table's vocabularies add up to its total, so they are one complementary group: a small cell
+    in any of them withholds them all (the table-level numbers stay)."""
+    pairs = [
+        (table, concept.removesuffix("concept_id"))
+        for table, concept, source in concept_tables(ctx.catalogue)
+        if ctx.has_field(table, concept) and ctx.has_field(table, source)
+    ]
+    counts = code_counts(db, pairs).with_columns(pl.col("source_vocabulary_id").fill_null(UNKNOWN_VOCABULARY))
+    tables, vocabularies = [], []
+    for table, prefix in pairs:
+        part = counts.filter(pl.col("omop_table") == table)
+        records, mapped = int(part["records"].sum()), int(part["mapped"].sum())
         if not records:
             continue
+        group = f"coverage:{table}"
         tables.append(
             {
                 "table": table,
-                "field": concept,
+                "field": f"{prefix}concept_id",
                 "records": Count(records),
-                "mapped": Count(mapped, group=f"coverage:{table}"),
-                "unmapped": Count(records - mapped, group=f"coverage:{table}"),
-                "pct_mapped": percent(Count(mapped, group=f"coverage:{table}"), records),
+                "mapped": Count(mapped, group=group),
+                "unmapped": Count(records - mapped, group=group),
+                "pct_mapped": percent(Count(mapped, group=group), records),
+                "pct_mapped_bounds": coverage_bounds(records, mapped, options.min_cell),
             }
         )
-        top = _rows(
-            db,
-            f"SELECT {q(source)}, COUNT(*) AS n FROM {q(table)} WHERE {q(concept)} = 0 "
-            f"GROUP BY {q(source)} ORDER BY n DESC, {q(source)} LIMIT {int(options.top_unmapped)}",
-        )
-        unmapped += [{"table": table, "source_value": value, "records": Count(int(n))} for value, n in top]  # type: ignore[call-overload]
-    unmapped.sort(key=lambda r: -int(r["records"]))  # type: ignore[call-overload]
-    return {"tables": tables, "top_unmapped": unmapped[: options.top_unmapped]}
+        per_vocabulary = part.group_by("source_vocabulary_id").agg(pl.col("records").sum(), pl.col("mapped").sum())
+        for vocabulary, n, m in per_vocabulary.sort("source_vocabulary_id").iter_rows():
+            group = f"vocabularies:{table}"
+            vocabularies.append(
+                {
+                    "table": table,
+                    "source_vocabulary_id": vocabulary,
+                    "records": Count(int(n), group=group),
+                    "mapped": Count(int(m), group=group),
+                    "unmapped": Count(int(n) - int(m), group=group),
+                    "pct_mapped": percent(Count(int(m), group=group), int(n)),
+                }
+            )
+    top = (
+        counts.filter(pl.col("unmapped") > 0)
+        .sort(["unmapped", "omop_table", "source_code"], descending=[True, False, False], nulls_last=True)
+        .head(options.top_unmapped)
+    )
+    unmapped = [
+        {"table": t, "source_vocabulary_id": v, "source_value": c, "records": Count(int(n))}
+        for t, v, c, n in top.select("omop_table", "source_vocabulary_id", "source_code", "unmapped").iter_rows()
+    ]
+    return {"tables": tables, "by_vocabulary": vocabularies, "top_unmapped": unmapped}
 
 
 def event_date_fields() -> dict[str, str]:
@@ -99,7 +142,7 @@ def records_per_year(db: Database, ctx: CheckContext) -> dict[str, list[dict[str
             f"WHERE {q(column)} IS NOT NULL GROUP BY y ORDER BY y",
         )
         if rows:
-            per_table[table] = [{"year": int(y), "records": Count(int(n))} for y, n in rows]  # type: ignore[call-overload]
+            per_table[table] = [{"year": int(y), "records": Count(int(n))} for y, n in rows]
     return per_table
 
 
@@ -115,14 +158,14 @@ def _key_measurements(db: Database, options: ProfileOptions) -> list[tuple[int, 
         f"HAVING COUNT(*) >= {int(options.min_cell)} ORDER BY n DESC, measurement_concept_id "
         f"LIMIT {int(options.key_measurements)}",
     )
-    return [(int(c), int(u)) for c, u, _ in rows]  # type: ignore[call-overload]
+    return [(int(c), int(u)) for c, u, _ in rows]
 
 
 def _concept_names(db: Database, ctx: CheckContext, ids: set[int]) -> dict[int, str]:
     if not ids or not ctx.has_field("concept", "concept_name"):
         return {}
     rows = _rows(db, f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({', '.join(map(str, ids))})")
-    return {int(c): str(n) for c, n in rows}  # type: ignore[call-overload]
+    return {int(c): str(n) for c, n in rows}
 
 
 def measurement_distributions(db: Database, ctx: CheckContext, options: ProfileOptions) -> list[dict[str, object]]:
@@ -141,14 +184,14 @@ def measurement_distributions(db: Database, ctx: CheckContext, options: ProfileO
         fractions = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
         stats = ", ".join(f"{ctx.quantile('value_as_number', f)} AS q{i}" for i, f in enumerate(fractions))
         ((n, *values),) = _rows(db, f"SELECT COUNT(*) AS n, {stats} {subset}")
-        p01, p05, p25, p50, p75, p95, p99 = (float(v) for v in values)  # type: ignore[arg-type]
+        p01, p05, p25, p50, p75, p95, p99 = (float(v) for v in values)
         out.append(
             {
                 "concept_id": concept,
                 "concept_name": names.get(concept, ""),
                 "unit_concept_id": unit,
                 "unit_name": names.get(unit, ""),
-                "records": Count(int(n)),  # type: ignore[call-overload]
+                "records": Count(int(n)),
                 "p05": p05,
                 "p25": p25,
                 "median": p50,
@@ -169,7 +212,7 @@ def _histogram(db: Database, subset: str, low: float, high: float) -> dict[str, 
     )
     counts = [0] * HISTOGRAM_BINS
     for b, n in rows:
-        counts[min(int(b), HISTOGRAM_BINS - 1)] += int(n)  # type: ignore[call-overload]
+        counts[min(int(b), HISTOGRAM_BINS - 1)] += int(n)
     return {"edges": [low + width * i for i in range(HISTOGRAM_BINS + 1)], "counts": [Count(c) for c in counts]}
 
 
@@ -183,7 +226,7 @@ def table_counts(db: Database, ctx: CheckContext) -> dict[str, Count]:
     if not present:
         return {}
     sql = " UNION ALL ".join(f"SELECT '{t}' AS t, COUNT(*) AS n FROM {q(t)}" for t in present)
-    return {str(t): Count(int(n)) for t, n in _rows(db, sql)}  # type: ignore[call-overload]
+    return {str(t): Count(int(n)) for t, n in _rows(db, sql)}
 
 
 def reconciliation(db: Database, ctx: CheckContext) -> dict[str, object]:
@@ -222,8 +265,7 @@ def quarantine(db: Database, ctx: CheckContext) -> dict[str, object]:
         "available": True,
         "total": Count(total, group="quarantine"),
         "by_reason": [
-            {"source": s, "field": f, "reason": r, "records": Count(int(n), group="quarantine")}  # type: ignore[call-overload]
-            for s, f, r, n in rows
+            {"source": s, "field": f, "reason": r, "records": Count(int(n), group="quarantine")} for s, f, r, n in rows
         ],
     }
 
@@ -232,4 +274,4 @@ def lineage(db: Database, ctx: CheckContext) -> dict[str, object]:
     if not ctx.has_table(LINEAGE_TABLE):
         return {"available": False, "note": f"no {LINEAGE_TABLE} table: this database was not built by fedomop map"}
     rows = _rows(db, f"SELECT omop_table, COUNT(*) FROM {q(LINEAGE_TABLE)} GROUP BY omop_table ORDER BY omop_table")
-    return {"available": True, "rows_per_table": {str(t): Count(int(n)) for t, n in rows}}  # type: ignore[call-overload]
+    return {"available": True, "rows_per_table": {str(t): Count(int(n)) for t, n in rows}}

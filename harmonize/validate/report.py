@@ -31,9 +31,12 @@ from fedomop.harmonize.ground.smallcell import (
 )
 from fedomop.harmonize.validate import profile
 from fedomop.harmonize.validate.checks.runner import CheckResult, build_context, run_checks
+from fedomop.harmonize.validate.dqd_export import DQD_FILE, write_dqd_json
 from fedomop.harmonize.validate.schemas import DEFAULT_SAMPLE_ROWS, SchemaResult, validate_schemas
 
 REPORT_FORMAT = "fedomop-qa-report/1"
+SHAREABLE = "shareable"  # small cells withheld: the only report that leaves the site (--compare reads it)
+INTERNAL = "internal"  # exact counts for the site's own stewards; never passed to --compare
 KAHN_CATEGORIES = ("Conformance", "Completeness", "Plausibility")
 
 
@@ -47,6 +50,7 @@ class ValidateOptions:
     site: str | None = None
     profile: profile.ProfileOptions = field(default_factory=profile.ProfileOptions)
     today: dt.date | None = None
+    min_coverage: dict[str, float] = field(default_factory=dict)  # the mapping's floors: below them, not green
 
 
 @dataclass
@@ -56,6 +60,8 @@ class ValidationReport:
     data: dict[str, Any]
     json_path: Path | None = None
     html_path: Path | None = None
+    internal_html_path: Path | None = None  # the exact internal copy, when written
+    dqd_path: Path | None = None  # the same check results for the OHDSI DQD viewer
 
     @property
     def fatal_failures(self) -> int:
@@ -109,6 +115,22 @@ def _schema_row(result: SchemaResult) -> dict[str, Any]:
     }
 
 
+def cdm_source(db: Database) -> dict[str, str | None]:
+    """The first cdm_source row, camelCase keys (what DQD puts in its results' Metadata); empty when absent."""
+    if not db.has_table("cdm_source"):
+        return {}
+    frame = db.query("SELECT * FROM cdm_source LIMIT 1")
+    rows = list(frame.iter_rows())
+    if not rows:
+        return {}
+
+    def camel(name: str) -> str:
+        head, *rest = name.lower().split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+    return {camel(c): None if v is None else str(v) for c, v in zip(frame.columns, rows[0], strict=True)}
+
+
 def build_report(db: Database, options: ValidateOptions | None = None) -> dict[str, Any]:
     """The raw report (counts still exact, wrapped in Count): never write this; pass it to :func:`suppress`."""
     options = options or ValidateOptions()
@@ -126,6 +148,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             key_measurements=profile_options.key_measurements,
             measurement_concepts=profile_options.measurement_concepts,
         )
+    coverage = profile.mapping_coverage(db, ctx, profile_options)
     report = {
         "format": REPORT_FORMAT,
         "site": options.site or _database_label(db).split(":", 1)[1].removesuffix(".duckdb") or "site",
@@ -142,9 +165,10 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
                 f"measurement quantiles are only computed over at least {options.small_cell} records"
             ),
         },
+        "cdm_source": cdm_source(db),
         "persons": profile.person_count(db, ctx),
         "table_rows": profile.table_counts(db, ctx),
-        "overview": overview(run.results),
+        "overview": {**overview(run.results), "coverage_failures": coverage_failures(coverage, options.min_coverage)},
         "checks": [_check_row(r) for r in run.results],
         "schemas": {
             "sample_rows": options.sample_rows,
@@ -154,7 +178,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             ),
             "tables": [_schema_row(s) for s in schemas],
         },
-        "mapping_coverage": profile.mapping_coverage(db, ctx, profile_options),
+        "mapping_coverage": coverage,
         "reconciliation": profile.reconciliation(db, ctx),
         "quarantine": profile.quarantine(db, ctx),
         "lineage": profile.lineage(db, ctx),
@@ -172,6 +196,19 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
     return report
 
 
+def coverage_failures(coverage: dict[str, Any], minimum: dict[str, float]) -> list[dict[str, Any]]:
+    """Tables whose share of mapped records is below the mapping's ``min_coverage`` (a table with no records
+    fails too): the report's verdict is then not green, whatever the checks say. Only the table and its floor
+    are listed; the share itself stays in the coverage section, suppressed there as every count is."""
+    shares = {t["table"]: (int(t["mapped"]), int(t["records"])) for t in coverage["tables"]}
+    failed = []
+    for table, floor in sorted(minimum.items()):
+        mapped, records = shares.get(table, (0, 0))
+        if not records or mapped / records < floor:
+            failed.append({"table": table, "min_coverage": floor})
+    return failed
+
+
 def write_json(report: dict[str, Any], path: Path) -> Path:
     assert_suppressed(report)
     path.write_text(json.dumps(report, indent=1, default=str, allow_nan=False), encoding="utf-8")
@@ -179,9 +216,14 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 
 def validate_database(
-    db: Database | str | Path, out: Path | str | None = None, options: ValidateOptions | None = None
+    db: Database | str | Path,
+    out: Path | str | None = None,
+    options: ValidateOptions | None = None,
+    *,
+    internal: bool = False,
 ) -> ValidationReport:
-    """Validate a site database; with ``out``, write ``report.json`` and ``report.html`` there."""
+    """Validate a site database; with ``out``, write the shareable ``report.json`` and ``report.html`` there, and
+    with ``internal`` also ``internal/report.json|html`` with exact counts (for the site's stewards only)."""
     options = options or ValidateOptions()
     if isinstance(db, Path | str) and "://" not in str(db) and not Path(db).exists():
         raise ValidationError(
@@ -199,14 +241,32 @@ def validate_database(
     finally:
         if database is not db:
             database.dispose()  # release the file: DuckDB allows one configuration per file per process
-    return write_report(raw, out, options.small_cell)
+    report = write_report(raw, out, options.small_cell)
+    if internal and out is not None:
+        report.internal_html_path = write_report(raw, Path(out) / INTERNAL, audience=INTERNAL).html_path
+    return report
 
 
-def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD) -> ValidationReport:
-    """Suppress a raw report once and write that same content as report.json and report.html."""
+def write_report(
+    raw: dict[str, Any], out: Path | str | None, small_cell: int = DEFAULT_THRESHOLD, *, audience: str = SHAREABLE
+) -> ValidationReport:
+    """Suppress a raw report once and write that same content as report.json and report.html.
+
+    The ``internal`` audience gets every count exact (a threshold of 1 withholds nothing) and says so on its
+    face: the site's own steward must see that coverage is 99.4%, not "<10 unmapped"."""
     from fedomop.harmonize.validate.html import render_html
 
-    data = suppress(raw, small_cell)
+    if audience == INTERNAL:
+        raw = {
+            **raw,
+            "suppression": {
+                "small_cell_threshold": 1,
+                "label": "none",
+                "rule": "internal report: exact counts, nothing withheld; it stays at the site (share report.json)",
+            },
+        }
+    data = suppress(raw, 1 if audience == INTERNAL else small_cell)
+    data["audience"] = audience
     report = ValidationReport(data)
     if out is not None:
         folder = Path(out)
@@ -214,6 +274,7 @@ def write_report(raw: dict[str, Any], out: Path | str | None, small_cell: int = 
         report.json_path = write_json(data, folder / "report.json")
         report.html_path = folder / "report.html"
         report.html_path.write_text(render_html(data), encoding="utf-8")
+        report.dqd_path = write_dqd_json(data, folder / DQD_FILE)
     return report
 
 

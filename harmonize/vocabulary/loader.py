@@ -63,11 +63,12 @@ def load_vocabulary(db: Database, folder: Path) -> dict[str, int]:
 
 
 LOCAL_CONCEPT_FLOOR = 2_000_000_000  # OMOP reserves concept ids above this for a site's own concepts
-EXTENSION_TABLES = ("concept", "concept_relationship", "concept_synonym")
+EXTENSION_TABLES = ("concept", "concept_relationship", "concept_synonym", "vocabulary")
 
 
 def load_vocabulary_extension(db: Database, folder: Path) -> dict[str, int]:
-    """Append a site vocabulary extension (CONCEPT.csv, optional CONCEPT_RELATIONSHIP/SYNONYM) to the loaded one.
+    """Append a site vocabulary extension (CONCEPT.csv, optional CONCEPT_RELATIONSHIP/SYNONYM/VOCABULARY) to the
+    loaded one.
 
     Extensions compose with a bundled or Athena vocabulary instead of copying it: every concept id must be above
     2,000,000,000 and new, so an extension can never shadow a released concept. All files go in one transaction.
@@ -98,7 +99,9 @@ def load_vocabulary_extension(db: Database, folder: Path) -> dict[str, int]:
             )  # fmt: skip
         with db.engine.begin() as connection:
             for table, stage in staged.items():
-                connection.execute(sa.text(f'INSERT INTO "{table}" SELECT * FROM "{stage}"'))
+                # a local vocabulary's row is added once, however many extensions (or reloads) name it
+                new = " WHERE vocabulary_id NOT IN (SELECT vocabulary_id FROM vocabulary)" if table == "vocabulary" else ""
+                connection.execute(sa.text(f'INSERT INTO "{table}" SELECT * FROM "{stage}"{new}'))
     return counts
 
 

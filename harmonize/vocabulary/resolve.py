@@ -179,7 +179,7 @@ def standard_concept_by_code(db: Database, vocabulary_id: str, concept_code: str
     )
     standard = found.filter((pl.col("standard_concept") == "S") & pl.col("invalid_reason").is_null())
     if not standard.is_empty():
-        return int(standard.get_column("concept_id").min())  # type: ignore[arg-type]
+        return int(standard.select(pl.col("concept_id").min()).item())
     if found.is_empty():
         raise VocabularyError(
             f"no concept {vocabulary_id} {concept_code!r} in the CONCEPT table",

@@ -67,12 +67,23 @@ def _superlink_argv(process: psutil.Process, timeout_s: float = 30.0) -> list[st
 
 
 def test_hub_start_cli_keeps_state_in_memory_when_asked(tmp_path):
-    """`fedomop hub start --in-memory-state`: a real SuperLink without a state file, reachable on its port."""
+    """`fedomop hub start --in-memory-state`: a real SuperLink without a state file, reachable on its port
+    (``--ungoverned``: a bare SuperLink on loopback; the governed hub is tested in tests/governance/test_governed_cli.py)."""
     from fedomop.federated.deploy import BIN, free_port, wait_for_port
 
     home, port = tmp_path / "flwr", free_port()
     fedomop = str(BIN / "fedomop")
-    command = [fedomop, "hub", "start", "--port", str(port), "--flwr-home", str(home), "--in-memory-state"]
+    command = [
+        fedomop,
+        "hub",
+        "start",
+        "--port",
+        str(port),
+        "--flwr-home",
+        str(home),
+        "--in-memory-state",
+        "--ungoverned",
+    ]
     hub = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, process=hub)

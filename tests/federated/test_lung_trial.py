@@ -311,3 +311,43 @@ def test_fedomop_train_fits_the_survival_study_and_prints_federated_alone_pooled
         capture_output=True, text=True, check=False,
     )
     assert classifier.returncode == 2 and "cox-ph" in classifier.stderr
+
+
+def test_federated_xgboost_aft_c_index_is_within_0005_of_pooled_raw_training(mapped: dict[str, Path]) -> None:
+    """Histogram XGBoost survival:aft through the communicator on the three mapped hospitals (rows with a missing
+    ECOG score kept: missing stays missing).
+
+    Against pooled training on the same agreed bin edges the held-out C-index is identical. Against a pooled
+    booster built here with xgboost.train on the raw (not binned) values of the same training rows, the weighted
+    held-out Harrell's C is within the issue's 0.005 (measured: 0.6734 federated, 0.6771 raw pooled; the gap
+    comes from edges agreed from small-cell-protected sketches)."""
+    import xgboost as xgb
+
+    from fedomop.federated.survival import metrics
+    from fedomop.federated.survival.runner import run_survival
+
+    study = parse_study(STUDY)
+    result = run_survival(study, {h: str(db) for h, db in mapped.items()}, model="xgboost-aft")
+    train, test = {}, {}
+    for hospital, db in mapped.items():
+        fit_rows, held_out = build_features(str(db), study).train_test(study)
+        train[hospital], test[hospital] = fit_rows, held_out
+    X = np.vstack([d.X for d in train.values()])  # missing ECOG stays NaN: XGBoost keeps those rows
+    time = np.concatenate([d.time for d in train.values()])
+    event = np.concatenate([d.y for d in train.values()]) == 1
+    matrix = xgb.DMatrix(X, missing=np.nan)
+    matrix.set_float_info("label_lower_bound", time)
+    matrix.set_float_info("label_upper_bound", np.where(event, time, np.inf))
+    parameters = {"objective": "survival:aft", "aft_loss_distribution": "normal", "aft_loss_distribution_scale": 1.0,
+                  "tree_method": "hist", "eta": 0.1, "max_depth": 4, "seed": 0, "nthread": 1}
+    pooled = xgb.train(parameters, matrix, num_boost_round=60)
+    c_values, weights = [], []
+    for held_out in test.values():
+        location = pooled.predict(xgb.DMatrix(held_out.X, missing=np.nan), output_margin=True)
+        c_values.append(metrics.harrell_c(held_out.time, held_out.y == 1, -location))
+        weights.append(held_out.n)
+    pooled_c = float(np.average(c_values, weights=weights))
+    federated_c = result.metrics["federated"]["weighted"]["c_index"]
+    assert 0.5 < federated_c < 0.8
+    assert federated_c == pytest.approx(result.metrics["pooled"]["weighted"]["c_index"], abs=1e-9)
+    assert abs(federated_c - pooled_c) < 0.005, (federated_c, pooled_c)

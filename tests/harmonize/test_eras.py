@@ -93,3 +93,29 @@ def test_eras_equal_the_hand_computed_ones(db: Database) -> None:
         (1, ACETAMINOPHEN, 8576, 500.0, D(2020, 4, 1), D(2020, 4, 10)),
     ]
     assert build_eras(db) == built  # rebuilt, not appended
+
+
+def test_drug_end_dates_follow_the_ohdsi_era_script(tmp_path) -> None:
+    """A NULL end with days_supply 0 lasts one day (NULLIF(start + days_supply, start) -> start + 1), a NULL end
+    with days_supply 7 ends 7 days later, and an exposure with a negative days_supply makes no era
+    (ETL-CMS create_CDMv5_drug_era.sql, as ETL-Synthea runs it)."""
+    db = seeded(connect(tmp_path / "ends.duckdb"))
+    try:  # v5.4 requires the end date; a CDM loaded from an older ETL may still lack it
+        db.execute("ALTER TABLE drug_exposure ALTER COLUMN drug_exposure_end_date DROP NOT NULL")
+        db.execute(
+            "INSERT INTO drug_exposure (drug_exposure_id, person_id, drug_concept_id, drug_exposure_start_date, "
+            "drug_exposure_end_date, drug_type_concept_id, quantity, days_supply) VALUES "
+            f"(5, 5, {TABLET}, DATE '2021-01-01', NULL, 32817, 2, 0), "
+            f"(6, 6, {TABLET}, DATE '2021-01-01', DATE '2021-01-10', 32817, 2, -5), "
+            f"(7, 7, {TABLET}, DATE '2021-03-01', NULL, 32817, NULL, 7)"
+        )
+        build_eras(db)
+        assert rows(
+            db,
+            "SELECT person_id, drug_era_start_date, drug_era_end_date, drug_exposure_count, gap_days FROM drug_era "
+            "WHERE person_id >= 5 ORDER BY person_id",
+        ) == [(5, D(2021, 1, 1), D(2021, 1, 2), 1, 0), (7, D(2021, 3, 1), D(2021, 3, 8), 1, 0)]
+        # no dose: days_supply 0 (person 5), excluded (6), no quantity (7)
+        assert rows(db, "SELECT person_id FROM dose_era WHERE person_id >= 5") == []
+    finally:
+        db.dispose()

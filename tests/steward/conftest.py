@@ -16,6 +16,16 @@ import pytest
 from fedomop.harmonize.vocabulary.cdm_io import read_cdm_csv
 from tests.conftest import EUNOMIA, SAMPLE_DATA
 
+# a two-file lab site (patients.csv: pid, born; labs.csv) for the small mapping tests: sources and person rule
+LAB_SITE = """sources:
+  patients: {format: csv, files: patients.csv}
+  labs: {format: csv, files: labs.csv}
+tables:
+  person:
+    - source: patients
+      id: pid
+      start: {date: born}
+"""
 _VISIT_SETTING = {9201: "inpatient", 9202: "outpatient", 9203: "emergency"}
 
 

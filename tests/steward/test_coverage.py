@@ -10,12 +10,17 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.mapping.loader import load_mapping
-from fedomop.harmonize.steward.coverage import concept_coverage
+from fedomop.harmonize.run.coverage import concept_coverage
+from fedomop.harmonize.validate.compare import compare_reports, render_comparison_html
+from fedomop.harmonize.validate.profile import coverage_bounds
+from fedomop.harmonize.validate.report import ValidateOptions, load_report, validate_database
 from tests.conftest import MAPPINGS, SAMPLE_DATA
 
 runner = CliRunner()
@@ -72,3 +77,70 @@ def test_losing_the_site_concept_map_fails_the_run(tmp_path: Path) -> None:
         result.output.split()
     )
     assert "measurement: coverage" not in result.output
+
+
+def test_the_loss_shows_in_the_internal_report_exactly_and_in_the_shareable_one_suppressed(tmp_path: Path) -> None:
+    mapping, source = _site_a_with_min_coverage(tmp_path, keep_stcm=False)
+    db = tmp_path / "a.duckdb"
+    runner.invoke(app, ["map", "--mapping", str(mapping), "--source", str(source), "--db", str(db)])
+    floors = load_mapping(mapping).min_coverage  # condition_occurrence and measurement: 0.95
+    options = ValidateOptions(checks=("isPrimaryKey",), sample_rows=100, site="site_a", min_coverage=floors)
+    shared = validate_database(db, tmp_path / "qa", options, internal=True)
+    internal = load_report(tmp_path / "qa" / "internal" / "report.json")
+    assert (shared.data["audience"], internal["audience"]) == ("shareable", "internal")
+    zero, total = _expected_condition_zero(with_stcm=False)
+    conditions = {t["table"]: t for t in internal["mapping_coverage"]["tables"]}["condition_occurrence"]
+    assert (conditions["records"], conditions["unmapped"]) == (total, zero)
+    # each lost concept-map code is unmapped as many times as conditions.csv holds it (counted from the file)
+    counts = dict(pl.read_csv(SITE_A / "conditions.csv", infer_schema=False).group_by("icd10_code").len().iter_rows())
+    lost = set(pl.read_csv(SITE_A / "source_to_concept_map.csv", infer_schema=False)["source_code"])
+    top = [u for u in internal["mapping_coverage"]["top_unmapped"] if u["table"] == "condition_occurrence"]
+    assert any(u["source_value"] in lost for u in top)
+    assert all(u["records"] == counts[u["source_value"]] for u in top if u["source_value"] in lost)
+    by_vocabulary = [v for v in internal["mapping_coverage"]["by_vocabulary"] if v["table"] == "condition_occurrence"]
+    assert sum(v["records"] for v in by_vocabulary) == total
+    assert sum(v["unmapped"] for v in by_vocabulary) == zero
+    released = {(u["table"], u["source_value"]): u["records"] for u in shared.data["mapping_coverage"]["top_unmapped"]}
+    for u in internal["mapping_coverage"]["top_unmapped"]:
+        expected = "<10" if 0 < u["records"] < 10 else u["records"]
+        assert released[(u["table"], u["source_value"])] == expected
+    # the checks pass, but the verdict is not green: the mapping's floor for conditions is not met
+    assert shared.data["overview"]["fatal_failures"] == 0
+    assert shared.data["overview"]["coverage_failures"] == [{"table": "condition_occurrence", "min_coverage": 0.95}]
+    assert "coverage below condition_occurrence (min_coverage 95%)" in shared.html_path.read_text()
+    with pytest.raises(ValidationError, match="internal one"):
+        compare_reports([shared.json_path, tmp_path / "qa" / "internal" / "report.json"])
+
+
+def _coverage_report(site: str, table: dict[str, object]) -> dict[str, object]:
+    return {
+        "site": site,
+        "suppression": {"small_cell_threshold": 10},
+        "persons": 2000,
+        "overview": {"checks": 1, "fatal_failures": 0, "by_kahn_category": []},
+        "mapping_coverage": {"tables": [{"table": "measurement", **table}]},
+        "measurements": [],
+    }
+
+
+def test_the_comparison_flags_low_coverage_against_sites_whose_share_is_withheld() -> None:
+    # two sites with 1,000 measurements and fewer than 10 unmapped: their share is withheld but lies in
+    # [100 * (1000 - 9) / 1000, 100] = [99.1, 100]; the third mapped 285 of 1,000 (28.5 %)
+    near_complete = {"records": 1000, "mapped": None, "unmapped": "<10", "pct_mapped": None,
+                     "pct_mapped_bounds": [99.1, 100.0]}  # fmt: skip
+    low = {"records": 1000, "mapped": 285, "unmapped": 715, "pct_mapped": 28.5, "pct_mapped_bounds": None}
+    comparison = compare_reports(
+        [_coverage_report("a", near_complete), _coverage_report("b", near_complete), _coverage_report("c", low)]
+    )
+    flags = [f for f in comparison["flags"] if f["kind"] == "mapping_coverage"]
+    assert [f["site"] for f in flags] == ["c"]
+    assert "28.5% mapped vs at least 99.1%" in flags[0]["message"]
+    assert {s["site"]: s["mapping_coverage"]["measurement"] for s in comparison["sites"]}["a"] == [99.1, 100.0]
+    assert "≥ 99.1%" in render_comparison_html(comparison)
+
+
+def test_coverage_bounds_tell_no_more_than_the_withheld_cell() -> None:
+    assert coverage_bounds(1000, 995, 10) == [99.1, 100.0]  # 5 unmapped: at most 9 -> at least 991 mapped
+    assert coverage_bounds(1000, 5, 10) == [0.0, 0.9]  # 5 mapped: at most 9
+    assert coverage_bounds(1000, 500, 10) is None  # nothing withheld: the exact share is released
+    assert coverage_bounds(8, 4, 10) is None  # the total itself is withheld

@@ -124,11 +124,9 @@ def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path],
         pl.when(local).then(pl.lit("Site depression screen")).otherwise(pl.col("local_name")).alias("local_name"),
     )
     decided.write_csv(review)
-    stcm = new_site["extract"] / "source_to_concept_map.csv"
-    _cli("codes", "apply", "--review", review, "--out", stcm, "--vocabulary", new_site["vocabulary"],
-         "--extension", mapping.parent / "extension", "--site", "new_site")  # fmt: skip
-    stcm_line = "  source_to_concept_map: source_to_concept_map.csv\n  extensions: [extension]  #"
-    mapping.write_text(text.replace("  # source_to_concept_map:", stcm_line))
+    # codes apply writes the map where the mapping reads it and points the mapping at it: no hand edit
+    _cli("codes", "apply", "--review", review, "--mapping", mapping, "--source", new_site["extract"])
+    assert "source_to_concept_map: \"source_to_concept_map.csv\"" in mapping.read_text()
 
     second = root / "second.duckdb"
     assert "reconciliation balanced" in _cli(
@@ -159,9 +157,15 @@ def test_apply_local_concepts_take_ids_above_two_billion(tmp_path: Path) -> None
     _cli("codes", "apply", "--review", review, "--out", tmp_path / "stcm.csv", "--vocabulary", vocabulary,
          "--extension", tmp_path / "ext")  # fmt: skip
     concept = pl.read_csv(tmp_path / "ext" / "CONCEPT.csv", separator="\t", infer_schema=False)
-    assert concept["concept_id"].to_list() == ["2000000001"]
+    # the site concept, K-1's source concept in the local LOCAL vocabulary, then one concept per new vocabulary
+    assert concept.select("concept_id", "vocabulary_id", "concept_code").rows() == [
+        ("2000000001", "site", "K-1"), ("2000000002", "LOCAL", "K-1"),
+        ("2000000003", "Vocabulary", "OMOP generated"), ("2000000004", "Vocabulary", "OMOP generated"),
+    ]  # fmt: skip
     stcm = pl.read_csv(tmp_path / "stcm.csv", infer_schema=False)
-    assert stcm["target_concept_id"].to_list() == ["2000000001"] and stcm["source_code"].to_list() == ["K-1"]
+    assert stcm.select("source_code", "source_concept_id", "target_concept_id").rows() == [
+        ("K-1", "2000000002", "2000000001")
+    ]
 
 
 def test_apply_refuses_an_unknown_decision(tmp_path: Path) -> None:

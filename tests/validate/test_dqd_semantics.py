@@ -87,11 +87,30 @@ def seeded_db(path: Path) -> Database:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory):
-    db = seeded_db(tmp_path_factory.mktemp("dqd") / "cdm.duckdb")
+def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dqd") / "cdm.duckdb"
+    seeded_db(path).dispose()
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(db_path: Path):
+    db = connect(db_path, read_only=True)
     run = run_checks(db, checks=CHECKS, today=TODAY)
     db.dispose()
     return by_id(run.results)
+
+
+def test_query_text_of_each_failed_check_lists_its_violating_rows(results, db_path: Path) -> None:
+    """The SQL shown for a failed check (QA report, DQD export) finds exactly the rows it counted."""
+    failed = [r for r in results.values() if r.status == "fail"]
+    assert len({r.check_name for r in failed}) >= 10
+    db = connect(db_path, read_only=True)
+    try:
+        for r in failed:
+            assert db.query(r.query_text).height == r.num_violated_rows, r.check_id
+    finally:
+        db.dispose()
 
 
 def counts(results, check_id: str) -> tuple[int | None, int | None, str]:

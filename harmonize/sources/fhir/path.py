@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from fedomop.harmonize.ground.errors import MappingError, SourceError
-from fedomop.harmonize.sources.fhir.structure import Element, element_table, resource_model, type_name
+from fedomop.harmonize.sources.fhir.structure import Element, Model, element_table, resource_model, type_name
 
 Items = list[Any]
 Step = Callable[[Items, Mapping[str, str]], Items]
@@ -55,7 +55,7 @@ _DTYPES: dict[str, pl.DataType] = {
 class _Type:
     """What a step yields at compile time: a model class, a FHIR primitive name, or unknown (None, None)."""
 
-    model: type | None = None
+    model: Model | None = None
     primitive: str | None = None
 
     @property
@@ -130,7 +130,7 @@ class CompiledPath:
         generated = _generate(self)
         self.generated = generated is not None
         if generated is not None:  # the same value as the generic evaluate(), in one flat Python function
-            self.evaluate = generated  # type: ignore[method-assign]
+            self.evaluate = generated  # type: ignore[method-assign]  # per instance: the generated form wins
 
     def evaluate_all(self, resource: Any, urn_ids: Mapping[str, str] | None = None) -> Items:
         """Every item the expression selects (the first alternative that selects anything)."""
@@ -271,12 +271,14 @@ class _Emitter:
             end = index
             while end < len(ops) and ops[end].name is not None:
                 end += 1
-            names = tuple(o.name for o in ops[index:end])  # type: ignore[misc]
+            names = _single_names(ops[index:end])
             self.emit(ops, end, self.lookup(var, names, depth, fail), depth, fail, target, text)
             return
-        kind = op.spec[0]  # type: ignore[index]
+        spec = op.spec
+        assert spec is not None, "an op without a name has a spec (_generate declines the others)"
+        kind = spec[0]
         if kind == "where":
-            _kind, keep, simple = op.spec  # type: ignore[misc]
+            _kind, keep, simple = spec
             if simple is None:
                 self.out(depth, f"if not {self.constant(keep)}({var}): {fail}")
             else:  # where(single.path = literal): compared in place, as `literal in [value]` does
@@ -290,8 +292,8 @@ class _Emitter:
                 self.out(depth, f"if {value} is None or not ({value} is {wanted} or {value} == {wanted}): {fail}")
             self.emit(ops, index + 1, var, depth, fail, target, text)
         elif kind == "resolve":
-            found, resolve = self.var(), self.constant(op.spec[1])  # type: ignore[index]
-            if op.spec[1] is _reference_id:  # type: ignore[index]
+            found, resolve = self.var(), self.constant(spec[1])
+            if spec[1] is _reference_id:
                 # the usual 'Type/id' in one regex match; anything else takes _reference_id
                 match = self.var()
                 self.out(depth, f"{match} = _plain_reference({var}) if type({var}) is str else None")
@@ -302,8 +304,8 @@ class _Emitter:
             self.emit(ops, index + 1, found, depth, fail, target, text)
         else:  # "element" (may repeat) or "extension" (the extension elements with that url)
             values, entry = self.var(), self.var()
-            name = op.spec[1] if kind == "element" else "extension"  # type: ignore[index]
-            element = op.spec[2] if kind == "element" else None  # type: ignore[index]
+            name = spec[1] if kind == "element" else "extension"
+            element = spec[2] if kind == "element" else None
             if self.checked:
                 self.out(depth, f"if type({var}) is not dict: {fail}")
             self.out(depth, f"{values} = {var}.get({name!r})")
@@ -315,7 +317,7 @@ class _Emitter:
             if not (self.validated and element is not None and element.model is not None):
                 self.out(depth + 1, f"if {entry} is None: continue")
             if kind == "extension":
-                url = self.constant(op.spec[1])  # type: ignore[index]
+                url = self.constant(spec[1])
                 self.out(depth + 1, f"if not (type({entry}) is dict and {entry}.get('url') == {url}): continue")
             self.emit(ops, index + 1, entry, depth + 1, "continue", target, text)
             self.out(depth, "else:")  # no item led to a value
@@ -377,6 +379,11 @@ def _row_extractor(paths: tuple[CompiledPath, ...], validated: bool) -> Callable
     return maker
 
 
+def _single_names(ops: Sequence[_Op]) -> tuple[str, ...]:
+    """The element names of a run of single-element ops (callers have checked that every op has a name)."""
+    return tuple(op.name for op in ops if op.name is not None)
+
+
 def _depth_first(ops: list[_Op]) -> Lazy | None:
     """Compose the ops' chains (first value, depth-first) -- the same value as the first item of the
     collection, because flattening keeps document order. None if a step needs the whole collection."""
@@ -388,13 +395,14 @@ def _depth_first(ops: list[_Op]) -> Lazy | None:
     index = len(ops)
     while index > 0:
         index -= 1
-        if ops[index].name is None:
-            lazy = ops[index].chain(lazy)  # type: ignore[misc]
+        chain = ops[index].chain
+        if ops[index].name is None and chain is not None:  # (not None: checked above)
+            lazy = chain(lazy)
             continue
         start = index
         while start > 0 and ops[start - 1].name is not None:
             start -= 1
-        lazy = _single_run(tuple(op.name for op in ops[start : index + 1]), lazy)  # type: ignore[misc]
+        lazy = _single_run(_single_names(ops[start : index + 1]), lazy)
         index = start
     return lazy
 
@@ -565,7 +573,7 @@ class _Parser:
             op = _Op(_extension_step(url), lambda rest: extension_chain(matches(rest)), spec=("extension", url))
             return op, extension
         self.take("op", ")")
-        simple: dict[str, tuple[_Op, _Type]] = {
+        functions: dict[str, tuple[_Op, _Type]] = {
             "first": (_Op(lambda items, _ctx: items[:1], first=True), current),
             "last": (_Op(lambda items, _ctx: items[-1:]), current),
             "exists": (_Op(lambda items, _ctx: [bool(items)]), _Type(primitive="boolean")),
@@ -583,7 +591,7 @@ class _Parser:
                 _Type(primitive="string"),
             ),
         }
-        if name.text not in simple:
+        if name.text not in functions:
             close = difflib.get_close_matches(name.text, FUNCTIONS, n=1)
             hint = f" (did you mean {close[0]}()?)" if close else ""
             raise _syntax(
@@ -596,7 +604,7 @@ class _Parser:
             raise _syntax(
                 self.expression, name.pos, f"{name.text}() applies to a Reference, not to {current.describe()}"
             )
-        return simple[name.text]
+        return functions[name.text]
 
     def condition(self, current: _Type) -> tuple[Callable[[Any], bool], tuple[tuple[str, ...], Any] | None]:
         """The where() test, and (element names, literal) when it is one ``single.path = literal``."""
@@ -609,7 +617,7 @@ class _Parser:
                 raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
             tests.append((_values_of(ops), operator == "=", self.literal()))
             if all(op.name is not None for op in ops):
-                simple = (tuple(op.name for op in ops), tests[-1][2])  # type: ignore[misc]
+                simple = (_single_names(ops), tests[-1][2])
             if not self.at("name", "and"):
                 break
             self.take("name", "and")
@@ -639,8 +647,7 @@ class _Parser:
 def _values_of(ops: list[_Op]) -> Callable[[Any], Items]:
     """All values of a sub-path of where(); single elements are plain lookups."""
     if all(op.name is not None for op in ops):
-        names = tuple(op.name for op in ops)
-        lookup = _single_run(names, None)  # type: ignore[arg-type]
+        lookup = _single_run(_single_names(ops), None)
 
         def single(item: Any) -> Items:
             value = lookup(item, _NO_URNS)
@@ -668,7 +675,7 @@ def _element_type(element: Element) -> _Type:
     return _Type(model=element.model, primitive=element.primitive)
 
 
-def _unknown_element(name: str, model: type, table: Mapping[str, Element]) -> str:
+def _unknown_element(name: str, model: Model, table: Mapping[str, Element]) -> str:
     choices = sorted(e.name for e in table.values() if e.choice_group == name)
     owner = type_name(model)
     if choices:

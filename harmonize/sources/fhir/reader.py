@@ -260,10 +260,10 @@ def _corrupt_archive(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> IO[bytes] | gzip.GzipFile:
     """Binary reader with a large buffer; ``.gz`` files (common for bulk exports) are decompressed."""
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return path.open("rb", buffering=1 << 20)
 
 
@@ -437,6 +437,9 @@ class _Reader:
         rows, add = columns.rows, columns.add_valid_row
         accepted = 0
         for number, line in records:
+            if line is None:  # a blank line in a worker's records: read_record holds it back
+                self.read_record(source_file, number, line)
+                continue
             try:
                 resource = validate(line)
             except pydantic_core.ValidationError:

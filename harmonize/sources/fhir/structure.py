@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
@@ -71,6 +72,8 @@ PRIMITIVE_FORMS = {
 NUMBER_PRIMITIVES = {"integer", "unsignedInt", "positiveInt", "integer64"}
 DATE_PRIMITIVES = {"date", "dateTime", "instant"}
 
+Model = type[FHIRAbstractModel]  # an R4B model class (a resource or complex data type)
+
 
 @dataclass(frozen=True)
 class Element:
@@ -85,7 +88,7 @@ class Element:
     is_list: bool
     required: bool
     primitive: str | None = None
-    model: type | None = None
+    model: Model | None = None
     any_resource: bool = False
     choice_group: str | None = None
     primitive_extension_of: str | None = None
@@ -103,7 +106,7 @@ class StructuralProblem:
 
 
 @cache
-def resource_model(resource_type: str) -> type:
+def resource_model(resource_type: str) -> Model:
     """The fhir.resources R4B model class for ``resource_type``; SourceError if R4B has no such resource."""
     from fhir.resources.R4B import get_fhir_model_class
 
@@ -182,7 +185,7 @@ def _element_from_field(name: str, field: Any) -> Element | None:
 
 
 @cache
-def element_table(model: type) -> dict[str, Element]:
+def element_table(model: Model) -> dict[str, Element]:
     """``{json element name: Element}`` for an R4B model class, derived from its pydantic fields."""
     table: dict[str, Element] = {}
     for name, field in model.model_fields.items():
@@ -192,7 +195,7 @@ def element_table(model: type) -> dict[str, Element]:
     return table
 
 
-def type_name(model: type) -> str:
+def type_name(model: Model) -> str:
     """The FHIR name of a model class (resource type or data type)."""
     return getattr(model, "__resource_type__", None) or model.__name__
 
@@ -265,7 +268,7 @@ def _primitive_schema(element: Element) -> cs.CoreSchema:
         pattern = f"^(?:{pattern})$"
     # other primitives: the regex as R4B's pydantic applies it -- a search, anchored only where the FHIR
     # regex has its own ^...$ (so a string "van\u00a0Dam" passes: it has a non-space; "\u00a0" alone fails)
-    schema = cs.str_schema(
+    schema: cs.CoreSchema = cs.str_schema(
         strict=True,
         pattern=pattern or None,
         min_length=limits.get("min_length"),
@@ -287,7 +290,7 @@ def _rule_parts(table: dict[str, Element]) -> tuple[list[tuple[str, frozenset[st
 
 
 def _object_checks(
-    model: type, table: dict[str, Element], *, specialised: bool = False
+    model: Model, table: dict[str, Element], *, specialised: bool = False
 ) -> typing.Callable[[dict], dict] | None:
     """A post-check for rules a typed dict cannot express: one value per choice group, and required
     primitives that may be present only as their ``_x`` extension.
@@ -375,7 +378,7 @@ def resource_rules(resource_type: str) -> typing.Callable[[dict], bool] | None:
     return _rules_test(group_items, required_primitives)
 
 
-def present_elements(model: type, value: dict, found: set[tuple[type, str]]) -> None:
+def present_elements(model: Model, value: dict, found: set[tuple[type, str]]) -> None:
     """Add the (model, element) pairs present in a checked resource or data-type object to ``found``."""
     table = element_table(model)
     for name, item in value.items():
@@ -407,7 +410,8 @@ def _any_resource(value: Any) -> dict:
     return value
 
 
-def _element_schema(element: Element, refs: dict[type, str], pending: list[type]) -> cs.CoreSchema:
+def _element_schema(element: Element, refs: dict[type, str], pending: list[Model]) -> cs.CoreSchema:
+    schema: cs.CoreSchema
     if element.any_resource:
         schema = cs.no_info_plain_validator_function(_any_resource)
     elif element.primitive:
@@ -431,7 +435,13 @@ Kept = frozenset[tuple[type, str]]  # (model class, element name) pairs a specia
 
 
 def _model_schema(
-    model: type, refs: dict[type, str], pending: list[type], *, top: bool, rules: bool = True, keep: Kept | None = None
+    model: Model,
+    refs: dict[type, str],
+    pending: list[Model],
+    *,
+    top: bool,
+    rules: bool = True,
+    keep: Kept | None = None,
 ) -> cs.CoreSchema:
     table = element_table(model)
     if keep is not None:  # a specialised validator: the required elements and those in ``keep``
@@ -459,7 +469,7 @@ def _compiled(resource_type: str, root_rules: bool = True, keep: Kept | None = N
     ``keep``: declare only the required elements and these (see StructuralValidator.specialised)."""
     model = resource_model(resource_type)
     refs: dict[type, str] = {}
-    pending: list[type] = []
+    pending: list[Model] = []
     root = _model_schema(model, refs, pending, top=True, rules=root_rules, keep=keep)
     definitions: list[cs.CoreSchema] = []
     done: set[type] = set()
@@ -479,8 +489,8 @@ def _compiled(resource_type: str, root_rules: bool = True, keep: Kept | None = N
 
 def _with_reference_format(definition: cs.CoreSchema) -> cs.CoreSchema:
     """Reference.reference must be one of the allowed forms (FHIR R4 3.4.3.2), not just any string."""
-    inner = definition["schema"] if definition["type"] == "function-after" else definition  # type: ignore[typeddict-item]
-    field = inner["fields"].get("reference")  # type: ignore[typeddict-item]
+    inner = definition["schema"] if definition["type"] == "function-after" else definition
+    field = inner["fields"].get("reference")
     if field is not None:  # (a specialised validator may not declare it)
         field["schema"] = cs.str_schema(strict=True, pattern=f"^(?:{REFERENCE_PATTERN})$")
     return definition
@@ -578,9 +588,9 @@ def _format_path(loc: list[Any]) -> str:
     return text
 
 
-def _locate(model: type, loc: list[Any]) -> tuple[type | None, Element | None]:
+def _locate(model: Model, loc: list[Any]) -> tuple[Model | None, Element | None]:
     """The type owning the last element of ``loc`` and that element (None where unknown)."""
-    owner: type | None = model
+    owner: Model | None = model
     element: Element | None = None
     for part in loc:
         if isinstance(part, int):
@@ -620,7 +630,7 @@ def _unreal_date(item: Any, element: Element | None, value: Any) -> bool:
     return re.fullmatch(element.pattern, value) is not None
 
 
-def _reason(item: Any, owner: type | None, element: Element | None, loc: list[Any], value: Any) -> str:
+def _reason(item: Any, owner: Model | None, element: Element | None, loc: list[Any], value: Any) -> str:
     kind = item["type"]
     owner_name = type_name(owner) if owner is not None else "the resource"
     last = next((p for p in reversed(loc) if isinstance(p, str)), "")

@@ -12,6 +12,7 @@ num_denominator_rows``). Nothing is pulled into Python but those counts.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,10 @@ class RowPredicate:
     violated: str
     denominator: str = "1 = 1"
 
+    def rows_sql(self) -> str:
+        """The SQL that lists the violating rows (shown in the QA report and the DQD export's queryText)."""
+        return f"SELECT * FROM {q(self.instance.table)} WHERE ({self.denominator}) AND ({self.violated})"
+
 
 @dataclass(frozen=True)
 class CheckQuery:
@@ -55,6 +60,7 @@ class CheckQuery:
 
     sql: str
     instances: tuple[CheckInstance, ...]
+    rows_sql: tuple[str, ...] = ()  # per instance, the SQL listing its violating rows (empty: the counting SQL)
 
 
 @dataclass(frozen=True)
@@ -101,18 +107,25 @@ class CheckContext:
     def has_field(self, table: str, column: str) -> bool:
         return column.lower() in self.columns.get(table.lower(), {})
 
-    def instance(self, check: CheckType, row: Row | None = None, **kwargs: object) -> CheckInstance:
+    def instance(
+        self,
+        check: CheckType,
+        row: Row | None = None,
+        *,
+        concept_id: int | str | None = None,
+        unit_concept_id: int | None = None,
+    ) -> CheckInstance:
         """A check instance whose threshold is read from ``row[<checkName>Threshold]`` (0 when blank)."""
         threshold = parse_threshold((row or {}).get(f"{check.name}Threshold", ""))
-        table = str(kwargs.pop("table", (row or {}).get("cdmTableName", ""))).lower()
-        column = kwargs.pop("field", (row or {}).get("cdmFieldName") or None)
+        column = (row or {}).get("cdmFieldName") or None
         return CheckInstance(
             check=check,
-            table=table,
+            table=str((row or {}).get("cdmTableName", "")).lower(),
             field=str(column).lower() if column else None,
+            concept_id=concept_id,
+            unit_concept_id=unit_concept_id,
             threshold=threshold,
             description=render_description(check.description, row or {}),
-            **kwargs,  # type: ignore[arg-type]
         )
 
     def missing(self, instance: CheckInstance, *tables_fields: tuple[str, str | None]) -> Absent | None:
@@ -239,9 +252,28 @@ def registered_checks() -> dict[str, RegisteredCheck]:
     return dict(_REGISTRY)
 
 
-def scalar_query(instance: CheckInstance, violated_sql: str, denominator_sql: str) -> CheckQuery:
-    """A one-instance query from two ``SELECT COUNT(...)`` statements."""
+def scalar_query(instance: CheckInstance, violated_sql: str, denominator_sql: str, rows_sql: str = "") -> CheckQuery:
+    """A one-instance query from two ``SELECT COUNT(...)`` statements; ``rows_sql`` lists what the first counts
+    (by default derived from it)."""
     return CheckQuery(
         f"SELECT 0 AS check_key, ({violated_sql}) AS num_violated_rows, ({denominator_sql}) AS num_denominator_rows",
         (instance,),
+        rows_sql=(rows_sql or listing_sql(violated_sql),),
     )
+
+
+_COUNT_HEAD = re.compile(r"^SELECT COUNT\((DISTINCT )?([^()]*)\) FROM ", re.I)
+
+
+def listing_sql(count_sql: str) -> str:
+    """``SELECT COUNT(*) FROM ...`` turned into the query that lists what it counts (``SELECT * FROM ...``;
+    ``COUNT(DISTINCT x)`` becomes ``SELECT DISTINCT x``); other SQL is returned as it is."""
+    match = _COUNT_HEAD.match(count_sql)
+    if not match:
+        return count_sql
+    rest = count_sql[match.end() :]
+    if match[2].strip() != "*":
+        what = f"{match[1] or ''}{match[2]}"
+    else:  # the checked table's columns only, when it is aliased x and joined to others
+        what = "x.*" if re.match(r"^\S+ x\b", rest) else "*"
+    return f"SELECT {what} FROM {rest}"

@@ -1,4 +1,4 @@
-"""Concept-level DQD checks (plausible gender, plausible units, plausible values per concept + unit).
+"""Concept-level DQD checks (plausible gender, with descendants, plausible units).
 
 The catalogue has hundreds of concept rows per table; instead of one query per concept,
 each (table, field) gets one query that joins an inline ``VALUES`` list of the
@@ -7,7 +7,7 @@ concepts with their parameters and groups by concept, so a table is scanned once
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from fedomop.harmonize.validate.catalogue import CheckType, Row
 from fedomop.harmonize.validate.checks.base import CheckContext, CheckInstance, CheckQuery, CheckWork, q, register_check
@@ -41,7 +41,7 @@ def _concept_ids(row: Row) -> list[int]:
     return [int(part) for part in row["conceptId"].split(",") if part.strip()]
 
 
-def _values(rows: list[tuple[object, ...]], columns: str) -> str:
+def _values(rows: Sequence[tuple[object, ...]], columns: str) -> str:
     body = ", ".join("(" + ", ".join(str(v) for v in row) + ")" for row in rows)
     return f"(VALUES {body}) AS v({columns})"
 
@@ -75,14 +75,29 @@ def _gender_check(ctx: CheckContext, name: str, descendants: bool) -> Iterator[C
         yield CheckQuery(
             f"SELECT v.k AS check_key, SUM(CASE WHEN p.gender_concept_id <> v.gender THEN 1 ELSE 0 END) "
             f"AS num_violated_rows, COUNT(*) AS num_denominator_rows FROM {q(table)} t {concept_join} "
-            f"JOIN person p ON p.person_id = t.person_id GROUP BY v.k",
+            f"LEFT JOIN person p ON p.person_id = t.person_id GROUP BY v.k",  # orphan rows count, never violate
             tuple(instances),
+            tuple(_gender_rows_sql(table, column, row[name], _concept_ids(row), descendants) for row in rows),
         )
+
+
+def _gender_rows_sql(table: str, column: str, gender: str, concept_ids: list[int], descendants: bool) -> str:
+    ids = ", ".join(str(c) for c in concept_ids)
+    where = (
+        f"t.{q(column)} IN (SELECT descendant_concept_id FROM concept_ancestor WHERE ancestor_concept_id IN ({ids}))"
+        if descendants
+        else f"t.{q(column)} IN ({ids})"
+    )
+    return (
+        f"SELECT t.* FROM {q(table)} t JOIN person p ON p.person_id = t.person_id "
+        f"WHERE {where} AND p.gender_concept_id <> {GENDER_CONCEPTS[gender]}"
+    )
 
 
 @register_check("plausibleGender")
 def plausible_gender(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Records of a sex-specific concept (e.g. prostate cancer) on persons of the other gender."""
+    """Records of a sex-specific concept (e.g. prostate cancer) on persons of the other gender, out of all records
+    of the concept (a record whose person is missing, or has no gender, counts and never violates, as in DQD)."""
     yield from _gender_check(ctx, "plausibleGender", descendants=False)
 
 
@@ -119,31 +134,15 @@ def plausible_unit_concept_ids(ctx: CheckContext) -> Iterator[CheckWork]:
             f"LEFT JOIN {unit_values} ON u.k = v.k AND u.unit_concept_id = t.unit_concept_id "
             f"WHERE t.unit_concept_id <> 0 OR t.unit_concept_id IS NULL GROUP BY v.k",
             tuple(instances),
+            tuple(_unit_rows_sql(table, column, row) for row in rows),
         )
 
 
-def concept_value_bounds(ctx: CheckContext, name: str, operator: str) -> Iterator[CheckWork]:
-    """plausibleValueLow/High per concept and unit: values (in that unit) beyond the bound."""
-    check = ctx.catalogue.check_types[name]
-    for (table, column), rows in _by_field(ctx, name).items():
-        rows = [row for row in rows if row.get("unitConceptId")]
-        instances = _instances(ctx, check, rows)
-        absent = _absent_all(ctx, instances, (table, column), (table, "unit_concept_id"), (table, "value_as_number"))
-        if absent or not rows:
-            yield from absent
-            continue
-        values = _values(
-            [
-                (k, cid, int(row["unitConceptId"]), float(row[name]))
-                for k, row in enumerate(rows)
-                for cid in _concept_ids(row)
-            ],
-            "k, concept_id, unit_concept_id, bound",
-        )
-        yield CheckQuery(
-            f"SELECT v.k AS check_key, SUM(CASE WHEN t.value_as_number {operator} v.bound THEN 1 ELSE 0 END) "
-            f"AS num_violated_rows, COUNT(*) AS num_denominator_rows FROM {q(table)} t JOIN {values} "
-            f"ON v.concept_id = t.{q(column)} AND v.unit_concept_id = t.unit_concept_id "
-            f"WHERE t.value_as_number IS NOT NULL GROUP BY v.k",
-            tuple(instances),
-        )
+def _unit_rows_sql(table: str, column: str, row: Row) -> str:
+    allowed = [u.strip() for u in row["plausibleUnitConceptIds"].split(",") if u.strip()]
+    unit_rule = "" if allowed == ["-1"] else f" AND unit_concept_id NOT IN ({', '.join(allowed)})"
+    ids = ", ".join(str(c) for c in _concept_ids(row))
+    return (
+        f"SELECT * FROM {q(table)} WHERE {q(column)} IN ({ids}) AND unit_concept_id IS NOT NULL "
+        f"AND unit_concept_id <> 0{unit_rule}"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from collections.abc import Iterator
 from functools import lru_cache
@@ -25,7 +26,6 @@ from fedomop.harmonize.validate.checks.base import (
     register_check,
     scalar_query,
 )
-from fedomop.harmonize.validate.checks.concept_checks import concept_value_bounds
 
 _INTEGER_TYPES = re.compile(r"^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|INT2|INT4|INT8|UINTEGER|UBIGINT)$", re.I)
 
@@ -74,7 +74,7 @@ def _source_value_pairs() -> list[dict[str, str]]:
     """DQD's pairs of an optional concept field and the source value it is mapped from (recorded as data from
     field_concept_record_completeness.sql): a NULL concept with a source value is unmapped too."""
     path = resources.files("fedomop.harmonize.validate") / "data" / "dqd_concept_source_values.csv"
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -119,7 +119,8 @@ def source_concept_record_completeness(ctx: CheckContext) -> Iterator[CheckWork]
 
 @register_check("cdmDatatype")
 def cdm_datatype(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Values of an integer field that are not whole numbers; free when the column is an integer type."""
+    """Values of an integer field that are not whole numbers, out of all rows (NULLs count in the denominator, as in
+    DQD's field_cdm_datatype.sql); free when the column is an integer type."""
     for instance, absent in _field_instances(ctx, "cdmDatatype"):
         if absent:
             yield absent
@@ -127,7 +128,7 @@ def cdm_datatype(ctx: CheckContext) -> Iterator[CheckWork]:
         column = ctx.col(instance.table, instance.field)
         native = _INTEGER_TYPES.match(ctx.column_type(instance.table, instance.field or "").strip())
         violated = "1 = 0" if native else ctx.not_integer(column)
-        yield RowPredicate(instance, violated, f"{column} IS NOT NULL")
+        yield RowPredicate(instance, violated)
 
 
 @register_check("isPrimaryKey")
@@ -228,6 +229,7 @@ def source_value_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
             f"SELECT COUNT(DISTINCT CASE WHEN {s} = 0 THEN {c} END) "
             f"+ MAX(CASE WHEN {s} = 0 AND {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
             f"SELECT COUNT(DISTINCT {c}) + MAX(CASE WHEN {c} IS NULL THEN 1 ELSE 0 END) FROM {t}",
+            f"SELECT DISTINCT {c} FROM {t} WHERE {s} = 0",  # NULL is one of the distinct values listed
         )
 
 
@@ -267,13 +269,12 @@ def _plausible_value(ctx: CheckContext, name: str, operator: str) -> Iterator[Ch
 
 @register_check("plausibleValueLow")
 def plausible_value_low(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Values below the plausible minimum: per field, and per concept + unit (e.g. a lab in mg/dL)."""
+    """Values below the plausible minimum of the field. Per field only: the v5.4 check descriptions list this check
+    at FIELD level alone, so DQD does not run the concept-level rows' bounds (concept_plausible_value_low.sql)."""
     yield from _plausible_value(ctx, "plausibleValueLow", "<")
-    yield from concept_value_bounds(ctx, "plausibleValueLow", "<")
 
 
 @register_check("plausibleValueHigh")
 def plausible_value_high(ctx: CheckContext) -> Iterator[CheckWork]:
-    """Values above the plausible maximum: per field, and per concept + unit."""
+    """Values above the plausible maximum of the field (per field only, as plausibleValueLow)."""
     yield from _plausible_value(ctx, "plausibleValueHigh", ">")
-    yield from concept_value_bounds(ctx, "plausibleValueHigh", ">")

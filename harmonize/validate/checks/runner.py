@@ -6,12 +6,14 @@ import datetime as dt
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any, SupportsInt
 
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import ValidationError
 from fedomop.harmonize.validate.catalogue import Catalogue, load_catalogue
 from fedomop.harmonize.validate.checks.base import (
     Absent,
+    CheckBuilder,
     CheckContext,
     CheckInstance,
     CheckQuery,
@@ -49,6 +51,7 @@ class CheckResult:
     pct_violated_rows: float | None
     status: str
     reason: str = ""
+    query_text: str = ""  # SQL listing the violating rows (or, for grouped concept checks, the counting SQL)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -112,13 +115,11 @@ def apply_not_applicable(results: list[CheckResult]) -> None:
     With cdmTable, cdmField and measureValueCompleteness among the results: a check on a missing or empty table,
     on a field that is entirely NULL (measureValueCompleteness: every row violates) or on a concept (and unit)
     with no rows is not applicable; measureConditionEraCompleteness only when condition_occurrence is empty.
-    Without them (a partial run), a check with no rows to count is not applicable.
+    Without them (a partial run) DQD computes no not-applicable status at all (``.hasNAchecks``): a check with 0 of 0
+    rows passes. Only a check whose table or field is missing from the database (``Absent``) stays not applicable.
     """
     names = {r.check_name for r in results}
     if not all(n in names for n in _NA_INPUTS):
-        for r in results:
-            if r.status in ("pass", "fail") and not r.num_denominator_rows:
-                r.status, r.pct_violated_rows, r.reason = "not_applicable", None, r.reason or "no rows to check"
         return
     missing_tables = {r.table for r in results if r.check_name == "cdmTable" and r.status == "fail"}
     missing_fields = {(r.table, r.field) for r in results if r.check_name == "cdmField" and r.status == "fail"}
@@ -177,7 +178,12 @@ def _error_text(exc: Exception) -> str:
 
 
 def _count(value: object) -> int:
-    return int(value) if value is not None else 0  # type: ignore[call-overload]
+    """A count from a result row: NULL (SUM over no rows) is 0; PostgreSQL's SUM gives a Decimal."""
+    if value is None:
+        return 0
+    if not isinstance(value, SupportsInt):
+        raise TypeError(f"a check query returned {value!r} where a count belongs")
+    return int(value)
 
 
 class _Runner:
@@ -186,7 +192,7 @@ class _Runner:
         self.queries = 0
         self.timings: dict[str, float] = {}
 
-    def _timed_query(self, label: str, sql: str) -> list[tuple[object, ...]]:
+    def _timed_query(self, label: str, sql: str) -> list[tuple[Any, ...]]:
         start = time.perf_counter()
         try:
             return list(self.db.query(sql).iter_rows())
@@ -199,7 +205,7 @@ class _Runner:
             rows = self._timed_query(work.instances[0].check.name, work.sql)
         except Exception as exc:  # noqa: BLE001 - one broken check must not stop the others
             return [_result(i, None, None, _error_text(exc)) for i in work.instances]
-        counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+        counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}
         return [_result(i, *counts.get(k, (0, 0))) for k, i in enumerate(work.instances)]
 
     def run_queries(self, works: list[CheckQuery]) -> list[CheckResult]:
@@ -222,7 +228,7 @@ class _Runner:
                 for work in batch:
                     results += self.run_query(work)
                 continue
-            counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}  # type: ignore[call-overload]
+            counts = {int(k): (_count(v), _count(d)) for k, v, d in rows}
             for work, base in zip(batch, offsets, strict=True):
                 results += [_result(i, *counts.get(base + k, (0, 0))) for k, i in enumerate(work.instances)]
         return results
@@ -281,12 +287,16 @@ def run_checks(
     results: list[CheckResult] = []
     predicates: dict[str, list[RowPredicate]] = {}
     queries: list[CheckQuery] = []
+    query_text: dict[str, str] = {}
     for name in names:
         for work in _build(registry[name].build, ctx, name):
             if isinstance(work, RowPredicate):
                 predicates.setdefault(work.instance.table, []).append(work)
+                query_text[work.instance.check_id] = work.rows_sql()
             elif isinstance(work, CheckQuery):
                 queries.append(work)
+                for k, instance in enumerate(work.instances):
+                    query_text[instance.check_id] = work.rows_sql[k] if k < len(work.rows_sql) else work.sql
             elif isinstance(work, Absent):
                 results.append(_result(work.instance, None, None, work.reason))
             else:
@@ -297,15 +307,17 @@ def run_checks(
     results += runner.run_queries(queries)
     for table, table_predicates in predicates.items():
         results += runner.run_predicates(table, table_predicates)
+    for r in results:
+        r.query_text = query_text.get(r.check_id, "")
     apply_not_applicable(results)
     order = {name: n for n, name in enumerate(names)}
     results.sort(key=lambda r: (order.get(r.check_name, 0), r.table, r.field or "", str(r.concept_id or "")))
     return CheckRun(results, time.perf_counter() - started, runner.queries, db.dialect, runner.timings)
 
 
-def _build(build: object, ctx: CheckContext, name: str) -> list[CheckWork]:
+def _build(build: CheckBuilder, ctx: CheckContext, name: str) -> list[CheckWork]:
     try:
-        return list(build(ctx))  # type: ignore[operator]
+        return list(build(ctx))
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - a site's check with a bug is named, not a traceback

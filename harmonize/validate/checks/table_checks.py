@@ -33,6 +33,10 @@ def measure_person_completeness(ctx: CheckContext) -> Iterator[CheckWork]:
             f"(SELECT 1 FROM {q(instance.table)} t WHERE t.person_id = p.person_id)) AS num_violated_rows, "
             f"(SELECT COUNT(*) FROM person) AS num_denominator_rows",
             (instance,),
+            (
+                f"SELECT p.* FROM person p WHERE NOT EXISTS (SELECT 1 FROM {q(instance.table)} t "
+                "WHERE t.person_id = p.person_id)",
+            ),
         )
 
 
@@ -52,6 +56,10 @@ def measure_condition_era_completeness(ctx: CheckContext) -> Iterator[CheckWork]
             "(SELECT COUNT(DISTINCT person_id) FROM condition_occurrence WHERE condition_concept_id <> 0) "
             "AS num_denominator_rows",
             (instance,),
+            (
+                "SELECT DISTINCT co.person_id FROM condition_occurrence co WHERE co.condition_concept_id <> 0 "
+                "AND NOT EXISTS (SELECT 1 FROM condition_era ce WHERE ce.person_id = co.person_id)",
+            ),
         )
 
 
@@ -73,4 +81,11 @@ def measure_observation_period_overlap(ctx: CheckContext) -> Iterator[CheckWork]
             "AS num_violated_rows, "
             "(SELECT COUNT(DISTINCT person_id) FROM observation_period) AS num_denominator_rows",
             (instance,),
+            (
+                "SELECT DISTINCT a.person_id FROM observation_period a "
+                "JOIN observation_period b ON a.person_id = b.person_id "
+                "AND a.observation_period_id <> b.observation_period_id "
+                "AND b.observation_period_start_date >= a.observation_period_start_date "
+                "AND b.observation_period_start_date <= a.observation_period_end_date + INTERVAL '1 day'",
+            ),
         )
