@@ -289,6 +289,81 @@ def cmd_etl(args: argparse.Namespace) -> None:
         append_docs(f"## Scale: ETL against the physical limit ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
 
 
+REFERENCE_SCRIPT = REPO / "benchmarks" / "reference_sql_etl.py"
+
+
+def reference_round(site_dir: Path, work: Path, chunk_mb: int) -> dict[str, TreeRun]:
+    """polars copy, the hand-written SQL reference and ``fedomop map`` on the same files, one after another."""
+    ref_db, map_db = work / "reference.duckdb", work / "mapped.duckdb"
+    runs = {
+        "polars": baseline(site_dir, work),
+        "reference": checked(
+            run_monitored([PYTHON, str(REFERENCE_SCRIPT), "--source", str(site_dir), "--db", str(ref_db)]),
+            "reference SQL ETL",
+        ),
+        "map": map_site(site_dir, map_db, chunk_mb),
+    }
+    print(
+        json.dumps({k: [round(r.seconds, 2), round(r.cpu_seconds, 2), round(r.peak_rss_mib)] for k, r in runs.items()})
+    )
+    return runs
+
+
+def reference_section(site_dir: Path, rounds: list[dict[str, TreeRun]], same: str, command: str) -> str:
+    """Medians per run kind and the ratios of each round, side by side."""
+    first = rounds[0]["map"].extra
+    wall = {k: median([r[k].seconds for r in rounds]) for k in rounds[0]}
+    cpu = {k: median([r[k].cpu_seconds for r in rounds]) for k in rounds[0]}
+    peak = {k: max(r[k].peak_rss_mib for r in rounds) for k in rounds[0]}
+    loads = [x for r in rounds for t in r.values() for x in (t.load_before, t.load_after)]
+    ratio_wall = median([r["map"].seconds / r["reference"].seconds for r in rounds])
+    ratio_cpu = median([r["map"].cpu_seconds / r["reference"].cpu_seconds for r in rounds])
+    names = {
+        "polars": "polars `scan_csv().sink_parquet()` (same CSVs, all text)",
+        "reference": "hand-written DuckDB SQL ETL (`benchmarks/reference_sql_etl.py`: no lineage, no quarantine)",
+        "map": "`fedomop map` (lineage, quarantine, reconciliation, atomic swap)",
+    }
+    lines = [
+        f"{first['persons']:,} persons, {first['records']:,} source records, {first['rows']:,} OMOP rows "
+        f"({first['chunks']} chunk(s)); {len(rounds)} round(s), median; 1-min load average "
+        f"{min(loads):.1f}-{max(loads):.1f} on 2 CPUs. Reference vs `fedomop map` OMOP rows: {same}.",
+        "",
+        "| run | wall s | CPU s | peak RSS MiB | wall / polars | CPU / polars |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {names[k]} | {wall[k]:,.1f} | {cpu[k]:,.1f} | {peak[k]:,.0f} | {wall[k] / wall['polars']:.1f}x | "
+            f"{cpu[k] / cpu['polars']:.1f}x |"
+            for k in names
+        ),
+        "",
+        f"`fedomop map` / reference (median of the per-round ratios): **{ratio_wall:.2f}x wall, {ratio_cpu:.2f}x "
+        "CPU** (target <= 1.0x).",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `{command}`",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    rounds = [reference_round(args.site_dir, work, args.chunk_mb) for _ in range(args.runs)]
+    check = run_monitored(
+        [PYTHON, str(REFERENCE_SCRIPT), "--db", str(work / "reference.duckdb"), "--check", str(work / "mapped.duckdb")]
+    )
+    print(check.stdout)
+    same = "the same" if check.returncode == 0 else "**DIFFERENT** (see the check's output)"
+    section = reference_section(
+        args.site_dir, rounds, same, "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+    )
+    print(section)
+    if args.write_docs:
+        append_docs(f"## Scale: fedomop map vs hand-written SQL ({time.strftime('%Y-%m-%d %H:%M')} UTC)\n\n{section}")
+    for db in ("reference.duckdb", "mapped.duckdb"):
+        (work / db).unlink(missing_ok=True)
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     runs: list[TreeRun] = []
     for _ in range(args.runs):
@@ -555,6 +630,13 @@ def main() -> None:
     etl.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
     etl.add_argument("--write-docs", action="store_true")
     etl.set_defaults(handler=cmd_etl)
+    ref = sub.add_parser("reference", help="fedomop map vs the hand-written SQL ETL vs polars, side by side")
+    ref.add_argument("--site-dir", type=Path, required=True, help="a site-A-style CSV folder")
+    ref.add_argument("--chunk-mb", type=int, default=DEFAULT_CHUNK_MB)
+    ref.add_argument("--runs", type=int, default=1)
+    ref.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
+    ref.add_argument("--write-docs", action="store_true")
+    ref.set_defaults(handler=cmd_reference)
     val = sub.add_parser("validate", help="fedomop validate on a database, with peak memory")
     val.add_argument("--db", type=Path, required=True)
     val.add_argument("--runs", type=int, default=1)

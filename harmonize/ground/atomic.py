@@ -15,6 +15,7 @@ An existing ``--db`` file that is not a DuckDB database, or a DuckDB database wi
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -88,6 +89,7 @@ class AtomicTarget:
         parsed = sa.engine.make_url(self.url)
         self.dialect = parsed.get_backend_name()
         self.db: Database | None = None
+        self.seed: Path | None = None  # DuckDB: start the aside database as a copy of this file (a vocabulary store)
         self._committed = False
         if self.dialect == "duckdb":
             if not parsed.database or parsed.database == ":memory:":
@@ -105,6 +107,8 @@ class AtomicTarget:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for stale in (self.tmp, Path(f"{self.tmp}.wal")):
                 stale.unlink(missing_ok=True)
+            if self.seed is not None:
+                shutil.copyfile(self.seed, self.tmp)
             self.db = connect(self.tmp)
         else:
             admin = connect(self.url)

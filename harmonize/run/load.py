@@ -36,9 +36,9 @@ from fedomop.harmonize.tables import (
 )
 from fedomop.harmonize.vocabulary import (
     load_source_to_concept_map,
-    load_vocabulary,
     load_vocabulary_extension,
 )
+from fedomop.harmonize.vocabulary.store import load_versioned, loaded_version, vocabulary_version
 
 RUN_TABLE = "fedomop_run"
 
@@ -54,6 +54,7 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "rows_loaded": pl.Int64(),
     "records_quarantined": pl.Int64(),
     "values_shortened": pl.Int64(),  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
+    "vocabulary_version": pl.String(),  # the release the run resolved codes against (fedomop_vocabulary.version)
 }
 
 
@@ -91,13 +92,19 @@ def create_run_tables(db: Database) -> None:
 
 def prepare_database(
     db: Database, mapping: Mapping, mapping_path: Path, files: SiteFiles, vocabulary_dir: Path, progress: Progress
-) -> None:
-    """Empty CDM, the vocabulary and the site's source_to_concept_map; then the concept names the mapping uses."""
+) -> str:
+    """Empty CDM, the vocabulary and the site's source_to_concept_map; then the concept names the mapping uses.
+
+    The release is loaded only when the database does not hold it already (a DuckDB run starts from a copy of
+    the site's vocabulary store, see ``vocabulary/store.py``). Returns the release's version.
+    """
     progress("vocabulary", 0, 1)
     if supports_deferred_keys(db.engine):  # the engine's own tables get their keys after the load
         create_cdm(db.engine, constraints="none", tables=list(TARGETS))
     create_cdm(db.engine)
-    load_vocabulary(db, vocabulary_dir)
+    version = vocabulary_version(vocabulary_dir)
+    if loaded_version(db) != version:
+        load_versioned(db, vocabulary_dir)
     for extension in mapping.vocabulary.extensions:  # site concepts compose with the release, never copy it
         load_vocabulary_extension(db, (mapping_path.parent / extension).resolve())
     if mapping.vocabulary.source_to_concept_map:
@@ -109,6 +116,7 @@ def prepare_database(
         load_source_to_concept_map(db, path)
     check_concept_names(db, mapping, mapping_path)
     progress("vocabulary", 1, 1)
+    return version
 
 
 def load_tables(db: Database, tables: dict[str, pl.DataFrame], progress: Progress) -> dict[str, int]:

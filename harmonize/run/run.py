@@ -38,6 +38,7 @@ from fedomop.harmonize.run.progress import Progress, no_progress
 from fedomop.harmonize.tables import (
     TARGETS,
 )
+from fedomop.harmonize.vocabulary.store import ensure_store
 
 
 @dataclass
@@ -155,8 +156,12 @@ def run_mapping(
     mapping = plan.mapping
     run_id = f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     target = AtomicTarget(db_url, run_id, schema=schema, results_schema=results_schema)
+    if target.dialect == "duckdb":  # the release is loaded once per site, then copied into each run's database
+        progress("vocabulary store", 0, 1)
+        target.seed, _ = ensure_store(target.path, plan.vocabulary_dir)
+        progress("vocabulary store", 1, 1)
     with target as db:
-        prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
+        version = prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
         create_run_tables(db)
         totals = _map_site(db, plan, run_id, progress, scratch)
         recon = totals.reconciliation()
@@ -185,6 +190,7 @@ def run_mapping(
             "rows_loaded": sum(totals.loaded.values()),
             "records_quarantined": records_quarantined,
             "values_shortened": totals.shortened,
+            "vocabulary_version": version,
         }
         db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
         db.load_arrow(RUN_TABLE, pl.DataFrame([run_row], schema=RUN_SCHEMA))

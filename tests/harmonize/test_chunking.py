@@ -58,7 +58,7 @@ def _differences(whole: Path, chunked: Path) -> dict[str, tuple[int, int]]:
     con.execute(f"ATTACH '{chunked}' AS b (READ_ONLY)")
     tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'a'").fetchall()]
     found: dict[str, tuple[int, int]] = {}
-    for table in sorted(set(tables) - VOCABULARY_TABLES - {"fedomop_run", "fedomop_lineage"}):
+    for table in sorted(set(tables) - VOCABULARY_TABLES - {"fedomop_run", "fedomop_lineage", "fedomop_vocabulary"}):
         if table == "fedomop_quarantine" or table == "fedomop_reconciliation":
             a, b = (f"SELECT * EXCLUDE (run_id) FROM {db}.{table}" for db in ("a", "b"))
         else:
@@ -298,7 +298,8 @@ def test_map_cli_chunks_a_site(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "mapped in 2 person-disjoint chunks" in done.stdout
     assert "reconciliation balanced" in done.stdout
-    assert [p.name for p in tmp_path.iterdir()] == ["site.duckdb"]  # the split sources were removed
+    # the split sources were removed; the site's vocabulary store stays beside its database
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.duckdb", "site.duckdb.vocabulary"]
 
 
 def test_chunked_run_into_postgres(postgres_url: str, tmp_path: Path) -> None:

@@ -175,7 +175,11 @@ def test_a_failing_run_leaves_the_previous_database_intact(tmp_path: Path) -> No
     with pytest.raises(MappingError, match="unmapped code"):  # found midway, after the new database was half built
         run_mapping(strict, source, db)
     assert _cdm_contents(db) == before
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("site")) == ["site.duckdb"]
+    # no aside file left: the database and the site's vocabulary store (complete, reused by the next run)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("site")) == [
+        "site.duckdb",
+        "site.duckdb.vocabulary",
+    ]
 
 
 def test_on_unmapped_fail_stops_with_the_code_and_its_row(tmp_path: Path) -> None:
