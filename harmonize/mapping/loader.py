@@ -152,10 +152,17 @@ def _apply_override(
 
 def _included_file(path: Path, include: str) -> Path:
     """An ``include:`` file must lie in the mapping's folder (symlinks resolved) or be one of the mappings shipped
-    with fedomop: a mapping cannot pull in, or echo in an error, a file from elsewhere on the machine."""
+    with fedomop: a mapping cannot pull in, or echo in an error, a file from elsewhere on the machine.
+
+    A name that is not a file beside the mapping is looked up among the shipped mappings, so a site's mapping
+    anywhere on disk can say ``include: [fhir_r4.yaml]``; a file beside it of the same name wins."""
     folder = path.parent.resolve()
     part = (path.parent / str(include)).resolve()
-    if part.is_relative_to(folder) or part.is_relative_to(mappings_dir().resolve()):
+    shipped_folder = mappings_dir().resolve()
+    shipped = (shipped_folder / str(include)).resolve()
+    if not part.is_file() and shipped.is_file() and shipped.is_relative_to(shipped_folder):
+        return shipped  # a mapping shipped with fedomop, named as in mappings/ (e.g. fhir_r4.yaml)
+    if part.is_relative_to(folder) or part.is_relative_to(shipped_folder):
         return part  # the mapping's own folder, or a mapping shipped with fedomop (mappings/)
     raise MappingError(
         f"include {include!r} is outside the mapping's folder",
@@ -188,6 +195,12 @@ def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     included: set[str] = set()
     for include in data.get("include") or []:
         part_path = _included_file(path, include)
+        if not part_path.is_file():
+            raise MappingError(
+                f"included mapping {include!r} not found (beside the mapping or among the shipped mappings)",
+                where=f"{path}: include",
+                fix="name a file relative to this mapping's folder, or a shipped mapping such as fhir_r4.yaml",
+            )
         part = _read_yaml(part_path)
         for key, value in part.items():
             names = value if key in _OVERRIDE_ENTRIES and isinstance(value, dict) else {}

@@ -102,3 +102,21 @@ def test_an_error_in_an_included_file_names_that_file(tmp_path: Path) -> None:
         load_mapping(mapping)
     assert "extra.yaml: sources.more.format" in str(error.value)
     assert "'csv', 'parquet', 'fhir_ndjson' or 'fhir_bundle'" in str(error.value)
+
+
+def test_a_mapping_anywhere_includes_a_shipped_mapping_by_name(tmp_path: Path) -> None:
+    """The clarification: a mapping may include the mappings shipped with fedomop, from any folder."""
+    site = tmp_path / "site.yaml"
+    site.write_text("include: [fhir_r4.yaml]\n")
+    merged = load_mapping(site)
+    assert {"patients", "observations", "conditions"} <= set(merged.sources)
+    assert "measurement" in merged.tables
+
+
+def test_a_missing_include_names_the_include_not_the_mapping_option(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("include: [nothere.yaml]\n")
+    with pytest.raises(MappingError) as error:
+        load_mapping(site)
+    assert "included mapping 'nothere.yaml' not found" in str(error.value)
+    assert f"{site}: include" in str(error.value) and "--mapping" not in str(error.value)
