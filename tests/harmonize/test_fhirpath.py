@@ -106,7 +106,7 @@ def test_medication_request_conditional_reference_and_numbers(medication_request
         ("Patient/123", "123"),
         ("https://fhir.example.org/r4/Patient/123", "123"),
         ("Patient/123/_history/4", "123"),
-        ("#c1", "c1"),
+        ("#c1", "#c1"),  # contained: never equal to an export resource id
         ("urn:uuid:9f2c2b9e-0d5a-4a3b-8c61-3f3a2b1c0d9e", "p-1"),
         ("urn:uuid:00000000-0000-0000-0000-000000000000", None),
         ("Patient?identifier=http://x|42", None),

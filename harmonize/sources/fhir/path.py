@@ -739,8 +739,12 @@ _PLAIN_REFERENCE = re.compile(r"[A-Za-z][A-Za-z0-9]*/([A-Za-z0-9\-.]+)").fullmat
 
 
 def _reference_id(reference: Any, urn_ids: Mapping[str, str]) -> str | None:
-    """The logical id a reference points to: 'Patient/1', 'http://x/fhir/Patient/1/_history/2', '#c1',
-    and in Bundles 'urn:uuid:...' through the entries' fullUrl. Conditional references give None."""
+    """The logical id a reference points to: 'Patient/1', 'http://x/fhir/Patient/1/_history/2', and in Bundles
+    'urn:uuid:...' through the entries' fullUrl. Conditional references give None.
+
+    A '#c1' reference points inside the referring resource (a contained resource), never to a resource of the
+    export: it stays '#c1', which no logical id can equal (ids are [A-Za-z0-9-.]), so an Observation whose
+    subject is a contained Patient does not join an export Patient that happens to share the id."""
     if type(reference) is dict:
         reference = reference.get("reference")
     if type(reference) is not str:
@@ -748,7 +752,7 @@ def _reference_id(reference: Any, urn_ids: Mapping[str, str]) -> str | None:
     if reference.startswith("urn:"):
         return urn_ids.get(reference)
     if reference.startswith("#"):
-        return reference[1:] or None
+        return reference if len(reference) > 1 else None
     if "?" in reference:
         return None
     if "/_history/" in reference:
