@@ -221,11 +221,40 @@ def _stop(child: subprocess.Popen[str]) -> None:
         child.stdout.close()
 
 
+class FrontedServer:
+    """The namespaced child, started; :attr:`port` waits until it serves and opens the relay on ``host``.
+
+    Waiting only when the port is first needed lets the hub do other work (agree bin edges with the sites)
+    while the child starts Python and loads XGBoost."""
+
+    def __init__(self, child: subprocess.Popen[str], path: str, errors: Path, host: str) -> None:
+        self.child, self.path, self.errors, self.host = child, path, errors, host
+        self.relay: Relay | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            _wait_ready(self.child, self.errors)
+            listener = socket.create_server((self.host, 0), family=_family(self.host))
+            self.relay = Relay(listener, functools.partial(_dial_unix, self.path)).start()
+            self._port = int(listener.getsockname()[1])
+        return self._port
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+        _stop(self.child)
+        said = self.errors.read_text(errors="replace").strip()
+        if said:
+            log.debug("xgboost federated server: %s", said)
+
+
 @contextlib.contextmanager
 def federated_server(
     world: int, *, host: str = "127.0.0.1", tls: dict[str, str] | None = None, timeout: int = 600
-) -> Iterator[int]:
-    """XGBoost's federated server for ``world`` ranks, reachable at ``host:<yielded port>`` only.
+) -> Iterator[FrontedServer]:
+    """XGBoost's federated server for ``world`` ranks, reachable at ``host:<server.port>`` only.
 
     ``tls``: :func:`fedomop.federated.governance.certs.xgboost_server_tls`'s arguments. Everything started here
     (child, relays, the Unix socket and its folder) is gone when the block ends, by success, error or Ctrl-C."""
@@ -242,19 +271,11 @@ def federated_server(
                 text=True,
                 start_new_session=True,  # Ctrl-C reaches the hub, which stops the child in order
             )
-        relay: Relay | None = None
+        server = FrontedServer(child, path, errors, host)
         try:
-            _wait_ready(child, errors)
-            listener = socket.create_server((host, 0), family=_family(host))
-            relay = Relay(listener, functools.partial(_dial_unix, path)).start()
-            yield int(listener.getsockname()[1])
+            yield server
         finally:
-            if relay is not None:
-                relay.close()
-            _stop(child)
-            said = errors.read_text(errors="replace").strip()
-            if said:
-                log.debug("xgboost federated server: %s", said)
+            server.close()
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -286,6 +307,10 @@ def _await_listening(port: int) -> None:
 
 def serve(world: int, path: str, timeout: int, tls: dict[str, str]) -> None:
     """Start the server on the namespace's loopback, relay ``path`` to it, say ready, wait for stdin to end."""
+    # the child needs only the tracker: without scikit-learn and pandas (xgboost.compat imports them when it
+    # can, and treats their absence as "not installed") XGBoost imports in a quarter of the time
+    for optional in ("sklearn", "pandas"):
+        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]  # None: "import fails", per importlib
     from xgboost.federated import FederatedTracker
 
     loopback_up()
@@ -302,10 +327,10 @@ def serve(world: int, path: str, timeout: int, tls: dict[str, str]) -> None:
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(64)
-    relay = Relay(listener, functools.partial(socket.create_connection, ("127.0.0.1", port))).start()
+    Relay(listener, functools.partial(socket.create_connection, ("127.0.0.1", port))).start()
     print(READY, flush=True)
-    sys.stdin.read()  # the hub closes stdin (or dies) when training is over
-    relay.close()
+    sys.stdin.read()  # the hub closes stdin (or dies) when training is over; daemon threads end with us
+    listener.close()
 
 
 def main(argv: list[str] | None = None) -> int:

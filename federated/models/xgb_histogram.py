@@ -205,10 +205,10 @@ def server_run(
 
     require_federated_xgboost()
     xgbserver.require_namespaces()
-    edges = agree_edges(grid, nodes, config)
     tls = xgboost_server_tls(certs) if certs else {}
-    with xgbserver.federated_server(len(nodes), host=host, tls=tls) as port:
-        return _train_all(grid, nodes, rounds, config, f"{host}:{port}", tls=bool(certs), edges=edges)
+    with xgbserver.federated_server(len(nodes), host=host, tls=tls) as server:
+        edges = agree_edges(grid, nodes, config)  # while the server starts
+        return _train_all(grid, nodes, rounds, config, f"{host}:{server.port}", tls=bool(certs), edges=edges)
 
 
 def _train_all(

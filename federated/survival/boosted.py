@@ -117,8 +117,8 @@ def site_train(
 def train_federated(parts: list[Part], edges: list[np.ndarray], rounds: int, model: str = AFT) -> bytes:
     """Start the federated server, train every site at once (one thread each), return the common booster."""
     xgb_histogram.require_federated_xgboost()
-    with xgbserver.federated_server(len(parts)) as port:
-        return _train_ranks(parts, edges, port, rounds, model)
+    with xgbserver.federated_server(len(parts)) as server:
+        return _train_ranks(parts, edges, server.port, rounds, model)
 
 
 def _train_ranks(parts: list[Part], edges: list[np.ndarray], port: int, rounds: int, model: str) -> bytes:

@@ -80,7 +80,8 @@ def test_histogram_training_binds_nothing_to_every_interface_and_equals_pooled()
 
 
 def test_server_folder_and_child_are_removed_when_the_block_fails() -> None:
-    with pytest.raises(RuntimeError), xgbserver.federated_server(2) as port:
+    with pytest.raises(RuntimeError), xgbserver.federated_server(2) as server:
+        port = server.port
         children = [p for p in psutil.Process().children(recursive=True) if "xgbserver" in " ".join(p.cmdline())]
         folders = [Path(arg).parent for p in children for arg in p.cmdline() if arg.endswith("server.sock")]
         assert port > 0 and children and folders and all(f.is_dir() for f in folders)
