@@ -328,9 +328,12 @@ def serve(world: int, path: str, timeout: int, tls: dict[str, str]) -> None:
     os.chmod(path, 0o600)
     listener.listen(64)
     Relay(listener, functools.partial(socket.create_connection, ("127.0.0.1", port))).start()
+    hub = os.getppid()
     print(READY, flush=True)
     sys.stdin.read()  # the hub closes stdin (or dies) when training is over; daemon threads end with us
     listener.close()
+    if os.getppid() != hub:  # the hub was killed: nobody else removes the private folder
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
