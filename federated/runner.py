@@ -207,11 +207,26 @@ def wait_for_run(flwr: str, federation: str, run_id: int, env: dict[str, str], t
     raise FedomopError(f"run {run_id} did not finish within {timeout_s:.0f} s", where=federation)
 
 
+def demo_model(console: Any = None) -> str:
+    """Histogram XGBoost, or xgboost-bagging (with a one-line note) where XGBoost's server cannot be isolated."""
+    from fedomop.federated import xgbserver
+
+    problem = xgbserver.namespace_problem()
+    if problem is None:
+        return "xgboost-hist"
+    note = f"note: training xgboost-bagging instead of xgboost-hist: {problem} (see docs/federated.md)"
+    if console is not None:
+        console.print(note)
+    else:
+        print(note)
+    return "xgboost-bagging"
+
+
 def demo_study(site_paths: list[Path], out: Path, console: Any = None) -> dict[str, Any]:
     """``fedomop demo``'s last step: histogram XGBoost on the bone-metastasis study, then the comparison table."""
     from fedomop.federated.report import print_comparison
     from fedomop.federated.study import STUDIES_DIR
 
-    result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model="xgboost-hist")
+    result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model=demo_model(console))
     print_comparison(result, console)
     return result

@@ -23,19 +23,15 @@ So the bin edges are agreed first, federatedly and without rows leaving a site:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
-import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedomop.federated import xgbserver
 from fedomop.federated.models import xgb_common
 from fedomop.federated.models.base import ModelDefaults, Trained, set_phase
 from fedomop.federated.settings import TrainSettings
@@ -173,26 +169,6 @@ def agree_edges(grid: Grid, nodes: list[int], config: dict[str, Any]) -> list[np
     return global_edges([r.content.array_records["sketch"] for r in replies])
 
 
-@contextlib.contextmanager
-def _native_stderr_to_debug_log() -> Iterator[None]:
-    """XGBoost's tracker thread writes "listening on 0.0.0.0:<port>" straight to file descriptor 2 (its
-    Python log callback is registered per thread, not for the tracker's); send it to the debug log instead.
-    The tracker has written the line when ``run_federated_server`` returns (it waits until the server is up)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            said = capture.read().decode(errors="replace").strip()
-    if said:
-        log.debug("xgboost: %s", said)
-
-
 def require_federated_xgboost() -> None:
     """Histogram training needs XGBoost's federated plugin; some wheels on the index are built without it.
 
@@ -218,30 +194,42 @@ def server_run(
 ) -> ArrayRecord:
     """Agree edges, start the federated allreduce server, and train all sites at once.
 
-    XGBoost's server listens on every interface: XGBoost 3.2's federated tracker hard-codes
-    ``0.0.0.0:<port>`` (``plugin/federated/federated_tracker.cc``; its API has no host), so ``host`` is
-    only the address the sites dial. The port is a fresh free one, open for this training only, and
-    admits ``len(nodes)`` ranks; its "listening on 0.0.0.0" line goes to the debug log, not the console. With ``certs`` (``fedomop certs create``)
-    the server requires mutual TLS: sites present their ``<site>.tls.pem`` (node config ``certs``).
+    XGBoost 3.2's federated tracker hard-codes ``0.0.0.0:<port>`` (its API has no host), so it runs in its own
+    network namespace behind a relay on ``host`` (:mod:`fedomop.federated.xgbserver`): the sites dial
+    ``host:<port>`` and nothing listens on every interface. The port is a fresh free one, open for this training
+    only, and admits ``len(nodes)`` ranks. With ``certs`` (``fedomop certs create``) the server requires mutual
+    TLS (the relays pass the bytes through): sites present their ``<site>.tls.pem`` (node config ``certs``).
+    Without user namespaces this stops, before any site is asked, with an :class:`xgbserver.IsolationError`.
     """
-    from xgboost.federated import run_federated_server
-
     from fedomop.federated.governance.certs import xgboost_server_tls
 
     require_federated_xgboost()
-    edges = agree_edges(grid, nodes, config)
-    port = free_port(host)
+    xgbserver.require_namespaces()
     tls = xgboost_server_tls(certs) if certs else {}
-    with _native_stderr_to_debug_log():
-        run_federated_server(len(nodes), port, blocking=False, timeout=600, **tls)
+    with xgbserver.federated_server(len(nodes), host=host, tls=tls) as server:
+        edges = agree_edges(grid, nodes, config)  # while the server starts
+        return _train_all(grid, nodes, rounds, config, f"{host}:{server.port}", tls=bool(certs), edges=edges)
+
+
+def _train_all(
+    grid: Grid,
+    nodes: list[int],
+    rounds: int,
+    config: dict[str, Any],
+    address: str,
+    *,
+    tls: bool,
+    edges: list[np.ndarray],
+) -> ArrayRecord:
+    """Every site trains against the server at ``address``; all must end with the same booster."""
     # each site's collective gives up within the round timeout, so a killed site frees the others in time
     round_timeout = float(getattr(grid, "round_timeout", 600.0))
-    config = {**config, "xgb-tls": bool(certs), "xgb-timeout": max(5, int(round_timeout / 2))}
+    config = {**config, "xgb-tls": tls, "xgb-timeout": max(5, int(round_timeout / 2))}
     edge_record = xgb_common.to_record(b"", edges)
     messages = []
     for rank, node in enumerate(nodes):
         node_config = ConfigRecord(
-            {**config, "server-address": f"{host}:{port}", "world-size": len(nodes), "rank": rank, "rounds": rounds}
+            {**config, "server-address": address, "world-size": len(nodes), "rank": rank, "rounds": rounds}
         )
         content = RecordDict({"config": node_config, "edges": edge_record})
         messages.append(Message(content=content, dst_node_id=node, message_type="train.histogram"))

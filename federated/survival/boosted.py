@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedomop.federated import xgbserver
 from fedomop.federated.errors import StudyError
 from fedomop.federated.models import xgb_common, xgb_histogram
 from fedomop.federated.survival import cox
@@ -115,12 +116,13 @@ def site_train(
 
 def train_federated(parts: list[Part], edges: list[np.ndarray], rounds: int, model: str = AFT) -> bytes:
     """Start the federated server, train every site at once (one thread each), return the common booster."""
-    from xgboost.federated import run_federated_server
-
     xgb_histogram.require_federated_xgboost()
-    port = xgb_histogram.free_port()
-    with xgb_histogram._native_stderr_to_debug_log():
-        run_federated_server(len(parts), port, blocking=False, timeout=600)
+    with xgbserver.federated_server(len(parts)) as server:
+        return _train_ranks(parts, edges, server.port, rounds, model)
+
+
+def _train_ranks(parts: list[Part], edges: list[np.ndarray], port: int, rounds: int, model: str) -> bytes:
+    """One thread per site against the server at ``127.0.0.1:port``; the common booster, or a named failure."""
     models: dict[int, bytes] = {}
     failures: dict[int, str] = {}
 

@@ -9,7 +9,8 @@ import numpy as np
 import xgboost as xgb
 
 from fedomop.federated.models import xgb_common
-from fedomop.federated.models.xgb_histogram import free_port, global_edges, site_sketch
+from fedomop.federated.models.xgb_histogram import global_edges, site_sketch
+from fedomop.federated.xgbserver import federated_server
 
 WORKER = """
 import sys, numpy as np
@@ -61,12 +62,10 @@ def test_federated_communicator_equals_pooled_training(tmp_path):
     edges = global_edges([site_sketch(X, small_cell=5) for X, _ in sites])
     for rank, (X, y) in enumerate(sites):
         np.savez(tmp_path / f"site{rank}.npz", X=X, y=y, **{f"e{j}": e for j, e in enumerate(edges)})
-    from xgboost.federated import run_federated_server
-
-    port = free_port()
-    run_federated_server(3, port, blocking=False, timeout=120)
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(port), str(tmp_path)]) for r in range(3)]
-    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0]
+    with federated_server(3, timeout=120) as server:
+        command = [sys.executable, "-c", WORKER]
+        workers = [subprocess.Popen([*command, str(r), str(server.port), str(tmp_path)]) for r in range(3)]
+        assert [w.wait(timeout=180) for w in workers] == [0, 0, 0]
     models = {(tmp_path / f"model{r}.json").read_bytes() for r in range(3)}
     assert len(models) == 1  # every site ends with the same model
     federated = xgb_common.load_booster(models.pop())
