@@ -252,7 +252,10 @@ class _Rejects:
     def frame(self) -> pl.DataFrame:
         if not self.rows["source_row"]:  # the usual case
             return empty_rejects()
-        return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
+        return _frame_from_rows(list(zip(*self.rows.values(), strict=True)), _REJECT_TYPES)
+
+
+_REJECT_TYPES: dict[str, pl.DataType] = {name: pl.String() for name in REJECT_SCHEMA}
 
 
 def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
