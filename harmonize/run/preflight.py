@@ -26,7 +26,7 @@ from fedomop.harmonize.mapping.models import (
 from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import tabular_options
 from fedomop.harmonize.sources.tabular import read_header
-from fedomop.harmonize.tables import MAPPABLE_TABLES, TARGETS
+from fedomop.harmonize.tables import DOMAIN_TABLES, MAPPABLE_TABLES, TARGETS
 from fedomop.harmonize.tables._target import RULE_SLOTS
 
 
@@ -104,7 +104,11 @@ def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule)
         for slot in RULE_SLOTS.get(key, ())
         if slot in target.columns
     }
+    routed_only = _routed_only_columns(table, rule.route_by_domain)
     for name, expr in rule.fields.items():
+        if name in routed_only:  # e.g. value_as_string on a measurement rule: set where a row lands in observation
+            _check_named_constant(expr, name, f"{where}.fields.{name}")
+            continue
         if name not in spec.column_names or name == target.id_column or name in slot_columns:
             valid = [c for c in spec.column_names if c != target.id_column and c not in slot_columns]
             raise MappingError(
@@ -115,6 +119,22 @@ def _check_rule(mapping: Mapping, file: str, table: str, index: int, rule: Rule)
         _check_named_constant(expr, name, f"{where}.fields.{name}")
     if rule.type_concept is not None:
         _check_named_constant(rule.type_concept, "type_concept_id", f"{where}.type_concept")
+
+
+def _routed_only_columns(table: str, route_by_domain: bool) -> set[str]:
+    """Columns a rule of ``table`` may set although ``table`` lacks them: those of the other tables its rows
+    can be routed to by domain (value_as_string exists in observation, not in measurement). Such a field
+    applies only to the rows routed there, as every field follows a routed row into a table with that column."""
+    if not route_by_domain or TARGETS[table].domain is None:
+        return set()
+    own = set(load_spec().table(table).column_names)
+    others: set[str] = set()
+    for name in set(DOMAIN_TABLES.values()) - {table}:
+        target = TARGETS[name]
+        others |= {c for c in load_spec().table(name).column_names if c != target.id_column} - set(
+            target.columns.values()
+        )
+    return others - own
 
 
 def _check_named_constant(expr: object, field: str, where: str) -> None:

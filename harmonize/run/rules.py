@@ -34,6 +34,7 @@ from fedomop.harmonize.run.datebounds import date_bounds
 from fedomop.harmonize.run.quarantine import Quarantine
 from fedomop.harmonize.run.shorten import Shortened
 from fedomop.harmonize.run.units import UnitConverter
+from fedomop.harmonize.tables import DOMAIN_TABLES
 from fedomop.harmonize.vocabulary import resolve_codes
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
 
@@ -132,6 +133,18 @@ def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.
 
 def _constant_value(value: ConceptConstant | int | float | str | None) -> int | float | str | None:
     return value.concept_id if isinstance(value, ConceptConstant) else value
+
+
+def _field_datatype(table: str, name: str) -> str:
+    """The spec type of a ``fields:`` column: this table's, or, for a column only tables its rows may be routed
+    to have (value_as_string on a measurement rule, see preflight), the first such table's."""
+    spec = load_spec()
+    if name in spec.table(table).column_names:
+        return spec.table(table).field(name).datatype
+    for other in DOMAIN_TABLES.values():
+        if name in spec.table(other).column_names:
+            return spec.table(other).field(name).datatype
+    return spec.table(table).field(name).datatype  # raises SchemaError naming the valid fields
 
 
 def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple[pl.Expr, Problem | None]:
@@ -250,9 +263,8 @@ class RuleEvaluator:
                 problems.append(Problem(nothing, rule.value.number, pl.lit(None), "missing value"))
         if rule.type_concept is not None:
             exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
-        spec = load_spec().table(table)
         for name, expr in rule.fields.items():
-            value, problem = _field_expr(name, expr, source, spec.field(name).datatype)
+            value, problem = _field_expr(name, expr, source, _field_datatype(table, name))
             exprs.append(value)
             if problem:
                 problems.append(problem)

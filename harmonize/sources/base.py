@@ -36,6 +36,10 @@ class SourceBatch:
         return self.seen == self.frame.height + self.rejects.height
 
 
+_EMPTY_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
+
+
 def empty_rejects() -> pl.DataFrame:
-    """An empty reject frame with the contract schema."""
-    return pl.DataFrame(schema=REJECT_SCHEMA)
+    """An empty reject frame with the contract schema: a fresh copy of one built at import, because
+    building a frame from a schema costs ~0.1 ms -- most of reading a small file when a run reads many."""
+    return _EMPTY_REJECTS.clear()

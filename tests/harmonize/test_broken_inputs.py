@@ -157,6 +157,17 @@ MAPPING_CASES = [
         "gender_concept_id",
     ),
     (
+        # value_as_string exists in observation only: a measurement rule may set it for the rows routed there,
+        # so one that routes nothing (route_by_domain: false) may not
+        "field of a routed table, not routed",
+        _set(
+            ["tables", "measurement", 0],
+            {**MAPPING["tables"]["measurement"][0], "route_by_domain": False, "fields": {"value_as_string": "unit"}},
+        ),
+        "measurement has no settable field 'value_as_string'",
+        "range_low",
+    ),
+    (
         "unnamed concept",
         _set(["tables", "death", 0, "type_concept"], {"constant": 32817}),
         "tables.death[0].type_concept: hard-coded concept id 32817 has no name",

@@ -508,10 +508,12 @@ def test_small_batches_built_row_wise_equal_the_column_wise_frames(tmp_path, mon
     }
     fhir_module = __import__("fedomop.harmonize.sources.fhir.reader", fromlist=["SMALL_BATCH"])
     row_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
+    monkeypatch.setattr(fhir_module, "_PY_DATA_FRAME", None)  # the public constructor instead of the row one
+    public = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
     monkeypatch.setattr(fhir_module, "SMALL_BATCH", 0)
     column_wise = read_fhir("o", [path], tmp_path, "Observation", columns, fmt="ndjson")
-    assert row_wise.frame.schema == column_wise.frame.schema
-    assert row_wise.frame.equals(column_wise.frame)
+    assert row_wise.frame.schema == column_wise.frame.schema == public.frame.schema
+    assert row_wise.frame.equals(column_wise.frame) and row_wise.frame.equals(public.frame)
     assert row_wise.frame["decimal"].to_list() == [81.0, 9.1, None, None, None, None, None]
     assert row_wise.frame["mixed"].to_list() == ["81.0", "9.1", "-3", "true", "false", "high", None]
 
@@ -544,3 +546,22 @@ def test_specialised_validators_keep_the_resource_level_rules(tmp_path, monkeypa
     reasons = dict(zip(first.rejects["source_row"], first.rejects["reason"], strict=True))
     assert reasons["o11"].startswith("required element 'status' is missing from Observation")
     assert "effective[x] has 2 values" in reasons["o12"] and "value[x] has 2 values" in reasons["o14"]
+
+
+def test_lineage_names_the_file_with_symlinks_resolved(tmp_path):
+    """The lineage file name is the real file relative to the real source folder, whether the folder or
+    the file is reached through a symlink (the folder's resolution is remembered between reads)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    line = json.dumps({"resourceType": "Patient", "id": "p1", "gender": "female"})
+    (real / "Patient.ndjson").write_text(line + "\n")
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    (real / "Alias.ndjson").symlink_to(real / "Patient.ndjson")
+    for files, base in [
+        ([tmp_path / "linked" / "Patient.ndjson"], tmp_path),
+        ([real / "Alias.ndjson"], real),
+        ([tmp_path / "linked" / "Patient.ndjson"], tmp_path / "linked"),
+    ]:
+        batch = read_fhir("p", files, base, "Patient", {"g": "gender"}, fmt="ndjson")
+        expected = "real/Patient.ndjson" if base == tmp_path else "Patient.ndjson"
+        assert batch.frame["_source_file"].to_list() == [expected]

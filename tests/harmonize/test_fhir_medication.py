@@ -226,3 +226,85 @@ def test_a_coded_value_follows_its_row_routed_to_observation(tmp_path: Path) -> 
         (2000000101, 2000000102, "8517006")
     ]
     assert _rows(db, "select count(*) from measurement") == [(0,)]
+
+
+def test_end_date_without_one_in_the_source_is_start_plus_days_supply_minus_one(tmp_path: Path) -> None:
+    """THEMIS (drug_exposure_end_date not given explicitly): start + days_supply - 1, else the start date; a
+    given end is kept. Hand-computed: 2020-03-04 + 30 - 1 days = 2020-04-02 (March has 31 days); 2020-02-20 +
+    10 - 1 = 2020-02-29 (leap year); a 1-day supply ends on its start; a supply of 0 or none: the start."""
+    drug = {"coding": [{"system": RXNORM, "code": "199224"}]}
+
+    def request(rx_id: str, authored: str, supply: float | None, end: str | None = None) -> dict[str, object]:
+        rx: dict[str, object] = {**_request(rx_id, "unused"), "medicationCodeableConcept": drug}
+        del rx["medicationReference"]
+        rx["authoredOn"] = authored
+        dispense: dict[str, object] = {}
+        if supply is not None:
+            dispense["expectedSupplyDuration"] = {"value": supply, "unit": "days", "code": "d"}
+        if end is not None:
+            dispense["validityPeriod"] = {"start": authored, "end": end}
+        if dispense:
+            rx["dispenseRequest"] = dispense
+        return rx
+
+    requests = [
+        request("a-30", "2020-03-04", 30),
+        request("b-leap", "2020-02-20", 10),
+        request("c-one", "2021-07-01", 1),
+        request("d-zero", "2021-07-01", 0),
+        request("e-none", "2021-07-01", None),
+        request("f-given", "2020-03-04", 30, end="2020-03-10"),
+    ]
+    (tmp_path / "Patient.ndjson").write_text(json.dumps(PATIENT) + "\n")
+    (tmp_path / "MedicationRequest.ndjson").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    db = tmp_path / "out.duckdb"
+    vocabulary = MAPPINGS.parent / "sample_data" / "vocabulary"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=vocabulary).balanced
+    rows = _rows(
+        db,
+        "select l.source_row, d.days_supply, strftime(d.drug_exposure_start_date, '%Y-%m-%d'), "
+        "strftime(d.drug_exposure_end_date, '%Y-%m-%d') from drug_exposure d join fedomop_lineage l "
+        "on l.omop_table = 'drug_exposure' and l.omop_id = d.drug_exposure_id order by 1",
+    )
+    assert rows == [
+        ("a-30", 30, "2020-03-04", "2020-04-02"),
+        ("b-leap", 10, "2020-02-20", "2020-02-29"),
+        ("c-one", 1, "2021-07-01", "2021-07-01"),
+        ("d-zero", 0, "2021-07-01", "2021-07-01"),
+        ("e-none", None, "2021-07-01", "2021-07-01"),
+        ("f-given", 30, "2020-03-04", "2020-03-10"),
+    ]
+
+
+def test_a_string_value_routed_to_observation_fills_value_as_string(tmp_path: Path, shared_dir: Path) -> None:
+    """IG: Observation.valueString -> observation.value_as_string. The HL7 example "trachcare" (SNOMED 410211008,
+    a test concept in the Observation domain here) is routed from the measurement rule to observation; its
+    string lands in value_as_string (57 characters: fits varchar(60)) and still in value_source_value. The
+    measurement table, which has no value_as_string, is empty."""
+    vocabulary = _vocabulary_with(
+        tmp_path,
+        [
+            "2000000201\tTracheostomy care (test)\tObservation\tSNOMED\tClinical Finding\tS\t410211008\t19700101\t20991231\t"
+        ],
+        ["Observation\tObservation\t0"],
+        [],
+    )
+    examples = shared_dir / "fhir" / "hl7-r4-examples" / "ndjson" / "Observation.ndjson"
+    trachcare = next(line for line in examples.read_text().splitlines() if '"id":"trachcare"' in line)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "Patient.ndjson").write_text(json.dumps({**PATIENT, "id": "infant"}) + "\n")
+    (data / "Observation.ndjson").write_text(trachcare + "\n")
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", data, db, vocabulary=vocabulary).balanced
+    text = "Mother is trained to change her child's tracheostomy tube"
+    rows = _rows(
+        db,
+        "select observation_concept_id, strftime(observation_date, '%Y-%m-%d'), value_as_string, "
+        "value_source_value, value_as_number from observation",
+    )
+    assert len(rows) == 1
+    concept, day, as_string, source_value, number = rows[0]
+    assert (concept, day, as_string, number) == (2000000201, "2018-03-11", text, None)
+    assert source_value is not None and source_value[:20] == text[:20]  # varchar(50): its recorded short form
+    assert _rows(db, "select count(*) from measurement") == [(0,)]

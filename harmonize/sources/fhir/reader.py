@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
+import importlib
+import io
 import json
 import multiprocessing
 import os
@@ -36,6 +38,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -182,7 +185,7 @@ class _Columns:
 
     def flush(self) -> None:
         if 0 < len(self.rows) < SMALL_BATCH:  # one constructor call: most of the cost of a small frame
-            self._keep(pl.DataFrame(self.rows, schema=self.schema, orient="row"))
+            self._keep(_frame_from_rows(self.rows, self.schema))
         elif self.rows:
             columns = zip(*self.rows, strict=True)
             self._keep(
@@ -208,6 +211,28 @@ class _Columns:
         return pl.concat(self.frames, how="vertical") if len(self.frames) > 1 else self.frames[0]
 
 
+def _frame_from_rows(rows: list[tuple[Any, ...]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A frame of ``rows`` with ``schema``. ``pl.DataFrame(rows, orient="row")`` spends ~0.2 ms in Python
+    normalising the schema around polars' row constructor, then casts columns whose type differs (none
+    here: the constructor is given every column's type) -- most of reading a small file (a run over the
+    HL7 examples reads 14 files of 16 resources). The row constructor is called directly when this polars
+    has it (same frame: tests/harmonize/test_fhir_fast_paths.py), else the public constructor."""
+    if _PY_DATA_FRAME is None:
+        return pl.DataFrame(rows, schema=schema, orient="row")
+    return pl.DataFrame._from_pydf(_PY_DATA_FRAME.from_rows(rows, schema=schema, infer_schema_length=100))
+
+
+def _row_constructor() -> Any:
+    """polars' internal row-wise frame constructor (``polars._plr.PyDataFrame``), or None."""
+    try:
+        return importlib.import_module("polars._plr").PyDataFrame
+    except (ImportError, AttributeError):
+        return None
+
+
+_PY_DATA_FRAME = _row_constructor()
+
+
 def _replaced(key: str, replaced: tuple[str, ...]) -> bool:
     """``key`` is one of ``replaced``, or a choice-type form of one (``value`` -> valueQuantity, valueString...)."""
     return any(key == r or (key.startswith(r) and key[len(r) : len(r) + 1].isupper()) for r in replaced)
@@ -227,7 +252,10 @@ class _Rejects:
     def frame(self) -> pl.DataFrame:
         if not self.rows["source_row"]:  # the usual case
             return empty_rejects()
-        return pl.DataFrame(self.rows, schema=REJECT_SCHEMA)
+        return _frame_from_rows(list(zip(*self.rows.values(), strict=True)), _REJECT_TYPES)
+
+
+_REJECT_TYPES: dict[str, pl.DataType] = {name: pl.String() for name in REJECT_SCHEMA}
 
 
 def iter_ndjson(path: Path) -> Iterator[tuple[int, bytes | None]]:
@@ -264,7 +292,8 @@ def _open(path: Path) -> IO[bytes] | gzip.GzipFile:
     """Binary reader with a large buffer; ``.gz`` files (common for bulk exports) are decompressed."""
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
-    return path.open("rb", buffering=1 << 20)
+    size = path.stat().st_size  # a small file gets a small buffer: allocating 1 MiB costs more than reading it
+    return path.open("rb", buffering=min(1 << 20, max(size, io.DEFAULT_BUFFER_SIZE)))
 
 
 def _require_files(files: Iterable[Path]) -> list[Path]:
@@ -279,13 +308,23 @@ def _require_files(files: Iterable[Path]) -> list[Path]:
     return paths
 
 
-def _relative(path: Path, base: Path) -> str:
-    """``path`` relative to the already resolved ``base`` (the lineage's file name)."""
-    resolved = path.resolve()
-    try:
-        return resolved.relative_to(base).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(resolved, base)).as_posix()
+def _relative(path: Path, base: str) -> str:
+    """``path`` (symlinks resolved) relative to the already resolved ``base``: the lineage's file name."""
+    text = os.fspath(path)
+    if os.path.islink(text):
+        real = os.path.realpath(text)
+    else:  # one lstat: the file's folder is resolved once per process, not once per source and file
+        real = os.path.join(_real_folder(os.path.dirname(os.path.abspath(text))), os.path.basename(text))
+    relative = os.path.relpath(real, base)
+    return relative if os.sep == "/" else Path(relative).as_posix()
+
+
+@lru_cache(maxsize=1024)
+def _real_folder(folder: str) -> str:
+    """``folder`` with symlinks resolved, remembered: Path.resolve costs ~0.1 ms (an lstat and Python work
+    per component), which a run over many small files (the HL7 examples: 14 files, 16 resources each)
+    paid twice per file. Only names lineage; which files may be read is decided in run/files.py."""
+    return os.path.realpath(folder)
 
 
 def _summarise(problems: list[StructuralProblem]) -> tuple[str, str, str]:
@@ -737,7 +776,7 @@ def read_fhir(
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
     reader = _Reader(resource_type, paths, validation, on_frame=on_frame, each=each)
-    base = Path(base_dir).resolve()
+    base = _real_folder(os.path.abspath(base_dir))
     sources = [(path, _relative(path, base)) for path in _require_files(files)]
     if not isinstance(workers, int) or workers < 1:
         raise MappingError(f"workers must be a whole number >= 1, got {workers!r}", where=f"source {name}")
@@ -798,7 +837,7 @@ def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFram
     """Reject rows for Bundle entries that no resource-type source can read: an entry without a resource
     object, or a resource without a resourceType. Each is accounted (file, ``entry[i]``) instead of vanishing."""
     rejects = _Rejects()
-    base = Path(base_dir).resolve()
+    base = _real_folder(os.path.abspath(base_dir))
     for path in _require_files(files):
         try:
             bundle = _load_bundle(path)
