@@ -245,6 +245,9 @@ def test_coded_values_and_reference_ranges(hl7_db: Path) -> None:
     """valueCodeableConcept -> value_source_value (the code); referenceRange low/high -> range_low/high.
     satO2 example: 95 % with range 90-99."""
     assert _measurements(hl7_db, "satO2") == [("satO2", "2708-6", 95.0, "%", 8554, "95.0", 90.0, 99.0)]
+    # gcs-qa has three ranges (high 8 / 9-12 / low 13): both bounds come from the first one, never low 9 with high 8
+    [gcs] = _measurements(hl7_db, "gcs-qa")
+    assert (gcs[6], gcs[7]) == (None, 8.0)
     # the Apgar examples' subject is '#newborn', a Patient contained in each Observation: not the export's
     # Patient/newborn (another person, born a year later), so its 5 components are quarantined, never loaded
     assert _measurements(hl7_db, "%-apgar-score/%") == []
