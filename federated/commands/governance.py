@@ -59,11 +59,17 @@ def register(app: typer.Typer) -> None:
         console.print(f"policy of site {loaded.site!r} is valid; audit log: {loaded.audit_log}")
         for name, study in loaded.studies.items():
             console.print(
-                f"  {name}: {len(study.approved_apps)} approved app(s), tables {', '.join(study.tables) or 'none'}, "
+                f"  {name}: {len(study.approvals)} approval(s) (app + study + requester), "
+                f"{len(study.approved_apps)} approved app hash(es), tables {', '.join(study.tables) or 'none'}, "
                 f"{len(study.concept_sets)} concept(s), min cohort {loaded.min_cohort(name)}, "
                 f"small cells < {loaded.small_cell(name)}"
                 + (f", local DP epsilon={study.differential_privacy.epsilon}" if study.differential_privacy else "")
             )
+            if not study.approvals:
+                console.print(
+                    f"  [yellow]warning[/]: study {name!r} has no approvals: a governed site (fedomop site start) "
+                    "refuses every run of it; add approvals: [{app_sha256, study_digest, requester}]"
+                )
 
     @governance_app.command("verify-log")
     def verify_log(

@@ -25,7 +25,10 @@ def test_hash_prints_the_app_hash(tmp_path):
 def test_check_policy_summarises_and_refuses_bad_files(policy_path, tmp_path):
     result = runner.invoke(app, ["governance", "check-policy", str(policy_path)])
     assert result.exit_code == 0 and "policy of site 'site_a' is valid" in result.stdout
-    assert "bone_metastasis: 1 approved app(s)" in result.stdout
+    out = " ".join(result.stdout.split())
+    assert "bone_metastasis: 0 approval(s) (app + study + requester), 1 approved app hash(es)" in out
+    # the governed site checks approvals only: a policy without them is flagged, not reported as fine
+    assert "study 'bone_metastasis' has no approvals: a governed site (fedomop site start) refuses every run" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("site: x\naudit_log: a.jsonl\nstudies: {s: {tables: {nope: '*'}}}\n")
     result = runner.invoke(app, ["governance", "check-policy", str(bad)])
