@@ -1,5 +1,5 @@
 """``python -m fedomop``: the same as the ``fedomop`` command."""
 
-from fedomop.cli import main
+from fedomop.entry import main
 
 main()
