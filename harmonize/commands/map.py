@@ -222,3 +222,10 @@ def register(app: typer.Typer) -> None:
         )
         if not print_coverage(report, load_mapping(mapping)):
             raise typer.Exit(1)
+        if not report.loaded.get("person"):  # the run's own rows (cdm_source, eras) do not count as data
+            console.print(
+                "[red]nothing was loaded[/]: no person, every source record was quarantined (reasons above); "
+                "check the files match the mapping's sources (format, resource type, columns)",
+                highlight=False,
+            )
+            raise typer.Exit(1)

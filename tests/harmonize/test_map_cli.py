@@ -123,3 +123,19 @@ def test_sample_site_c_on_postgresql_matches_duckdb(tmp_path: Path, postgres_url
         expected_names = con.execute("select count(*) from location where address_1 like '%é%'").fetchone()[0]
     assert float(calcium) == pytest.approx(expected) and 8 < float(calcium) < 11  # mg/dL, not mmol/L
     assert names == expected_names > 0  # latin-1 accents arrive intact
+
+
+def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
+    """A Bundle saved under a Patient NDJSON name: balanced (the line is quarantined), yet nothing loaded - a failure."""
+    from tests.conftest import MAPPINGS
+
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}\n')
+    done = subprocess.run(
+        [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
+         "--db", str(tmp_path / "x.duckdb"), "--no-indexes"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing was loaded" in " ".join(done.stdout.split()) and "Traceback" not in done.stderr
