@@ -151,6 +151,13 @@ def map_site(
             f"{', '.join(report.absent_sources)}",
             highlight=False,
         )
+    if report.absent_concepts:
+        out.print(
+            f"[yellow]the vocabulary lacks {len(report.absent_concepts)} concept(s) the mapping names[/] "
+            f"({', '.join(report.absent_concepts)}): their names are unchecked and the rows carrying them fail "
+            "DQD's foreign-key checks; load a vocabulary that holds them (a full Athena release, or --vocabulary)",
+            highlight=False,
+        )
     if report.values_shortened:
         out.print(
             f"{report.values_shortened} value(s) longer than their OMOP column were loaded in a recorded short form "

@@ -33,7 +33,7 @@ from fedomop.harmonize.run.lineage import (
     RECONCILIATION_TABLE,
 )
 from fedomop.harmonize.run.load import RUN_SCHEMA, RUN_TABLE, check_reconciliation, create_run_tables, prepare_database
-from fedomop.harmonize.run.preflight import check_mapping, check_source_columns
+from fedomop.harmonize.run.preflight import absent_named_concepts, check_mapping, check_source_columns
 from fedomop.harmonize.run.progress import Progress, no_progress
 from fedomop.harmonize.tables import (
     TARGETS,
@@ -59,6 +59,7 @@ class RunReport:
     chunks: int = 1
     unsplit_reason: str = ""  # why a site big enough to chunk was mapped whole
     absent_sources: list[str] = field(default_factory=list)  # sources with no file: 0 records
+    absent_concepts: list[str] = field(default_factory=list)  # the mapping's named concepts the vocabulary lacks
     values_shortened: int = 0  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
 
     @property
@@ -162,6 +163,7 @@ def run_mapping(
         progress("vocabulary store", 1, 1)
     with target as db:
         version = prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
+        absent_concepts = absent_named_concepts(db, mapping, plan.mapping_path)
         create_run_tables(db)
         totals = _map_site(db, plan, run_id, progress, scratch)
         recon = totals.reconciliation()
@@ -211,6 +213,7 @@ def run_mapping(
         unsplit_reason=plan.chunks.reason,
         absent_sources=list(plan.files.absent),
         values_shortened=totals.shortened,
+        absent_concepts=absent_concepts,
     )
 
 

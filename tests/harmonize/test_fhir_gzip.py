@@ -43,3 +43,18 @@ def test_gzipped_bulk_export_maps_like_the_plain_files(tmp_path: Path, shared_di
     assert counts[True] == counts[False]
     assert counts[True]["person"] == patients  # every Patient line of the export (counted here, by hand)
     assert all(json.loads(line)["resourceType"] == "Patient" for line in (SYNTHEA_BULK / names[0]).open())
+
+
+def test_a_vocabulary_subset_without_the_mappings_named_concepts_is_reported(tmp_path: Path, shared_dir: Path) -> None:
+    """Eunomia's vocabulary subset lacks MALE (8507), FEMALE (8532) and EHR (32817), which fhir_r4.yaml names:
+    the run says so (the names cannot be checked, and DQD's foreign-key checks will fail on those rows)."""
+    from tests.conftest import EUNOMIA
+
+    source = _copy(tmp_path / "export", sorted(p.name for p in SYNTHEA_BULK.glob("Patient*.ndjson")), zipped=False)
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", source, tmp_path / "eu.duckdb", vocabulary=EUNOMIA, indexes=False)
+    assert {"8507 (MALE)", "8532 (FEMALE)", "32817 (EHR)"} <= set(report.absent_concepts)
+    sample_vocabulary = MAPPINGS.parent / "sample_data" / "vocabulary"  # holds 8507, 8532 and 32817
+    bundled = run_mapping(
+        MAPPINGS / "fhir_r4.yaml", source, tmp_path / "sample.duckdb", vocabulary=sample_vocabulary, indexes=False
+    )
+    assert not {"8507 (MALE)", "8532 (FEMALE)", "32817 (EHR)"} & set(bundled.absent_concepts)
