@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -111,7 +110,7 @@ def test_an_interrupted_or_crashed_run_leaves_no_temporary_files(how: str, tmp_p
     run = _cli(db, scratch)
     workers = _wait_for_workers(run)
     if how == "ctrl-c":
-        os.killpg(os.getpgid(run.pid), signal.SIGINT) if False else run.send_signal(signal.SIGINT)
+        run.send_signal(signal.SIGINT)
     else:
         workers[0].kill()
     _, err = run.communicate(timeout=60)
