@@ -1,7 +1,8 @@
 """One run over a site: its chunks (one for a site that fits in memory) read, built, reconciled and loaded in turn.
 
 Chunk k loads on a second connection while chunk k+1 is built (DuckDB and PostgreSQL release the GIL); ids continue
-across chunks and the keys of shared rows (providers, care sites, locations) are carried forward.
+across chunks and the keys of shared rows (providers, care sites, locations) are carried forward. With more than one
+worker (DuckDB), chunks are built in worker processes instead and taken back in order (:mod:`.parallel`).
 """
 
 from __future__ import annotations
@@ -307,9 +308,19 @@ class SiteRun:
 
         def job(chunk: int, carried: dict[str, pl.DataFrame]) -> ChunkJob:
             names = [n for n in self.present if n in plan.person_columns or chunk == 0]
-            out = scratch / "built" / str(chunk)
-            args = (self.mapping, self.mapping_path, self.files, self.run_id, snapshot, out, carried, plan.shared)
-            return ChunkJob(chunk, names, staged, *args)
+            return ChunkJob(
+                chunk=chunk,
+                names=names,
+                staged=staged,
+                mapping=self.mapping,
+                mapping_path=self.mapping_path,
+                files=self.files,
+                run_id=self.run_id,
+                vocabulary_db=snapshot,
+                out=scratch / "built" / str(chunk),
+                carried_keys=carried,
+                shared=plan.shared,
+            )
 
         pool = ChunkPool(min(self.workers, plan.chunks), job, plan.chunks)
         failed = True
