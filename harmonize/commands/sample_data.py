@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
         ),
         sites: Annotated[list[str] | None, typer.Option(help="Sites to write (default: all four).")] = None,
         eunomia: Annotated[
-            Path | None, typer.Option(help="Build the vocabulary subset from this Eunomia shard instead of copying the shipped one.")
+            Path | None,
+            typer.Option(
+                help="Build the vocabulary subset from this Eunomia shard instead of copying the shipped one."
+            ),
         ] = None,
         vocabulary: Annotated[bool, typer.Option(help="Also write the vocabulary subset.")] = True,
         workers: Annotated[int, typer.Option(help="Sites generated in parallel processes.")] = 1,

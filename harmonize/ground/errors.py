@@ -16,11 +16,19 @@ class FedomopError(Exception):
         self.fix = fix
         super().__init__(self.__str__())
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with where and fix (an error raised in a worker process reaches the run whole)."""
+        return (_rebuild, (type(self), self.message, self.where, self.fix), self.__dict__)
+
     def __str__(self) -> str:
         parts = [f"{self.where}: {self.message}" if self.where else self.message]
         if self.fix:
             parts.append(f"  fix: {self.fix}")
         return "\n".join(parts)
+
+
+def _rebuild(kind: type[FedomopError], message: str, where: str | None, fix: str | None) -> FedomopError:
+    return kind(message, where=where, fix=fix)
 
 
 class SchemaError(FedomopError):

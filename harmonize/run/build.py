@@ -275,13 +275,18 @@ class SiteBuild:
 
     def last_ids(self) -> dict[str, int]:
         """Per table with engine-assigned ids, the largest id so far (where the next chunk continues)."""
-        last = dict(self.ids_after)
-        for table, frame in self.tables.items():
-            target = TARGETS[table]
-            if frame.height and target.id_column and not target.one_per_person:
-                top = frame.select(pl.col(target.id_column).max()).item()
-                last[table] = max(last.get(table, 0), int(top))
-        return last
+        return last_ids(self.tables, self.ids_after)
+
+
+def last_ids(tables: dict[str, pl.DataFrame], before: dict[str, int]) -> dict[str, int]:
+    """``before`` raised to the largest id of each table with engine-assigned ids in ``tables``."""
+    last = dict(before)
+    for table, frame in tables.items():
+        target = TARGETS[table]
+        if frame.height and target.id_column and not target.one_per_person:
+            top = frame.select(pl.col(target.id_column).max()).item()
+            last[table] = max(last.get(table, 0), int(top))
+    return last
 
 
 def _key_columns(table: str) -> list[pl.Expr]:

@@ -1,7 +1,8 @@
 """One run over a site: its chunks (one for a site that fits in memory) read, built, reconciled and loaded in turn.
 
 Chunk k loads on a second connection while chunk k+1 is built (DuckDB and PostgreSQL release the GIL); ids continue
-across chunks and the keys of shared rows (providers, care sites, locations) are carried forward.
+across chunks and the keys of shared rows (providers, care sites, locations) are carried forward. With more than one
+worker (DuckDB), chunks are built in worker processes instead and taken back in order (:mod:`.parallel`).
 """
 
 from __future__ import annotations
@@ -143,26 +144,121 @@ class RunTotals:
         return summed.with_columns(balanced.alias("balanced")).select(list(RECONCILIATION_SCHEMA))
 
 
+@dataclass(frozen=True)
+class ChunkState:
+    """What building chunk ``chunk`` needs from the chunks before it (empty for the first)."""
+
+    chunk: int
+    ids_after: dict[str, int]  # table -> last id used before this chunk
+    carried_keys: dict[str, pl.DataFrame]  # keys of shared keyed rows built by the first chunk
+    cancer_concepts: list[int] | None  # resolved once, by the first chunk with conditions
+    looked_up: dict[str, pl.DataFrame]  # sources read through lookup:, kept for later chunks (updated here)
+    shared: tuple[str, ...] = ()  # sources read whole, in the first chunk
+
+
+@dataclass
+class BuiltChunk:
+    """One chunk's finished OMOP frames (lineage columns kept), quarantine and reconciliation, not yet loaded."""
+
+    tables: dict[str, pl.DataFrame]
+    quarantined: pl.DataFrame
+    shortened: pl.DataFrame
+    recon: pl.DataFrame
+    seen: dict[str, int]
+    read_seconds: float
+    shared_keys: dict[str, pl.DataFrame]
+    cancer_concepts: list[int] | None
+    last_ids: dict[str, int]
+
+
+class ChunkBuilder:
+    """Builds chunks against a database it only reads (the vocabulary): in the run's process or in a worker."""
+
+    def __init__(self, db: Database, mapping: Mapping, mapping_path: Path, files: SiteFiles, run_id: str) -> None:
+        self.db = db
+        self.mapping = mapping
+        self.mapping_path = mapping_path
+        self.files = files
+        self.run_id = run_id
+        self.units = UnitConverter(db, mapping.units, str(mapping_path))
+        self.fhir = {name for name, source in mapping.sources.items() if source.is_fhir}
+        self.codes = ResolutionCache()
+
+    def build(
+        self, state: ChunkState, names: list[str], read: Callable[[str], SourceBatch], progress: Progress
+    ) -> BuiltChunk:
+        """Read, build and account for one chunk; raises if its records do not balance."""
+        quarantine = Quarantine(self.run_id)
+        read_started = time.perf_counter()
+        batches, seen = read_sources(names, read, quarantine, progress, self.fhir)
+        state.looked_up.update({n: f for n, f in batches.items() if n in lookup_sources(self.mapping)})
+        batches = apply_lookups(self.mapping, batches, state.looked_up)
+        if state.chunk == 0:
+            seen.update(inventory_unmapped(self.mapping, self.files, quarantine))
+        read_seconds = time.perf_counter() - read_started
+        ctx = RunContext(
+            db=self.db,
+            mapping=self.mapping,
+            mapping_file=str(self.mapping_path),
+            quarantine=quarantine,
+            units=self.units,
+            codes=self.codes,
+            shortened=Shortened(self.run_id),
+        )
+        build = SiteBuild(ctx, batches, progress, ids_after=state.ids_after, carried_keys=state.carried_keys)
+        build.build_keyed()
+        build.build_events()
+        build.build_derived(
+            str(self.mapping_path), with_cdm_source=state.chunk == 0, cancer_concepts=state.cancer_concepts
+        )
+        shared_keys = build.shared_keys(state.shared) if state.chunk == 0 and state.shared else {}
+        tables = {t: f for t, f in build.tables.items() if f.height}
+        ledger = RecordLedger({name: frame.height for name, frame in batches.items()})
+        for table, frame in tables.items():
+            ledger.mark_loaded(table, frame)
+        ledger.mark_quarantined(quarantine.frame())
+        quarantine_leftovers(batches, ledger, quarantine, self.mapping.sources)
+        recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
+        check_reconciliation(recon)
+        return BuiltChunk(
+            tables=tables,
+            quarantined=quarantine.frame(),
+            shortened=ctx.shortened.frame(),
+            recon=recon,
+            seen=seen,
+            read_seconds=read_seconds,
+            shared_keys=shared_keys,
+            cancer_concepts=build.cancer_concepts,
+            last_ids=build.last_ids(),
+        )
+
+
 class SiteRun:
     """One run over a site: its chunks mapped in turn into the same (aside) database."""
 
     def __init__(
-        self, db: Database, mapping: Mapping, mapping_path: Path, files: SiteFiles, run_id: str, progress: Progress
+        self,
+        db: Database,
+        mapping: Mapping,
+        mapping_path: Path,
+        files: SiteFiles,
+        run_id: str,
+        progress: Progress,
+        workers: int = 1,
     ) -> None:
         self.db = db
+        self.workers = workers  # processes building chunks (1: built here, in turn)
         self.mapping = mapping
         self.mapping_path = mapping_path
         self.files = files
         self.present = [name for name in mapping.sources if name not in files.absent]  # absent sources add nothing
         self.run_id = run_id
         self.progress = progress
-        self.units = UnitConverter(db, mapping.units, str(mapping_path))
-        self.fhir = {name for name, source in mapping.sources.items() if source.is_fhir}
+        self.builder = ChunkBuilder(db, mapping, mapping_path, files, run_id)
         self.totals = RunTotals()
         self.ids_after: dict[str, int] = {}
         self.carried_keys: dict[str, pl.DataFrame] = {}
         self.cancer_concepts: list[int] | None = None
-        self.codes = ResolutionCache()
         self.looked_up: dict[str, pl.DataFrame] = {}  # sources read through lookup:, kept for later chunks
         # DuckDB and PostgreSQL load a chunk on a second connection while the next chunk is built (both release
         # the GIL); SQLite connections stay on their thread, so it loads in turn
@@ -193,10 +289,52 @@ class SiteRun:
 
             return one
 
-        for chunk in range(plan.chunks):
-            chunk_names = [n for n in self.present if n in plan.person_columns or chunk == 0]
-            self._map_chunk(chunk, plan.chunks, chunk_names, read(chunk), shared=plan.shared)
+        if self.workers > 1 and self.db.dialect == "duckdb":
+            self._chunked_in_workers(plan, staged, scratch)
+        else:
+            for chunk in range(plan.chunks):
+                chunk_names = [n for n in self.present if n in plan.person_columns or chunk == 0]
+                self._map_chunk(chunk, plan.chunks, chunk_names, read(chunk), shared=plan.shared)
         check_split(staged.records, self.totals.seen)
+
+    def _chunked_in_workers(self, plan: ChunkPlan, staged: StagedSite, scratch: Path) -> None:
+        """Chunks built by worker processes (:mod:`.parallel`), taken back, renumbered and loaded in order."""
+        from fedomop.harmonize.run.parallel import ChunkJob, ChunkPool, collect, snapshot_vocabulary
+
+        snapshot = scratch / "vocabulary.duckdb"
+        self.progress("vocabulary snapshot", 0, 1)
+        snapshot_vocabulary(self.db, snapshot)
+        self.progress("vocabulary snapshot", 1, 1)
+
+        def job(chunk: int, carried: dict[str, pl.DataFrame]) -> ChunkJob:
+            names = [n for n in self.present if n in plan.person_columns or chunk == 0]
+            return ChunkJob(
+                chunk=chunk,
+                names=names,
+                staged=staged,
+                mapping=self.mapping,
+                mapping_path=self.mapping_path,
+                files=self.files,
+                run_id=self.run_id,
+                vocabulary_db=snapshot,
+                out=scratch / "built" / str(chunk),
+                carried_keys=carried,
+                shared=plan.shared,
+            )
+
+        pool = ChunkPool(min(self.workers, plan.chunks), job, plan.chunks)
+        failed = True
+        try:
+            for chunk in range(plan.chunks):
+                progress = chunk_progress(self.progress, chunk, plan.chunks)
+                progress("build (workers)", 0, 1)
+                built = collect(pool.next(first_alone=bool(plan.shared)), self.ids_after)
+                progress("build (workers)", 1, 1)
+                self.ids_after = built.last_ids
+                self.accept(built, plan.chunks, progress)
+            failed = False
+        finally:
+            pool.close(failed)
 
     def _map_chunk(
         self,
@@ -208,51 +346,31 @@ class SiteRun:
     ) -> None:
         """Read, build, account for and load one chunk; what later chunks need is kept on ``self``."""
         progress = self.progress if chunks == 1 else chunk_progress(self.progress, chunk, chunks)
-        quarantine = Quarantine(self.run_id)
-        read_started = time.perf_counter()
-        batches, seen = read_sources(names, read, quarantine, progress, self.fhir)
-        self.looked_up.update({n: f for n, f in batches.items() if n in lookup_sources(self.mapping)})
-        batches = apply_lookups(self.mapping, batches, self.looked_up)
-        if chunk == 0:
-            seen.update(inventory_unmapped(self.mapping, self.files, quarantine))
-        self.totals.read_seconds += time.perf_counter() - read_started
-        ctx = RunContext(
-            db=self.db,
-            mapping=self.mapping,
-            mapping_file=str(self.mapping_path),
-            quarantine=quarantine,
-            units=self.units,
-            codes=self.codes,
-            shortened=Shortened(self.run_id),
+        built = self.builder.build(
+            ChunkState(chunk, self.ids_after, self.carried_keys, self.cancer_concepts, self.looked_up, shared),
+            names,
+            read,
+            progress,
         )
-        build = SiteBuild(ctx, batches, progress, ids_after=self.ids_after, carried_keys=self.carried_keys)
-        build.build_keyed()
-        build.build_events()
-        build.build_derived(str(self.mapping_path), with_cdm_source=chunk == 0, cancer_concepts=self.cancer_concepts)
-        if build.cancer_concepts is not None:
-            self.cancer_concepts = build.cancer_concepts
+        if built.cancer_concepts is not None:
+            self.cancer_concepts = built.cancer_concepts
         if chunk == 0 and shared:
-            self.carried_keys = build.shared_keys(shared)
-        self.ids_after = build.last_ids()
-        tables = {t: f for t, f in build.tables.items() if f.height}
-        ledger = RecordLedger({name: frame.height for name, frame in batches.items()})
-        for table, frame in tables.items():
-            ledger.mark_loaded(table, frame)
-        ledger.mark_quarantined(quarantine.frame())
-        quarantine_leftovers(batches, ledger, quarantine, self.mapping.sources)
-        recon = ledger.reconciliation(self.run_id, seen, rule_tables(self.mapping))
-        check_reconciliation(recon)
-        quarantined = quarantine.frame()
-        shortened = ctx.shortened.frame()
-        self.totals.shortened += shortened.height
-        self.totals.reasons.update(summarise_reasons(quarantined))
-        self.totals.seen.update(seen)
-        self.totals.reconciliations.append(recon)
+            self.carried_keys = built.shared_keys
+        self.ids_after = built.last_ids
+        self.accept(built, chunks, progress)
+
+    def accept(self, built: BuiltChunk, chunks: int, progress: Progress) -> None:
+        """Add a built chunk to the run's totals and load it (in the background where the database allows)."""
+        self.totals.read_seconds += built.read_seconds
+        self.totals.shortened += built.shortened.height
+        self.totals.reasons.update(summarise_reasons(built.quarantined))
+        self.totals.seen.update(built.seen)
+        self.totals.reconciliations.append(built.recon)
         self.wait_for_load()  # at most one chunk is loading while the next one is built
         if self.loader is None or chunks == 1:
-            self._load(tables, quarantined, shortened, progress)
+            self._load(built.tables, built.quarantined, built.shortened, progress)
         else:
-            self.pending = self.loader.submit(self._load, tables, quarantined, shortened, progress)
+            self.pending = self.loader.submit(self._load, built.tables, built.quarantined, built.shortened, progress)
 
     def _load(
         self, tables: dict[str, pl.DataFrame], quarantined: pl.DataFrame, shortened: pl.DataFrame, progress: Progress

@@ -33,6 +33,7 @@ from fedomop.harmonize.run.lineage import (
     RECONCILIATION_TABLE,
 )
 from fedomop.harmonize.run.load import RUN_SCHEMA, RUN_TABLE, check_reconciliation, create_run_tables, prepare_database
+from fedomop.harmonize.run.parallel import default_workers
 from fedomop.harmonize.run.preflight import absent_named_concepts, check_mapping, check_source_columns
 from fedomop.harmonize.run.progress import Progress, no_progress
 from fedomop.harmonize.tables import (
@@ -138,6 +139,7 @@ def run_mapping(
     chunk_mb: int = DEFAULT_CHUNK_MB,
     scratch: Path | None = None,
     indexes: bool = True,
+    workers: int | None = None,
 ) -> RunReport:
     """Map one site's extract into a fresh OMOP CDM v5.4 database (vocabulary included) and swap it in atomically.
 
@@ -146,7 +148,9 @@ def run_mapping(
     (default: a temporary folder, removed afterwards). On PostgreSQL the OMOP tables go to ``schema`` and
     fedomop's ``fedomop_*`` run tables to ``results_schema`` (default: ``schema``); nothing else there is touched.
     ``indexes`` creates the official DDL's indexes once the rows are in (building them over loaded rows is
-    cheaper than maintaining them during the load).
+    cheaper than maintaining them during the load). ``workers`` processes build the chunks of a chunked DuckDB
+    run (default: two where there are two cores; the database is the same whatever the number, see
+    ``run/parallel.py``); only the run's process writes the database.
     """
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -165,7 +169,7 @@ def run_mapping(
         version = prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
         absent_concepts = absent_named_concepts(db, mapping, plan.mapping_path)
         create_run_tables(db)
-        totals = _map_site(db, plan, run_id, progress, scratch)
+        totals = _map_site(db, plan, run_id, progress, scratch, default_workers() if workers is None else workers)
         recon = totals.reconciliation()
         check_reconciliation(recon)
         progress("eras", 0, 1)
@@ -217,9 +221,11 @@ def run_mapping(
     )
 
 
-def _map_site(db: Database, plan: RunPlan, run_id: str, progress: Progress, scratch: Path | None) -> RunTotals:
+def _map_site(
+    db: Database, plan: RunPlan, run_id: str, progress: Progress, scratch: Path | None, workers: int
+) -> RunTotals:
     """The site whole or in chunks; a failure lets the background load end first (its error becomes a note)."""
-    run = SiteRun(db, plan.mapping, plan.mapping_path, plan.files, run_id, progress)
+    run = SiteRun(db, plan.mapping, plan.mapping_path, plan.files, run_id, progress, workers)
     try:
         if plan.chunks.chunks == 1:
             run.whole()

@@ -268,7 +268,9 @@ def _parse_as(raw: pl.Series, fmt: str, datatype: str) -> pl.Series:
 def _parse_temporal(raw: pl.Series, datatype: str) -> pl.Series:
     """Parse a date/datetime column: first with the format of its first value (YYYYMMDD, ISO, ISO with time),
     then, only for values that failed, with the other known formats."""
-    formats: tuple[str, ...] = _DATE_FORMATS + _DATETIME_FORMATS if datatype == "date" else _DATETIME_FORMATS + _DATE_FORMATS
+    formats: tuple[str, ...] = (
+        _DATE_FORMATS + _DATETIME_FORMATS if datatype == "date" else _DATETIME_FORMATS + _DATE_FORMATS
+    )
     sample = raw.drop_nulls().head(1)
     if not sample.is_empty():
         first = next((f for f in formats if _parse_as(sample, f, datatype)[0] is not None), formats[0])

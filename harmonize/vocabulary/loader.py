@@ -100,7 +100,11 @@ def load_vocabulary_extension(db: Database, folder: Path) -> dict[str, int]:
         with db.engine.begin() as connection:
             for table, stage in staged.items():
                 # a local vocabulary's row is added once, however many extensions (or reloads) name it
-                new = " WHERE vocabulary_id NOT IN (SELECT vocabulary_id FROM vocabulary)" if table == "vocabulary" else ""
+                new = (
+                    " WHERE vocabulary_id NOT IN (SELECT vocabulary_id FROM vocabulary)"
+                    if table == "vocabulary"
+                    else ""
+                )
                 connection.execute(sa.text(f'INSERT INTO "{table}" SELECT * FROM "{stage}"{new}'))
     return counts
 

@@ -269,7 +269,7 @@ def test_a_build_error_is_reported_even_if_the_background_load_failed_too(
     monkeypatch.setattr(site_run, "load_tables", second_load_fails)
     monkeypatch.setattr(SiteBuild, "build_events", third_build_fails)
     with pytest.raises(MappingError, match="bad rule") as raised:
-        run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", tmp_path / "site.duckdb", chunks=4)
+        run_mapping(MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", tmp_path / "site.duckdb", chunks=4, workers=1)
     notes = raised.value.__notes__
     assert any("loading in the background also failed" in n and "disk full" in n for n in notes), notes
 
