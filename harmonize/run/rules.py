@@ -293,7 +293,13 @@ class RuleEvaluator:
     def _join_references(self, rule: Rule, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
         if rule.person is not None:
             rows = _join_key(rows, rule.person, self.ctx.keys.get("person"), "_person_id")
-            problems.append(Problem(pl.col("_person_id").is_null(), rule.person, pl.col(rule.person), "unknown person"))
+            contained = pl.col(rule.person).cast(pl.String).str.starts_with("#")  # FHIR '#id': inside the record
+            reason = (
+                pl.when(contained)
+                .then(pl.lit("unknown person: a resource contained in the record (#id), not a person of the extract"))
+                .otherwise(pl.lit("unknown person"))
+            )
+            problems.append(Problem(pl.col("_person_id").is_null(), rule.person, pl.col(rule.person), reason))
         for slot, table in REFERENCE_SLOTS.items():
             column = getattr(rule, slot)
             if column is not None:
