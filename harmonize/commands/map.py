@@ -88,6 +88,13 @@ def print_summary(report: RunReport, out: Console = console) -> None:
     out.print(sources_table(report))
     if report.quarantine_reasons:
         out.print(reasons)
+    excluded = sum(n for reason, n in report.quarantine_reasons.items() if reason.startswith("excluded by rule"))
+    if excluded:
+        out.print(
+            f"of the quarantine rows, {excluded:,} are records excluded by a mapping rule (e.g. a FHIR status such "
+            "as entered-in-error), not errors; fedomop_quarantine lists each with its rule's reason",
+            highlight=False,
+        )
     state = "[green]balanced[/]" if report.balanced else "[red]NOT balanced[/]"
     out.print(f"reconciliation {state}; {report.seconds:.1f}s -> {report.database}")
 

@@ -139,3 +139,27 @@ def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert "nothing was loaded" in " ".join(done.stdout.split()) and "Traceback" not in done.stderr
+
+
+def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Path) -> None:
+    """One Condition entered-in-error (an IG status rule) is counted in the quarantine and named as excluded."""
+    from tests.conftest import MAPPINGS
+
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text(
+        '{"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}\n'
+    )
+    (source / "Condition.ndjson").write_text(
+        '{"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},'
+        ' "verificationStatus": {"coding": [{"code": "entered-in-error"}]},'
+        ' "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009"}]},'
+        ' "onsetDateTime": "2020-01-02"}\n'
+    )
+    done = subprocess.run(
+        [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
+         "--db", str(tmp_path / "x.duckdb"), "--no-indexes"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "of the quarantine rows, 1 are records excluded by a mapping rule" in " ".join(done.stdout.split())
