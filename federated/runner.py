@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedomop.federated import features, metrics
+from fedomop.federated import features, metrics, xgbserver
 from fedomop.federated.client_app import NO_POLICY, Site, code_hash, make_client_app
-from fedomop.federated.console import quiet_third_party
+from fedomop.federated.console import RoundProgress, quiet_third_party
 from fedomop.federated.models import registry
 from fedomop.federated.report import write_model_card
 from fedomop.federated.server_app import RunSettings, make_server_app
@@ -95,8 +99,6 @@ def simulate(
     explicit opt-out (:data:`fedomop.federated.client_app.NO_POLICY`): a simulation reads local copies
     that the researcher already holds, whereas a deployed SuperNode is governed by default.
     """
-    from flwr.simulation import run_simulation
-
     study_text = Path(study_path).read_text(encoding="utf-8")
     study = parse_study(study_text, source=str(study_path))
     log = str(message_log) if message_log else None
@@ -115,12 +117,7 @@ def simulate(
         "init_args": {"num_cpus": len(sites), "num_gpus": 0, "include_dashboard": False, "log_to_driver": False},
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    quiet_third_party()
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU-only: keep Ray's GPU-env notice quiet
-    run_simulation(
-        make_server_app(settings, progress), make_client_app(sites), num_supernodes=len(sites), backend_config=backend
-    )
+    run_flower_simulation(settings, sites, backend, progress)
     result_path = Path(out) / "result.json"
     if not result_path.exists():
         raise FedomopError("the simulation ended without a result", where=str(out), fix="see the log above")
@@ -130,6 +127,111 @@ def simulate(
     result_path.write_text(json.dumps(result, indent=2, default=str))
     write_model_card(result, study_text, Path(out), code_hash())
     return result
+
+
+IN_NAMESPACE_ENV = "FEDOMOP_SIMULATION_NETNS"  # set in the namespaced child: it runs the simulation itself
+
+
+def _isolation_problem(sites: list[Site], progress: OnExchange | None) -> str | None:
+    """Why the simulation runs in this process (and Ray's servers listen on every interface), or None."""
+    if os.environ.get(IN_NAMESPACE_ENV):
+        return "already inside its network namespace"
+    if any("://" in site.db for site in sites):
+        return "a site is a database URL (reached over the network, which a private namespace cannot see)"
+    if progress is not None and not isinstance(progress, RoundProgress):
+        return "a progress callback of the caller's own (it cannot cross into a child process)"
+    return xgbserver.namespace_problem()
+
+
+def run_flower_simulation(
+    settings: RunSettings,
+    sites: list[Site],
+    backend: dict[str, dict[str, ConfigRecordValues]],
+    progress: OnExchange | None,
+) -> None:
+    """Flower's simulation engine, in its own user + network namespace where the machine allows one.
+
+    Ray (the engine under Flower's simulation) starts gRPC servers that listen on every interface, with no
+    setting to stop it; in a private network namespace they exist on that namespace's loopback only, so nothing
+    of a simulation is reachable from the network. Everything the run writes goes to files (result.json, the
+    model, the message log), so a child process is a faithful stand-in. Where the namespace is not possible
+    (see :func:`_isolation_problem`), the simulation runs here as before.
+    """
+    problem = _isolation_problem(sites, progress)
+    if problem is not None:
+        _simulate_here(settings, sites, backend, progress)
+        return
+    rounds = progress.rounds if isinstance(progress, RoundProgress) else None
+    with tempfile.TemporaryDirectory(prefix="fedomop-sim-") as folder:
+        payload = Path(folder) / "simulation.pickle"
+        payload.write_bytes(pickle.dumps({"settings": settings, "sites": sites, "backend": backend, "rounds": rounds}))
+        unshare = shutil.which("unshare") or "unshare"
+        command = [unshare, *xgbserver.UNSHARE, sys.executable, "-m", __name__, "--simulation", str(payload)]
+        child = subprocess.Popen(command, env={**os.environ, IN_NAMESPACE_ENV: "1"}, stderr=subprocess.PIPE)
+        relay = threading.Thread(target=_relay_stderr, args=(child.stderr,), daemon=True)
+        relay.start()
+        try:
+            code = child.wait()
+            relay.join(5)  # a Ray process still holding the pipe must not hold the run
+        except BaseException:  # Ctrl-C reaches the child too; make sure it is gone before the folder is
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+    if code:
+        raise FedomopError(
+            f"the simulation's process ended with exit status {code}",
+            where="fedomop train (simulation, in its own network namespace)",
+            fix="see the messages above; FEDOMOP_DEBUG=1 shows more",
+        )
+
+
+# Ray's C++ side, alone on a loopback-only network, says once that it fell back to the host name: not for users
+_NAMESPACE_NOISE = (b"Failed to determine local IP via external connectivity",)
+
+
+def _relay_stderr(stream: IO[bytes] | None) -> None:
+    """The child's stderr (its progress lines and any error) to ours, less the namespace's own noise."""
+    if stream is None:
+        return
+    for line in iter(stream.readline, b""):
+        if not any(noise in line for noise in _NAMESPACE_NOISE):
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+
+
+def _simulate_here(
+    settings: RunSettings,
+    sites: list[Site],
+    backend: dict[str, dict[str, ConfigRecordValues]],
+    progress: OnExchange | None,
+) -> None:
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_third_party()
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU-only: keep Ray's GPU-env notice quiet
+    run_simulation(
+        make_server_app(settings, progress), make_client_app(sites), num_supernodes=len(sites), backend_config=backend
+    )
+
+
+def _simulation_child(payload_path: str) -> int:
+    """The namespaced child: bring its loopback up and run the simulation (progress lines on the shared stderr)."""
+    xgbserver.loopback_up()
+    payload = pickle.loads(Path(payload_path).read_bytes())  # noqa: S301 (written by our parent, in a 0700 folder)
+    progress = RoundProgress(payload["rounds"]) if payload["rounds"] is not None else None
+    # the namespace has only its loopback: name it, so Ray does not probe the internet for its address (and say so)
+    payload["backend"]["init_args"]["_node_ip_address"] = "127.0.0.1"
+    try:
+        _simulate_here(payload["settings"], payload["sites"], payload["backend"], progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    return 0
 
 
 def run_deployment(
@@ -230,3 +332,10 @@ def demo_study(site_paths: list[Path], out: Path, console: Any = None) -> dict[s
     result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model=demo_model(console))
     print_comparison(result, console)
     return result
+
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--simulation":
+        sys.exit(_simulation_child(sys.argv[2]))
+    sys.exit("usage: python -m fedomop.federated.runner --simulation PAYLOAD (started by fedomop train)")

@@ -105,3 +105,55 @@ def test_demo_keeps_histogram_xgboost_where_namespaces_work(monkeypatch: pytest.
     monkeypatch.delenv(xgbserver.NO_USERNS_ENV, raising=False)
     assert xgbserver.namespace_problem() is None
     assert runner.demo_model() == "xgboost-hist"
+
+
+def _wildcard_listeners_of_this_tree() -> set[tuple[str, int]]:
+    """Listeners on every interface *of this machine's network* (the host namespace) owned by this process tree;
+    sockets inside a private namespace are not in this view, which is the point."""
+    mine = {p.pid for p in _tree()}
+    found: set[tuple[str, int]] = set()
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.pid in mine and conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.ip in WILDCARDS:
+                found.add((conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def _simulate_sampling(sample_sites: dict[str, Path], out: Path) -> set[tuple[str, int]]:
+    seen: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.update(_wildcard_listeners_of_this_tree())
+            done.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = runner.simulate(
+            STUDY, list(sample_sites.values())[:2], out=out, model="xgboost-bagging", rounds=1, pooled=False
+        )
+    finally:
+        done.set()
+        thread.join()
+    assert result["federated"], result
+    return seen
+
+
+STUDY = Path(__file__).parents[2] / "federated" / "studies" / "bone_metastasis.yaml"
+
+
+@pytest.mark.slow
+def test_a_simulation_runs_in_its_own_network_namespace_and_listens_on_no_interface(
+    sample_sites: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray (under Flower's simulation) listens on every interface; in the simulation's own namespace nothing of
+    it is reachable. The control run without namespaces shows the sampler does see Ray's wildcard listeners."""
+    if xgbserver.namespace_problem():
+        pytest.skip(f"no user namespaces here: {xgbserver.namespace_problem()}")
+    isolated = _simulate_sampling(sample_sites, tmp_path / "isolated")
+    assert isolated == set(), isolated
+    monkeypatch.setenv(xgbserver.NO_USERNS_ENV, "1")  # the old way: in this process
+    exposed = _simulate_sampling(sample_sites, tmp_path / "exposed")
+    assert exposed, "the control run showed no wildcard listener: the sampler sees nothing"
