@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +43,15 @@ def _listening() -> set[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def _sampling() -> Iterator[set[tuple[str, int]]]:
-    """Every listener seen while the block runs, sampled every 20 ms."""
+def _sampling(probe: Callable[[], set[tuple[str, int]]] | None = None) -> Iterator[set[tuple[str, int]]]:
+    """Every listener ``probe`` (default: this tree's listeners) finds while the block runs, every 20 ms."""
     seen: set[tuple[str, int]] = set()
     done = threading.Event()
+    look = probe or _listening
 
     def sample() -> None:
         while not done.is_set():
-            seen.update(_listening())
+            seen.update(look())
             done.wait(0.02)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -120,23 +121,10 @@ def _wildcard_listeners_of_this_tree() -> set[tuple[str, int]]:
 
 
 def _simulate_sampling(sample_sites: dict[str, Path], out: Path) -> set[tuple[str, int]]:
-    seen: set[tuple[str, int]] = set()
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            seen.update(_wildcard_listeners_of_this_tree())
-            done.wait(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with _sampling(_wildcard_listeners_of_this_tree) as seen:
         result = runner.simulate(
             STUDY, list(sample_sites.values())[:2], out=out, model="xgboost-bagging", rounds=1, pooled=False
         )
-    finally:
-        done.set()
-        thread.join()
     assert result["federated"], result
     return seen
 
