@@ -127,14 +127,14 @@ def test_sample_site_c_on_postgresql_matches_duckdb(tmp_path: Path, postgres_url
 
 def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
     """A Bundle saved under a Patient NDJSON name: balanced (the line is quarantined), yet nothing loaded - a failure."""
-    from tests.conftest import MAPPINGS
+    from tests.conftest import EUNOMIA, MAPPINGS
 
     source = tmp_path / "export"
     source.mkdir()
     (source / "Patient.ndjson").write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}\n')
     done = subprocess.run(
         [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
-         "--db", str(tmp_path / "x.duckdb"), "--no-indexes"],
+         "--db", str(tmp_path / "x.duckdb"), "--no-indexes", "--vocabulary", str(EUNOMIA)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
@@ -143,7 +143,7 @@ def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
 
 def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Path) -> None:
     """One Condition entered-in-error (an IG status rule) is counted in the quarantine and named as excluded."""
-    from tests.conftest import MAPPINGS
+    from tests.conftest import EUNOMIA, MAPPINGS
 
     source = tmp_path / "export"
     source.mkdir()
@@ -158,7 +158,7 @@ def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Pa
     )
     done = subprocess.run(
         [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
-         "--db", str(tmp_path / "x.duckdb"), "--no-indexes"],
+         "--db", str(tmp_path / "x.duckdb"), "--no-indexes", "--vocabulary", str(EUNOMIA)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
