@@ -1,0 +1,66 @@
+"""The vectorised "is this CSV regular?" check may only ever be stricter than the csv module.
+
+A file it calls regular is handed to polars as is, so every record must have the header's width and no control
+character - decided here independently, record by record, by Python's csv module on thousands of random small
+files built from the characters that make CSV hard (delimiters, quotes, CR, LF, NUL, tab, non-ASCII).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import re
+
+import pytest
+
+from fedomop.harmonize.sources.options import TabularOptions
+from fedomop.harmonize.sources.tabular import _is_regular
+
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _regular_by_csv_module(text: str, delimiter: str) -> bool:
+    if not text or CONTROL.search(text):
+        return False
+    try:
+        records = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    except csv.Error:
+        return False
+    return bool(records) and all(len(r) == len(records[0]) for r in records)
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_random_files_called_regular_are_regular_for_the_csv_module(delimiter: str) -> None:
+    rng = random.Random(20261207)
+    alphabet = ["a", "b", "é", delimiter, delimiter, '"', "\n", "\n", "\r\n", "\r", "\x00", "\x7f", "\t", " "]
+    called_regular = 0
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        for encoded in (None, text.encode("utf-8")):
+            if _is_regular(text, TabularOptions(delimiter=delimiter), encoded):
+                called_regular += 1
+                assert _regular_by_csv_module(text, delimiter), repr(text)
+    assert called_regular > 50  # the check is not simply always False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a,b\n1,2\n", True),
+        ("a,b\r\n1,2\r\n", True),
+        ("a,b\n1,2", True),  # no newline after the last record
+        ('a,b\n"x,y",2\n', True),  # a delimiter inside a quoted field
+        ('a,b\n"a""b",c\n', True),  # a doubled quote
+        ("a,b\n1,é\n", True),
+        ("a,b\n1\n", False),  # short row
+        ("a,b\n1,2,3\n", False),  # long row
+        ('a,b\n"x\ny",2\n', False),  # a quoted field over two lines: the csv module's path keeps row numbers
+        ("a,b\n1,2\n\n3,4\n", False),  # a blank line is not a record
+        ("a,b\n1,\x002\n", False),  # NUL
+        ("a,b\n1\r2,3\n", False),  # a lone CR
+    ],
+)
+def test_hand_written_cases(text: str, expected: bool) -> None:
+    assert _is_regular(text, TabularOptions()) is expected
+    assert _is_regular(text, TabularOptions(), text.encode("utf-8")) is expected
