@@ -146,7 +146,8 @@ class AtomicTarget:
             connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}"))
             self._refuse_foreign(connection, schema, {name for name, _ in staged})
         kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW"}
-        for name, kind in staged:
+        # views first: an earlier run's view (fedomop_lineage) goes before the tables it reads are dropped
+        for name, kind in sorted(staged, key=lambda relation: relation[1] not in ("v", "m")):
             target = self.results_schema if name.startswith("fedomop_") else self.schema
             existing = connection.execute(
                 sa.text(

@@ -24,8 +24,10 @@ from fedomop.harmonize.run.chunking import ChunkPlan, StagedSite
 from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
-    LINEAGE_TABLE,
+    LINEAGE_FILE_TABLE,
+    LINEAGE_ROW_TABLE,
     RECONCILIATION_SCHEMA,
+    LineageFiles,
     RecordLedger,
     lineage_rows,
 )
@@ -260,6 +262,7 @@ class SiteRun:
         self.carried_keys: dict[str, pl.DataFrame] = {}
         self.cancer_concepts: list[int] | None = None
         self.looked_up: dict[str, pl.DataFrame] = {}  # sources read through lookup:, kept for later chunks
+        self.lineage_files = LineageFiles()  # file numbers of the integer lineage, shared by all chunks
         # DuckDB and PostgreSQL load a chunk on a second connection while the next chunk is built (both release
         # the GIL); SQLite connections stay on their thread, so it loads in turn
         self.loader = ThreadPoolExecutor(1, "fedomop-load") if db.dialect in ("duckdb", "postgresql") else None
@@ -380,8 +383,10 @@ class SiteRun:
         if shortened.height:
             self.db.load_arrow(SHORTENED_TABLE, shortened.select(list(SHORTENED_SCHEMA)))
         for table, frame in tables.items():
+            stored, new_files = self.lineage_files.number(lineage_rows(lineage_id(table), frame))
+            self.db.load_arrow(LINEAGE_FILE_TABLE, new_files)
             constants = {"run_id": self.run_id, "omop_table": table}
-            self.db.load_arrow(LINEAGE_TABLE, lineage_rows(lineage_id(table), frame), constants=constants)
+            self.db.load_arrow(LINEAGE_ROW_TABLE, stored, constants=constants)
 
     def close(self) -> None:
         """Finish the last background load (its error surfaces here) and stop the loader thread."""

@@ -20,8 +20,11 @@ from fedomop.harmonize.mapping.models import Mapping, Source
 from fedomop.harmonize.run.files import SiteFiles, contained_file
 from fedomop.harmonize.run.lineage import (
     ALL_TABLES,
-    LINEAGE_SCHEMA,
-    LINEAGE_TABLE,
+    LINEAGE_FILE_SCHEMA,
+    LINEAGE_FILE_TABLE,
+    LINEAGE_ROW_SCHEMA,
+    LINEAGE_ROW_TABLE,
+    LINEAGE_VIEW_SQL,
     RECONCILIATION_SCHEMA,
     RECONCILIATION_TABLE,
     RecordLedger,
@@ -61,6 +64,8 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
 def _sa_type(dtype: pl.DataType) -> sa.types.TypeEngine:
     if dtype == pl.Int64:
         return sa.BigInteger()
+    if dtype == pl.Int32:
+        return sa.Integer()
     if dtype == pl.Boolean:
         return sa.Boolean()
     if dtype == pl.Float64:
@@ -82,12 +87,14 @@ def create_run_tables(db: Database) -> None:
         db,
         {
             QUARANTINE_TABLE: QUARANTINE_SCHEMA,
-            LINEAGE_TABLE: LINEAGE_SCHEMA,
+            LINEAGE_ROW_TABLE: LINEAGE_ROW_SCHEMA,
+            LINEAGE_FILE_TABLE: LINEAGE_FILE_SCHEMA,
             RECONCILIATION_TABLE: RECONCILIATION_SCHEMA,
             RUN_TABLE: RUN_SCHEMA,
             SHORTENED_TABLE: SHORTENED_SCHEMA,
         },
     )
+    db.execute(LINEAGE_VIEW_SQL)
 
 
 def prepare_database(

@@ -189,3 +189,29 @@ def test_on_unmapped_fail_stops_with_the_code_and_its_row(tmp_path: Path) -> Non
     assert "unmapped code ICD10CM 'Z99.9'" in str(error.value)
     assert "diagnoses.csv row 2, field dx_code" in str(error.value)
     assert not (tmp_path / "site.duckdb").exists()
+
+
+def test_lineage_is_stored_as_integers_and_read_back_as_text(mapped) -> None:
+    """docs/mapping.md's contract: a CSV data row is stored as an integer, a FHIR resource id as text, never
+    both; the fedomop_lineage view gives back the row (D1 is data row 1 of diagnoses.csv, c1 a resource id)."""
+    db, _ = mapped
+    stored = table(
+        db,
+        "select f.source_file, l.source_row_no, l.source_row_text from fedomop_lineage_row l "
+        "join fedomop_lineage_file f using (file_no)",
+    )
+    assert stored.height == table(db, "select count(*) from fedomop_lineage").item()
+    assert stored.filter(pl.col("source_row_no").is_null() == pl.col("source_row_text").is_null()).is_empty()
+    from_csv = stored.filter(pl.col("source_file").str.ends_with(".csv"))
+    assert from_csv.height and from_csv["source_row_text"].null_count() == from_csv.height
+    from_fhir = stored.filter(pl.col("source_file").str.ends_with(".ndjson"))
+    assert from_fhir.height and from_fhir["source_row_no"].null_count() == from_fhir.height
+    c61 = table(
+        db,
+        "select l.source_file, l.source_row from condition_occurrence c join fedomop_lineage l "
+        "on l.omop_table = 'condition_occurrence' and l.omop_id = c.condition_occurrence_id "
+        "where c.condition_source_value in ('C61', '254837009') order by 1",
+    )
+    assert c61.rows() == [("Condition.000.ndjson", "c1"), ("diagnoses.csv", "1")]
+    files = table(db, "select count(*), count(distinct (source, source_file)) from fedomop_lineage_file").row(0)
+    assert files[0] == files[1]  # each (source, file) numbered once
