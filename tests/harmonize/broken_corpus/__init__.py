@@ -161,6 +161,9 @@ CASES: list[Case] = [
     Case("column bound from the mapping", 0, edit=top(date_bounds={"columns": {"dx_date": {"earliest": "2019-03-01"}}}), reason=("diagnoses", "implausible date: before 2019-03-01")),
     Case("birth bound from the mapping", 0, edit=top(date_bounds={"birth_earliest": "1960-01-01"}), reason=("patients", "implausible date: before 1960-01-01")),
     Case("negative future margin", 2, edit=top(date_bounds={"future_margin_days": -1}), message="future_margin_days"),
+    Case("events of a person refused for a date", 0, {"patients.csv": PATIENT_HEADER + PATIENTS_OK + "P4,F,1800-01-01,\n"} | labs(LABS_OK + "L4,P4,2019-05-01,17861-6,2.5,mg/dL\n"), reason=("labs", "person quarantined: implausible date: before 1850-01-01 (birth_date)")),
+    Case("events of a person refused for a bad date", 0, {"patients.csv": PATIENT_HEADER + PATIENTS_OK + "P4,F,1980-02-31,\n"} | labs(LABS_OK + "L4,P4,2019-05-01,17861-6,2.5,mg/dL\n"), reason=("labs", "person quarantined: bad date")),
+    Case("events of a person nobody knows", 0, labs(LABS_OK + "L4,P9,2019-05-01,17861-6,2.5,mg/dL\n"), reason=("labs", "unknown person")),
     Case("month 13", 0, {"diagnoses.csv": DX_HEADER + "D1,P1,2019-13-45,ICD10CM,C61\n"}, reason=("diagnoses", "bad date")),
     # -- the mapping --------------------------------------------------------------------------------------
     Case("table key written twice", 2, mapping_text="site: x\ntables:\n  measurement: []\n  measurement: []\n", message="key 'measurement' is written twice"),
