@@ -69,6 +69,13 @@ def measurement_value(number: str) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def fhir_column(column: str, expression: str) -> Callable[[dict[str, Any]], None]:
+    def edit(mapping: dict[str, Any]) -> None:
+        mapping["sources"]["conditions"]["columns"][column] = expression
+
+    return edit
+
+
 def outside_file(tmp: Path, source: Path) -> None:
     (tmp / "outside").mkdir(exist_ok=True)
     (tmp / "outside" / "x.csv").write_text(SECRET + "\n")
@@ -173,6 +180,10 @@ CASES: list[Case] = [
     Case("a YAML list", 2, mapping_text="- a\n- b\n", message="must be a YAML mapping"),
     Case("mapping not UTF-8", 2, mapping_text="site: caf\udce9\n", message="not UTF-8"),
     Case("unknown key", 2, edit=top(tabels={}), message="unknown key 'tabels'"),
+    Case("FHIRPath typo: unclosed call", 2, edit=fhir_column("code", "code.coding.where(system = 'x'"), message="fixture.yaml: sources.conditions.columns.code: FHIR path expression"),
+    Case("FHIRPath typo: misspelt function", 2, edit=fhir_column("patient", "subject.reference.reslove_id()"), message="fixture.yaml: sources.conditions.columns.patient: FHIR path expression 'subject.reference.reslove_id()'"),
+    Case("FHIRPath typo: unknown element", 2, edit=fhir_column("code", "code.codding.code"), message="fixture.yaml: sources.conditions.columns.code"),
+    Case("FHIR resource type misspelt", 2, edit=source("conditions", resource_type="Conditoin"), message="fixture.yaml: sources.conditions.resource_type: 'Conditoin' is not a FHIR R4B resource type"),
     Case("missing mapping file", 2, args=["map", "--mapping", "{tmp}/absent.yaml", "--source", "{source}", "--db", "{db}"], message="mapping file not found"),
     # -- path escapes -------------------------------------------------------------------------------------
     Case("files: ../../etc/passwd", 2, edit=source("labs", files="../../etc/passwd"), message="steps out of the source folder", never="root:"),
