@@ -35,6 +35,7 @@ class Case:
     reason: tuple[str, str] | None = None  # (source, reason substring) expected in fedomop_quarantine
     clean: str | None = None  # a source that must have nothing quarantined
     never: str = SECRET  # text that must never be printed
+    absent: str | None = None  # a path ("{tmp}/...") the command must not create
 
 
 def labs(body: str, header: str = LAB_HEADER) -> dict[str, str]:
@@ -200,6 +201,13 @@ CASES: list[Case] = [
     Case("--db is a text file", 2, db="{tmp}/notes.txt", setup=write_notes, message="not a DuckDB database"),
     Case("--db parent is a file", 2, db="{tmp}/afile/site.duckdb", setup=parent_is_file, message="is a file, not a folder"),
     Case("--db is a folder", 2, db="{tmp}", message="names a folder"),
+    Case("--db in folders that do not exist yet", 0, db="{tmp}/new/deeper/site.duckdb", clean="labs"),
+    # a command that writes a database creates the named file's folder; one that reads it never creates it
+    Case("cdm create in a folder that does not exist yet", 0, args=["cdm", "create", "--db", "{tmp}/new/cdm.duckdb"], message="created"),
+    Case("vocab resolve on a missing --db", 2, args=["vocab", "resolve", "--db", "{tmp}/absent/x.duckdb", "--vocabulary", "ICD10CM", "--code", "C61"], message="database file not found", absent="{tmp}/absent"),
+    Case("vocab load-stcm on a missing --db", 2, args=["vocab", "load-stcm", "--db", "{tmp}/absent.duckdb", "--path", "{source}/labs.csv"], message="database file not found", absent="{tmp}/absent.duckdb"),
+    Case("codes review on a missing --db", 2, args=["codes", "review", "--mapping", "{mapping}", "--db", "{tmp}/absent/x.duckdb", "--out", "{tmp}/review.csv"], message="no such database", absent="{tmp}/absent"),
+    Case("validate on a missing --db", 2, args=["validate", "--db", "{tmp}/absent/x.duckdb", "--out", "{tmp}/qa"], message="database file not found", absent="{tmp}/absent"),
     Case("--db is another tool's DuckDB", 2, db="{tmp}/theirs.duckdb", setup=foreign_duckdb, message="fedomop did not create"),
     Case("--db PostgreSQL unreachable", 2, db="postgresql+psycopg://nobody@127.0.0.1:9/site?connect_timeout=2", message="cannot reach the database"),
     Case("--db unsupported backend", 2, db="sqlite:///{tmp}/x.db", message="not a site database backend"),
