@@ -133,6 +133,10 @@ def main() -> None:
         if unreachable:
             err_console.print(f"[bold red]error[/] (DatabaseError): {escape(unreachable)}", highlight=False)
             sys.exit(2)
+        unusable = _unusable_path(exc)
+        if unusable:
+            err_console.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(unusable)}", highlight=False)
+            sys.exit(2)
         _internal_error(exc)
     if _SIGNALLED:  # typer returns 130 for Ctrl-C without a word
         _exit_interrupted()
@@ -187,6 +191,15 @@ def _unreachable_database(exc: BaseException) -> str | None:
         f"cannot reach the database: {reason}\n"
         "  fix: check that the server is running, and the host, port, user and password in the URL"
     )
+
+
+def _unusable_path(exc: BaseException) -> str | None:
+    """A path the command was given that cannot be used (missing, a folder where a file is expected, no
+    permission, a read-only place): bad input, one line naming the path, not an internal error."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return None
+    reason = exc.strerror or type(exc).__name__
+    return f"{exc.filename}: {reason}\n  fix: check the path (it must exist, be of the right kind and be writable where written)"
 
 
 def _internal_error(exc: BaseException) -> None:

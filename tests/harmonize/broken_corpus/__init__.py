@@ -215,6 +215,9 @@ CASES: list[Case] = [
     Case("truncated JSON line", 0, {"Condition.000.ndjson": '{"resourceType": "Condition", "id": "c3", "subject": {"refer\n'}, reason=("conditions", "invalid JSON")),
     Case("truncated .ndjson.gz", 2, edit=source("conditions", files="Condition*.ndjson*"), setup=gz_truncated, message="Condition.000.ndjson.gz"),
     Case("binary garbage as NDJSON", 0, {"Condition.000.ndjson": b"\x89PNG\r\n\x1a\n\x00\x00"}, reason=("conditions", "")),
+    # -- other commands: a path that cannot be used is bad input (2) naming it, not an internal error ---------
+    Case("certs create under a file", 2, args=["certs", "create", "--out", "{source}/labs.csv/pki", "--site", "a"], message="labs.csv/pki"),
+    Case("verify-log given a folder", 2, args=["governance", "verify-log", "{source}"], message="Is a directory"),
     # -- usage --------------------------------------------------------------------------------------------
     Case("source folder missing", 2, args=["map", "--mapping", "{mapping}", "--source", "{tmp}/nope", "--db", "{db}"], message="nope"),
     Case("chunks 0", 2, args=["map", "--mapping", "{mapping}", "--source", "{source}", "--db", "{db}", "--chunks", "0"], message="--chunks"),
