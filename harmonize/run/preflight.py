@@ -241,6 +241,13 @@ def check_source_columns(mapping: Mapping, mapping_file: Path, files: SiteFiles)
                     fix="check that the file is readable",
                 ) from None
             header_set = set(header)
+            repeated = sorted({c for c in header if header.count(c) > 1})
+            if repeated:  # the reader would keep one of them: which value a rule reads would be a guess
+                raise SourceError(
+                    f"the header names column {repeated[0]!r} {header.count(repeated[0])} times",
+                    where=files.relative(path),
+                    fix="give each column its own name in the file's header (e.g. value, value_2)",
+                )
             for declared in source.columns or []:
                 if declared not in header_set:
                     raise MappingError(

@@ -143,6 +143,8 @@ CASES: list[Case] = [
     Case("200 KB field in ragged row", 0, labs(LABS_OK + f"L4,P1,2019-05-01,17861-6,{BIG},mg/dL,x\n"), reason=("labs", "wrong number of fields: 7 instead of 6")),
     Case("200 KB field in a quoted value", 0, labs(LABS_OK + f'L4,P1,2019-05-01,17861-6,"{BIG}",mg/dL\n'), reason=("labs", "implausible value")),
     Case("header written a, b, c", 0, labs(LABS_OK, LAB_HEADER.replace(",", ", ")), clean="labs"),
+    Case("header names a column twice", 2, labs("L4,P1,2019-05-01,2857-1,4.2,ng/mL,99\n", LAB_HEADER.replace("unit\n", "unit,value\n")), message="labs.csv: the header names column 'value' 2 times"),
+    Case("header names a column twice, spaced", 2, labs("L4,P1,2019-05-01,2857-1,4.2,ng/mL,x\n", LAB_HEADER.replace("unit\n", "unit, lab_id\n")), message="column 'lab_id' 2 times"),
     Case("header with BOM", 0, {"labs.csv": ("\ufeff" + LAB_HEADER + LABS_OK).encode()}, clean="labs"),
     Case("semicolon file read as comma", 2, labs(LABS_OK.replace(",", ";"), LAB_HEADER.replace(",", ";")), message="does not exist in source 'labs'"),
     Case("second globbed file lacks a column", 2, edit=source("labs", files="labs*.csv"), setup=second_lab_file_without_unit, message="labs2.csv"),
@@ -157,6 +159,10 @@ CASES: list[Case] = [
     Case("latin-1 bytes declared UTF-8", 0, {"labs.csv": (LAB_HEADER + LABS_OK).encode() + "L4,P1,2019-05-01,17861-6,2.5,µg/L\n".encode("latin-1")}, reason=("labs", "encoding error: byte 0xb5")),
     Case("bad UTF-8 line and a multi-line field", 0, {"labs.csv": (LAB_HEADER + LABS_OK).encode() + b'L4,P1,2019-05-01,17861-6,2.5,"mg\ndL"\nL5,P1,2019-05-01,17861-6,\xff2.5,mg/dL\n'}, reason=("labs", "encoding error")),
     Case("header not valid UTF-8", 2, {"labs.csv": b"lab_id,pat\xffient_id,lab_date,loinc,value,unit\n" + LABS_OK.encode()}, message="does not exist in source 'labs'"),
+    # -- numbers ------------------------------------------------------------------------------------------
+    Case("NaN as a value", 0, labs(LABS_OK + "L4,P1,2019-05-01,2857-1,NaN,ng/mL\n"), reason=("labs", "unparseable number")),
+    Case("infinity as a value", 0, labs(LABS_OK + "L4,P1,2019-05-01,2857-1,-Infinity,ng/mL\n"), reason=("labs", "unparseable number")),
+    Case("overflow as a value", 0, labs(LABS_OK + "L4,P1,2019-05-01,2857-1,1e999,ng/mL\n"), reason=("labs", "unparseable number")),
     # -- dates --------------------------------------------------------------------------------------------
     Case("event in 2099", 0, {"diagnoses.csv": DX_HEADER + "D1,P1,2099-01-01,ICD10CM,C61\n"}, reason=("diagnoses", "implausible date: after")),
     Case("lab in 2999", 0, labs(LABS_OK + "L4,P1,2999-01-01,17861-6,2.5,mg/dL\n"), reason=("labs", "implausible date: after")),
