@@ -347,11 +347,12 @@ def executor_command(runtime_address: str, policy: Path, secret_file: Path | Non
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[list[signal.Signals]]:
     """Hold SIGINT and SIGTERM until the block ends: a shutdown (children stopped, secrets removed) finishes even
-    when Ctrl-C is pressed again during it. A signal that arrived is then handed to the handler that was in place
-    (the CLI's turns it into an interrupt, exit 130), so it is delayed, never lost. Outside the main thread the
-    block runs unshielded (signal handlers can only be set there)."""
+    when Ctrl-C is pressed again during it. The block gets the list of signals held so far (a loop inside may
+    stop when it fills). A signal that arrived is then handed to the handler that was in place (the CLI's turns
+    it into an interrupt, exit 130), so it is delayed, never lost. Outside the main thread the block runs
+    unshielded (signal handlers can only be set there)."""
     pending: list[signal.Signals] = []
 
     def hold(signum: int, frame: object) -> None:
@@ -360,10 +361,10 @@ def signals_deferred() -> Iterator[None]:
     try:
         previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:
-        yield
+        yield pending
         return
     try:
-        yield
+        yield pending
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -397,14 +398,18 @@ def supervise(processes: dict[str, subprocess.Popen], poll_s: float = 0.5) -> in
     sense together: a hub without its gate is unreachable, a SuperNode without its executor
     would hold tasks nobody answers. Any piece ending is therefore a failure (exit code 1 at
     least), never a silent 0.
+    Ctrl-C or SIGTERM stops the loop without unwinding (``signals_deferred``), so however many follow, the
+    children are stopped before the interrupt is passed on (exit 130 from the CLI).
     """
-    try:
-        while True:
-            ended = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
-            if ended:
-                for name, code in ended.items():
-                    print(f"fedomop: {name} exited with {code}; stopping the rest", file=sys.stderr)
-                return max(1, *(abs(code) for code in ended.values()))
-            time.sleep(poll_s)
-    finally:
-        stop_processes(processes.values())
+    with signals_deferred() as interrupted:
+        try:
+            while not interrupted:
+                ended = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
+                if ended:
+                    for name, code in ended.items():
+                        print(f"fedomop: {name} exited with {code}; stopping the rest", file=sys.stderr)
+                    return max(1, *(abs(code) for code in ended.values()))
+                time.sleep(poll_s)
+            return 130  # the held signal is passed on as the block ends (the CLI's handler: an interrupt)
+        finally:
+            stop_processes(processes.values())

@@ -143,7 +143,9 @@ CHILD = (
 )
 
 def supervised() -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     child.stdout.readline()
     print(f"ready {child.pid}", flush=True)
     raise typer.Exit(deploy.supervise({"child": child}, poll_s=0.05))
@@ -163,13 +165,20 @@ def test_a_second_interrupt_during_a_supervised_shutdown_exits_130_in_one_line()
     ready = process.stdout.readline().split()
     assert ready[:1] == ["ready"], process.communicate(timeout=30)
     child = int(ready[1])
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)  # the supervisor is now waiting for the child to stop
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, (process.returncode, stderr)
-    assert stderr.strip() == "interrupted", stderr
-    with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)  # stopped and reaped, not left running
+    try:
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the supervisor is now waiting for the child to stop (or about to: either way)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, (process.returncode, stderr)
+        assert stderr.strip() == "interrupted", stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # stopped and reaped, not left running
+    finally:
+        process.kill()
+        try:
+            os.kill(child, signal.SIGKILL)  # the test's own child, if the supervisor left it running
+        except ProcessLookupError:
+            pass
