@@ -187,6 +187,18 @@ def _unreachable_database(exc: BaseException) -> str | None:
         return None
     first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
     reason = first[0] if first else type(exc).__name__
+    if "not a valid DuckDB database file" in reason:  # --db notes.txt: a local file, no server involved
+        return (
+            f"cannot open the database: {reason}\n"
+            "  fix: --db names a file that is not a DuckDB database (fedomop leaves it untouched): pass a new file"
+            " name or the site's .duckdb file"
+        )
+    if "Could not set lock on file" in reason:  # DuckDB: one writer per file
+        return (
+            f"cannot open the database: {reason}\n"
+            "  fix: another process holds this DuckDB file open (a notebook, DBeaver, another fedomop run):"
+            " close it, or write to another --db"
+        )
     return (
         f"cannot reach the database: {reason}\n"
         "  fix: check that the server is running, and the host, port, user and password in the URL"

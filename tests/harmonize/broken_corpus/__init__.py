@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import SAMPLE_DATA
+
 SECRET = "TOP-SECRET-LINE-OUTSIDE-THE-SOURCE"
 LAB_HEADER = "lab_id,patient_id,lab_date,loinc,value,unit\n"
 LABS_OK = "L1,P1,2019-02-02,17861-6,2.5,mmol/L\nL2,P2,2019-03-02,17861-6,9.1,mg/dL\nL3,P3,2019-04-02,2857-1,4.2,ng/mL\n"
@@ -221,6 +223,8 @@ CASES: list[Case] = [
     Case("truncated JSON line", 0, {"Condition.000.ndjson": '{"resourceType": "Condition", "id": "c3", "subject": {"refer\n'}, reason=("conditions", "invalid JSON")),
     Case("truncated .ndjson.gz", 2, edit=source("conditions", files="Condition*.ndjson*"), setup=gz_truncated, message="Condition.000.ndjson.gz"),
     Case("binary garbage as NDJSON", 0, {"Condition.000.ndjson": b"\x89PNG\r\n\x1a\n\x00\x00"}, reason=("conditions", "")),
+    Case("cdm create on a text file", 2, args=["cdm", "create", "--db", "{tmp}/notes.txt"], setup=write_notes, message="not a DuckDB database (fedomop leaves it untouched)"),
+    Case("vocab load on a text file", 2, args=["vocab", "load", "--db", "{tmp}/notes.txt", "--folder", str(SAMPLE_DATA / "vocabulary")], setup=write_notes, message="not a valid DuckDB database file"),
     # -- other commands: a path that cannot be used is bad input (2) naming it, not an internal error ---------
     Case("certs create under a file", 2, args=["certs", "create", "--out", "{source}/labs.csv/pki", "--site", "a"], message="labs.csv/pki"),
     Case("verify-log given a folder", 2, args=["governance", "verify-log", "{source}"], message="Is a directory"),
