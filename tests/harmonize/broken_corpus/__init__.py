@@ -228,6 +228,21 @@ CASES: list[Case] = [
     # -- other commands: a path that cannot be used is bad input (2) naming it, not an internal error ---------
     Case("certs create under a file", 2, args=["certs", "create", "--out", "{source}/labs.csv/pki", "--site", "a"], message="labs.csv/pki"),
     Case("verify-log given a folder", 2, args=["governance", "verify-log", "{source}"], message="Is a directory"),
+    # -- every command: bad input is exit 2 with a message, never a traceback (cheap: in-process) -----------
+    Case("profile: source folder missing", 2, args=["profile", "--source", "{tmp}/nope", "--out", "{tmp}/p"], message="not a folder"),
+    Case("draft-mapping: profile missing", 2, args=["draft-mapping", "--profile", "{tmp}/nope.json", "--out", "{tmp}/m.yaml", "--vocabulary", "{tmp}"], message="nope.json"),
+    Case("mapping doc: mapping missing", 2, args=["mapping", "doc", "--mapping", "{tmp}/absent.yaml", "--out", "{tmp}/d.md"], message="mapping file not found"),
+    Case("import-cdm: folder missing", 2, args=["import-cdm", "--db", "{tmp}/x.duckdb", "--folder", "{tmp}/nope"], message="not a folder"),
+    Case("codes apply: review sheet missing", 2, args=["codes", "apply", "--review", "{tmp}/nope.csv", "--mapping", "{mapping}", "--source", "{source}"], message="nope.csv"),
+    Case("train: site database missing", 2, args=["train", "--sites", "{tmp}/nope.duckdb", "--out", "{tmp}/fed"], message="site database(s) not found"),
+    Case("governance hash: app missing", 2, args=["governance", "hash", "{tmp}/nope"], message="cannot hash"),
+    Case("governance study-digest: study unknown", 2, args=["governance", "study-digest", "no_such_study"], message="study file not found"),
+    Case("governance check-policy: policy missing", 2, args=["governance", "check-policy", "{tmp}/nope.yaml"], message="site policy file not found"),
+    Case("certs issue: no CA", 2, args=["certs", "issue", "--certs", "{tmp}/nope", "--name", "ann", "--role", "researcher"], message="nope"),
+    Case("site start: no policy", 2, args=["site", "start", "--db", "{tmp}/x.duckdb"], message="needs --policy"),
+    Case("hub start: wildcard host", 2, args=["hub", "start", "--host", "0.0.0.0"], message="0.0.0.0"),
+    Case("hub connect: certificate missing", 2, args=["hub", "connect", "--gate", "127.0.0.1:9", "--cert", "{tmp}/a.pem", "--key", "{tmp}/a.key", "--ca", "{tmp}/ca.crt"], message="a.pem"),
+    Case("demo: unknown option", 2, args=["demo", "--bogus"], message="No such option"),
     # -- usage --------------------------------------------------------------------------------------------
     Case("source folder missing", 2, args=["map", "--mapping", "{mapping}", "--source", "{tmp}/nope", "--db", "{db}"], message="nope"),
     Case("chunks 0", 2, args=["map", "--mapping", "{mapping}", "--source", "{source}", "--db", "{db}", "--chunks", "0"], message="--chunks"),
