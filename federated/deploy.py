@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,6 +346,51 @@ def executor_command(runtime_address: str, policy: Path, secret_file: Path | Non
     return command
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[signal.Signals]]:
+    """Hold SIGINT and SIGTERM until the block ends: a shutdown (children stopped, secrets removed) finishes even
+    when Ctrl-C is pressed again during it. The block gets the list of signals held so far (a loop inside may
+    stop when it fills). A signal that arrived is then handed to the handler that was in place (the CLI's turns
+    it into an interrupt, exit 130), so it is delayed, never lost. Outside the main thread the block runs
+    unshielded (signal handlers can only be set there)."""
+    pending: list[signal.Signals] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signal.Signals(signum))
+
+    try:
+        previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        yield pending
+        return
+    try:
+        yield pending
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], grace_s: float = 15.0) -> None:
+    """Terminate, wait up to ``grace_s``, then kill: shielded from a second interrupt (``signals_deferred``)."""
+    with signals_deferred():
+        running = [p for p in processes if p.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + grace_s
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
 def supervise(processes: dict[str, subprocess.Popen], poll_s: float = 0.5) -> int:
     """Wait in the foreground until one of ``processes`` ends, then end the others.
 
@@ -352,22 +398,18 @@ def supervise(processes: dict[str, subprocess.Popen], poll_s: float = 0.5) -> in
     sense together: a hub without its gate is unreachable, a SuperNode without its executor
     would hold tasks nobody answers. Any piece ending is therefore a failure (exit code 1 at
     least), never a silent 0.
+    Ctrl-C or SIGTERM stops the loop without unwinding (``signals_deferred``), so however many follow, the
+    children are stopped before the interrupt is passed on (exit 130 from the CLI).
     """
-    try:
-        while True:
-            ended = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
-            if ended:
-                for name, code in ended.items():
-                    print(f"fedomop: {name} exited with {code}; stopping the rest", file=sys.stderr)
-                return max(1, *(abs(code) for code in ended.values()))
-            time.sleep(poll_s)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    with signals_deferred() as interrupted:
+        try:
+            while not interrupted:
+                ended = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
+                if ended:
+                    for name, code in ended.items():
+                        print(f"fedomop: {name} exited with {code}; stopping the rest", file=sys.stderr)
+                    return max(1, *(abs(code) for code in ended.values()))
+                time.sleep(poll_s)
+            return 130  # the held signal is passed on as the block ends (the CLI's handler: an interrupt)
+        finally:
+            stop_processes(processes.values())

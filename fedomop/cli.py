@@ -101,8 +101,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:
-        err_console.print("interrupted", highlight=False)
-        sys.exit(130)
+        _exit_interrupted()
     except ModuleNotFoundError as error:
         extra = missing_extra(error)
         if extra is None:
@@ -115,15 +114,13 @@ def main() -> None:
         sys.exit(2)
     except FedomopError as error:
         if _SIGNALLED:  # an error the interrupt caused inside the run
-            err_console.print("interrupted", highlight=False)
-            sys.exit(130)
+            _exit_interrupted()
         err_console.print(f"[bold red]error[/] ({type(error).__name__}): {escape(str(error))}", highlight=False)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except typer.Abort:
-        err_console.print("interrupted", highlight=False)
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
 
@@ -131,22 +128,37 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         if _SIGNALLED:
-            err_console.print("interrupted", highlight=False)
-            sys.exit(130)
+            _exit_interrupted()
         unreachable = _unreachable_database(exc)
         if unreachable:
             err_console.print(f"[bold red]error[/] (DatabaseError): {escape(unreachable)}", highlight=False)
             sys.exit(2)
+        unusable = _unusable_path(exc)
+        if unusable:
+            err_console.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(unusable)}", highlight=False)
+            sys.exit(2)
         _internal_error(exc)
     if _SIGNALLED:  # typer returns 130 for Ctrl-C without a word
-        err_console.print("interrupted", highlight=False)
-        sys.exit(130)
+        _exit_interrupted()
     if code == 130:  # click turns an EOFError into the same 130: input ended, nobody interrupted
         _internal_error(EOFError("input ended unexpectedly"))
     sys.exit(code if isinstance(code, int) else 0)
 
 
 _SIGNALLED: list[int] = []  # the signals received: a native library may turn KeyboardInterrupt into its own error
+
+
+def _exit_interrupted() -> None:
+    """Say "interrupted" and exit 130; a further Ctrl-C/SIGTERM while saying it is ignored (no traceback)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    err_console.print("interrupted", highlight=False)
+    sys.exit(130)
 
 
 def _terminate_as_interrupt() -> None:
@@ -175,10 +187,31 @@ def _unreachable_database(exc: BaseException) -> str | None:
         return None
     first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
     reason = first[0] if first else type(exc).__name__
+    if "not a valid DuckDB database file" in reason:  # --db notes.txt: a local file, no server involved
+        return (
+            f"cannot open the database: {reason}\n"
+            "  fix: --db names a file that is not a DuckDB database (fedomop leaves it untouched): pass a new file"
+            " name or the site's .duckdb file"
+        )
+    if "Could not set lock on file" in reason:  # DuckDB: one writer per file
+        return (
+            f"cannot open the database: {reason}\n"
+            "  fix: another process holds this DuckDB file open (a notebook, DBeaver, another fedomop run):"
+            " close it, or write to another --db"
+        )
     return (
         f"cannot reach the database: {reason}\n"
         "  fix: check that the server is running, and the host, port, user and password in the URL"
     )
+
+
+def _unusable_path(exc: BaseException) -> str | None:
+    """A path the command was given that cannot be used (missing, a folder where a file is expected, no
+    permission, a read-only place): bad input, one line naming the path, not an internal error."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return None
+    reason = exc.strerror or type(exc).__name__
+    return f"{exc.filename}: {reason}\n  fix: check the path (it must exist, be of the right kind and be writable where written)"
 
 
 def _internal_error(exc: BaseException) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,11 +116,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
             processes["executor"] = subprocess.Popen(deploy.executor_command(runtime, policy, secret), env=env)
             raise typer.Exit(deploy.supervise(processes))
         finally:
-            for process in processes.values():
-                if process.poll() is None:
-                    process.terminate()
-            secret.unlink(missing_ok=True)
-            secret_dir.rmdir()
+            with deploy.signals_deferred():  # a second Ctrl-C cannot leave a node running or its secret behind
+                deploy.stop_processes(processes.values())
+                shutil.rmtree(secret_dir, ignore_errors=True)
 
     @hub_app.command("start")
     def hub_start(
@@ -262,9 +261,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
         sys.stdout.flush()
         return deploy.supervise(processes)
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
+        deploy.stop_processes(processes.values())
 
 
 def secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, address: str, state: Path | None) -> int:
@@ -283,9 +280,7 @@ def secure_hub(port: int, host: str, certs: Path, home: Path, connection: str, a
             console.print(f"registered {public_key.stem} ({known})")
         return hub.wait()
     finally:
-        if hub.poll() is None:
-            hub.terminate()
-            hub.wait(15)
+        deploy.stop_processes([hub])
 
 
 def preflight_site(site: str, policy: Path | None, certs: Path | None, root_cert: Path | None) -> None:

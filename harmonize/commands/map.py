@@ -8,6 +8,7 @@ from typing import Annotated
 import polars as pl
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -49,7 +50,11 @@ def summary_table(report: RunReport, *, top: int = 5) -> tuple[Table, Table]:
     held = dict(per_table.iter_rows())
     for name, rows in sorted(report.loaded.items()):
         tables.add_row(name, f"{rows:,}", f"{held.get(name, 0):,}")
-    tables.add_row("[bold]all[/]", f"[bold]{report.rows_loaded:,}[/]", f"[bold]{report.records_quarantined:,}[/]")
+    tables.add_row(
+        "[bold]all[/]",
+        f"[bold]{report.rows_loaded:,}[/]",
+        f"[bold]{report.records_quarantined - report.records_excluded:,}[/]",
+    )
     reasons = Table(title="top quarantine reasons")
     reasons.add_column("reason")
     reasons.add_column("rows", justify="right")
@@ -67,17 +72,19 @@ def sources_table(report: RunReport) -> Table:
         .agg(pl.col("omop_table").sort().str.join(", "))
     )
     totals = recon.filter(pl.col("omop_table") == ALL_TABLES).join(fed, on="source", how="left", suffix="_fed")
-    table = Table(title="reconciliation per source (read = loaded + quarantined)")
-    for name in ("source", "read", "loaded", "quarantined", "OMOP tables"):
+    table = Table(title="reconciliation per source (read = loaded + excluded + quarantined)")
+    for name in ("source", "read", "loaded", "excluded", "quarantined", "OMOP tables"):
         table.add_column(name, justify="left" if name in ("source", "OMOP tables") else "right")
     for row in totals.iter_rows(named=True):
         mark = "" if row["balanced"] else " [red]unbalanced[/]"
+        excluded = report.excluded.get(row["source"], 0)  # by a mapping rule, on purpose: not an error
         table.add_row(
-            row["source"],
+            escape(row["source"]),
             f"{row['source_count']:,}",
             f"{row['loaded']:,}",
-            f"{row['quarantined']:,}{mark}",
-            row["omop_table_fed"] or "-",
+            f"{excluded:,}",
+            f"{row['quarantined'] - excluded:,}{mark}",
+            escape(row["omop_table_fed"] or "-"),
         )
     return table
 
@@ -88,11 +95,11 @@ def print_summary(report: RunReport, out: Console = console) -> None:
     out.print(sources_table(report))
     if report.quarantine_reasons:
         out.print(reasons)
-    excluded = sum(n for reason, n in report.quarantine_reasons.items() if reason.startswith("excluded by rule"))
-    if excluded:
+    if report.records_excluded:
         out.print(
-            f"of the quarantine rows, {excluded:,} are records excluded by a mapping rule (e.g. a FHIR status such "
-            "as entered-in-error), not errors; fedomop_quarantine lists each with its rule's reason",
+            f"{report.records_excluded:,} records were excluded by a mapping rule (a source's exclude:, e.g. a FHIR "
+            "status such as entered-in-error, or no rule's when: selects them), not errors; they are counted apart "
+            "from the quarantined records above, and fedomop_quarantine lists each with its rule's reason",
             highlight=False,
         )
     state = "[green]balanced[/]" if report.balanced else "[red]NOT balanced[/]"

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         path: Annotated[Path, typer.Option("--path", help="The site's source_to_concept_map CSV.", dir_okay=False)],
     ) -> None:
         """Append a site's source_to_concept_map (targets must exist in CONCEPT)."""
-        rows = load_source_to_concept_map(connect(db), path)
+        rows = load_source_to_concept_map(connect(db, must_exist=True), path)
         Console().print(f"appended {rows:,} source_to_concept_map rows from {path}")
 
     @vocab_app.command("resolve")
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show the standard concept(s) each code maps to."""
         codes = pl.DataFrame({"vocabulary_id": [vocabulary] * len(code), "source_code": code})
-        Console().print(_mapping_table(resolve_codes(connect(db), codes)))
+        Console().print(_mapping_table(resolve_codes(connect(db, must_exist=True), codes)))
 
     app.add_typer(vocab_app, name="vocab")
 

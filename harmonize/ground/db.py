@@ -80,7 +80,7 @@ class ColumnInfo:
 class Database:
     """A site database: a SQLAlchemy engine plus fast Arrow/polars paths for bulk data."""
 
-    def __init__(self, url: str | Path, *, read_only: bool = False) -> None:
+    def __init__(self, url: str | Path, *, read_only: bool = False, must_exist: bool = False) -> None:
         self.url = normalize_url(url)
         try:
             parsed = sa.engine.make_url(self.url)
@@ -95,6 +95,14 @@ class Database:
         kwargs: dict[str, Any] = {}
         if self.dialect == "duckdb":
             if parsed.database and parsed.database != ":memory:":
+                if (read_only or must_exist) and not Path(parsed.database).is_file():
+                    # a command that reads a database never creates one (nor its folder): a typo must not pass
+                    raise DatabaseError(
+                        "database file not found",
+                        where=str(parsed.database),
+                        fix="pass the DuckDB file `fedomop map` (or `vocab load`) wrote, or a database URL, to --db",
+                    )
+                # a command that writes one creates the named file's folder (docs/mapping.md, "--db")
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             if read_only:
                 kwargs["connect_args"] = {"read_only": True}
@@ -257,6 +265,9 @@ class Database:
                 connection.execute(target.insert(), batch.to_pylist())
 
 
-def connect(url: str | Path, *, read_only: bool = False) -> Database:
-    """Open a site database by URL or DuckDB file path."""
-    return Database(url, read_only=read_only)
+def connect(url: str | Path, *, read_only: bool = False, must_exist: bool = False) -> Database:
+    """Open a site database by URL or DuckDB file path.
+
+    A DuckDB file is created, with its folder, unless ``read_only`` or ``must_exist``: then a missing file is a
+    DatabaseError (bad input), and nothing is created."""
+    return Database(url, read_only=read_only, must_exist=must_exist)

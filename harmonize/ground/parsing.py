@@ -83,11 +83,14 @@ def parse_any_datetime(column: str, fmt: str) -> pl.Expr:
 
 
 def parse_number(column: str, decimal: str = ".") -> pl.Expr:
-    """Text -> float; a decimal comma is accepted where the source declares it."""
+    """Text -> float; a decimal comma is accepted where the source declares it. NaN and infinities ("NaN",
+    "inf", "-Infinity", or an overflow such as 1e999) are not measurements: they parse to nothing, so a present
+    value gives "unparseable number" (``failed``) instead of loading a non-finite value_as_number."""
     text = pl.col(column).cast(pl.String).str.strip_chars()
     if decimal == ",":
         text = text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
-    return text.cast(pl.Float64, strict=False)
+    value = text.cast(pl.Float64, strict=False)
+    return pl.when(value.is_finite()).then(value).otherwise(None)
 
 
 def failed(original: str, parsed: pl.Expr) -> pl.Expr:

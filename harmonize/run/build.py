@@ -173,6 +173,14 @@ class SiteBuild:
                 pl.format("missing required OMOP field(s): {}", missing),
                 table=table,
             )
+            if table == "person" and "_source_key" in rows.columns:
+                self.ctx.remember_refused(
+                    table,
+                    rows.filter(pl.col("_source_key").is_not_null()).select(
+                        pl.col("_source_key").cast(pl.String).alias("_key"),
+                        pl.format("missing required OMOP field(s): {}", missing).alias("_refused"),
+                    ),
+                )
         return frame.filter(~bad)
 
     def build_keyed(self) -> None:

@@ -34,6 +34,7 @@ from fedomop.harmonize.run.lineage import (
 from fedomop.harmonize.run.load import (
     check_reconciliation,
     check_split,
+    excluded_records,
     lineage_id,
     load_tables,
     quarantine_leftovers,
@@ -129,6 +130,7 @@ class RunTotals:
 
     loaded: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)  # source -> records a rule left out (load.py)
     seen: Counter[str] = field(default_factory=Counter)
     reconciliations: list[pl.DataFrame] = field(default_factory=list)
     read_seconds: float = 0.0
@@ -367,6 +369,7 @@ class SiteRun:
         self.totals.read_seconds += built.read_seconds
         self.totals.shortened += built.shortened.height
         self.totals.reasons.update(summarise_reasons(built.quarantined))
+        self.totals.excluded.update(excluded_records(built.quarantined))
         self.totals.seen.update(built.seen)
         self.totals.reconciliations.append(built.recon)
         self.wait_for_load()  # at most one chunk is loading while the next one is built

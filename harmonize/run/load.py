@@ -161,10 +161,25 @@ def quarantine_leftovers(
         source = (sources or {}).get(name)
         for rule in source.exclude if source else []:
             hit = rows.filter(filter_mask(rule))
-            quarantine.add_rows(name, hit, rule.column, pl.col(rule.column), f"excluded by rule: {rule.reason}")
+            quarantine.add_rows(name, hit, rule.column, pl.col(rule.column), f"{EXCLUDED_PREFIX}: {rule.reason}")
             rows = rows.filter(~filter_mask(rule))
-        quarantine.add_rows(name, rows, "*", pl.lit(None, pl.String), "no mapping rule selects this record")
+        quarantine.add_rows(name, rows, "*", pl.lit(None, pl.String), NOT_SELECTED)
         ledger.mark_held(name, left)
+
+
+EXCLUDED_PREFIX = "excluded by rule"
+NOT_SELECTED = "no mapping rule selects this record"
+
+
+def excluded_records(quarantine: pl.DataFrame) -> dict[str, int]:
+    """Per source, the records a mapping rule left out on purpose (a source's ``exclude``, or every rule's ``when``).
+
+    ``quarantine_leftovers`` writes exactly one quarantine row for each such record, so rows count records."""
+    if quarantine.is_empty():
+        return {}
+    reason = pl.col("reason")
+    left_out = quarantine.filter(reason.str.starts_with(EXCLUDED_PREFIX) | (reason == NOT_SELECTED))
+    return {str(source): int(n) for source, n in left_out.group_by("source").len().iter_rows()}
 
 
 def summarise_reasons(quarantine: pl.DataFrame) -> dict[str, int]:

@@ -183,6 +183,29 @@ def check_mapping(mapping: Mapping, mapping_file: Path) -> None:
         )
     for constant, where in _named_constants(mapping, file):
         _check_named_constant(constant, "concept_id", where)
+    _check_fhir_paths(mapping, file)
+
+
+def _check_fhir_paths(mapping: Mapping, file: str) -> None:
+    """Every FHIR source's column expressions compile (syntax, element names of the resource type) before any
+    data is read; an error names the mapping file and the key (``sources.<name>.columns.<column>``)."""
+    from fedomop.harmonize.sources.fhir.path import compile_path
+    from fedomop.harmonize.sources.fhir.structure import resource_model
+
+    for name, source in mapping.sources.items():
+        if not source.is_fhir or not isinstance(source.columns, dict):
+            continue
+        try:
+            resource_model(source.resource_type or "")
+        except SourceError as error:
+            raise MappingError(error.message, where=f"{file}: sources.{name}.resource_type", fix=error.fix) from None
+        for column, expression in source.columns.items():
+            try:
+                compile_path(expression, source.resource_type)
+            except MappingError as error:
+                raise MappingError(
+                    error.message, where=f"{file}: sources.{name}.columns.{column}", fix=error.fix
+                ) from None
 
 
 def _named_constants(mapping: Mapping, file: str) -> Iterator[tuple[ConstantExpr, str]]:
@@ -218,6 +241,13 @@ def check_source_columns(mapping: Mapping, mapping_file: Path, files: SiteFiles)
                     fix="check that the file is readable",
                 ) from None
             header_set = set(header)
+            repeated = sorted({c for c in header if header.count(c) > 1})
+            if repeated:  # the reader would keep one of them: which value a rule reads would be a guess
+                raise SourceError(
+                    f"the header names column {repeated[0]!r} {header.count(repeated[0])} times",
+                    where=files.relative(path),
+                    fix="give each column its own name in the file's header (e.g. value, value_2)",
+                )
             for declared in source.columns or []:
                 if declared not in header_set:
                     raise MappingError(

@@ -60,8 +60,16 @@ class RunContext:
     quarantine: Quarantine
     units: UnitConverter
     keys: dict[str, pl.DataFrame] = field(default_factory=dict)  # table -> (_key, _id)
+    # table -> (_key, reason): keyed rows (a person) the run quarantined, so rows referring to one say why
+    refused: dict[str, pl.DataFrame] = field(default_factory=dict)
     codes: ResolutionCache = field(default_factory=ResolutionCache)  # answers shared by the run's chunks
     shortened: Shortened = field(default_factory=lambda: Shortened(""))  # over-long texts, recorded (shorten.py)
+
+    def remember_refused(self, table: str, refused: pl.DataFrame) -> None:
+        """Add (_key, _refused) rows: keyed source rows quarantined, with the reason their references will cite."""
+        if refused.height:
+            known = self.refused.get(table)
+            self.refused[table] = refused if known is None else pl.concat([known, refused])
 
 
 @dataclass
@@ -202,15 +210,39 @@ class RuleEvaluator:
         field = pl.col(WIDE_COLUMN) if wide else problem.field  # the wide export's own column, not the engine's
         self.ctx.quarantine.add_rows(source, rows, field, problem.value, problem.reason)
 
-    def _drop_problems(self, source: str, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
-        """Quarantine rows with any problem (one quarantine row per problem) and keep the rest."""
+    def _drop_problems(
+        self, source: str, rows: pl.DataFrame, problems: list[Problem], table: str | None = None
+    ) -> pl.DataFrame:
+        """Quarantine rows with any problem (one quarantine row per problem) and keep the rest.
+
+        For the person table, the refused keys and their first reason are remembered (``RunContext.refused``),
+        so an event of a refused person is quarantined as "person quarantined: <reason>", not "unknown person".
+        """
         if not problems:
             return rows
         flags = rows.with_columns(*(p.mask.fill_null(False).alias(f"_bad{i}") for i, p in enumerate(problems)))
         for i, problem in enumerate(problems):
             self.quarantine_rows(source, flags.filter(pl.col(f"_bad{i}")), problem)
         any_bad = pl.any_horizontal(*(pl.col(f"_bad{i}") for i in range(len(problems))))
+        if table == "person" and "_source_key" in flags.columns:
+            self._remember_refused(table, flags.filter(any_bad), problems)
         return flags.filter(~any_bad).drop(f"_bad{i}" for i in range(len(problems)))
+
+    def _remember_refused(self, table: str, bad: pl.DataFrame, problems: list[Problem]) -> None:
+        if not bad.height:
+            return
+        first_reason = pl.coalesce(
+            *(
+                pl.when(pl.col(f"_bad{i}")).then(pl.lit(p.reason) if isinstance(p.reason, str) else p.reason)
+                for i, p in enumerate(problems)
+            )
+        )
+        first_field = pl.coalesce(*(pl.when(pl.col(f"_bad{i}")).then(pl.lit(p.field)) for i, p in enumerate(problems)))
+        refused = bad.filter(pl.col("_source_key").is_not_null()).select(
+            pl.col("_source_key").cast(pl.String).alias("_key"),
+            pl.format("{} ({})", first_reason.cast(pl.String), first_field).alias("_refused"),
+        )
+        self.ctx.remember_refused(table, refused)
 
     def evaluate(self, table: str, rule_index: int, rule: Rule, frame: pl.DataFrame) -> pl.DataFrame:
         """Slot columns for every accepted row of ``rule`` (lineage columns kept)."""
@@ -271,7 +303,7 @@ class RuleEvaluator:
         rows = rows.with_columns(exprs) if exprs else rows
         rows = self._concept_fields(rule, rows)
         rows = self._join_references(rule, rows, problems)
-        rows = self._drop_problems(rule.source, rows, problems)
+        rows = self._drop_problems(rule.source, rows, problems, table)
         if rule.id:
             rows = self._drop_duplicates(rule, rows)
         if rule.concept is not None:
@@ -293,9 +325,20 @@ class RuleEvaluator:
     def _join_references(self, rule: Rule, rows: pl.DataFrame, problems: list[Problem]) -> pl.DataFrame:
         if rule.person is not None:
             rows = _join_key(rows, rule.person, self.ctx.keys.get("person"), "_person_id")
+            refused = self.ctx.refused.get("person")
+            if refused is not None and refused.height:  # the person exists in the extract but was quarantined
+                first = refused.unique("_key", keep="first", maintain_order=True)
+                rows = rows.with_columns(pl.col(rule.person).cast(pl.String).alias("_join")).join(
+                    first, left_on="_join", right_on="_key", how="left", maintain_order="left"
+                )
+                rows = rows.drop("_join")
+            else:
+                rows = rows.with_columns(pl.lit(None, pl.String).alias("_refused"))
             contained = pl.col(rule.person).cast(pl.String).str.starts_with("#")  # FHIR '#id': inside the record
             reason = (
-                pl.when(contained)
+                pl.when(pl.col("_refused").is_not_null())
+                .then(pl.format("person quarantined: {}", pl.col("_refused")))
+                .when(contained)
                 .then(pl.lit("unknown person: a resource contained in the record (#id), not a person of the extract"))
                 .otherwise(pl.lit("unknown person"))
             )

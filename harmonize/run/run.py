@@ -62,6 +62,13 @@ class RunReport:
     absent_sources: list[str] = field(default_factory=list)  # sources with no file: 0 records
     absent_concepts: list[str] = field(default_factory=list)  # the mapping's named concepts the vocabulary lacks
     values_shortened: int = 0  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
+    # source -> records a mapping rule left out on purpose (``exclude``, or no rule's ``when`` selects them): part of
+    # the reconciliation's "quarantined" (each has a quarantine row with its reason), not an error
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records_excluded(self) -> int:
+        return sum(self.excluded.values())
 
     @property
     def balanced(self) -> bool:
@@ -218,6 +225,7 @@ def run_mapping(
         absent_sources=list(plan.files.absent),
         values_shortened=totals.shortened,
         absent_concepts=absent_concepts,
+        excluded=dict(totals.excluded),
     )
 
 

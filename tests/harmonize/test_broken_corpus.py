@@ -65,6 +65,8 @@ def test_broken_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == case.code, (code, text[-2000:])
     assert case.message in text, text[-2000:]
     assert case.never not in output
+    if case.absent:
+        assert not Path(case.absent.format(tmp=tmp_path)).exists()
     if case.reason or case.clean:
         with duckdb.connect(db, read_only=True) as con:
             rows = con.execute("select source, reason from fedomop_quarantine").fetchall()

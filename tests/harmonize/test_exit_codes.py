@@ -124,3 +124,61 @@ def test_interrupted_map_exits_130_and_leaves_no_temporary_files(tmp_path: Path,
     assert "interrupted" in stderr and "Traceback" not in stderr
     # no temporary file, and no half-built database; the site's vocabulary store (complete, reused) may stay
     assert sorted(p.name for p in out.iterdir()) in ([], ["site_a.duckdb.vocabulary"])
+
+
+# A stand-in for `fedomop site start` / `hub start`: the real CLI entry point supervising a child that takes a
+# second to stop (as a SuperNode does), so a second Ctrl-C lands in the shutdown.
+SUPERVISOR = r"""
+import subprocess, sys
+import typer
+from fedomop import cli
+from fedomop.federated import deploy
+
+CHILD = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.0), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
+    "while True: time.sleep(0.1)\n"
+)
+
+def supervised() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    child.stdout.readline()
+    print(f"ready {child.pid}", flush=True)
+    raise typer.Exit(deploy.supervise({"child": child}, poll_s=0.05))
+
+cli.app.command("supervised")(supervised)
+sys.argv = ["fedomop", "supervised"]
+cli.main()
+"""
+
+
+def test_a_second_interrupt_during_a_supervised_shutdown_exits_130_in_one_line() -> None:
+    """Ctrl-C, then Ctrl-C twice more while the children stop: "interrupted", 130, no traceback, child stopped."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    assert process.stdout is not None
+    ready = process.stdout.readline().split()
+    assert ready[:1] == ["ready"], process.communicate(timeout=30)
+    child = int(ready[1])
+    try:
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the supervisor is now waiting for the child to stop (or about to: either way)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, (process.returncode, stderr)
+        assert stderr.strip() == "interrupted", stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # stopped and reaped, not left running
+    finally:
+        process.kill()
+        try:
+            os.kill(child, signal.SIGKILL)  # the test's own child, if the supervisor left it running
+        except ProcessLookupError:
+            pass

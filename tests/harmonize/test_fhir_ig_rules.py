@@ -331,8 +331,8 @@ def test_grouping_panels_and_waveforms_are_excluded_and_valueless_results_quaran
     """vitals-panel and bgpanel only group other Observations (hasMember): each member is its own result, the
     group is excluded by rule. The ekg components carry valueSampledData (no CDM column): excluded by rule.
     example-genetics-3 has no value[x], no dataAbsentReason and no component (US Core us-core-2 requires one):
-    quarantined "missing value". date-lastmp's valueDateTime is a value (it is held back only for its unknown
-    subject, Patient/pat2)."""
+    quarantined "missing value". date-lastmp's valueDateTime is a value: it is held back only because its subject,
+    Patient/pat2, was itself quarantined (no birthDate, so no year_of_birth), and says so."""
     reasons = dict(
         _rows(
             hl7_db,
@@ -345,5 +345,5 @@ def test_grouping_panels_and_waveforms_are_excluded_and_valueless_results_quaran
         "bgpanel": "excluded by rule: Observation grouping others (hasMember): each member is its own Observation",
         "ekg/component/0": "excluded by rule: valueSampledData (a waveform): the CDM has no column for sampled data",
         "example-genetics-3": "missing value",
-        "date-lastmp": "unknown person",
+        "date-lastmp": "person quarantined: missing required OMOP field(s): year_of_birth",
     }
