@@ -48,6 +48,7 @@ def read_header(path: Path, options: TabularOptions) -> list[str]:
         return list(pl.read_parquet_schema(path))
     with path.open("rb") as handle:
         first = handle.readline()
+    _check_line_endings(first, path.name)
     text = first.decode(options.codec, errors="replace").lstrip("\ufeff").rstrip("\r\n")
     return [c.strip().strip('"') for c in text.split(options.delimiter)]
 
@@ -103,6 +104,17 @@ def _check_declared_encoding(raw: bytes, relative: str, codec: str) -> None:
         where=relative,
         fix="declare 'encoding: utf-8' for this source in the mapping",
     )
+
+
+def _check_line_endings(raw: bytes, relative: str) -> None:
+    """A file whose lines end in a bare CR (classic Mac OS) reads as one huge header line: say so instead."""
+    first_line = raw.split(b"\n", 1)[0]
+    if b"\r" in first_line.rstrip(b"\r"):
+        raise SourceError(
+            "the file's lines end in a bare CR (classic Mac OS line endings), so it reads as a single line",
+            where=f"{relative} line 1",
+            fix="convert the file to LF or CRLF line endings (e.g. 'tr \"\\r\" \"\\n\"' or re-export it)",
+        )
 
 
 def _is_regular(text: str, options: TabularOptions, encoded: bytes | None = None) -> bool:
@@ -168,6 +180,7 @@ def _scan(path: Path, relative: str, options: TabularOptions) -> tuple[pl.LazyFr
     )
     raw = path.read_bytes()
     _check_declared_encoding(raw, relative, codec)
+    _check_line_endings(raw, relative)
     text, rejects, numbers = _decoded_lines(raw, relative, codec)
     encoded = raw.removeprefix(codecs.BOM_UTF8) if codec == "utf-8" else None
     if numbers is None and _is_regular(text, options, encoded):  # dropped lines: row numbers need the slow path

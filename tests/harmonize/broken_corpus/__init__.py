@@ -156,6 +156,7 @@ CASES: list[Case] = [
     Case("DEL in an id", 0, labs(LABS_OK + "L\x7f4,P1,2019-05-01,17861-6,2.5,mg/dL\n"), reason=("labs", "control character U+007F in field 'lab_id'")),
     Case("escape sequence in a value", 0, labs(LABS_OK + "L4,P1,2019-05-01,17861-6,\x1b[31m2.5,mg/dL\n"), reason=("labs", "control character U+001B")),
     Case("declared latin-1 but UTF-8", 2, {"patients.csv": PATIENT_HEADER + PATIENTS_OK + "P4,F,1980-01-01,Décédée\n"}, edit=source("patients", encoding="latin-1"), message="declared latin-1 but is valid UTF-8"),
+    Case("classic Mac OS CR-only line endings", 2, {"labs.csv": (LAB_HEADER + LABS_OK).replace("\n", "\r")}, message="bare CR"),
     Case("declared cp1252 but UTF-8", 2, {"patients.csv": PATIENT_HEADER + PATIENTS_OK + "P4,F,1980-01-01,Zoë\n"}, edit=source("patients", encoding="cp1252"), message="encoding: utf-8"),
     Case("real latin-1 declared latin-1", 0, {"patients.csv": (PATIENT_HEADER + PATIENTS_OK + "P4,F,1980-01-01,\n").encode("latin-1") + "P5,F,1981-01-01,\n".encode("latin-1")}, edit=source("patients", encoding="latin-1"), clean="patients"),
     Case("latin-1 bytes declared UTF-8", 0, {"labs.csv": (LAB_HEADER + LABS_OK).encode() + "L4,P1,2019-05-01,17861-6,2.5,µg/L\n".encode("latin-1")}, reason=("labs", "encoding error: byte 0xb5")),
