@@ -129,14 +129,22 @@ def _date_format(expr: DateExpr, source: Source) -> str:
     return FHIR if fmt == ISO and source.format.startswith("fhir") else fmt
 
 
-def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], Problem]:
+def _date_columns(prefix: str, expr: DateExpr, source: Source) -> tuple[list[pl.Expr], list[pl.Expr], Problem]:
+    """The parsed date's columns, those derived from them (evaluated after), and its "bad date" problem.
+
+    The text is parsed once, into ``<prefix>_datetime``; the date, the problem and the bound checks read that
+    column (eager polars does not share a repeated parse between expressions: each re-parsed every row).
+    """
     fmt = _date_format(expr, source)
-    stamp = parse_any_datetime(expr.date, fmt)
-    columns = [stamp.alias(f"{prefix}_datetime"), stamp.dt.date().alias(f"{prefix}_date")]
+    parsed = f"{prefix}_datetime"
+    columns = [parse_any_datetime(expr.date, fmt).alias(parsed)]
     if fmt == FHIR:  # which parts the source gave (person keeps month/day of birth NULL when absent)
         columns.append(fhir_precision(expr.date).alias(f"{prefix}_precision"))
-    problem = Problem(failed(expr.date, stamp), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}")
-    return columns, problem
+    derived = [pl.col(parsed).dt.date().alias(f"{prefix}_date")]
+    problem = Problem(
+        failed(expr.date, pl.col(parsed)), expr.date, pl.col(expr.date), f"bad date: does not match {fmt}"
+    )
+    return columns, derived, problem
 
 
 def _constant_value(value: ConceptConstant | int | float | str | None) -> int | float | str | None:
@@ -257,15 +265,17 @@ class RuleEvaluator:
         )
         problems: list[Problem] = []
         exprs: list[pl.Expr] = []
+        derived: list[pl.Expr] = []  # read columns of ``exprs``: evaluated after them
         if rule.id:
             exprs.append(pl.col(rule.id).alias("_source_key"))
             problems.append(Problem(pl.col(rule.id).is_null(), rule.id, pl.lit(None), "missing id"))
         for prefix, date in (("_start", rule.start), ("_end", rule.end)):
             if date is not None:
-                columns, date_problem = _date_columns(prefix, date, source)
+                columns, from_columns, date_problem = _date_columns(prefix, date, source)
                 exprs += columns
+                derived += from_columns
                 problems.append(date_problem)
-                problems += self._bounds(table, prefix, date, source)
+                problems += self._bounds(table, prefix, date)
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
         if rule.value is not None:
@@ -282,7 +292,7 @@ class RuleEvaluator:
             ]
             problems.append(
                 Problem(
-                    failed(rule.value.number, number),
+                    failed(rule.value.number, pl.col("_value")),  # the parsed column, not a second parse
                     rule.value.number,
                     pl.col(rule.value.number),
                     "unparseable number",
@@ -301,6 +311,7 @@ class RuleEvaluator:
             if problem:
                 problems.append(problem)
         rows = rows.with_columns(exprs) if exprs else rows
+        rows = rows.with_columns(derived) if derived else rows
         rows = self._concept_fields(rule, rows)
         rows = self._join_references(rule, rows, problems)
         rows = self._drop_problems(rule.source, rows, problems, table)
@@ -314,11 +325,16 @@ class RuleEvaluator:
             rows = self._convert_units(rule, rows)
         return rows.select(c for c in rows.columns if c.startswith(("_", FIELD_PREFIX)) and not c.startswith("_wide_"))
 
-    def _bounds(self, table: str, prefix: str, date: DateExpr, source: Source) -> list[Problem]:
-        """Implausible dates (harmonize/run/datebounds.py) as problems: quarantined with their reason."""
-        stamp = parse_any_datetime(date.date, _date_format(date, source))
+    def _bounds(self, table: str, prefix: str, date: DateExpr) -> list[Problem]:
+        """Implausible dates (harmonize/run/datebounds.py) as problems: quarantined with their reason.
+
+        The checks read the date parsed once into ``<prefix>_datetime`` (see ``_date_columns``)."""
         checks = date_bounds(
-            stamp, date.date, self.ctx.mapping.date_bounds, birth=table == "person", start=prefix == "_start"
+            pl.col(f"{prefix}_datetime"),
+            date.date,
+            self.ctx.mapping.date_bounds,
+            birth=table == "person",
+            start=prefix == "_start",
         )
         return [Problem(b.mask, date.date, pl.col(date.date), b.reason) for b in checks]
 
