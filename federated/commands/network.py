@@ -204,13 +204,16 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         port = port or deploy.free_port()
         deploy.write_connection(home, connection, f"127.0.0.1:{port}")
         tunnel = subprocess.Popen(deploy.connect_command(gate, port, cert.resolve(), key.resolve(), ca.resolve()))
-        deploy.wait_for_port(port, timeout_s=30, process=tunnel)
-        console.print(
-            f"connected as {name} ({role}) to {gate}: `fedomop train --federation {connection}` and `flwr ... "
-            f"{connection}` now go through the gate (FLWR_HOME {home})",
-            highlight=False,
-        )
-        raise typer.Exit(deploy.supervise({"connection": tunnel}))
+        try:  # a Ctrl-C while the tunnel starts stops it too
+            deploy.wait_for_port(port, timeout_s=30, process=tunnel)
+            console.print(
+                f"connected as {name} ({role}) to {gate}: `fedomop train --federation {connection}` and `flwr ... "
+                f"{connection}` now go through the gate (FLWR_HOME {home})",
+                highlight=False,
+            )
+            raise typer.Exit(deploy.supervise({"connection": tunnel}))
+        finally:
+            deploy.stop_processes([tunnel])
 
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")

@@ -147,8 +147,11 @@ def supervised() -> None:
         [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     child.stdout.readline()
-    print(f"ready {child.pid}", flush=True)
-    raise typer.Exit(deploy.supervise({"child": child}, poll_s=0.05))
+    try:  # as `fedomop site start` does: a Ctrl-C before the supervision starts still stops the child
+        print(f"ready {child.pid}", flush=True)
+        raise typer.Exit(deploy.supervise({"child": child}, poll_s=0.05))
+    finally:
+        deploy.stop_processes([child])
 
 cli.app.command("supervised")(supervised)
 sys.argv = ["fedomop", "supervised"]
