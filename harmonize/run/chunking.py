@@ -32,7 +32,7 @@ from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import read_source, tabular_options
 from fedomop.harmonize.sources.base import SourceBatch, empty_rejects
 from fedomop.harmonize.sources.options import TabularOptions
-from fedomop.harmonize.sources.tabular import read_tabular
+from fedomop.harmonize.sources.tabular import is_regular_file, read_tabular
 from fedomop.harmonize.tables import KEYED_TABLES
 
 DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
@@ -224,6 +224,8 @@ class StagedSite:
             if not _transcode(path, options.codec, utf8):
                 return None
             path = utf8
+        if not is_regular_file(path, options):  # a short/long row, a blank line, a control character: polars
+            return None  # would null-fill or load it; the in-memory reader quarantines such rows (tabular.py)
         return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
             path,
             separator=options.delimiter,

@@ -126,40 +126,81 @@ def _is_regular(text: str, options: TabularOptions, encoded: bytes | None = None
     line or a lone CR all count as irregular. ``encoded`` is the text as UTF-8 when the caller has it.
     """
     data = encoded if encoded is not None else text.encode("utf-8")
+    return _line_width(data, options, text) is not None
+
+
+def is_regular_file(path: Path, options: TabularOptions, block_bytes: int = 1 << 26) -> bool:
+    """``_is_regular`` for a UTF-8 file of any size, read a block of whole lines at a time (bounded memory).
+
+    A line never spans two blocks (each block ends at a newline), so a blank line at a block's edge still shows
+    as one (the next block starts with a newline), and every block's lines must have the first block's width.
+    """
+    width: int | None = None
+    carry = b""
+    with path.open("rb") as handle:
+        first = True
+        while True:
+            block = handle.read(block_bytes)
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                data, carry = data[: cut + 1], data[cut + 1 :]
+            if first:
+                data, first = data.removeprefix(codecs.BOM_UTF8), False
+            if not data:
+                return width is not None
+            try:
+                text = data.decode("utf-8") if b'"' in data else ""
+            except UnicodeDecodeError:
+                return False
+            found = _line_width(data, options, text)
+            if found is None or (width is not None and found != width):
+                return False
+            width = found
+            if not block:
+                return True
+
+
+def _line_width(data: bytes, options: TabularOptions, text: str) -> int | None:
+    """The number of delimiters on every line of ``data`` (whole lines; ``text``: the same, decoded, needed
+    only when it holds a quote), or None when the lines differ, or one is blank or holds a control character."""
     if b'"' in data or len(options.delimiter.encode("utf-8")) != 1:
-        return _is_regular_quoted(text, options)
+        return _line_width_quoted(text, options)
     if not data or data.startswith((b"\n", b"\r\n")) or b"\n\n" in data or b"\n\r\n" in data:
-        return False  # empty, or a blank line
+        return None  # empty, or a blank line
     if b"\x7f" in data or data.count(b"\r") != data.count(b"\r\n"):
-        return False  # DEL, or a CR that does not end a line
+        return None  # DEL, or a CR that does not end a line
     octets = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(octets == 0x0A)
     if np.count_nonzero(octets < 0x20) != np.count_nonzero(octets == 0x09) + len(newlines) + data.count(b"\r"):
-        return False  # a C0 control character other than tab, CR, LF
+        return None  # a C0 control character other than tab, CR, LF
     ends = newlines if data.endswith(b"\n") else np.append(newlines, len(octets))
     starts = np.concatenate(([0], ends[:-1] + 1))
     delimiters = np.flatnonzero(octets == ord(options.delimiter))
     widths = np.searchsorted(delimiters, ends) - np.searchsorted(delimiters, starts)
-    return bool((widths == widths[0]).all())
+    return int(widths[0]) if bool((widths == widths[0]).all()) else None
 
 
-def _is_regular_quoted(text: str, options: TabularOptions) -> bool:
-    """``_is_regular`` for a file with quotes, line by line in polars: every line must be one well-formed record
+def _line_width_quoted(text: str, options: TabularOptions) -> int | None:
+    """``_line_width`` for text with quotes, line by line in polars: every line must be one well-formed record
     (fields unquoted, with no quote, delimiter or CR inside, or wholly quoted with doubled quotes)."""
     lines = pl.Series("line", [text]).str.split("\n").explode()
     if lines.len() and lines[-1] == "":
         lines = lines.head(lines.len() - 1)  # the newline that ends the last record
     if not lines.len():
-        return False
+        return None
     lines = lines.str.strip_suffix("\r")
     if (lines == "").any() or lines.str.contains(_CONTROL_PATTERN).any():
-        return False
+        return None
     delimiter = f"\\x{{{ord(options.delimiter):x}}}"
     field = f'(?:[^"{delimiter}\\r]*|{_QUOTED_FIELD})'
     if not lines.str.contains(f"^{field}(?:{delimiter}{field})*$").all():
-        return False
+        return None
     widths = lines.str.replace_all(_QUOTED_FIELD, "").str.count_matches(options.delimiter, literal=True)
-    return widths.n_unique() == 1
+    return int(widths[0]) if widths.n_unique() == 1 else None
 
 
 class _CsvArgs(TypedDict):

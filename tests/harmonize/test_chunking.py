@@ -163,12 +163,23 @@ def test_broken_files_are_quarantined_once_in_a_chunked_run(tmp_path: Path) -> N
         handle.write("A9999999,too,many,fields,in,this,row,for,the,header\n")
     medications = site / "medications.csv"
     medications.write_bytes(medications.read_bytes() + "A0000001,A0000001-V01,caf\xe9,1,2020-01-01\n".encode("cp1252"))
+    # rows polars would stream as they are: a short row (null-filled), a blank line (a record of nulls), a NUL
+    procedures = site / "procedures.csv"
+    procedures.write_text(procedures.read_text(encoding="utf-8") + "A0000001,A0000001-V01\n", encoding="utf-8")
+    encounters = (site / "encounters.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (site / "encounters.csv").write_text("".join([*encounters[:5], "\n", *encounters[5:]]), encoding="utf-8")
+    observations = (site / "observations.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    observations[3] = observations[3].replace(",", ",\x00", 1)
+    (site / "observations.csv").write_text("".join(observations), encoding="utf-8")
     whole = run_mapping(MAPPINGS / "site_a.yaml", site, tmp_path / "whole.duckdb")
     chunked = run_mapping(MAPPINGS / "site_a.yaml", site, tmp_path / "chunked.duckdb", chunks=2)
     assert chunked.balanced and chunked.sources == whole.sources
     assert chunked.quarantine_reasons == whole.quarantine_reasons
-    assert any(r.startswith("wrong number of fields") for r in chunked.quarantine_reasons)
-    assert any(r.startswith("encoding error") for r in chunked.quarantine_reasons)
+    assert chunked.sources["encounters"] == len(encounters) - 1  # the blank line is not a record
+    reasons = chunked.quarantine_reasons
+    assert sum(n for r, n in reasons.items() if r.startswith("wrong number of fields")) == 2  # long + short
+    assert any(r.startswith("control character U+0000") for r in reasons)
+    assert any(r.startswith("encoding error") for r in reasons)
     assert _differences(tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb") == {}
 
 

@@ -11,11 +11,12 @@ import csv
 import io
 import random
 import re
+from pathlib import Path
 
 import pytest
 
 from fedomop.harmonize.sources.options import TabularOptions
-from fedomop.harmonize.sources.tabular import _is_regular
+from fedomop.harmonize.sources.tabular import _is_regular, is_regular_file
 
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -64,3 +65,17 @@ def test_random_files_called_regular_are_regular_for_the_csv_module(delimiter: s
 def test_hand_written_cases(text: str, expected: bool) -> None:
     assert _is_regular(text, TabularOptions()) is expected
     assert _is_regular(text, TabularOptions(), text.encode("utf-8")) is expected
+
+
+def test_the_block_by_block_file_check_agrees_with_the_whole_file_check(tmp_path: Path) -> None:
+    """Big sites are checked a block of whole lines at a time (``is_regular_file``): for any block size the
+    answer is the one the whole text gets - a blank line or a different width at a block's edge included."""
+    rng = random.Random(7)
+    alphabet = ["a", "é", ",", ",", '"', "\n", "\n", "\r\n", "\x00", " "]
+    path = tmp_path / "f.csv"
+    for _ in range(600):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        path.write_bytes(text.encode("utf-8"))
+        whole = _is_regular(text, TabularOptions())
+        for block in (1, 2, 5, 64):
+            assert is_regular_file(path, TabularOptions(), block_bytes=block) is whole, (repr(text), block)
