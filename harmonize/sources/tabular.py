@@ -169,18 +169,23 @@ def _line_width(data: bytes, options: TabularOptions, text: str) -> int | None:
     only when it holds a quote), or None when the lines differ, or one is blank or holds a control character."""
     if b'"' in data or len(options.delimiter.encode("utf-8")) != 1:
         return _line_width_quoted(text, options)
-    if not data or data.startswith((b"\n", b"\r\n")) or b"\n\n" in data or b"\n\r\n" in data:
-        return None  # empty, or a blank line
-    if b"\x7f" in data or data.count(b"\r") != data.count(b"\r\n"):
-        return None  # DEL, or a CR that does not end a line
+    if not data or b"\x7f" in data:
+        return None  # empty, or DEL
     octets = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(octets == 0x0A)
-    if np.count_nonzero(octets < 0x20) != np.count_nonzero(octets == 0x09) + len(newlines) + data.count(b"\r"):
+    returns = data.count(b"\r")
+    if np.count_nonzero(octets < 0x20) != np.count_nonzero(octets == 0x09) + len(newlines) + returns:
         return None  # a C0 control character other than tab, CR, LF
     ends = newlines if data.endswith(b"\n") else np.append(newlines, len(octets))
     starts = np.concatenate(([0], ends[:-1] + 1))
-    delimiters = np.flatnonzero(octets == ord(options.delimiter))
-    widths = np.searchsorted(delimiters, ends) - np.searchsorted(delimiters, starts)
+    lengths = ends - starts
+    if returns:  # every CR must end a line (CRLF), and is not part of its content
+        if np.count_nonzero(octets[newlines[newlines > 0] - 1] == 0x0D) != returns:
+            return None
+        lengths = lengths - (octets[np.maximum(ends - 1, 0)] == 0x0D)
+    if (lengths <= 0).any():
+        return None  # a blank line
+    widths = np.add.reduceat(octets == ord(options.delimiter), starts, dtype=np.int64)
     return int(widths[0]) if bool((widths == widths[0]).all()) else None
 
 
