@@ -95,6 +95,12 @@ def split_by_person(db: Path, parts: int, folder: Path) -> list[Path]:
         ]
         for table in tables:
             con.execute(f'DELETE FROM "{table}" WHERE hash(person_id) % {parts} <> {part}')
+        # each part is a site of its own: its own identity (training refuses one site given twice)
+        con.execute(
+            "UPDATE cdm_source SET cdm_source_abbreviation = cdm_source_abbreviation || ?, "
+            "cdm_source_name = cdm_source_name || ?",
+            [f"_{part}", f" (part {part})"],
+        )
         con.execute("CHECKPOINT")
         con.close()
         out.append(path)
