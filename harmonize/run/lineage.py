@@ -95,12 +95,16 @@ class LineageFiles:
                 "source_file",
             )
             self.known = pl.concat([self.known, new])
-        row = pl.col("source_row")
-        stored = rows.join(self.known, on=["source", "source_file"], how="left", nulls_equal=True).select(
-            "omop_id",
-            "file_no",
-            pl.when(row.str.contains(_ROW_NUMBER)).then(row.cast(pl.Int64, strict=False)).alias("source_row_no"),
-            pl.when(row.str.contains(_ROW_NUMBER)).then(None).otherwise(row).alias("source_row_text"),
+        row, is_number = pl.col("source_row"), pl.col("_is_number")
+        stored = (
+            rows.join(self.known, on=["source", "source_file"], how="left", nulls_equal=True)
+            .with_columns(row.str.contains(_ROW_NUMBER).alias("_is_number"))  # once: eager polars repeats a regex
+            .select(
+                "omop_id",
+                "file_no",
+                pl.when(is_number).then(row.cast(pl.Int64, strict=False)).alias("source_row_no"),
+                pl.when(is_number).then(None).otherwise(row).alias("source_row_text"),
+            )
         )
         return stored, new
 

@@ -108,12 +108,13 @@ def _check_declared_encoding(raw: bytes, relative: str, codec: str) -> None:
 
 def _check_line_endings(raw: bytes, relative: str) -> None:
     """A file whose lines end in a bare CR (classic Mac OS) reads as one huge header line: say so instead."""
-    first_line = raw.split(b"\n", 1)[0]
+    end = raw.find(b"\n")
+    first_line = raw if end < 0 else raw[:end]  # (split() would copy the rest of the file too)
     if b"\r" in first_line.rstrip(b"\r"):
         raise SourceError(
             "the file's lines end in a bare CR (classic Mac OS line endings), so it reads as a single line",
             where=f"{relative} line 1",
-            fix="convert the file to LF or CRLF line endings (e.g. 'tr \"\\r\" \"\\n\"' or re-export it)",
+            fix='convert the file to LF or CRLF line endings (e.g. \'tr "\\r" "\\n"\' or re-export it)',
         )
 
 
