@@ -125,26 +125,29 @@ def test_sample_site_c_on_postgresql_matches_duckdb(tmp_path: Path, postgres_url
     assert names == expected_names > 0  # latin-1 accents arrive intact
 
 
-def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
-    """A Bundle saved under a Patient NDJSON name: balanced (the line is quarantined), yet nothing loaded - a failure."""
+def _map_fhir_export(source: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    """`fedomop map` of a FHIR export with the standard mapping and the Eunomia vocabulary (FEDOMOP_SHARED)."""
     from tests.conftest import EUNOMIA, MAPPINGS
 
+    return subprocess.run(
+        [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
+         "--db", str(db), "--no-indexes", "--vocabulary", str(EUNOMIA)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
+    """A Bundle saved under a Patient NDJSON name: balanced (the line is quarantined), yet nothing loaded - a failure."""
     source = tmp_path / "export"
     source.mkdir()
     (source / "Patient.ndjson").write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}\n')
-    done = subprocess.run(
-        [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
-         "--db", str(tmp_path / "x.duckdb"), "--no-indexes", "--vocabulary", str(EUNOMIA)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = _map_fhir_export(source, tmp_path / "x.duckdb")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "nothing was loaded" in " ".join(done.stdout.split()) and "Traceback" not in done.stderr
 
 
 def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Path) -> None:
     """One Condition entered-in-error (an IG status rule) is counted in the quarantine and named as excluded."""
-    from tests.conftest import EUNOMIA, MAPPINGS
-
     source = tmp_path / "export"
     source.mkdir()
     (source / "Patient.ndjson").write_text(
@@ -156,11 +159,7 @@ def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Pa
         ' "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009"}]},'
         ' "onsetDateTime": "2020-01-02"}\n'
     )
-    done = subprocess.run(
-        [FEDOMOP, "map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(source),
-         "--db", str(tmp_path / "x.duckdb"), "--no-indexes", "--vocabulary", str(EUNOMIA)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = _map_fhir_export(source, tmp_path / "x.duckdb")
     assert done.returncode == 0, done.stdout + done.stderr
     text = " ".join(done.stdout.split())
     assert "1 records were excluded by a mapping rule" in text, text
