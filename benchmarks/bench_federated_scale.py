@@ -45,6 +45,7 @@ from fedomop.federated.deploy import LocalDeployment  # noqa: E402
 from fedomop.federated.runner import pooled_reference, run_deployment, site_list  # noqa: E402
 from fedomop.federated.server_app import RunSettings  # noqa: E402
 from fedomop.federated.study import STUDIES_DIR, parse_study  # noqa: E402
+from fedomop.federated.testing import approving_policies  # noqa: E402
 
 STUDY = STUDIES_DIR / "bone_metastasis.yaml"
 
@@ -176,13 +177,19 @@ class TreePeak:
         self._thread.join()
 
 
-def run_deployed(label: str, options: dict, sites: list[Path], out: Path) -> dict:
-    """One mode on a real SuperLink + one SuperNode process per site on 127.0.0.1, plus the pooled reference."""
+def run_deployed(label: str, options: dict, sites: list[Path], out: Path, isolation: str = "executor") -> dict:
+    """One mode on a real SuperLink + one SuperNode process per site on 127.0.0.1, plus the pooled reference.
+
+    ``isolation``: ``executor`` runs each site as ``fedomop site start`` does (governed: policy, approval check,
+    fedomop's executor with its fork server); ``subprocess`` is Flower's stock SuperNode without governance, which
+    starts a fresh ``flwr-clientapp`` interpreter per message."""
     names = {p.stem: str(p) for p in sites}
     started = time.perf_counter()
-    workdir = out / f"deploy-{label.replace('/', '-')}"
+    workdir = out / f"deploy-{label.replace('/', '-')}-{isolation}"
+    governed = isolation == "executor"
+    policies = approving_policies(list(names), workdir / "policies", STUDY) if governed else dict.fromkeys(names, NO_POLICY)
     # in-memory SuperLink state: with a state file, 20 SuperNodes on 2 busy CPUs got "database is locked" (see deploy.py)
-    hub = LocalDeployment(workdir, names, policies=dict.fromkeys(names, NO_POLICY), persistent_state=False)
+    hub = LocalDeployment(workdir, names, policies=policies, persistent_state=False, executors=governed)
     with TreePeak(hub.processes) as peak:
         try:
             hub.start()
@@ -190,7 +197,7 @@ def run_deployed(label: str, options: dict, sites: list[Path], out: Path) -> dic
             result = run_deployment(
                 STUDY,
                 hub.connection,
-                out=out / label.replace("/", "-"),
+                out=out / f"{label.replace('/', '-')}-{isolation}",
                 flwr_home=hub.flwr_home,
                 min_nodes=len(sites),
                 timeout_s=3600,
@@ -207,7 +214,7 @@ def run_deployed(label: str, options: dict, sites: list[Path], out: Path) -> dic
     result["pooled"], result["pooled_summary"] = pooled_reference(study, site_list(sites), settings)
     row = result_row(label, options, result, time.perf_counter() - started)
     row.update(
-        engine="deployment",
+        engine=f"deployment ({isolation})",
         startup_s=startup_s,
         peak_rss_mib=peak.peak_rss / 2**20,
         peak_pss_mib=peak.peak_pss / 2**20,
@@ -273,6 +280,14 @@ def main() -> None:
         default="auto",
         help="auto: histogram XGBoost on a real deployment on 127.0.0.1 (4 and 20 sites), the rest in simulation",
     )
+    parser.add_argument(
+        "--isolation",
+        nargs="*",
+        choices=("executor", "subprocess"),
+        default=["executor"],
+        help="deployments: executor = governed sites as `fedomop site start` runs them; subprocess = Flower's "
+        "stock SuperNode (a fresh flwr-clientapp per message, no governance); both: side by side",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     rows: list[dict] = []
@@ -292,15 +307,16 @@ def main() -> None:
                     print(f"skipped {label} on {len(sites)} sites: {HIST_LIMIT}", flush=True)
                     skipped.append(f"{label} on {len(sites)} sites")
                     continue
-                started, load = time.perf_counter(), load_average()
-                if deployed:
-                    row = run_deployed(label, options, sites, folder / f"out{len(sites)}")
-                else:
-                    row = run_mode(label, options, sites, folder / f"out{len(sites)}")
-                    row.update(engine="simulation")
-                row.update(sites=len(sites), wall_s=time.perf_counter() - started, load=(load, load_average()))
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "result"}, default=str), flush=True)
+                for isolation in args.isolation if deployed else [None]:
+                    started, load = time.perf_counter(), load_average()
+                    if isolation:
+                        row = run_deployed(label, options, sites, folder / f"out{len(sites)}", isolation)
+                    else:
+                        row = run_mode(label, options, sites, folder / f"out{len(sites)}")
+                        row.update(engine="simulation")
+                    row.update(sites=len(sites), wall_s=time.perf_counter() - started, load=(load, load_average()))
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "result"}, default=str), flush=True)
         load_after = load_average()
     command = " ".join([".venv/bin/python benchmarks/bench_federated_scale.py", *sys.argv[1:]])
     section = markdown(rows, args.persons, command, (load_before, load_after), sizes)

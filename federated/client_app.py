@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedomop.federated import features, metrics
+from fedomop.federated import feature_cache, features, metrics
 from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.models import registry, xgb_histogram
 from fedomop.federated.study import StudySpec, parse_study
@@ -89,9 +89,26 @@ def _requester(config: Any) -> str:
 @lru_cache(maxsize=8)
 def _prepare_cached(site: Site, study_text: str) -> Prepared:
     study = parse_study(study_text, source="study sent by the hub")
-    data = features.build_features(site.db, study)
+    return _prepared(site, study, features.build_features(site.db, study))
+
+
+def _prepared(site: Site, study: StudySpec, data: features.SiteData) -> Prepared:
     train, test = data.train_test(study)
     return Prepared(site, study, train, test, data.digest())
+
+
+def _prepare(site: Site, study: StudySpec, study_text: str, run_id: int) -> Prepared:
+    """The study's matrix at this site: built once per run under fedomop's executor (one process per message,
+    so the in-process cache cannot help there; see feature_cache), once per process elsewhere."""
+    where = feature_cache.folder()
+    if where is None:
+        return _prepare_cached(site, study_text)
+    key = feature_cache.cache_key(run_id, site.db, study_text)
+    data = feature_cache.load(where, key)
+    if data is None:
+        data = features.build_features(site.db, study)
+        feature_cache.store(where, key, data)
+    return _prepared(site, study, data)
 
 
 def _site_from_context(context: Context, sites: list[Site] | None) -> Site:
@@ -308,7 +325,7 @@ def _handle(handler: Handler, sites: list[Site] | None, message: Message, contex
         from fedomop.federated.governance.bounds import check_message_config
 
         check_message_config(config, policy)
-        prep = _prepare_cached(site, str(config["study"]))
+        prep = _prepare(site, study, str(config["study"]), context.run_id)
         if policy is not None:
             from fedomop.federated.governance import enforce_cohort
             from fedomop.federated.governance.disclosure import enforce_one_cohort

@@ -136,6 +136,21 @@ def site_command(
     return command
 
 
+def governed_node_args(secret: Path) -> list[str]:
+    """What makes a SuperNode a governed site: no executor of Flower's own (``--isolation process``), the Runtime
+    API on loopback, and only the process holding ``secret`` (fedomop's executor) may take its tasks."""
+    return ["--isolation", "process", "--host", "127.0.0.1", "--superexec-auth-secret-file", str(secret)]
+
+
+def write_secret(path: Path) -> Path:
+    """A fresh 32-byte SuperExec secret, readable by this user only."""
+    import secrets
+
+    path.write_bytes(secrets.token_bytes(32))
+    os.chmod(path, 0o600)
+    return path
+
+
 def wait_for_port(
     port: int, timeout_s: float = 60.0, process: subprocess.Popen | None = None, *, host: str = "127.0.0.1"
 ) -> None:
@@ -157,7 +172,9 @@ class LocalDeployment:
     ``policies``: site -> policy YAML (or ``"none-for-testing"``); a site without one refuses
     every request. ``certs``: a folder with (or to receive) ``fedomop certs create`` output;
     the hub then serves TLS and admits only the sites registered from ``<site>.pub``.
-    ``persistent_state=False`` keeps the SuperLink's state in memory instead of ``superlink.db``:
+    ``executors=True`` runs every site as ``fedomop site start`` does: SuperNode with ``--isolation process`` and
+    fedomop's executor beside it (approval check, fork server, wall-time bound); every site then needs a
+    policy file. ``persistent_state=False`` keeps the SuperLink's state in memory instead of ``superlink.db``:
     with a state file, many SuperNodes on one busy host can make the SuperLink answer a pushed
     reply with SQLite's "database is locked" (a 5 s busy timeout), and the run then waits for
     that reply (see docs/benchmarks.md, scale-out to 20 sites).
@@ -173,6 +190,7 @@ class LocalDeployment:
     certs: Path | None = None
     site_processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     persistent_state: bool = True
+    executors: bool = False
 
     @property
     def flwr_home(self) -> Path:
@@ -199,17 +217,29 @@ class LocalDeployment:
             hub = self._spawn(hub_command(self.port, state=self._state), "hub", env)
             wait_for_port(self.port, process=hub)
         for name, db in self.sites.items():
+            runtime = free_port()
             command = site_command(
                 f"127.0.0.1:{self.port}",
                 str(Path(db).resolve()),
                 name,
-                runtime_port=free_port(),
+                runtime_port=runtime,
                 policy=self.policies.get(name),
                 message_log=self.message_log,
                 certs=self.certs,
             )
-            self.site_processes[name] = self._spawn(command, name, env)
+            if self.executors:
+                self._start_governed_site(name, command, runtime, env)
+            else:
+                self.site_processes[name] = self._spawn(command, name, env)
         return self
+
+    def _start_governed_site(self, name: str, node: list[str], runtime: int, env: dict[str, str]) -> None:
+        """The SuperNode with process isolation, then fedomop's executor on its Runtime API (as ``site start``)."""
+        secret = write_secret(self.workdir / f"{name}.superexec.secret")
+        self.site_processes[name] = self._spawn(node + governed_node_args(secret), name, env)
+        wait_for_port(runtime, process=self.site_processes[name])
+        policy = Path(self.policies[name]).resolve()
+        self._spawn(executor_command(f"127.0.0.1:{runtime}", policy, secret), f"{name}.executor", env)
 
     def _secure_hub(self, env: dict[str, str], certs: Path) -> None:
         """TLS SuperLink with SuperNode authentication; every site's public key registered."""

@@ -27,8 +27,10 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.process
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +48,20 @@ ERROR_CODE_WALL_TIME = 408
 HARD_KILL_GRACE_S = 30.0
 """A task still running this long after its wall-time budget did not return to Python (a native call that
 ignores the alarm): the executor kills its process; the hub then counts the site as not answering."""
+
+
+PRELOAD = [
+    "fedomop.federated.client_app",
+    "fedomop.federated.executor",
+    "duckdb_engine",  # SQLAlchemy's DuckDB dialect, loaded by entry point on a task's first connect (0.15 s)
+    "fedomop.federated.models.xgb_histogram",  # xgboost itself: imported by every XGBoost message (~1 s)
+]
+"""Installed, pinned modules the fork server imports once, so no task pays for them. Importing xgboost starts
+no thread (its OpenMP pool starts with the first training), so forking after it is safe; torch is left out (its
+import sets up thread pools, and only MLP studies need it)."""
+CACHE_IDLE_S = 6 * 3600.0
+"""A run's cached feature matrix is dropped after this long unused (a run's next message comes within the
+hub's round timeout; the folder itself is removed when the executor stops)."""
 
 
 class WallTimeExceeded(PolicyError):
@@ -130,23 +146,59 @@ def _task_starter() -> multiprocessing.context.BaseContext:
     submitted bundle), and every task still gets its own process and its own ``approval.ADMITTED``.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["fedomop.federated.client_app", "fedomop.federated.executor"])
+    context.set_forkserver_preload(PRELOAD)
     multiprocessing.forkserver.ensure_running()  # pay the imports now, before the first task waits on them
     return context
 
 
 def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: float = 0.5) -> None:
     """Poll for ClientApp tasks and run each in its own process (until killed)."""
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
-
     _loopback(address)
     secret = Path(secret_file).read_bytes() if secret_file else None
     client = _client(address, secret=secret)
-    starter = _task_starter()
+    with _feature_cache() as cache:
+        starter = _task_starter()  # after the cache folder is in the environment: the fork server passes it on
+        _serve_tasks(client, starter, address, policy, cache, poll_s)
+
+
+@contextlib.contextmanager
+def _feature_cache() -> Iterator[Path]:
+    """A private folder for the tasks' per-run feature matrices (feature_cache), removed when the executor stops,
+    also on SIGTERM (``fedomop site start`` stops it so)."""
+    from fedomop.federated import feature_cache
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    folder = Path(tempfile.mkdtemp(prefix="fedomop-features-"))  # mode 0700
+    os.environ[feature_cache.CACHE_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_tasks(
+    client: RuntimeHttpClient,
+    starter: multiprocessing.context.BaseContext,
+    address: str,
+    policy: str,
+    cache: Path,
+    poll_s: float,
+) -> None:
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+
+    from fedomop.federated import feature_cache
     from fedomop.federated.executor import run_task as task  # by its module name, also when run as __main__
 
     children: dict[multiprocessing.process.BaseProcess, float] = {}  # task process -> when to kill it
+    pruned_at = time.monotonic()
     while True:
+        if time.monotonic() - pruned_at > 60:
+            feature_cache.prune(cache, max(CACHE_IDLE_S, 2 * _budget(policy)))
+            pruned_at = time.monotonic()
         for child, kill_at in list(children.items()):
             if child.is_alive() and time.monotonic() > kill_at:
                 print(f"fedomop executor: task {child.pid} ignored its wall-time budget; killed", file=sys.stderr)

@@ -280,3 +280,34 @@ def build_sites(
         db.dispose()
         paths[profile.name] = path
     return paths
+
+
+def approving_policies(
+    sites: list[str], folder: Path, study_path: Path, *, requester: str = "unauthenticated", min_cohort: int = 20
+) -> dict[str, str]:
+    """One governance policy per site that approves the installed Flower app with ``study_path`` for
+    ``requester``, with exactly the study's tables and concept sets: what a site's review board writes, for
+    governed deployments in tests and benchmarks on 127.0.0.1. ``unauthenticated`` is the name a hub without
+    the mTLS gate reports; never approve it at a real site. Returns site -> policy path."""
+    import yaml
+
+    from fedomop.federated.governance.approval import fab_hash, study_digest
+    from fedomop.federated.runner import APP_DIR
+    from fedomop.federated.study import parse_study
+
+    study = parse_study(study_path.read_text(encoding="utf-8"), source=str(study_path))
+    approval = {"app_sha256": fab_hash(APP_DIR), "study_digest": study_digest(study), "requester": requester}
+    rules = {
+        "approvals": [approval],
+        "tables": study.tables(),
+        "concept_sets": [{"vocabulary": c.vocabulary, "code": c.code} for c in study.all_concepts()],
+        "min_cohort_size": min_cohort,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    policies = {}
+    for site in sites:
+        path = folder / f"{site}.policy.yaml"
+        document = {"site": site, "audit_log": f"{site}.audit.jsonl", "studies": {study.name: rules}}
+        path.write_text(yaml.safe_dump(document), encoding="utf-8")
+        policies[site] = str(path)
+    return policies

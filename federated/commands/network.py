@@ -10,8 +10,6 @@ only on 127.0.0.1, and say so loudly: an operator cannot end up there by leaving
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -101,12 +99,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         policy, certs = policy.resolve(), certs.resolve()
         runtime = f"127.0.0.1:{runtime_port}"
         secret_dir = Path(tempfile.mkdtemp(prefix="fedomop-site-"))
-        secret = secret_dir / "superexec.secret"  # only our executor may take this node's tasks
-        secret.write_bytes(secrets.token_bytes(32))
-        os.chmod(secret, 0o600)
+        secret = deploy.write_secret(secret_dir / "superexec.secret")  # only our executor may take this node's tasks
         node = deploy.site_command(
             superlink, database, site, runtime_port=runtime_port, policy=str(policy), certs=certs
-        ) + ["--isolation", "process", "--host", "127.0.0.1", "--superexec-auth-secret-file", str(secret)]
+        ) + deploy.governed_node_args(secret)
         console.print(
             f"site {site}: connecting to {superlink}; executor on {runtime} checks every run against {policy}"
         )

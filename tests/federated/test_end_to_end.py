@@ -41,6 +41,8 @@ def assert_only_aggregates(log: Path, result: dict) -> None:
                     assert leaf["dtype"] == "uint8"  # an XGBoost model as JSON bytes
             elif leaf["kind"] == "metric":
                 assert leaf["key"] in ALLOWED_METRICS and leaf["length"] == 1, leaf
+            elif leaf["record"] == "audit":  # a governed site's audit-log head (and DP spend, when it applies)
+                assert leaf["key"] in {"site", "seq", "sha256", "dp-epsilon-total", "dp-delta"}, leaf
             else:
                 assert leaf["key"] in {"site", "data-version"}, leaf
     assert ("query.sketch", "array") in kinds and ("evaluate.many", "metric") in kinds
@@ -124,3 +126,41 @@ def test_real_superlink_and_four_supernodes(sample_sites, tmp_path):
     assert outcome["federated_summary"]["auroc"] > 0.75
     assert_only_aggregates(log, outcome)
     assert_model_card(tmp_path / "out", set(sample_sites))
+
+
+@pytest.mark.slow
+def test_governed_sites_on_a_real_superlink_build_each_matrix_once_per_run(sample_sites, tmp_path, monkeypatch):
+    """The sites as `fedomop site start` runs them (policy, --isolation process, fedomop's executor): the run is
+    admitted and audited at every site, and each executor built the study's matrix once for the whole run (the
+    five exchanges of histogram XGBoost share it), then removed it when it stopped."""
+    from fedomop.federated.governance.approval import fab_hash
+    from fedomop.federated.runner import APP_DIR
+    from fedomop.federated.testing import approving_policies
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # where the executors make their private cache folders
+    policies = approving_policies(list(sample_sites), tmp_path / "policies", STUDY)
+    log = tmp_path / "replies.jsonl"
+    sites = {k: str(v) for k, v in sample_sites.items()}
+    with LocalDeployment(tmp_path / "deploy", sites, policies=policies, message_log=str(log), executors=True) as hub:
+        try:
+            outcome = run_deployment(
+                STUDY, hub.connection, out=tmp_path / "out", flwr_home=hub.flwr_home,
+                model="xgboost-hist", rounds=20, min_nodes=4, timeout_s=600,
+            )  # fmt: skip
+        except Exception:
+            print(hub.logs())
+            raise
+        caches = sorted(temporary.glob("fedomop-features-*"))
+        assert len(caches) == 4  # one private folder per site executor
+        assert all(len(list(c.glob("*.features.npz"))) == 1 for c in caches)  # one matrix per site for the run
+    assert not list(temporary.glob("fedomop-features-*"))  # removed when the executors stopped
+    assert outcome["federated_summary"]["auroc"] > 0.7
+    assert_only_aggregates(log, outcome)
+    app_hash = fab_hash(APP_DIR)
+    for site in sample_sites:
+        audited = [json.loads(line) for line in (tmp_path / "policies" / f"{site}.audit.jsonl").read_text().splitlines()]
+        admitted = [e for e in audited if e.get("outcome") not in {"refused", "stopped"}]
+        assert admitted and {e["requester"] for e in audited} == {"unauthenticated"}
+        assert {e["app_hash"] for e in audited} == {app_hash}
