@@ -178,10 +178,12 @@ def _log_reply(site: Site, message_type: str, reply: RecordDict) -> None:
 
 # -- what each message type computes ---------------------------------------------------------------
 def _describe(prep: Prepared, message: Message) -> RecordDict:
-    """Who this site is and its sizes; the positives go through the small-cell rule (a withheld cell is left out:
-    a machine reply shows it as absent, never as a false 0)."""
+    """Who this site is and its sizes; the positives go through the small-cell rule, the stricter of the study's
+    and the site policy's (a withheld cell is left out: a machine reply shows it as absent, never as a false 0;
+    with the study's alone, a count between the two thresholds met the release gate and failed the whole run)."""
     counts: dict[str, int | float | list[int] | list[float]] = {"n-train": prep.train.n, "n-test": prep.test.n}
-    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, prep.study.small_cell, render="none")
+    threshold = max(prep.small_cell, prep.study.small_cell)  # the site policy's, where it is stricter
+    positives = suppress_counts({"n-positive-train": int(prep.train.y.sum())}, threshold, render="none")
     counts.update({key: value for key, value in positives.items() if isinstance(value, int)})
     return RecordDict(
         {

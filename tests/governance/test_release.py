@@ -96,3 +96,19 @@ def test_a_second_cohort_definition_under_one_approval_is_refused(tmp_path):
         enforce_one_cohort(policy, narrower, requester="r", app_hash="a" * 64)
     outcomes = [(r["action"], r["outcome"]) for r in auditlog.read(policy.audit_log)]
     assert outcomes == [("bind-cohort", "bound"), ("request", "refused")]
+
+
+def test_describe_withholds_a_positive_count_under_the_site_policys_stricter_threshold():
+    # the positive count sits between the study's threshold and the site policy's stricter one (found by a
+    # governed 20-site benchmark: the reply met the release gate and the whole run failed)
+    study_threshold = load_study("bone_metastasis").small_cell
+    positives = study_threshold + 2  # releasable under the study's rule alone
+    X = np.zeros((2 * positives, 1))
+    prep = _prepared(X, small_cell=positives + 1)  # the site policy's threshold is stricter than the study's
+    message = Message(RecordDict(), dst_node_id=1, message_type="query.describe")
+    counts = client_app._describe(prep, message)["counts"]
+    assert int(prep.train.y.sum()) == positives
+    assert "n-positive-train" not in counts  # withheld, never a false 0
+    assert counts["n-train"] == 2 * positives
+    loose = client_app._describe(_prepared(X, small_cell=0), message)["counts"]
+    assert loose["n-positive-train"] == positives  # the study's rule alone releases it
