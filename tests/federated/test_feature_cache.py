@@ -118,3 +118,20 @@ def test_one_run_sees_one_snapshot_and_a_new_run_reads_the_database_again(
     assert _describe(db, run_id=5) == first and len(builds) == 1  # the same run: the matrix it started with
     assert _describe(db, run_id=6) != first and len(builds) == 2  # the next run: today's data
     assert len(list(tmp_path.glob(f"*{feature_cache.SUFFIX}"))) == 2
+
+
+def test_the_fork_servers_preload_runs_no_python_thread_and_includes_xgboost():
+    """What the executor's fork server imports must leave it a single Python thread (a fork copies no thread),
+    and must spare each XGBoost message the import of xgboost."""
+    import subprocess
+    import sys
+
+    from fedomop.federated.executor import PRELOAD
+
+    code = (
+        "import importlib, sys, threading\n"
+        f"for name in {PRELOAD!r}:\n    importlib.import_module(name)\n"
+        "print(threading.active_count(), 'xgboost' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["1", "True"]
