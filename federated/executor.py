@@ -172,13 +172,44 @@ def _feature_cache() -> Iterator[Path]:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
-    folder = Path(tempfile.mkdtemp(prefix="fedomop-features-"))  # mode 0700
+    remove_orphaned_caches(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-"))  # mode 0700
     os.environ[feature_cache.CACHE_ENV] = str(folder)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+
+
+CACHE_PREFIX = "fedomop-features-"
+
+
+def remove_orphaned_caches(temporary: Path) -> list[Path]:
+    """Remove this user's cache folders whose executor is gone (killed with SIGKILL, or the machine lost power),
+    so feature matrices never outlive their executor by more than the next start. A folder names its executor's
+    pid; one whose pid is alive is left alone (a reused pid only delays the removal)."""
+    removed = []
+    for folder in temporary.glob(f"{CACHE_PREFIX}*-*"):
+        pid = folder.name.removeprefix(CACHE_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process with that pid
+        return True
+    return True
 
 
 def _serve_tasks(

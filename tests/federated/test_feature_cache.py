@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedomop.federated import client_app, feature_cache, features
-from fedomop.federated.executor import _feature_cache
+from fedomop.federated.executor import _feature_cache, remove_orphaned_caches
 from fedomop.federated.features import SiteData
 from fedomop.federated.study import STUDIES_DIR
 
@@ -81,6 +81,27 @@ def test_the_executors_folder_is_private_and_removed_on_sigterm(monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)  # what `fedomop site start` sends its executor on the way out
     assert ended.value.code == 128 + signal.SIGTERM
     assert not folder.exists()
+
+
+def test_a_killed_executors_folder_is_removed_at_the_next_start_and_a_live_ones_kept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process: the executor that made the folder was SIGKILLed
+    orphan = tmp_path / f"fedomop-features-{gone.pid}-abc"
+    live = tmp_path / f"fedomop-features-{os.getpid()}-def"  # a running executor's (this process is alive)
+    unrelated = tmp_path / "fedomop-features-notapid-x"
+    for folder in (orphan, live, unrelated):
+        folder.mkdir()
+        feature_cache.store(folder, "k", _matrix())
+    assert remove_orphaned_caches(tmp_path) == [orphan]
+    assert not orphan.exists() and live.exists() and unrelated.exists()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(feature_cache.CACHE_ENV, raising=False)
+    with _feature_cache() as folder:  # the executor's start does the same clean-up
+        assert folder.parent == tmp_path and folder.name.startswith(f"fedomop-features-{os.getpid()}-")
 
 
 @pytest.fixture
