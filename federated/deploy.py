@@ -151,6 +151,24 @@ def write_secret(path: Path) -> Path:
     return path
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a site's or hub's pieces: the kernel sends the child SIGTERM when the command that started
+    it dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``), so a killed ``fedomop site start`` cannot leave a
+    SuperNode taking tasks, an executor holding the port, or a cache folder behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
 def wait_for_port(
     port: int, timeout_s: float = 60.0, process: subprocess.Popen | None = None, *, host: str = "127.0.0.1"
 ) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import io
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
@@ -165,35 +167,65 @@ def serve(address: str, policy: str, *, secret_file: str | None = None, poll_s: 
 @contextlib.contextmanager
 def _feature_cache() -> Iterator[Path]:
     """A private folder for the tasks' per-run feature matrices (feature_cache), removed when the executor stops,
-    also on SIGTERM (``fedomop site start`` stops it so)."""
+    also on SIGTERM (``fedomop site start`` stops it so). The executor holds a lock on the folder's ``.owner`` file
+    for its whole life: that, not its pid, tells another executor starting later that the folder is still in use
+    (a pid means nothing across containers sharing the folder)."""
     from fedomop.federated import feature_cache
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
-    remove_orphaned_caches(Path(tempfile.gettempdir()))
-    folder = Path(tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-"))  # mode 0700
+    root = cache_root()
+    remove_orphaned_caches(root)
+    folder, owner = _owned_folder(root)
     os.environ[feature_cache.CACHE_ENV] = str(folder)
+    print(f"fedomop executor: a run's feature matrix is kept in {folder} (removed when this site stops)", flush=True)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        owner.close()
         signal.signal(signal.SIGTERM, previous)
 
 
 CACHE_PREFIX = "fedomop-features-"
+OWNER_FILE = ".owner"
+
+
+def cache_root() -> Path:
+    """The folder for the cache: ``$TMPDIR`` when set. Python's tempfile silently falls back to /tmp when TMPDIR
+    is unusable, which would put row-level features outside the volume the operator chose: refused instead."""
+    named = os.environ.get("TMPDIR")
+    if named and not (os.path.isdir(named) and os.access(named, os.W_OK | os.X_OK)):
+        from fedomop.harmonize.ground.errors import FedomopError
+
+        raise FedomopError(
+            f"TMPDIR={named} is not a folder this user can write, and the site keeps a run's feature matrix there",
+            where="environment variable TMPDIR",
+            fix="create the folder (on the site's encrypted data volume) or unset TMPDIR to use the system's",
+        )
+    return Path(named) if named else Path(tempfile.gettempdir())
+
+
+def _owned_folder(root: Path) -> tuple[Path, io.BufferedWriter]:
+    """Make the cache folder, lock its owner file, and only then give it the name other executors scan for."""
+    staging = Path(tempfile.mkdtemp(prefix=".fedomop-staging-", dir=root))  # mode 0700
+    owner = open(staging / OWNER_FILE, "wb")  # noqa: SIM115 - held open (and locked) for the executor's life
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    folder = Path(tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-", dir=root))
+    os.replace(staging, folder)  # onto the empty folder just made: atomic, and the name is unique
+    return folder, owner
 
 
 def remove_orphaned_caches(temporary: Path) -> list[Path]:
     """Remove this user's cache folders whose executor is gone (killed with SIGKILL, or the machine lost power),
-    so feature matrices never outlive their executor by more than the next start. A folder names its executor's
-    pid; one whose pid is alive is left alone (a reused pid only delays the removal)."""
+    so feature matrices never outlive their executor by more than the next start. A live executor holds the lock
+    on its folder's owner file; a folder whose lock can be taken has none."""
     removed = []
-    for folder in temporary.glob(f"{CACHE_PREFIX}*-*"):
-        pid = folder.name.removeprefix(CACHE_PREFIX).split("-", 1)[0]
+    for folder in temporary.glob(f"{CACHE_PREFIX}*"):
         try:
-            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+            if folder.stat().st_uid != os.getuid() or not _unowned(folder / OWNER_FILE):
                 continue
         except OSError:
             continue
@@ -202,13 +234,14 @@ def remove_orphaned_caches(temporary: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _unowned(owner: Path) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process with that pid
-        return True
+        with open(owner, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its executor is running
+    except FileNotFoundError:
+        return True  # a folder without an owner file is not one a running executor made
     return True
 
 
@@ -343,7 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "task":
         return run_task(args.runtime_api_address, args.token, args.policy)
     os.environ.setdefault("FEDOMOP_EXECUTOR", "1")
-    serve(args.runtime_api_address, args.policy, secret_file=args.auth_secret_file)
+    from fedomop.harmonize.ground.errors import FedomopError
+
+    try:
+        serve(args.runtime_api_address, args.policy, secret_file=args.auth_secret_file)
+    except FedomopError as error:  # a setting of this machine (TMPDIR): one clear line, no traceback
+        print(f"fedomop executor: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

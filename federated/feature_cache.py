@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -95,10 +96,15 @@ def store(where: Path, key: str, data: SiteData) -> None:
         with os.fdopen(handle, "wb") as out:
             np.savez(out, **arrays)  # type: ignore[arg-type]
         os.replace(temporary, where / f"{key}{SUFFIX}")
-    except OSError:  # a full disk or a removed folder costs the cache, never the message
+    except OSError as error:  # a full disk or a removed folder costs the cache, never the message
         if temporary:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+        print(
+            f"fedomop: the run's feature matrix could not be kept in {where} ({error}); "
+            "this run's later messages read the database again",
+            file=sys.stderr,
+        )
 
 
 def prune(where: Path, idle_s: float) -> int:

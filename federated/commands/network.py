@@ -97,6 +97,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         policy = _needs(policy, "--policy", "the site's approvals", "start from federated/governance/policies/")
         certs = _needs(certs, "--certs", "ca.crt and this site's key", "copy them from `fedomop certs create`")
         policy, certs = policy.resolve(), certs.resolve()
+        if deploy.port_in_use(runtime_port):
+            raise FedomopError(
+                f"port {runtime_port} on 127.0.0.1 is already in use, so this site's Runtime API cannot start",
+                where="--runtime-port",
+                fix="stop the other site on this machine (`ps` shows flower-supernode), or pass another --runtime-port",
+            )
         runtime = f"127.0.0.1:{runtime_port}"
         secret_dir = Path(tempfile.mkdtemp(prefix="fedomop-site-"))
         secret = deploy.write_secret(secret_dir / "superexec.secret")  # only our executor may take this node's tasks
@@ -106,10 +112,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         console.print(
             f"site {site}: connecting to {superlink}; executor on {runtime} checks every run against {policy}"
         )
-        processes = {"supernode": subprocess.Popen(node, env=env)}
+        processes = {"supernode": subprocess.Popen(node, env=env, preexec_fn=deploy.die_with_parent)}
         try:
             deploy.wait_for_port(runtime_port, timeout_s=60, process=processes["supernode"])
-            processes["executor"] = subprocess.Popen(deploy.executor_command(runtime, policy, secret), env=env)
+            executor = deploy.executor_command(runtime, policy, secret)
+            processes["executor"] = subprocess.Popen(executor, env=env, preexec_fn=deploy.die_with_parent)
             raise typer.Exit(deploy.supervise(processes))
         finally:
             with deploy.signals_deferred():  # a second Ctrl-C cannot leave a node running or its secret behind
@@ -242,7 +249,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
     write_flower_connection(home, local, f"127.0.0.1:{internal}", certs / "ca.crt")
     env = {**deploy.flower_env(home), LEDGER_ENV: str(ledger)}  # the ServerApp reads the requester from it
     command = deploy.hub_command(internal, host="127.0.0.1", certs=certs, state=state)
-    processes = {"superlink": subprocess.Popen(command, env=env)}
+    processes = {"superlink": subprocess.Popen(command, env=env, preexec_fn=deploy.die_with_parent)}
     try:
         deploy.wait_for_port(internal, process=processes["superlink"])
         for public_key in sorted(certs.glob("*.pub")):
@@ -250,7 +257,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
             known = "already registered (saved state)" if node_id is None else f"node {node_id}"
             console.print(f"registered {public_key.stem} ({known})", highlight=False)
         gate = deploy.gate_command(certs, f"{host}:{port}", f"127.0.0.1:{internal}", ledger)
-        processes["gate"] = subprocess.Popen(gate, env=env)
+        processes["gate"] = subprocess.Popen(gate, env=env, preexec_fn=deploy.die_with_parent)
         deploy.wait_for_port(port, host=host, process=processes["gate"])
         console.print(
             f"hub: gate on {host}:{port} (mTLS; researchers: `fedomop hub connect`), SuperLink on 127.0.0.1:{internal}, "
@@ -294,3 +301,6 @@ def preflight_site(site: str, policy: Path | None, certs: Path | None, root_cert
         )
     if policy:
         require_untampered_log(policy)
+    from fedomop.federated.executor import cache_root
+
+    cache_root()  # TMPDIR, where the executor keeps a run's feature matrix, must be usable (never /tmp instead)

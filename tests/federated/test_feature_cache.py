@@ -84,24 +84,51 @@ def test_the_executors_folder_is_private_and_removed_on_sigterm(monkeypatch):
 
 
 def test_a_killed_executors_folder_is_removed_at_the_next_start_and_a_live_ones_kept(tmp_path, monkeypatch):
-    import subprocess
-    import sys
+    """Ownership is the lock a running executor holds on its folder's owner file, not a pid: a pid names nothing
+    across containers that share the folder (an executor in its own PID namespace must not delete the others')."""
+    import fcntl
     import tempfile
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # its pid now names no process: the executor that made the folder was SIGKILLed
-    orphan = tmp_path / f"fedomop-features-{gone.pid}-abc"
-    live = tmp_path / f"fedomop-features-{os.getpid()}-def"  # a running executor's (this process is alive)
-    unrelated = tmp_path / "fedomop-features-notapid-x"
-    for folder in (orphan, live, unrelated):
+    orphan = tmp_path / "fedomop-features-4242-abc"  # its executor was SIGKILLed: the lock went with it
+    live = tmp_path / "fedomop-features-1-def"  # a running executor's, whatever its pid means here
+    unfinished = tmp_path / "fedomop-features-7-ghi"  # no owner file: never finished by an executor
+    for folder in (orphan, live, unfinished):
         folder.mkdir()
         feature_cache.store(folder, "k", _matrix())
-    assert remove_orphaned_caches(tmp_path) == [orphan]
-    assert not orphan.exists() and live.exists() and unrelated.exists()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.delenv(feature_cache.CACHE_ENV, raising=False)
-    with _feature_cache() as folder:  # the executor's start does the same clean-up
-        assert folder.parent == tmp_path and folder.name.startswith(f"fedomop-features-{os.getpid()}-")
+    (orphan / ".owner").touch()
+    with open(live / ".owner", "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the running executor holds it
+        assert sorted(remove_orphaned_caches(tmp_path)) == [orphan, unfinished]
+        assert live.exists() and not orphan.exists() and not unfinished.exists()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        monkeypatch.delenv("TMPDIR", raising=False)
+        monkeypatch.delenv(feature_cache.CACHE_ENV, raising=False)
+        with _feature_cache() as folder:  # the executor's start does the same clean-up, and holds its own lock
+            assert folder.parent == tmp_path and folder.name.startswith(f"fedomop-features-{os.getpid()}-")
+            assert remove_orphaned_caches(tmp_path) == []  # both owned now
+            assert not list(tmp_path.glob(".fedomop-staging-*"))
+        assert not folder.exists() and live.exists()
+
+
+def test_an_unusable_tmpdir_is_refused_not_replaced_by_the_system_temp_folder(tmp_path, monkeypatch):
+    from fedomop.federated.commands.network import preflight_site
+    from fedomop.federated.executor import cache_root
+    from fedomop.harmonize.ground.errors import FedomopError
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    with pytest.raises(FedomopError, match=r"TMPDIR=.*missing is not a folder this user can write") as refused:
+        cache_root()
+    assert refused.value.where == "environment variable TMPDIR"
+    with pytest.raises(FedomopError, match="TMPDIR"):
+        preflight_site("site_a", None, None, None)  # `fedomop site start` stops before starting anything
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert cache_root() == tmp_path
+
+
+def test_a_matrix_that_cannot_be_kept_says_so_and_the_message_goes_on(tmp_path, capsys):
+    feature_cache.store(tmp_path / "removed", "k", _matrix())  # the folder is gone
+    said = capsys.readouterr().err
+    assert "could not be kept" in said and "read the database again" in said
 
 
 @pytest.fixture

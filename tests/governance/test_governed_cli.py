@@ -11,6 +11,7 @@ trains, and the model card names the requester from the gate's ledger, not the r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -107,6 +108,9 @@ def net(tmp_path_factory):
         assert tunnel.wait_for(f"connected as {name} (researcher)", 60), tunnel.text()
     assert site.wait_for("executor on", 60) and site.popen.poll() is None, site.text()
     cluster.gate, cluster.certs, cluster.homes, cluster.hub = gate, certs, homes, hub  # type: ignore[attr-defined]
+    cluster.site_args = ["site", "start", "--db", str(database), "--site", "site_a", "--superlink",  # type: ignore[attr-defined]
+                         f"127.0.0.1:{gate}", "--certs", str(certs), "--policy", str(policy)]  # fmt: skip
+    cluster.runtime = runtime  # type: ignore[attr-defined]
     yield cluster
     cluster.stop_all()
 
@@ -129,6 +133,18 @@ def test_governed_by_default_and_ungoverned_only_loud_and_local(tmp_path):
     assert "every interface" in wildcard
     assert "may only live on this machine" in remote
     assert "needs --policy" in no_policy
+
+
+def test_a_second_site_on_a_taken_port_or_an_unusable_tmpdir_is_refused_before_anything_starts(net, tmp_path):
+    taken = _fedomop(*net.site_args, "--runtime-port", str(net.runtime))
+    said = " ".join(taken.stderr.split())
+    assert taken.returncode == 2 and f"port {net.runtime} on 127.0.0.1 is already in use" in said, said
+    assert "Traceback" not in taken.stderr + taken.stdout
+    env = {**os.environ, "TMPDIR": str(tmp_path / "no-such-folder")}
+    bad_tmp = subprocess.run([*FEDOMOP, *net.site_args, "--runtime-port", str(free_port())],
+                             capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    said = " ".join(bad_tmp.stderr.split())
+    assert bad_tmp.returncode == 2 and "TMPDIR=" in said and "not a folder this user can write" in said, said
 
 
 def test_the_gate_refuses_a_caller_without_a_certificate(net):
