@@ -386,8 +386,10 @@ EXECUTOR_MAIN = "import sys; from fedomop.federated.executor import main; sys.ex
 
 def executor_command(runtime_address: str, policy: Path, secret_file: Path | None = None) -> list[str]:
     """The site executor (federated/executor.py) on the SuperNode's loopback Runtime API."""
-    # `-c`, not `-m`: each task process of the executor's fork server would otherwise re-run the main module
-    command = [sys.executable, "-c", EXECUTOR_MAIN, "serve",
+    # `-c`, not `-m`: each task process of the executor's fork server would otherwise re-run the main module.
+    # `-P`: `-c` would put the working directory first on sys.path (and the fork server inherits it), so a stray
+    # `xgboost.py` in the folder `site start` was run from would be imported as installed code.
+    command = [sys.executable, "-P", "-c", EXECUTOR_MAIN, "serve",
                "--runtime-api-address", runtime_address, "--policy", str(policy)]  # fmt: skip
     if secret_file:
         command += ["--auth-secret-file", str(secret_file)]

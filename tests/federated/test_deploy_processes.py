@@ -50,3 +50,13 @@ def test_port_in_use_sees_a_listener_on_loopback():
         port = listener.getsockname()[1]
         assert deploy.port_in_use(port)
     assert not deploy.port_in_use(port)
+
+
+def test_the_executor_never_imports_a_module_from_the_folder_site_start_runs_in(tmp_path):
+    """`python -c` puts the working directory first on sys.path; a stray module there would run as installed code
+    in the executor and every task it forks."""
+    (tmp_path / "fedomop.py").write_text("raise SystemExit('SHADOWED: a module from the working folder ran')\n")
+    command = deploy.executor_command("10.0.0.1:9094", tmp_path / "policy.yaml")  # not loopback: refused at once
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "SHADOWED" not in done.stderr + done.stdout
+    assert done.returncode != 0 and "must be on loopback" in done.stderr
