@@ -196,16 +196,29 @@ OWNER_FILE = ".owner"
 def cache_root() -> Path:
     """The folder for the cache: ``$TMPDIR`` when set. Python's tempfile silently falls back to /tmp when TMPDIR
     is unusable, which would put row-level features outside the volume the operator chose: refused instead."""
+    from fedomop.harmonize.ground.errors import FedomopError
+
     named = os.environ.get("TMPDIR")
     if named and not (os.path.isdir(named) and os.access(named, os.W_OK | os.X_OK)):
-        from fedomop.harmonize.ground.errors import FedomopError
-
         raise FedomopError(
             f"TMPDIR={named} is not a folder this user can write, and the site keeps a run's feature matrix there",
             where="environment variable TMPDIR",
             fix="create the folder (on the site's encrypted data volume) or unset TMPDIR to use the system's",
         )
-    return Path(named) if named else Path(tempfile.gettempdir())
+    root = Path(named) if named else Path(tempfile.gettempdir())
+    if len(os.fsencode(root)) > MAX_TMPDIR_BYTES:  # the fork server's Unix socket lives in a folder inside it
+        raise FedomopError(
+            f"TMPDIR={root} is {len(os.fsencode(root))} bytes long: the executor's Unix socket inside it would pass "
+            f"the system's 107-byte limit",
+            where="environment variable TMPDIR",
+            fix=f"use a folder path of at most {MAX_TMPDIR_BYTES} bytes (e.g. a short mount point or a symlink)",
+        )
+    return root
+
+
+MAX_TMPDIR_BYTES = 64
+"""Python's multiprocessing puts the fork server's socket at ``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``
+(32 bytes more), and a Unix socket path has at most 107 bytes: a margin kept for other libraries' sockets."""
 
 
 def _owned_folder(root: Path) -> tuple[Path, io.BufferedWriter]:

@@ -160,6 +160,12 @@ class Relay:
         self.thread.join(5)
 
 
+def _socket_base() -> str | None:
+    """Where the socket's folder goes: the temp folder, unless a long ``TMPDIR`` would make the socket's path
+    pass the 107-byte limit of a Unix socket (then /tmp; the folder holds only the socket and the server's log)."""
+    return None if len(os.fsencode(tempfile.gettempdir())) <= 64 else "/tmp"
+
+
 def _dial_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -259,7 +265,7 @@ def federated_server(
     ``tls``: :func:`fedomop.federated.governance.certs.xgboost_server_tls`'s arguments. Everything started here
     (child, relays, the Unix socket and its folder) is gone when the block ends, by success, error or Ctrl-C."""
     require_namespaces()
-    with tempfile.TemporaryDirectory(prefix="fedomop-xgb-") as folder:  # created 0700: only this user reaches it
+    with tempfile.TemporaryDirectory(prefix="fedomop-xgb-", dir=_socket_base()) as folder:  # 0700: this user only
         path = str(Path(folder) / "server.sock")
         errors = Path(folder) / "server.log"
         with errors.open("wb") as err:

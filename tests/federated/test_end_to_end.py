@@ -8,6 +8,8 @@ aggregates, with no array as long as a site's person count.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,8 +139,7 @@ def test_governed_sites_on_a_real_superlink_build_each_matrix_once_per_run(sampl
     from fedomop.federated.runner import APP_DIR
     from fedomop.federated.testing import approving_policies
 
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
+    temporary = Path(tempfile.mkdtemp(prefix="fo-", dir="/tmp"))  # short: sockets live inside TMPDIR too
     monkeypatch.setenv("TMPDIR", str(temporary))  # where the executors make their private cache folders
     policies = approving_policies(list(sample_sites), tmp_path / "policies", STUDY)
     log = tmp_path / "replies.jsonl"
@@ -156,6 +157,7 @@ def test_governed_sites_on_a_real_superlink_build_each_matrix_once_per_run(sampl
         assert len(caches) == 4  # one private folder per site executor
         assert all(len(list(c.glob("*.features.npz"))) == 1 for c in caches)  # one matrix per site for the run
     assert not list(temporary.glob("fedomop-features-*"))  # removed when the executors stopped
+    shutil.rmtree(temporary, ignore_errors=True)
     assert outcome["federated_summary"]["auroc"] > 0.7
     assert_only_aggregates(log, outcome)
     app_hash = fab_hash(APP_DIR)

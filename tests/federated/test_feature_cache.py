@@ -83,11 +83,13 @@ def test_the_executors_folder_is_private_and_removed_on_sigterm(monkeypatch):
     assert not folder.exists()
 
 
-def test_a_killed_executors_folder_is_removed_at_the_next_start_and_a_live_ones_kept(tmp_path, monkeypatch):
+def test_a_killed_executors_folder_is_removed_at_the_next_start_and_a_live_ones_kept(monkeypatch):
     """Ownership is the lock a running executor holds on its folder's owner file, not a pid: a pid names nothing
     across containers that share the folder (an executor in its own PID namespace must not delete the others')."""
     import fcntl
     import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="fo-", dir="/tmp"))  # short: the executor refuses a long TMPDIR
 
     orphan = tmp_path / "fedomop-features-4242-abc"  # its executor was SIGKILLed: the lock went with it
     live = tmp_path / "fedomop-features-1-def"  # a running executor's, whatever its pid means here
@@ -108,6 +110,7 @@ def test_a_killed_executors_folder_is_removed_at_the_next_start_and_a_live_ones_
             assert remove_orphaned_caches(tmp_path) == []  # both owned now
             assert not list(tmp_path.glob(".fedomop-staging-*"))
         assert not folder.exists() and live.exists()
+    shutil.rmtree(tmp_path)
 
 
 def test_an_unusable_tmpdir_is_refused_not_replaced_by_the_system_temp_folder(tmp_path, monkeypatch):
@@ -121,8 +124,24 @@ def test_an_unusable_tmpdir_is_refused_not_replaced_by_the_system_temp_folder(tm
     assert refused.value.where == "environment variable TMPDIR"
     with pytest.raises(FedomopError, match="TMPDIR"):
         preflight_site("site_a", None, None, None)  # `fedomop site start` stops before starting anything
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    assert cache_root() == tmp_path
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    assert cache_root() == Path("/tmp")
+    long = tmp_path / ("x" * 70)  # a Unix socket inside it would pass the 107-byte limit
+    long.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long))
+    with pytest.raises(FedomopError, match=r"bytes long: the executor's Unix socket inside it would pass"):
+        cache_root()
+
+
+def test_the_hubs_xgboost_socket_folder_leaves_a_long_tmpdir_for_tmp(monkeypatch):
+    import tempfile
+
+    from fedomop.federated.xgbserver import _socket_base
+
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp/" + "y" * 80)
+    assert _socket_base() == "/tmp"
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert _socket_base() is None
 
 
 def test_a_matrix_that_cannot_be_kept_says_so_and_the_message_goes_on(tmp_path, capsys):
