@@ -91,18 +91,38 @@ def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _head_update_lost(head_path: Path, head: dict[str, Any], last: bytes | None) -> bool:
+    """True (and the head brought forward) when the log is exactly one whole record ahead of its head, chained to
+    it: the site was killed between writing that record and replacing the head file. Accepting it hides nothing:
+    an edited, removed or cut record still breaks the chain or the head; only a completed append is recognised.
+    """
+    if last is None:
+        return False
+    try:
+        record = json.loads(last)
+    except ValueError:
+        return False  # a torn or altered line
+    if record.get("prev") != head.get("sha256") or record.get("seq") != head.get("seq", 0) + 1:
+        return False
+    tmp = head_path.with_name(head_path.name + ".tmp")
+    tmp.write_text(json.dumps({"seq": record["seq"], "sha256": _line_hash(last)}), encoding="utf-8")
+    os.replace(tmp, head_path)
+    return True
+
+
 def _require_head_matches(path: Path, last: bytes | None) -> None:
     """Refuse to append to a log whose last record is not the one the head file names.
 
     A cheap check on every append (one line read): a log whose tail was edited, cut or
-    extended behind the site's back is not silently continued.
+    extended behind the site's back is not silently continued; one whole record chained to the head
+    is an append whose head update a kill interrupted (``_head_update_lost``), and is continued.
     """
     head_path = _head_path(path)
     if not head_path.exists():
         return
     head = json.loads(head_path.read_text(encoding="utf-8"))
     actual = None if last is None else _line_hash(last)
-    if actual != head.get("sha256"):
+    if actual != head.get("sha256") and not _head_update_lost(head_path, head, last):
         raise PolicyError(
             "audit log was changed since its last record was written (its end differs from the head file)",
             where=str(path),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 
+import pytest
+
+from fedomop.federated.errors import PolicyError
 from fedomop.federated.governance import auditlog as audit_log
 from fedomop.federated.governance import load_policy, verify
 from fedomop.federated.governance.enforce import audit
@@ -85,3 +88,20 @@ def test_audit_refuses_values_in_sent(policy_path):
     entry = audit(policy, requester="r", study="s", app_hash="h", action="train", outcome="sent", sent={"arrays.w": 40})
     assert entry["bytes_sent"] == 40 and entry["site"] == "site_a"
     assert verify(policy.audit_log).ok
+
+
+def test_a_site_killed_between_writing_a_record_and_its_head_continues_its_log(tmp_path):
+    """SIGKILL after the record's fsync and before the head file's replace leaves the log one whole, chained record
+    ahead of its head (seen in a test that kills a site mid-message): that is a completed append, not tampering."""
+    path = tmp_path / "audit.jsonl"
+    _fill(path)
+    head = tmp_path / "audit.jsonl.head"
+    before = head.read_text()
+    audit_log.append(path, {"event": "written; head update lost"})
+    head.write_text(before)  # as if killed before os.replace of the head
+    written = audit_log.append(path, {"event": "after restart"})
+    assert written["seq"] == 7 and not verify(path).problems
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")  # the last record cut off: still tampering
+    with pytest.raises(PolicyError, match="its end differs from the head file"):
+        audit_log.append(path, {"event": "refused"})
