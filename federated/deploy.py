@@ -176,9 +176,8 @@ def wait_for_port(
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise FedomopError(f"the process listening on {port} exited with {process.returncode}", where="hub")
-        with socket.socket() as probe:
-            if probe.connect_ex((host, port)) == 0:
-                return
+        if port_in_use(port, host):
+            return
         time.sleep(0.2)
     raise FedomopError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s", where="hub")
 
