@@ -162,11 +162,15 @@ def resolve_codes(db: Database, codes: pl.DataFrame, *, cache: ResolutionCache |
     keyed = codes.with_columns(pl.col(c).cast(pl.String).alias(f"__fedomop_{c}") for c in KEY_COLUMNS)
     keys = keyed.select(pl.col(f"__fedomop_{c}").alias(c) for c in KEY_COLUMNS).drop_nulls().unique()
     answer = cache.resolve(db, keys).sort(*KEY_COLUMNS, "concept_id").rename({c: f"__fedomop_{c}" for c in KEY_COLUMNS})
-    # input order, and a code's several targets in concept_id order, without sorting the (big) input
-    joined = keyed.join(answer, on=[f"__fedomop_{c}" for c in KEY_COLUMNS], how="left", maintain_order="left_right")
-    return joined.with_columns(pl.col("source_concept_id", "concept_id").fill_null(0)).drop(
-        *(f"__fedomop_{c}" for c in KEY_COLUMNS)
-    )
+    on = [f"__fedomop_{c}" for c in KEY_COLUMNS]
+    # the usual case: each code has one answer row, so only the key columns go through the join and the answers
+    # are added beside the input (joining the whole input gathered every column of millions of rows)
+    found = keyed.select(on).join(answer, on=on, how="left", maintain_order="left")
+    if found.height == keyed.height:
+        joined = keyed.with_columns(found.drop(on).get_columns())
+    else:  # a code with several targets: one row per target, in concept_id order, input order kept
+        joined = keyed.join(answer, on=on, how="left", maintain_order="left_right")
+    return joined.with_columns(pl.col("source_concept_id", "concept_id").fill_null(0)).drop(*on)
 
 
 def standard_concept_by_code(db: Database, vocabulary_id: str, concept_code: str) -> int:
