@@ -79,28 +79,15 @@ class UnitConverter:
         """Returns (converted rows, rows to quarantine with a ``_reason`` column)."""
         if frame.is_empty():
             return frame, frame.with_columns(pl.lit(None, pl.String).alias("_reason"))
-        joined = frame.join(
-            self.specific,
-            left_on=["_concept_id", "_unit_code"],
-            right_on=["_conv_concept", "_unit_code"],
-            how="left",
+        keys = ["_concept_id", "_unit_code"]
+        # the conversion of each distinct (analyte, unit) - a few hundred - is worked out once, then joined to the
+        # rows by their two key columns only (joining the rows themselves gathered every column of millions)
+        per_pair = self._conversions(frame.select(keys).unique())
+        found = frame.select(keys).join(per_pair, on=keys, how="left", maintain_order="left", nulls_equal=True)
+        converted = frame.with_columns(found.drop(keys).get_columns()).with_columns(
+            (pl.col("_value") * pl.col("_f")).round(6).fill_null(pl.col("_value")).alias("_value")
         )
-        generic = self.generic.rename({c: f"{c}_g" for c in self.generic.columns if c != "_unit_code"})
-        joined = joined.join(generic, on="_unit_code", how="left").join(self.ucum, on="_unit_code", how="left")
-        has_specific_rule = pl.col("_concept_id").is_in(list(self.known_concepts))
-        factor = pl.coalesce("_factor", pl.when(~has_specific_rule).then(pl.col("_factor_g")))
-        converted = joined.with_columns(
-            (pl.col("_value") * factor).round(6).fill_null(pl.col("_value")).alias("_value"),
-            pl.coalesce(
-                pl.when(factor.is_not_null()).then(pl.coalesce("_standard_concept", "_standard_concept_g")),
-                "_ucum_concept",
-                pl.lit(0, pl.Int64),
-            ).alias("_unit_concept_id"),
-            pl.coalesce("_low", pl.when(~has_specific_rule).then(pl.col("_low_g"))).alias("_lo"),
-            pl.coalesce("_high", pl.when(~has_specific_rule).then(pl.col("_high_g"))).alias("_hi"),
-            pl.coalesce("_standard", "_standard_g").alias("_std"),
-        )
-        no_factor = has_specific_rule & pl.col("_value").is_not_null() & pl.col("_factor").is_null()
+        no_factor = pl.col("_rule_without_factor") & pl.col("_value").is_not_null()
         out_of_range = pl.col("_value").is_not_null() & (
             (pl.col("_value") < pl.col("_lo")) | (pl.col("_value") > pl.col("_hi"))
         )
@@ -120,3 +107,32 @@ class UnitConverter:
         bad = checked.filter(pl.col("_reason").is_not_null()).drop(helper)
         good = checked.filter(pl.col("_reason").is_null()).drop(helper, "_reason")
         return good, bad
+
+    def _conversions(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Per distinct (``_concept_id``, ``_unit_code``): the factor ``_f`` (null: none), the unit's concept, the
+        plausible range ``_lo``..``_hi`` in the standard unit ``_std``, and whether the analyte has rules but none
+        for this unit (``_rule_without_factor``). An analyte's own rule wins over a generic rule for the unit."""
+        joined = pairs.join(
+            self.specific,
+            left_on=["_concept_id", "_unit_code"],
+            right_on=["_conv_concept", "_unit_code"],
+            how="left",
+        )
+        generic = self.generic.rename({c: f"{c}_g" for c in self.generic.columns if c != "_unit_code"})
+        joined = joined.join(generic, on="_unit_code", how="left").join(self.ucum, on="_unit_code", how="left")
+        has_specific_rule = pl.col("_concept_id").is_in(list(self.known_concepts))
+        factor = pl.coalesce("_factor", pl.when(~has_specific_rule).then(pl.col("_factor_g")))
+        return joined.select(
+            "_concept_id",
+            "_unit_code",
+            factor.alias("_f"),
+            pl.coalesce(
+                pl.when(factor.is_not_null()).then(pl.coalesce("_standard_concept", "_standard_concept_g")),
+                "_ucum_concept",
+                pl.lit(0, pl.Int64),
+            ).alias("_unit_concept_id"),
+            pl.coalesce("_low", pl.when(~has_specific_rule).then(pl.col("_low_g"))).alias("_lo"),
+            pl.coalesce("_high", pl.when(~has_specific_rule).then(pl.col("_high_g"))).alias("_hi"),
+            pl.coalesce("_standard", "_standard_g").alias("_std"),
+            (has_specific_rule & pl.col("_factor").is_null()).alias("_rule_without_factor"),
+        ).unique(["_concept_id", "_unit_code"], keep="first", maintain_order=True)
