@@ -20,11 +20,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import mmap
-import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -121,16 +118,6 @@ def _check_line_endings(raw: bytes, relative: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class LineShape:
-    """What the row check learnt of a regular file: the delimiters on every line, and whether a field may start
-    or end with whitespace. When none can, trimming every value (the reader's rule) changes nothing, and a big
-    file's split skips it (a tenth of the split's CPU at 1M persons)."""
-
-    width: int
-    padded: bool
-
-
 def _is_regular(text: str, options: TabularOptions, encoded: bytes | None = None) -> bool:
     """True when every record has the header's width and no control characters (polars may read it as is).
 
@@ -140,53 +127,54 @@ def _is_regular(text: str, options: TabularOptions, encoded: bytes | None = None
     line or a lone CR all count as irregular. ``encoded`` is the text as UTF-8 when the caller has it.
     """
     data = encoded if encoded is not None else text.encode("utf-8")
-    return _line_shape(data, 0, len(data), options, text) is not None
+    return _line_width(data, 0, len(data), options, text) is not None
 
 
 def is_regular_file(path: Path, options: TabularOptions, block_bytes: int = 1 << 26) -> bool:
-    """``_is_regular`` for a UTF-8 file of any size (``regular_file_shape``)."""
-    return regular_file_shape(path, options, block_bytes) is not None
+    """``_is_regular`` for a UTF-8 file of any size, a block of whole lines at a time (bounded memory).
 
-
-def regular_file_shape(path: Path, options: TabularOptions, block_bytes: int = 1 << 26) -> LineShape | None:
-    """``_is_regular`` for a UTF-8 file of any size, a block of whole lines at a time, with what it learnt
-    (None: not regular).
-
-    The file is memory-mapped and each block is a view of it, not a copy (reading 2 GB of CSV into blocks and
-    re-slicing them cost as much as checking them). A line never spans two blocks (each block ends at a
+    Blocks are read into one reused buffer and checked in place (reading each block as a new object, then
+    joining and re-slicing it, cost as much as checking it). A line never spans two blocks (each block ends at a
     newline), so a blank line at a block's edge still shows as one, and every block must have the first's width.
+    The file is read, not memory-mapped: a file cut short while it is read must not kill the run (SIGBUS).
     """
+    buffer = bytearray(max(1, block_bytes))
+    kept = 0  # bytes at the buffer's start: the start of a line the last read did not finish
+    width: int | None = None
+    start = len(codecs.BOM_UTF8) if _starts_with_bom(path) else 0
     with path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            return None
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return _blocks_shape(view, size, options, max(1, block_bytes))
+        while True:
+            if kept == len(buffer):  # a line longer than the buffer: room for the rest of it
+                buffer.extend(bytes(len(buffer)))
+            with memoryview(buffer) as free:
+                got = handle.readinto(free[kept:])
+            end = kept + got
+            stop = buffer.rfind(b"\n", start, end) + 1 if got else end  # whole lines; at the end, all that is left
+            if got and stop == 0:
+                kept = end
+                continue
+            if stop > start:
+                found = _line_width(buffer, start, stop, options, None)
+                if found is None or (width is not None and found != width):
+                    return False
+                width = found
+            if not got:
+                return width is not None
+            kept, start = end - stop, 0
+            buffer[:kept] = buffer[stop:end]  # the unfinished line to the front (same size: a move, no resize)
 
 
-def _blocks_shape(view: mmap.mmap, size: int, options: TabularOptions, block_bytes: int) -> LineShape | None:
-    start = len(codecs.BOM_UTF8) if view[: len(codecs.BOM_UTF8)] == codecs.BOM_UTF8 else 0
-    shape: LineShape | None = None
-    while start < size:
-        end = min(start + block_bytes, size)
-        if end < size:
-            cut = view.rfind(b"\n", start, end)
-            if cut < 0:  # a line longer than the block: the block runs to that line's end
-                cut = view.find(b"\n", end)
-            end = size if cut < 0 else cut + 1
-        found = _line_shape(view, start, end, options, None)
-        if found is None or (shape is not None and found.width != shape.width):
-            return None
-        shape = found if shape is None else LineShape(shape.width, shape.padded or found.padded)
-        start = end
-    return shape
+def _starts_with_bom(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
 
 
-def _line_shape(
-    buffer: bytes | mmap.mmap, start: int, end: int, options: TabularOptions, text: str | None
-) -> LineShape | None:
-    """The shape of the whole lines in ``buffer[start:end]``, or None when their widths differ, or one is blank or
-    holds a control character. ``text``: the same lines decoded, if the caller has them (needed only for quotes)."""
+def _line_width(
+    buffer: bytes | bytearray, start: int, end: int, options: TabularOptions, text: str | None
+) -> int | None:
+    """The number of delimiters on every one of the whole lines in ``buffer[start:end]``, or None when the lines
+    differ, or one is blank or holds a control character. ``text``: the same lines decoded, if the caller has
+    them (needed only when they hold a quote)."""
     if start >= end or buffer.find(b"\x7f", start, end) >= 0:
         return None  # empty, or DEL
     if buffer.find(b'"', start, end) >= 0 or len(options.delimiter.encode("utf-8")) != 1:
@@ -195,16 +183,15 @@ def _line_shape(
                 text = buffer[start:end].decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        width = _line_width_quoted(text, options)
-        return None if width is None else LineShape(width, padded=True)
+        return _line_width_quoted(text, options)
     octets = np.frombuffer(buffer, dtype=np.uint8, count=end - start, offset=start)
     try:
-        return _unquoted_shape(octets, ord(options.delimiter), has_cr=buffer.find(b"\r", start, end) >= 0)
+        return _unquoted_width(octets, ord(options.delimiter), has_cr=buffer.find(b"\r", start, end) >= 0)
     finally:
-        del octets  # an array viewing an mmap must be gone before the mmap closes
+        del octets  # the caller's buffer must have no exported view left when it grows
 
 
-def _unquoted_shape(octets: np.ndarray, delimiter: int, *, has_cr: bool) -> LineShape | None:
+def _unquoted_width(octets: np.ndarray, delimiter: int, *, has_cr: bool) -> int | None:
     newlines = np.flatnonzero(octets == 0x0A)
     returns = int(np.count_nonzero(octets == 0x0D)) if has_cr else 0
     others = int(np.count_nonzero(octets < 0x20)) - len(newlines) - returns  # tabs, else a forbidden control
@@ -223,24 +210,7 @@ def _unquoted_shape(octets: np.ndarray, delimiter: int, *, has_cr: bool) -> Line
     # line's newline, which is no delimiter). 9x faster than np.add.reduceat of the mask over the line starts.
     delimiters = np.flatnonzero(octets == delimiter)
     widths = np.diff(np.searchsorted(delimiters, ends), prepend=0)
-    if not bool((widths == widths[0]).all()):
-        return None
-    return LineShape(int(widths[0]), _may_be_padded(octets, delimiter, delimiters, starts, starts + lengths - 1))
-
-
-def _may_be_padded(
-    octets: np.ndarray, delimiter: int, delimiters: np.ndarray, firsts: np.ndarray, lasts: np.ndarray
-) -> bool:
-    """Could a field start or end with whitespace? Looked at only beside the fields' edges (the bytes next to a
-    delimiter, each line's first and last byte); a non-ASCII byte anywhere counts as maybe (Unicode spaces)."""
-    if int(octets.max()) >= 0x80:
-        return True
-    edges = np.concatenate((delimiters - 1, delimiters + 1, firsts, lasts))
-    near = octets[edges[(edges >= 0) & (edges < len(octets))]]
-    spaces = near == 0x20
-    if delimiter != 0x09:  # a tab beside a tab delimiter is the next delimiter, not a space in a field
-        spaces |= near == 0x09
-    return bool(spaces.any())
+    return int(widths[0]) if bool((widths == widths[0]).all()) else None
 
 
 def _line_width_quoted(text: str, options: TabularOptions) -> int | None:

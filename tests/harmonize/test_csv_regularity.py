@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedomop.harmonize.sources.options import TabularOptions
-from fedomop.harmonize.sources.tabular import _is_regular, is_regular_file, regular_file_shape
+from fedomop.harmonize.sources.tabular import _is_regular, is_regular_file
 
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -80,41 +80,3 @@ def test_the_block_by_block_file_check_agrees_with_the_whole_file_check(tmp_path
         for block in (1, 2, 5, 64):
             assert is_regular_file(path, TabularOptions(), block_bytes=block) is whole, (repr(text), block)
 
-
-@pytest.mark.parametrize("delimiter", [",", "\t"])
-def test_a_file_called_unpadded_has_no_field_that_trimming_would_change(tmp_path: Path, delimiter: str) -> None:
-    """The split of a big file skips trimming values when the check says no field can start or end with
-    whitespace: for every such random file, each field the csv module reads must equal its trimmed self."""
-    rng = random.Random(20261207)
-    alphabet = ["a", "b", delimiter, delimiter, "\n", "\n", "\r\n", " ", " ", "\t", "\u00a0", "é"]
-    path = tmp_path / "f.csv"
-    unpadded = 0
-    for _ in range(3000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 16)))
-        path.write_bytes(text.encode("utf-8"))
-        shape = regular_file_shape(path, TabularOptions(delimiter=delimiter), block_bytes=rng.choice([3, 64]))
-        if shape is None or shape.padded:
-            continue
-        unpadded += 1
-        for record in csv.reader(io.StringIO(text), delimiter=delimiter):
-            assert all(field == field.strip() for field in record), repr(text)
-    assert unpadded > 50  # not simply always "padded"
-
-
-@pytest.mark.parametrize(
-    ("text", "padded"),
-    [
-        ("a,b\n1,2\n", False),
-        ("a,b\n1, 2\n", True),  # after a delimiter
-        ("a,b\n1 ,2\n", True),  # before a delimiter
-        ("a,b\n 1,2\n", True),  # a line's first byte
-        ("a,b\n1,2 \r\n", True),  # a line's last byte, before CRLF
-        ("a,b\n1,x y\n", False),  # a space inside a value is not padding
-        ("a,b\n1,\u00e9\n", True),  # non-ASCII: could be a Unicode space, so maybe
-    ],
-)
-def test_padding_by_hand(tmp_path: Path, text: str, padded: bool) -> None:
-    path = tmp_path / "f.csv"
-    path.write_bytes(text.encode("utf-8"))
-    shape = regular_file_shape(path, TabularOptions())
-    assert shape is not None and shape.padded is padded
