@@ -258,8 +258,8 @@ class StagedSite:
                 scan.with_row_index("_row", offset=1)
                 .with_columns(pl.col(c).str.strip_chars() for c in data_columns)
                 .with_columns(
-                    pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.String).alias("_source_row")
-                )
+                    pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.Int64).alias("_source_row")
+                )  # a number here (cheaper to write, read and check); text again when a chunk is read (batch)
                 .drop("_row")
                 .with_columns(chunk_of(column, self.plan.chunks))
             )
@@ -320,7 +320,7 @@ class StagedSite:
         for folder, columns in self._parts[name]:
             files = sorted((folder / f"_chunk={chunk}").glob("*.parquet"))
             if files:
-                frames.append(pl.read_parquet(files))
+                frames.append(pl.read_parquet(files).with_columns(pl.col("_source_row").cast(pl.String)))
             else:
                 frames.append(pl.DataFrame(schema=dict.fromkeys(columns, pl.String)))
         frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
