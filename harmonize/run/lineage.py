@@ -158,8 +158,9 @@ class RecordLedger:
         """Records behind a finished table's rows (tables without a source record, like cdm_source, have none)."""
         if "_ord" not in frame.columns or not frame.height:
             return
-        for source, ords in frame.group_by("_source").agg(pl.col("_ord")).iter_rows():
-            mask = self._marks(self.loaded, str(source), np.asarray(ords, dtype=np.int64))
+        # split by source as numpy arrays (a group_by into lists made a Python int of every row's number)
+        for (source,), part in frame.select("_source", "_ord").partition_by("_source", as_dict=True).items():
+            mask = self._marks(self.loaded, str(source), part.get_column("_ord").cast(pl.Int64).to_numpy())
             self.into[(str(source), table)] += int(mask.sum())
 
     def mark_quarantined(self, quarantine: pl.DataFrame) -> None:
