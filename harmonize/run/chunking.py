@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import polars as pl
+from pydantic import BaseModel
 
 from fedomop.harmonize.ground.errors import ReconciliationError
 from fedomop.harmonize.mapping.models import Mapping
@@ -41,6 +42,24 @@ SHARED_TABLES = frozenset(KEYED_TABLES) - {"person", "visit_occurrence"}  # keye
 _FHIR_TEXT_PER_RECORD = 4  # NDJSON carries ~4x the bytes of the columns a mapping extracts
 FHIR_BLOCK_ROWS = 500_000  # FHIR rows gathered before a split is written (a few hundred MiB of columns at most)
 _HASH_SEED = 20_261_123
+
+
+def _strings(value: object) -> frozenset[str]:
+    """Every string (dict keys included) inside a mapping's models, dicts and lists."""
+    found: set[str] = set()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found.add(item.strip())
+        elif isinstance(item, BaseModel):
+            pending.extend(vars(item).values())
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend(item)
+    return frozenset(found)
 
 
 class _ScratchParquet(TypedDict):
@@ -198,6 +217,7 @@ class StagedSite:
         self._parts: dict[str, list[tuple[Path, list[str]]]] = {}  # source -> per file: (folder, columns)
         self._rejects: dict[str, pl.DataFrame] = {}
         self.records: dict[str, int] = {}
+        self._named = _strings(mapping)  # every name the mapping spells, columns among them
 
     def stage(self, name: str) -> None:
         """Split one source into per-chunk Parquet files (streamed when polars can, else read then split)."""
@@ -253,9 +273,10 @@ class StagedSite:
             return None
         folder = self.scratch / name / str(index)
         try:
-            data_columns = scan.collect_schema().names()
+            data_columns = self._read_columns(scan.collect_schema().names(), column)
             staged = (
-                scan.with_row_index("_row", offset=1)
+                scan.select(data_columns)
+                .with_row_index("_row", offset=1)
                 .with_columns(pl.col(c).str.strip_chars() for c in data_columns)
                 .with_columns(
                     pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.Int64).alias("_source_row")
@@ -270,6 +291,16 @@ class StagedSite:
         finally:
             (self.scratch / name / f"{index}.utf8.csv").unlink(missing_ok=True)
         return folder, [*data_columns, "_source_file", "_source_row"], self._written(folder, numbered=relative)
+
+    def _read_columns(self, header: list[str], person_column: str) -> list[str]:
+        """The header's columns the mapping names (anywhere: rules, filters, lookups, exclusions), in file order.
+
+        The others - a patient's name, a free-text description - are not copied into the split files: no rule
+        can read them, they would cost a third of the split's work on site A, and identifying text that no rule
+        needs should not be copied around. Over-inclusive by design: a column is dropped only if its name appears
+        nowhere in the mapping."""
+        kept = [c for c in header if c.strip() in self._named or c.strip() == person_column.strip()]
+        return kept or header[:1]
 
     def _chunk_files(self, folder: Path) -> list[Path]:
         """The split files of one source file, refusing a chunk index the plan does not have."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
@@ -324,3 +325,42 @@ def test_chunked_run_into_postgres(postgres_url: str, tmp_path: Path) -> None:
     engine.dispose()
     assert tuple(persons) == (whole.loaded["person"], whole.loaded["person"])
     assert lineage == report.rows_loaded
+
+
+def test_split_files_hold_only_the_columns_the_mapping_names(tmp_path: Path) -> None:
+    """Site A's patients file carries first and last names and its observations a free-text description; no
+    rule of site_a.yaml reads them, so they are not copied into the scratch split (and the run is unchanged:
+    test_chunked_run_loads_what_a_whole_run_loads)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    original = StagedSite.stage
+    seen: dict[str, set[str]] = {}
+
+    def stage_and_look(self: StagedSite, name: str) -> None:
+        original(self, name)
+        files = sorted((self.scratch / name).glob("*/_chunk=*/*.parquet"))
+        seen[name] = set(pl.read_parquet_schema(files[0]))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StagedSite, "stage", stage_and_look)
+        report = run_mapping(
+            MAPPINGS / "site_a.yaml", SAMPLE_DATA / "site_a", tmp_path / "a.duckdb", chunks=2, scratch=scratch
+        )
+    assert report.balanced
+    header = (SAMPLE_DATA / "site_a" / "patients.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert {"first_name", "last_name"} <= set(header)
+    assert seen["patients"] == {
+        "patient_id",
+        "sex",
+        "birth_date",
+        "race",
+        "ethnicity",
+        "address",
+        "city",
+        "zip",
+        "death_date",
+        "_source_file",
+        "_source_row",
+    }
+    assert "description" not in seen["observations"]
+    assert {"patient_id", "encounter_id", "loinc_code", "value", "unit", "observed_on"} <= seen["observations"]
