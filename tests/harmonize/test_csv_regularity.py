@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedomop.harmonize.sources import tabular
 from fedomop.harmonize.sources.options import TabularOptions
 from fedomop.harmonize.sources.tabular import _is_regular, is_regular_file
 
@@ -80,3 +81,15 @@ def test_the_block_by_block_file_check_agrees_with_the_whole_file_check(tmp_path
         for block in (1, 2, 5, 64):
             assert is_regular_file(path, TabularOptions(), block_bytes=block) is whole, (repr(text), block)
 
+
+def test_the_check_in_cache_sized_pieces_agrees_with_the_whole_text_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unquoted check runs over pieces cut at line ends (``_PIECE_BYTES``, for the CPU cache): for any piece
+    size - smaller than a line included - the answer is the one the text gets in one piece."""
+    rng = random.Random(11)
+    alphabet = ["a", "é", ",", ",", '"', "\n", "\n", "\r\n", "\x00", "\t", " "]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(800)]
+    whole = [_is_regular(text, TabularOptions()) for text in texts]
+    for piece in (1, 2, 3, 7, 16):
+        monkeypatch.setattr(tabular, "_PIECE_BYTES", piece)
+        for text, expected in zip(texts, whole, strict=True):
+            assert _is_regular(text, TabularOptions()) is expected, (repr(text), piece)
