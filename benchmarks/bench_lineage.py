@@ -2,17 +2,22 @@
 
 The same N lineage rows (one per OMOP row of a site, all from CSV rows) are inserted into a new DuckDB file
 the way ``fedomop map`` loads them (Arrow registered, ``INSERT ... SELECT`` with the run id and table name as
-query parameters, then a checkpoint), in two forms:
+query parameters, then a checkpoint), in three forms:
 
 - text: ``omop_id, source, source_file, source_row`` (what fedomop stored before: the file path and the row
   number written out for every row);
-- integers: ``omop_id, file_no, source_row_no, source_row_text`` (what it stores now, docs/mapping.md; the text
-  column is NULL for a CSV row), plus the one-row ``fedomop_lineage_file``.
+- rows: integers, one row per OMOP row (the form before runs, ``row_count`` 1);
+- runs: ``omop_id, file_no, source_row_no, source_row_text, row_count`` (what it stores now,
+  docs/mapping.md: one row per run of OMOP rows from consecutive source rows; the text column is NULL for a CSV
+  row), plus the one-row ``fedomop_lineage_file``.
+
+The OMOP ids are 1..N; the source rows come in stretches of ``--run-length`` consecutive rows (a patient's
+rows in an export sorted by patient; ~8 at site A), the stretches in shuffled order, so that each is one run.
 
 Each form runs in its own child process (its CPU time, all threads), rounds interleaved; median reported. The
-``fedomop_lineage`` view is then read back over the integer form and compared with the text rows.
+``fedomop_lineage`` view is then read back over the integer forms and compared with the text rows.
 
-    .venv/bin/python benchmarks/bench_lineage.py --rows 2923038 --rounds 3
+    .venv/bin/python benchmarks/bench_lineage.py --rows 2923038 --rounds 3 --run-length 8
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from _common import load_average, machine, median  # noqa: E402
 TEXT_DDL = "run_id VARCHAR, omop_table VARCHAR, omop_id BIGINT, source VARCHAR, source_file VARCHAR, source_row VARCHAR"
 
 
-def _child(form: str, rows: int, path: str) -> None:
+def _child(form: str, rows: int, run_length: int, path: str) -> None:
     import duckdb
+    import numpy as np
     import polars as pl
 
+    from fedomop.harmonize.run import lineage
     from fedomop.harmonize.run.lineage import (
         LINEAGE_FILE_TABLE,
         LINEAGE_ROW_TABLE,
@@ -44,8 +51,10 @@ def _child(form: str, rows: int, path: str) -> None:
     )
 
     ids = pl.int_range(1, rows + 1, eager=True)
+    stretches = np.random.default_rng(7).permutation(-(-rows // run_length))  # each: run_length source rows
+    numbers = (stretches[:, None] * run_length + np.arange(1, run_length + 1)).ravel()[:rows]
     text = pl.DataFrame({"omop_id": ids, "source": "observations", "source_file": "observations.csv",
-                         "source_row": ids.cast(pl.String)})  # fmt: skip
+                         "source_row": pl.Series(numbers).cast(pl.String)})  # fmt: skip
     con = duckdb.connect(path)
     started, cpu = time.perf_counter(), time.process_time()
     if form == "text":
@@ -56,9 +65,11 @@ def _child(form: str, rows: int, path: str) -> None:
         con.execute(f"CREATE TABLE {LINEAGE_FILE_TABLE} (file_no INTEGER, source VARCHAR, source_file VARCHAR)")
         con.execute(
             f"CREATE TABLE {LINEAGE_ROW_TABLE} (run_id VARCHAR, omop_table VARCHAR, omop_id BIGINT, "
-            "file_no INTEGER, source_row_no BIGINT, source_row_text VARCHAR)"
+            "file_no INTEGER, source_row_no BIGINT, source_row_text VARCHAR, row_count INTEGER)"
         )
         con.execute(LINEAGE_VIEW_SQL)
+        if form == "rows":  # the form before runs: one stored row per OMOP row
+            lineage._runs = lambda stored: stored.with_columns(pl.lit(1, pl.Int32).alias("row_count"))
         stored, files = LineageFiles().number(text)  # the conversion is part of the cost
         con.register("files", files.to_arrow())
         con.register("batch", stored.to_arrow())
@@ -86,27 +97,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_923_038, help="lineage rows (default: 100k-person site A)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--run-length", type=int, default=8, help="consecutive source rows per stretch")
     parser.add_argument("--child", nargs=2, metavar=("FORM", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], args.rows, args.child[1])
+        _child(args.child[0], args.rows, args.run_length, args.child[1])
         return
-    results: dict[str, list[dict[str, float]]] = {"text": [], "integers": []}
+    results: dict[str, list[dict[str, float]]] = {"text": [], "rows": [], "runs": []}
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for form in results:
                 path = Path(tmp) / f"{form}.duckdb"
                 path.unlink(missing_ok=True)
-                child = subprocess.Popen([sys.executable, __file__, "--rows", str(args.rows), "--child", form,
-                                          str(path)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+                child = subprocess.Popen([sys.executable, __file__, "--rows", str(args.rows), "--run-length",
+                                          str(args.run_length), "--child", form, str(path)],
+                                         stdout=subprocess.PIPE, text=True)  # fmt: skip
                 out, _ = child.communicate()
                 if child.returncode:
                     raise SystemExit(f"the {form} run failed")
                 measured = json.loads(out.strip().splitlines()[-1])
                 measured["mib"] = path.stat().st_size / 2**20
                 results[form].append(measured)
-        same = _same_rows(Path(tmp) / "text.duckdb", Path(tmp) / "integers.duckdb")
+        same = all(_same_rows(Path(tmp) / "text.duckdb", Path(tmp) / f"{form}.duckdb") for form in ("rows", "runs"))
     lines = [
         f"{args.rows:,} lineage rows, one DuckDB file each; median of {args.rounds} interleaved rounds; "
         f"1-min load average {load_before:.1f} before, {load_average():.1f} after (2 CPUs).",
@@ -119,13 +132,20 @@ def main() -> None:
             f"| {form} | {median([r['wall'] for r in runs]):.2f} | {median([r['cpu_in_process'] for r in runs]):.2f} "
             f"| {median([r['mib'] for r in runs]):.1f} |"
         )
-    text, integers = results["text"], results["integers"]
+
+    def ratio(form: str, base: str, key: str) -> float:
+        return median([r[key] for r in results[form]]) / median([r[key] for r in results[base]])
+
+    lines.append("")
+    for form, base in (("rows", "text"), ("runs", "text"), ("runs", "rows")):
+        lines.append(
+            f"{form} / {base}: {ratio(form, base, 'wall'):.2f}x wall, {ratio(form, base, 'cpu_in_process'):.2f}x "
+            f"CPU, {ratio(form, base, 'mib'):.2f}x disk"
+        )
+    verdict = "the same rows as" if same else "OTHER ROWS THAN"
     lines += [
         "",
-        f"integers / text: {median([r['wall'] for r in integers]) / median([r['wall'] for r in text]):.2f}x wall, "
-        f"{median([r['cpu_in_process'] for r in integers]) / median([r['cpu_in_process'] for r in text]):.2f}x CPU, "
-        f"{median([r['mib'] for r in integers]) / median([r['mib'] for r in text]):.2f}x disk; the "
-        f"fedomop_lineage view over the integers gives {'the same rows as' if same else 'OTHER ROWS THAN'} the text.",
+        f"The fedomop_lineage view over both integer forms gives {verdict} the text.",
         "",
         f"Machine: {machine()}.",
         f"Command: `python benchmarks/bench_lineage.py {' '.join(sys.argv[1:])}`",

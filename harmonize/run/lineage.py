@@ -5,14 +5,17 @@ For every source: records read = records loaded (into at least one OMOP row) + r
 Lineage is stored in its cheapest lossless form and read through a view (the contract, docs/mapping.md):
 
 - ``fedomop_lineage_file`` numbers each (source, source file) of the run once: ``file_no``;
-- ``fedomop_lineage_row`` holds one row per OMOP row: ``run_id, omop_table, omop_id, file_no`` and the source
-  row as an integer (``source_row_no``, a CSV/Parquet data row) or, when it is not a plain row number (a FHIR
-  resource id, ``12#2`` for a record's second row in one table), as text (``source_row_text``);
-- ``fedomop_lineage`` is the view with the text columns every reader uses: ``run_id, omop_table, omop_id,
-  source, source_file, source_row``.
+- ``fedomop_lineage_row`` holds one row per *run* of OMOP rows: ``run_id, omop_table, omop_id, file_no``, the
+  source row as an integer (``source_row_no``, a CSV/Parquet data row) or, when it is not a plain row number (a
+  FHIR resource id, ``12#2`` for a record's second row in one table), as text (``source_row_text``), and
+  ``row_count``: OMOP ids ``omop_id .. omop_id + row_count - 1`` came from the rows ``source_row_no ..
+  source_row_no + row_count - 1`` of that file, in step (a text row is a run of one);
+- ``fedomop_lineage`` is the view with the text columns every reader uses, one row per OMOP row: ``run_id,
+  omop_table, omop_id, source, source_file, source_row``.
 
 Text lineage (the file path and the row number written out for every one of millions of OMOP rows) cost
-DuckDB three times the CPU and ten times the disk of this form.
+DuckDB three times the CPU and ten times the disk of one integer row per OMOP row; runs cut that again by the
+length of a run (a patient's rows in an export sorted by patient: ~8 at site A).
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ LINEAGE_ROW_SCHEMA: dict[str, pl.DataType] = {
     "file_no": pl.Int32(),
     "source_row_no": pl.Int64(),
     "source_row_text": pl.String(),
+    "row_count": pl.Int32(),
 }
 LINEAGE_FILE_SCHEMA: dict[str, pl.DataType] = {"file_no": pl.Int32(), "source": pl.String(), "source_file": pl.String()}
-LINEAGE_VIEW_SQL = (
-    f"CREATE VIEW {LINEAGE_TABLE} AS SELECT l.run_id, l.omop_table, l.omop_id, f.source, f.source_file, "
-    "COALESCE(l.source_row_text, CAST(l.source_row_no AS VARCHAR)) AS source_row "
-    f"FROM {LINEAGE_ROW_TABLE} l JOIN {LINEAGE_FILE_TABLE} f ON f.file_no = l.file_no"
+LINEAGE_VIEW_SQL = (  # a run expanded into its rows (the same SQL in DuckDB and PostgreSQL)
+    f"CREATE VIEW {LINEAGE_TABLE} AS SELECT l.run_id, l.omop_table, l.omop_id + s.i AS omop_id, f.source, "
+    "f.source_file, COALESCE(l.source_row_text, CAST(l.source_row_no + s.i AS VARCHAR)) AS source_row "
+    f"FROM {LINEAGE_ROW_TABLE} l JOIN {LINEAGE_FILE_TABLE} f ON f.file_no = l.file_no "
+    "CROSS JOIN LATERAL generate_series(0, l.row_count - 1) AS s(i)"
 )
 # a source row stored as an integer: exactly the decimal digits that integer prints as (so the view gives it back)
 _ROW_NUMBER = r"^[1-9][0-9]{0,17}$"
@@ -106,7 +111,20 @@ class LineageFiles:
                 pl.when(is_number).then(None).otherwise(row).alias("source_row_text"),
             )
         )
-        return stored, new
+        return _runs(stored), new
+
+
+def _runs(stored: pl.DataFrame) -> pl.DataFrame:
+    """One row per run: a row that continues the one before it (next OMOP id, next source row, same file) is
+    counted in that row's ``row_count`` instead of being stored. Text rows never continue a run."""
+    follows = (
+        (pl.col("omop_id").diff() == 1)
+        & (pl.col("source_row_no").diff() == 1)
+        & (pl.col("file_no") == pl.col("file_no").shift())
+    )
+    starts = stored.select((~follows).fill_null(True)).to_series()
+    first = np.flatnonzero(starts.to_numpy())
+    return stored.filter(starts).with_columns(pl.Series("row_count", np.diff(first, append=stored.height), pl.Int32))
 
 
 def _file_number(numbers: pl.DataFrame) -> pl.Expr:

@@ -193,19 +193,22 @@ def test_on_unmapped_fail_stops_with_the_code_and_its_row(tmp_path: Path) -> Non
 
 def test_lineage_is_stored_as_integers_and_read_back_as_text(mapped) -> None:
     """docs/mapping.md's contract: a CSV data row is stored as an integer, a FHIR resource id as text, never
-    both; the fedomop_lineage view gives back the row (D1 is data row 1 of diagnoses.csv, c1 a resource id)."""
+    both, in runs (a text row is a run of one); the fedomop_lineage view gives back one row per OMOP row (D1 is
+    data row 1 of diagnoses.csv, c1 a resource id)."""
     db, _ = mapped
     stored = table(
         db,
-        "select f.source_file, l.source_row_no, l.source_row_text from fedomop_lineage_row l "
+        "select f.source_file, l.source_row_no, l.source_row_text, l.row_count from fedomop_lineage_row l "
         "join fedomop_lineage_file f using (file_no)",
     )
-    assert stored.height == table(db, "select count(*) from fedomop_lineage").item()
+    assert stored["row_count"].sum() == table(db, "select count(*) from fedomop_lineage").item()
+    assert stored["row_count"].min() >= 1
     assert stored.filter(pl.col("source_row_no").is_null() == pl.col("source_row_text").is_null()).is_empty()
     from_csv = stored.filter(pl.col("source_file").str.ends_with(".csv"))
     assert from_csv.height and from_csv["source_row_text"].null_count() == from_csv.height
     from_fhir = stored.filter(pl.col("source_file").str.ends_with(".ndjson"))
     assert from_fhir.height and from_fhir["source_row_no"].null_count() == from_fhir.height
+    assert set(from_fhir["row_count"]) == {1}
     c61 = table(
         db,
         "select l.source_file, l.source_row from condition_occurrence c join fedomop_lineage l "
