@@ -34,7 +34,7 @@ from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import read_source, tabular_options
 from fedomop.harmonize.sources.base import SourceBatch, empty_rejects
 from fedomop.harmonize.sources.options import TabularOptions
-from fedomop.harmonize.sources.tabular import is_regular_file, read_tabular
+from fedomop.harmonize.sources.tabular import read_tabular, regular_file_shape
 from fedomop.harmonize.tables import KEYED_TABLES
 
 DEFAULT_CHUNK_MB = 256  # of source text per chunk: ~3M records; peak about 0.5 GiB + 12x this (two in flight)
@@ -245,39 +245,43 @@ class StagedSite:
         self._rejects[name] = pl.concat(rejects) if rejects else empty_rejects()
         self.records[name] = sum(rows for _, _, rows in staged) + self._rejects[name].height
 
-    def _scan(self, name: str, index: int, path: Path, options: TabularOptions) -> pl.LazyFrame | None:
-        """A lazy scan of the file as text (legacy encodings transcoded first), or None if it cannot stream."""
+    def _scan(self, name: str, index: int, path: Path, options: TabularOptions) -> tuple[pl.LazyFrame, bool] | None:
+        """A lazy scan of the file as text (legacy encodings transcoded first) and whether its values need
+        trimming (the row check saw a field that may be padded), or None if it cannot stream."""
         if options.format == "parquet":
-            return pl.scan_parquet(path).select(pl.all().cast(pl.String))
+            return pl.scan_parquet(path).select(pl.all().cast(pl.String)), True
         if not options.is_utf8:
             utf8 = self.scratch / name / f"{index}.utf8.csv"
             utf8.parent.mkdir(parents=True, exist_ok=True)
             if not _transcode(path, options.codec, utf8):
                 return None
             path = utf8
-        if not is_regular_file(path, options):  # a short/long row, a blank line, a control character: polars
-            return None  # would null-fill or load it; the in-memory reader quarantines such rows (tabular.py)
-        return pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
+        shape = regular_file_shape(path, options)
+        if shape is None:  # a short/long row, a blank line, a control character: polars would null-fill or
+            return None  # load it; the in-memory reader quarantines such rows (tabular.py)
+        scan = pl.scan_csv(  # invalid UTF-8 makes the sink fail: the in-memory reader then quarantines those rows
             path,
             separator=options.delimiter,
             infer_schema=False,
             null_values=list(options.null_values),
             quote_char='"',
         )
+        return scan, shape.padded
 
     def _stream_file(
         self, name: str, index: int, path: Path, relative: str, options: TabularOptions, column: str
     ) -> tuple[Path, list[str], int] | None:
-        scan = self._scan(name, index, path, options)
-        if scan is None:
+        scanned = self._scan(name, index, path, options)
+        if scanned is None:
             return None
+        scan, padded = scanned
         folder = self.scratch / name / str(index)
         try:
             data_columns = self._read_columns(scan.collect_schema().names(), column)
             staged = (
                 scan.select(data_columns)
                 .with_row_index("_row", offset=1)
-                .with_columns(pl.col(c).str.strip_chars() for c in data_columns)
+                .with_columns(pl.col(c).str.strip_chars() for c in (data_columns if padded else ()))
                 .with_columns(
                     pl.lit(relative).alias("_source_file"), pl.col("_row").cast(pl.Int64).alias("_source_row")
                 )  # a number here (cheaper to write, read and check); text again when a chunk is read (batch)

@@ -366,3 +366,29 @@ def test_split_files_hold_only_the_columns_the_mapping_names(tmp_path: Path) -> 
     }
     assert "description" not in seen["observations"]
     assert {"patient_id", "encounter_id", "loinc_code", "value", "unit", "observed_on"} <= seen["observations"]
+
+
+def test_padded_values_are_trimmed_and_unpadded_files_load_as_before(tmp_path: Path) -> None:
+    """The split trims values only in files whose row check saw a field that may be padded. A copy of site A
+    whose observations have spaces, a tab and a NO-BREAK SPACE around values (docs/mapping.md: values are
+    trimmed) must load exactly what the original loads, in chunks as in one piece."""
+    padded = tmp_path / "site_a"
+    shutil.copytree(SAMPLE_DATA / "site_a", padded)
+    lines = (padded / "observations.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    edits = {1: (0, " {}"), 2: (2, "{}  "), 3: (4, "\t{}"), 4: (5, "\u00a0{}"), 5: (6, "{}\u2003")}
+    for row, (field, form) in edits.items():
+        fields = lines[row].rstrip("\n").split(",")
+        fields[field] = form.format(fields[field])
+        lines[row] = ",".join(fields) + "\n"
+    (padded / "observations.csv").write_text("".join(lines), encoding="utf-8")
+    runs = {
+        name: run_mapping(MAPPINGS / "site_a.yaml", source, tmp_path / f"{name}.duckdb", chunks=chunks)
+        for name, source, chunks in (
+            ("original", SAMPLE_DATA / "site_a", 2),
+            ("padded_chunked", padded, 2),
+            ("padded_whole", padded, 1),
+        )
+    }
+    assert runs["padded_chunked"].loaded == runs["original"].loaded
+    assert _differences(tmp_path / "original.duckdb", tmp_path / "padded_chunked.duckdb") == {}
+    assert _differences(tmp_path / "padded_whole.duckdb", tmp_path / "padded_chunked.duckdb") == {}

@@ -13,6 +13,7 @@ import random
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from fedomop.harmonize.sources import tabular
@@ -93,3 +94,49 @@ def test_the_check_in_cache_sized_pieces_agrees_with_the_whole_text_check(monkey
         monkeypatch.setattr(tabular, "_PIECE_BYTES", piece)
         for text, expected in zip(texts, whole, strict=True):
             assert _is_regular(text, TabularOptions()) is expected, (repr(text), piece)
+
+
+def _shape(text: str, delimiter: str = ",") -> tabular.LineShape | None:
+    data = text.encode("utf-8")
+    return tabular._line_shape(data, 0, len(data), TabularOptions(delimiter=delimiter), text)
+
+
+@pytest.mark.parametrize(
+    ("text", "padded"),
+    [
+        ("a,b\nx,y\n", False),
+        ("a,b\n x,y\n", True),  # leading space
+        ("a,b\nx,y \n", True),  # trailing space at the line's end
+        ("a,b\nx ,y\r\n", True),  # trailing space before a delimiter, CRLF
+        ("a,b\nx,y\r\n", False),
+        ("a,b\nx,\u00a0y\n", True),  # NO-BREAK SPACE: Unicode White_Space, which the trim removes
+        ("a,b\n\u2003x,y\n", True),  # EM SPACE
+        ("a,b\n,\n", False),  # empty fields are not padded
+        ("a\tb\n\tx\n", False),  # tab-delimited: an empty first field, not a tab of padding
+        ('a,b\n"x",y\n', True),  # quoted fields are not looked into: trimmed, to be safe
+    ],
+)
+def test_padding_is_seen_at_field_edges(text: str, padded: bool) -> None:
+    delimiter = "\t" if "\t" in text else ","
+    shape = _shape(text, delimiter)
+    assert shape is not None and shape.padded is padded
+
+
+@pytest.mark.parametrize("piece", [3, 1 << 19])
+def test_values_of_lines_called_unpadded_are_unchanged_by_the_trim(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split skips polars' trim when the check calls a file unpadded: then trimming must change no field
+    (decided by polars' own strip_chars on the csv module's fields), for any delimiter and piece size."""
+    monkeypatch.setattr(tabular, "_PIECE_BYTES", piece)
+    rng = random.Random(3)
+    unpadded = 0
+    for delimiter in (",", "\t", ";"):
+        alphabet = ["a", "é", delimiter, delimiter, "\n", "\n", "\r\n", " ", "\t", "\u00a0", "\u2003", "\u3000", "x"]
+        for _ in range(3000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24)))
+            shape = _shape(text, delimiter)
+            if shape is None or shape.padded:
+                continue
+            unpadded += 1
+            fields = [f for row in csv.reader(io.StringIO(text), delimiter=delimiter) for f in row]
+            assert pl.Series(fields, dtype=pl.String).str.strip_chars().to_list() == fields, repr(text)
+    assert unpadded > 100
