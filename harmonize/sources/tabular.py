@@ -148,11 +148,6 @@ class LineShape:
         return LineShape(self.width, self.padded or other.padded)
 
 
-def is_regular_file(path: Path, options: TabularOptions, block_bytes: int = 1 << 20) -> bool:
-    """``_is_regular`` for a UTF-8 file of any size (see ``regular_file_shape``)."""
-    return regular_file_shape(path, options, block_bytes) is not None
-
-
 def regular_file_shape(path: Path, options: TabularOptions, block_bytes: int = 1 << 20) -> LineShape | None:
     """The lines' shape if the file is regular (``_is_regular``), else None; a block of whole lines at a time.
 
@@ -179,7 +174,7 @@ def regular_file_shape(path: Path, options: TabularOptions, block_bytes: int = 1
                 continue
             if stop > start:
                 found = _line_shape(buffer, start, stop, options, None, masks)
-                shape = found if shape is None or found is None else shape.joined(found)
+                shape = found if shape is None else shape.joined(found)
                 if shape is None:
                     return None
             if not got:
@@ -228,7 +223,7 @@ def _line_shape(
             )
         finally:
             del octets  # the caller's buffer must have no exported view left when it grows
-        shape = found if shape is None or found is None else shape.joined(found)
+        shape = found if shape is None else shape.joined(found)
         if shape is None:
             return None
     return shape
@@ -321,24 +316,23 @@ def _padded(octets: np.ndarray, line_ends: np.ndarray, at_delimiter: np.ndarray,
     np.equal(octets, 0x20, out=space)
     if not tab_delimited:  # (in a tab-delimited file a tab is an edge, never inside a field)
         np.logical_or(space, np.equal(octets, 0x09, out=other), out=space)
-    if _touch(edges, space, pair):
+    if _touch(edges, space, space, pair):
         return True
     if int(octets.max()) < 0x80:
         return False
     np.greater_equal(octets, 0x80, out=space)  # any non-ASCII byte, just before an edge
     np.logical_and(np.greater_equal(octets, 0xC2, out=other), np.less_equal(octets, 0xE3, out=pair), out=other)
     # ^ lead bytes of U+0085/U+00A0 (C2), U+1680 (E1), U+2000.. (E2), U+3000 (E3), and the others between
-    return bool(other[0] or space[-1] or np.logical_and(edges[:-1], other[1:], out=pair[:-1]).any()) or bool(
-        np.logical_and(space[:-1], edges[1:], out=pair[:-1]).any()
-    )
+    return _touch(edges, other, space, pair)
 
 
-def _touch(edges: np.ndarray, space: np.ndarray, pair: np.ndarray) -> bool:
-    """A space at a piece's first or last byte (a line's edge), or just after or just before an edge."""
-    if space[0] or space[-1]:
+def _touch(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray, pair: np.ndarray) -> bool:
+    """A ``starts`` byte at the piece's first byte or just after an edge, or an ``ends`` byte at its last byte
+    or just before an edge (the piece's first and last bytes are a line's edges)."""
+    if starts[0] or ends[-1]:
         return True
-    return bool(np.logical_and(edges[:-1], space[1:], out=pair[:-1]).any()) or bool(
-        np.logical_and(space[:-1], edges[1:], out=pair[:-1]).any()
+    return bool(np.logical_and(edges[:-1], starts[1:], out=pair[:-1]).any()) or bool(
+        np.logical_and(ends[:-1], edges[1:], out=pair[:-1]).any()
     )
 
 

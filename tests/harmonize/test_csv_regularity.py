@@ -18,7 +18,7 @@ import pytest
 
 from fedomop.harmonize.sources import tabular
 from fedomop.harmonize.sources.options import TabularOptions
-from fedomop.harmonize.sources.tabular import _is_regular, is_regular_file
+from fedomop.harmonize.sources.tabular import _is_regular, regular_file_shape
 
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -70,7 +70,7 @@ def test_hand_written_cases(text: str, expected: bool) -> None:
 
 
 def test_the_block_by_block_file_check_agrees_with_the_whole_file_check(tmp_path: Path) -> None:
-    """Big sites are checked a block of whole lines at a time (``is_regular_file``): for any block size the
+    """Big sites are checked a block of whole lines at a time (``regular_file_shape``): for any block size the
     answer is the one the whole text gets - a blank line or a different width at a block's edge included."""
     rng = random.Random(7)
     alphabet = ["a", "é", ",", ",", '"', "\n", "\n", "\r\n", "\x00", " "]
@@ -80,7 +80,8 @@ def test_the_block_by_block_file_check_agrees_with_the_whole_file_check(tmp_path
         path.write_bytes(text.encode("utf-8"))
         whole = _is_regular(text, TabularOptions())
         for block in (1, 2, 5, 64):
-            assert is_regular_file(path, TabularOptions(), block_bytes=block) is whole, (repr(text), block)
+            regular = regular_file_shape(path, TabularOptions(), block_bytes=block) is not None
+            assert regular is whole, (repr(text), block)
 
 
 def test_the_check_in_cache_sized_pieces_agrees_with_the_whole_text_check(monkeypatch: pytest.MonkeyPatch) -> None:
