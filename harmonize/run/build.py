@@ -223,9 +223,22 @@ class SiteBuild:
     def _route(table: str, by_domain: bool, rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
         if not by_domain or "_domain" not in rows.columns or TARGETS[table].domain is None:
             return {table: rows}
-        target = pl.col("_domain").replace_strict(DOMAIN_TABLES, default=table, return_dtype=pl.String).fill_null(table)
-        parts = rows.with_columns(target.alias("_to")).partition_by("_to", as_dict=True, include_key=False)
-        return {str(key[0]): part for key, part in parts.items()}
+        # Each row's target as a small integer, then one filter per target present (in order of first appearance):
+        # most rules route every row to their own table, and then the frame is handed on without a copy.
+        # ``partition_by`` on the table names grouped the strings and gathered every column even then (6 CPU s of
+        # 1M persons' rules).
+        names = list(dict.fromkeys([table, *DOMAIN_TABLES.values()]))
+        codes = {domain: names.index(name) for domain, name in DOMAIN_TABLES.items()}
+        target = (
+            rows.get_column("_domain")
+            .cast(pl.String)
+            .replace_strict(codes, default=0, return_dtype=pl.UInt8)
+            .fill_null(0)
+        )
+        present = target.unique(maintain_order=True).to_list()
+        if len(present) == 1:
+            return {names[present[0]]: rows}
+        return {names[code]: rows.filter(target == code) for code in present}
 
     def build_derived(
         self, mapping_file: str, *, with_cdm_source: bool = True, cancer_concepts: list[int] | None = None

@@ -382,7 +382,12 @@ class RuleEvaluator:
         return rows
 
     def _drop_duplicates(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
-        first = rows.sort("_ord").with_columns(pl.col("_source_key").is_first_distinct().alias("_first"))
+        order = rows.get_column("_ord")
+        # Rules hand over rows in batch order; sorting them anyway moved every column (a second at 1M persons).
+        in_order = order.null_count() == 0 and order.is_sorted()
+        first = (rows if in_order else rows.sort("_ord")).with_columns(
+            pl.col("_source_key").is_first_distinct().alias("_first")
+        )
         dupes = first.filter(~pl.col("_first"))
         self.quarantine_rows(
             rule.source, dupes, Problem(pl.lit(True), rule.id or "id", pl.col("_source_key"), "duplicate id")
