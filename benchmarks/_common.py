@@ -118,6 +118,8 @@ class TreeRun:
     peak_pss: int = 0  # peak of the summed PSS of the tree (bytes)
     max_rss_child: int = 0  # ru_maxrss of the largest waited-for process (bytes), exact, no sampling
     cpu_seconds: float = 0.0  # user + system CPU of the child and the children it waited for
+    system_seconds: float = 0.0  # the system (kernel) part of cpu_seconds: page faults, I/O, madvise
+    minor_faults: int = 0  # page faults served without I/O (memory first touched, or handed back and re-faulted)
     load_before: float = 0.0
     load_after: float = 0.0
     samples: int = 0
@@ -166,6 +168,8 @@ def run_monitored(
         peak_pss=peak_pss,
         max_rss_child=usage.ru_maxrss * 1024 if usage else 0,
         cpu_seconds=usage.ru_utime + usage.ru_stime if usage else 0.0,
+        system_seconds=usage.ru_stime if usage else 0.0,
+        minor_faults=usage.ru_minflt if usage else 0,
         load_before=load_before,
         load_after=load_average(),
         samples=samples,

@@ -304,7 +304,12 @@ def reference_round(site_dir: Path, work: Path, chunk_mb: int) -> dict[str, Tree
         "map": map_site(site_dir, map_db, chunk_mb),
     }
     print(
-        json.dumps({k: [round(r.seconds, 2), round(r.cpu_seconds, 2), round(r.peak_rss_mib)] for k, r in runs.items()})
+        json.dumps(
+            {
+                k: [round(r.seconds, 2), round(r.cpu_seconds, 2), round(r.peak_rss_mib), round(r.system_seconds, 2)]
+                for k, r in runs.items()
+            }
+        )
     )
     return runs
 
@@ -338,6 +343,22 @@ def reference_section(site_dir: Path, rounds: list[dict[str, TreeRun]], same: st
         "",
         f"`fedomop map` / reference (median of the per-round ratios): **{ratio_wall:.2f}x wall, {ratio_cpu:.2f}x "
         "CPU** (target <= 1.0x).",
+        "",
+        "Per round: CPU s as user + system (kernel), and minor page faults (millions), to see where the run-to-run "
+        "spread lives:",
+        "",
+        "| round | " + " | ".join(f"{k} CPU s (user + sys) | {k} faults M" for k in names) + " | map / SQL CPU |",
+        "|---:|" + "---|---:|" * len(names) + "---:|",
+        *(
+            f"| {i} | "
+            + " | ".join(
+                f"{r[k].cpu_seconds:.1f} ({r[k].cpu_seconds - r[k].system_seconds:.1f} + {r[k].system_seconds:.1f})"
+                f" | {r[k].minor_faults / 1e6:.1f}"
+                for k in names
+            )
+            + f" | {r['map'].cpu_seconds / r['reference'].cpu_seconds:.2f}x |"
+            for i, r in enumerate(rounds, 1)
+        ),
         "",
         f"Machine: {machine()}.",
         f"Command: `{command}`",
