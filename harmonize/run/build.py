@@ -116,15 +116,18 @@ class SiteBuild:
                 self.rule_numbers[(table, index)] = number
                 number += 1
 
-    def _evaluate_table_rules(self, table: str) -> list[tuple[Rule, pl.DataFrame]]:
+    def _evaluate_table_rules(
+        self, table: str, batches: dict[str, pl.DataFrame] | None = None
+    ) -> list[tuple[Rule, pl.DataFrame]]:
         """Each rule of the table over its source (rules of sources not in this chunk are skipped)."""
+        batches = self.batches if batches is None else batches
         rules = self.ctx.mapping.tables.get(table, [])
         frames = []
         for index, rule in enumerate(rules):
             self.progress(table, index, len(rules))
-            if rule.source in self.batches:
+            if rule.source in batches:
                 number = self.rule_numbers[(table, index)]
-                frames.append((rule, self.evaluator.evaluate(table, number, rule, self.batches[rule.source])))
+                frames.append((rule, self.evaluator.evaluate(table, number, rule, batches[rule.source])))
         self.progress(table, len(rules), len(rules))
         return frames
 
@@ -210,10 +213,11 @@ class SiteBuild:
     def build_events(self) -> None:
         """Evaluate every non-keyed rule, route each row by its standard concept's domain, then finish tables."""
         routed: dict[str, list[pl.DataFrame]] = {}
-        for table in TARGETS:
-            if table in KEYED_TABLES or TARGETS[table].derived:
-                continue
-            for rule, rule_frame in self._evaluate_table_rules(table):
+        tables = [t for t in TARGETS if t not in KEYED_TABLES and not TARGETS[t].derived]
+        rules = [rule for table in tables for rule in self.ctx.mapping.tables.get(table, [])]
+        batches = self.evaluator.share_reference_joins(rules, self.batches)
+        for table in tables:
+            for rule, rule_frame in self._evaluate_table_rules(table, batches):
                 for target, part in self._route(table, rule.route_by_domain, rule_frame).items():
                     routed.setdefault(target, []).append(part)
         for table, frames in routed.items():

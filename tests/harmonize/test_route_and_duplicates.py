@@ -80,3 +80,42 @@ def test_the_first_record_of_an_id_in_batch_order_wins_whatever_order_the_rows_c
         refused = quarantine.frame()
         assert sorted(refused["source_row"].to_list()) == ["3", "5"]
         assert set(refused["reason"].to_list()) == {"duplicate id"}
+
+
+def test_references_of_several_rules_are_joined_once_with_the_same_ids() -> None:
+    persons = pl.DataFrame({"_key": ["p1", "p2", "p3"], "_id": [10, 20, 30]})
+    visits = pl.DataFrame({"_key": ["v1", "v2"], "_id": [100, 200]})
+    ctx = SimpleNamespace(keys={"person": persons, "visit_occurrence": visits})
+    evaluator = RuleEvaluator(cast(RunContext, ctx))
+    batches = {
+        "labs": pl.DataFrame({"pid": ["p2", "p9", None, "p1"], "enc": ["v2", "v1", "v7", None]}),
+        "drugs": pl.DataFrame({"patient": ["p3", "p1"], "enc": ["v1", "v1"]}),
+        "notes": pl.DataFrame({"pid": ["p1"], "enc": ["v2"]}),
+    }
+    rules = [
+        Rule(source="labs", person="pid", visit="enc"),
+        Rule(source="drugs", person="patient", visit="enc"),
+        Rule(source="notes", person="pid", visit="enc", when={"column": "pid", "equals": "p1"}),
+        Rule(source="absent", person="pid"),
+    ]
+    shared = evaluator.share_reference_joins(rules, batches)
+    # by hand: unknown or missing keys give no id; the filtered rule (notes) keeps its own join
+    labs, drugs = shared["labs"], shared["drugs"]
+    assert labs["_shared_id:person:pid"].to_list() == [20, None, None, 10]
+    assert labs["_shared_id:visit_occurrence:enc"].to_list() == [200, 100, None, None]
+    assert drugs["_shared_id:person:patient"].to_list() == [30, 10]
+    assert drugs["_shared_id:visit_occurrence:enc"].to_list() == [100, 100]
+    assert shared["notes"] is batches["notes"]
+    for rows, column in ((labs, "pid"), (drugs, "patient")):  # the rule reads the shared ids as its own join's
+        assert (
+            evaluator._ids(rows, column, "person", "_person_id")["_person_id"].to_list()
+            == rows[f"_shared_id:person:{column}"].to_list()
+        )
+    assert evaluator._ids(batches["notes"], "pid", "person", "_person_id")["_person_id"].to_list() == [10]
+
+
+def test_a_reference_made_by_one_rule_alone_is_left_to_that_rule() -> None:
+    ctx = SimpleNamespace(keys={"person": pl.DataFrame({"_key": ["p1"], "_id": [1]})})
+    batches = {"labs": pl.DataFrame({"pid": ["p1"]})}
+    shared = RuleEvaluator(cast(RunContext, ctx)).share_reference_joins([Rule(source="labs", person="pid")], batches)
+    assert shared["labs"] is batches["labs"]
