@@ -39,28 +39,3 @@ def test_the_console_script_is_the_guarded_entry() -> None:
 
     [script] = [e for e in entry_points(group="console_scripts") if e.name == "fedomop"]
     assert script.value == "fedomop.entry:main"
-
-
-_STUB_CLI = (
-    "import os, sys, types\n"
-    "sys.modules['fedomop.cli'] = types.SimpleNamespace(\n"
-    "    main=lambda: print(os.environ.get('_RJEM_MALLOC_CONF'), 'polars' in sys.modules))\n"
-    "from fedomop import entry\n"
-    "entry.main()\n"
-)
-
-
-@pytest.mark.parametrize(
-    ("given", "seen"), [(None, "dirty_decay_ms:30000,muzzy_decay_ms:30000"), ("narenas:1", "narenas:1")]
-)
-def test_the_allocator_setting_is_in_place_before_polars_loads_and_a_users_own_wins(
-    given: str | None, seen: str
-) -> None:
-    import os
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
-    if given is not None:
-        env["_RJEM_MALLOC_CONF"] = given
-    done = subprocess.run([sys.executable, "-c", _STUB_CLI], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == [seen, "False"]  # polars not loaded yet: its allocator will read the setting
