@@ -246,7 +246,8 @@ class RuleEvaluator:
 
         A join's cost is mostly the hash table of the lookup, built anew for every join: the four event sources of
         site A referring to one chunk's 940k visits paid for four of them (one join of the keys together: half the
-        CPU). A rule with a ``when`` keeps its own join: it may read a small part of its batch.
+        CPU). A rule with a ``when`` asks for no shared join (it may read a small part of its batch); it uses one
+        that other rules of its source made, as the ids are the same.
         """
         wanted: dict[str, list[tuple[str, str]]] = {}
         for rule in rules:
