@@ -176,6 +176,21 @@ def run_monitored(
     )
 
 
+def load_chunks_in_the_foreground() -> None:
+    """Make ``fedomop map`` in this process load chunk k before building chunk k+1 (no loader thread), so a
+    phase's CPU is not charged to the chunk built beside it (profile_phases) or the overlap can be measured
+    against its absence (bench_loader)."""
+    from fedomop.harmonize.run import chunked
+
+    site_run_init = chunked.SiteRun.__init__
+
+    def in_the_foreground(self: Any, *args: Any, **kwargs: Any) -> None:
+        site_run_init(self, *args, **kwargs)
+        self.loader = None
+
+    chunked.SiteRun.__init__ = in_the_foreground  # type: ignore[method-assign]
+
+
 def self_peak_rss_mib() -> float:
     """Peak RSS of this process so far (MiB)."""
     import resource

@@ -16,27 +16,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, load_average, machine, median  # noqa: E402
+from _common import REPO, load_average, load_chunks_in_the_foreground, machine, median  # noqa: E402
 
 MODES = ("background", "foreground")
 
 
 def _child(site_dir: Path, mode: str) -> None:
-    from fedomop.harmonize.run import chunked
     from fedomop.harmonize.run.run import run_mapping
 
     if mode == "foreground":
-        site_run_init = chunked.SiteRun.__init__
-
-        def in_the_foreground(self: Any, *args: Any, **kwargs: Any) -> None:
-            site_run_init(self, *args, **kwargs)
-            self.loader = None
-
-        chunked.SiteRun.__init__ = in_the_foreground  # type: ignore[method-assign]
+        load_chunks_in_the_foreground()
     with tempfile.TemporaryDirectory() as tmp:
         before, started = os.times(), time.perf_counter()
         run_mapping(REPO / "mappings" / "site_a.yaml", site_dir, str(Path(tmp) / "site.duckdb"))

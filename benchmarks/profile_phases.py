@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, load_average, machine  # noqa: E402
+from _common import REPO, load_average, load_chunks_in_the_foreground, machine  # noqa: E402
 
 
 def _cpu() -> float:
@@ -96,13 +96,7 @@ def _instrument(phases: Phases, loads: defaultdict[str, float]) -> None:
             loads["OMOP tables" if not table.startswith("fedomop_") else table] += _cpu() - cpu
 
     ground_db.Database.load_arrow = counted_load  # type: ignore[method-assign]
-    site_run_init = chunked.SiteRun.__init__
-
-    def in_the_foreground(self: Any, *args: Any, **kwargs: Any) -> None:
-        site_run_init(self, *args, **kwargs)
-        self.loader = None  # chunk k's load in the foreground, so its CPU is not charged to chunk k+1's build
-
-    chunked.SiteRun.__init__ = in_the_foreground  # type: ignore[method-assign]
+    load_chunks_in_the_foreground()  # chunk k's load is not charged to chunk k+1's build
 
 
 def main() -> None:
