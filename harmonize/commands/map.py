@@ -15,7 +15,7 @@ from rich.table import Table
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
-from fedomop.harmonize.run import RunReport, run_mapping
+from fedomop.harmonize.run import NothingLoadedError, RunReport, run_mapping
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
 from fedomop.harmonize.run.coverage import concept_coverage, coverage_failures
 from fedomop.harmonize.run.lineage import ALL_TABLES
@@ -89,7 +89,7 @@ def sources_table(report: RunReport) -> Table:
     return table
 
 
-def print_summary(report: RunReport, out: Console = console) -> None:
+def print_summary(report: RunReport, out: Console = console, *, committed: bool = True) -> None:
     tables, reasons = summary_table(report)
     out.print(tables)
     out.print(sources_table(report))
@@ -103,7 +103,8 @@ def print_summary(report: RunReport, out: Console = console) -> None:
             highlight=False,
         )
     state = "[green]balanced[/]" if report.balanced else "[red]NOT balanced[/]"
-    out.print(f"reconciliation {state}; {report.seconds:.1f}s -> {report.database}")
+    where = f"-> {report.database}" if committed else f"{escape(report.database)} not replaced"
+    out.print(f"reconciliation {state}; {report.seconds:.1f}s {where}", highlight=False)
 
 
 def print_coverage(report: RunReport, mapping: Mapping, out: Console = console) -> bool:
@@ -143,22 +144,40 @@ def map_site(
 ) -> RunReport:
     """Run a mapping with live progress bars and print the summary (shared by ``map`` and ``demo``)."""
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out, transient=False) as progress:
-        report = run_mapping(
-            mapping,
-            source,
-            db,
-            vocabulary=vocabulary,
-            progress=TableProgress(progress),
-            chunks=chunks,
-            chunk_mb=chunk_mb,
-            scratch=scratch,
-            schema=schema,
-            results_schema=results_schema,
-            indexes=indexes,
-            workers=workers,
+    try:
+        with Progress(*columns, console=out, transient=False) as progress:
+            report = run_mapping(
+                mapping,
+                source,
+                db,
+                vocabulary=vocabulary,
+                progress=TableProgress(progress),
+                chunks=chunks,
+                chunk_mb=chunk_mb,
+                scratch=scratch,
+                schema=schema,
+                results_schema=results_schema,
+                indexes=indexes,
+                workers=workers,
+            )
+    except NothingLoadedError as refused:
+        assert refused.report is not None, "NothingLoadedError.of always attaches the run's report"
+        print_summary(refused.report, out, committed=False)
+        _print_notes(refused.report, out)
+        out.print(
+            "[red]nothing was loaded[/]: no person, every source record was quarantined (reasons above); the "
+            "previous database was kept. Check the files match the mapping's sources (file names, format, "
+            "resource type, columns)",
+            highlight=False,
         )
+        raise typer.Exit(1) from None
     print_summary(report, out)
+    _print_notes(report, out)
+    return report
+
+
+def _print_notes(report: RunReport, out: Console) -> None:
+    """What the run wants the steward to know beside the counts: chunks, absent files and concepts, ..."""
     if report.chunks > 1:
         out.print(f"mapped in {report.chunks} person-disjoint chunks")
     if report.absent_sources:
@@ -184,7 +203,6 @@ def map_site(
         out.print(
             f"[yellow]warning:[/] mapped whole, not in chunks ({report.unsplit_reason}): memory grew with the site"
         )
-    return report
 
 
 def register(app: typer.Typer) -> None:
@@ -253,11 +271,4 @@ def register(app: typer.Typer) -> None:
             workers=workers,
         )
         if not print_coverage(report, load_mapping(mapping)):
-            raise typer.Exit(1)
-        if not report.loaded.get("person"):  # the run's own rows (cdm_source, eras) do not count as data
-            console.print(
-                "[red]nothing was loaded[/]: no person, every source record was quarantined (reasons above); "
-                "check the files match the mapping's sources (format, resource type, columns)",
-                highlight=False,
-            )
             raise typer.Exit(1)

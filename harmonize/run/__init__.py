@@ -4,6 +4,6 @@
 pre-flight alone (mapping, files, headers, vocabulary folder, chunk plan), for checking a mapping without a run.
 """
 
-from fedomop.harmonize.run.run import RunPlan, RunReport, plan_run, run_mapping
+from fedomop.harmonize.run.run import NothingLoadedError, RunPlan, RunReport, plan_run, run_mapping
 
-__all__ = ["RunPlan", "RunReport", "plan_run", "run_mapping"]
+__all__ = ["NothingLoadedError", "RunPlan", "RunReport", "plan_run", "run_mapping"]

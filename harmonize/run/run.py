@@ -20,7 +20,7 @@ from fedomop.harmonize.cdm.ddl import create_indexes
 from fedomop.harmonize.cdm.schema import add_primary_keys, supports_deferred_keys
 from fedomop.harmonize.ground.atomic import AtomicTarget
 from fedomop.harmonize.ground.db import Database
-from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.ground.errors import FedomopError, MappingError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run.chunked import RunTotals, SiteRun
@@ -78,6 +78,27 @@ class RunReport:
     @property
     def rows_loaded(self) -> int:
         return sum(self.loaded.values())
+
+
+class NothingLoadedError(FedomopError):
+    """A balanced run that loaded no person (every record quarantined: a misnamed patients file, the wrong
+    format). Raised before the swap, because a site database is read by the federation and the QA report at any
+    time: replacing a good one with an empty one would be a silent failure. ``report`` holds what the run did
+    with each record (the reasons are the user's clue)."""
+
+    report: RunReport | None = None
+
+    @classmethod
+    def of(cls, report: RunReport) -> NothingLoadedError:
+        error = cls(
+            "nothing was loaded: no person, every source record was quarantined; the previous site database "
+            "(if any) was kept",
+            where=report.database,
+            fix="check the files match the mapping's sources (file names, format, resource type, columns): the "
+            "quarantine reasons above say what each record met",
+        )
+        error.report = report
+        return error
 
 
 @dataclass(frozen=True)
@@ -205,28 +226,31 @@ def run_mapping(
             "values_shortened": totals.shortened,
             "vocabulary_version": version,
         }
+        report = RunReport(
+            run_id=run_id,
+            site=mapping.site,
+            database=str(db_url),
+            loaded=dict(sorted(totals.loaded.items())),
+            quarantine_reasons=dict(sorted(totals.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+            reconciliation=recon,
+            records_read=records_read,
+            records_quarantined=records_quarantined,
+            seconds=time.perf_counter() - started,
+            read_seconds=totals.read_seconds,
+            sources=dict(totals.seen),
+            chunks=plan.chunks.chunks,
+            unsplit_reason=plan.chunks.reason,
+            absent_sources=list(plan.files.absent),
+            values_shortened=totals.shortened,
+            absent_concepts=absent_concepts,
+            excluded=dict(totals.excluded),
+        )
+        if not report.loaded.get("person"):  # the run's own rows (cdm_source, eras) are no data
+            raise NothingLoadedError.of(report)  # before the swap: the site database a federation reads stays
         db.load_arrow(RECONCILIATION_TABLE, recon.select(list(RECONCILIATION_SCHEMA)))
         db.load_arrow(RUN_TABLE, pl.DataFrame([run_row], schema=RUN_SCHEMA))
         target.commit()
-    return RunReport(
-        run_id=run_id,
-        site=mapping.site,
-        database=str(db_url),
-        loaded=dict(sorted(totals.loaded.items())),
-        quarantine_reasons=dict(sorted(totals.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
-        reconciliation=recon,
-        records_read=records_read,
-        records_quarantined=records_quarantined,
-        seconds=time.perf_counter() - started,
-        read_seconds=totals.read_seconds,
-        sources=dict(totals.seen),
-        chunks=plan.chunks.chunks,
-        unsplit_reason=plan.chunks.reason,
-        absent_sources=list(plan.files.absent),
-        values_shortened=totals.shortened,
-        absent_concepts=absent_concepts,
-        excluded=dict(totals.excluded),
-    )
+    return report
 
 
 def _map_site(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.run import NothingLoadedError, run_mapping
 from tests.conftest import REPO
 from tests.harmonize.fixture_site import make_site
 
@@ -144,6 +145,47 @@ def test_a_run_that_loads_nothing_exits_1(tmp_path: Path) -> None:
     done = _map_fhir_export(source, tmp_path / "x.duckdb")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "nothing was loaded" in " ".join(done.stdout.split()) and "Traceback" not in done.stderr
+
+
+def test_a_run_that_loads_nothing_keeps_the_previous_database(tmp_path: Path) -> None:
+    """The site database a federation reads is not swapped for an empty one: a good run of the Synthea bulk
+    export (13 Patient lines in Patient.000.ndjson), then the same --db from that export without its Patient
+    file (every other record then has an unknown person): exit 1, the summary says the database was not
+    replaced, and the 13 persons and the first run stay."""
+    from tests.conftest import SYNTHEA_BULK
+
+    db = tmp_path / "site.duckdb"
+    good = _map_fhir_export(SYNTHEA_BULK, db)
+    assert good.returncode == 0, good.stdout + good.stderr
+    with duckdb.connect(str(db), read_only=True) as con:
+        first_run = con.sql("SELECT run_id FROM fedomop_run").fetchall()
+    broken = tmp_path / "export"
+    shutil.copytree(SYNTHEA_BULK, broken)
+    (broken / "Patient.000.ndjson").unlink()
+    done = _map_fhir_export(broken, db)
+    out = " ".join(done.stdout.split())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing was loaded" in out and "previous database was kept" in out and "Traceback" not in done.stderr
+    assert f"{db} not replaced" in out
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM person").fetchall() == [(13,)]
+        assert con.sql("SELECT run_id FROM fedomop_run").fetchall() == first_run
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the refused run's file is gone
+
+
+def test_run_mapping_raises_before_the_swap_when_nothing_is_loaded(tmp_path: Path) -> None:
+    """The library gives a notebook the same guarantee: a typed error carrying the run's report, no database."""
+    from tests.conftest import EUNOMIA, MAPPINGS
+
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}\n')
+    with pytest.raises(NothingLoadedError) as caught:
+        run_mapping(MAPPINGS / "fhir_r4.yaml", source, tmp_path / "x.duckdb", vocabulary=EUNOMIA, indexes=False)
+    report = caught.value.report
+    assert report is not None and report.records_read == report.records_quarantined > 0
+    assert not report.loaded.get("person")
+    assert not (tmp_path / "x.duckdb").exists()
 
 
 def test_the_summary_separates_records_excluded_by_rule_from_errors(tmp_path: Path) -> None:
