@@ -55,7 +55,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         factor: Annotated[float, typer.Option(help="--compare: flag medians this many times off.")] = 10.0,
         fail_on_fatal: Annotated[
-            bool, typer.Option(help="Exit 1 when a fatal check fails or coverage is below min_coverage.")
+            bool,
+            typer.Option(
+                help="Exit 1 when a fatal check fails, coverage is below min_coverage, or the database holds no person."
+            ),
         ] = False,
         mapping: Annotated[
             Path | None, typer.Option(help="The site mapping: its min_coverage floors decide the verdict too.")
@@ -94,7 +97,13 @@ def register(app: typer.Typer) -> None:
             console.print(f"internal report (exact counts, stays at the site): {report.internal_html_path}")
         for low in overview["coverage_failures"]:
             console.print(f"coverage of {low['table']} is below min_coverage {low['min_coverage']:.0%}")
-        if fail_on_fatal and (overview["fatal_failures"] or overview["coverage_failures"]):
+        if overview["no_persons"]:
+            console.print(
+                "[red]the database holds no person[/]: every data check was vacuous (not applicable); map the site "
+                "first, or point --db at the site's database",
+                highlight=False,
+            )
+        if fail_on_fatal and (overview["fatal_failures"] or overview["coverage_failures"] or overview["no_persons"]):
             raise typer.Exit(1)
 
     def _compare(reports: list[Path], out: Path, factor: float) -> None:

@@ -64,7 +64,11 @@ def _overview(report: dict[str, Any]) -> str:
     ov = report["overview"]
     fatal = ov["fatal_failures"]
     low = ", ".join(f"{c['table']} (min_coverage {c['min_coverage']:.0%})" for c in ov.get("coverage_failures", []))
-    problems = ([f"{fatal} fatal check(s) failed"] if fatal else []) + ([f"coverage below {low}"] if low else [])
+    problems = (
+        (["the database holds no person: no check met any data"] if ov.get("no_persons") else [])
+        + ([f"{fatal} fatal check(s) failed"] if fatal else [])
+        + ([f"coverage below {low}"] if low else [])
+    )
     verdict = (
         f'<div class="verdict bad">{escape("; ".join(problems))}</div>'
         if problems

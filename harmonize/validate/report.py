@@ -149,6 +149,7 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             measurement_concepts=profile_options.measurement_concepts,
         )
     coverage = profile.mapping_coverage(db, ctx, profile_options)
+    persons = profile.person_count(db, ctx)
     report = {
         "format": REPORT_FORMAT,
         "site": options.site or _database_label(db).split(":", 1)[1].removesuffix(".duckdb") or "site",
@@ -166,9 +167,14 @@ def build_report(db: Database, options: ValidateOptions | None = None) -> dict[s
             ),
         },
         "cdm_source": cdm_source(db),
-        "persons": profile.person_count(db, ctx),
+        "persons": persons,
         "table_rows": profile.table_counts(db, ctx),
-        "overview": {**overview(run.results), "coverage_failures": coverage_failures(coverage, options.min_coverage)},
+        "overview": {
+            **overview(run.results),
+            "coverage_failures": coverage_failures(coverage, options.min_coverage),
+            # an empty CDM passes every data check vacuously (DQD: not applicable): the verdict must not be green
+            "no_persons": not persons,
+        },
         "checks": [_check_row(r) for r in run.results],
         "schemas": {
             "sample_rows": options.sample_rows,

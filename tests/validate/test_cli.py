@@ -76,3 +76,30 @@ def test_cli_compare_of_unreadable_reports_names_the_file(tmp_path):
             app, ["validate", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], catch_exceptions=False
         )
     assert "a.json" in str(error.value) and error.value.fix
+
+
+def test_an_empty_cdm_is_not_green(tmp_path, eunomia_duckdb):
+    """No person: every data check passes vacuously or is not applicable, so the verdict names the emptiness and
+    --fail-on-fatal exits 1; Eunomia (28 persons in PERSON.csv) is not flagged."""
+    from fedomop.harmonize.cdm import create_cdm
+    from fedomop.harmonize.ground.db import connect
+    from fedomop.harmonize.validate.report import ValidateOptions, validate_database
+
+    empty = tmp_path / "empty.duckdb"
+    db = connect(empty)
+    create_cdm(db.engine, constraints="none")
+    db.dispose()
+    out = tmp_path / "qa"
+    done = subprocess.run(
+        [FEDOMOP_BIN, "validate", "--db", str(empty), "--out", str(out), "--checks", "isRequired,cdmTable",
+         "--fail-on-fatal"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "holds no person" in " ".join(done.stdout.split()) and "Traceback" not in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["overview"]["no_persons"] is True and report["overview"]["fatal_failures"] == 0
+    html = (out / "report.html").read_text()
+    assert "the database holds no person" in html and "All fatal checks pass" not in html
+    options = ValidateOptions(checks=("cdmTable",))
+    assert validate_database(eunomia_duckdb, None, options).data["overview"]["no_persons"] is False
