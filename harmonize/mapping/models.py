@@ -229,7 +229,9 @@ class Source(Strict):
 
     format: SourceFormat
     files: str
-    required: bool = False  # no matching file is an error (else the source is absent: 0 records, named in the summary)
+    # no matching file is an error (else the source is absent: 0 records, named in the summary); unset: required
+    # when ``files`` names one file (no glob character), since a missing named file is a typo or a failed export
+    required: bool | None = None
     # tabular
     delimiter: str = ","
     encoding: Literal["utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "cp1252", "windows-1252"] = "utf-8"
@@ -271,6 +273,16 @@ class Source(Strict):
         elif isinstance(self.columns, dict):
             raise ValueError("a tabular source lists its columns as a list of header names")
         return self
+
+    @property
+    def names_one_file(self) -> bool:
+        """``files`` is a file name, not a glob (no ``*``, ``?`` or ``[``)."""
+        return not any(c in self.files for c in "*?[")
+
+    @property
+    def must_exist(self) -> bool:
+        """Whether a run with no file for this source is an error (``required``, else: ``files`` names one file)."""
+        return self.required if self.required is not None else self.names_one_file
 
     @property
     def is_fhir(self) -> bool:

@@ -6,8 +6,10 @@ relative to ``--source``: an absolute pattern, a ``..`` step, or a match that re
 outside that folder is refused before any byte of it is read, and the error never shows such a file's content.
 
 A source whose files are missing is *absent*: a Bulk Data export has files only for the resource types it
-holds, so an absent source counts 0 records and is named in the run summary; ``required: true`` makes it an
-error, and a folder where no source finds a file at all is an error too (a wrong ``--source``).
+holds, so an absent source counts 0 records and is named in the run summary. ``required: true`` makes it an
+error; so does a ``files:`` that names one file (no glob character) unless ``required: false`` says it may be
+missing, because a missing named file is a typo or a failed export, not an empty one. A folder where no source
+finds a file at all is an error too (a wrong ``--source``).
 
 A Bulk Data ``$export`` manifest (``manifest.json`` in the source folder: ``transactionTime`` and ``output``)
 is the export's own list of files: when present, each NDJSON source reads the ``output`` files of its resource
@@ -17,6 +19,7 @@ earlier export is not read and the ``error`` files (OperationOutcomes) are not d
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -131,24 +134,42 @@ def read_manifest(source_dir: Path) -> dict[str, list[Path]] | None:
     return {kind: sorted(files) for kind, files in by_type.items()}
 
 
+def _no_file(pattern: str, named: bool, source_dir: Path, where: str) -> SourceError:
+    """The error for a source that must exist and has no file; for a file name, the folder's closest names."""
+    if not named:
+        return SourceError(
+            f"no file matches {pattern!r} and the source is required",
+            where=f"{where} (in {source_dir})",
+            fix="check the source folder (--source) and the files: glob, or drop 'required: true'",
+        )
+    present = [p.name for p in source_dir.iterdir() if p.is_file()] if source_dir.is_dir() else []
+    close = difflib.get_close_matches(PurePosixPath(pattern).name, present, n=3, cutoff=0.6)
+    return SourceError(
+        f"no file named {pattern!r}" + (f" (the folder has {', '.join(map(repr, close))})" if close else ""),
+        where=f"{where} (in {source_dir})",
+        fix="correct the file name in the mapping or the folder (--source); if this file may be missing from an "
+        "extract, write 'required: false' for the source (it then counts 0 records)",
+    )
+
+
 def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mapping") -> SiteFiles:
     """Match every source and inventory glob once; absent sources are named, required ones must exist."""
     sources: dict[str, list[Path]] = {}
     absent: list[str] = []
+    missing: list[SourceError] = []  # sources that must exist and have no file (after the wrong-folder check)
     manifest = read_manifest(source_dir)
     for name, source in mapping.sources.items():
         where = f"{mapping_file}: sources.{name}.files"
-        if manifest is not None and source.format == "fhir_ndjson":
+        listed_by_manifest = manifest is not None and source.format == "fhir_ndjson"
+        if listed_by_manifest:
             check_pattern(source.files, where)
-            files = manifest.get(source.resource_type or "", [])
+            files = manifest.get(source.resource_type or "", []) if manifest is not None else []
         else:
             files = match_files(source_dir, source.files, where)
         if not files:
-            if source.required:
-                raise SourceError(
-                    f"no file matches {source.files!r} and the source is required",
-                    where=f"{where} (in {source_dir})",
-                    fix="check the source folder (--source) and the files: glob, or drop 'required: true'",
+            if bool(source.required) if listed_by_manifest else source.must_exist:
+                missing.append(
+                    _no_file(source.files, source.names_one_file and source.required is None, source_dir, where)
                 )
             absent.append(name)
         sources[name] = files
@@ -165,6 +186,8 @@ def resolve_files(mapping: Mapping, source_dir: Path, mapping_file: str = "mappi
             where=str(source_dir),
             fix="point --source at the extract folder, or check the mapping's files: globs",
         )
+    if missing:
+        raise missing[0]
     return SiteFiles(
         source_dir, sources, inventory, tuple(absent), source_dir / MANIFEST if manifest is not None else None
     )

@@ -96,6 +96,32 @@ def test_a_required_source_without_files_is_an_error(tmp_path: Path) -> None:
         run_mapping(mapping, source, tmp_path / "site.duckdb")
 
 
+def test_a_missing_named_file_is_an_error_with_the_closest_names(tmp_path: Path) -> None:
+    """`files: lab.csv` (a file name, no glob) where the folder has labs.csv: a typo, not an empty source - the
+    run stops (exit 2) naming the source, the file and the near miss, and writes no database."""
+    mapping, source = make_site(tmp_path / "site", {"sources": _sources({"labs": {"files": "lab.csv"}})})
+    with pytest.raises(SourceError, match="no file named 'lab.csv' \\(the folder has 'labs.csv'") as error:
+        run_mapping(mapping, source, tmp_path / "site.duckdb")
+    assert "sources.labs.files" in str(error.value) and "required: false" in str(error.value)
+    done = subprocess.run(
+        [FEDOMOP, "map", "--mapping", str(mapping), "--source", str(source), "--db", str(tmp_path / "cli.duckdb")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "no file named 'lab.csv'" in " ".join(done.stderr.split()), done.stderr
+    assert not (tmp_path / "site.duckdb").exists() and not (tmp_path / "cli.duckdb").exists()
+
+
+def test_a_named_file_declared_optional_may_be_missing(tmp_path: Path) -> None:
+    """`required: false` keeps a named file optional: absent, 0 records, named in the summary."""
+    changes = {"labs": {"files": "labs.csv", "required": False}}
+    mapping, source = make_site(tmp_path / "site", {"sources": _sources(changes)})
+    (source / "labs.csv").unlink()
+    report = run_mapping(mapping, source, tmp_path / "site.duckdb")
+    assert report.balanced and report.absent_sources == ["labs"] and "labs" not in report.sources
+
+
 def test_a_folder_where_no_source_finds_a_file_is_an_error(tmp_path: Path) -> None:
     mapping, _ = make_site(tmp_path / "site")
     empty = tmp_path / "empty"
