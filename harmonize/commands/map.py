@@ -186,6 +186,13 @@ def _print_notes(report: RunReport, out: Console) -> None:
             f"{', '.join(report.absent_sources)}",
             highlight=False,
         )
+    if report.unknown_vocabularies:
+        out.print(
+            f"[yellow]vocabulary id(s) neither in the loaded vocabulary nor in the site's source_to_concept_map[/]: "
+            f"{', '.join(report.unknown_vocabularies)}; every code of those rules mapped to concept 0 (a site "
+            "vocabulary before its concept map exists: see fedomop codes review; otherwise correct the id)",
+            highlight=False,
+        )
     if report.absent_concepts:
         out.print(
             f"[yellow]the vocabulary lacks {len(report.absent_concepts)} concept(s) the mapping names[/] "

@@ -5,23 +5,28 @@ All of this runs before any data row is read, so a typo in a mapping costs secon
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
+from pydantic import BaseModel
 
 from fedomop.harmonize.cdm import load_spec
 from fedomop.harmonize.ground.db import Database
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.models import (
+    CodeExpr,
     ColumnExpr,
     ConceptConstant,
     ConceptFieldExpr,
+    ConceptRef,
     ConstantExpr,
     DateExpr,
     MapExpr,
     Mapping,
     Rule,
+    WideColumn,
 )
 from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.reading import tabular_options
@@ -240,6 +245,13 @@ def check_source_columns(mapping: Mapping, mapping_file: Path, files: SiteFiles)
                     where=files.relative(path),
                     fix="check that the file is readable",
                 ) from None
+            if header in ([], [""]) and path.stat().st_size == 0:
+                raise SourceError(
+                    "the file is empty (0 bytes): it has no header line, so its columns cannot be checked",
+                    where=files.relative(path),
+                    fix="re-export it; an extract with no records this time should still hold its header line "
+                    "(it then loads as 0 records)",
+                )
             header_set = set(header)
             repeated = sorted({c for c in header if header.count(c) > 1})
             if repeated:  # the reader would keep one of them: which value a rule reads would be a guess
@@ -335,3 +347,74 @@ def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> N
                 where=where,
                 fix="correct the concept id or its name",
             )
+
+
+_FIXES_A_VOCABULARY = (CodeExpr, ConceptFieldExpr, WideColumn, ConceptRef)
+
+
+def _fixed_vocabularies(mapping: Mapping, mapping_file: Path) -> list[tuple[str, str]]:
+    """Every vocabulary id the mapping writes for its codes (a rule's code, a concept field, a wide column, a
+    concept named by code), with where it is written. ``vocabulary.fhir_systems`` is left out: it is a lookup
+    table of system URLs, and a release need not hold every vocabulary it lists."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, _FIXES_A_VOCABULARY) and isinstance(value.vocabulary, str):
+            found.append((value.vocabulary, f"{where}.vocabulary"))
+        if isinstance(value, BaseModel):
+            for name, item in vars(value).items():
+                walk(item, f"{where}.{name}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    for name, value in vars(mapping).items():
+        if name not in ("vocabulary", "sources"):
+            walk(value, f"{mapping_file}: {name}")
+    return found
+
+
+def unknown_vocabulary_ids(db: Database, mapping: Mapping, mapping_file: Path) -> list[str]:
+    """The vocabulary ids the mapping writes that the site does not know, as "id (where)"; a near miss of a
+    known id stops the run.
+
+    Known: the release's (VOCABULARY, or the vocabulary_id of its concepts, for subsets with an incomplete
+    VOCABULARY table) and the source vocabularies of the site's source_to_concept_map. An unknown id maps every
+    code of its rule to concept 0. When it is a known id in another case or within one or two letters
+    (``loinc``, ``LONIC``, ``ICD10`` for ICD10CM: similarity >= 0.8) it is a typo and a MappingError; otherwise it
+    is most likely the site's own vocabulary before its concept map exists (``fedomop draft-mapping`` names
+    local codes so; the steward maps them after ``codes review``), which the run reports instead."""
+    fixed = _fixed_vocabularies(mapping, mapping_file)
+    if not fixed:
+        return []
+    known = set(
+        db.query(
+            "SELECT vocabulary_id AS v FROM vocabulary UNION SELECT DISTINCT vocabulary_id FROM concept "
+            "UNION SELECT DISTINCT source_vocabulary_id FROM source_to_concept_map"
+        )
+        .get_column("v")
+        .drop_nulls()
+        .to_list()
+    )
+    unknown: list[str] = []
+    for vocabulary_id, where in fixed:
+        if vocabulary_id in known:
+            continue
+        near = [v for v in sorted(known) if v.lower() == vocabulary_id.lower()]
+        near += difflib.get_close_matches(vocabulary_id, sorted(known), n=3, cutoff=_TYPO_SIMILARITY)
+        if near:
+            raise MappingError(
+                f"vocabulary {vocabulary_id!r} is neither in the loaded vocabulary nor a source vocabulary of the "
+                "site's source_to_concept_map: every code of this rule would map to concept 0",
+                where=where,
+                fix=f"did you mean {', '.join(map(repr, dict.fromkeys(near)))}? vocabulary ids are case-sensitive "
+                "(LOINC, SNOMED, ICD10CM); or load a vocabulary that holds it",
+            )
+        unknown.append(f"{vocabulary_id} ({where.split(': ', 1)[-1]})")
+    return sorted(set(unknown))
+
+
+_TYPO_SIMILARITY = 0.8  # difflib ratio: LONIC/LOINC 0.8, ICD10/ICD10CM 0.83; a local SITE_C_LAB/LOINC is 0.27

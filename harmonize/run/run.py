@@ -34,7 +34,12 @@ from fedomop.harmonize.run.lineage import (
 )
 from fedomop.harmonize.run.load import RUN_SCHEMA, RUN_TABLE, check_reconciliation, create_run_tables, prepare_database
 from fedomop.harmonize.run.parallel import default_workers
-from fedomop.harmonize.run.preflight import absent_named_concepts, check_mapping, check_source_columns
+from fedomop.harmonize.run.preflight import (
+    absent_named_concepts,
+    check_mapping,
+    check_source_columns,
+    unknown_vocabulary_ids,
+)
 from fedomop.harmonize.run.progress import Progress, no_progress
 from fedomop.harmonize.tables import (
     TARGETS,
@@ -61,6 +66,7 @@ class RunReport:
     unsplit_reason: str = ""  # why a site big enough to chunk was mapped whole
     absent_sources: list[str] = field(default_factory=list)  # sources with no file: 0 records
     absent_concepts: list[str] = field(default_factory=list)  # the mapping's named concepts the vocabulary lacks
+    unknown_vocabularies: list[str] = field(default_factory=list)  # vocabulary ids the site does not know (yet)
     values_shortened: int = 0  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
     # source -> records a mapping rule left out on purpose (``exclude``, or no rule's ``when`` selects them): part of
     # the reconciliation's "quarantined" (each has a quarantine row with its reason), not an error
@@ -196,6 +202,7 @@ def run_mapping(
     with target as db:
         version = prepare_database(db, mapping, plan.mapping_path, plan.files, plan.vocabulary_dir, progress)
         absent_concepts = absent_named_concepts(db, mapping, plan.mapping_path)
+        unknown_vocabularies = unknown_vocabulary_ids(db, mapping, plan.mapping_path)  # a near miss stops here
         create_run_tables(db)
         totals = _map_site(db, plan, run_id, progress, scratch, default_workers() if workers is None else workers)
         recon = totals.reconciliation()
@@ -243,6 +250,7 @@ def run_mapping(
             absent_sources=list(plan.files.absent),
             values_shortened=totals.shortened,
             absent_concepts=absent_concepts,
+            unknown_vocabularies=unknown_vocabularies,
             excluded=dict(totals.excluded),
         )
         if not report.loaded.get("person"):  # the run's own rows (cdm_source, eras) are no data

@@ -180,6 +180,19 @@ MAPPING_CASES = [
         "correct the concept id",
     ),
     (
+        # LOINC misspelt: every lab would map to concept 0 and the run would only show a low coverage line
+        "vocabulary id unknown",
+        _set(["tables", "measurement", 0, "concept"], {"code": "loinc", "vocabulary": "LONIC"}),
+        "tables.measurement[0].concept.vocabulary: vocabulary 'LONIC' is neither in the loaded vocabulary",
+        "did you mean 'LOINC'?",
+    ),
+    (
+        "vocabulary id in the wrong case",
+        _set(["tables", "measurement", 0, "concept"], {"code": "loinc", "vocabulary": "loinc"}),
+        "vocabulary 'loinc' is neither in the loaded vocabulary",
+        "'LOINC'",
+    ),
+    (
         "rule key not for table",
         _set(["tables", "person", 0, "value"], {"number": "sex"}),
         "tables.person[0].value: person rules take no 'value'",
@@ -255,4 +268,15 @@ def test_note_text_is_decoded_and_bad_base64_is_quarantined(tmp_path: Path) -> N
         bad = con.execute("select source_row, field, reason from fedomop_quarantine where source = 'notes'").fetchall()
     assert notes == [("Chief complaint",)]
     assert bad == [("2", "text", "undecodable base64")]
+    assert report.balanced
+
+
+def test_a_site_vocabulary_before_its_concept_map_runs_and_is_named(tmp_path: Path) -> None:
+    """An id far from every known one is the site's own vocabulary (the steward maps it after `codes review`):
+    the run goes on, its codes map to 0, and the report names the id and the rule that wrote it."""
+    mapping = copy.deepcopy(MAPPING)
+    mapping["tables"]["measurement"][0]["concept"] = {"code": "loinc", "vocabulary": "HOSPITAL_LAB"}
+    mapping_file, source = make_site(tmp_path, {"tables": mapping["tables"]})
+    report = run_mapping(mapping_file, source, tmp_path / "site.duckdb")
+    assert report.unknown_vocabularies == ["HOSPITAL_LAB (tables.measurement[0].concept.vocabulary)"]
     assert report.balanced
