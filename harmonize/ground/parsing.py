@@ -18,15 +18,24 @@ def _has_time(fmt: str) -> bool:
 
 
 def parse_datetime(column: str, fmt: str) -> pl.Expr:
-    """Text -> naive datetime. ``iso`` accepts dates, datetimes, fractional seconds and UTC offsets (kept as
-    the local wall-clock time the source recorded)."""
+    """Text -> naive datetime. ``iso`` (ISO 8601) accepts a date (``2019-02-01``, or the basic ``20190201``),
+    a date and time with or without seconds (``T`` or a space between), fractional seconds (dropped) and a UTC
+    offset or ``Z`` (dropped: the local wall-clock time the source recorded is kept)."""
     text = pl.col(column).str.strip_chars()
     if fmt == ISO:
-        stamp = text.str.slice(0, 19).str.replace("T", " ")
+        size = text.str.len_chars()
+        seconds = text.str.slice(0, 19).str.replace("T", " ", literal=True)
+        minutes = text.str.slice(0, 16).str.replace("T", " ", literal=True) + ":00"
+        after_minutes = text.str.slice(16, 1)  # ":" (seconds follow), "" (the end), or an offset's Z, + or -
+        day = text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
         return (
-            pl.when(text.str.len_chars() >= 19)
-            .then(stamp.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False))
-            .otherwise(text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")))
+            pl.when((size >= 19) & (after_minutes == ":"))
+            .then(seconds.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False))
+            .when((size >= 16) & (after_minutes != ":"))
+            .then(minutes.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False))
+            .when(size == 8)  # 20190201; or a short extended date such as 2019-2-1, which chrono has always read
+            .then(pl.coalesce(text.str.to_date("%Y%m%d", strict=False).cast(pl.Datetime("us")), day))
+            .otherwise(day)
         )
     if _has_time(fmt):
         return text.str.to_datetime(fmt, strict=False)
