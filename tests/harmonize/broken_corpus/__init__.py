@@ -140,7 +140,7 @@ CASES: list[Case] = [
     Case("blank lines with CRLF", 0, labs((LABS_OK + "\n").replace("\n", "\r\n"), LAB_HEADER.replace("\n", "\r\n")), clean="labs"),
     Case("only blank lines after header", 0, labs("\n\n\n"), clean="labs"),
     Case("header only", 0, labs(""), clean="labs"),
-    Case("empty file", 2, labs("", header=""), message="empty"),
+    Case("empty file", 2, labs("", header=""), message="labs.csv: the file is empty (0 bytes): it has no header line"),
     Case("unterminated quote at end", 0, labs(LABS_OK + 'L4,P1,2019-05-01,17861-6,"2.5'), reason=("labs", "wrong number of fields")),
     Case("200 KB field in ragged row", 0, labs(LABS_OK + f"L4,P1,2019-05-01,17861-6,{BIG},mg/dL,x\n"), reason=("labs", "wrong number of fields: 7 instead of 6")),
     Case("200 KB field in a quoted value", 0, labs(LABS_OK + f'L4,P1,2019-05-01,17861-6,"{BIG}",mg/dL\n'), reason=("labs", "unparseable number")),
