@@ -132,14 +132,37 @@ class ValueExpr(Strict):
 
 
 class Filter(Strict):
-    """Which source rows a rule applies to (rows no rule takes are quarantined, never dropped)."""
+    """Which source rows a rule applies to (rows no rule takes are quarantined, never dropped).
+
+    The conditions on ``column`` all hold; ``and`` adds conditions on other columns that must hold too (an
+    Observation that has components *and* no value of its own)."""
 
     column: str
     equals: str | None = None
     in_: list[str] | None = Field(default=None, alias="in")
     not_null: bool | None = None
+    is_null: bool | None = None
+    and_: list[Filter] = Field(default_factory=list, alias="and")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def columns(self) -> list[str]:
+        """Every source column the filter reads, ``and`` conditions included."""
+        return [self.column, *(c for f in self.and_ for c in f.columns())]
+
+    def describe(self) -> str:
+        """The condition in words (for ``fedomop mapping doc``)."""
+        parts = []
+        if self.equals is not None:
+            parts.append(f"= {self.equals}")
+        if self.in_ is not None:
+            parts.append(f"in {self.in_}")
+        if self.not_null:
+            parts.append("is not empty")
+        if self.is_null:
+            parts.append("is empty")
+        own = f"`{self.column}` {' and '.join(parts) or 'is any value'}"
+        return " and ".join([own, *(f.describe() for f in self.and_)])
 
 
 class EachElement(Strict):
@@ -259,8 +282,9 @@ class Source(Strict):
     def _exclude_reads_known_columns(self) -> Source:
         names = list(self.columns) if self.columns is not None else None
         for rule in self.exclude:
-            if names is not None and rule.column not in names:
-                raise ValueError(f"exclude: column {rule.column!r} is not one of this source's columns {names}")
+            for column in rule.columns():
+                if names is not None and column not in names:
+                    raise ValueError(f"exclude: column {column!r} is not one of this source's columns {names}")
         return self
 
     @model_validator(mode="after")

@@ -45,7 +45,8 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
         if getattr(rule, key):
             yield key, getattr(rule, key)
     if rule.when:
-        yield "when.column", rule.when.column
+        for index, column in enumerate(rule.when.columns()):
+            yield "when.column" if index == 0 else f"when.and[{index - 1}].column", column
     if rule.concept:
         for key in ("code", "vocabulary_column", "system_column", "source_value"):
             if getattr(rule.concept, key):

@@ -92,6 +92,10 @@ def filter_mask(when: Filter) -> pl.Expr:
         mask = mask & column.is_in(when.in_)
     if when.not_null:
         mask = mask & column.is_not_null()
+    if when.is_null:
+        mask = mask & column.is_null()
+    for also in when.and_:
+        mask = mask & filter_mask(also)
     return mask.fill_null(False)
 
 

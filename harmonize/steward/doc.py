@@ -37,9 +37,7 @@ def _expr(value: object) -> str:
 def _rule_rows(table: str, rule: Rule) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if rule.when is not None:
-        w = rule.when
-        cond = "is not empty" if w.not_null else (f"= {w.equals}" if w.equals is not None else f"in {w.in_}")
-        rows.append(("(rows taken)", f"`{w.column}` {cond}"))
+        rows.append(("(rows taken)", rule.when.describe()))
     slots = {"id": "source record id", "person": "person_id (via person source id)", "visit": "visit_occurrence_id",
              "provider": "provider_id", "care_site": "care_site_id", "location": "location_id"}  # fmt: skip
     for slot, target in slots.items():

@@ -229,10 +229,23 @@ def test_blood_pressure_panel_gives_one_measurement_per_component(hl7_db: Path) 
     panel = _rows(hl7_db, "select reason from fedomop_quarantine where source_row = 'blood-pressure'")
     assert panel == [
         (
-            "excluded by rule: Observation with components: each component is a measurement "
-            "(source observation_components)",
+            "excluded by rule: Observation with components and no value of its own: each component is a "
+            "measurement (source observation_components)",
         )
     ]
+
+
+def test_a_panel_with_a_result_of_its_own_loads_it_beside_its_components(hl7_db: Path) -> None:
+    """HL7's glasgow example: Glasgow coma score total 9269-2 = 13 {score}, with three coded components (eye
+    9268-4 = 5, verbal 9270-0 = 4, motor 9267-6 = 4). The total is a result, not a container: four rows."""
+    rows = _measurements(hl7_db, "glasgow%")
+    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [
+        ("glasgow", "9269-2", 13.0, "{score}", "13.0"),
+        ("glasgow/component/0", "9268-4", None, None, "5"),
+        ("glasgow/component/1", "9270-0", None, None, "4"),
+        ("glasgow/component/2", "9267-6", None, None, "4"),
+    ]
+    assert _rows(hl7_db, "select reason from fedomop_quarantine where source_row = 'glasgow'") == []
 
 
 def test_data_absent_component_keeps_its_reason_and_no_number(hl7_db: Path) -> None:
