@@ -112,6 +112,10 @@ class CodeExpr(Strict):
     vocabulary_column: str | None = None
     system_column: str | None = None
     source_value: str | None = None  # column for *_source_value when it is not the code itself
+    # a column naming the thing in words when there is no code (a FHIR CodeableConcept's text, a reference's
+    # display): the *_source_value then, with concept 0, so a free-text drug is kept as what the source says
+    text: str | None = None
+    required: bool = False  # a record with neither code nor text is quarantined ("missing code"), not loaded as 0
 
     @model_validator(mode="after")
     def _one_vocabulary(self) -> CodeExpr:

@@ -82,6 +82,25 @@ class Problem:
     reason: pl.Expr | str
 
 
+def _missing_code(concept: CodeExpr, source: Source) -> Problem:
+    """A record with neither code nor text, where the rule requires one. When the code comes through a
+    ``lookup:`` whose reference is set, the reason names the referenced record (a MedicationRequest pointing at a
+    Medication the export does not hold, or at a contained one without a code) and the value is the reference,
+    so the steward can fix the export."""
+    nothing = pl.col(concept.code).is_null()
+    if concept.text:
+        nothing = nothing & pl.col(concept.text).is_null()
+    reason: pl.Expr = pl.lit("missing code")
+    value: pl.Expr = pl.lit(None, pl.String)
+    for item in source.lookup:
+        if concept.code in item.columns:
+            referenced = pl.col(item.key).is_not_null()
+            why = f"missing code: neither the record nor the {item.source} record it refers to ({item.key}) gives one"
+            reason = pl.when(referenced).then(pl.lit(why)).otherwise(reason)
+            value = pl.when(referenced).then(pl.col(item.key).cast(pl.String)).otherwise(value)
+    return Problem(nothing, concept.code, value, reason)
+
+
 def filter_mask(when: Filter) -> pl.Expr:
     """True where a row meets every condition of ``when`` (a null value meets no equals/in condition)."""
     column = pl.col(when.column).cast(pl.String)  # a boolean column (exists()) compares as "true"/"false"
@@ -373,6 +392,8 @@ class RuleEvaluator:
                 if rule.value.text:
                     nothing = nothing & pl.col(rule.value.text).is_null()
                 problems.append(Problem(nothing, rule.value.number, pl.lit(None), "missing value"))
+        if rule.concept is not None and rule.concept.required:
+            problems.append(_missing_code(rule.concept, source))
         if rule.type_concept is not None:
             exprs.append(pl.lit(rule.type_concept.constant, pl.Int64).alias("_type_concept_id"))
         for name, expr in rule.fields.items():
@@ -495,7 +516,11 @@ class RuleEvaluator:
         keyed = rows.with_columns(
             self._vocabulary_expr(code).alias("vocabulary_id"),
             pl.col(code.code).cast(pl.String).alias("source_code"),
-            pl.col(code.source_value or code.code).alias("_source_value"),
+            (
+                pl.coalesce(pl.col(code.source_value or code.code), pl.col(code.text))
+                if code.text
+                else pl.col(code.source_value or code.code)
+            ).alias("_source_value"),
         )
         resolved = resolve_codes(self.ctx.db, keyed, cache=self.ctx.codes).with_columns(
             pl.col("concept_id").fill_null(0).alias("_concept_id"),

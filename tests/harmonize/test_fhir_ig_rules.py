@@ -321,13 +321,19 @@ MED_EXPORT = {
 }
 
 
+def _map_export(folder: Path, files: dict[str, list[dict[str, object]]]) -> Path:
+    """Write the NDJSON files, map them with the standard FHIR mapping and Eunomia; the (balanced) database."""
+    for name, resources in files.items():
+        _write(folder, name, resources)
+    db = folder / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", folder, db, vocabulary=EUNOMIA).balanced
+    return db
+
+
 def test_contained_medication_dose_quantity_days_supply_route(tmp_path: Path, shared_dir: Path) -> None:
     """medicationReference "#med" resolves to the contained Medication's RxNorm code; quantity, days supply,
     refills, route and sig are mapped; intent=proposal is excluded (suggested, never ordered)."""
-    for name, resources in MED_EXPORT.items():
-        _write(tmp_path, name, resources)
-    db = tmp_path / "out.duckdb"
-    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=EUNOMIA).balanced
+    db = _map_export(tmp_path, MED_EXPORT)
     rows = _rows(
         db,
         "select drug_source_value, drug_source_concept_id <> 0, quantity, days_supply, refills, "
@@ -337,6 +343,34 @@ def test_contained_medication_dose_quantity_days_supply_route(tmp_path: Path, sh
     reasons = _rows(db, "select source_row, reason from fedomop_quarantine")
     assert reasons == [
         ("rx-proposal", "excluded by rule: MedicationRequest.intent proposal/plan: suggested, not ordered")
+    ]
+
+
+def test_a_drug_without_a_code_keeps_its_name_or_is_quarantined_with_its_reference(tmp_path: Path) -> None:
+    """A medicationReference the export does not hold: with the reference's display, the exposure loads as
+    concept 0 with that name as drug_source_value (as a free-text medicationCodeableConcept does); with neither
+    code nor name, it is quarantined "missing code", the value being the reference (Medication/m404)."""
+    base = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/p1"}, "authoredOn": "2020-03-04"}  # fmt: skip
+    requests = [
+        {**base, "id": "rx-display", "medicationReference": {"reference": "Medication/m404", "display": "Aspirin"}},
+        {**base, "id": "rx-text", "medicationCodeableConcept": {"text": "Little pink pill"}},
+        {**base, "id": "rx-nothing", "medicationReference": {"reference": "Medication/m404"}},
+    ]
+    db = _map_export(tmp_path, {"Patient.ndjson": MED_EXPORT["Patient.ndjson"], "MedicationRequest.ndjson": requests})
+    loaded = _rows(
+        db,
+        "select l.source_row, d.drug_concept_id, d.drug_source_value from drug_exposure d join fedomop_lineage l "
+        "on l.omop_table = 'drug_exposure' and l.omop_id = d.drug_exposure_id order by 1",
+    )
+    assert loaded == [("rx-display", 0, "Aspirin"), ("rx-text", 0, "Little pink pill")]
+    assert _rows(db, "select source_row, field, value, reason from fedomop_quarantine") == [
+        (
+            "rx-nothing",
+            "code",
+            "m404",
+            "missing code: neither the record nor the medications record it refers to (medication) gives one",
+        )
     ]
 
 

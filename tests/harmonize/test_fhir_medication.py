@@ -46,7 +46,8 @@ def _drugs(db: Path) -> list[tuple[object, ...]]:
 
 def test_reference_to_a_medication_in_the_same_export(tmp_path: Path, shared_dir: Path) -> None:
     """rx-1 names Medication/m1 (RxNorm 314076, in Medication.ndjson); rx-2 names a Medication the export
-    lacks: loaded with concept 0 and no source value. The Medication itself is accounted "excluded by rule"."""
+    lacks and gives no name for it: quarantined "missing code" with the reference (an exposure to an unnamed drug
+    is no data; the fix is to export the Medication). The Medication itself is accounted "excluded by rule"."""
     lines = {
         "Patient.ndjson": [PATIENT],
         "Medication.ndjson": [MEDICATION],
@@ -57,13 +58,20 @@ def test_reference_to_a_medication_in_the_same_export(tmp_path: Path, shared_dir
     db = tmp_path / "out.duckdb"
     report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=EUNOMIA)
     assert report.balanced
-    assert _drugs(db) == [("rx-1", "314076", True, True), ("rx-2", None, False, False)]
-    assert _rows(db, "select source, source_row, reason from fedomop_quarantine") == [
+    assert _drugs(db) == [("rx-1", "314076", True, True)]
+    assert _rows(db, "select source, source_row, value, reason from fedomop_quarantine order by 1") == [
+        (
+            "medication_requests",
+            "rx-2",
+            "gone",
+            "missing code: neither the record nor the medications record it refers to (medication) gives one",
+        ),
         (
             "medications",
             "m1",
+            "m1",
             "excluded by rule: a Medication is not an event: drug_exposure reads it through medicationReference",
-        )
+        ),
     ]
 
 
