@@ -35,6 +35,7 @@ from fedomop.harmonize.run.quarantine import Quarantine
 from fedomop.harmonize.run.shorten import Shortened
 from fedomop.harmonize.run.units import UnitConverter
 from fedomop.harmonize.tables import DOMAIN_TABLES
+from fedomop.harmonize.tables.visit_occurrence import NO_END
 from fedomop.harmonize.vocabulary import resolve_codes
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
 
@@ -365,6 +366,8 @@ class RuleEvaluator:
                 derived += from_columns
                 problems.append(date_problem)
                 problems += self._bounds(table, prefix, date)
+        if rule.end is None:  # the table decides what no end means (visit_occurrence: the CDM convention)
+            exprs.append(pl.lit(True).alias(NO_END))
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
         if rule.value is not None:

@@ -45,7 +45,8 @@ _BIRTH = re.compile(r"birth|dob|born|naiss|geburt", re.I)
 _DEATH = re.compile(r"death|deceased|dod|died|deces", re.I)
 _SEX = re.compile(r"^(sex|gender|sexe|geschlecht)", re.I)
 _VISIT = re.compile(r"encounter|visit|admission|stay|sejour|episode", re.I)
-_END = re.compile(r"end|stop|discharge|sortie|until|fin$|_fin", re.I)
+# a date column that ends something: end_date, stop, discharge/disch_dt/dischg, sortie, leave, departure, date_out
+_END = re.compile(r"end|stop|disch|sortie|until|fin$|_fin|leave|depart|(^|_)out($|_)", re.I)
 _VALUE = re.compile(r"^(value|result|res|val|valeur|wert|value_as_number|num_value)", re.I)
 _UNIT = re.compile(r"unit|unite|einheit|uom", re.I)
 _VISIT_TYPE = re.compile(r"type|class|kind|setting", re.I)
@@ -236,6 +237,14 @@ def _write_visit(w: _Writer, file: FileProfile, visit_id: ColumnProfile, person_
     w.add(f"      start: {{date: {_q(start.name)}}}")
     if end is not None:
         w.add(f"      end: {{date: {_q(end.name)}}}")
+    else:
+        others = [c.name for c in dates if c is not start]
+        w.todo(
+            6,
+            "no end date column recognised, so each visit ends on its start day (the CDM's convention for visits "
+            "without an end)"
+            + (f"; if one of {', '.join(others)} is the end, write end: {{date: <column>}}" if others else ""),
+        )
     _type_concept(w, 6)
     kind = _first([c for c in file.columns if c.kind == "text"], _VISIT_TYPE)
     w.add("      fields:")

@@ -5,15 +5,24 @@ import polars as pl
 from fedomop.harmonize.tables._target import TableTarget
 
 OPEN_END = "_open_end"  # carried to the end of the build: the visit had no end in the source
+NO_END = "_no_end"  # set by the rule evaluator on rows of a rule that declares no ``end:`` at all
 
 
 def _mark_open_visits(frame: pl.DataFrame) -> pl.DataFrame:
-    """visit_end_date is NOT NULL. An encounter without an end is marked open and given its start for now;
-    :func:`close_open_visits` moves the end to the person's last recorded date once every table is built."""
+    """visit_end_date is NOT NULL. Two cases, told apart by whether the rule declares an end:
+
+    - the rule reads an end and this record's is empty: the encounter is ongoing (FHIR ``in-progress``). It is
+      marked open and given its start for now; :func:`close_open_visits` moves the end to the person's last
+      recorded date once every table is built;
+    - the rule has no ``end:``: the source does not give visit ends, and the CDM's convention for
+      visit_end_date applies (outpatient, emergency and other visits: the end is the start). Extending every such
+      visit to the person's last record would turn a day's visit into years.
+    """
+    declared = ~pl.col(NO_END).fill_null(False) if NO_END in frame.columns else pl.lit(True)
     return frame.with_columns(
-        pl.col("visit_end_date").is_null().alias(OPEN_END),
+        (pl.col("visit_end_date").is_null() & declared).alias(OPEN_END),
         pl.coalesce("visit_end_date", "visit_start_date").alias("visit_end_date"),
-    )
+    ).drop(NO_END, strict=False)
 
 
 def close_open_visits(visits: pl.DataFrame, person_last: pl.DataFrame) -> pl.DataFrame:
