@@ -17,7 +17,7 @@ from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.mapping.models import Mapping
 from fedomop.harmonize.run import NothingLoadedError, RunReport, run_mapping
 from fedomop.harmonize.run.chunking import DEFAULT_CHUNK_MB
-from fedomop.harmonize.run.coverage import concept_coverage, coverage_failures
+from fedomop.harmonize.run.coverage import concept_coverage, coverage_failures, share
 from fedomop.harmonize.run.lineage import ALL_TABLES
 
 console = Console()
@@ -119,7 +119,7 @@ def print_coverage(report: RunReport, mapping: Mapping, out: Console = console) 
         table.add_column(name, justify="left" if name in ("OMOP table", "source vocabulary") else "right")
     for row in coverage.iter_rows(named=True):
         table.add_row(row["omop_table"], row["source_vocabulary_id"], f"{row['records']:,}", f"{row['mapped']:,}",
-                      f"{row['unmapped']:,}", f"{row['coverage']:.1%}")  # fmt: skip
+                      f"{row['unmapped']:,}", share(row["coverage"]))  # fmt: skip
     out.print(table)
     failures = coverage_failures(coverage, mapping)
     for failure in failures:

@@ -39,7 +39,7 @@ VOCABULARY_ID_LENGTH = 20  # varchar(20) in the CDM
 class SiteVocabulary:
     """What the site's vocabulary already holds: the release folder plus its extensions."""
 
-    concepts: pl.DataFrame  # concept_id, vocabulary_id
+    concepts: pl.DataFrame  # concept_id, vocabulary_id, standard_concept, invalid_reason
     vocabularies: frozenset[str]  # every vocabulary_id known, release and extensions
     release: frozenset[str]  # those of the first folder (the bundled or Athena vocabulary)
 
@@ -50,7 +50,11 @@ class SiteVocabulary:
             files = cdm_csv_files(folder) if folder.is_dir() else {}
             if "concept" in files:
                 frame = read_cdm_csv(files["concept"], "concept", error=VocabularyError)
-                concepts.append(frame.select(pl.col("concept_id").cast(pl.Int64), "vocabulary_id"))
+                concepts.append(
+                    frame.select(
+                        pl.col("concept_id").cast(pl.Int64), "vocabulary_id", "standard_concept", "invalid_reason"
+                    )
+                )
                 vocabularies |= set(frame["vocabulary_id"].drop_nulls())
             if "vocabulary" in files:
                 vocabularies |= set(read_cdm_csv(files["vocabulary"], "vocabulary")["vocabulary_id"].drop_nulls())
@@ -59,7 +63,7 @@ class SiteVocabulary:
             raise VocabularyError(
                 "no CONCEPT.csv in the site vocabulary", where=str(folders[0]), fix="point at the vocabulary folder"
             )
-        return cls(pl.concat(concepts), frozenset(vocabularies), release)
+        return cls(pl.concat(concepts, how="vertical_relaxed"), frozenset(vocabularies), release)
 
 
 @dataclass
@@ -93,9 +97,14 @@ def _check_decisions(frame: pl.DataFrame, path: Path) -> None:
         if decision not in DECISIONS:
             raise MappingError(f"decision {decision!r} is not one of approve, local, skip (or blank)",
                                where=f"{path} line {line}, field decision", fix="correct the decision")  # fmt: skip
-        if decision == "approve" and not (row["target_concept_id"] or "").strip().isdigit():
-            raise MappingError("an approved row needs a target_concept_id",
-                               where=f"{path} line {line}, field target_concept_id",
+        target = (row["target_concept_id"] or "").strip()
+        if decision == "approve" and not target.isdigit():
+            problem = (
+                f"target_concept_id {target!r} is not a concept id (a number)"
+                if target
+                else ("an approved row needs a target_concept_id")
+            )
+            raise MappingError(problem, where=f"{path} line {line}, field target_concept_id",
                                fix="copy a candidate_N_id, or choose decision local")  # fmt: skip
         if decision == "local" and not (row.get("local_name") or "").strip():
             raise MappingError("a local concept needs a local_name", where=f"{path} line {line}, field local_name",
@@ -103,17 +112,27 @@ def _check_decisions(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _target_vocabularies(frame: pl.DataFrame, concepts: pl.DataFrame, path: Path) -> dict[int, str]:
-    known = dict(concepts.select("concept_id", "vocabulary_id").iter_rows())
+    """Each approved target's vocabulary; a target must be a valid standard concept, as in a source_to_concept_map
+    (OHDSI's Usagi offers only those): a map to a non-standard or upgraded concept would load rows the DQD's
+    isStandardValidConcept check fails, while the run's coverage counted them as mapped."""
+    known = {row[0]: row[1:] for row in concepts.select("concept_id", "vocabulary_id", "standard_concept",
+                                                         "invalid_reason").iter_rows()}  # fmt: skip
     found: dict[int, str] = {}
     for line, row in enumerate(frame.iter_rows(named=True), start=2):
         if row["decision"] != "approve":
             continue
         target = int(row["target_concept_id"])
+        where = f"{path} line {line}, field target_concept_id"
         if target not in known:
-            raise VocabularyError(f"target_concept_id {target} is not in the site vocabulary",
-                                  where=f"{path} line {line}, field target_concept_id",
+            raise VocabularyError(f"target_concept_id {target} is not in the site vocabulary", where=where,
                                   fix="copy a candidate_N_id, or load the vocabulary that has it")  # fmt: skip
-        found[target] = str(known[target])
+        vocabulary, standard, invalid = known[target]
+        if standard != "S" or invalid:
+            state = f"standard_concept {standard or 'empty'}" + (f", invalid_reason {invalid}" if invalid else "")
+            raise VocabularyError(f"target_concept_id {target} is not a valid standard concept ({state})",
+                                  where=where, fix="map to a standard concept: a candidate_N_id, or the concept this "
+                                  "one 'Maps to' in the vocabulary (CONCEPT_RELATIONSHIP)")  # fmt: skip
+        found[target] = str(vocabulary)
     return found
 
 

@@ -73,6 +73,7 @@ def mapping_document(mapping: Mapping, *, title: str | None = None) -> str:
     out = [f"# {title or 'Mapping of ' + mapping.site}", "", f"Site `{mapping.site}`; unmapped codes: "
            f"{mapping.on_unmapped}; vocabulary `{mapping.vocabulary.folder}`"
            + (f", site concept map `{mapping.vocabulary.source_to_concept_map}`" if mapping.vocabulary.source_to_concept_map else "")
+           + "".join(f", site concepts `{e}` (vocabulary extension)" for e in mapping.vocabulary.extensions)
            + ".", "", "## Sources", "", "| source | format | files | date format | delimiter |", "|---|---|---|---|---|"]  # fmt: skip
     for name, s in mapping.sources.items():
         out.append(f"| {name} | {s.format} | `{s.files}` | `{s.date_format}` | `{s.delimiter}` |")

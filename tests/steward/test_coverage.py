@@ -144,3 +144,10 @@ def test_coverage_bounds_tell_no_more_than_the_withheld_cell() -> None:
     assert coverage_bounds(1000, 5, 10) == [0.0, 0.9]  # 5 mapped: at most 9
     assert coverage_bounds(1000, 500, 10) is None  # nothing withheld: the exact share is released
     assert coverage_bounds(8, 4, 10) is None  # the total itself is withheld
+
+
+def test_a_share_is_rounded_down_so_100_percent_means_every_record() -> None:
+    """4 unmapped of 10,040 is 99.96%: shown 99.9%, not 100.0% (a min_coverage of 99.99% fails on it)."""
+    from fedomop.harmonize.run.coverage import share
+
+    assert [share(10_036 / 10_040), share(1.0), share(0.57), share(0.0)] == ["99.9%", "100.0%", "57.0%", "0.0%"]

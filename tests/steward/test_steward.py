@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.ground.errors import MappingError
+from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.steward.codes_guess import guess_code_system, loinc_valid, verhoeff_valid
 from tests.conftest import EUNOMIA, MAPPINGS, SAMPLE_DATA, SHARED
 
@@ -126,7 +127,7 @@ def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path],
     decided.write_csv(review)
     # codes apply writes the map where the mapping reads it and points the mapping at it: no hand edit
     _cli("codes", "apply", "--review", review, "--mapping", mapping, "--source", new_site["extract"])
-    assert "source_to_concept_map: \"source_to_concept_map.csv\"" in mapping.read_text()
+    assert 'source_to_concept_map: "source_to_concept_map.csv"' in mapping.read_text()
 
     second = root / "second.duckdb"
     assert "reconciliation balanced" in _cli(
@@ -143,6 +144,11 @@ def test_draft_review_apply_map_reaches_full_coverage(new_site: dict[str, Path],
         "SELECT COUNT(*) FROM measurement WHERE measurement_concept_id = 2000000001"
     )
     assert local_rows.item() == screened > 0
+    # the document a reviewer reads names where concept 2000000001 comes from: the extension apply wrote
+    document = root / "new_site.md"
+    _cli("mapping", "doc", "--mapping", mapping, "--out", document)
+    extensions = load_mapping(mapping).vocabulary.extensions
+    assert extensions and all(f"site concepts `{e}` (vocabulary extension)" in document.read_text() for e in extensions)
 
 
 def test_apply_local_concepts_take_ids_above_two_billion(tmp_path: Path) -> None:
@@ -187,6 +193,26 @@ def test_apply_refuses_an_unknown_decision(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert isinstance(result.exception, MappingError) and "line 2, field decision" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        # ICD10CM C61 (CONCEPT.csv: standard_concept empty): a source code, not a target
+        ("35206266", "target_concept_id 35206266 is not a valid standard concept (standard_concept empty)"),
+        ("abc", "target_concept_id 'abc' is not a concept id (a number)"),
+    ],
+)
+def test_apply_refuses_a_target_that_is_not_a_standard_concept(tmp_path: Path, target: str, message: str) -> None:
+    review = tmp_path / "review.csv"
+    pl.DataFrame({"source_vocabulary_id": ["SITE_DX"], "source_code": ["K1"], "decision": ["approve"],
+                  "target_concept_id": [target]}).write_csv(review)  # fmt: skip
+    out = tmp_path / "s.csv"
+    args = ["codes", "apply", "--review", review, "--out", out, "--vocabulary", SAMPLE_DATA / "vocabulary"]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code != 0 and result.exception is not None
+    assert message in str(result.exception) and "line 2, field target_concept_id" in str(result.exception)
+    assert not out.exists()
 
 
 def test_mapping_doc_of_site_a(tmp_path: Path) -> None:
