@@ -153,6 +153,8 @@ def register(app: typer.Typer) -> None:
         )
         if applied.vocabularies:
             console.print(f"vocabularies added: {', '.join(applied.vocabularies)}", highlight=False)
+        for moved in applied.moved:  # domain routing: right for a miscoded test, a mistake for a lab to a Condition
+            console.print(f"[yellow]note[/]: {moved}", highlight=False)
         for change in changes:
             console.print(f"{mapping}: {change}", highlight=False)
 

@@ -25,6 +25,7 @@ import polars as pl
 from fedomop.harmonize.ground.errors import MappingError, VocabularyError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.steward.mapping_edit import wire_vocabulary
+from fedomop.harmonize.tables import DOMAIN_TABLES
 from fedomop.harmonize.vocabulary.cdm_io import cdm_csv_files, read_cdm_csv
 
 LOCAL_CONCEPT_START = 2_000_000_001
@@ -39,7 +40,7 @@ VOCABULARY_ID_LENGTH = 20  # varchar(20) in the CDM
 class SiteVocabulary:
     """What the site's vocabulary already holds: the release folder plus its extensions."""
 
-    concepts: pl.DataFrame  # concept_id, vocabulary_id, standard_concept, invalid_reason
+    concepts: pl.DataFrame  # concept_id, vocabulary_id, standard_concept, invalid_reason, domain_id
     vocabularies: frozenset[str]  # every vocabulary_id known, release and extensions
     release: frozenset[str]  # those of the first folder (the bundled or Athena vocabulary)
 
@@ -52,7 +53,11 @@ class SiteVocabulary:
                 frame = read_cdm_csv(files["concept"], "concept", error=VocabularyError)
                 concepts.append(
                     frame.select(
-                        pl.col("concept_id").cast(pl.Int64), "vocabulary_id", "standard_concept", "invalid_reason"
+                        pl.col("concept_id").cast(pl.Int64),
+                        "vocabulary_id",
+                        "standard_concept",
+                        "invalid_reason",
+                        "domain_id",
                     )
                 )
                 vocabularies |= set(frame["vocabulary_id"].drop_nulls())
@@ -75,6 +80,8 @@ class Applied:
     extension: Path | None
     source_concepts: int = 0  # non-standard concepts for codes of local source vocabularies
     vocabularies: list[str] = field(default_factory=list)  # VOCABULARY rows added
+    # approved codes whose target's domain routes their rows to another table than the one they sit in now
+    moved: list[str] = field(default_factory=list)
 
 
 def _read_review(path: Path) -> pl.DataFrame:
@@ -246,7 +253,26 @@ def apply_review(
         extension=extension if concepts else None,
         source_concepts=len(source_ids),
         vocabularies=[str(r["vocabulary_id"]) for r in vocabulary_rows],
+        moved=_moved_by_domain(decided, vocabulary.concepts),
     )
+
+
+def _moved_by_domain(decided: pl.DataFrame, concepts: pl.DataFrame) -> list[str]:
+    """Approved codes whose target belongs to another table's domain: the next run routes their records there
+    (docs/mapping.md, domain routing) - right for a diagnosis code that is really a lab test, a silent loss of
+    result values when a lab code is approved to a Condition by mistake. Said, not refused."""
+    if "omop_table" not in decided.columns:
+        return []
+    domains = dict(concepts.select("concept_id", "domain_id").iter_rows())
+    moved = []
+    for row in decided.filter(pl.col("decision") == "approve").iter_rows(named=True):
+        target = int(row["target_concept_id"])
+        table = DOMAIN_TABLES.get(str(domains.get(target)))
+        if table is not None and row["omop_table"] in DOMAIN_TABLES.values() and table != row["omop_table"]:
+            records = f", {row['records']} records" if row.get("records") else ""
+            moved.append(f"{row['source_code']} ({row['omop_table']}{records}) -> concept {target}, a "
+                         f"{domains[target]} concept: its records will load into {table}")  # fmt: skip
+    return moved
 
 
 def _vocabulary_rows(

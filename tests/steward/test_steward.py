@@ -215,6 +215,25 @@ def test_apply_refuses_a_target_that_is_not_a_standard_concept(tmp_path: Path, t
     assert not out.exists()
 
 
+def test_apply_says_when_an_approved_code_moves_its_records_to_another_table(tmp_path: Path) -> None:
+    """A lab code approved to a Condition concept (197804 in the sample CONCEPT.csv) will be routed to
+    condition_occurrence by the next run: apply says so (it is right for a miscoded test, a mistake here); a lab
+    code approved to a Measurement concept (3000963) stays where it is and is not mentioned."""
+    review = tmp_path / "review.csv"
+    pl.DataFrame({"omop_table": ["measurement", "measurement"], "source_vocabulary_id": ["SITE_LAB", "SITE_LAB"],
+                  "source_code": ["LAB00", "LAB01"], "records": [726, 12], "decision": ["approve", "approve"],
+                  "target_concept_id": ["197804", "3000963"]}).write_csv(review)  # fmt: skip
+    out = tmp_path / "s.csv"
+    args = ["codes", "apply", "--review", review, "--out", out, "--vocabulary", SAMPLE_DATA / "vocabulary"]
+    output = " ".join(_cli(*args).split())
+    expected = (
+        "LAB00 (measurement, 726 records) -> concept 197804, a Condition concept: its records will load into "
+        "condition_occurrence"
+    )
+    assert expected in output, output
+    assert "LAB01" not in output and out.exists()
+
+
 def test_mapping_doc_of_site_a(tmp_path: Path) -> None:
     out = tmp_path / "site_a.md"
     _cli("mapping", "doc", "--mapping", MAPPINGS / "site_a.yaml", "--out", out)
