@@ -397,6 +397,12 @@ def from_dict(data: dict[str, Any]) -> Profile:
 
 def load_profile(path: Path) -> Profile:
     path = Path(path)
+    if not path.is_file():
+        raise SourceError(
+            "no such file" if not path.exists() else "not a file",
+            where=str(path),
+            fix="pass the profile.json that fedomop profile wrote (its --out folder)",
+        )
     try:
         return from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -295,3 +295,19 @@ def test_review_needs_a_mapped_database(tmp_path: Path) -> None:
     result = runner.invoke(app, ["codes", "review", "--mapping", str(MAPPINGS / "site_a.yaml"),
                                  "--db", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r.csv")])  # fmt: skip
     assert result.exit_code != 0 and "run fedomop map first" in str(result.exception)
+
+
+def test_draft_mapping_names_a_missing_profile(tmp_path: Path) -> None:
+    missing = tmp_path / "nothere.json"
+    args = [
+        "draft-mapping",
+        "--profile",
+        missing,
+        "--out",
+        tmp_path / "m.yaml",
+        "--vocabulary",
+        SAMPLE_DATA / "vocabulary",
+    ]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code != 0 and result.exception is not None
+    assert f"{missing}: no such file" in str(result.exception) and not (tmp_path / "m.yaml").exists()
