@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
                 f"{file.path}: {file.rows:,} rows, {len(file.columns)} columns; codes: {', '.join(coded) or '-'}",
                 highlight=False,
             )
+        for concept_map in profile.concept_maps:
+            console.print(f"{concept_map}: a source_to_concept_map (the steward's), not profiled", highlight=False)
         if profile.fhir is not None:
             types = ", ".join(f"{k} {v:,}" for k, v in sorted(profile.fhir.resources.items()))
             systems = sorted({s.system for s in profile.fhir.codings.values()})

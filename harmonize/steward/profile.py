@@ -85,6 +85,7 @@ class Profile:
     files: list[FileProfile]
     fhir: FhirProfile | None = None  # resource types and code systems of the FHIR files (NDJSON and Bundles)
     vocabulary: pl.DataFrame | None = field(default=None, repr=False)  # to tell which FHIR codes it lacks
+    concept_maps: list[str] = field(default_factory=list)  # source_to_concept_map files: the steward's, not data
 
     def column(self, file: str, name: str) -> ColumnProfile:
         for profile in self.files:
@@ -317,13 +318,29 @@ def profile_source(source: Path, vocabulary: Path | None = None, *, min_cell: in
         )
     concepts = read_vocabulary_concepts(vocabulary)
     fhir_files = sorted([p for p in files if p.suffix.lower() == ".ndjson"] + bundles)
+    maps = [p for p in files if _is_concept_map(p)]  # `codes apply` writes one into the extract folder
     return Profile(
         source=str(source),
         min_cell=min_cell,
-        files=[profile_file(p, source, concepts) for p in files],
+        files=[profile_file(p, source, concepts) for p in files if p not in maps],
         fhir=profile_fhir(fhir_files, source) if fhir_files else None,
         vocabulary=concepts,
+        concept_maps=[str(p.relative_to(source)) for p in maps],
     )
+
+
+_CONCEPT_MAP_COLUMNS = {"source_code", "source_vocabulary_id", "target_concept_id", "target_vocabulary_id"}
+
+
+def _is_concept_map(path: Path) -> bool:
+    """A CDM source_to_concept_map table (its header holds the table's key columns): the steward's own work,
+    not a hospital file to draft a mapping for."""
+    if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        return False
+    with path.open("rb") as handle:
+        header = handle.readline().decode("utf-8", errors="replace").lower()
+    names = {n.strip().strip('"') for n in header.replace("\t", ",").replace(";", ",").split(",")}
+    return _CONCEPT_MAP_COLUMNS <= names
 
 
 # -- outputs -------------------------------------------------------------------------------------------

@@ -311,3 +311,17 @@ def test_draft_mapping_names_a_missing_profile(tmp_path: Path) -> None:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code != 0 and result.exception is not None
     assert f"{missing}: no such file" in str(result.exception) and not (tmp_path / "m.yaml").exists()
+
+
+def test_profile_leaves_out_the_sites_concept_map(tmp_path: Path) -> None:
+    """`codes apply` writes source_to_concept_map.csv into the extract folder: profiling the folder again must not
+    take it for a hospital file (the draft would get a TODO for it)."""
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    (extract / "patients.csv").write_text("mrn,dob\nM1,1950-01-02\nM2,1960-03-04\n")
+    header = "source_code,source_concept_id,source_vocabulary_id,source_code_description,target_concept_id,"
+    (extract / "source_to_concept_map.csv").write_text(header + "target_vocabulary_id\nK1,0,SITE,x,197804,SNOMED\n")
+    output = " ".join(_cli("profile", "--source", extract, "--out", tmp_path / "profile").split())
+    assert "source_to_concept_map.csv: a source_to_concept_map (the steward's), not profiled" in output
+    profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
+    assert [f["path"] for f in profile["files"]] == ["patients.csv"]
