@@ -44,6 +44,7 @@ from fedomop.harmonize.run.lookup import apply_lookups, lookup_sources
 from fedomop.harmonize.run.progress import Progress, chunk_progress
 from fedomop.harmonize.run.quarantine import QUARANTINE_SCHEMA, QUARANTINE_TABLE, Quarantine
 from fedomop.harmonize.run.reading import read_source
+from fedomop.harmonize.run.refused import persons_refused_at_read
 from fedomop.harmonize.run.rules import RunContext
 from fedomop.harmonize.run.shorten import SHORTENED_SCHEMA, SHORTENED_TABLE, Shortened
 from fedomop.harmonize.run.units import UnitConverter
@@ -158,6 +159,8 @@ class ChunkState:
     cancer_concepts: list[int] | None  # resolved once, by the first chunk with conditions
     looked_up: dict[str, pl.DataFrame]  # sources read through lookup:, kept for later chunks (updated here)
     shared: tuple[str, ...] = ()  # sources read whole, in the first chunk
+    # persons refused when their file was read (refused.py), for a chunk that does not read those rejects itself
+    refused_at_read: pl.DataFrame | None = None
 
 
 @dataclass
@@ -194,7 +197,14 @@ class ChunkBuilder:
         """Read, build and account for one chunk; raises if its records do not balance."""
         quarantine = Quarantine(self.run_id)
         read_started = time.perf_counter()
-        batches, seen = read_sources(names, read, quarantine, progress, self.fhir)
+        rejects: dict[str, pl.DataFrame] = {}
+
+        def reading(name: str) -> SourceBatch:
+            batch = read(name)
+            rejects[name] = batch.rejects
+            return batch
+
+        batches, seen = read_sources(names, reading, quarantine, progress, self.fhir)
         state.looked_up.update({n: f for n, f in batches.items() if n in lookup_sources(self.mapping)})
         batches = apply_lookups(self.mapping, batches, state.looked_up)
         if state.chunk == 0:
@@ -208,6 +218,10 @@ class ChunkBuilder:
             units=self.units,
             codes=self.codes,
             shortened=Shortened(self.run_id),
+        )
+        refused = state.refused_at_read
+        ctx.remember_refused(
+            "person", persons_refused_at_read(self.mapping, self.files, rejects) if refused is None else refused
         )
         build = SiteBuild(ctx, batches, progress, ids_after=state.ids_after, carried_keys=state.carried_keys)
         build.build_keyed()
@@ -269,6 +283,7 @@ class SiteRun:
         # the GIL); SQLite connections stay on their thread, so it loads in turn
         self.loader = ThreadPoolExecutor(1, "fedomop-load") if db.dialect in ("duckdb", "postgresql") else None
         self.pending: Future[None] | None = None
+        self.refused_at_read: pl.DataFrame | None = None  # a chunked run's, from its staged sources (refused.py)
 
     def whole(self) -> None:
         """The site in one piece (small sites, and mappings that cannot be split by person)."""
@@ -285,6 +300,7 @@ class SiteRun:
             self.progress("split sources", index, len(names))
             staged.stage(name)
         self.progress("split sources", len(names), len(names))
+        self.refused_at_read = persons_refused_at_read(self.mapping, self.files, staged.read_rejects())
 
         def read(chunk: int) -> Callable[[str], SourceBatch]:
             def one(name: str) -> SourceBatch:
@@ -352,7 +368,15 @@ class SiteRun:
         """Read, build, account for and load one chunk; what later chunks need is kept on ``self``."""
         progress = self.progress if chunks == 1 else chunk_progress(self.progress, chunk, chunks)
         built = self.builder.build(
-            ChunkState(chunk, self.ids_after, self.carried_keys, self.cancer_concepts, self.looked_up, shared),
+            ChunkState(
+                chunk,
+                self.ids_after,
+                self.carried_keys,
+                self.cancer_concepts,
+                self.looked_up,
+                shared,
+                self.refused_at_read,
+            ),
             names,
             read,
             progress,

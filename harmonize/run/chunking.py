@@ -349,6 +349,10 @@ class StagedSite:
         writer.close()
         return writer.folder, frame.columns, self._written(writer.folder, expected=writer.rows)
 
+    def read_rejects(self) -> dict[str, pl.DataFrame]:
+        """Each staged source's read-time rejects (they are mapped with chunk 0; later chunks may need them)."""
+        return dict(self._rejects)
+
     def batch(self, name: str, chunk: int) -> SourceBatch:
         """The source's records of one chunk; read-time rejects come with chunk 0."""
         frames = []

@@ -37,6 +37,7 @@ from fedomop.harmonize.run.files import SiteFiles
 from fedomop.harmonize.run.lookup import lookup_sources
 from fedomop.harmonize.run.progress import no_progress
 from fedomop.harmonize.run.reading import read_source
+from fedomop.harmonize.run.refused import persons_refused_at_read
 from fedomop.harmonize.sources.base import SourceBatch
 from fedomop.harmonize.tables import TARGETS
 
@@ -131,7 +132,8 @@ def build_chunk(job: ChunkJob) -> ChunkFiles:
             if name in job.mapping.sources and name not in job.files.absent:
                 looked_up[name] = unique_rows(read(name).frame, repeats_possible=name in fhir)
     ids_after = {table: base for table in TARGETS} if base else {}
-    state = ChunkState(job.chunk, ids_after, job.carried_keys, None, looked_up, job.shared)
+    refused = persons_refused_at_read(job.mapping, job.files, job.staged.read_rejects())
+    state = ChunkState(job.chunk, ids_after, job.carried_keys, None, looked_up, job.shared, refused)
     built = builder.build(state, job.names, read, no_progress)
     job.out.mkdir(parents=True)
     for table, frame in built.tables.items():

@@ -280,3 +280,23 @@ def test_a_site_vocabulary_before_its_concept_map_runs_and_is_named(tmp_path: Pa
     report = run_mapping(mapping_file, source, tmp_path / "site.duckdb")
     assert report.unknown_vocabularies == ["HOSPITAL_LAB (tables.measurement[0].concept.vocabulary)"]
     assert report.balanced
+
+
+@pytest.mark.parametrize(("chunks", "workers"), [(None, 1), (2, 1), (2, 2)], ids=["whole", "chunked", "workers"])
+def test_records_of_a_person_refused_at_read_say_so(tmp_path: Path, chunks: int | None, workers: int) -> None:
+    """P2's row in patients.csv has a fifth field (an unquoted comma): the reader refuses data row 2 ("wrong number
+    of fields: 5 instead of 4"), so P2 is no person, and D2 and L2 - P2's diagnosis and lab - are quarantined
+    with that reason, not as "unknown person". Whole, in two person-disjoint chunks, and in worker processes (P2's records may fall in
+    either chunk; the refused row is read with the first)."""
+    mapping, source = make_site(tmp_path)
+    write_csv(source / "patients.csv", _rows(PATIENTS, 2, "death_date", "2021-05-06,extra"))
+    db = tmp_path / "site.duckdb"
+    report = run_mapping(mapping, source, db, chunks=chunks, workers=workers)
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute(
+            "select source, source_row, reason from fedomop_quarantine where source in ('diagnoses', 'labs') "
+            "and field = 'patient_id' order by 1, 2"
+        ).fetchall()
+    why = "person quarantined: wrong number of fields: 5 instead of 4 (its row, refused when read)"
+    assert found == [("diagnoses", "2", why), ("labs", "2", why)]
+    assert report.balanced
