@@ -94,12 +94,25 @@ def parse_any_datetime(column: str, fmt: str) -> pl.Expr:
 def parse_number(column: str, decimal: str = ".") -> pl.Expr:
     """Text -> float; a decimal comma is accepted where the source declares it. NaN and infinities ("NaN",
     "inf", "-Infinity", or an overflow such as 1e999) are not measurements: they parse to nothing, so a present
-    value gives "unparseable number" (``failed``) instead of loading a non-finite value_as_number."""
+    value gives "unparseable number" (``failed``) instead of loading a non-finite value_as_number.
+
+    With ``decimal: ","`` a dot is read only as a thousands separator between groups of three digits
+    (``1.234,5``); any other dot (``2.5``, ``0.25``: a value written with a decimal point after all) makes the
+    value unparseable, never 25: dropping it would load a number 10 or 100 times too large."""
     text = pl.col(column).cast(pl.String).str.strip_chars()
     if decimal == ",":
-        text = text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
+        grouped = text.str.contains(_GROUPED_THOUSANDS)
+        dotted = text.str.contains(".", literal=True)
+        text = (
+            pl.when(dotted & ~grouped)
+            .then(pl.lit(None, pl.String))
+            .otherwise(text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
+        )
     value = text.cast(pl.Float64, strict=False)
     return pl.when(value.is_finite()).then(value).otherwise(None)
+
+
+_GROUPED_THOUSANDS = r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?([eE][+-]?\d+)?$"  # 1.234 / 12.345.678,9 / -1.000,5
 
 
 def failed(original: str, parsed: pl.Expr) -> pl.Expr:

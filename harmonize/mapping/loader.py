@@ -193,7 +193,14 @@ def read_mapping_dict(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
             )
     origin: dict[str, Path] = {}
     included: set[str] = set()
-    for include in data.get("include") or []:
+    includes = data.get("include") or []
+    if isinstance(includes, str):  # `include: base.yaml` would iterate its letters
+        raise MappingError(
+            f"include: {includes!r} is a single name, not a list",
+            where=f"{path}: include",
+            fix=f"write include: [{includes}]",
+        )
+    for include in includes:
         part_path = _included_file(path, include)
         if not part_path.is_file():
             raise MappingError(
@@ -254,6 +261,8 @@ def _describe(error: dict[str, Any], owner_loc: tuple[Any, ...]) -> tuple[str, s
     if error["type"] == "extra_forbidden":
         owner = _model_at(owner_loc)
         keys = ", ".join(f.alias or n for n, f in owner.model_fields.items()) if owner else "see docs/mapping.md"
+        if owner is Mapping:  # read by the loader before the model: a key of the file all the same
+            keys += ", override"
         return f"unknown key {loc[-1]!r}", f"valid keys here: {keys}"
     if error["type"] == "missing":
         return f"required key {loc[-1]!r} is missing", "add it (see docs/mapping.md)"

@@ -150,6 +150,22 @@ class Filter(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _tests_something(self) -> Filter:
+        """A condition that tests nothing would select every row (an ``exclude`` would drop the whole source), and
+        ``not_null: false`` reads like "is null" but tested nothing: both are refused when the mapping loads."""
+        for name in ("not_null", "is_null"):
+            if getattr(self, name) is False:
+                other = "is_null" if name == "not_null" else "not_null"
+                raise ValueError(f"{name}: false tests nothing; write {other}: true for the opposite")
+        if self.in_ is not None and not self.in_:
+            raise ValueError("in: [] matches no row; list the values, or remove the condition")
+        if self.equals is None and self.in_ is None and not self.not_null and not self.is_null:
+            raise ValueError(f"column {self.column!r} has no test: give equals, in, not_null: true or is_null: true")
+        if self.not_null and self.is_null:
+            raise ValueError("not_null and is_null together match no row")
+        return self
+
     def columns(self) -> list[str]:
         """Every source column the filter reads, ``and`` conditions included."""
         return [self.column, *(c for f in self.and_ for c in f.columns())]
@@ -334,6 +350,12 @@ class UnitConversion(Strict):
     factors: dict[str, float] = Field(default_factory=dict)  # source unit -> multiply by
     concept: ConceptRef | None = None
     range: tuple[float, float] | None = None  # plausible range in the standard unit; outside -> quarantine
+
+    @model_validator(mode="after")
+    def _range_in_order(self) -> UnitConversion:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range {list(self.range)} is reversed: write [low, high]")
+        return self
 
 
 class ConceptRef(Strict):

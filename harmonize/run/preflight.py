@@ -189,6 +189,13 @@ def check_mapping(mapping: Mapping, mapping_file: Path) -> None:
         )
     for constant, where in _named_constants(mapping, file):
         _check_named_constant(constant, "concept_id", where)
+    for table in mapping.min_coverage:  # a misspelt table would only fail after the whole site was mapped
+        if table not in MAPPABLE_TABLES:
+            raise MappingError(
+                f"min_coverage names {table!r}, which is not an OMOP table a rule can fill",
+                where=f"{file}: min_coverage.{table}",
+                fix=f"use one of: {_choices(MAPPABLE_TABLES)}",
+            )
     _check_fhir_paths(mapping, file)
 
 
@@ -232,6 +239,10 @@ def check_source_columns(mapping: Mapping, mapping_file: Path, files: SiteFiles)
         for index, rule in enumerate(rules):
             for key, column in rule_columns(rule):
                 used.setdefault(rule.source, []).append((f"tables.{table}[{index}].{key}", column))
+    for name, source in mapping.sources.items():  # a source's own exclude: conditions read its columns too
+        for index, excluded in enumerate(source.exclude):
+            for column in excluded.columns():
+                used.setdefault(name, []).append((f"sources.{name}.exclude[{index}]", column))
     for name, source in mapping.sources.items():
         if source.is_fhir:
             _check_columns_exist(file, name, "declared columns", set(source.columns or {}), used.get(name, []))

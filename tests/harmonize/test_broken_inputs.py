@@ -193,6 +193,49 @@ MAPPING_CASES = [
         "'LOINC'",
     ),
     (
+        "exclude on a column the file lacks",
+        _set(["sources", "labs", "exclude"], [{"column": "valu", "is_null": True, "reason": "no result"}]),
+        "sources.labs.exclude[0]: column 'valu' does not exist in source 'labs'",
+        "header of labs.csv",
+    ),
+    (
+        # a condition that tests nothing would select every row (an exclude would drop the whole source)
+        "filter without a test",
+        _set(["sources", "labs", "exclude"], [{"column": "value", "reason": "no result"}]),
+        "column 'value' has no test",
+        "equals, in, not_null: true or is_null: true",
+    ),
+    (
+        "not_null false",
+        _set(["sources", "labs", "exclude"], [{"column": "value", "not_null": False, "reason": "no result"}]),
+        "not_null: false tests nothing",
+        "is_null: true",
+    ),
+    (
+        "min_coverage of an unknown table",
+        _set(["min_coverage"], {"conditions": 0.9}),
+        "min_coverage.conditions: min_coverage names 'conditions', which is not an OMOP table",
+        "condition_occurrence",
+    ),
+    (
+        "reversed plausible range",
+        _set(["units", 0, "range"], [30, 0]),
+        "range [30.0, 0.0] is reversed",
+        "[low, high]",
+    ),
+    (
+        "include as a single name",
+        _set(["include"], "base.yaml"),
+        "include: 'base.yaml' is a single name, not a list",
+        "include: [base.yaml]",
+    ),
+    (
+        "top-level key misspelt",
+        _set(["overide"], {"site": "x"}),
+        "unknown key 'overide'",
+        "override",
+    ),
+    (
         "rule key not for table",
         _set(["tables", "person", 0, "value"], {"number": "sex"}),
         "tables.person[0].value: person rules take no 'value'",
