@@ -83,6 +83,9 @@ class Problem:
     reason: pl.Expr | str
 
 
+_END_BEFORE_START = "implausible date: ends before it starts"
+
+
 def _missing_code(concept: CodeExpr, source: Source) -> Problem:
     """A record with neither code nor text, where the rule requires one. When the code comes through a
     ``lookup:`` whose reference is set, the reason names the referenced record (a MedicationRequest pointing at a
@@ -368,6 +371,9 @@ class RuleEvaluator:
                 problems += self._bounds(table, prefix, date)
         if rule.end is None:  # the table decides what no end means (visit_occurrence: the CDM convention)
             exprs.append(pl.lit(True).alias(NO_END))
+        elif rule.start is not None and table != "person":  # DQD plausibleStartBeforeEnd: compared as dates
+            ends_first = pl.col("_end_datetime").dt.date() < pl.col("_start_datetime").dt.date()
+            problems.append(Problem(ends_first, rule.end.date, pl.col(rule.end.date), _END_BEFORE_START))
         if rule.start is not None and table != "person":
             problems.append(Problem(pl.col(rule.start.date).is_null(), rule.start.date, pl.lit(None), "missing date"))
         if rule.value is not None:

@@ -343,3 +343,22 @@ def test_records_of_a_person_refused_at_read_say_so(tmp_path: Path, chunks: int 
     why = "person quarantined: wrong number of fields: 5 instead of 4 (its row, refused when read)"
     assert found == [("diagnoses", "2", why), ("labs", "2", why)]
     assert report.balanced
+
+
+def test_a_record_that_ends_before_it_starts_is_quarantined(tmp_path: Path) -> None:
+    """DQD's plausibleStartBeforeEnd, at load: D2 starts 2019-03-01 and ends 2019-02-27 (quarantined, its end
+    shown); D1 ends the day it starts and D3/D4 have no end (loaded)."""
+    mapping = copy.deepcopy(MAPPING)
+    mapping["tables"]["condition_occurrence"][0]["end"] = {"date": "dx_end"}
+    mapping_file, source = make_site(tmp_path, {"tables": mapping["tables"]})
+    ends = {"D1": "2019-02-01", "D2": "2019-02-27"}
+    rows = [DIAGNOSES[0] + ["dx_end"], *(r + [ends.get(r[0], "")] for r in DIAGNOSES[1:])]
+    write_csv(source / "diagnoses.csv", rows)
+    db = tmp_path / "site.duckdb"
+    report = run_mapping(mapping_file, source, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute(
+            "select source_row, field, value, reason from fedomop_quarantine where source = 'diagnoses'"
+        ).fetchall()
+    assert found == [("2", "dx_end", "2019-02-27", "implausible date: ends before it starts")]
+    assert report.balanced
