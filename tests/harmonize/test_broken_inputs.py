@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from fedomop.harmonize.ground.errors import MappingError
-from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.run import RunReport, run_mapping
 from tests.harmonize.fixture_site import DIAGNOSES, LABS, MAPPING, PATIENTS, make_site, write_csv
 
 
@@ -258,17 +258,22 @@ def test_malformed_mapping_fails_before_reading_data(tmp_path: Path, name, mappi
     assert not db.exists()
 
 
+def _map_and_quarantined(mapping: Path, source: Path, db: Path, name: str) -> tuple[RunReport, list[tuple[str, ...]]]:
+    """Map the site; the run's report and one source's quarantine rows (row, field, value, reason) by row."""
+    report = run_mapping(mapping, source, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute(
+            "select source_row, field, value, reason from fedomop_quarantine where source = ? order by 1", [name]
+        ).fetchall()
+    return report, found
+
+
 def test_text_in_a_numeric_omop_field_is_quarantined_not_nulled(tmp_path: Path) -> None:
     """``fields`` are typed by the OMOP column they fill: text in range_low cannot silently become null."""
     mapping = copy.deepcopy(MAPPING)
     mapping["tables"]["measurement"][0]["fields"] = {"range_low": "lab_id"}
     mapping_file, source = make_site(tmp_path, {"tables": mapping["tables"]})
-    db = tmp_path / "site.duckdb"
-    report = run_mapping(mapping_file, source, db)
-    with duckdb.connect(str(db), read_only=True) as con:
-        found = con.execute(
-            "select source_row, field, value, reason from fedomop_quarantine where source = 'labs' order by 1"
-        ).fetchall()
+    report, found = _map_and_quarantined(mapping_file, source, tmp_path / "site.duckdb", "labs")
     assert found == [
         ("1", "lab_id", "L1", "unparseable number"),
         ("2", "lab_id", "L2", "unparseable number"),
@@ -354,11 +359,6 @@ def test_a_record_that_ends_before_it_starts_is_quarantined(tmp_path: Path) -> N
     ends = {"D1": "2019-02-01", "D2": "2019-02-27"}
     rows = [DIAGNOSES[0] + ["dx_end"], *(r + [ends.get(r[0], "")] for r in DIAGNOSES[1:])]
     write_csv(source / "diagnoses.csv", rows)
-    db = tmp_path / "site.duckdb"
-    report = run_mapping(mapping_file, source, db)
-    with duckdb.connect(str(db), read_only=True) as con:
-        found = con.execute(
-            "select source_row, field, value, reason from fedomop_quarantine where source = 'diagnoses'"
-        ).fetchall()
+    report, found = _map_and_quarantined(mapping_file, source, tmp_path / "site.duckdb", "diagnoses")
     assert found == [("2", "dx_end", "2019-02-27", "implausible date: ends before it starts")]
     assert report.balanced
