@@ -348,7 +348,8 @@ def absent_named_concepts(db: Database, mapping: Mapping, mapping_file: Path) ->
 
 
 def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> None:
-    """A hard-coded concept id must carry the vocabulary's name for it (when the vocabulary has that concept)."""
+    """A hard-coded concept id must carry the vocabulary's name for it (when the vocabulary has that concept);
+    so must a concept named by vocabulary and code (a ``units`` analyte, an episode's cancer concept)."""
     named = _named_concepts(mapping, mapping_file)
     names = _vocabulary_names(db, sorted({i for i, _, _ in named if i}))
     for concept_id, name, where in named:
@@ -359,21 +360,35 @@ def check_concept_names(db: Database, mapping: Mapping, mapping_file: Path) -> N
                 where=where,
                 fix="correct the concept id or its name",
             )
+    for ref, where in _concept_refs(mapping, mapping_file):
+        found = db.query(
+            "SELECT concept_name FROM concept WHERE vocabulary_id = :v AND concept_code = :c",
+            {"v": ref.vocabulary, "c": ref.code},
+        ).get_column("concept_name")
+        if found.len() and all(str(n).strip().lower() != ref.name.strip().lower() for n in found.to_list()):
+            raise MappingError(
+                f"{ref.vocabulary} {ref.code} is {found[0]!r} in the vocabulary, not {ref.name!r}",
+                where=where,
+                fix="correct the code or its name",
+            )
+
+
+def _concept_refs(mapping: Mapping, mapping_file: Path) -> list[tuple[ConceptRef, str]]:
+    """Every concept the mapping names by vocabulary + code + name, with where it is written."""
+    return [(ref, where) for ref, where in _walk(mapping, mapping_file) if isinstance(ref, ConceptRef)]
 
 
 _FIXES_A_VOCABULARY = (CodeExpr, ConceptFieldExpr, WideColumn, ConceptRef)
 
 
-def _fixed_vocabularies(mapping: Mapping, mapping_file: Path) -> list[tuple[str, str]]:
-    """Every vocabulary id the mapping writes for its codes (a rule's code, a concept field, a wide column, a
-    concept named by code), with where it is written. ``vocabulary.fhir_systems`` is left out: it is a lookup
-    table of system URLs, and a release need not hold every vocabulary it lists."""
-    found: list[tuple[str, str]] = []
+def _walk(mapping: Mapping, mapping_file: Path) -> list[tuple[BaseModel, str]]:
+    """Every model inside the mapping's rules and site settings, with where it is written (``vocabulary`` and
+    ``sources`` left out: a system-URL lookup table and reader options)."""
+    found: list[tuple[BaseModel, str]] = []
 
     def walk(value: object, where: str) -> None:
-        if isinstance(value, _FIXES_A_VOCABULARY) and isinstance(value.vocabulary, str):
-            found.append((value.vocabulary, f"{where}.vocabulary"))
         if isinstance(value, BaseModel):
+            found.append((value, where))
             for name, item in vars(value).items():
                 walk(item, f"{where}.{name}")
         elif isinstance(value, dict):
@@ -387,6 +402,17 @@ def _fixed_vocabularies(mapping: Mapping, mapping_file: Path) -> list[tuple[str,
         if name not in ("vocabulary", "sources"):
             walk(value, f"{mapping_file}: {name}")
     return found
+
+
+def _fixed_vocabularies(mapping: Mapping, mapping_file: Path) -> list[tuple[str, str]]:
+    """Every vocabulary id the mapping writes for its codes (a rule's code, a concept field, a wide column, a
+    concept named by code), with where it is written. ``vocabulary.fhir_systems`` is left out: it is a lookup
+    table of system URLs, and a release need not hold every vocabulary it lists."""
+    return [
+        (model.vocabulary, f"{where}.vocabulary")
+        for model, where in _walk(mapping, mapping_file)
+        if isinstance(model, _FIXES_A_VOCABULARY) and isinstance(model.vocabulary, str)
+    ]
 
 
 def unknown_vocabulary_ids(db: Database, mapping: Mapping, mapping_file: Path) -> list[str]:

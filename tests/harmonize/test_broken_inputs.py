@@ -224,6 +224,14 @@ MAPPING_CASES = [
         "[low, high]",
     ),
     (
+        # LOINC 17861-6 is "Calcium [Mass/volume] in Serum or Plasma" in the sample CONCEPT.csv
+        "wrong name of a concept named by code",
+        _set(["units", 0, "concept"], {"vocabulary": "LOINC", "code": "17861-6", "name": "Calcium"}),
+        "units[0].concept: LOINC 17861-6 is 'Calcium [Mass/volume] in Serum or Plasma' in the vocabulary, not "
+        "'Calcium'",
+        "correct the code or its name",
+    ),
+    (
         "include as a single name",
         _set(["include"], "base.yaml"),
         "include: 'base.yaml' is a single name, not a list",
