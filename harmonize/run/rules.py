@@ -34,7 +34,7 @@ from fedomop.harmonize.run.datebounds import date_bounds
 from fedomop.harmonize.run.quarantine import Quarantine
 from fedomop.harmonize.run.shorten import Shortened
 from fedomop.harmonize.run.units import UnitConverter
-from fedomop.harmonize.tables import DOMAIN_TABLES
+from fedomop.harmonize.tables import DOMAIN_TABLES, TARGETS
 from fedomop.harmonize.tables.visit_occurrence import NO_END
 from fedomop.harmonize.vocabulary import resolve_codes
 from fedomop.harmonize.vocabulary.resolve import ResolutionCache
@@ -369,8 +369,9 @@ class RuleEvaluator:
                 derived += from_columns
                 problems.append(date_problem)
                 problems += self._bounds(table, prefix, date)
-        if rule.end is None:  # the table decides what no end means (visit_occurrence: the CDM convention)
-            exprs.append(pl.lit(True).alias(NO_END))
+        if rule.end is None:
+            if TARGETS[table].marks_no_end:  # the table decides what no end means (visit_occurrence: the CDM's)
+                exprs.append(pl.lit(True).alias(NO_END))
         elif rule.start is not None and table != "person":  # DQD plausibleStartBeforeEnd: compared as dates
             ends_first = pl.col("_end_datetime").dt.date() < pl.col("_start_datetime").dt.date()
             problems.append(Problem(ends_first, rule.end.date, pl.col(rule.end.date), _END_BEFORE_START))

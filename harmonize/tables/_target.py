@@ -45,6 +45,9 @@ class TableTarget:
     derived: bool = False  # built by the engine from other tables, not by rules
     extra_rule_keys: tuple[str, ...] = field(default=())
     one_per_person: bool = False  # death: keyed by person_id, at most one row per person
+    # whether ``finish`` tells a rule without ``end:`` from an empty end (visit_occurrence): its rules' rows then
+    # carry a NO_END marker; other tables never see one
+    marks_no_end: bool = False
 
     @property
     def allowed_rule_keys(self) -> set[str]:

@@ -59,4 +59,5 @@ TARGET = TableTarget(
     },
     required_rule_keys=("id", "person", "start", "type_concept"),
     finish=_mark_open_visits,
+    marks_no_end=True,
 )
