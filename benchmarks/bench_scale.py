@@ -137,10 +137,18 @@ def duckdb_baseline(site_dir: Path, work: Path) -> TreeRun:
     return run
 
 
-def map_site(site_dir: Path, db: Path, chunk_mb: int, mapping: Path = MAPPING, code: Path | None = None) -> TreeRun:
+def map_site(
+    site_dir: Path,
+    db: Path,
+    chunk_mb: int,
+    mapping: Path = MAPPING,
+    code: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> TreeRun:
     """One ``fedomop map`` run (from this checkout, or from the checkout ``code``) with its counts and chunks."""
     db.unlink(missing_ok=True)
     args = ["map", "--mapping", str(mapping), "--source", str(site_dir), "--db", str(db), "--chunk-mb", str(chunk_mb)]
+    args += list(extra)
     if code is None:
         run = run_monitored([FEDOMOP, *args])
     else:  # the other checkout's package first on the path, run from there
@@ -202,11 +210,11 @@ class EtlRound:
     chunks: int = 1
 
 
-def etl_round(site_dir: Path, db: Path, work: Path, chunk_mb: int) -> EtlRound:
-    """The references and one ETL run on the same files, interleaved."""
+def etl_round(site_dir: Path, db: Path, work: Path, chunk_mb: int, extra: tuple[str, ...] = ()) -> EtlRound:
+    """The references and one ETL run (``fedomop map`` with the options ``extra``) on the same files, interleaved."""
     base = baseline(site_dir, work)
     duck = duckdb_baseline(site_dir, work)
-    etl = map_site(site_dir, db, chunk_mb)
+    etl = map_site(site_dir, db, chunk_mb, extra=extra)
     floor = output_floor(db, work)
     result = EtlRound(
         etl_seconds=etl.seconds,
@@ -279,7 +287,8 @@ def cmd_etl(args: argparse.Namespace) -> None:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     db: Path = args.db or work / "etl.duckdb"
-    rounds = [etl_round(site_dir, db, work, args.chunk_mb) for _ in range(args.runs)]
+    extra = ("--no-indexes",) if args.no_indexes else ()
+    rounds = [etl_round(site_dir, db, work, args.chunk_mb, extra) for _ in range(args.runs)]
     if not args.db:
         db.unlink(missing_ok=True)
     command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
@@ -650,6 +659,9 @@ def main() -> None:
     etl.add_argument("--db", type=Path, help="keep the mapped database here (default: deleted)")
     etl.add_argument("--work", type=Path, default=Path("/tmp/fedomop_scale/work"))
     etl.add_argument("--write-docs", action="store_true")
+    etl.add_argument(
+        "--no-indexes", action="store_true", help="map without the official CDM indexes (issue 14 makes them default)"
+    )
     etl.set_defaults(handler=cmd_etl)
     ref = sub.add_parser("reference", help="fedomop map vs the hand-written SQL ETL vs polars, side by side")
     ref.add_argument("--site-dir", type=Path, required=True, help="a site-A-style CSV folder")

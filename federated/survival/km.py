@@ -113,9 +113,7 @@ def releasable_between(time: Array, event: Events, start: float, end: float, thr
     """The one bit a site answers when the hub proposes an interval: could its counts there leave the site?"""
     counts = counts_between(time, event, start, end)
     return (
-        counts.at_risk >= threshold
-        and not _small(counts.events, threshold)
-        and not _small(counts.censored, threshold)
+        counts.at_risk >= threshold and not _small(counts.events, threshold) and not _small(counts.censored, threshold)
     )
 
 
@@ -136,6 +134,8 @@ def agreed_boundaries(sites: list[tuple[Array, Events]], width: float, horizon: 
 
 
 def counts_on(time: Array, event: Events, boundaries: list[float]) -> list[Interval]:
-    """A site's counts on the agreed grid (what it releases)."""
+    """A site's counts on the agreed grid (what it releases); no agreed interval, nothing released."""
+    if not boundaries:
+        return []
     starts = [0.0, *boundaries[:-1]]
     return [counts_between(time, event, s, e) for s, e in zip(starts, boundaries, strict=True)]

@@ -23,6 +23,7 @@ import numpy as np
 from fedomop.federated.errors import StudyError
 from fedomop.federated.feasibility import SiteFeasibility, require_feasible, site_feasibility
 from fedomop.federated.features import SiteData, build_features
+from fedomop.federated.governance.suppression import suppress_counts
 from fedomop.federated.study import StudySpec
 from fedomop.federated.survival import boosted, cox, km, metrics
 from fedomop.harmonize.ground.smallcell import is_small
@@ -198,20 +199,26 @@ def run_survival(
         horizons=horizons,
         coefficients=fitted.coefficients,
         metrics=results,
-        sites={
-            n: {
-                "n_train": len(train[n].time),
-                "n_test": len(test[n].time),
-                "left_out_incomplete": train[n].left_out + test[n].left_out,
-                "data_version": versions[n],
-            }
-            for n in sites
-        },
+        sites={n: {**_released_sizes(train[n], test[n], small, n), "data_version": versions[n]} for n in sites},
         km_curve=km.pooled_curve(intervals),
         rounds=fitted.rounds,
         model=MODEL_LABELS[model],
         booster=fitted.booster,
     )
+
+
+def _released_sizes(train: Rows, test: Rows, threshold: int, site: str) -> dict[str, int | None]:
+    """A site's training, held-out and left-out row counts through the small-cell rule.
+
+    The three add up to the site's cohort, which the feasibility step releases, so they are one group: when one
+    is a small cell all three are withheld (``None``), or the small one could be recovered by subtraction.
+    """
+    sizes = {
+        "n_train": len(train.time),
+        "n_test": len(test.time),
+        "left_out_incomplete": train.left_out + test.left_out,
+    }
+    return suppress_counts(sizes, threshold, group=f"{site}.cohort")
 
 
 def require_complete_cases(study: StudySpec, raw: dict[str, np.ndarray], train: dict[str, Rows], model: str) -> None:

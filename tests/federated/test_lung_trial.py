@@ -381,3 +381,60 @@ def test_fedomop_train_xgboost_cox_prints_federated_alone_and_the_pooled_site_st
     # hospital_2 holds out 14 rows with fewer than 10 deaths: its C-index is withheld (small cell), the others not
     assert np.isfinite(federated["hospital_0"]["c_index"]) and np.isfinite(federated["hospital_1"]["c_index"])
     assert (tmp_path / "out" / "model.json").stat().st_size > 0
+
+
+def test_train_with_a_site_too_small_for_any_kaplan_meier_interval_withholds_the_curve(
+    trial: pd.DataFrame, mapped: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fourth hospital of 12 patients who all die, 5 of them within the 365-day horizon: no interval up to the
+    horizon has 0 or >= 10 deaths there, so no Kaplan-Meier interval can be agreed by every site. The Cox model
+    is still fitted and saved, and the curve is empty (withheld), not an internal error (it was one: a
+    newcomer's small hospital crashed `fedomop train` after the fit)."""
+    import json
+
+    dead = trial[trial["status"] == 1]
+    rows = pd.concat([dead[dead["time"] <= 365].head(5), dead[dead["time"] > 365].head(7)])
+    assert len(rows) == 12 and int((rows["time"] <= 365).sum()) == 5
+    site = tmp_path / "hospital_small"
+    _write_extract(rows, site / "extract")
+    _vocabulary_with_ecog(site / "vocabulary")
+    (site / "mapping.yaml").write_text(MAPPING.format(site="hospital_small"), encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "fedomop", "map", "--mapping", str(site / "mapping.yaml"),
+         "--source", str(site / "extract"), "--db", str(site / "cdm.duckdb")],
+        capture_output=True, check=True,
+    )
+    study = tmp_path / "lung.yaml"
+    study.write_text(STUDY, encoding="utf-8")
+    sites = [arg for db in [*mapped.values(), site / "cdm.duckdb"] for arg in ("--sites", str(db))]
+    result = subprocess.run(
+        [sys.executable, "-m", "fedomop", "train", "--study", str(study), "--model", "cox-ph",
+         "--out", str(tmp_path / "out"), *sites],
+        capture_output=True, text=True, check=False, env={**__import__("os").environ, "COLUMNS": "250"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "internal error" not in result.stdout + result.stderr
+    saved = json.loads((tmp_path / "out" / "survival_result.json").read_text())
+    assert saved["kaplan_meier"] == []
+    assert len(saved["coefficients"]["federated"]) == 3
+    # 12 patients: the held-out 30% is a small cell, so the site's sizes are withheld together
+    assert {saved["sites"]["hospital_small"][k] for k in ("n_train", "n_test", "left_out_incomplete")} == {None}
+
+
+def test_a_small_left_out_count_withholds_the_sizes_it_could_be_recovered_from() -> None:
+    """The training, held-out and left-out counts add up to the cohort the feasibility step releases: one small
+    cell among them withholds all three (docs/governance.md, complementary suppression); none small, all shown."""
+    from fedomop.federated.survival.runner import Rows, _released_sizes
+
+    def rows(n: int, left_out: int) -> Rows:
+        return Rows(np.zeros((n, 1)), np.ones(n), np.ones(n, dtype=bool), left_out)
+
+    assert _released_sizes(rows(61, 1), rows(27, 0), 5, "h2") == {
+        "n_train": None, "n_test": None, "left_out_incomplete": None
+    }
+    assert _released_sizes(rows(61, 0), rows(27, 0), 5, "h2") == {
+        "n_train": 61, "n_test": 27, "left_out_incomplete": 0
+    }
+    assert _released_sizes(rows(61, 3), rows(27, 4), 5, "h2") == {
+        "n_train": 61, "n_test": 27, "left_out_incomplete": 7
+    }
