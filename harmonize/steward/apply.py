@@ -116,6 +116,13 @@ def _check_decisions(frame: pl.DataFrame, path: Path) -> None:
         if decision == "local" and not (row.get("local_name") or "").strip():
             raise MappingError("a local concept needs a local_name", where=f"{path} line {line}, field local_name",
                                fix="name the site's concept")  # fmt: skip
+        domain = (row.get("local_domain") or "").strip()
+        if decision in ("approve", "local") and domain and domain not in DOMAIN_TABLES:
+            raise MappingError(
+                f"local_domain {domain!r} is not an OMOP domain whose records fedomop loads",
+                where=f"{path} line {line}, field local_domain",
+                fix=f"use one of {', '.join(sorted(DOMAIN_TABLES))} (it decides the table the records go to)",
+            )
 
 
 def _target_vocabularies(frame: pl.DataFrame, concepts: pl.DataFrame, path: Path) -> dict[int, str]:

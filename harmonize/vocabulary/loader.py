@@ -106,7 +106,27 @@ def load_vocabulary_extension(db: Database, folder: Path) -> dict[str, int]:
                     else ""
                 )
                 connection.execute(sa.text(f'INSERT INTO "{table}" SELECT * FROM "{stage}"{new}'))
+            for statement in _reference_rows(staged["concept"]):
+                connection.execute(sa.text(statement))
     return counts
+
+
+def _reference_rows(concepts: str) -> list[str]:
+    """INSERTs for the DOMAIN, CONCEPT_CLASS and VOCABULARY rows the extension's concepts name but neither the
+    loaded release nor the extension defines (concept.domain_id, concept_class_id and vocabulary_id are foreign
+    keys: the DQD's isForeignKey check is fatal). A release subset lacks some that Athena has (the Observation
+    domain, the Vocabulary class); their own concept id is 0, "no concept", as for any metadata concept the
+    release does not hold. A full Athena release loaded later has them, and then nothing is added."""
+    return [
+        'INSERT INTO "domain" (domain_id, domain_name, domain_concept_id) SELECT DISTINCT domain_id, domain_id, 0 '
+        f'FROM "{concepts}" WHERE domain_id NOT IN (SELECT domain_id FROM "domain")',
+        'INSERT INTO "concept_class" (concept_class_id, concept_class_name, concept_class_concept_id) '
+        "SELECT DISTINCT concept_class_id, concept_class_id, 0 "
+        f'FROM "{concepts}" WHERE concept_class_id NOT IN (SELECT concept_class_id FROM "concept_class")',
+        'INSERT INTO "vocabulary" (vocabulary_id, vocabulary_name, vocabulary_concept_id) '
+        "SELECT DISTINCT vocabulary_id, vocabulary_id, 0 "
+        f'FROM "{concepts}" WHERE vocabulary_id NOT IN (SELECT vocabulary_id FROM "vocabulary")',
+    ]
 
 
 def load_source_to_concept_map(db: Database, path: Path, *, replace: bool = False) -> int:

@@ -9,6 +9,9 @@ per reviewed SITE_LAB code in sheet order (CA 2000000002, K 2000000003), then on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -116,6 +119,16 @@ def test_applied_review_takes_effect_on_the_next_map(tmp_path: Path) -> None:
     assert db.query("SELECT vocabulary_concept_id FROM vocabulary WHERE vocabulary_id = 'SITE_LAB'").item() == (
         2000000005
     )
+    # concept.domain_id / concept_class_id / vocabulary_id are foreign keys (DQD isForeignKey, fatal): the bundled
+    # subset has no 'Vocabulary' vocabulary or concept class, which the local vocabularies' own concepts name
+    for field, table in (("domain_id", "domain"), ("concept_class_id", "concept_class"),
+                         ("vocabulary_id", "vocabulary")):  # fmt: skip
+        orphans = db.query(f"SELECT COUNT(*) FROM concept c WHERE c.{field} NOT IN (SELECT {field} FROM {table})")
+        assert orphans.item() == 0, field
+    assert db.query("SELECT concept_class_concept_id FROM concept_class WHERE concept_class_id = 'Vocabulary'").rows() == [
+        (0,)
+    ]
+    assert db.query("SELECT vocabulary_concept_id FROM vocabulary WHERE vocabulary_id = 'Vocabulary'").rows() == [(0,)]
 
     # applying the same sheet again changes nothing: no new concept, no second map row, the mapping as it is
     before = (mapping.read_text(), (extension / "CONCEPT.csv").read_text())
@@ -148,3 +161,29 @@ def test_wiring_keeps_other_keys_in_flow_and_block_styles(tmp_path: Path) -> Non
     }  # fmt: skip
     assert "mine.csv  # kept" in block.read_text()
     assert wire_vocabulary(block, source_to_concept_map="stcm.csv", extension="second") == []
+
+
+def test_a_local_domain_that_is_not_a_loadable_omop_domain_is_refused_with_its_line(tmp_path: Path) -> None:
+    """local_domain decides the table a local concept's records go to: a name that is no OMOP domain fedomop loads
+    ('Lab', a typo) would make concepts whose records go nowhere and a DOMAIN foreign key that fails."""
+    mapping, source = _site(tmp_path)
+    first = tmp_path / "first.duckdb"
+    _cli("map", "--mapping", mapping, "--source", source, "--db", first)
+    review = tmp_path / "review.csv"
+    _cli("codes", "review", "--mapping", mapping, "--db", first, "--out", review)
+    sheet = pl.read_csv(review, infer_schema=False)
+    sheet.with_columns(
+        pl.Series("decision", ["local", "local"]),
+        pl.Series("local_name", ["Site calcium", "Site potassium"]),
+        pl.Series("local_domain", ["Measurement", "Lab"]),
+    ).write_csv(review)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedomop", "codes", "apply", "--review", str(review), "--mapping", str(mapping),
+         "--source", str(source)],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said
+    assert "local_domain 'Lab' is not an OMOP domain" in said and "Traceback" not in said
+    assert f"{review} line 3, field local_domain" in said
+    assert "Measurement" in said and not (source / "source_to_concept_map.csv").exists()
