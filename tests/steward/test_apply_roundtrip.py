@@ -63,12 +63,18 @@ def _site(tmp_path: Path) -> tuple[Path, Path]:
     return mapping, source
 
 
-def test_applied_review_takes_effect_on_the_next_map(tmp_path: Path) -> None:
+def _reviewed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The site mapped once and its review sheet written (mapping, extract folder, sheet)."""
     mapping, source = _site(tmp_path)
     first = tmp_path / "first.duckdb"
     _cli("map", "--mapping", mapping, "--source", source, "--db", first)
     review = tmp_path / "review.csv"
     _cli("codes", "review", "--mapping", mapping, "--db", first, "--out", review)
+    return mapping, source, review
+
+
+def test_applied_review_takes_effect_on_the_next_map(tmp_path: Path) -> None:
+    mapping, source, review = _reviewed(tmp_path)
     sheet = pl.read_csv(review, infer_schema=False)
     assert sheet.select("source_vocabulary_id", "source_code", "records").rows() == [
         ("SITE_LAB", "CA", "3"),
@@ -166,11 +172,7 @@ def test_wiring_keeps_other_keys_in_flow_and_block_styles(tmp_path: Path) -> Non
 def test_a_local_domain_that_is_not_a_loadable_omop_domain_is_refused_with_its_line(tmp_path: Path) -> None:
     """local_domain decides the table a local concept's records go to: a name that is no OMOP domain fedomop loads
     ('Lab', a typo) would make concepts whose records go nowhere and a DOMAIN foreign key that fails."""
-    mapping, source = _site(tmp_path)
-    first = tmp_path / "first.duckdb"
-    _cli("map", "--mapping", mapping, "--source", source, "--db", first)
-    review = tmp_path / "review.csv"
-    _cli("codes", "review", "--mapping", mapping, "--db", first, "--out", review)
+    mapping, source, review = _reviewed(tmp_path)
     sheet = pl.read_csv(review, infer_schema=False)
     sheet.with_columns(
         pl.Series("decision", ["local", "local"]),
