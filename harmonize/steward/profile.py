@@ -118,7 +118,7 @@ def _sniff(path: Path) -> tuple[str, str]:
 def _scan(path: Path, fmt: str, delimiter: str, encoding: str) -> pl.LazyFrame:
     if fmt == "parquet":
         frame = pl.scan_parquet(path)
-        return frame.select(pl.all().cast(pl.String))
+        return frame.select(_as_text(name, dtype) for name, dtype in frame.collect_schema().items())
     return pl.scan_csv(
         path,
         separator=delimiter,
@@ -126,6 +126,16 @@ def _scan(path: Path, fmt: str, delimiter: str, encoding: str) -> pl.LazyFrame:
         encoding="utf8" if encoding == "utf-8" else "utf8-lossy",
         null_values=[""],
     )
+
+
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A Parquet column as the text the profile counts; a native date or timestamp as ISO 8601 text, which the
+    profile recognises as a date (cast to text, a timestamp reads ``1908-11-23 00:00:00.000000000``, no format)."""
+    if dtype == pl.Date:
+        return pl.col(name).dt.strftime("%Y-%m-%d")
+    if isinstance(dtype, pl.Datetime):
+        return pl.col(name).dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return pl.col(name).cast(pl.String)
 
 
 # -- per column ----------------------------------------------------------------------------------------
@@ -179,7 +189,7 @@ def _profile_columns(
             top_values=[(str(v), int(n)) for v, n in top.collect().iter_rows()],
         )
         column.kind, column.date_format = _kind(counts, index, rows - nulls)
-        if column.kind in ("integer", "text") and column.distinct:
+        if column.kind in ("integer", "text") and column.distinct and not _ID_NAME.search(name):
             values = frame.select(pl.col(name).drop_nulls().unique().head(5000)).collect().to_series().to_list()
             column.code_system, column.code_system_share = guess_code_system(values, vocabulary)
             if column.code_system and vocabulary is not None:
@@ -274,6 +284,11 @@ def profile_file(path: Path, root: Path, vocabulary: pl.DataFrame | None = None)
         ) from None
     if fmt == "fhir_ndjson":
         _fhir_code_systems(columns)
+    if fmt == "parquet":  # a native date/timestamp: fedomop map reads it under the default `iso`, whatever the text
+        native = {n for n, t in pl.read_parquet_schema(path).items() if t == pl.Date or isinstance(t, pl.Datetime)}
+        for column in columns:
+            if column.name in native and column.kind == "date":
+                column.date_format = "iso"
     return FileProfile(
         path=path.relative_to(root).as_posix(),
         format=fmt,

@@ -325,3 +325,37 @@ def test_profile_leaves_out_the_sites_concept_map(tmp_path: Path) -> None:
     assert "source_to_concept_map.csv: a source_to_concept_map (the steward's), not profiled" in output
     profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
     assert [f["path"] for f in profile["files"]] == ["patients.csv"]
+
+
+def test_a_parquet_extract_with_native_dates_drafts_a_person_rule_that_maps(tmp_path: Path) -> None:
+    """Parquet keeps dates as dates: the profile must call a Date or timestamp column a date (it profiled the
+    text cast, '1908-11-23 00:00:00.000000000', as text, so the draft found no birth date and no person file), and
+    an id column named like one (mrn, patient_id, PATNR) is not guessed as a code system (P000-P029 look like
+    ICD-10-CM chapter codes)."""
+    import datetime as dt
+
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    births = [dt.datetime(1950, 1, 1) + dt.timedelta(days=100 * i) for i in range(30)]
+    pl.DataFrame(
+        {
+            "mrn": [f"P{i:03d}" for i in range(30)],
+            "dob": births,
+            "dx_date": [dt.date(2010, 1, 1) + dt.timedelta(days=i) for i in range(30)],
+            "sex": ["M", "F"] * 15,
+        }
+    ).write_parquet(extract / "patients.parquet")
+    _cli("profile", "--source", extract, "--out", tmp_path / "profile", "--vocabulary", SAMPLE_DATA / "vocabulary")
+    columns = {c["name"]: c for c in json.loads((tmp_path / "profile" / "profile.json").read_text())["files"][0]["columns"]}
+    assert [columns[n]["kind"] for n in ("dob", "dx_date")] == ["date", "date"]
+    assert (columns["dob"]["date_min"], columns["dob"]["date_max"]) == ("1950-01-01", str(births[-1].date()))
+    assert columns["mrn"].get("code_system") is None
+    mapping = tmp_path / "draft.yaml"
+    _cli("draft-mapping", "--profile", tmp_path / "profile" / "profile.json", "--vocabulary",
+         SAMPLE_DATA / "vocabulary", "--out", mapping)  # fmt: skip
+    assert "no person file" not in mapping.read_text()
+    _cli("map", "--mapping", mapping, "--source", extract, "--db", tmp_path / "site.duckdb")
+    years = connect(str(tmp_path / "site.duckdb"), read_only=True).query(
+        "SELECT person_source_value, year_of_birth, month_of_birth, day_of_birth FROM person ORDER BY 1"
+    ).rows()
+    assert years == [(f"P{i:03d}", b.year, b.month, b.day) for i, b in enumerate(births)]
