@@ -41,16 +41,17 @@ TABLE_OF_DOMAIN = {
     "Device": "device_exposure",
 }
 _PERSON_ID = re.compile(r"(patient|person|pat|subject|member|mrn|pid|ipp)(_?(id|key|no|num|nr|code))?$", re.I)
-_BIRTH = re.compile(r"birth|dob|born|naiss|geburt", re.I)
+_BIRTH = re.compile(r"birth|dob|born|naiss|geburt|gebdat|geb_?dat|nacimiento|fecha_nac|nascita", re.I)
 _DEATH = re.compile(r"death|deceased|dod|died|deces", re.I)
-_SEX = re.compile(r"^(sex|gender|sexe|geschlecht)", re.I)
+_SEX = re.compile(r"^(sex|gender|sexe|geschl|sexo|sesso)", re.I)
 _VISIT = re.compile(r"encounter|visit|admission|stay|sejour|episode", re.I)
 # a date column that ends something: end_date, stop, discharge/disch_dt/dischg, sortie, leave, departure, date_out
 _END = re.compile(r"end|stop|disch|sortie|until|fin$|_fin|leave|depart|(^|_)out($|_)", re.I)
 _VALUE = re.compile(r"^(value|result|res|val|valeur|wert|value_as_number|num_value)", re.I)
 _UNIT = re.compile(r"unit|unite|einheit|uom", re.I)
 _VISIT_TYPE = re.compile(r"type|class|kind|setting", re.I)
-_SEX_VALUES = {"m": 8507, "male": 8507, "man": 8507, "h": 8507, "f": 8532, "female": 8532, "woman": 8532}
+_SEX_VALUES = {"m": 8507, "male": 8507, "man": 8507, "h": 8507, "f": 8532, "female": 8532, "woman": 8532,
+               "w": 8532, "weiblich": 8532, "männlich": 8507, "maennlich": 8507}  # fmt: skip
 _VISIT_VALUES = {
     "inpatient": 9201, "ip": 9201, "imp": 9201, "hospitalisation": 9201,
     "outpatient": 9202, "op": 9202, "amb": 9202, "ambulatory": 9202,

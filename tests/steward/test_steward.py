@@ -359,3 +359,20 @@ def test_a_parquet_extract_with_native_dates_drafts_a_person_rule_that_maps(tmp_
         "SELECT person_source_value, year_of_birth, month_of_birth, day_of_birth FROM person ORDER BY 1"
     ).rows()
     assert years == [(f"P{i:03d}", b.year, b.month, b.day) for i, b in enumerate(births)]
+
+
+def test_draft_recognises_a_german_patient_file(tmp_path: Path) -> None:
+    """PATNR / GEBDAT / GESCHL with M and W (weiblich), ';' and dd.mm.yyyy: a person rule the map runs as drafted."""
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    rows = [f"{1000 + i};{1 + i:02d}.03.19{40 + i};{'MW'[i % 2]}" for i in range(24)]
+    (extract / "patienten.csv").write_text("PATNR;GEBDAT;GESCHL\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    _cli("profile", "--source", extract, "--out", tmp_path / "profile")
+    mapping = tmp_path / "draft.yaml"
+    _cli("draft-mapping", "--profile", tmp_path / "profile" / "profile.json", "--vocabulary",
+         SAMPLE_DATA / "vocabulary", "--out", mapping)  # fmt: skip
+    _cli("map", "--mapping", mapping, "--source", extract, "--db", tmp_path / "site.duckdb")
+    persons = connect(str(tmp_path / "site.duckdb"), read_only=True).query(
+        "SELECT person_source_value, year_of_birth, day_of_birth, gender_concept_id FROM person ORDER BY 1"
+    ).rows()
+    assert persons == [(str(1000 + i), 1940 + i, 1 + i, 8507 if i % 2 == 0 else 8532) for i in range(24)]
