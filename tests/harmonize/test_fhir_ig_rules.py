@@ -162,7 +162,7 @@ def _status_counts(resource_type: str, element: str, codes: set[str]) -> int:
         ("observations", "Observation", "status", {"entered-in-error", "cancelled"}),
         ("procedures", "Procedure", "status", {"entered-in-error", "not-done", "preparation"}),
         ("immunizations", "Immunization", "status", {"entered-in-error", "not-done"}),
-        ("medication_statements", "MedicationStatement", "status", {"entered-in-error", "not-taken"}),
+        ("medication_statements", "MedicationStatement", "status", {"entered-in-error", "not-taken", "intended"}),
         ("allergies", "AllergyIntolerance", "verificationStatus", {"entered-in-error", "refuted"}),
     ],
 )
@@ -374,6 +374,12 @@ def test_a_drug_without_a_code_keeps_its_name_or_is_quarantined_with_its_referen
     ]
 
 
+GROUPING = (
+    "excluded by rule: Observation grouping others (hasMember) and no value of its own: each member is its own "
+    "Observation"
+)
+
+
 def test_grouping_panels_and_waveforms_are_excluded_and_valueless_results_quarantined(hl7_db: Path) -> None:
     """vitals-panel and bgpanel only group other Observations (hasMember): each member is its own result, the
     group is excluded by rule. The ekg components carry valueSampledData (no CDM column): excluded by rule.
@@ -388,8 +394,8 @@ def test_grouping_panels_and_waveforms_are_excluded_and_valueless_results_quaran
         )
     )
     assert reasons == {
-        "vitals-panel": "excluded by rule: Observation grouping others (hasMember): each member is its own Observation",
-        "bgpanel": "excluded by rule: Observation grouping others (hasMember): each member is its own Observation",
+        "vitals-panel": GROUPING,
+        "bgpanel": GROUPING,
         "ekg/component/0": "excluded by rule: valueSampledData (a waveform): the CDM has no column for sampled data",
         "example-genetics-3": "missing value",
         "date-lastmp": "person quarantined: missing required OMOP field(s): year_of_birth",

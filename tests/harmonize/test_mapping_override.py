@@ -59,6 +59,11 @@ def test_a_source_is_merged_key_by_key_and_a_table_replaced_whole(tmp_path: Path
         "gender": "gender",
         "birth_date": "birthDate",
         "deceased": "deceasedDateTime",
+        "died": "deceasedBoolean | deceasedDateTime.exists()",
+        "race": "extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race').extension('ombCategory')"
+        ".valueCoding.code",
+        "ethnicity": "extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity')"
+        ".extension('ombCategory').valueCoding.code",
         "mrn": "identifier.value",
     }
     assert len(mapping.tables["death"]) == 1 and mapping.tables["death"][0].type_concept is None
