@@ -19,7 +19,7 @@ from fedomop.harmonize.ground.resources import mappings_dir
 from fedomop.harmonize.mapping.models import ColumnExpr, ConceptFieldExpr, ConstantExpr, DateExpr, MapExpr, Mapping
 
 _MERGED_DICTS = ("sources", "tables", "unit_aliases")
-_MERGED_LISTS = ("units", "fhir_inventory")
+_MERGED_LISTS = ("units", "fhir_inventory", "fhir_understood_modifier_extensions")
 _FIELD_TAGS: dict[str, type[BaseModel]] = {
     "column": ColumnExpr,
     "constant": ConstantExpr,

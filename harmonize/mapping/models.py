@@ -7,9 +7,10 @@ and the valid choices instead of silently doing nothing.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 OnUnmapped = Literal["concept_zero", "quarantine", "fail"]
 SourceFormat = Literal["csv", "parquet", "fhir_ndjson", "fhir_bundle"]
@@ -413,6 +414,26 @@ class DateBounds(Strict):
     columns: dict[str, ColumnBounds] = Field(default_factory=dict)
 
 
+def _extension_url(url: str) -> str:
+    """A modifierExtension URL as FHIR writes ``Extension.url``: absolute (``http(s)://host/...`` or ``urn:``)."""
+    if not re.fullmatch(r"(https?://[^\s/]+/\S*|urn:[a-z0-9-]+:\S+)", url):
+        raise ValueError(
+            f"{url!r} is not an extension URL: write the absolute URL the resources carry in "
+            "modifierExtension.url (https://... or urn:...)"
+        )
+    return url
+
+
+def _unique_urls(urls: list[str]) -> list[str]:
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise ValueError(f"listed twice: {', '.join(repeated)}")
+    return urls
+
+
+ExtensionUrl = Annotated[str, AfterValidator(_extension_url)]
+
+
 class Mapping(Strict):
     """A whole site mapping (after ``include:`` files are merged)."""
 
@@ -422,6 +443,11 @@ class Mapping(Strict):
     on_unmapped: OnUnmapped = "concept_zero"
     sources: dict[str, Source]
     fhir_inventory: list[FhirInventory] = Field(default_factory=list)
+    # modifierExtension URLs the mapping handles (e.g. by an exclude: rule); a FHIR resource carrying any other
+    # modifierExtension is quarantined (FHIR R4 Extensibility: it must not be read as if the extension were absent)
+    fhir_understood_modifier_extensions: Annotated[list[ExtensionUrl], AfterValidator(_unique_urls)] = Field(
+        default_factory=list
+    )
     units: list[UnitConversion] = Field(default_factory=list)
     unit_aliases: dict[str, str] = Field(default_factory=dict)  # unit as the site writes it -> UCUM code
     tables: dict[str, list[Rule]]

@@ -290,7 +290,14 @@ class SiteRun:
         self._map_chunk(0, 1, self.present, self._read_whole)
 
     def _read_whole(self, name: str) -> SourceBatch:
-        return read_source(name, self.mapping.sources[name], self.files.of(name), self.files.source_dir)
+        mapping = self.mapping
+        return read_source(
+            name,
+            mapping.sources[name],
+            self.files.of(name),
+            self.files.source_dir,
+            understood=mapping.fhir_understood_modifier_extensions,
+        )
 
     def chunked(self, plan: ChunkPlan, scratch: Path) -> None:
         """Stage the partitioned sources into ``plan.chunks`` person-disjoint chunks, then map them in turn."""

@@ -227,7 +227,14 @@ class StagedSite:
         rejects: list[pl.DataFrame] = []
         if source.is_fhir:  # the reader hands over blocks of mapped columns; each is split and written at once
             writer = _ChunkWriter(self.scratch / name / "0", column, self.plan.chunks)
-            batch = read_source(name, source, self.files.of(name), self.source_dir, on_frame=writer.add)
+            batch = read_source(
+                name,
+                source,
+                self.files.of(name),
+                self.source_dir,
+                on_frame=writer.add,
+                understood=self.mapping.fhir_understood_modifier_extensions,
+            )
             writer.close()
             staged.append((writer.folder, batch.frame.columns, self._written(writer.folder, expected=writer.rows)))
             rejects.append(batch.rejects)

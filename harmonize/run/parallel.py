@@ -102,7 +102,13 @@ def _whole_reader(job: ChunkJob) -> Callable[[str], SourceBatch]:
     def read(name: str) -> SourceBatch:
         if name in job.staged.plan.person_columns:
             return job.staged.batch(name, job.chunk)
-        return read_source(name, job.mapping.sources[name], job.files.of(name), job.files.source_dir)
+        return read_source(
+            name,
+            job.mapping.sources[name],
+            job.files.of(name),
+            job.files.source_dir,
+            understood=job.mapping.fhir_understood_modifier_extensions,
+        )
 
     return read
 

@@ -6,7 +6,7 @@ mapping's :class:`~fedomop.harmonize.mapping.models.Source`, so only the run sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -43,13 +43,14 @@ def read_source(
     files: list[Path],
     source_dir: Path,
     on_frame: Callable[[pl.DataFrame], None] | None = None,
+    understood: Iterable[str] = (),
 ) -> SourceBatch:
     """Every file of the source as one batch (accepted rows with lineage columns, read-time rejects).
 
     ``files`` come from :func:`fedomop.harmonize.run.files.resolve_files` (matched once per run); an absent
     source (no file) is an empty batch. ``on_frame`` (FHIR sources): the accepted rows are handed over in blocks
     as they are read instead of being returned (see :func:`fedomop.harmonize.sources.fhir.reader.read_fhir`);
-    tabular sources ignore it.
+    tabular sources ignore it. ``understood``: the mapping's ``fhir_understood_modifier_extensions`` (FHIR only).
     """
     if not files:
         return SourceBatch(name=name, frame=pl.DataFrame(), rejects=empty_rejects(), seen=0)
@@ -68,4 +69,5 @@ def read_source(
         validation=options.validation,
         on_frame=on_frame,
         each=Each(source.each.element, tuple(source.each.replaces)) if source.each else None,
+        understood=understood,
     )

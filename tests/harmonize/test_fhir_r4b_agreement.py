@@ -97,6 +97,9 @@ def test_bundle_entry_without_resource_type_is_accounted(tmp_path: Path, shared_
         ).fetchall()
     assert rows == [
         ("bundles/b.json:entry[1]", "bundle entry resource has no resourceType; add it"),
-        ("bundles/b.json:entry[2]", "bundle entry has no resource (request or response only)"),
+        (
+            "bundles/b.json:entry[2]",
+            "DELETE request: the entry removes a resource and carries none, so there is nothing to load (not an error)",
+        ),
     ]
     assert recon == [(2, 2)]

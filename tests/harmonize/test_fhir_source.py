@@ -347,13 +347,15 @@ def test_broken_bundles_are_accounted_for(tmp_path, patient_line):
     (tmp_path / "good.json").write_text(json.dumps(good))
     (tmp_path / "truncated.json").write_text(json.dumps(good)[:300])
     (tmp_path / "not_a_bundle.json").write_text(json.dumps(patient_line))
-    files = [tmp_path / "good.json", tmp_path / "truncated.json", tmp_path / "not_a_bundle.json"]
+    files = [tmp_path / "good.json", tmp_path / "not_a_bundle.json"]
     batch = read(files, "Patient", {"gender": "gender"}, fmt="bundle")
-    assert batch.seen == 4 and batch.frame.height == 1 and batch.rejects.height == 3
+    assert batch.seen == 3 and batch.frame.height == 1 and batch.rejects.height == 2
     rejects = batch.rejects.to_dicts()
     assert rejects[0]["source_row"] == "x" and rejects[0]["field"] == "gender"
-    assert rejects[1]["source_row"] == "truncated.json" and "not valid JSON" in rejects[1]["reason"]
-    assert rejects[2]["source_row"] == "not_a_bundle.json" and "not a FHIR Bundle" in rejects[2]["reason"]
+    assert rejects[1]["source_row"] == "not_a_bundle.json" and "not a FHIR Bundle" in rejects[1]["reason"]
+    # a truncated Bundle holds an unknown number of records: it stops the read, naming the file and position
+    with pytest.raises(SourceError, match=r"not valid JSON: .* at line 1 column \d+ \(character \d+ of 300\)"):
+        read([*files, tmp_path / "truncated.json"], "Patient", {"gender": "gender"}, fmt="bundle")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -348,7 +348,9 @@ class _Reader:
         in_worker: bool = False,
         on_frame: Callable[[pl.DataFrame], None] | None = None,
         each: Each | None = None,
+        understood: frozenset[str] = frozenset(),
     ) -> None:
+        self.understood = understood  # modifierExtension URLs the mapping declares it understands
         self.in_worker = in_worker  # duplicates are checked by the parent, which sees every chunk in order
         self.wheres: list[str] = []
         self.resource_type = resource_type
@@ -431,6 +433,9 @@ class _Reader:
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise _Rejected("id", "", "resource has no id; give every resource a logical id in the export")
+        modifier = unknown_modifier(resource, self.understood)
+        if modifier is not None:
+            raise _modifier_rejected(self.resource_type, *modifier, row=resource_id)
         if self.validation == "full":
             problem = self.columns.type_problem(resource, urn_ids)
             if problem is not None:
@@ -506,7 +511,11 @@ class _Reader:
                     validate, learning = special.parse or full, False
                     check_rules = rules_hold if validate is full else None
             resource_id = resource.get("id")  # checked: a non-empty id string, or None
-            if resource_id is None or (check_rules is not None and not check_rules(resource)):
+            if (
+                resource_id is None
+                or (check_rules is not None and not check_rules(resource))
+                or b'"modifierExtension"' in line  # accept() decides (unknown_modifier)
+            ):
                 self.read_record(source_file, number, line)
                 continue
             if wheres is None:
@@ -562,7 +571,9 @@ class _Reader:
         except _Rejected as problem:
             self.reject(source_file, where, problem)
 
-    def read_ndjson_parallel(self, paths: list[tuple[Path, str]], workers: int, columns: Mapping[str, str]) -> None:
+    def read_ndjson_parallel(
+        self, paths: list[tuple[Path, str]], workers: int, columns: Mapping[str, str], understood: frozenset[str]
+    ) -> None:
         """Validate and extract chunks of lines in worker processes; merge them in file order here.
 
         At most two chunks per worker are in flight, so memory stays bounded however big the files are.
@@ -570,7 +581,7 @@ class _Reader:
         # fork: workers inherit the compiled validators and need no importable __main__ (notebooks, scripts);
         # they use no threads and no polars, so forking from a process that has them is safe here.
         context = multiprocessing.get_context("fork")
-        init = (self.resource_type, dict(columns), self.validation)
+        init = (self.resource_type, dict(columns), self.validation, understood)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=init) as pool:
             pending: deque[Future] = deque()
             for source_file, chunk in _chunks(paths):
@@ -609,8 +620,8 @@ class _Reader:
         entries = bundle.get("entry") or []
         urn_ids = _urn_ids(entries)
         for index, entry in enumerate(entries):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != self.resource_type:
+            resource = _entry_resource(entry)
+            if resource is None or resource.get("resourceType") != self.resource_type:
                 continue
             self.seen += 1
             where = f"{source_file}:entry[{index}]"
@@ -630,6 +641,43 @@ def _duplicate(resource_id: str, first: str, where: str) -> _Rejected:
     )
 
 
+def unknown_modifier(resource: Any, understood: frozenset[str] = frozenset(), path: str = "") -> tuple[str, str] | None:
+    """(element path, url) of the first modifierExtension in ``resource`` (at any depth: the resource, a
+    BackboneElement such as Observation.component, a contained resource) whose url is not ``understood``.
+
+    FHIR R4 (Extensibility, "Modifier Extensions"): a modifier extension changes the meaning of the element that
+    holds it (e.g. "this procedure was NOT done"), and a system must not process the element as if it were absent."""
+    if isinstance(resource, dict):
+        for key, value in resource.items():
+            here = f"{path}.{key}" if path else key
+            if key == "modifierExtension" and isinstance(value, list):
+                for index, extension in enumerate(value):
+                    url = extension.get("url") if isinstance(extension, dict) else None
+                    if url not in understood:
+                        return (here if len(value) == 1 else f"{here}[{index}]"), str(url)
+            elif isinstance(value, dict | list):
+                found = unknown_modifier(value, understood, here)
+                if found is not None:
+                    return found
+    elif isinstance(resource, list):
+        for index, item in enumerate(resource):
+            found = unknown_modifier(item, understood, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _modifier_rejected(resource_type: str, path: str, url: str, row: str | None) -> _Rejected:
+    return _Rejected(
+        path,
+        url,
+        f"unknown modifierExtension '{url}' at {resource_type}.{path}: it may change what the resource means, "
+        "so it is not loaded as if the extension were absent (FHIR R4 Extensibility); have the export drop or "
+        "resolve it, or list the url under fhir_understood_modifier_extensions when the mapping handles it",
+        row=row,
+    )
+
+
 def _chunks(paths: list[tuple[Path, str]]) -> Iterator[tuple[str, list[tuple[int, bytes | None]]]]:
     for path, source_file in paths:
         chunk: list[tuple[int, bytes | None]] = []
@@ -645,10 +693,10 @@ def _chunks(paths: list[tuple[Path, str]]) -> Iterator[tuple[str, list[tuple[int
 _WORKER: _Reader | None = None
 
 
-def _worker_init(resource_type: str, columns: dict[str, str], validation: str) -> None:
+def _worker_init(resource_type: str, columns: dict[str, str], validation: str, understood: frozenset[str]) -> None:
     global _WORKER
     paths = {name: compile_path(expression, resource_type) for name, expression in columns.items()}
-    _WORKER = _Reader(resource_type, paths, validation, in_worker=True)
+    _WORKER = _Reader(resource_type, paths, validation, in_worker=True, understood=understood)
 
 
 def _worker_chunk(
@@ -682,15 +730,27 @@ def _model_problem(item: Any) -> StructuralProblem:
 
 
 def _load_bundle(path: Path) -> dict:
-    try:
+    """The Bundle in ``path``. A file that cannot be read whole stops the run (SourceError, like a corrupt .gz
+    NDJSON file): unlike a bad NDJSON line, it holds an unknown number of records, so none can be accounted."""
+    with _corrupt_archive(path):
         with _open(path) as handle:
-            bundle = json.loads(handle.read())
+            text = handle.read()
+    try:
+        bundle = json.loads(text)
     except UnicodeDecodeError as error:
-        raise _Rejected("", "", f"Bundle file is not UTF-8 ({error.reason}); re-export it as UTF-8") from None
-    except (OSError, EOFError) as error:  # a corrupt .gz
-        raise _Rejected("", "", f"Bundle file cannot be decompressed ({error}); re-export it") from None
-    except ValueError as error:
-        raise _Rejected("", "", f"Bundle file is not valid JSON ({error}); the file is truncated or corrupt") from None
+        raise SourceError(
+            f"Bundle file is not UTF-8 ({error.reason} at byte {error.start}); its records cannot be counted",
+            where=path.name,
+            fix="export the file again as UTF-8",
+        ) from None
+    except json.JSONDecodeError as error:
+        raise SourceError(
+            f"Bundle file is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+            f"(character {error.pos} of {len(text)}); the file is truncated or corrupt and its records cannot be "
+            "counted",
+            where=path.name,
+            fix="copy or export the file again (python -m json.tool checks it)",
+        ) from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         found = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         raise _Rejected("resourceType", found, "file is not a FHIR Bundle; declare it as ndjson or fix the export")
@@ -748,6 +808,7 @@ def read_fhir(
     workers: int = 1,
     on_frame: Callable[[pl.DataFrame], None] | None = None,
     each: Each | None = None,
+    understood: Iterable[str] = (),
 ) -> SourceBatch:
     """Read the resources of ``resource_type`` from NDJSON files or Bundles into a SourceBatch.
 
@@ -763,6 +824,12 @@ def read_fhir(
     they are read, instead of being kept; the returned batch then has an empty frame (with the columns'
     schema) and its rejects and ``seen`` as usual. What stays in memory is one id per resource (for the
     duplicate check), not the columns.
+
+    ``understood``: modifierExtension URLs the caller handles; a resource with any other modifierExtension
+    (anywhere in it) is rejected, naming the URL and its path (see :func:`unknown_modifier`).
+
+    A Bundle file that cannot be read whole (not JSON, not UTF-8, a corrupt .gz) raises SourceError: how many
+    records it held is unknown, so it cannot be accounted for record by record.
     """
     if fmt not in FORMATS:
         raise MappingError(f"unknown FHIR format {fmt!r}", where=f"source {name}", fix=f"use one of {FORMATS}")
@@ -775,7 +842,8 @@ def read_fhir(
     except SourceError as error:
         raise MappingError(error.message, where=f"source {name}", fix=error.fix) from None
     paths = _compile_columns(name, resource_type, columns)
-    reader = _Reader(resource_type, paths, validation, on_frame=on_frame, each=each)
+    known = frozenset(understood)
+    reader = _Reader(resource_type, paths, validation, on_frame=on_frame, each=each, understood=known)
     base = _real_folder(os.path.abspath(base_dir))
     sources = [(path, _relative(path, base)) for path in _require_files(files)]
     if not isinstance(workers, int) or workers < 1:
@@ -783,7 +851,7 @@ def read_fhir(
     processes = workers if fmt == "ndjson" and each is None else 1  # elements are expanded in this process
     with _collector_paused():
         if processes > 1:
-            reader.read_ndjson_parallel(sources, processes, columns)
+            reader.read_ndjson_parallel(sources, processes, columns, known)
         for path, source_file in sources if processes == 1 else []:
             if fmt == "ndjson":
                 reader.read_ndjson(path, source_file)
@@ -826,16 +894,70 @@ def count_fhir_resources(files: Iterable[Path], fmt: Literal["ndjson", "bundle"]
             counts["(invalid)"] += 1
             continue
         for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict):
+            resource = _entry_resource(entry)
+            if resource is not None:
                 kind = resource.get("resourceType")
                 counts[kind if isinstance(kind, str) else "(invalid)"] += 1
     return dict(counts)
 
 
+def _entry_resource(entry: Any) -> dict | None:
+    """The data resource of a Bundle entry: None for an entry without a resource object and for a searchset's
+    ``search.mode: outcome`` entry (an OperationOutcome about the search, not data; see _entry_not_data)."""
+    if not isinstance(entry, dict):
+        return None
+    resource = entry.get("resource")
+    if not isinstance(resource, dict):
+        return None
+    search = entry.get("search")
+    if isinstance(search, dict) and search.get("mode") == "outcome":
+        return None
+    return resource
+
+
+def _entry_not_data(entry: Any) -> tuple[str, str, str]:
+    """(field, value, reason) for a Bundle entry that holds no data resource (``_entry_resource`` is None)."""
+    if not isinstance(entry, dict):
+        return "entry", _text(entry), "bundle entry is not a JSON object; fix the export"
+    search = entry.get("search")
+    if isinstance(search, dict) and search.get("mode") == "outcome":
+        kind = entry["resource"].get("resourceType", "")
+        return (
+            "entry.search.mode",
+            str(kind),
+            "search outcome entry: the server's messages about the search (search.mode outcome), not data",
+        )
+    request = entry.get("request")
+    method = request.get("method") if isinstance(request, dict) else None
+    target = str(request.get("url", "")) if isinstance(request, dict) else ""
+    if method == "DELETE":
+        return (
+            "entry.request",
+            target,
+            "DELETE request: the entry removes a resource and carries none, so there is nothing to load (not an error)",
+        )
+    if method in ("GET", "HEAD"):
+        return "entry.request", target, f"{method} request: the entry asks for data and carries none (not an error)"
+    if isinstance(method, str):
+        return (
+            "entry.resource",
+            target,
+            f"{method} request without its resource: the entry is incomplete; export it again with its resource",
+        )
+    if isinstance(entry.get("response"), dict):
+        return "entry.response", "", "response entry without a resource: a server's reply, not data (not an error)"
+    return (
+        "entry.resource",
+        str(entry.get("fullUrl", "")),
+        "bundle entry has no resource (only a fullUrl, or resource null): the entry is empty; export it again "
+        "with its resource",
+    )
+
+
 def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFrame:
-    """Reject rows for Bundle entries that no resource-type source can read: an entry without a resource
-    object, or a resource without a resourceType. Each is accounted (file, ``entry[i]``) instead of vanishing."""
+    """Reject rows for Bundle entries that no resource-type source can read: an entry without a data resource
+    (a request or response only, a search outcome, an empty entry), or a resource without a resourceType. Each is
+    accounted (file, ``entry[i]``) with what it is instead of vanishing."""
     rejects = _Rejects()
     base = _real_folder(os.path.abspath(base_dir))
     for path in _require_files(files):
@@ -845,12 +967,10 @@ def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFram
             continue  # the whole file is rejected by the sources that read it
         source_file = _relative(path, base)
         for index, entry in enumerate(bundle.get("entry") or []):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
+            resource = _entry_resource(entry)
             where = f"{source_file}:entry[{index}]"
-            if not isinstance(resource, dict):
-                rejects.add(
-                    source_file, where, "entry.resource", "", "bundle entry has no resource (request or response only)"
-                )
+            if resource is None:
+                rejects.add(source_file, where, *_entry_not_data(entry))
             elif not isinstance(resource.get("resourceType"), str):
                 rejects.add(
                     source_file,

@@ -1,0 +1,269 @@
+"""Every FHIR record read is accounted for with a reason that says what it is: modifier extensions fedomop does
+not understand, files no source reads, Bundle files that cannot be read whole, Bundle entries that are not data,
+and Patients refused when read. Expected rows and reasons are written by hand from the FHIR R4 spec
+(Extensibility "Modifier Extensions"; Bundle.entry.search.mode, Bundle.entry.request)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pytest
+
+from fedomop.cli import main
+from fedomop.harmonize.ground.errors import MappingError, SourceError
+from fedomop.harmonize.mapping.loader import load_mapping
+from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.sources.fhir.reader import read_fhir
+from tests.conftest import MAPPINGS
+
+VOCABULARY = MAPPINGS.parent / "sample_data" / "vocabulary"
+SNOMED = "http://snomed.info/sct"
+NOT_DONE = "http://example.org/fhir/StructureDefinition/not-done"
+
+
+def _patient(pid: str, birth: str = "1950-03-12") -> dict[str, object]:
+    return {"resourceType": "Patient", "id": pid, "gender": "male", "birthDate": birth}
+
+
+def _condition(cid: str, pid: str = "p1") -> dict[str, object]:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "subject": {"reference": f"Patient/{pid}"},
+        "code": {"coding": [{"system": SNOMED, "code": "254637007"}]},
+        "onsetDateTime": "2020-01-01",
+    }
+
+
+def _ndjson(folder: Path, name: str, resources: list[dict[str, object]]) -> None:
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+
+
+def _quarantine(db: Path) -> list[tuple[str, str, str, str, str]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "select source, source_file, source_row, field, reason from fedomop_quarantine order by all"
+        ).fetchall()
+    return [tuple(str(v) for v in row) for row in rows]  # type: ignore[misc]
+
+
+def _loaded(db: Path, table: str) -> int:
+    with duckdb.connect(str(db), read_only=True) as con:
+        row = con.execute(f"select count(*) from {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- 1. modifierExtension ---------------------------------------------------------------------------------------
+
+
+def _with_modifiers(folder: Path) -> None:
+    at_resource = {**_condition("c2"), "modifierExtension": [{"url": NOT_DONE, "valueBoolean": True}]}
+    in_element = _condition("c3")
+    in_element["code"] = {
+        "coding": [{"system": SNOMED, "code": "254637007"}],
+        "extension": [{"url": "http://example.org/plain", "valueString": "fine"}],  # a plain extension: read
+    }
+    in_element["evidence"] = [{"detail": [{"reference": "Observation/o1"}]}, {"modifierExtension": [{"url": NOT_DONE}]}]
+    _ndjson(folder, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(folder, "Condition.000.ndjson", [_condition("c1"), at_resource, in_element])
+
+
+def test_an_unknown_modifier_extension_quarantines_its_resource_naming_url_and_path(tmp_path: Path) -> None:
+    _with_modifiers(tmp_path)
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    assert _loaded(db, "condition_occurrence") == 1  # c1 only
+    assert _quarantine(db) == [
+        (
+            "conditions",
+            "Condition.000.ndjson",
+            "c2",
+            "modifierExtension",
+            f"unknown modifierExtension '{NOT_DONE}' at Condition.modifierExtension: it may change what the resource "
+            "means, so it is not loaded as if the extension were absent (FHIR R4 Extensibility); have the export "
+            "drop or resolve it, or list the url under fhir_understood_modifier_extensions when the mapping "
+            "handles it",
+        ),
+        (
+            "conditions",
+            "Condition.000.ndjson",
+            "c3",
+            "evidence[1].modifierExtension",
+            f"unknown modifierExtension '{NOT_DONE}' at Condition.evidence[1].modifierExtension: it may change what "
+            "the resource means, so it is not loaded as if the extension were absent (FHIR R4 Extensibility); have "
+            "the export drop or resolve it, or list the url under fhir_understood_modifier_extensions when the "
+            "mapping handles it",
+        ),
+    ]
+
+
+def test_a_bundle_entry_with_an_unknown_modifier_extension_is_quarantined(tmp_path: Path) -> None:
+    (tmp_path / "bundles").mkdir()
+    flagged = {**_condition("c2"), "modifierExtension": [{"url": NOT_DONE, "valueBoolean": True}]}
+    _bundle(tmp_path / "bundles" / "b.json", "collection", [{"resource": r} for r in (_patient("p1"), flagged)])
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "site_d.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    [(source, _file, row, field, reason)] = _quarantine(db)
+    assert (source, row, field) == ("conditions", "c2", "modifierExtension")
+    assert reason.startswith(f"unknown modifierExtension '{NOT_DONE}' at Condition.modifierExtension:")
+
+
+def test_a_mapping_may_list_the_modifier_extensions_it_understands(tmp_path: Path) -> None:
+    _with_modifiers(tmp_path)
+    mapping = tmp_path / "site.yaml"
+    mapping.write_text(f"include: [fhir_r4.yaml]\nfhir_understood_modifier_extensions: ['{NOT_DONE}']\n")
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(mapping, tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    assert _loaded(db, "condition_occurrence") == 3
+    assert _quarantine(db) == []
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [(["not-done"], "'not-done' is not an extension URL"), ([NOT_DONE, NOT_DONE], f"listed twice: {NOT_DONE}")],
+)
+def test_understood_modifier_extensions_must_be_absolute_urls_listed_once(
+    tmp_path: Path, urls: list[str], message: str
+) -> None:
+    mapping = tmp_path / "site.yaml"
+    mapping.write_text(f"include: [fhir_r4.yaml]\nfhir_understood_modifier_extensions: {json.dumps(urls)}\n")
+    with pytest.raises(MappingError, match=message):
+        load_mapping(mapping)
+
+
+# -- 3. a Bundle file that cannot be read whole -----------------------------------------------------------------
+
+
+def _bundle(path: Path, kind: str, entries: list[dict[str, object]]) -> None:
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": kind, "entry": entries}))
+
+
+def test_a_truncated_bundle_stops_the_run_once_naming_the_file_and_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "bundles").mkdir()
+    _bundle(tmp_path / "bundles" / "good.json", "collection", [{"resource": _patient("p1")}])
+    text = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _patient("p2")}]})
+    (tmp_path / "bundles" / "cut.json").write_text(text[:60])
+    with pytest.raises(SourceError, match=r"not valid JSON: .* at line 1 column 61 \(character 60 of 60\)") as caught:
+        run_mapping(MAPPINGS / "site_d.yaml", tmp_path, tmp_path / "api.duckdb", vocabulary=VOCABULARY)
+    assert caught.value.where == "cut.json"
+    args = ["map", "--mapping", str(MAPPINGS / "site_d.yaml"), "--source", str(tmp_path), "--vocabulary"]
+    monkeypatch.setattr(sys, "argv", ["fedomop", *args, str(VOCABULARY), "--db", str(tmp_path / "out.duckdb")])
+    with pytest.raises(SystemExit) as stopped:
+        main()  # the console entry point: typed errors become exit code 2
+    assert stopped.value.code == 2
+    output = capsys.readouterr().err
+    assert output.count("cut.json") == 1 and "copy or export the file again" in output
+    assert not (tmp_path / "out.duckdb").exists()
+
+
+def test_a_bundle_that_is_not_utf8_stops_the_run(tmp_path: Path) -> None:
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "latin.json").write_bytes(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _patient("p1")}]})
+        .replace("male", "m\u00e4le")
+        .encode("latin-1")
+    )
+    with pytest.raises(SourceError, match="Bundle file is not UTF-8"):
+        run_mapping(MAPPINGS / "site_d.yaml", tmp_path, tmp_path / "out.duckdb", vocabulary=VOCABULARY)
+
+
+def test_an_invalid_ndjson_line_stays_one_quarantined_record(tmp_path: Path) -> None:
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    (tmp_path / "Condition.000.ndjson").write_text(json.dumps(_condition("c1")) + "\n" + '{"resourceType": "Cond\n')
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    [(source, _file, row, _field, reason)] = _quarantine(db)
+    assert (source, row) == ("conditions", "Condition.000.ndjson:2") and reason.startswith("invalid JSON")
+
+
+# -- 4. Bundle entries that are not data ------------------------------------------------------------------------
+
+
+def test_bundle_entries_without_data_say_what_they_are(tmp_path: Path) -> None:
+    (tmp_path / "bundles").mkdir()
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "incomplete"}]}
+    _bundle(
+        tmp_path / "bundles" / "search.json",
+        "searchset",
+        [
+            {"fullUrl": "https://x.org/fhir/Patient/p1", "resource": _patient("p1"), "search": {"mode": "match"}},
+            {"resource": outcome, "search": {"mode": "outcome"}},
+            {"fullUrl": "https://x.org/fhir/Patient/p9", "resource": None},
+            {"fullUrl": "https://x.org/fhir/Patient/p8"},
+        ],
+    )
+    _bundle(
+        tmp_path / "bundles" / "tx.json",
+        "transaction",
+        [
+            {"resource": _condition("c1"), "request": {"method": "PUT", "url": "Condition/c1"}},
+            {"request": {"method": "DELETE", "url": "Condition/c0"}},
+            {"request": {"method": "POST", "url": "Condition"}},
+        ],
+    )
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "site_d.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    assert _loaded(db, "condition_occurrence") == 1
+    name = "(bundle entries without a resource type)"
+    empty = (
+        "bundle entry has no resource (only a fullUrl, or resource null): the entry is empty; export it again with "
+        "its resource"
+    )
+    assert _quarantine(db) == [
+        (
+            name,
+            "bundles/search.json",
+            "bundles/search.json:entry[1]",
+            "entry.search.mode",
+            "search outcome entry: the server's messages about the search (search.mode outcome), not data",
+        ),
+        (name, "bundles/search.json", "bundles/search.json:entry[2]", "entry.resource", empty),
+        (name, "bundles/search.json", "bundles/search.json:entry[3]", "entry.resource", empty),
+        (
+            name,
+            "bundles/tx.json",
+            "bundles/tx.json:entry[1]",
+            "entry.request",
+            "DELETE request: the entry removes a resource and carries none, so there is nothing to load (not an error)",
+        ),
+        (
+            name,
+            "bundles/tx.json",
+            "bundles/tx.json:entry[2]",
+            "entry.resource",
+            "POST request without its resource: the entry is incomplete; export it again with its resource",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("validation", "workers"), [("structural", 1), ("structural", 2), ("full", 1)])
+def test_the_modifier_check_holds_on_every_read_path(
+    tmp_path: Path, validation: Literal["structural", "full"], workers: int
+) -> None:
+    flagged = {**_condition("c2"), "modifierExtension": [{"url": NOT_DONE}]}
+    _ndjson(tmp_path, "Condition.ndjson", [_condition("c1"), flagged, _condition("c3")])
+    batch = read_fhir(
+        "conditions",
+        [tmp_path / "Condition.ndjson"],
+        tmp_path,
+        "Condition",
+        {"code": "code.coding.code"},
+        fmt="ndjson",
+        validation=validation,
+        workers=workers,
+    )
+    assert batch.frame.get_column("_source_row").to_list() == ["c1", "c3"]
+    assert batch.rejects.select("source_row", "field", "value").rows() == [("c2", "modifierExtension", NOT_DONE)]
+    assert batch.seen == 3
