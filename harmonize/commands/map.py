@@ -186,6 +186,12 @@ def _print_notes(report: RunReport, out: Console) -> None:
             f"{', '.join(report.absent_sources)}",
             highlight=False,
         )
+    if report.unread_files:
+        out.print(
+            f"[yellow]files no source reads[/] (their resources are quarantined: rename a file to match a source's "
+            f"files: pattern, or map its resource type): {', '.join(report.unread_files)}",
+            highlight=False,
+        )
     if report.unknown_vocabularies:
         out.print(
             f"[yellow]vocabulary id(s) neither in the loaded vocabulary nor in the site's source_to_concept_map[/]: "

@@ -86,33 +86,73 @@ def read_sources(
 
 
 def inventory_unmapped(mapping: Mapping, files: SiteFiles, quarantine: Quarantine) -> dict[str, int]:
-    """Quarantine every resource of a type no source maps (reason: resource type not mapped)."""
+    """Quarantine every inventory resource that no source reads, so a FHIR export is accounted completely:
+    a type no source maps (``resource type not mapped``), and a mapped type in a file no source of that type
+    reads (``no source reads <type> resources from this file``: a renamed ``patients.ndjson``, a glob that
+    misses ``.gz``). An NDJSON file some source reads is that source's to account (a line of another type is
+    refused there); a Bundle's entries of type T are accounted by the sources of T that read the file."""
     if not mapping.fhir_inventory:
         return {}
-    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, read_fhir, untyped_bundle_entries
+    from fedomop.harmonize.sources.fhir.reader import count_fhir_resources, untyped_bundle_entries
 
-    source_dir = files.source_dir
     seen: dict[str, int] = {}
     for item, item_files in zip(mapping.fhir_inventory, files.inventory, strict=True):
         fmt: Literal["ndjson", "bundle"] = "ndjson" if item.format == "fhir_ndjson" else "bundle"
         mapped = {s.resource_type for s in mapping.sources.values() if s.format == item.format}
-        files_by_type: dict[str, list[Path]] = {}
+        read_types = files.read_types(mapping, item.format)
         for path in item_files:
-            for kind in count_fhir_resources([path], fmt):
-                files_by_type.setdefault(kind, []).append(path)
-        for resource_type in sorted(t for t in set(files_by_type) - mapped if not t.startswith("(")):
-            name = f"{resource_type} (not mapped)"
-            batch = read_fhir(name, files_by_type[resource_type], source_dir, resource_type, {"id": "id"}, fmt=fmt)
-            frame = unique_rows(batch.frame)
-            quarantine.add_rejects(name, batch.rejects)
-            quarantine.add_rows(name, frame, "resourceType", pl.lit(resource_type), "resource type not mapped")
-            seen[name] = batch.seen
+            reading = read_types.get(path.resolve(), set())
+            if fmt == "ndjson" and reading:
+                continue
+            kinds = sorted(k for k in count_fhir_resources([path], fmt) if not k.startswith("(") and k not in reading)
+            for name, count in _quarantine_unread(path, kinds, mapped, fmt, files.source_dir, quarantine).items():
+                seen[name] = seen.get(name, 0) + count
         if fmt == "bundle" and item_files:
-            untyped = untyped_bundle_entries(item_files, source_dir)
+            untyped = untyped_bundle_entries(item_files, files.source_dir)
             if untyped.height:
                 name = "(bundle entries without a resource type)"
                 quarantine.add_rejects(name, untyped)
                 seen[name] = seen.get(name, 0) + untyped.height
+    return seen
+
+
+def _quarantine_unread(
+    path: Path,
+    kinds: list[str],
+    mapped: set[str | None],
+    fmt: Literal["ndjson", "bundle"],
+    source_dir: Path,
+    quarantine: Quarantine,
+) -> dict[str, int]:
+    """Quarantine the resources of ``kinds`` in one file no source reads them from; records per inventory name.
+
+    Each type is read on its own; in a file of several types, a line of another type is refused by that read
+    ("resourceType '...' in a source declared as ...") and accounted by its own type's read instead, and a line
+    that is no resource at all is refused by every read and counted once."""
+    from fedomop.harmonize.sources.fhir.reader import read_fhir
+
+    seen: dict[str, int] = {}
+    refused: list[pl.DataFrame] = []
+    for kind in kinds:
+        name = f"{kind} (not mapped)" if kind not in mapped else f"{kind} (file no source reads)"
+        batch = read_fhir(name, [path], source_dir, kind, {"id": "id"}, fmt=fmt)
+        frame = unique_rows(batch.frame)
+        reason = (
+            "resource type not mapped"
+            if kind not in mapped
+            else f"no source reads {kind} resources from this file: rename the file to match a {kind} source's "
+            "files: pattern, or widen that pattern"
+        )
+        quarantine.add_rows(name, frame, "resourceType", pl.lit(kind), reason)
+        other_type = (pl.col("field") == "resourceType") & pl.col("value").is_in(kinds) & (pl.col("value") != kind)
+        rejects = batch.rejects.filter(~other_type)  # accounted by the read of its own type
+        refused.append(rejects.with_columns(pl.lit(name).alias("_name")))
+        seen[name] = seen.get(name, 0) + frame.height
+    if refused:
+        once = pl.concat(refused).unique(subset=["source_file", "source_row", "field", "reason"], keep="first")
+        for (name,), rows in once.group_by("_name", maintain_order=True):
+            quarantine.add_rejects(str(name), rows.drop("_name"))
+            seen[str(name)] = seen.get(str(name), 0) + rows.height
     return seen
 
 

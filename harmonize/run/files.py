@@ -45,6 +45,24 @@ class SiteFiles:
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.source_dir))
 
+    def read_types(self, mapping: Mapping, fmt: str) -> dict[Path, set[str]]:
+        """Each file (resolved) that sources of format ``fmt`` read -> the resource types they read from it."""
+        found: dict[Path, set[str]] = {}
+        for name, source in mapping.sources.items():
+            if source.format == fmt:
+                for path in self.sources.get(name, []):
+                    found.setdefault(path.resolve(), set()).add(source.resource_type or "")
+        return found
+
+    def unread_inventory(self, mapping: Mapping) -> list[str]:
+        """Inventory files (``fhir_inventory``) that no source reads: their resources are quarantined, and the
+        run summary names them (a renamed ``patients.ndjson`` is otherwise only a count of unknown persons)."""
+        unread: list[str] = []
+        for item, item_files in zip(mapping.fhir_inventory, self.inventory, strict=True):
+            read = self.read_types(mapping, item.format)
+            unread.extend(self.relative(path) for path in item_files if path.resolve() not in read)
+        return sorted(set(unread))
+
 
 def check_pattern(pattern: str, where: str) -> None:
     """A mapping's file pattern must stay inside the source folder: relative, and without ``..`` steps."""

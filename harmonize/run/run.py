@@ -65,6 +65,7 @@ class RunReport:
     chunks: int = 1
     unsplit_reason: str = ""  # why a site big enough to chunk was mapped whole
     absent_sources: list[str] = field(default_factory=list)  # sources with no file: 0 records
+    unread_files: list[str] = field(default_factory=list)  # fhir_inventory files no source reads (quarantined)
     absent_concepts: list[str] = field(default_factory=list)  # the mapping's named concepts the vocabulary lacks
     unknown_vocabularies: list[str] = field(default_factory=list)  # vocabulary ids the site does not know (yet)
     values_shortened: int = 0  # texts longer than their OMOP column, loaded in short form (fedomop_shortened)
@@ -248,6 +249,7 @@ def run_mapping(
             chunks=plan.chunks.chunks,
             unsplit_reason=plan.chunks.reason,
             absent_sources=list(plan.files.absent),
+            unread_files=plan.files.unread_inventory(mapping),
             values_shortened=totals.shortened,
             absent_concepts=absent_concepts,
             unknown_vocabularies=unknown_vocabularies,

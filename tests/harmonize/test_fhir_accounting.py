@@ -12,8 +12,9 @@ from typing import Literal
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
-from fedomop.cli import main
+from fedomop.cli import app, main
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.run import run_mapping
@@ -139,6 +140,70 @@ def test_understood_modifier_extensions_must_be_absolute_urls_listed_once(
         load_mapping(mapping)
 
 
+# -- 2. files nobody reads --------------------------------------------------------------------------------------
+
+
+def test_a_renamed_patient_file_is_quarantined_and_named_not_left_as_unknown_persons(tmp_path: Path) -> None:
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(tmp_path, "patients.ndjson", [_patient("p2"), _patient("p3")])  # renamed: the Patient* glob misses it
+    _ndjson(tmp_path, "Condition.000.ndjson", [_condition("c1"), _condition("c2", "p2")])
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    assert report.unread_files == ["patients.ndjson"]
+    reason = (
+        "no source reads Patient resources from this file: rename the file to match a Patient source's files: "
+        "pattern, or widen that pattern"
+    )
+    assert _quarantine(db) == [
+        ("Patient (file no source reads)", "patients.ndjson", "p2", "resourceType", reason),
+        ("Patient (file no source reads)", "patients.ndjson", "p3", "resourceType", reason),
+        ("conditions", "Condition.000.ndjson", "c2", "patient", "unknown person"),
+    ]
+    assert report.sources["Patient (file no source reads)"] == 2
+
+
+def test_the_summary_names_the_file_no_source_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(tmp_path, "patients.ndjson", [_patient("p2")])
+    args = ["map", "--mapping", str(MAPPINGS / "fhir_r4.yaml"), "--source", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "out.duckdb"), "--vocabulary", str(VOCABULARY)])
+    assert result.exit_code == 0, result.output
+    assert "files no source reads" in result.output and "patients.ndjson" in result.output
+
+
+def test_a_file_some_source_reads_is_not_counted_again(tmp_path: Path) -> None:
+    """An OperationOutcome line inside Condition.000.ndjson is refused by the conditions source (wrong type); the
+    inventory does not also quarantine it as 'not mapped'. A file of an unmapped type still is, once per record,
+    and a line that is no resource in such a file is counted once, not once per type the file holds."""
+    outcome = {"resourceType": "OperationOutcome", "id": "oo1", "issue": [{"severity": "error", "code": "processing"}]}
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(tmp_path, "Condition.000.ndjson", [_condition("c1"), outcome])
+    group = {"resourceType": "Group", "id": "g1", "type": "person", "actual": True}
+    (tmp_path / "Mixed.000.ndjson").write_text(
+        json.dumps(group) + "\n" + json.dumps({**outcome, "id": "oo2"}) + "\n" + '{"resourceType": "Gro\n'
+    )
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    rows = [
+        (source, file, row, reason.split(";")[0].split(" (")[0]) for source, file, row, _f, reason in _quarantine(db)
+    ]
+    assert rows == [
+        ("Group (not mapped)", "Mixed.000.ndjson", "Mixed.000.ndjson:3", "invalid JSON"),
+        ("Group (not mapped)", "Mixed.000.ndjson", "g1", "resource type not mapped"),
+        ("OperationOutcome (not mapped)", "Mixed.000.ndjson", "oo2", "resource type not mapped"),
+        (
+            "conditions",
+            "Condition.000.ndjson",
+            "oo1",
+            "resourceType 'OperationOutcome' in a source declared as Condition",
+        ),
+    ]
+    assert report.unread_files == ["Mixed.000.ndjson"]
+
+
 # -- 3. a Bundle file that cannot be read whole -----------------------------------------------------------------
 
 
@@ -246,6 +311,22 @@ def test_bundle_entries_without_data_say_what_they_are(tmp_path: Path) -> None:
             "POST request without its resource: the entry is incomplete; export it again with its resource",
         ),
     ]
+
+
+# -- 5. a Patient refused when read -----------------------------------------------------------------------------
+
+
+def test_events_of_a_patient_refused_when_read_say_why_not_unknown_person(tmp_path: Path) -> None:
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1"), _patient("p2", birth="19500312")])
+    _ndjson(tmp_path, "Condition.000.ndjson", [_condition("c1"), _condition("c2", "p2"), _condition("c3", "p3")])
+    db = tmp_path / "out.duckdb"
+    report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY)
+    assert report.balanced
+    rows = {row: (field, reason) for _source, _file, row, field, reason in _quarantine(db)}
+    field, why = rows["p2"]
+    assert field == "birthDate"
+    assert rows["c2"] == ("patient", f"person quarantined: {why.split(';')[0]} (birthDate)")
+    assert rows["c3"] == ("patient", "unknown person")  # p3 is in no file
 
 
 @pytest.mark.parametrize(("validation", "workers"), [("structural", 1), ("structural", 2), ("full", 1)])
