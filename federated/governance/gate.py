@@ -11,7 +11,11 @@ certificate and asks for a client certificate signed by the network CA (``fedomo
   registered node key;
 * ``/v1/control/*`` needs a certificate: role ``researcher`` may submit, list, stop and follow
   runs; only ``operator`` may register nodes or change federations;
-* anything else (the Runtime API of ServerApps) is refused from outside.
+* anything else (the Runtime API of ServerApps) is refused from outside;
+* a request target that is not a plain path (``.``/``..`` segments, ``%``-escapes, backslashes, ``//``,
+  a query or fragment, upper case, an absolute URL) is refused before any of this is decided
+  (:func:`request_path`): the path the gate decides on is exactly the path it forwards, so no HTTP client
+  or server below can normalise ``/v1/fleet/../control/start-run`` into a Control call the gate never saw.
 
 On ``start-run`` the gate overwrites ``requester`` in the run config with the certificate's
 name and appends ``{run_id, requester}`` to its ledger (JSONL), so a site's audit log names the
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -50,6 +55,8 @@ RESEARCHER_CALLS = {
         "show-federation", "list-apps",
     )
 }  # fmt: skip
+PLAIN_PATH = re.compile(r"(?:/[a-z0-9][a-z0-9-]*)+")
+"""Every Flower route is lower-case words joined by hyphens (``/v1/control/start-run``): nothing to normalise."""
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade", "host"}
 
 
@@ -65,6 +72,16 @@ def caller_of(peercert: dict | None) -> Caller:
         return Caller(None, None)
     fields = {key: value for rdn in peercert.get("subject", ()) for key, value in rdn}
     return Caller(fields.get("commonName"), fields.get("organizationalUnitName"))
+
+
+def request_path(target: str) -> str | None:
+    """The path of a request target when it is a plain path, else None (refused with 400).
+
+    Plain means: segments of lower-case letters, digits and hyphens, nothing else. That leaves out every
+    spelling a client, proxy or server could read as another path: ``.`` and ``..`` segments, ``%2e``/``%2f``/
+    ``%5c`` (any ``%``), backslashes, empty segments (``//``), ``;`` parameters, a query or fragment, and an
+    absolute-form target (``https://host/...``). Flower's own clients send nothing else."""
+    return target if PLAIN_PATH.fullmatch(target) else None
 
 
 def allowed(path: str, caller: Caller) -> str | None:
@@ -159,7 +176,13 @@ class Gate:
     async def _one(  # noqa: PLR0913 - one parsed request
         self, caller: Caller, method: str, target: str, headers: list, body: bytes, writer: asyncio.StreamWriter
     ) -> None:
-        path = target.split("?", 1)[0]
+        path = request_path(target)
+        if path is None:
+            malformed = "the request target is not a plain path (dot segments, escapes, //, a query)"
+            self._log({"event": "refused", "path": target[:200], "caller": caller.name, "reason": malformed})
+            _reply(writer, 400, malformed)
+            await writer.drain()
+            return
         reason = allowed(path, caller)
         if reason:
             self._log({"event": "refused", "path": path, "caller": caller.name, "reason": reason})
@@ -170,7 +193,7 @@ class Gate:
         if path == f"{CONTROL}start-run":
             body = stamp_requester(body, content_type, str(caller.name))
         forward = [(k, v) for k, v in headers if k.lower() not in _HOP]
-        upstream = self.upstream.build_request(method, target, headers=forward, content=body)
+        upstream = self.upstream.build_request(method, path, headers=forward, content=body)  # what was decided on
         response = await self.upstream.send(upstream, stream=True)
         try:
             head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}"]

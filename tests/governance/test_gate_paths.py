@@ -1,0 +1,170 @@
+"""The real gate process on 127.0.0.1 in front of a recording stand-in for the loopback SuperLink.
+
+Red-team finding: the gate decided on the raw request target, so ``/v1/fleet/../control/start-run`` passed as a
+Fleet call without a client certificate, and httpx normalised it to ``/v1/control/start-run`` for the SuperLink
+(requester stamping and the ledger, which compare the exact path, were skipped). Every spelling of that trick is
+sent here byte for byte (raw TLS socket, no normalising client, no certificate): each must be refused and the
+SuperLink must never see a request.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from fedomop.federated.governance.certs import create_credentials, issue_user_cert
+from fedomop.federated.governance.gate import request_path
+
+TRAVERSALS = [
+    "/v1/fleet/../control/start-run",
+    "/v1/fleet/../control/register-node",
+    "/v1/fleet/%2e%2e/control/start-run",
+    "/v1/fleet/%2E%2E/control/list-runs",
+    "/v1/fleet/..%2fcontrol/start-run",
+    "/v1/fleet/..%2Fcontrol/list-nodes",
+    "/v1/fleet/..%5ccontrol/start-run",
+    "/v1/fleet/..\\control/start-run",
+    "/v1/fleet/./../control/start-run",
+    "//v1/control/start-run",
+    "/v1/fleet//../control/start-run",
+    "/v1/fleet/x/../../control/start-run",
+    "/v1/fleet/pull-messages/..;/../control/start-run",
+    "/v1/fleet/pull-messages?/../../control/start-run",
+    "/v1/fleet/pull-messages#/../../control/start-run",
+    "/v1/fleet/%2e%2e%2fcontrol%2fstart-run",
+    "https://127.0.0.1/v1/fleet/../control/start-run",
+    "/V1/CONTROL/start-run",
+]
+
+
+def _port() -> int:
+    """A free port in 48000-48999 (this machine's test range)."""
+    for port in random.sample(range(48000, 49000), 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 48000-48999")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[tuple[str, bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("content-length", "0") or 0))
+        type(self).seen.append((self.path, body))
+        reply = b""
+        if self.path == "/v1/control/start-run":
+            from flwr.proto.control_pb2 import StartRunResponse  # pylint: disable=no-name-in-module
+
+            reply = StartRunResponse(run_id=42).SerializeToString()
+        self.send_response(200)
+        self.send_header("content-type", "application/protobuf")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    work = tmp_path_factory.mktemp("gate")
+    certs = work / "pki"
+    create_credentials(certs, ["site_a"])
+    issue_user_cert(certs, "researcher", "alice")
+    upstream = ThreadingHTTPServer(("127.0.0.1", _port()), _Recorder)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    public, ledger = _port(), work / "ledger.jsonl"
+    command = [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
+               "--listen", f"127.0.0.1:{public}", "--upstream", f"127.0.0.1:{upstream.server_port}",
+               "--ledger", str(ledger), "--superlink-insecure"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while socket.socket().connect_ex(("127.0.0.1", public)) != 0:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
+        time.sleep(0.1)
+    try:
+        yield {"port": public, "certs": certs, "ledger": ledger, "seen": _Recorder.seen}
+    finally:
+        process.terminate()
+        process.wait(10)
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _send(port: int, certs: Path, target: str, body: bytes = b"", cert: str | None = None) -> bytes:
+    """One request, the target exactly as given, over TLS; the whole answer (the gate's reply is small)."""
+    tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    if cert:
+        tls.load_cert_chain(certs / f"{cert}.pem", certs / f"{cert}.key")
+    with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="127.0.0.1") as s:
+        head = f"POST {target} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/protobuf\r\n"
+        s.sendall(f"{head}content-length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n") and not (data.startswith(b"HTTP/1.1 4") and b"\r\n\r\n" in data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        if data.startswith(b"HTTP/1.1 4"):  # the gate's own refusal: read its text to the end
+            length = int(data.split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(data.partition(b"\r\n\r\n")[2]) < length:
+                data += s.recv(65536)
+        return data
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_a_path_trick_without_a_certificate_never_reaches_the_superlink(gate, target):
+    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+
+    before = len(gate["seen"])
+    answer = _send(gate["port"], gate["certs"], target, StartRunRequest().SerializeToString())
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403")), answer[:300]
+    assert gate["seen"][before:] == [], f"{target} reached the SuperLink as {gate['seen'][before:]}"
+    assert request_path(target) is None
+
+
+def test_plain_paths_still_pass_and_a_start_run_is_stamped_and_recorded(gate):
+    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+
+    before = len(gate["seen"])
+    fleet = _send(gate["port"], gate["certs"], "/v1/fleet/pull-messages", b"node")
+    assert fleet.startswith(b"HTTP/1.1 200"), fleet[:300]
+    anonymous = _send(gate["port"], gate["certs"], "/v1/control/start-run", b"")
+    assert anonymous.startswith(b"HTTP/1.1 403") and b"client certificate" in anonymous
+    request = StartRunRequest()
+    request.override_config["requester"].string = "mallory"
+    started = _send(
+        gate["port"], gate["certs"], "/v1/control/start-run", request.SerializeToString(), "alice.researcher"
+    )
+    assert started.startswith(b"HTTP/1.1 200"), started[:300]
+    seen = gate["seen"][before:]
+    assert [path for path, _ in seen] == ["/v1/fleet/pull-messages", "/v1/control/start-run"]
+    assert StartRunRequest.FromString(seen[1][1]).override_config["requester"].string == "alice"
+    entry = {"event": "run", "run_id": 42, "requester": "alice", "role": "researcher"}
+    deadline = time.monotonic() + 20  # written once the answer has gone out
+    while entry not in (runs := [json.loads(line) for line in gate["ledger"].read_text().splitlines()]):
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.1)
+
+
+def test_request_path_accepts_only_plain_lower_case_segments():
+    assert request_path("/v1/control/start-run") == "/v1/control/start-run"
+    assert request_path("/v1/fleet/pull-messages") == "/v1/fleet/pull-messages"
+    for bad in ("/v1/fleet/../control/x", "/v1/./fleet/x", "/v1//fleet/x", "/v1/fleet/x/", "v1/fleet/x", "/", ""):
+        assert request_path(bad) is None, bad
