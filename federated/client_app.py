@@ -244,7 +244,7 @@ def _private_update(prep: Prepared, base: ArrayRecord, updated: ArrayRecord, see
 def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     """Histogram XGBoost's one long round: join the hub's allreduce with the global edges it sent."""
     config: dict[str, Any] = dict(message.content["config"])
-    config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)))
+    config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)), prep.policy)
     model = registry.get(str(config["model"]))
     try:
         trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
@@ -261,9 +261,22 @@ def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     return RecordDict({"model": trained, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 
-def _histogram_tls(site: Site, required: bool) -> dict[str, str] | None:
-    """The site's client certificate for the hub's TLS allreduce server, when the hub asks for TLS."""
+def _histogram_tls(site: Site, required: bool, policy: Any = None) -> dict[str, str] | None:
+    """The site's client certificate for the hub's TLS allreduce server, when the hub asks for TLS.
+
+    A plaintext allreduce is refused, before the site dials anything, when its policy says
+    ``require_allreduce_tls: true``."""
     if not required:
+        if policy is not None and getattr(policy, "require_allreduce_tls", False):
+            from fedomop.federated.errors import PolicyError
+
+            raise PolicyError(
+                "the hub asked for histogram XGBoost's allreduce without TLS, and this site's policy requires "
+                "mutual TLS (require_allreduce_tls)",
+                where=f"site {site.name}",
+                fix="the hub operator starts the hub with `fedomop hub start --certs DIR`, which runs the "
+                "allreduce over mutual TLS; or train xgboost-bagging, xgboost-cyclic or mlp",
+            )
         return None
     if not site.certs:
         raise StudyError(

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedomop.federated.settings import OUTPUT_FOLDER, HubConfig
 from fedomop.harmonize.ground.errors import FedomopError
 
 BIN = Path(sys.executable).parent
@@ -214,6 +215,17 @@ class LocalDeployment:
         return self.workdir / "flwr_home"
 
     @property
+    def hub_output(self) -> Path:
+        """The hub's run-output folder (a run's ``out`` is a name under ``<requester>/`` in it): where
+        ``run_deployment`` looks by default, since its FLWR_HOME is the hub's."""
+        return self.flwr_home / OUTPUT_FOLDER
+
+    @property
+    def hub_config(self) -> HubConfig:
+        """The operator's side of a run: allreduce on 127.0.0.1, over mutual TLS with ``certs``."""
+        return HubConfig("127.0.0.1", str(self.certs or ""), str(self.hub_output.resolve()))
+
+    @property
     def state_file(self) -> Path:
         """The SuperLink's state database."""
         return self.workdir / "superlink.db"
@@ -228,6 +240,8 @@ class LocalDeployment:
         env = flower_env(self.flwr_home)
         if self.certs:
             self.certs = Path(self.certs).resolve()  # the sites below get the same absolute folder
+        env.update(self.hub_config.env())  # the ServerApps' allreduce address, TLS and output folder
+        if self.certs:
             self._secure_hub(env, self.certs)
         else:
             write_connection(self.flwr_home, self.connection, f"127.0.0.1:{self.port}")
@@ -347,19 +361,14 @@ def which_flwr() -> str:
     return str(BIN / "flwr") if (BIN / "flwr").exists() else (shutil.which("flwr") or "flwr")
 
 
-WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", "*", ""}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def refuse_wildcard(host: str, option: str) -> str:
-    """``host`` unless it is a wildcard: fedomop never listens on every interface at once."""
-    if host.strip() in WILDCARD_HOSTS:
-        raise FedomopError(
-            f"{host!r} would listen on every interface of this machine",
-            where=option,
-            fix="pass the one address the sites and researchers reach (e.g. the hub's LAN IP), or 127.0.0.1",
-        )
-    return host
+    """``host`` unless it is a wildcard (``0.0.0.0``, ``::``, ``0``, ``*``): fedomop never listens on every interface."""
+    from fedomop.federated.settings import refuse_wildcard_host
+
+    return refuse_wildcard_host(host, option)
 
 
 def is_loopback(address: str) -> bool:

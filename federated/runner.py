@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from fedomop.federated.console import RoundProgress, quiet_third_party
 from fedomop.federated.models import registry
 from fedomop.federated.report import write_model_card
 from fedomop.federated.server_app import RunSettings, make_server_app
-from fedomop.federated.settings import TrainSettings
+from fedomop.federated.settings import HubConfig, TrainSettings
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import OnExchange
 from fedomop.harmonize.ground.errors import FedomopError
@@ -240,26 +241,37 @@ def run_deployment(
     *,
     out: str | Path = "out/federated",
     flwr_home: str | Path | None = None,
+    hub_output: str | Path | None = None,
     timeout_s: float = 1800,
     **options: Any,
 ) -> dict[str, Any]:
-    """Submit the app to a SuperLink connection (``$FLWR_HOME/config.toml``) and wait for the result."""
+    """Submit the app to a SuperLink connection (``$FLWR_HOME/config.toml``) and wait for the result.
+
+    The study travels as its text. The hub writes the run's outputs under its own run-output folder, in
+    ``<requester>/<name>`` (a fresh name per run); ``hub_output`` is where this machine can read that folder
+    (default: ``$FLWR_HOME/fedomop-runs``, the hub's own default when hub and researcher share a FLWR_HOME).
+    The outputs are copied from there into ``out``."""
     study_path = Path(study_path).resolve()
+    study_text = study_path.read_text(encoding="utf-8")
     out = Path(out).resolve()
     model = str(options.pop("model", "xgboost-hist"))
-    train = TrainSettings.from_mapping({"out": str(out), **options})
+    name = f"{out.name or 'federated'}-{secrets.token_hex(4)}"
+    train = TrainSettings.from_mapping({"out": name, **options})
     run_config = {
-        "study": str(study_path),
+        "study": study_text,
         "model": model,
         "settings": train.to_json(),
         "settings-digest": train.digest(),
     }
     # A TOML file, not `key=value` pairs: flwr's pair parser cannot read a double quote inside a value, and the
-    # settings are JSON. A JSON string literal (ASCII, escaped) is also a valid TOML basic string.
+    # settings are JSON. A JSON string literal (escaped; non-ASCII as UTF-8) is also a valid TOML basic string.
     overrides = out / "run_config.toml"
     out.mkdir(parents=True, exist_ok=True)
-    overrides.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()), encoding="utf-8")
+    overrides.write_text(
+        "".join(f"{k} = {json.dumps(str(v), ensure_ascii=False)}\n" for k, v in run_config.items()), encoding="utf-8"
+    )
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
+    root = Path(hub_output) if hub_output else Path(HubConfig.from_env(env).output_root)
     flwr = str(Path(sys.executable).parent / "flwr")
     (out / "result.json").unlink(missing_ok=True)
     submitted = subprocess.run(
@@ -278,9 +290,25 @@ def run_deployment(
         raise FedomopError(
             f"run {run_id} ended as {status}", where=federation, fix=f"the hub's log:\n{log.stdout[-3000:]}"
         )
+    _fetch_outputs(root, name, out, run_id)
     result = json.loads((out / "result.json").read_text())
-    write_model_card(result, study_path.read_text(encoding="utf-8"), out, code_hash())
+    write_model_card(result, study_text, out, code_hash())
     return result
+
+
+def _fetch_outputs(root: Path, name: str, out: Path, run_id: int) -> None:
+    """Copy the run's outputs from the hub's run-output folder (``<root>/<requester>/<name>``) into ``out``."""
+    found = sorted(root.glob(f"*/{name}/result.json"))
+    if len(found) != 1:
+        raise FedomopError(
+            f"run {run_id} finished, but its outputs are not readable here: no {root}/<requester>/{name}/result.json",
+            where="the hub's run-output folder",
+            fix="pass --hub-output with the folder where this machine sees the hub's run outputs, "
+            f"or ask the hub operator for <requester>/{name} under theirs",
+        )
+    for item in found[0].parent.iterdir():
+        if item.is_file():
+            shutil.copyfile(item, out / item.name)
 
 
 def _run_id(stdout: str) -> int:
@@ -332,7 +360,6 @@ def demo_study(site_paths: list[Path], out: Path, console: Any = None) -> dict[s
     result = simulate(STUDIES_DIR / "bone_metastasis.yaml", list(site_paths), out=out, model=demo_model(console))
     print_comparison(result, console)
     return result
-
 
 
 if __name__ == "__main__":

@@ -29,7 +29,14 @@ from fedomop.federated import metrics
 from fedomop.federated.errors import SettingsError
 from fedomop.federated.faults import FaultTolerantGrid
 from fedomop.federated.models import registry
-from fedomop.federated.settings import TrainSettings, setting
+from fedomop.federated.settings import (
+    RUN_OUTPUT_ENV,
+    HubConfig,
+    TrainSettings,
+    output_name,
+    refuse_wildcard_host,
+    setting,
+)
 from fedomop.federated.study import parse_study
 from fedomop.federated.transport import CountingGrid, OnExchange, record_number
 from fedomop.harmonize.ground.errors import FedomopError
@@ -37,38 +44,54 @@ from fedomop.harmonize.ground.errors import FedomopError
 
 @dataclass(frozen=True)
 class RunSettings(TrainSettings):
-    """What the hub runs: the study, the model's name and the typed :class:`TrainSettings`, nothing else.
+    """What the hub runs: the study, the model's name, the typed :class:`TrainSettings`, and the hub's own config.
 
-    Given directly in simulation, or as Flower run config (``study``, ``model``, ``settings`` as canonical
-    JSON and ``settings-digest``; see :meth:`from_run_config`). ``rounds``/``local_rounds`` left at 0 take
-    the model's defaults.
+    Given directly in simulation, or as Flower run config (``study`` as its text, ``model``, ``settings`` as
+    canonical JSON and ``settings-digest``; see :meth:`from_run_config`). ``rounds``/``local_rounds`` left at 0
+    take the model's defaults. ``xgb_host``, ``certs`` and ``output_root`` are the hub operator's
+    (:class:`fedomop.federated.settings.HubConfig`): a run config cannot set them.
     """
 
     study_text: str = setting("", doc="the study YAML")
     model: str = setting("xgboost-hist", doc="a registered model name (fedomop.federated.models.registry)")
+    xgb_host: str = setting("127.0.0.1", doc="hub operator: address of histogram XGBoost's allreduce relay")
+    certs: str = setting("", doc="hub operator: fedomop certs create folder; the allreduce then requires mutual TLS")
+    output_root: str = setting("", doc="hub operator: the run-output folder ('out' is a name under it); '': none")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         resolved = registry.get(self.model).resolve(self.train)
         object.__setattr__(self, "rounds", resolved.rounds)
         object.__setattr__(self, "local_rounds", resolved.local_rounds)
+        refuse_wildcard_host(self.xgb_host, "xgb_host")
+        if self.output_root:
+            output_name(self.out)
         if self.certs:  # the TLS allreduce server needs these; a wrong folder must not hang the run
             from fedomop.federated.governance.startup import HUB_FILES, require_credentials
 
             require_credentials(Path(self.certs), HUB_FILES)
 
     @classmethod
-    def of(cls, study_text: str, model: str, train: TrainSettings) -> RunSettings:
-        return cls(study_text=study_text, model=model, **asdict(train))
+    def of(cls, study_text: str, model: str, train: TrainSettings, hub: HubConfig | None = None) -> RunSettings:
+        return cls(study_text=study_text, model=model, **asdict(train), **asdict(hub or HubConfig()))
 
     @property
     def train(self) -> TrainSettings:
         """The training settings alone (what the digest covers)."""
         return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
 
+    @property
+    def output_dir(self) -> Path:
+        """Where result.json and the model go: under the hub's run-output folder when it has one."""
+        return Path(self.output_root) / output_name(self.out) if self.output_root else Path(self.out)
+
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
-        """Flower's run config: the study (path or text), the model and the serialized settings with their digest."""
+    def from_run_config(cls, run_config: dict[str, Any], hub: HubConfig | None = None) -> RunSettings:
+        """Flower's run config: the study's text, the model and the serialized settings with their digest.
+
+        The study travels as its text and is never opened as a path here (a researcher must not make the hub
+        read its own files). Host, TLS and the output folder come from ``hub`` (default: the hub's environment).
+        """
         known = {"study", "model", "settings", "settings-digest", "requester"}
         unknown = sorted(set(run_config) - known)
         if unknown:
@@ -77,10 +100,11 @@ class RunSettings(TrainSettings):
                 where="flwr run --run-config",
                 fix="training settings travel as one JSON 'settings' (fedomop train --federation writes it)",
             )
-        study = str(run_config["study"])
-        text = Path(study).read_text(encoding="utf-8") if Path(study).exists() else study
         train = TrainSettings.from_json(str(run_config.get("settings", "")), str(run_config.get("settings-digest", "")))
-        return cls.of(text, str(run_config.get("model", "xgboost-hist")), train)
+        hub = hub or HubConfig.from_env()
+        if not hub.output_root:
+            raise SettingsError("the hub has no run-output folder", where="hub", fix=f"set {RUN_OUTPUT_ENV}")
+        return cls.of(str(run_config["study"]), str(run_config.get("model", "xgboost-hist")), train, hub)
 
     def total_local_rounds(self, n_sites: int) -> int:
         """Trees (or epochs) a site-alone model gets: as many as the federated model's training."""
@@ -200,7 +224,8 @@ def train_federated(
 ) -> tuple[ArrayRecord, dict[int, dict[str, float]], int]:
     """Train the chosen model; returns the model, per-round history and the number of Flower rounds."""
     least = min(settings.min_sites or len(nodes), len(nodes))
-    trained = registry.get(settings.model).server_run(grid, nodes, settings.train, config, least)
+    # the RunSettings itself (a TrainSettings): histogram XGBoost also reads the hub's xgb_host and certs from it
+    trained = registry.get(settings.model).server_run(grid, nodes, settings, config, least)
     return trained.model, trained.history, trained.flower_rounds
 
 
@@ -243,7 +268,7 @@ def run(
     ``on_exchange`` hears of every round trip (label, seconds, bytes): the progress lines of ``fedomop train``.
     ``requester``: who asked, as the gate authenticated them (simulation: the declared name)."""
     study = parse_study(settings.study_text, source="study")
-    out = Path(settings.out)
+    out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.wait_for_nodes_s)
     tolerant = fault_tolerant(grid, settings, len(nodes))
@@ -306,7 +331,8 @@ def make_server_app(settings: RunSettings | None = None, on_exchange: OnExchange
         deployed = RunSettings.from_run_config(dict(context.run_config))
         stamped = str(context.run_config.get("requester", ""))
         who = requester_of_run(int(grid.run.run_id), stamped, deployed.requester)
-        run(grid, replace(deployed, requester=who["name"]), on_exchange, who)
+        mine = str(Path(deployed.output_root) / output_name(who["name"]))  # a folder per requester
+        run(grid, replace(deployed, requester=who["name"], output_root=mine), on_exchange, who)
 
     return app
 

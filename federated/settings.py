@@ -5,14 +5,23 @@ A study's knobs used to travel as a loose ``**options`` dict and were retyped in
 unknown key is refused with its name (a typo must not silently fall back to a default), and the
 serialized settings carry a stable digest, so the hub can prove that what it runs is what the
 researcher asked for (``fedomop train --federation`` sends ``settings`` + ``settings-digest``).
+
+What only the hub operator decides -- where histogram XGBoost's allreduce listens, whether it needs mutual TLS,
+where the hub writes a run's outputs -- is not a training setting: :class:`HubConfig` reads it from the hub's own
+environment (``fedomop hub start`` sets it for the SuperLink and so for every ServerApp), never from a run config.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import json
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fedomop.federated.errors import SettingsError
@@ -41,9 +50,10 @@ class TrainSettings:
     round_timeout: float = setting(600.0, 1.0, 86_400.0, doc="seconds a round waits for its sites")
     compare_local: bool = setting(True, doc="also train and evaluate each site alone")
     requester: str = setting("hub", doc="who asks, as the site policies name it")
-    xgb_host: str = setting("127.0.0.1", doc="address the sites dial for histogram XGBoost's allreduce")
-    certs: str = setting("", doc="fedomop certs create folder: histogram XGBoost's allreduce then requires TLS")
-    out: str = setting("out/federated", doc="folder for result.json and the model (at the hub)")
+    out: str = setting(
+        "out/federated",
+        doc="folder for result.json and the model; on a deployed hub a relative name under the hub's run-output folder",
+    )
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -120,3 +130,73 @@ def _checked(spec: Any, value: Any) -> Any:
             fix=f"{name}: {spec.metadata['doc']}",
         )
     return value
+
+
+# ---- the hub operator's own configuration -----------------------------------------------------------------
+
+XGB_HOST_ENV = "FEDOMOP_XGB_HOST"
+"""The address histogram XGBoost's allreduce relay listens on and the sites dial (``fedomop hub start --host``)."""
+XGB_CERTS_ENV = "FEDOMOP_XGB_CERTS"
+"""``fedomop certs create`` folder: the allreduce server then requires mutual TLS (``fedomop hub start --certs``)."""
+RUN_OUTPUT_ENV = "FEDOMOP_RUN_OUTPUT"
+"""The hub's run-output folder; a run's ``out`` is a relative name under it (default ``$FLWR_HOME/fedomop-runs``)."""
+OUTPUT_FOLDER = "fedomop-runs"
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether binding ``host`` listens on every interface (``0.0.0.0``, ``::``, ``0``, ``*``, empty...)."""
+    bare = host.strip().strip("[]")
+    if bare in ("", "*"):
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(bare).is_unspecified
+    with contextlib.suppress(OSError):  # the spellings inet_aton reads as 0.0.0.0 ("0", "0.0", "00")
+        return socket.inet_aton(bare) == bytes(4)
+    return False
+
+
+def refuse_wildcard_host(host: str, where: str) -> str:
+    """``host`` unless it is a wildcard: fedomop never listens on every interface at once."""
+    if is_wildcard(host):
+        raise SettingsError(
+            f"{host!r} would listen on every interface of this machine",
+            where=where,
+            fix="pass the one address the sites and researchers reach (e.g. the hub's LAN IP), or 127.0.0.1",
+        )
+    return host
+
+
+def output_name(out: str) -> PurePosixPath:
+    """A run's ``out`` on a deployed hub: a relative name, without ``..``, ``.``, backslashes or a drive."""
+    name = PurePosixPath(out)
+    if not out.strip() or "\\" in out or ":" in out or name.is_absolute() or any(p in ("..", ".") for p in name.parts):
+        raise SettingsError(
+            f"setting 'out' = {out!r} is not a relative folder name",
+            where="training settings (deployed hub)",
+            fix="on a hub, outputs go under the hub's run-output folder: give a relative name such as 'my-study'",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """What the hub operator decides, from the hub's environment (never from a researcher's run config)."""
+
+    xgb_host: str = "127.0.0.1"
+    certs: str = ""
+    output_root: str = ""
+
+    def __post_init__(self) -> None:
+        refuse_wildcard_host(self.xgb_host, f"hub: {XGB_HOST_ENV}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HubConfig:
+        env = os.environ if environ is None else environ
+        home = env.get("FLWR_HOME") or str(Path.home() / ".flwr")
+        root = env.get(RUN_OUTPUT_ENV) or str(Path(home) / OUTPUT_FOLDER)
+        return cls(env.get(XGB_HOST_ENV) or "127.0.0.1", env.get(XGB_CERTS_ENV, ""), str(Path(root).resolve()))
+
+    def env(self) -> dict[str, str]:
+        """The environment that gives a SuperLink's ServerApps this configuration."""
+        out = {XGB_HOST_ENV: self.xgb_host, XGB_CERTS_ENV: self.certs}
+        return {**out, RUN_OUTPUT_ENV: self.output_root} if self.output_root else out

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fedomop.federated.errors import StudyError
+from fedomop.federated.settings import refuse_wildcard_host
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,9 @@ def federated_server(
     """XGBoost's federated server for ``world`` ranks, reachable at ``host:<server.port>`` only.
 
     ``tls``: :func:`fedomop.federated.governance.certs.xgboost_server_tls`'s arguments. Everything started here
-    (child, relays, the Unix socket and its folder) is gone when the block ends, by success, error or Ctrl-C."""
+    (child, relays, the Unix socket and its folder) is gone when the block ends, by success, error or Ctrl-C.
+    A wildcard ``host`` (``0.0.0.0``, ``::``) is refused: the relay listens on one address only."""
+    refuse_wildcard_host(host, "xgboost federated server")
     require_namespaces()
     with tempfile.TemporaryDirectory(prefix="fedomop-xgb-", dir=_socket_base()) as folder:  # 0700: this user only
         path = str(Path(folder) / "server.sock")

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from fedomop.federated import deploy
 from fedomop.federated.errors import PolicyError
+from fedomop.federated.settings import OUTPUT_FOLDER, HubConfig
 from fedomop.harmonize.ground.errors import FedomopError
 
 console = Console()
@@ -248,6 +249,9 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
     local = f"{connection}-hub-local"
     write_flower_connection(home, local, f"127.0.0.1:{internal}", certs / "ca.crt")
     env = {**deploy.flower_env(home), LEDGER_ENV: str(ledger)}  # the ServerApp reads the requester from it
+    # the operator's, never a researcher's: the allreduce listens on --host only, over mutual TLS with --certs,
+    # and a run writes only under the hub's run-output folder
+    env.update(HubConfig(host, str(certs.resolve()), str((home / OUTPUT_FOLDER).resolve())).env())
     command = deploy.hub_command(internal, host="127.0.0.1", certs=certs, state=state)
     processes = {"superlink": subprocess.Popen(command, env=env, preexec_fn=deploy.die_with_parent)}
     try:

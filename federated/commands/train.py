@@ -38,8 +38,7 @@ SURVIVAL_MODEL = "cox-ph"
 
 
 class _TrainOptions(TypedDict, total=False):
-    """What ``train`` hands the runner besides the study and sites (TrainSettings checks each; ``certs``:
-    deployment only)."""
+    """What ``train`` hands the runner besides the study and sites (TrainSettings checks each)."""
 
     model: str
     rounds: int
@@ -47,7 +46,6 @@ class _TrainOptions(TypedDict, total=False):
     proximal_mu: float
     round_timeout: float
     min_sites: int
-    certs: str
     compare_local: bool
 
 
@@ -133,10 +131,11 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(help="Also train and evaluate each site alone (one more training and evaluation per site)."),
         ] = True,
-        certs: Annotated[
+        hub_output: Annotated[
             Path | None,
             typer.Option(
-                help="Deployment: `fedomop certs create` folder; histogram XGBoost's allreduce then uses TLS."
+                help="Deployment: where this machine reads the hub's run-output folder (default "
+                "$FLWR_HOME/fedomop-runs). The hub, not the researcher, decides the allreduce's address and TLS."
             ),
         ] = None,
     ) -> None:
@@ -168,12 +167,14 @@ def register(app: typer.Typer) -> None:
         registry.get(model)  # fail early, naming the setting: an unknown model, a value out of bounds
         TrainSettings.from_mapping({k: v for k, v in options.items() if k != "model"})
         if federation:
-            if certs:
-                from fedomop.federated.governance.startup import HUB_FILES, require_credentials
-
-                options["certs"] = str(require_credentials(certs, HUB_FILES))
             result = runner.run_deployment(
-                study_spec_path, federation, out=out, flwr_home=flwr_home, min_nodes=min_nodes, **options
+                study_spec_path,
+                federation,
+                out=out,
+                flwr_home=flwr_home,
+                hub_output=hub_output,
+                min_nodes=min_nodes,
+                **options,
             )
         else:
             site_paths = _check_sites(sites or DEFAULT_SITES)

@@ -56,9 +56,7 @@ RUN_CONFIG: dict[str, Rule] = {
     "round-timeout": Rule(float, 1.0, lambda lim: lim.wall_time_s),
     "wait-for-nodes-s": Rule(float, 0.0, 86400.0),
     "compare-local": Rule(bool),
-    "xgb-host": Rule(str),
     "out": Rule(str),
-    "certs": Rule(str),
     "requester": Rule(str),
 }
 

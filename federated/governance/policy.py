@@ -163,6 +163,9 @@ class SitePolicy(_Strict):
     # a site-alone model is fitted to this site's rows only; by default it is evaluated here and only
     # its held-out metrics leave (its normalisation means alone would give away small-cohort sums)
     release_site_alone_models: bool = False
+    # true: this site joins histogram XGBoost's allreduce only over mutual TLS (the hub started with --certs);
+    # a hub that asks for a plaintext exchange is refused before the site dials it
+    require_allreduce_tls: bool = False
     studies: dict[str, StudyPolicy] = Field(default_factory=dict)
     _source: Path | None = PrivateAttr(default=None)
 
@@ -247,7 +250,7 @@ def _fix_for(exc: ValidationError) -> str:
     if "extra_forbidden" in kinds:
         return (
             "remove the unknown key; valid keys: site, audit_log, min_cohort_size, small_cell_threshold, limits, "
-            "release_site_alone_models, "
+            "release_site_alone_models, require_allreduce_tls, "
             "studies; limits: max_rounds, max_epochs, max_depth, max_local_rounds, wall_time_s; "
             "per study: approved_apps, approvals, tables, concept_sets, min_cohort_size, small_cell_threshold, "
             "differential_privacy"

@@ -253,7 +253,9 @@ class HistogramXGBoost(xgb_common.XGBoostModel):
         self, grid: Any, nodes: list[int], settings: TrainSettings, config: dict[str, Any], min_sites: int
     ) -> Trained:
         set_phase(grid, "histogram")
-        model = server_run(grid, nodes, settings.rounds, config, host=settings.xgb_host, certs=settings.certs or None)
+        # the hub operator's address and TLS folder (server_app.RunSettings, from HubConfig), never the run config's
+        host, certs = str(getattr(settings, "xgb_host", "127.0.0.1")), str(getattr(settings, "certs", "")) or None
+        model = server_run(grid, nodes, settings.rounds, config, host=host, certs=certs)
         return Trained(model, {}, 2)
 
     def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:

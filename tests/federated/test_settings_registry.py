@@ -44,9 +44,9 @@ def test_dash_and_underscore_keys_are_the_same_and_ints_widen_to_float() -> None
 def test_digest_is_sha256_of_the_canonical_json() -> None:
     settings = TrainSettings(rounds=3)
     text = (
-        '{"certs":"","compare_local":true,"epochs":2,"local_rounds":0,"min_nodes":2,"min_sites":0,'
+        '{"compare_local":true,"epochs":2,"local_rounds":0,"min_nodes":2,"min_sites":0,'
         '"out":"out/federated","proximal_mu":0.1,"requester":"hub","round_timeout":600.0,"rounds":3,'
-        '"strategy":"fedavg","wait_for_nodes_s":120.0,"xgb_host":"127.0.0.1"}'
+        '"strategy":"fedavg","wait_for_nodes_s":120.0}'
     )
     assert settings.to_json() == text
     assert settings.digest() == hashlib.sha256(text.encode()).hexdigest()[:16]

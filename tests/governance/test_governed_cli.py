@@ -191,7 +191,8 @@ def test_an_authenticated_but_unapproved_researcher_is_refused_by_the_site(net):
 
 def test_the_approved_researcher_trains_and_the_card_names_the_gate_identity(net):
     out = net.workdir / "alice_out"
-    settings = ["--round-timeout", "120", "--out", str(out), "--no-compare-local"]
+    settings = ["--round-timeout", "120", "--out", str(out), "--no-compare-local",
+                "--hub-output", str(net.workdir / "hub_home" / "fedomop-runs")]  # fmt: skip
     trained = _fedomop("train", "--study", "bone_metastasis", "--model", "xgboost-bagging", "--rounds", "1",
                        "--federation", "alice", "--flwr-home", str(net.homes["alice"]), "--min-nodes", "1",
                        *settings, home=net.homes["alice"], timeout=420)  # fmt: skip

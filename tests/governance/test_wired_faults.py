@@ -182,7 +182,7 @@ def test_tls_deployment_with_authenticated_sites_trains_histogram_xgboost_over_t
         try:
             result = run_deployment(
                 STUDY, hub.connection, out=tmp_path / "out", flwr_home=hub.flwr_home, model="xgboost-hist",
-                rounds=5, min_nodes=2, compare_local=False, certs=str(pki), timeout_s=240,
+                rounds=5, min_nodes=2, compare_local=False, timeout_s=240,
             )  # fmt: skip
         except Exception:
             print(hub.logs())
