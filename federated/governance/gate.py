@@ -19,7 +19,8 @@ certificate and asks for a client certificate signed by the network CA (``fedomo
 
 On ``start-run`` the gate overwrites ``requester`` in the run config with the certificate's
 name and appends ``{run_id, requester}`` to its ledger (JSONL), so a site's audit log names the
-person the certificate names, never what the researcher typed.
+person the certificate names, never what the researcher typed. A researcher's ``list-runs`` answer
+keeps only the runs the ledger gives to that researcher (an operator sees every run).
 
 ``connect`` is the researcher's side: a plain listener on 127.0.0.1 whose bytes go to the gate
 inside TLS with the researcher's certificate, so the unmodified ``flwr`` CLI works through it.
@@ -57,6 +58,7 @@ RESEARCHER_CALLS = {
 }  # fmt: skip
 PLAIN_PATH = re.compile(r"(?:/[a-z0-9][a-z0-9-]*)+")
 """Every Flower route is lower-case words joined by hyphens (``/v1/control/start-run``): nothing to normalise."""
+LIST_RUNS = f"{CONTROL}list-runs"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade", "host"}
 
 
@@ -106,6 +108,18 @@ def stamp_requester(body: bytes, content_type: str, requester: str) -> bytes:
     request = json_format.Parse(body, StartRunRequest()) if as_json else StartRunRequest.FromString(body)
     request.override_config[REQUESTER_KEY].string = requester
     return json_format.MessageToJson(request).encode() if as_json else request.SerializeToString()
+
+
+def own_runs_only(body: bytes, content_type: str, mine: set[int]) -> bytes:
+    """A ListRunsResponse without the runs not in ``mine`` (another researcher's study, settings and name)."""
+    from flwr.proto.control_pb2 import ListRunsResponse  # pylint: disable=no-name-in-module
+    from google.protobuf import json_format
+
+    as_json = "json" in content_type
+    response = json_format.Parse(body, ListRunsResponse()) if as_json else ListRunsResponse.FromString(body)
+    for run_id in [run for run in response.run_dict if run not in mine]:
+        del response.run_dict[run_id]
+    return json_format.MessageToJson(response).encode() if as_json else response.SerializeToString()
 
 
 def _run_id(body: bytes, content_type: str) -> int | None:
@@ -194,6 +208,9 @@ class Gate:
             body = stamp_requester(body, content_type, str(caller.name))
         forward = [(k, v) for k, v in headers if k.lower() not in _HOP]
         upstream = self.upstream.build_request(method, path, headers=forward, content=body)  # what was decided on
+        if path == LIST_RUNS and caller.role != "operator":
+            await self._own_runs(caller, upstream, writer)
+            return
         response = await self.upstream.send(upstream, stream=True)
         try:
             head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}"]
@@ -213,6 +230,21 @@ class Gate:
         if path == f"{CONTROL}start-run" and response.status_code == 200:
             run_id = _run_id(collected, response.headers.get("content-type", ""))
             self._log({"event": "run", "run_id": run_id, "requester": caller.name, "role": caller.role})
+
+    async def _own_runs(self, caller: Caller, upstream: httpx.Request, writer: asyncio.StreamWriter) -> None:
+        """list-runs for a researcher: only the runs the ledger says they submitted (whole answer, re-encoded)."""
+        response = await self.upstream.send(upstream)  # read whole and decoded (content-encoding removed)
+        content_type = response.headers.get("content-type", "")
+        body = response.content
+        if response.status_code == 200:
+            mine = {run for run, name in runs_of(self.ledger).items() if name == caller.name}
+            body = own_runs_only(body, content_type, mine)
+        skip = _HOP | {"content-encoding"}
+        head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}"]
+        head += [f"{k}: {v}" for k, v in response.headers.multi_items() if k.lower() not in skip]
+        head += [f"content-length: {len(body)}", "", ""]
+        writer.write("\r\n".join(head).encode("latin-1") + body)
+        await writer.drain()
 
     def _log(self, entry: dict) -> None:
         with open(self.ledger, "a", encoding="utf-8") as handle:

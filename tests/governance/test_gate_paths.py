@@ -70,6 +70,14 @@ class _Recorder(BaseHTTPRequestHandler):
             from flwr.proto.control_pb2 import StartRunResponse  # pylint: disable=no-name-in-module
 
             reply = StartRunResponse(run_id=42).SerializeToString()
+        if self.path == "/v1/control/list-runs":  # three runs: alice's, bob's, and one the gate never relayed
+            from flwr.proto.control_pb2 import ListRunsResponse  # pylint: disable=no-name-in-module
+
+            listed = ListRunsResponse(now="now")
+            for run_id in (101, 102, 103):
+                listed.run_dict[run_id].run_id = run_id
+                listed.run_dict[run_id].override_config["study"].string = f"secret study of run {run_id}"
+            reply = listed.SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/protobuf")
         self.send_header("content-length", str(len(reply)))
@@ -86,6 +94,7 @@ def gate(tmp_path_factory):
     certs = work / "pki"
     create_credentials(certs, ["site_a"])
     issue_user_cert(certs, "researcher", "alice")
+    issue_user_cert(certs, "operator", "olga")
     upstream = ThreadingHTTPServer(("127.0.0.1", _port()), _Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     public, ledger = _port(), work / "ledger.jsonl"
@@ -107,7 +116,7 @@ def gate(tmp_path_factory):
 
 
 def _send(port: int, certs: Path, target: str, body: bytes = b"", cert: str | None = None) -> bytes:
-    """One request, the target exactly as given, over TLS; the whole answer (the gate's reply is small)."""
+    """One request, the target exactly as given, over TLS; the answer's head and its whole (de-chunked) body."""
     tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     if cert:
         tls.load_cert_chain(certs / f"{cert}.pem", certs / f"{cert}.key")
@@ -115,16 +124,23 @@ def _send(port: int, certs: Path, target: str, body: bytes = b"", cert: str | No
         head = f"POST {target} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/protobuf\r\n"
         s.sendall(f"{head}content-length: {len(body)}\r\n\r\n".encode("latin-1") + body)
         data = b""
-        while not data.endswith(b"0\r\n\r\n") and not (data.startswith(b"HTTP/1.1 4") and b"\r\n\r\n" in data):
-            chunk = s.recv(65536)
-            if not chunk:
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        fields = dict(line.split(b": ", 1) for line in head_bytes.lower().split(b"\r\n")[1:] if b": " in line)
+        if b"content-length" in fields:
+            while len(rest) < int(fields[b"content-length"]):
+                rest += s.recv(65536)
+            return head_bytes + b"\r\n\r\n" + rest
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += s.recv(65536)
+        out = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            if int(size, 16) == 0:
                 break
-            data += chunk
-        if data.startswith(b"HTTP/1.1 4"):  # the gate's own refusal: read its text to the end
-            length = int(data.split(b"content-length: ")[1].split(b"\r\n")[0])
-            while len(data.partition(b"\r\n\r\n")[2]) < length:
-                data += s.recv(65536)
-        return data
+            out, rest = out + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+        return head_bytes + b"\r\n\r\n" + out
 
 
 @pytest.mark.parametrize("target", TRAVERSALS)
@@ -168,3 +184,20 @@ def test_request_path_accepts_only_plain_lower_case_segments():
     assert request_path("/v1/fleet/pull-messages") == "/v1/fleet/pull-messages"
     for bad in ("/v1/fleet/../control/x", "/v1/./fleet/x", "/v1//fleet/x", "/v1/fleet/x/", "v1/fleet/x", "/", ""):
         assert request_path(bad) is None, bad
+
+
+def test_a_researcher_lists_only_their_own_runs(gate):
+    from flwr.proto.control_pb2 import ListRunsResponse  # pylint: disable=no-name-in-module
+
+    with gate["ledger"].open("a") as ledger:
+        for run_id, name in ((101, "alice"), (102, "bob")):
+            ledger.write(json.dumps({"event": "run", "run_id": run_id, "requester": name}) + "\n")
+
+    def listed(cert: str) -> set[int]:
+        answer = _send(gate["port"], gate["certs"], "/v1/control/list-runs", b"", cert)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+        return set(ListRunsResponse.FromString(rest).run_dict)
+
+    assert listed("alice.researcher") == {101}
+    assert listed("olga.operator") == {101, 102, 103}
