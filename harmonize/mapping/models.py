@@ -68,6 +68,7 @@ class ConceptFieldExpr(Strict):
     vocabulary: str | None = None
     vocabulary_column: str | None = None
     system_column: str | None = None
+    codings: str | None = None  # a CodeableConcept column: the first coding that maps wins (see CodeExpr)
 
     @model_validator(mode="after")
     def _one_vocabulary(self) -> ConceptFieldExpr:
@@ -117,6 +118,12 @@ class CodeExpr(Strict):
     # display): the *_source_value then, with concept 0, so a free-text drug is kept as what the source says
     text: str | None = None
     required: bool = False  # a record with neither code nor text is quarantined ("missing code"), not loaded as 0
+    # a column holding the record's CodeableConcept as JSON text ({"coding": [{"system": URL, "code": ...}, ...]}):
+    # where it has a value, every coding is resolved (system URL -> vocabulary through fhir_systems) and the first,
+    # in document order, that maps to a standard concept gives the code, vocabulary and source value, else the
+    # first coding (concept 0); where it is empty, ``code`` and its vocabulary as usual. The standard FHIR mapping
+    # fills it only for a CodeableConcept with several codings, so the usual single coding costs nothing more.
+    codings: str | None = None
 
     @model_validator(mode="after")
     def _one_vocabulary(self) -> CodeExpr:

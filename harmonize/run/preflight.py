@@ -48,7 +48,7 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
         for index, column in enumerate(rule.when.columns()):
             yield "when.column" if index == 0 else f"when.and[{index - 1}].column", column
     if rule.concept:
-        for key in ("code", "vocabulary_column", "system_column", "source_value", "text"):
+        for key in ("code", "vocabulary_column", "system_column", "source_value", "text", "codings"):
             if getattr(rule.concept, key):
                 yield f"concept.{key}", getattr(rule.concept, key)
     for key in ("start", "end"):
@@ -73,7 +73,7 @@ def rule_columns(rule: Rule) -> Iterator[tuple[str, str]]:
             yield f"fields.{name}.map", expr.map
         elif isinstance(expr, ConceptFieldExpr):
             yield f"fields.{name}.concept", expr.concept
-            for key in ("vocabulary_column", "system_column"):
+            for key in ("vocabulary_column", "system_column", "codings"):
                 if getattr(expr, key):
                     yield f"fields.{name}.{key}", getattr(expr, key)
 

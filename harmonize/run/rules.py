@@ -226,6 +226,33 @@ def _field_expr(name: str, expr: object, source: Source, datatype: str) -> tuple
     return pl.col(expr.column).cast(pl.String).alias(out), None
 
 
+# a CodeableConcept as JSON text: only what choosing its coding reads (display, text, version are ignored)
+_CODEABLE_CONCEPT = pl.Struct({"coding": pl.List(pl.Struct({"system": pl.String, "code": pl.String}))})
+_ROW = "__coding_row"
+
+
+def _decoded_codings(rows: pl.DataFrame, column: str) -> pl.DataFrame:
+    """(row index, coding index, system, code) of every coding with a code in the CodeableConcepts of
+    ``column``, in document order (rows where the column is empty give none)."""
+    given = rows.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW), pl.col(column).cast(pl.String))
+    given = given.filter(pl.col(column).is_not_null())
+    try:
+        decoded = given.select(_ROW, pl.col(column).str.json_decode(_CODEABLE_CONCEPT).struct.field("coding"))
+    except pl.exceptions.PolarsError as error:
+        raise MappingError(
+            f"column {column!r} does not hold a CodeableConcept as JSON ({str(error).splitlines()[0]})",
+            where=f"concept codings: {column}",
+            fix='give codings: a column holding {"coding": [{"system": ..., "code": ...}]} (a FHIR path selecting '
+            "a CodeableConcept, e.g. code), or remove codings:",
+        ) from None
+    return (
+        decoded.explode("coding")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(_ROW).alias("__coding_index"))
+        .unnest("coding")
+        .filter(pl.col("code").is_not_null())
+    )
+
+
 _KEY_HASH_SEED = 20_261_207
 _SHARED_IDS = "_shared_id:"  # prefix of a batch column holding ids joined once for several rules (see below)
 
@@ -494,8 +521,13 @@ class RuleEvaluator:
                 system_column=expr.system_column,
             )
             keyed = rows.select(
-                pl.col("_ord"), self._vocabulary_expr(code).alias("vocabulary_id"), pl.col(out).alias("source_code")
+                pl.col("_ord"),
+                self._vocabulary_expr(code).alias("vocabulary_id"),
+                pl.col(out).alias("source_code"),
+                *([pl.col(expr.codings)] if expr.codings else []),
             )
+            if expr.codings:
+                keyed = self._choose_coding(keyed, expr.codings).drop(expr.codings, "__coding_chosen")
             found = (
                 resolve_codes(self.ctx.db, keyed, cache=self.ctx.codes)
                 .group_by("_ord", maintain_order=True)
@@ -509,6 +541,54 @@ class RuleEvaluator:
                 .drop("__concept")
             )
         return rows
+
+    def _choose_coding(self, keyed: pl.DataFrame, column: str | None) -> pl.DataFrame:
+        """``keyed`` (vocabulary_id, source_code per row), with the rows whose ``column`` holds a CodeableConcept
+        set to its chosen coding: the first, in document order, that maps to a standard concept (the site
+        source_to_concept_map or "Maps to", as ``resolve_codes`` answers), else its first coding with a code.
+        ``__coding_chosen`` is true on those rows. Rows without one keep theirs: the usual single-coding record
+        (for which the standard FHIR mapping leaves the column empty) costs one null count."""
+        if column is None or keyed.get_column(column).null_count() == keyed.height:
+            return keyed.with_columns(pl.lit(False).alias("__coding_chosen"))
+        codings = _decoded_codings(keyed, column)
+        systems = self.ctx.mapping.vocabulary.fhir_systems
+        candidates = codings.select(
+            _ROW,
+            "__coding_index",
+            pl.col("system").replace_strict(systems, default=None, return_dtype=pl.String).alias("vocabulary_id"),
+            pl.col("code").alias("source_code"),
+        )
+        answered = resolve_codes(self.ctx.db, candidates, cache=self.ctx.codes)
+        maps = answered.group_by(_ROW, "__coding_index").agg(
+            (pl.col("concept_id") != 0).any().alias("__maps"),
+            pl.col("vocabulary_id", "source_code").first(),
+        )
+        chosen = (
+            maps.sort(_ROW, pl.col("__maps").not_(), "__coding_index")
+            .unique(_ROW, keep="first", maintain_order=True)
+            .select(
+                _ROW,
+                pl.col("vocabulary_id").alias("__coding_vocabulary"),
+                pl.col("source_code").alias("__coding_code"),
+                pl.lit(True).alias("__coding_chosen"),
+            )
+        )
+        found = keyed.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW)).join(
+            chosen, on=_ROW, how="left", maintain_order="left"
+        )
+        picked = pl.col("__coding_chosen").fill_null(False)
+        return (
+            keyed.with_columns(found.drop(_ROW).get_columns())
+            .with_columns(
+                pl.when(picked)
+                .then(pl.col("__coding_vocabulary"))
+                .otherwise(pl.col("vocabulary_id"))
+                .alias("vocabulary_id"),
+                pl.when(picked).then(pl.col("__coding_code")).otherwise(pl.col("source_code")).alias("source_code"),
+                picked.alias("__coding_chosen"),
+            )
+            .drop("__coding_vocabulary", "__coding_code")
+        )
 
     def _vocabulary_expr(self, code: CodeExpr) -> pl.Expr:
         if code.vocabulary:
@@ -532,6 +612,17 @@ class RuleEvaluator:
                 else pl.col(code.source_value or code.code)
             ).alias("_source_value"),
         )
+        if code.codings is not None:  # the source value is the chosen coding's code (unless a column is named)
+            keyed = self._choose_coding(keyed, code.codings)
+            if code.source_value is None:
+                chosen = pl.col("__coding_chosen")
+                keyed = keyed.with_columns(
+                    pl.when(chosen)
+                    .then(pl.col("source_code"))
+                    .otherwise(pl.col("_source_value"))
+                    .alias("_source_value")
+                )
+            keyed = keyed.drop("__coding_chosen")
         resolved = resolve_codes(self.ctx.db, keyed, cache=self.ctx.codes).with_columns(
             pl.col("concept_id").fill_null(0).alias("_concept_id"),
             pl.col("source_concept_id").fill_null(0).alias("_source_concept_id"),

@@ -50,7 +50,8 @@ def _rule_rows(table: str, rule: Rule) -> list[tuple[str, str]]:
             f"column `{c.vocabulary_column}`" if c.vocabulary_column else f"system `{c.system_column}`"
         )
         route = ", routed by the concept's domain" if rule.route_by_domain else ""
-        rows.append((f"{table} concept", f"code `{c.code}` in {vocab} → standard concept{route}"))
+        among = f" (or the first coding of `{c.codings}` that maps)" if c.codings else ""
+        rows.append((f"{table} concept", f"code `{c.code}` in {vocab}{among} → standard concept{route}"))
     for column, wide in (rule.unpivot or {}).items():  # a wide export: one row per column holding a value
         unit = f"`{wide.unit_column}`" if wide.unit_column else (wide.unit or "none")
         rows.append((f"{table} row", f"column `{column}` = value; code `{wide.code or column}` in "

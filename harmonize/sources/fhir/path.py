@@ -7,7 +7,8 @@ Grammar (see the "FHIR sources" section of docs/mapping.md)::
     step       := NAME [ "[" INTEGER "]" ] | function
     function   := where(condition) | first() | last() | extension('url') | exists() | count()
                 | resolve_id() | resolve_identifier()
-    condition  := path ( "=" | "!=" ) literal ( "and" path ( "=" | "!=" ) literal )*
+    condition  := test ( "and" test )*
+    test       := path ( "=" | "!=" ) literal | path ending in exists()   (a boolean path: "= true")
     literal    := 'text' | number | true | false
 
 Evaluation follows FHIRPath collection semantics: each step maps over every item and flattens lists;
@@ -611,11 +612,14 @@ class _Parser:
         tests: list[tuple[Callable[[Any], Items], bool, Any]] = []
         simple: tuple[tuple[str, ...], Any] | None = None
         while True:
-            ops, _ = self.path(current)
-            operator = self.take("op").text
-            if operator not in ("=", "!="):
-                raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
-            tests.append((_values_of(ops), operator == "=", self.literal()))
+            ops, result = self.path(current)
+            if result.primitive == "boolean" and not (self.at("op", "=") or self.at("op", "!=")):
+                tests.append((_values_of(ops), True, True))  # where(coding[1].exists()): the test is the path
+            else:
+                operator = self.take("op").text
+                if operator not in ("=", "!="):
+                    raise _syntax(self.expression, self.tokens[self.index - 1].pos, "expected = or != in where()")
+                tests.append((_values_of(ops), operator == "=", self.literal()))
             if all(op.name is not None for op in ops):
                 simple = (_single_names(ops), tests[-1][2])
             if not self.at("name", "and"):
