@@ -205,6 +205,7 @@ def _check_fhir_paths(mapping: Mapping, file: str) -> None:
     from fedomop.harmonize.sources.fhir.path import compile_path
     from fedomop.harmonize.sources.fhir.structure import resource_model
 
+    codings = _codings_columns(mapping)
     for name, source in mapping.sources.items():
         if not source.is_fhir or not isinstance(source.columns, dict):
             continue
@@ -214,11 +215,32 @@ def _check_fhir_paths(mapping: Mapping, file: str) -> None:
             raise MappingError(error.message, where=f"{file}: sources.{name}.resource_type", fix=error.fix) from None
         for column, expression in source.columns.items():
             try:
-                compile_path(expression, source.resource_type)
+                path = compile_path(expression, source.resource_type)
             except MappingError as error:
                 raise MappingError(
                     error.message, where=f"{file}: sources.{name}.columns.{column}", fix=error.fix
                 ) from None
+            selects = path.result_type.describe()
+            if (name, column) in codings and path.result_type.known and selects != "CodeableConcept":
+                raise MappingError(
+                    f"column {column!r} is read as a rule's codings (a CodeableConcept), but {expression!r} selects "
+                    f"a {selects}",
+                    where=f"{file}: sources.{name}.columns.{column}",
+                    fix="select the CodeableConcept itself, e.g. code.where(coding[1].exists()) (not code.coding)",
+                )
+
+
+def _codings_columns(mapping: Mapping) -> set[tuple[str, str]]:
+    """(source, column) of every column a rule reads as ``codings:`` (its concept's or a concept field's)."""
+    found = set()
+    for rules in mapping.tables.values():
+        for rule in rules:
+            if rule.concept is not None and rule.concept.codings:
+                found.add((rule.source, rule.concept.codings))
+            for expr in rule.fields.values():
+                if isinstance(expr, ConceptFieldExpr) and expr.codings:
+                    found.add((rule.source, expr.codings))
+    return found
 
 
 def _named_constants(mapping: Mapping, file: str) -> Iterator[tuple[ConstantExpr, str]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from fedomop.harmonize.ground.errors import MappingError
 from fedomop.harmonize.run import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS
 
@@ -179,3 +180,17 @@ def test_a_chunked_run_with_workers_chooses_the_same_codings(export: Path, tmp_p
     out = tmp_path / "chunked.duckdb"
     assert run_mapping(MAPPINGS / "fhir_r4.yaml", export, out, vocabulary=EUNOMIA, chunks=2, workers=2).balanced
     assert _rows(out, CONDITION_ROWS) == EXPECTED_CONDITIONS
+
+
+def test_codings_must_select_a_codeable_concept(export: Path, tmp_path: Path) -> None:
+    """A codings column that selects a Coding (code.coding) would give the first coding only: refused before
+    any data is read, naming the column."""
+    mapping = tmp_path / "site.yaml"
+    mapping.write_text(
+        f"include: [{MAPPINGS / 'fhir_r4.yaml'}]\noverride:\n  sources:\n    conditions:\n      columns:\n"
+        "        codings: code.coding\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(MappingError, match="selects a Coding") as error:
+        run_mapping(mapping, export, tmp_path / "bad.duckdb", vocabulary=EUNOMIA)
+    assert "sources.conditions.columns.codings" in str(error.value.where)
