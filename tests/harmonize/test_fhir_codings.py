@@ -24,6 +24,7 @@ import pytest
 
 from fedomop.harmonize.ground.errors import MappingError
 from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.sources.fhir.path import compile_path
 from tests.conftest import EUNOMIA, MAPPINGS
 
 SNOMED = "http://snomed.info/sct"
@@ -194,3 +195,12 @@ def test_codings_must_select_a_codeable_concept(export: Path, tmp_path: Path) ->
     with pytest.raises(MappingError, match="selects a Coding") as error:
         run_mapping(mapping, export, tmp_path / "bad.duckdb", vocabulary=EUNOMIA)
     assert "sources.conditions.columns.codings" in str(error.value.where)
+
+
+def test_where_with_an_exists_test_selects_a_codeable_concept_with_several_codings() -> None:
+    """``code.where(coding[1].exists())`` (FHIRPath: a boolean sub-path is the test): the CodeableConcept as JSON
+    when it has a second coding, nothing for one coding, so the usual record carries no JSON text."""
+    path = compile_path("code.where(coding[1].exists())", "Condition")
+    assert path.evaluate(CONDITIONS[-1]) is None
+    assert json.loads(path.evaluate(CONDITIONS[0]))["coding"][1] == _coding(SNOMED, "44054006")
+    assert path.evaluate_generic(CONDITIONS[0]) == path.evaluate(CONDITIONS[0])
