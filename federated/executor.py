@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import io
 import multiprocessing
 import multiprocessing.context
@@ -317,7 +318,12 @@ def admit(policy_path: str, fab_content: bytes, study_text: str, requester: str)
     from fedomop.federated.study import parse_study
     from fedomop.harmonize.ground.errors import FedomopError
 
-    app_sha = approval.bundle_hash(fab_content)
+    try:
+        app_sha = approval.bundle_hash(fab_content)
+    except PolicyError as error:  # not a zip, or compiled code inside: no approval can name it
+        app_sha = hashlib.sha256(fab_content).hexdigest()
+        _refuse(policy_path, approval.Request(app_sha, "?", "?", requester), str(error).splitlines()[0])
+        raise
     try:
         spec = parse_study(study_text, source="study sent by the hub")
         request = approval.Request(app_sha, study_name(spec), approval.study_digest(spec), requester)

@@ -4,7 +4,8 @@ Approving an app hash alone let any study of the approved name through (another 
 another outcome), and the requester came from run_config. An approval here binds three things:
 
 * ``app_sha256`` - :func:`~fedomop.federated.governance.hashing.app_hash` of the submitted
-  app bundle (FAB), computed from the zip's bytes in memory: nothing is unpacked or imported;
+  app bundle (FAB), computed from the zip's bytes in memory over every entry: nothing is unpacked
+  or imported, and a bundle holding compiled code (``.pyc``, ``.so``, ``__pycache__``...) is refused;
 * ``study_digest`` - :func:`study_digest` of the study's cohort, outcome and covariates, so a
   changed ``max_age`` or an added covariate is a different study;
 * ``requester`` - the name on the researcher's client certificate, which the hub's mTLS gate
@@ -21,19 +22,20 @@ import zipfile
 from dataclasses import dataclass
 
 from fedomop.federated.errors import PolicyError
-from fedomop.federated.governance.hashing import _digest, _ignored
+from fedomop.federated.governance.hashing import _digest, zip_entries
 
 REQUESTER_KEY = "requester"
 
 
 def bundle_hash(content: bytes) -> str:
-    """:func:`app_hash` of a FAB given as bytes (the zip is read in memory, never extracted)."""
+    """:func:`app_hash` of a FAB given as bytes (the zip is read in memory, never extracted): every entry counts,
+    and a bundle holding compiled code is refused (PolicyError), since Flower would import it before the sources."""
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            entries = [(i.filename, archive.read(i)) for i in archive.infolist() if not i.is_dir()]
+            entries = zip_entries(archive, "app bundle")
     except zipfile.BadZipFile:
         raise PolicyError("the submitted app is not a zip bundle", where="app bundle", fix="submit a FAB") from None
-    return _digest((name, data) for name, data in entries if not _ignored(name))
+    return _digest(entries)
 
 
 def fab_hash(app_dir: object) -> str:
