@@ -42,9 +42,9 @@ def register(app: typer.Typer) -> None:
 
     @governance_app.command("study-digest")
     def study_digest_command(
-        study: Annotated[Path, typer.Argument(help="Study YAML (cohort, outcome, covariates).")],
+        study: Annotated[Path, typer.Argument(help="Study YAML.")],
     ) -> None:
-        """Print the study_digest a site puts in an approval (a changed cohort, outcome or covariate changes it)."""
+        """Print the study_digest a site puts in an approval (any change but name, description and labels changes it)."""
         from fedomop.federated.governance.approval import study_digest
         from fedomop.federated.study import load_study
 

@@ -6,8 +6,10 @@ another outcome), and the requester came from run_config. An approval here binds
 * ``app_sha256`` - :func:`~fedomop.federated.governance.hashing.app_hash` of the submitted
   app bundle (FAB), computed from the zip's bytes in memory over every entry: nothing is unpacked
   or imported, and a bundle holding compiled code (``.pyc``, ``.so``, ``__pycache__``...) is refused;
-* ``study_digest`` - :func:`study_digest` of the study's cohort, outcome and covariates, so a
-  changed ``max_age`` or an added covariate is a different study;
+* ``study_digest`` - :func:`study_digest` of the whole study except its name, description and
+  concept labels: a changed ``max_age``, an added covariate, another ``seed``, ``test_fraction``,
+  ``min_outcome_count``, ``allow_absent_covariates``, ``small_cell`` or ``min_cohort_size`` is a
+  different study;
 * ``requester`` - the name on the researcher's client certificate, which the hub's mTLS gate
   (:mod:`fedomop.federated.governance.gate`) writes into the run's config, overwriting anything
   the researcher sent.
@@ -51,14 +53,31 @@ def fab_hash(app_dir: object) -> str:
     return bundle_hash(build_fab_from_disk(folder.resolve()))
 
 
+DESCRIPTIVE_FIELDS = frozenset({"name", "description"})
+"""Study fields that change nothing a site computes or releases, left out of :func:`study_digest` (the name is
+matched on its own: an approval sits under ``studies.<name>``); concept ``label``s are left out as well."""
+
+
+def _without_labels(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _without_labels(item) for key, item in value.items() if key != "label"}
+    if isinstance(value, list):
+        return [_without_labels(item) for item in value]
+    return value
+
+
 def study_digest(study: object) -> str:
-    """sha256 of the study's cohort, outcome and covariates (canonical JSON; names and prose excluded)."""
+    """sha256 of the whole study as the site runs it, canonicalised: every field with its default filled in,
+    canonical JSON (sorted keys, no spaces), the descriptive fields (:data:`DESCRIPTIVE_FIELDS`, concept labels)
+    left out. The split (``seed``, ``test_fraction``), ``min_outcome_count``, ``allow_absent_covariates`` and the
+    study's ``small_cell`` / ``min_cohort_size`` are all in it: each changes what a site computes or releases
+    (``test_fraction: 0.85`` had a site train on 18 persons under the approval of the 0.3 split)."""
     from fedomop.federated.study import StudySpec, parse_study
 
     spec = study if isinstance(study, StudySpec) else parse_study(str(study), source="study sent by the hub")
-    core = spec.model_dump(mode="json", include={"cohort", "outcome", "covariates"})
+    core = _without_labels(spec.model_dump(mode="json", exclude=set(DESCRIPTIVE_FIELDS)))
     canonical = json.dumps(core, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(b"fedomop-study-digest-v1\n" + canonical.encode()).hexdigest()
+    return hashlib.sha256(b"fedomop-study-digest-v2\n" + canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
