@@ -4,8 +4,14 @@ One JSON object per line. Each record carries ``seq`` and ``prev`` (the sha256 o
 previous line's bytes), so editing, deleting or reordering any record breaks the chain
 at that point. A sidecar ``<log>.head`` holds the sequence number and hash of the last
 record; :func:`verify` compares it with the log, which catches records cut off the end.
-For protection against someone who can rewrite both files, publish the head hash
-elsewhere (e.g. in the study report) and pass it to ``verify(expected_head=...)``.
+An empty or missing log is refused when the site's state files beside it (the lock file,
+the cohort and member ledgers, the DP budget ledger) show that it had records.
+
+The chain is *unkeyed*: anyone who can write the log and its head file can rebuild a
+consistent chain (or delete every file beside it, which looks like a new site). Against
+that, publish the head hash elsewhere -- every reply carries it into the hub's result.json
+and model card -- and check with ``verify(expected_head=...)`` (``verify-log --head``);
+:data:`GENESIS` is refused as an anchor, since every log starts from it.
 
 Records name sizes and aggregate/parameter names, never values.
 """
@@ -34,11 +40,34 @@ def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+STATE_SUFFIXES = (".cohorts.json", ".members.json", ".dp_budget.json")
+"""Ledgers a site writes beside its log only after a request was accepted (and audited)."""
+
+
+def history_evidence(path: Path | str, *, include_lock: bool = True) -> list[Path]:
+    """The site's state files beside the log that exist only once records were appended to it: the lock file
+    (created by the first append) and the ledgers of :data:`STATE_SUFFIXES`. An empty or missing log with any of
+    them was emptied or deleted, not new."""
+    path = Path(path)
+    found = [path.with_name(path.name + suffix) for suffix in STATE_SUFFIXES]
+    if include_lock:
+        found.insert(0, _lock_path(path))
+    return [candidate for candidate in found if candidate.exists()]
+
+
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by every process appending to the same log."""
+def _locked(path: Path, *, create: bool = True) -> Iterator[None]:
+    """An exclusive lock shared by every process appending to the same log. With ``create=False`` (readers) a
+    missing lock file is not made: no append ever ran, and the lock file's presence is evidence of history."""
+    if not create and not _lock_path(path).exists():
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+    with open(_lock_path(path), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -73,6 +102,8 @@ def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
     with _locked(path):
         last = _last_line(path)
         _require_head_matches(path, last)
+        if last is None and not _head_path(path).exists():
+            _require_no_history(path, include_lock=False)  # the lock file was just made by this append
         if last is None:
             seq, prev = 1, GENESIS
         else:
@@ -131,6 +162,18 @@ def _require_head_matches(path: Path, last: bytes | None) -> None:
         )
 
 
+def _require_no_history(path: Path, *, include_lock: bool) -> None:
+    evidence = history_evidence(path, include_lock=include_lock)
+    if evidence:
+        raise PolicyError(
+            f"audit log is empty or missing, but the site's state beside it ({', '.join(p.name for p in evidence)}) "
+            "shows it had records: it was emptied or deleted",
+            where=str(path),
+            fix="treat the log as tampered: restore it from a backup, or investigate and archive the state files "
+            "with it before starting a new log",
+        )
+
+
 def head(path: Path | str) -> dict[str, Any]:
     """The log's current head: its last record's sequence number and hash (``GENESIS`` when empty).
 
@@ -138,7 +181,7 @@ def head(path: Path | str) -> dict[str, Any]:
     log can later be checked against a head it published (``verify-log --head``).
     """
     path = Path(path)
-    with _locked(path):
+    with _locked(path, create=False):
         last = _last_line(path)
     if last is None:
         return {"seq": 0, "sha256": GENESIS}
@@ -165,13 +208,23 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> Verificatio
     path = Path(path)
     problems: list[str] = []
     prev, seq = GENESIS, 0
-    hashes = {GENESIS}
+    hashes: set[str] = set()  # GENESIS anchors nothing: every log, also an emptied one, starts from it
     if not path.exists():
         return Verification(False, 0, GENESIS, [f"{path}: audit log does not exist"])
-    with _locked(path):
+    if expected_head == GENESIS:
+        problems.append(f"{path}: the published head is the genesis value, which every log starts from: it anchors "
+                        "nothing (pass the head of a record: result.json or model_card.json of a run)")  # fmt: skip
+    evidence = history_evidence(path)
+    with _locked(path, create=False):
         lines = path.read_bytes().split(b"\n")
         head_file = _head_path(path)
         head_record = json.loads(head_file.read_text(encoding="utf-8")) if head_file.exists() else None
+    if not lines or lines == [b""]:
+        if head_record is None and evidence:
+            problems.append(
+                f"{path}: audit log is empty and its head file is missing, but the site's state beside it "
+                f"({', '.join(p.name for p in evidence)}) shows it had records: it was emptied"
+            )
     if lines and lines[-1] == b"":
         lines.pop()
     elif lines:
@@ -197,7 +250,7 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> Verificatio
         problems.append(
             f"{path}: log ends at record {seq} but the head file says {head_record.get('seq')} (records cut off or added)"
         )
-    if expected_head is not None and expected_head not in hashes:
+    if expected_head is not None and expected_head != GENESIS and expected_head not in hashes:
         problems.append(
             f"{path}: the published head {expected_head} is not a record of this log "
             "(records before it were rewritten, or it belongs to another log)"

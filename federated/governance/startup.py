@@ -42,10 +42,23 @@ def require_credentials(folder: Path | str, names: tuple[str, ...], *, option: s
 
 
 def require_untampered_log(policy_path: Path | str) -> None:
-    """Refuse to start a site whose audit log's hash chain or head file does not verify."""
+    """Refuse to start a site whose audit log's hash chain or head file does not verify, or whose log is missing
+    while the state files beside it (lock, cohort / member / DP ledgers) show it had records."""
+    from fedomop.federated.governance.auditlog import history_evidence
+
     policy = load_policy(policy_path)
     if policy.audit_log.exists():
         require_valid(policy.audit_log)
+        return
+    evidence = history_evidence(policy.audit_log)
+    if evidence:
+        raise PolicyError(
+            f"audit log is missing, but the site's state beside it ({', '.join(p.name for p in evidence)}) shows "
+            "it had records: it was deleted",
+            where=str(policy.audit_log),
+            fix="treat the log as tampered: restore it from a backup, or investigate and archive the state files "
+            "before starting a new log",
+        )
 
 
 def register_once(public_key: Path, *, flwr_home: Path, connection: str) -> int | None:
@@ -69,8 +82,14 @@ def published_head(head: str, log: Path | str) -> str:
     import json
     import re
 
-    from fedomop.federated.governance.auditlog import read
+    from fedomop.federated.governance.auditlog import GENESIS, read
 
+    if head.lower() == GENESIS:
+        raise PolicyError(
+            "--head is the genesis value, which every audit log starts from: it anchors nothing",
+            where="--head",
+            fix="pass the head a run published (result.json / model_card.json audit_heads), or its hash",
+        )
     if re.fullmatch(r"[0-9a-f]{64}", head.lower()):
         return head.lower()
     source = Path(head)

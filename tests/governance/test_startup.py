@@ -99,3 +99,56 @@ def test_verify_log_exits_1_on_a_break_and_checks_the_published_head(tmp_path):
     log.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
     broken = fedomop("governance", "verify-log", str(log), cwd=tmp_path)
     assert broken.returncode == 1 and "chain broken" in broken.stdout
+
+
+def _emptied(log: Path) -> None:
+    """The red team's cheapest forgery: empty the log and delete its head file."""
+    log.write_bytes(b"")
+    log.with_name(log.name + ".head").unlink()
+
+
+def test_an_emptied_log_without_its_head_file_is_refused_by_its_lock_file(tmp_path):
+    log = tmp_path / "audit.jsonl"
+    for i in range(3):
+        auditlog.append(log, {"site": "site_a", "i": i})
+    _emptied(log)
+    result = auditlog.verify(log)
+    assert not result.ok and "it was emptied" in result.problems[0] and "audit.jsonl.lock" in result.problems[0]
+    cli = fedomop("governance", "verify-log", str(log), cwd=tmp_path)
+    assert cli.returncode == 1 and "it was emptied" in cli.stdout
+
+
+def test_a_site_does_not_start_afresh_on_an_emptied_or_deleted_log(tmp_path):
+    policy = write_policy(tmp_path, policy_dict())
+    log = tmp_path / "audit.jsonl"
+    auditlog.append(log, {"site": "site_a", "i": 0})
+    log.with_name(log.name + ".cohorts.json").write_text("{}")  # the site had accepted a study
+    _emptied(log)
+    with pytest.raises(PolicyError, match="emptied or deleted"):
+        auditlog.append(log, {"site": "site_a", "i": 1})  # the running site does not restart its chain
+    started = fedomop("site", "start", "--db", "site_a.duckdb", "--policy", str(policy), cwd=tmp_path)
+    assert started.returncode != 0 and "it was emptied" in started.stdout + started.stderr
+    log.unlink()
+    log.with_name(log.name + ".lock").unlink()  # only the cohort ledger is left
+    started = fedomop("site", "start", "--db", "site_a.duckdb", "--policy", str(policy), cwd=tmp_path)
+    assert started.returncode != 0 and "it was deleted" in started.stdout + started.stderr
+
+
+def test_a_new_log_is_still_new(tmp_path):
+    log = tmp_path / "audit.jsonl"
+    log.touch()  # created empty by the operator, no state beside it
+    assert auditlog.verify(log).ok
+    assert auditlog.head(log) == {"seq": 0, "sha256": auditlog.GENESIS}
+    assert not log.with_name(log.name + ".lock").exists()  # reading makes no evidence of history
+    assert auditlog.append(log, {"i": 0})["seq"] == 1 and auditlog.verify(log).ok
+
+
+def test_the_genesis_value_anchors_nothing(tmp_path):
+    log = tmp_path / "audit.jsonl"
+    auditlog.append(log, {"site": "site_a", "i": 0})
+    result = auditlog.verify(log, expected_head=auditlog.GENESIS)  # untampered, but the anchor proves nothing
+    assert not result.ok and "genesis" in result.problems[0]
+    with pytest.raises(PolicyError, match="genesis"):
+        published_head(auditlog.GENESIS, log)
+    cli = fedomop("governance", "verify-log", str(log), "--head", auditlog.GENESIS, cwd=tmp_path)
+    assert cli.returncode != 0 and "genesis" in cli.stdout + cli.stderr
