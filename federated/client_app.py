@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from fedomop.federated import feature_cache, features, metrics
 from fedomop.federated.errors import PolicyError, StudyError
 from fedomop.federated.models import registry, xgb_histogram
+from fedomop.federated.models.xgb_common import MIN_LEAF_KEY
 from fedomop.federated.study import StudySpec, parse_study
 from fedomop.federated.transport import describe_content, record_number
 from fedomop.harmonize.ground.errors import FedomopError
@@ -214,11 +215,39 @@ def _train(prep: Prepared, message: Message) -> RecordDict:
     site_config: dict[str, Any] = dict(config)
     if prep.wall_time_s:  # the site's wall-time budget for this message (the MLP stops at the next batch)
         site_config["deadline"] = time.monotonic() + prep.wall_time_s
+    site_config[MIN_LEAF_KEY] = _threshold(prep)  # the site's own threshold, whatever the hub sent
     arrays = message.content.array_records["arrays"]
     updated = model.site_train(arrays, prep.train.X, prep.train.y, site_config)
+    _require_large_leaves(prep, model, updated, arrays)
     if model.name == "mlp" and prep.policy is not None and _dp(prep.policy, prep.study.name):
         updated = _private_update(prep, arrays, updated, int(record_number(config.get("server-round", 0))))
     return RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": prep.train.n})})
+
+
+def _threshold(prep: Prepared) -> int:
+    """The site's small-cell threshold for this study: the stricter of the study's and the site policy's."""
+    return max(prep.small_cell, prep.study.small_cell)
+
+
+def _require_large_leaves(prep: Prepared, model: Any, reply: ArrayRecord, sent: ArrayRecord | None) -> None:
+    """No tree this site grew may leave it with a leaf of 1 to threshold - 1 of its persons (counted with XGBoost's
+    ``pred_leaf`` on the training matrix): refused and audited ``blocked``. ``min_child_weight`` is set from the
+    same threshold, so for logistic boosting this is a check that should never fire, not a filter."""
+    threshold = _threshold(prep)
+    small = model.small_leaves(reply, sent, prep.train.X, threshold)
+    if not small:
+        return
+    reason = f"the trained model has {small} leaf/leaves holding fewer than {threshold} of this site's persons"
+    if prep.policy is not None:
+        from fedomop.federated.governance import audit
+
+        audit(prep.policy, requester=prep.requester, study=prep.study.name, app_hash=code_hash(), action="train",
+              outcome="blocked", sent={}, reason=reason)  # fmt: skip
+    raise PolicyError(
+        f"site {prep.site.name!r} blocked its model: {reason}",
+        where="small-cell rule on released tree models",
+        fix="ask for shallower trees (max depth) or fewer trees; the site keeps every leaf at its threshold",
+    )
 
 
 def _dp(policy: Any, study: str) -> Any:
@@ -245,6 +274,9 @@ def _train_histogram(prep: Prepared, message: Message) -> RecordDict:
     """Histogram XGBoost's one long round: join the hub's allreduce with the global edges it sent."""
     config: dict[str, Any] = dict(message.content["config"])
     config["tls"] = _histogram_tls(prep.site, bool(config.get("xgb-tls", False)), prep.policy)
+    # the pooled trees' leaves hold >= the study's small_cell persons; the study's (not the site policy's) value,
+    # because every rank of the allreduce must choose the same splits
+    config[MIN_LEAF_KEY] = prep.study.small_cell
     model = registry.get(str(config["model"]))
     try:
         trained = model.site_train(message.content.array_records["edges"], prep.train.X, prep.train.y, config)
@@ -292,9 +324,11 @@ def _histogram_tls(site: Site, required: bool, policy: Any = None) -> dict[str, 
 def _train_local(prep: Prepared, message: Message) -> RecordDict:
     """The site-alone reference: a model trained on this site's rows only."""
     config: dict[str, Any] = dict(message.content["config"])
-    record = registry.get(str(config["model"])).train_plain(prep.train.X, prep.train.y, int(config["local-total"]))
+    model = registry.get(str(config["model"]))
+    record = model.train_plain(prep.train.X, prep.train.y, int(config["local-total"]), min_leaf=_threshold(prep))
     if not prep.release_local_model:  # evaluated here; the model (and its normalisation means) stays
         return RecordDict({"metrics": _held_out_metrics(prep, str(config["model"]), record)})
+    _require_large_leaves(prep, model, record, None)
     return RecordDict({"model": record, "metrics": MetricRecord({"num-examples": prep.train.n})})
 
 

@@ -56,8 +56,16 @@ class FederatedModel(ABC):
         """One site's step of a round: from the hub's ``record`` and this site's rows to the reply."""
 
     @abstractmethod
-    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
-        """An ordinary model on one data set (a site alone, or the pooled reference) with ``total`` trees/epochs."""
+    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int, *, min_leaf: int = 0) -> ArrayRecord:
+        """An ordinary model on one data set (a site alone, or the pooled reference) with ``total`` trees/epochs;
+        a tree model keeps at least ``min_leaf`` persons in every leaf where it can (a site's small-cell threshold).
+        """
+
+    def small_leaves(self, reply: ArrayRecord, sent: ArrayRecord | None, X: np.ndarray, threshold: int) -> int:
+        """How many leaves this site grew (in ``reply``, on top of the hub's ``sent`` model) hold 1 to
+        ``threshold - 1`` of the rows of ``X``: a site releases no model with such a leaf. 0 for models without
+        leaves."""
+        return 0
 
     @abstractmethod
     def predict(self, record: ArrayRecord, X: np.ndarray) -> np.ndarray:

@@ -195,12 +195,17 @@ class MLP(FederatedModel):
         seed = int(config.get("server-round", 0))
         deadline = config.get("deadline")
         return site_train(
-            record, X, y, epochs=int(config["epochs"]), mu=mu, seed=seed,
+            record,
+            X,
+            y,
+            epochs=int(config["epochs"]),
+            mu=mu,
+            seed=seed,
             deadline=float(deadline) if deadline is not None else None,
         )
 
-    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
-        return train_plain(X, y, epochs=total)
+    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int, *, min_leaf: int = 0) -> ArrayRecord:
+        return train_plain(X, y, epochs=total)  # no leaves (min_leaf is for tree models)
 
     def predict(self, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
         return predict(record, X)

@@ -32,12 +32,15 @@ def site_params(n_sites: int) -> dict[str, float]:
     return {"eta": xgb_common.DEFAULT_PARAMS["eta"] / max(n_sites, 1)}
 
 
-def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int, n_sites: int = 1) -> ArrayRecord:
-    """Boost ``local_rounds`` trees on the global model; reply with only the new trees."""
+def site_train(
+    record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int, n_sites: int = 1, min_leaf: int = 0
+) -> ArrayRecord:
+    """Boost ``local_rounds`` trees on the global model; reply with only the new trees (at least ``min_leaf``
+    persons per leaf through ``min_child_weight``, see :func:`xgb_common.leaf_params`)."""
     raw, _ = xgb_common.from_record(record)
     xgb = xgb_common.xgboost()
     dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
-    params = xgb_common.params(site_params(n_sites))
+    params = xgb_common.params({**site_params(n_sites), **xgb_common.leaf_params(min_leaf)})
     if not raw:
         booster = xgb.train(params, dtrain, num_boost_round=local_rounds)
         return xgb_common.to_record(xgb_common.booster_bytes(booster))
@@ -76,4 +79,11 @@ class BaggingXGBoost(xgb_common.XGBoostModel):
         return Trained(model, rounds_history, settings.rounds)
 
     def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
-        return site_train(record, X, y, int(config.get("local-rounds", 1)), int(config.get("n-sites", 1)))
+        return site_train(
+            record,
+            X,
+            y,
+            int(config.get("local-rounds", 1)),
+            int(config.get("n-sites", 1)),
+            int(config.get(xgb_common.MIN_LEAF_KEY, 0)),
+        )

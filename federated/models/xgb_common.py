@@ -50,6 +50,39 @@ def params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**DEFAULT_PARAMS, **(overrides or {})}
 
 
+MIN_LEAF_KEY = "site-min-leaf-persons"
+"""Set by the site itself (never taken from the hub): its small-cell threshold, the fewest persons per leaf."""
+MAX_ROW_HESSIAN = 0.25
+"""binary:logistic's hessian per row is p(1 - p) <= 1/4, so a leaf whose hessian sum reaches ``min_child_weight``
+holds at least ``4 * min_child_weight`` rows."""
+
+
+def leaf_params(min_leaf: int) -> dict[str, float]:
+    """``min_child_weight`` that keeps at least ``min_leaf`` training rows (persons) in every leaf of a logistic
+    booster: ``min_leaf * max hessian per row``, never below the default."""
+    return {"min_child_weight": max(float(DEFAULT_PARAMS["min_child_weight"]), min_leaf * MAX_ROW_HESSIAN)}
+
+
+def leaf_sizes(raw: bytes, X: np.ndarray, first_tree: int = 0) -> np.ndarray:
+    """Rows of ``X`` in each leaf they reach, for the trees from ``first_tree`` on (XGBoost's ``pred_leaf``)."""
+    if not raw:
+        return np.zeros(0, dtype=np.int64)
+    booster = load_booster(raw)
+    if booster.num_boosted_rounds() <= first_tree:
+        return np.zeros(0, dtype=np.int64)
+    leaves = booster.predict(xgboost().DMatrix(X, missing=np.nan), pred_leaf=True)  # every tree; slice after
+    leaves = leaves.reshape(len(X), -1)
+    return np.concatenate(
+        [np.unique(leaves[:, tree], return_counts=True)[1] for tree in range(first_tree, leaves.shape[1])]
+    )
+
+
+def count_small_leaves(raw: bytes, X: np.ndarray, threshold: int, first_tree: int = 0) -> int:
+    """Leaves holding 1 to ``threshold - 1`` rows of ``X`` (a leaf no row reaches holds no one)."""
+    sizes = leaf_sizes(raw, X, first_tree)
+    return int(((sizes > 0) & (sizes < threshold)).sum())
+
+
 def booster_bytes(booster: xgb.Booster) -> bytes:
     return bytes(booster.save_raw("json"))
 
@@ -112,8 +145,17 @@ def train_plain(X: np.ndarray, y: np.ndarray, rounds: int, overrides: dict[str, 
 class XGBoostModel(FederatedModel):
     """What the three XGBoost modes share as :class:`FederatedModel`: plain training, prediction, the JSON file."""
 
-    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int) -> ArrayRecord:
-        return to_record(train_plain(X, y, total))
+    def train_plain(self, X: np.ndarray, y: np.ndarray, total: int, *, min_leaf: int = 0) -> ArrayRecord:
+        return to_record(train_plain(X, y, total, leaf_params(min_leaf)))
+
+    def first_new_tree(self, sent: ArrayRecord | None) -> int:
+        """Where this site's trees start in its reply: the reply holds only new trees (bagging, plain)."""
+        return 0
+
+    def small_leaves(self, reply: ArrayRecord, sent: ArrayRecord | None, X: np.ndarray, threshold: int) -> int:
+        raw, edges = from_record(reply)
+        features = discretise(X, edges) if edges is not None else X
+        return count_small_leaves(raw, features, threshold, self.first_new_tree(sent))
 
     def predict(self, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
         return predict(record, X)

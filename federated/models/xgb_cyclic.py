@@ -26,13 +26,15 @@ from fedomop.federated.strategies.history import History, run_rounds
 NAME = "xgboost-cyclic"
 
 
-def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int) -> ArrayRecord:
-    """Continue boosting the global model on this site's data; reply with the whole model."""
+def site_train(record: ArrayRecord, X: np.ndarray, y: np.ndarray, local_rounds: int, min_leaf: int = 0) -> ArrayRecord:
+    """Continue boosting the global model on this site's data; reply with the whole model (the new trees with at
+    least ``min_leaf`` persons per leaf, see :func:`xgb_common.leaf_params`)."""
     raw, _ = xgb_common.from_record(record)
     xgb = xgb_common.xgboost()
     dtrain = xgb.DMatrix(X, label=y, missing=np.nan)
     start = xgb_common.load_booster(raw) if raw else None
-    booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=local_rounds, xgb_model=start)
+    params = xgb_common.params(xgb_common.leaf_params(min_leaf))
+    booster = xgb.train(params, dtrain, num_boost_round=local_rounds, xgb_model=start)
     return xgb_common.to_record(xgb_common.booster_bytes(booster))
 
 
@@ -56,4 +58,9 @@ class CyclicXGBoost(xgb_common.XGBoostModel):
         return Trained(model, rounds_history, settings.rounds)
 
     def site_train(self, record: ArrayRecord, X: np.ndarray, y: np.ndarray, config: dict[str, Any]) -> ArrayRecord:
-        return site_train(record, X, y, int(config.get("local-rounds", 1)))
+        return site_train(record, X, y, int(config.get("local-rounds", 1)), int(config.get(xgb_common.MIN_LEAF_KEY, 0)))
+
+    def first_new_tree(self, sent: ArrayRecord | None) -> int:
+        """The reply is the whole model: this site's trees follow the ones the hub sent."""
+        raw = xgb_common.from_record(sent)[0] if sent is not None else b""
+        return xgb_common.load_booster(raw).num_boosted_rounds() if raw else 0

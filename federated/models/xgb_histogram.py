@@ -80,10 +80,13 @@ def site_train(
     rounds: int,
     timeout: int = 300,
     tls: dict[str, str] | None = None,
+    min_leaf: int = 0,
 ) -> ArrayRecord:
     """Join the federated allreduce and train on globally-binned features; every rank ends with the same model.
 
     ``tls``: :func:`fedomop.federated.governance.certs.xgboost_client_tls` (mutual TLS with the hub's server).
+    ``min_leaf``: the fewest *pooled* persons per leaf (``min_child_weight`` on the summed hessians); every rank
+    must pass the same value (the study's ``small_cell``), or the ranks would choose different splits.
     """
     xgb = xgb_common.xgboost()
     features = xgb_common.discretise(X, edges)
@@ -96,7 +99,7 @@ def site_train(
         **(tls or {}),
     ):
         dtrain = xgb.DMatrix(features, label=y, missing=np.nan)
-        booster = xgb.train(xgb_common.params(), dtrain, num_boost_round=rounds)
+        booster = xgb.train(xgb_common.params(xgb_common.leaf_params(min_leaf)), dtrain, num_boost_round=rounds)
     return xgb_common.to_record(xgb_common.booster_bytes(booster), edges)
 
 
@@ -270,6 +273,7 @@ class HistogramXGBoost(xgb_common.XGBoostModel):
             rounds=int(config["rounds"]),
             tls=config.get("tls"),
             timeout=int(config.get("xgb-timeout", 300)),
+            min_leaf=int(config.get(xgb_common.MIN_LEAF_KEY, 0)),
         )
 
     def local_total(self, settings: TrainSettings) -> int:
