@@ -336,26 +336,75 @@ def predict(model: str, record: ArrayRecord, X: np.ndarray) -> np.ndarray:
     return registry.get(model).predict(record, X)
 
 
+METRIC_DECIMALS = 3
+"""Released held-out metrics are rounded to this many decimals (coarsens, does not by itself stop, differencing)."""
+
+
 def _held_out_metrics(prep: Prepared, model: str, record: ArrayRecord) -> MetricRecord:
+    threshold = _threshold(prep)
+    if prep.test.n < threshold:
+        raise PolicyError(
+            f"this site's held-out set has fewer than {threshold} persons: no metric of it is released",
+            where=f"site {prep.site.name}: small-cell rule on evaluation",
+            fix="a larger test_fraction or cohort, or leave this site out of the evaluation",
+        )
     values = metrics.binary_metrics(prep.test.y, predict(model, record, prep.test.X))
-    finite = {k: v for k, v in values.items() if np.isfinite(v)}
+    finite = {k: round(float(v), METRIC_DECIMALS) for k, v in values.items() if np.isfinite(v)}
     return MetricRecord({**finite, "num-examples": prep.test.n})
+
+
+def _spend_evaluations(prep: Prepared, message: Message, kind: str) -> None:
+    """The run's evaluation budget at this site: ``evaluate`` at most once per round of the run's plan (its
+    ``rounds`` as first sent, at most the policy's ``limits.max_rounds``), and one final ``evaluate.many``. Every
+    scored model is a query of the site's held-out outcomes, so a hub may not ask for more than the plan needs
+    (PolicyError, audited). The number of models in the final comparison is not bounded here (the hub does not
+    send the number of sites with it)."""
+    if prep.policy is None:
+        return
+    import json as _json
+
+    from fedomop.federated.governance.auditlog import _locked
+
+    config = message.content["config"]
+    limit = int(prep.policy.limits.max_rounds)
+    ledger = prep.policy.audit_log.with_name(prep.policy.audit_log.name + ".evaluations.json")
+    run = str(message.metadata.run_id)
+    with _locked(ledger):
+        book = _json.loads(ledger.read_text(encoding="utf-8")) if ledger.exists() else {}
+        rounds = int(record_number(config.get("rounds", 0))) or limit
+        entry = book.setdefault(run, {"rounds": rounds, "evaluate": 0, "many": 0})
+        allowed = {"evaluate": min(entry["rounds"], limit), "many": 1}[kind]
+        if entry[kind] + 1 > allowed:
+            reason = f"evaluation budget of run {run} spent ({kind}: {entry[kind]} of {allowed})"
+            from fedomop.federated.governance import audit
+
+            audit(prep.policy, requester=prep.requester, study=prep.study.name, app_hash=code_hash(),
+                  action=kind, outcome="refused", sent={}, reason=reason)  # fmt: skip
+            raise PolicyError(
+                f"site {prep.site.name!r} refused to evaluate: {reason}",
+                where="site: evaluation budget (one per round of the run's plan + the final comparison)",
+                fix="evaluate once per round and once at the end; a new run has a new budget",
+            )
+        entry[kind] += 1
+        ledger.write_text(_json.dumps(book), encoding="utf-8")
 
 
 def _evaluate(prep: Prepared, message: Message) -> RecordDict:
     """A strategy's per-round evaluation of the global model on this site's held-out rows."""
     model = str(message.content["config"]["model"])
+    _spend_evaluations(prep, message, "evaluate")
     return RecordDict({"metrics": _held_out_metrics(prep, model, message.content.array_records["arrays"])})
 
 
 def _evaluate_many(prep: Prepared, message: Message) -> RecordDict:
     """Several models at once (``model.<label>`` records): the final comparison in one round trip."""
     model = str(message.content["config"]["model"])
+    records = {key: record for key, record in message.content.array_records.items() if key.startswith("model.")}
+    _spend_evaluations(prep, message, "many")
     return RecordDict(
         {
             f"metrics.{key.removeprefix('model.')}": _held_out_metrics(prep, model, record)
-            for key, record in message.content.array_records.items()
-            if key.startswith("model.")
+            for key, record in records.items()
         }
     )
 
