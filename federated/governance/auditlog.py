@@ -99,11 +99,12 @@ def _head_path(path: Path) -> Path:
 def append(path: Path | str, record: Mapping[str, Any]) -> dict[str, Any]:
     """Append one record (adds ``seq``, ``time`` and ``prev``) under the lock; returns what was written."""
     path = Path(path)
+    appended_before = _lock_path(path).exists()  # only an append makes the log's lock file (readers do not)
     with _locked(path):
         last = _last_line(path)
         _require_head_matches(path, last)
-        if last is None and not _head_path(path).exists():
-            _require_no_history(path, include_lock=False)  # the lock file was just made by this append
+        if last is None and not _head_path(path).exists() and appended_before:
+            _require_no_history(path, include_lock=True)  # the ledgers alone may precede the first record
         if last is None:
             seq, prev = 1, GENESIS
         else:
