@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -377,10 +377,12 @@ def is_loopback(address: str) -> bool:
     return host.strip("[]") in {h.strip("[]") for h in LOOPBACK_HOSTS}
 
 
-def gate_command(certs: Path, listen: str, upstream: str, ledger: Path) -> list[str]:
-    """The hub's mTLS gate (governance/gate.py) on the public address, in front of the loopback SuperLink."""
+def gate_command(certs: Path, listen: str, upstream: str, ledger: Path, approved_apps: Sequence[str] = ()) -> list[str]:
+    """The hub's mTLS gate (governance/gate.py) on the public address, in front of the loopback SuperLink;
+    ``approved_apps``: the only app hashes the hub will run (none given: any bundle without compiled code)."""
+    approvals = [arg for digest in approved_apps for arg in ("--approved-app", digest)]
     return [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
-            "--listen", listen, "--upstream", upstream, "--ledger", str(ledger)]  # fmt: skip
+            "--listen", listen, "--upstream", upstream, "--ledger", str(ledger), *approvals]  # fmt: skip
 
 
 def connect_command(gate: str, port: int, cert: Path, key: Path, ca: Path) -> list[str]:

@@ -159,6 +159,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         ungoverned: Annotated[
             bool, typer.Option("--ungoverned", help="A bare SuperLink, no gate (loopback only, loud).")
         ] = False,
+        approved_app: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="App hash (`fedomop governance hash --fab`) the hub's ServerApp may run; repeat. None given: "
+                "any bundle without compiled code (the submitted bundle's code runs on the hub)."
+            ),
+        ] = None,
     ) -> None:
         """Run the hub in the foreground: the SuperLink on 127.0.0.1, the mTLS gate on --host:--port."""
         home = flwr_home or Path.home() / ".flwr"
@@ -181,7 +188,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
             code = subprocess.call(deploy.hub_command(port, host=host, state=state), env=deploy.flower_env(home))
             raise typer.Exit(1 if code else 0)
         certs = _hub_certs(_needs(certs, "--certs", "CA, server certificate, site keys", "run `fedomop certs create`"))
-        raise typer.Exit(_governed_hub(port, host, certs, home, connection, state, superlink_port, ledger))
+        raise typer.Exit(
+            _governed_hub(port, host, certs, home, connection, state, superlink_port, ledger, approved_app or [])
+        )
 
     @hub_app.command("connect")
     def hub_connect(
@@ -238,6 +247,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
     state: Path | None,
     superlink_port: int,
     ledger: Path | None,
+    approved_apps: list[str],
 ) -> int:
     """SuperLink (TLS, node authentication) on 127.0.0.1, every ``<site>.pub`` registered, the gate in front."""
     from fedomop.federated.governance.certs import write_flower_connection
@@ -260,7 +270,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
             node_id = register_once(public_key, flwr_home=home, connection=local)
             known = "already registered (saved state)" if node_id is None else f"node {node_id}"
             console.print(f"registered {public_key.stem} ({known})", highlight=False)
-        gate = deploy.gate_command(certs, f"{host}:{port}", f"127.0.0.1:{internal}", ledger)
+        gate = deploy.gate_command(certs, f"{host}:{port}", f"127.0.0.1:{internal}", ledger, approved_apps)
         processes["gate"] = subprocess.Popen(gate, env=env, preexec_fn=deploy.die_with_parent)
         deploy.wait_for_port(port, host=host, process=processes["gate"])
         console.print(

@@ -110,6 +110,35 @@ def stamp_requester(body: bytes, content_type: str, requester: str) -> bytes:
     return json_format.MessageToJson(request).encode() if as_json else request.SerializeToString()
 
 
+def app_refusal(body: bytes, content_type: str, approved: frozenset[str] | None) -> str | None:
+    """Why the hub must not run the app bundle of this StartRunRequest (None: it may).
+
+    The hub's ServerApp imports the submitted bundle with the bundle's folder first on ``sys.path``, so the
+    researcher's bundle is code that runs on the hub: one holding compiled code (``.pyc``, ``.so``, ...) is
+    never run (nobody can review it, and it would be imported before the sources), and with ``approved`` (the
+    operator's ``--approved-app`` hashes) only a bundle whose :func:`~approval.bundle_hash` is listed runs."""
+    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+    from google.protobuf import json_format
+
+    from fedomop.federated.governance.approval import bundle_hash
+
+    try:
+        as_json = "json" in content_type
+        request = json_format.Parse(body, StartRunRequest()) if as_json else StartRunRequest.FromString(body)
+    except Exception:  # noqa: BLE001 - any undecodable request is refused, whatever the decoder raised
+        return "not a StartRunRequest"
+    content = bytes(request.fab.content)
+    if not content:
+        return "the hub runs only apps submitted as a bundle it can check" if approved is not None else None
+    try:
+        digest = bundle_hash(content)
+    except PolicyError as refused:
+        return f"app bundle refused: {refused.message}"
+    if approved is not None and digest not in approved:
+        return f"app {digest} is not one the hub operator approved (fedomop hub start --approved-app)"
+    return None
+
+
 def own_runs_only(body: bytes, content_type: str, mine: set[int]) -> bytes:
     """A ListRunsResponse without the runs not in ``mine`` (another researcher's study, settings and name)."""
     from flwr.proto.control_pb2 import ListRunsResponse  # pylint: disable=no-name-in-module
@@ -166,8 +195,17 @@ def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
 class Gate:
     """The mTLS gate: ``public`` (host, port) in front of the SuperLink at ``upstream`` (loopback)."""
 
-    def __init__(self, certs: Path | str, upstream: str, ledger: Path | str, *, superlink_tls: bool = True) -> None:
+    def __init__(
+        self,
+        certs: Path | str,
+        upstream: str,
+        ledger: Path | str,
+        *,
+        superlink_tls: bool = True,
+        approved_apps: frozenset[str] | None = None,
+    ) -> None:
         certs = Path(certs)
+        self.approved_apps = approved_apps
         self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.crt"))
         self.tls.load_cert_chain(certs / "server.pem", certs / "server.key")
         self.tls.verify_mode = ssl.CERT_OPTIONAL  # Fleet calls come without one; Control calls are checked below
@@ -205,6 +243,12 @@ class Gate:
             return
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if path == f"{CONTROL}start-run":
+            refusal = app_refusal(body, content_type, self.approved_apps)
+            if refusal:
+                self._log({"event": "refused", "path": path, "caller": caller.name, "reason": refusal})
+                _reply(writer, 403, refusal)
+                await writer.drain()
+                return
             body = stamp_requester(body, content_type, str(caller.name))
         forward = [(k, v) for k, v in headers if k.lower() not in _HOP]
         upstream = self.upstream.build_request(method, path, headers=forward, content=body)  # what was decided on
@@ -331,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--upstream", required=True, help="the SuperLink on loopback, host:port")
     gate.add_argument("--ledger", required=True)
     gate.add_argument("--superlink-insecure", action="store_true")
+    gate.add_argument("--approved-app", action="append", help="app hash the hub may run (repeat; none: any)")
     link = sub.add_parser("connect")
     link.add_argument("--gate", required=True)
     link.add_argument("--port", type=int, required=True)
@@ -340,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "gate":
         host, port = args.listen.rsplit(":", 1)
-        front = Gate(args.certs, args.upstream, args.ledger, superlink_tls=not args.superlink_insecure)
+        approved = frozenset(args.approved_app) if args.approved_app else None
+        front = Gate(
+            args.certs, args.upstream, args.ledger, superlink_tls=not args.superlink_insecure, approved_apps=approved
+        )
         asyncio.run(front.serve(host, int(port)))
     else:
         asyncio.run(connect(args.gate, args.port, args.cert, args.key, args.ca))

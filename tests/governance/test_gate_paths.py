@@ -9,6 +9,7 @@ SuperLink must never see a request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pytest
 
 from fedomop.federated.governance.certs import create_credentials, issue_user_cert
 from fedomop.federated.governance.gate import request_path
+from tests.governance.test_hashing import _zip as _bundle
 
 TRAVERSALS = [
     "/v1/fleet/../control/start-run",
@@ -88,9 +91,9 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory):
-    work = tmp_path_factory.mktemp("gate")
+@contextlib.contextmanager
+def _running_gate(work: Path, *extra: str) -> Iterator[dict]:
+    """The gate process (options ``extra``) in front of a recording stand-in SuperLink, with a CA and two people."""
     certs = work / "pki"
     create_credentials(certs, ["site_a"])
     issue_user_cert(certs, "researcher", "alice")
@@ -100,7 +103,7 @@ def gate(tmp_path_factory):
     public, ledger = _port(), work / "ledger.jsonl"
     command = [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
                "--listen", f"127.0.0.1:{public}", "--upstream", f"127.0.0.1:{upstream.server_port}",
-               "--ledger", str(ledger), "--superlink-insecure"]  # fmt: skip
+               "--ledger", str(ledger), "--superlink-insecure", *extra]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while socket.socket().connect_ex(("127.0.0.1", public)) != 0:
@@ -113,6 +116,12 @@ def gate(tmp_path_factory):
         process.wait(10)
         upstream.shutdown()
         upstream.server_close()
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    with _running_gate(tmp_path_factory.mktemp("gate")) as running:
+        yield running
 
 
 def _send(port: int, certs: Path, target: str, body: bytes = b"", cert: str | None = None) -> bytes:
@@ -201,3 +210,46 @@ def test_a_researcher_lists_only_their_own_runs(gate):
 
     assert listed("alice.researcher") == {101}
     assert listed("olga.operator") == {101, 102, 103}
+
+
+APP = {"pyproject.toml": b'[project]\nname = "app"\n', "app/__init__.py": b"", "app/server.py": b"X = 1\n"}
+
+
+def _start_run(content: bytes) -> bytes:
+    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+
+    request = StartRunRequest()
+    if content:
+        request.fab.content = content
+    return request.SerializeToString()
+
+
+def test_a_start_run_whose_bundle_holds_compiled_code_never_reaches_the_superlink(gate):
+    """Red team: an approved bundle plus fedomop/__init__.pyc ran on the hub (the ServerApp imports the bundle
+    first). The gate refuses a bundle with compiled code from a certified researcher too, before the SuperLink."""
+    before = len(gate["seen"])
+    evil = _bundle({**APP, "fedomop/__init__.pyc": b"\x00compiled"})
+    answer = _send(gate["port"], gate["certs"], "/v1/control/start-run", _start_run(evil), "alice.researcher")
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+    assert b"compiled" in answer and gate["seen"][before:] == []
+    clean = _send(gate["port"], gate["certs"], "/v1/control/start-run", _start_run(_bundle(APP)), "alice.researcher")
+    assert clean.startswith(b"HTTP/1.1 200"), clean[:300]
+
+
+def test_with_approved_apps_the_hub_runs_only_a_listed_bundle(tmp_path):
+    """`hub start --approved-app HASH`: a bundle whose hash is not listed, or a run without a bundle to check, is
+    refused; the listed one passes. The hash is the one `fedomop governance hash` gives (bundle_hash)."""
+    from fedomop.federated.governance.approval import bundle_hash
+
+    approved, other = _bundle(APP), _bundle({**APP, "app/server.py": b"X = 2\n"})
+    with _running_gate(tmp_path, "--approved-app", bundle_hash(approved)) as running:
+        port, certs = running["port"], running["certs"]
+        before = len(running["seen"])
+        refused = _send(port, certs, "/v1/control/start-run", _start_run(other), "alice.researcher")
+        assert refused.startswith(b"HTTP/1.1 403") and b"not one the hub operator approved" in refused, refused[:300]
+        empty = _send(port, certs, "/v1/control/start-run", _start_run(b""), "alice.researcher")
+        assert empty.startswith(b"HTTP/1.1 403"), empty[:300]
+        assert running["seen"][before:] == []
+        passed = _send(port, certs, "/v1/control/start-run", _start_run(approved), "alice.researcher")
+        assert passed.startswith(b"HTTP/1.1 200"), passed[:300]
+        assert [path for path, _ in running["seen"][before:]] == ["/v1/control/start-run"]
