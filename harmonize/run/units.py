@@ -126,11 +126,17 @@ class UnitConverter:
             "_concept_id",
             "_unit_code",
             factor.alias("_f"),
-            pl.coalesce(
-                pl.when(factor.is_not_null()).then(pl.coalesce("_standard_concept", "_standard_concept_g")),
-                "_ucum_concept",
-                pl.lit(0, pl.Int64),
-            ).alias("_unit_concept_id"),
+            # CDM v5.4 (measurement/observation.unit_concept_id): no unit in the source -> NULL; a unit given but
+            # not mapped -> 0
+            pl.when(pl.col("_unit_code").is_not_null())
+            .then(
+                pl.coalesce(
+                    pl.when(factor.is_not_null()).then(pl.coalesce("_standard_concept", "_standard_concept_g")),
+                    "_ucum_concept",
+                    pl.lit(0, pl.Int64),
+                )
+            )
+            .alias("_unit_concept_id"),
             pl.coalesce("_low", pl.when(~has_specific_rule).then(pl.col("_low_g"))).alias("_lo"),
             pl.coalesce("_high", pl.when(~has_specific_rule).then(pl.col("_high_g"))).alias("_hi"),
             pl.coalesce("_standard", "_standard_g").alias("_std"),

@@ -370,3 +370,19 @@ def test_a_record_that_ends_before_it_starts_is_quarantined(tmp_path: Path) -> N
     report, found = _map_and_quarantined(mapping_file, source, tmp_path / "site.duckdb", "diagnoses")
     assert found == [("2", "dx_end", "2019-02-27", "implausible date: ends before it starts")]
     assert report.balanced
+
+
+def test_a_result_without_a_unit_gets_a_null_unit_concept_and_an_unknown_unit_gets_0(tmp_path: Path) -> None:
+    """CDM v5.4 measurement.unit_concept_id: "If the source data does not include units, set UNIT_CONCEPT_ID to
+    NULL. If units are provided but not mapped, set UNIT_CONCEPT_ID to 0." (it was 0 for both). L1's mmol/L is
+    converted to the declared standard mg/dL (UCUM 8840)."""
+    mapping, source = make_site(tmp_path)
+    labs = _rows(_rows(LABS, 3, "unit", ""), 2, "unit", "mg/dL")
+    write_csv(source / "labs.csv", [*labs, ["L4", "P3", "2019-05-02", "2857-1", "3.9", "zz/L"]])
+    run_mapping(mapping, source, tmp_path / "site.duckdb")
+    with duckdb.connect(str(tmp_path / "site.duckdb"), read_only=True) as con:
+        units = con.execute(
+            "select value_as_number, unit_source_value, unit_concept_id from measurement "
+            "where measurement_type_concept_id = 32817 and value_as_number is not null order by value_as_number"
+        ).fetchall()
+    assert units == [(3.9, "zz/L", 0), (4.2, None, None), (9.1, "mg/dL", 8840), (10.02, "mmol/L", 8840)]
