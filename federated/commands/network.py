@@ -162,8 +162,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
         approved_app: Annotated[
             list[str] | None,
             typer.Option(
-                help="App hash (`fedomop governance hash --fab`) the hub's ServerApp may run; repeat. None given: "
-                "any bundle without compiled code (the submitted bundle's code runs on the hub)."
+                help="App hash (`fedomop governance hash --fab`) the hub's ServerApp may run besides the installed "
+                "fedomop app; repeat. A submitted bundle's code runs on the hub: any other is refused."
             ),
         ] = None,
     ) -> None:
@@ -232,6 +232,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command,
     app.add_typer(hub_app, name="hub")
 
 
+def _installed_app_hash() -> str:
+    """The FAB hash of the installed fedomop Flower app: always on a governed hub's list (a submitted bundle is
+    code that runs on the hub, so only the installed one and those the operator adds run)."""
+    from fedomop.federated.governance.approval import fab_hash
+    from fedomop.federated.runner import APP_DIR
+
+    return fab_hash(APP_DIR)
+
+
 def _hub_certs(certs: Path) -> Path:
     from fedomop.federated.governance.startup import HUB_FILES, require_credentials
 
@@ -254,6 +263,7 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
     from fedomop.federated.governance.startup import register_once
 
     internal = superlink_port or deploy.free_port()
+    approved_apps = [_installed_app_hash(), *approved_apps]
     ledger = (ledger or home / "gate_ledger.jsonl").resolve()
     ledger.parent.mkdir(parents=True, exist_ok=True)
     local = f"{connection}-hub-local"
@@ -275,9 +285,15 @@ def _governed_hub(  # noqa: PLR0913 - the hub's options, passed on
         deploy.wait_for_port(port, host=host, process=processes["gate"])
         console.print(
             f"hub: gate on {host}:{port} (mTLS; researchers: `fedomop hub connect`), SuperLink on 127.0.0.1:{internal}, "
-            f"ledger {ledger}",
+            f"ledger {ledger}; runs only app(s) {', '.join(a[:12] for a in approved_apps)}",
             highlight=False,
         )
+        if (certs / "ca.key").exists():
+            console.print(
+                f"[yellow]note:[/] {certs / 'ca.key'} (the network CA's private key) is in the hub's --certs folder; "
+                "keep it offline once certificates are issued (the hub needs ca.crt, server.pem/.key, the .pub files)",
+                highlight=False,
+            )
         sys.stdout.flush()
         return deploy.supervise(processes)
     finally:

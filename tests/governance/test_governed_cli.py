@@ -91,8 +91,11 @@ def net(tmp_path_factory):
     _policy(policy, [{**approved, "requester": "alice"}])
     cluster = Cluster(work, work / "hub_home")
     gate, runtime = free_port(), free_port()
+    # the hub runs the installed app (always) and, to show that a site refuses what its policy does not approve
+    # even when the hub runs it, the attack app; any other bundle is refused by the gate
+    hub_apps = ["--approved-app", fab_hash(_app(work / "attack_app", work / "MARKER"))]
     hub = cluster.start("hub", [*FEDOMOP, "hub", "start", "--port", str(gate), "--certs", str(certs),
-                                "--flwr-home", str(work / "hub_home"), "--in-memory-state"])  # fmt: skip
+                                "--flwr-home", str(work / "hub_home"), "--in-memory-state", *hub_apps])  # fmt: skip
     _wait(hub, gate)
     site = cluster.start("site", [*FEDOMOP, "site", "start", "--db", str(database), "--site", "site_a",
                                   "--superlink", f"127.0.0.1:{gate}", "--certs", str(certs), "--policy", str(policy),
@@ -162,7 +165,7 @@ def test_the_gate_refuses_a_caller_without_a_certificate(net):
 
 def test_an_unapproved_app_is_refused_before_any_of_it_runs(net):
     marker, result = net.workdir / "MARKER", net.workdir / "attack_result.json"
-    app = _app(net.workdir / "attack_app", marker)
+    app = net.workdir / "attack_app"  # made by the fixture: the hub lists it, the site does not
     study = net.workdir / "study.yaml"
     study.write_text(load_study("bone_metastasis").to_yaml())
     config = f'study-file="{study}" result="{result}" requester="alice"'
@@ -202,3 +205,16 @@ def test_the_approved_researcher_trains_and_the_card_names_the_gate_identity(net
     assert set(card["sites"]) == {"site_a"} and card["audit_heads"]["site_a"]["sha256"]
     granted = [r for r in auditlog.read(net.workdir / "site_a.audit.jsonl") if r["outcome"] != "refused"]
     assert granted and {r["requester"] for r in granted} == {"alice"}
+
+
+def test_the_hub_refuses_a_bundle_its_operator_did_not_list(net):
+    """Red team: any certified researcher's bundle ran as code in the hub's ServerApp (read ca.key, forged ledger
+    lines). A bundle not on the hub's list never starts: `flwr run` fails, the gate's ledger says why."""
+    marker = net.workdir / "HUB_MARKER"
+    app = _app(net.workdir / "unlisted_app", marker)
+    submitted = _flwr(net.homes["alice"], "run", str(app), "alice", "--format", "json")
+    assert submitted.returncode != 0 or not json.loads(submitted.stdout)["success"], submitted.stdout
+    time.sleep(2)
+    assert not marker.exists()
+    ledger = (net.workdir / "hub_home" / "gate_ledger.jsonl").read_text()
+    assert f"app {fab_hash(app)} is not one the hub operator approved" in ledger
