@@ -32,6 +32,19 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "max_bin": 256,
     "seed": 0,
     "nthread": 1,
+    # XGBoost's own defaults, written out: a booster the hub sends carries its training parameters, and a site
+    # that continues it (bagging, cyclic) must not inherit, say, scale_pos_weight=1000 (leaves of one person)
+    "scale_pos_weight": 1.0,
+    "max_delta_step": 0.0,
+    "gamma": 0.0,
+    "lambda": 1.0,
+    "alpha": 0.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "colsample_bylevel": 1.0,
+    "colsample_bynode": 1.0,
+    "max_leaves": 0,
+    "grow_policy": "depthwise",
 }
 
 

@@ -59,6 +59,20 @@ def test_without_a_minimum_the_site_grows_small_leaves_and_with_its_threshold_no
     assert _sizes(plain, X).min() >= THRESHOLD
 
 
+@pytest.mark.parametrize("model", [xgb_bagging, xgb_cyclic])
+@pytest.mark.parametrize("crafted", [{"scale_pos_weight": 1000.0}, {"max_depth": 12, "scale_pos_weight": 1e4}])
+def test_a_hub_model_carrying_its_own_training_parameters_does_not_shrink_the_sites_leaves(model, crafted):
+    """Red team (second pass): a booster the hub sends keeps its parameters (scale_pos_weight=1000), and the site
+    continuing it grew leaves of one person (then refused to release: every round blocked). The site's own
+    parameters are all written out, so they replace the hub's."""
+    rng = np.random.default_rng(0)  # rare, unpredictable outcomes: a 1000x weight isolates single positives
+    X, y = rng.normal(size=(200, 6)), (rng.random(200) < 0.05).astype(float)
+    hub = xgb_common.to_record(xgb_common.train_plain(X[:40], y[:40], 1, crafted))
+    first_new = xgb_common.load_booster(xgb_common.from_record(hub)[0]).num_boosted_rounds()
+    reply = model.site_train(hub, X, y, local_rounds=3, min_leaf=THRESHOLD)
+    assert _sizes(reply, X, first_tree=first_new).min() >= THRESHOLD
+
+
 def _prepared(tmp_path, X, y):
     policy = load_policy(write_policy(tmp_path, policy_dict()))
     site_data = SiteData(X, y, np.arange(len(y)), [f"f{i}" for i in range(X.shape[1])])
