@@ -149,7 +149,9 @@ def is_wildcard(host: str) -> bool:
     if bare in ("", "*"):
         return True
     with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(bare).is_unspecified
+        address = ipaddress.ip_address(bare)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:0.0.0.0 is 0.0.0.0 on a dual-stack socket
+        return address.is_unspecified or (mapped is not None and mapped.is_unspecified)
     with contextlib.suppress(OSError):  # the spellings inet_aton reads as 0.0.0.0 ("0", "0.0", "00")
         return socket.inet_aton(bare) == bytes(4)
     return False

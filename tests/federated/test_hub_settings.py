@@ -79,7 +79,7 @@ def test_the_allreduce_host_and_tls_come_from_the_hubs_environment(tmp_path):
     assert HubConfig.from_env({"FLWR_HOME": str(tmp_path)}).output_root == str(tmp_path / "fedomop-runs")
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "0", "0.0", "", "*", "0:0::0"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "0", "0.0", "", "*", "0:0::0", "::ffff:0.0.0.0", "[::ffff:0:0]"])
 def test_a_wildcard_host_is_refused_everywhere(host):
     assert is_wildcard(host)
     with pytest.raises(SettingsError, match="every interface"):
@@ -92,7 +92,7 @@ def test_a_wildcard_host_is_refused_everywhere(host):
 
 
 def test_named_hosts_are_not_wildcards():
-    for host in ("127.0.0.1", "10.0.0.5", "::1", "hub.example.org"):
+    for host in ("127.0.0.1", "10.0.0.5", "::1", "::ffff:127.0.0.1", "hub.example.org"):
         assert not is_wildcard(host)
 
 
