@@ -183,7 +183,40 @@ def _write_sources(w: _Writer, profile: Profile, used: list[FileProfile]) -> Non
             parts.append(f"date_format: {_q(formats[0])}")
         if len(set(formats)) > 1:
             w.todo(2, f"{file.path} mixes date formats {sorted(set(formats))}; one source reads one format")
-        w.add(f"  {_source_name(file.path)}: {{{', '.join(parts)}}}  # {file.rows:,} rows")
+        note = ""
+        if file.format == "csv":
+            decimal, commas = _decimal(w, file)
+            if decimal == ",":
+                parts.append(f"decimal: {_q(decimal)}")
+                note = f"; decimal comma in {', '.join(commas)}"
+        w.add(f"  {_source_name(file.path)}: {{{', '.join(parts)}}}  # {file.rows:,} rows{note}")
+
+
+def _decimal(w: _Writer, file: FileProfile) -> tuple[str, list[str]]:
+    """The source's decimal separator (one per source, as the map reads it) and the columns written with a
+    comma: the measurement value column's, else the one most number columns use. A file whose columns (or a
+    column whose values) use both gets a TODO: read with one, the other's values are unparseable numbers."""
+    numbers = [c for c in file.columns if c.kind == "number" and c.decimal]
+    value = _first(numbers, _VALUE)
+    by = {sep: [c.name for c in numbers if c.decimal == sep] for sep in (".", ",")}
+    decimal = value.decimal if value and value.decimal else ("," if len(by[","]) > len(by["."]) else ".")
+    other = "." if decimal == "," else ","
+    if by["."] and by[","]:
+        w.todo(
+            2,
+            f"{file.path} mixes decimal separators: ',' in {', '.join(by[','])}, '.' in {', '.join(by['.'])}; "
+            f"a source reads one (decimal: {_q(decimal)}), so a rule reading a column written with '{other}' "
+            "gets unparseable numbers: fix the export, or split the file into two sources",
+        )
+    for column in numbers:
+        if column.decimal_other:
+            w.todo(
+                2,
+                f"{file.path}: {column.name} mixes decimal separators ({column.decimal_other:,} of "
+                f"{column.rows - column.nulls:,} values are not written with '{column.decimal}'); read with "
+                f"decimal: {_q(decimal)}, those are quarantined as unparseable numbers: fix the export",
+            )
+    return decimal, by[","]
 
 
 def _write_person(w: _Writer, file: FileProfile, person_id: ColumnProfile) -> None:

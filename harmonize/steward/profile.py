@@ -19,6 +19,7 @@ from typing import Any, overload
 import polars as pl
 
 from fedomop.harmonize.ground.errors import SourceError, VocabularyError
+from fedomop.harmonize.ground.parsing import parse_number
 from fedomop.harmonize.steward.codes_guess import code_domain, guess_code_system
 from fedomop.harmonize.steward.fhir_profile import FHIR_SYSTEMS, FhirProfile, fhir_to_dict, is_bundle, profile_fhir
 from fedomop.harmonize.vocabulary.cdm_io import cdm_csv_files, read_cdm_csv
@@ -56,6 +57,10 @@ class ColumnProfile:
     code_system: str | None = None  # ICD10CM, ICD9CM, LOINC, SNOMED, RxNorm, local
     code_system_share: float | None = None
     code_domain: str | None = None  # most frequent domain of the codes the vocabulary knows (Condition, Procedure, ...)
+    # a number column's decimal separator, read as `fedomop map` reads a source's `decimal:` ('.' or ','; with ','
+    # a dot is only a thousands separator, 1.234,5); None when every value reads the same either way (1.234)
+    decimal: str | None = None
+    decimal_other: int = 0  # values written with the other separator (a column mixing 87,47 and 87.47)
 
     @property
     def null_share(self) -> float:
@@ -144,11 +149,14 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
 def _count_exprs(index: int, name: str) -> list[pl.Expr]:
     """Nulls, distinct values and how many values parse as integer / number / each date format, for one column."""
     value = pl.col(name).str.strip_chars()
+    point, comma = parse_number(name, "."), parse_number(name, ",")  # as the map reads `decimal: "."` / `","`
     exprs = [
         pl.col(name).null_count().alias(f"{index}:nulls"),
         pl.col(name).n_unique().alias(f"{index}:distinct"),
         value.cast(pl.Int64, strict=False).is_not_null().sum().alias(f"{index}:integer"),
-        value.cast(pl.Float64, strict=False).is_not_null().sum().alias(f"{index}:number"),
+        point.is_not_null().sum().alias(f"{index}:number"),
+        comma.is_not_null().sum().alias(f"{index}:comma"),
+        (point.is_not_null() | comma.is_not_null()).sum().alias(f"{index}:either"),
     ]
     exprs += [
         value.str.strptime(pl.Datetime, fmt, strict=False).is_not_null().sum().alias(f"{index}:{fmt}")
@@ -158,7 +166,8 @@ def _count_exprs(index: int, name: str) -> list[pl.Expr]:
 
 
 def _kind(counts: dict[str, int], index: int, filled: int) -> tuple[str, str | None]:
-    """integer / number / date (with its format) / text: the narrowest type every non-null value fits."""
+    """integer / number / date (with its format) / text: the narrowest type every non-null value fits; a number
+    may be written with a decimal comma (87,47), or some values with one separator and some with the other."""
     if filled == 0:
         return "empty", None
     for fmt in DATE_FORMATS:
@@ -166,9 +175,20 @@ def _kind(counts: dict[str, int], index: int, filled: int) -> tuple[str, str | N
             return "date", fmt
     if counts[f"{index}:integer"] == filled:
         return "integer", None
-    if counts[f"{index}:number"] == filled:
+    if counts[f"{index}:either"] == filled:
         return "number", None
     return "text", None
+
+
+def _decimal(counts: dict[str, int], index: int, filled: int) -> tuple[str | None, int]:
+    """A number column's decimal separator and how many values are written with the other one: the separator
+    that reads most values (with both reading every value, as 1.234 or 1e5 do, neither decides)."""
+    point, comma = counts[f"{index}:number"], counts[f"{index}:comma"]
+    if point == comma == filled:
+        return None, 0
+    if comma > point:
+        return ",", filled - comma
+    return ".", filled - point
 
 
 def _profile_columns(
@@ -189,6 +209,8 @@ def _profile_columns(
             top_values=[(str(v), int(n)) for v, n in top.collect().iter_rows()],
         )
         column.kind, column.date_format = _kind(counts, index, rows - nulls)
+        if column.kind == "number":
+            column.decimal, column.decimal_other = _decimal(counts, index, rows - nulls)
         if column.kind in ("integer", "text") and column.distinct and not _ID_NAME.search(name):
             values = frame.select(pl.col(name).drop_nulls().unique().head(5000)).collect().to_series().to_list()
             column.code_system, column.code_system_share = guess_code_system(values, vocabulary)
@@ -465,8 +487,11 @@ def render_html(data: dict[str, Any]) -> str:
             nulls = "suppressed" if c["null_share"] is None else f"{c['null_share']:.1%}"
             system = f"{c['code_system']} ({c['code_system_share']:.0%})" if c["code_system"] else ""
             top = "<br>".join(f"{esc(str(v))}: {n:,}" for v, n in c["top_values"])
+            kind = c["kind"] + (
+                f" (decimal {c['decimal']})" if c.get("decimal") == "," or c.get("decimal_other") else ""
+            )
             parts.append(
-                f"<tr><td>{esc(c['name'])}</td><td>{c['kind']}</td><td>{nulls}</td>"
+                f"<tr><td>{esc(c['name'])}</td><td>{esc(kind)}</td><td>{nulls}</td>"
                 f"<td>{c['distinct']:,}</td><td>{esc(dates)}</td><td>{esc(system)}</td><td>{top}</td></tr>"
             )
         parts.append("</table>")
