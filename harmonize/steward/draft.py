@@ -42,7 +42,13 @@ TABLE_OF_DOMAIN = {
 }
 _PERSON_ID = re.compile(r"(patient|person|pat|subject|member|mrn|pid|ipp)(_?(id|key|no|num|nr|code))?$", re.I)
 _BIRTH = re.compile(r"birth|dob|born|naiss|geburt|gebdat|geb_?dat|nacimiento|fecha_nac|nascita", re.I)
-_DEATH = re.compile(r"death|deceased|dod|died|deces", re.I)
+# death, décès/deces, decesso, Sterbedatum, Todesdatum/tod_datum, fecha_defuncion/fecha_def, fallecimiento, óbito,
+# overlijden, exitus; not "today", "todo" or "methode" (tod only as a whole word between underscores or before dat)
+_DEATH = re.compile(
+    r"death|deceased|dod|died|d[eé]c[eè]s|sterbe|todes|(^|_)tod($|_|dat)|fecha_?def|defunc|fallec|[oó]bito|"
+    r"overl(ij|e)d|exitus",
+    re.I,
+)
 _SEX = re.compile(r"^(sex|gender|sexe|geschl|sexo|sesso)", re.I)
 _VISIT = re.compile(r"encounter|visit|admission|stay|sejour|episode", re.I)
 # a date column that ends something: end_date, stop, discharge/disch_dt/dischg, sortie, leave, departure, date_out

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
+from fedomop.harmonize.steward.draft import _DEATH
 from tests.conftest import SAMPLE_DATA
 
 runner = CliRunner()
@@ -116,3 +117,35 @@ def test_a_file_whose_columns_use_both_separators_gets_a_todo(tmp_path: Path) ->
     assert columns["labor.csv:menge"]["decimal"] == "."
     assert "# TODO: labor.csv mixes decimal separators: ',' in wert, '.' in menge" in draft
     assert 'decimal: ","' in draft  # the measurement value decides
+
+
+def test_sterbedatum_gives_a_death_rule(tmp_path: Path) -> None:
+    """A German death-date column gave no death rule (the name pattern knew death/deces/dod only)."""
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    _write_patients(extract, died={3: "03.04.2021", 10: "17.11.2019"})
+    _write_labs(extract, DECIMAL_COMMA)
+    _, draft, _ = _profile_draft_map(tmp_path, SAMPLE_DATA / "vocabulary")
+    assert "when: {column: sterbedatum, not_null: true}" in draft
+    deaths = _query(
+        tmp_path,
+        "SELECT person_source_value, CAST(death_date AS VARCHAR) FROM death JOIN person USING (person_id) ORDER BY 1",
+    )
+    assert deaths == [("P003", "2021-04-03"), ("P010", "2019-11-17")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sterbedatum", "Sterbe_Dat", "todesdatum", "tod_datum", "datum_tod", "TODDAT", "fecha_def", "fecha_defuncion",
+     "data_decesso", "date_deces", "date_décès", "fallecimiento", "data_obito", "overlijdensdatum", "exitus_datum",
+     "death_date", "dod"],
+)  # fmt: skip
+def test_death_date_names(name: str) -> None:
+    assert _DEATH.search(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["today", "todo_date", "methode", "stod_datum", "entnahme_datum", "geburtsdatum", "decimal", "process_dt"]
+)
+def test_names_that_are_not_death_dates(name: str) -> None:
+    assert not _DEATH.search(name)
