@@ -165,6 +165,18 @@ def _value_map(w: _Writer, indent: int, field_name: str, column: ColumnProfile, 
     unknown = [v for v, _ in column.top_values if v.strip().lower() not in known]
     if unknown:
         w.todo(indent, f"{field_name}: no concept chosen for {column.name} values {', '.join(unknown[:5])}")
+    missing: dict[int, list[str]] = {}  # concepts the values name but the vocabulary lacks (Eunomia: no 8507/8532)
+    for value, _count in column.top_values:
+        concept_id = known.get(value.strip().lower())
+        if concept_id and w.concepts is not None and w.concept_name(concept_id) is None:
+            missing.setdefault(concept_id, []).append(value)
+    if missing:
+        named = " or ".join(f"{cid} ({column.name} {', '.join(values)})" for cid, values in missing.items())
+        w.todo(
+            indent,
+            f"{field_name}: the vocabulary has no concept {named}, so it stays 0; load a vocabulary that has "
+            "them (a full Athena release does) and draft again, or write the map by hand",
+        )
     if not entries:
         w.add(f"{pad}{field_name}: {{constant: 0, name: No matching concept}}")
         return

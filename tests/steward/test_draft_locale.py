@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fedomop.cli import app
 from fedomop.harmonize.ground.db import connect
 from fedomop.harmonize.steward.draft import _DEATH
-from tests.conftest import SAMPLE_DATA
+from tests.conftest import EUNOMIA, SAMPLE_DATA
 
 runner = CliRunner()
 PATIENTS = 24  # an id column is identifier-like from 20 filled values
@@ -149,3 +149,18 @@ def test_death_date_names(name: str) -> None:
 )
 def test_names_that_are_not_death_dates(name: str) -> None:
     assert not _DEATH.search(name)
+
+
+def test_a_vocabulary_without_the_gender_concepts_is_a_todo(tmp_path: Path) -> None:
+    """Eunomia has no 8507/8532: the draft wrote gender constant 0 without a word."""
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    _write_patients(extract)
+    _write_labs(extract, DECIMAL_COMMA)
+    _, draft, _ = _profile_draft_map(tmp_path, EUNOMIA)
+    assert (
+        "# TODO: gender_concept_id: the vocabulary has no concept 8507 (geschlecht M) or 8532 (geschlecht W), "
+        "so it stays 0" in draft
+    )
+    genders = _query(tmp_path, "SELECT DISTINCT gender_concept_id, gender_source_value FROM person ORDER BY 2")
+    assert genders == [(0, "M"), (0, "W")]
