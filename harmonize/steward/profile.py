@@ -149,14 +149,12 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
 def _count_exprs(index: int, name: str) -> list[pl.Expr]:
     """Nulls, distinct values and how many values parse as integer / number / each date format, for one column."""
     value = pl.col(name).str.strip_chars()
-    point, comma = parse_number(name, "."), parse_number(name, ",")  # as the map reads `decimal: "."` / `","`
     exprs = [
         pl.col(name).null_count().alias(f"{index}:nulls"),
         pl.col(name).n_unique().alias(f"{index}:distinct"),
         value.cast(pl.Int64, strict=False).is_not_null().sum().alias(f"{index}:integer"),
-        point.is_not_null().sum().alias(f"{index}:number"),
-        comma.is_not_null().sum().alias(f"{index}:comma"),
-        (point.is_not_null() | comma.is_not_null()).sum().alias(f"{index}:either"),
+        parse_number(name, ".").is_not_null().sum().alias(f"{index}:number"),  # as the map reads `decimal: "."`
+        value.str.contains(",", literal=True).sum().alias(f"{index}:commas"),
     ]
     exprs += [
         value.str.strptime(pl.Datetime, fmt, strict=False).is_not_null().sum().alias(f"{index}:{fmt}")
@@ -191,11 +189,32 @@ def _decimal(counts: dict[str, int], index: int, filled: int) -> tuple[str | Non
     return ".", filled - point
 
 
+def _comma_counts(frame: pl.LazyFrame, names: list[str], counts: dict[str, Any], rows: int) -> None:
+    """How many values parse with a decimal comma (as the map reads `decimal: ","`), and with either separator.
+
+    A second pass, only when a column has commas and values that do not read as numbers with a point (most files
+    have none, and the thousands-group regex this takes costs CPU on every value of every column), over those
+    columns and the number columns (a column of 1.234 reads with either separator: neither decides it)."""
+    filled = {i: rows - int(counts[f"{i}:nulls"]) for i in range(len(names))}
+    for index in range(len(names)):
+        counts[f"{index}:comma"], counts[f"{index}:either"] = 0, counts[f"{index}:number"]
+    commas = [i for i in filled if counts[f"{i}:commas"] and counts[f"{i}:number"] < filled[i]]
+    if not commas:
+        return
+    numbers = [i for i in filled if filled[i] and counts[f"{i}:number"] == filled[i] > counts[f"{i}:integer"]]
+    exprs = []
+    for index in sorted({*commas, *numbers}):
+        point, comma = parse_number(names[index], ".").is_not_null(), parse_number(names[index], ",").is_not_null()
+        exprs += [comma.sum().alias(f"{index}:comma"), (point | comma).sum().alias(f"{index}:either")]
+    counts.update(frame.select(exprs).collect().row(0, named=True))
+
+
 def _profile_columns(
     frame: pl.LazyFrame, names: list[str], rows: int, vocabulary: pl.DataFrame | None
 ) -> list[ColumnProfile]:
     """All columns' counts and types in one pass over the file; then top values (and code values) per column."""
     counts = frame.select([e for i, n in enumerate(names) for e in _count_exprs(i, n)]).collect().row(0, named=True)
+    _comma_counts(frame, names, counts, rows)
     columns = []
     for index, name in enumerate(names):
         nulls = int(counts[f"{index}:nulls"])
