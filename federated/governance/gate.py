@@ -162,27 +162,70 @@ def _run_id(body: bytes, content_type: str) -> int | None:
     return None
 
 
+MAX_BODY = 1 << 30
+"""The largest request body the gate reads (1 GiB; a model update or app bundle is far smaller)."""
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_REQUEST_LINE = re.compile(r"([A-Z]+) (\S+) HTTP/1\.[01]")
+
+
+class BadRequest(Exception):
+    """A request the gate does not parse (answered 400, connection closed): framing it could read one way and
+    the SuperLink another is how requests are smuggled past a proxy (RFC 9112 section 6.3)."""
+
+
+def _parse_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
+    lines = head.decode("latin-1")[:-4].split("\r\n")
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        raise BadRequest("malformed request line")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):  # obs-fold (a leading space), no colon, a space before it
+            raise BadRequest("malformed header line")
+        headers.append((name, value.strip(" \t")))
+    return request_line.group(1), request_line.group(2), headers
+
+
+def _body_length(headers: list[tuple[str, str]]) -> int | None:
+    """The Content-Length (None: chunked); refuses both, several different or non-decimal lengths, other codings."""
+    lengths = {v for k, v in headers if k.lower() == "content-length"}
+    codings = [v.strip().lower() for k, v in headers if k.lower() == "transfer-encoding"]
+    if codings:
+        if lengths or codings != ["chunked"]:
+            raise BadRequest("Transfer-Encoding other than one 'chunked', or with a Content-Length")
+        return None
+    if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+        raise BadRequest("several or malformed Content-Length values")
+    length = int(lengths.pop()) if lengths else 0
+    if length > MAX_BODY:
+        raise BadRequest("request body too large")
+    return length
+
+
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
         return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _version = lines[0].split(" ", 2)
-    pairs = (line.split(":", 1) for line in lines[1:] if ":" in line)
-    headers = [(name.strip(), value.strip()) for name, value in pairs]
-    values = {k.lower(): v for k, v in headers}
-    if values.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-    else:
-        body = await reader.readexactly(int(values.get("content-length", "0")))
-    return method, target, headers, body
+    method, target, headers = _parse_head(head)
+    length = _body_length(headers)
+    if length is not None:
+        return method, target, headers, await reader.readexactly(length)
+    body = b""
+    while True:
+        size_line = (await reader.readuntil(b"\r\n")).strip().split(b";")[0]
+        if not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", size_line):
+            raise BadRequest("malformed chunk size")
+        size = int(size_line, 16)
+        if len(body) + size > MAX_BODY:
+            raise BadRequest("request body too large")
+        chunk = await reader.readexactly(size + 2)
+        if chunk[-2:] != b"\r\n":
+            raise BadRequest("malformed chunk")
+        if size == 0:
+            return method, target, headers, body
+        body += chunk[:-2]
 
 
 def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
@@ -219,7 +262,12 @@ class Gate:
         try:
             while (request := await _read_request(reader)) is not None:
                 await self._one(caller, *request, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        except BadRequest as bad:
+            self._log({"event": "refused", "caller": caller.name, "reason": f"bad request: {bad}"})
+            with contextlib.suppress(Exception):
+                _reply(writer, 400, f"bad request: {bad}")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
             pass
         finally:
             with contextlib.suppress(Exception):

@@ -253,3 +253,41 @@ def test_with_approved_apps_the_hub_runs_only_a_listed_bundle(tmp_path):
         passed = _send(port, certs, "/v1/control/start-run", _start_run(approved), "alice.researcher")
         assert passed.startswith(b"HTTP/1.1 200"), passed[:300]
         assert [path for path, _ in running["seen"][before:]] == ["/v1/control/start-run"]
+
+
+def _raw(port: int, certs: Path, data: bytes) -> bytes:
+    """Bytes exactly as given over TLS (no certificate); the answer until the gate closes the connection."""
+    tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="127.0.0.1") as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+
+SMUGGLING = {
+    "folded header": b"POST /v1/fleet/pull-messages HTTP/1.1\r\nhost: x\r\n content-length: 5\r\n\r\n",
+    "both lengths": (
+        b"POST /v1/fleet/pull-messages HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nPOST /v1/control/start-run HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+    ),
+    "two different lengths": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 9\r\n\r\n",
+    "a space before the colon": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ncontent-length : 0\r\n\r\n",
+    "not a length": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+    "other coding": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "bad chunk size": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n\r\n",
+    "too large": b"POST /v1/fleet/pull-messages HTTP/1.1\r\ncontent-length: 99999999999\r\n\r\n",
+    "no version": b"POST /v1/fleet/pull-messages\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", SMUGGLING.values(), ids=list(SMUGGLING))
+def test_ambiguous_framing_is_answered_400_and_never_relayed(gate, request_bytes):
+    """RFC 9112 section 6.3: a message framed two ways (Content-Length and chunked, two lengths, an obs-folded
+    header) is how a request is smuggled past a proxy; the gate answers 400, logs it, relays nothing (a folded
+    header used to raise inside the gate)."""
+    before = len(gate["seen"])
+    answer = _raw(gate["port"], gate["certs"], request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad request" in answer, answer[:300]
+    assert gate["seen"][before:] == []
