@@ -79,7 +79,8 @@ def test_an_unknown_modifier_extension_quarantines_its_resource_naming_url_and_p
     db = tmp_path / "out.duckdb"
     report = run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY)
     assert report.balanced
-    assert _loaded(db, "condition_occurrence") == 1  # c1 only
+    # c3's modifierExtension is on Condition.evidence[1], which no column of the source reads: it loads
+    assert _loaded(db, "condition_occurrence") == 2
     assert _quarantine(db) == [
         (
             "conditions",
@@ -91,16 +92,172 @@ def test_an_unknown_modifier_extension_quarantines_its_resource_naming_url_and_p
             "drop or resolve it, or list the url under fhir_understood_modifier_extensions when the mapping "
             "handles it",
         ),
+    ]
+
+
+# An element's modifierExtension changes that element and its descendants only (FHIR R4 BackboneElement
+# .modifierExtension; Extensibility): a record is quarantined only when its columns read at or under the element.
+NOT_CALLED = "http://example.org/fhir/StructureDefinition/contact-not-to-be-called"
+ESTIMATED = "http://example.org/fhir/StructureDefinition/estimated"
+LOINC = "http://loinc.org"
+
+
+def test_a_modifier_extension_on_a_patient_contact_no_column_reads_loads_the_patient(tmp_path: Path) -> None:
+    patient = _patient("p1")
+    patient["contact"] = [{"name": {"family": "Doe"}, "modifierExtension": [{"url": NOT_CALLED, "valueBoolean": True}]}]
+    _ndjson(tmp_path, "Patient.000.ndjson", [patient])
+    _ndjson(tmp_path, "Condition.000.ndjson", [_condition("c1"), _condition("c2")])
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    assert (_loaded(db, "person"), _loaded(db, "condition_occurrence")) == (1, 2)
+    assert _quarantine(db) == []
+
+
+def test_a_modifier_extension_on_the_patient_itself_quarantines_the_patient_and_their_events(tmp_path: Path) -> None:
+    patient = {**_patient("p1"), "modifierExtension": [{"url": NOT_CALLED, "valueBoolean": True}]}
+    _ndjson(tmp_path, "Patient.000.ndjson", [patient, _patient("p2")])
+    _ndjson(tmp_path, "Condition.000.ndjson", [_condition("c1"), _condition("c2", "p2")])
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    assert (_loaded(db, "person"), _loaded(db, "condition_occurrence")) == (1, 1)  # p2 and c2
+    rows = {row: (source, field, reason) for source, _file, row, field, reason in _quarantine(db)}
+    assert rows["p1"][:2] == ("patients", "modifierExtension")
+    assert rows["p1"][2].startswith(f"unknown modifierExtension '{NOT_CALLED}' at Patient.modifierExtension:")
+    assert rows["c1"][0] == "conditions" and rows["c1"][2].startswith("person quarantined: unknown modifierExtension")
+
+
+def _observation(oid: str, **elements: object) -> dict[str, object]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2020-02-02",
+        "code": {"coding": [{"system": LOINC, "code": "85354-9"}]},
+        **elements,
+    }
+
+
+def _mmhg(code: str, value: int, **more: object) -> dict[str, object]:
+    quantity = {"value": value, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    return {"code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": quantity, **more}
+
+
+def test_a_modifier_extension_on_one_component_quarantines_that_component_only(tmp_path: Path) -> None:
+    estimated = {"modifierExtension": [{"url": ESTIMATED, "valueBoolean": True}]}
+    panel = _observation("o1", component=[_mmhg("8480-6", 120), _mmhg("8462-4", 80, **estimated)])
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(tmp_path, "Observation.000.ndjson", [panel])
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    with duckdb.connect(str(db), read_only=True) as con:
+        loaded = con.execute("select measurement_source_value, value_as_number from measurement").fetchall()
+    assert loaded == [("8480-6", 120.0)]  # component[0] (systolic)
+    assert _quarantine(db) == [
         (
-            "conditions",
-            "Condition.000.ndjson",
-            "c3",
-            "evidence[1].modifierExtension",
-            f"unknown modifierExtension '{NOT_DONE}' at Condition.evidence[1].modifierExtension: it may change what "
-            "the resource means, so it is not loaded as if the extension were absent (FHIR R4 Extensibility); have "
-            "the export drop or resolve it, or list the url under fhir_understood_modifier_extensions when the "
-            "mapping handles it",
+            "observation_components",
+            "Observation.000.ndjson",
+            "o1/component/1",
+            "component[1].modifierExtension",
+            f"unknown modifierExtension '{ESTIMATED}' at Observation.component[1].modifierExtension: it may change "
+            "what Observation.component[1], which this source reads, means, so it is not loaded as if the extension "
+            "were absent (FHIR R4 Extensibility); have the export drop or resolve it, or list the url under "
+            "fhir_understood_modifier_extensions when the mapping handles it",
         ),
+        (  # the panel itself: `panel: component.exists()` reads whether there are components, not what they say
+            "observations",
+            "Observation.000.ndjson",
+            "o1",
+            "panel",
+            "excluded by rule: Observation with components and no value of its own: each component is a measurement "
+            "(source observation_components)",
+        ),
+    ]
+
+
+def test_a_modifier_extension_on_a_reference_range_the_source_reads_quarantines_the_observation(
+    tmp_path: Path,
+) -> None:
+    value = {"value": 97, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+    flagged = {"low": {"value": 95}, "modifierExtension": [{"url": ESTIMATED, "valueBoolean": True}]}
+    observation = _observation("o1", valueQuantity=value, referenceRange=[flagged])
+    observation["code"] = {"coding": [{"system": LOINC, "code": "2708-6"}]}
+    plain = {**observation, "id": "o2", "referenceRange": [{"low": {"value": 95}}]}
+    _ndjson(tmp_path, "Patient.000.ndjson", [_patient("p1")])
+    _ndjson(tmp_path, "Observation.000.ndjson", [observation, plain])
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "fhir_r4.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    with duckdb.connect(str(db), read_only=True) as con:
+        loaded = con.execute("select value_as_number, range_low from measurement").fetchall()
+    assert loaded == [(97.0, 95.0)]  # o2 only
+    [(source, _file, row, field, reason)] = _quarantine(db)
+    assert (source, row, field) == ("observations", "o1", "referenceRange[0].modifierExtension")
+    assert reason.startswith(
+        f"unknown modifierExtension '{ESTIMATED}' at Observation.referenceRange[0].modifierExtension: it may change "
+        "what Observation.referenceRange[0], which this source reads, means"
+    )
+
+
+@pytest.mark.parametrize(("validation", "workers"), [("structural", 1), ("structural", 2), ("full", 1)])
+def test_an_element_modifier_extension_rejects_only_the_sources_that_read_the_element(
+    tmp_path: Path, validation: Literal["structural", "full"], workers: int
+) -> None:
+    flagged = _condition("c2")
+    flagged["evidence"] = [{"detail": [{"reference": "Observation/o1"}], "modifierExtension": [{"url": NOT_DONE}]}]
+    _ndjson(tmp_path, "Condition.ndjson", [_condition("c1"), flagged])
+    read = {
+        "codes": {"code": "code.coding.code", "evidence": "evidence.exists()"},  # exists(): no content read
+        "evidence": {"code": "code.coding.code", "evidence": "evidence.detail.reference"},
+        "where": {"evidence": "evidence.where(code.exists()).detail.reference"},
+    }
+    kept = {}
+    for name, columns in read.items():
+        batch = read_fhir(
+            name,
+            [tmp_path / "Condition.ndjson"],
+            tmp_path,
+            "Condition",
+            columns,
+            fmt="ndjson",
+            validation=validation,
+            workers=workers,
+        )
+        assert batch.seen == 2
+        kept[name] = batch.frame.get_column("_source_row").to_list()
+        rejected = batch.rejects.select("source_row", "field", "value").rows()
+        assert rejected == ([] if name == "codes" else [("c2", "evidence[0].modifierExtension", NOT_DONE)])
+    assert kept == {"codes": ["c1", "c2"], "evidence": ["c1"], "where": ["c1"]}
+
+
+def test_a_modifier_extension_in_a_contained_resource_quarantines_the_record(tmp_path: Path) -> None:
+    medication = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]},
+        "modifierExtension": [{"url": ESTIMATED, "valueBoolean": True}],
+    }
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2020-01-01",
+        "contained": [medication],
+        "medicationReference": {"reference": "#m1"},
+    }
+    _ndjson(tmp_path, "MedicationRequest.ndjson", [request])
+    batch = read_fhir(
+        "requests",
+        [tmp_path / "MedicationRequest.ndjson"],
+        tmp_path,
+        "MedicationRequest",
+        {"authored": "authoredOn"},  # no column reads contained: the request still uses its Medication
+        fmt="ndjson",
+    )
+    assert batch.frame.height == 0
+    assert batch.rejects.select("source_row", "field", "value").rows() == [
+        ("mr1", "contained[0].modifierExtension", ESTIMATED)
     ]
 
 

@@ -80,6 +80,7 @@ class _Op:
     chain: Callable[[Lazy | None], Lazy] | None = None
     name: str | None = None  # an element step whose element is known to be single (0..1)
     first: bool = False
+    presence: bool = False  # exists() / count(): the result says whether items are there, not what they hold
     # what the step does, for the generated evaluator (:func:`_generate`); None: only ``collect``/``chain``
     spec: tuple[Any, ...] | None = None
 
@@ -169,6 +170,30 @@ class CompiledPath:
         if value is None or not self.stringifies or type(value) is str:
             return value
         return _as_text(value)
+
+    def read_paths(self) -> tuple[tuple[str, ...], ...]:
+        """The element paths the expression reads, one per alternative, as element names from the root: it
+        reads at or under each (``code.coding.where(system='x').code`` -> ``code.coding``: where() and
+        resolve_id() read their element's subtree; an index, first(), last(), exists() and count() select
+        without reading another element; ``extension('url')`` reads ``extension``). List positions are not
+        kept (``name[0]`` reads under ``name``): a conservative answer for the modifierExtension scope.
+        An alternative ending in exists() or count() reads no content (``component.exists()``: whether there are
+        components, which no modifier extension changes) and gives no path."""
+        paths: list[tuple[str, ...]] = []
+        for ops in self.operations:
+            if ops and ops[-1].presence:
+                continue
+            names: list[str] = []
+            for op in ops:
+                kind = op.spec[0] if op.spec is not None else None
+                if kind == "element":
+                    names.append(op.spec[1])  # type: ignore[index]
+                elif kind == "extension":
+                    names.append("extension")
+                elif kind is not None:  # where(), resolve_*(): the element's whole subtree is read
+                    break
+            paths.append(tuple(names))
+        return tuple(paths)
 
     def __repr__(self) -> str:
         return f"CompiledPath({self.expression!r}, dtype={self.dtype})"
@@ -577,8 +602,8 @@ class _Parser:
         functions: dict[str, tuple[_Op, _Type]] = {
             "first": (_Op(lambda items, _ctx: items[:1], first=True), current),
             "last": (_Op(lambda items, _ctx: items[-1:]), current),
-            "exists": (_Op(lambda items, _ctx: [bool(items)]), _Type(primitive="boolean")),
-            "count": (_Op(lambda items, _ctx: [len(items)]), _Type(primitive="integer")),
+            "exists": (_Op(lambda items, _ctx: [bool(items)], presence=True), _Type(primitive="boolean")),
+            "count": (_Op(lambda items, _ctx: [len(items)], presence=True), _Type(primitive="integer")),
             "resolve_id": (
                 _Op(_resolve_step(_reference_id), _resolve_chain(_reference_id), spec=("resolve", _reference_id)),
                 _Type(primitive="id"),

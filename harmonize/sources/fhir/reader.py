@@ -35,7 +35,7 @@ import multiprocessing
 import os
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,6 +59,7 @@ from fedomop.harmonize.sources.fhir.structure import (
 
 BATCH_SIZE = 50_000
 _NO_URNS: Mapping[str, str] = {}
+_NONE: frozenset[int] = frozenset()
 CHUNK_LINES = 10_000  # NDJSON lines per worker task (workers > 1)
 MISSES_BEFORE_REBUILD = 1000  # valid resources the specialised validator refused (see Specialisation)
 SMALL_BATCH = 1_000  # rows: below this a frame is built row-wise (fixed cost), above column-wise (per-row cost)
@@ -144,17 +145,26 @@ class _Columns:
         assert each is not None
         name, replaced = each.element, tuple(each.replaces)
 
-        def emit(resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
+        def emit(
+            resource: dict, source_file: str, row: str, urn_ids: Mapping[str, str], skip: Set[int] = _NONE
+        ) -> None:
             elements = resource.get(name) or []
             base = {k: v for k, v in resource.items() if k != name and not _replaced(k, replaced)}
             for index, element in enumerate(elements):
-                add({**base, **element}, source_file, f"{source_row}/{name}/{index}", urn_ids)
+                if index not in skip:  # skipped: quarantined by the caller (a modifierExtension on the element)
+                    add({**base, **element}, source_file, f"{row}/{name}/{index}", urn_ids)
             self.extra += len(elements) - 1
 
         return emit
 
-    def add(self, resource: dict, source_file: str, source_row: str, urn_ids: Mapping[str, str]) -> None:
-        self.add_row(resource, source_file, source_row, urn_ids)
+    def add(
+        self, resource: dict, source_file: str, row: str, urn_ids: Mapping[str, str], skip: Set[int] = _NONE
+    ) -> None:
+        """Add the resource's row (with ``each``: its elements' rows, except the positions in ``skip``)."""
+        if skip:
+            self.add_row(resource, source_file, row, urn_ids, skip)
+        else:
+            self.add_row(resource, source_file, row, urn_ids)
         if len(self.rows) >= BATCH_SIZE:
             self.flush()
 
@@ -358,6 +368,7 @@ class _Reader:
         self.model = resource_model(resource_type)
         self.checker = structural_validator(resource_type)
         self.columns = _Columns(paths, on_frame, each)
+        self.scope = _ModifierScope(paths.values(), each)  # which records a modifierExtension changes
         self.rejects = _Rejects()
         self.first_seen: dict[str, str | int] = {}  # id -> "file:line", or a place (see read_lines)
         self.files: list[str] = []  # NDJSON files read so far, for the places in first_seen
@@ -433,9 +444,14 @@ class _Reader:
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise _Rejected("id", "", "resource has no id; give every resource a logical id in the export")
-        modifier = unknown_modifier(resource, self.understood)
-        if modifier is not None:
-            raise _modifier_rejected(self.resource_type, *modifier, row=resource_id)
+        skipped: dict[int, _Rejected] = {}  # with each: records (element positions) a modifierExtension changes
+        for element, path, url in unknown_modifiers(resource, self.understood):
+            position = self.scope.records(element)
+            if position == _ModifierScope.ALL:
+                raise _modifier_rejected(self.resource_type, path, url, resource_id, _element_text(element))
+            if position is not None and position not in skipped:
+                row = f"{resource_id}/{_element_text(element[:1])}/{position}"
+                skipped[position] = _modifier_rejected(self.resource_type, path, url, row, _element_text(element))
         if self.validation == "full":
             problem = self.columns.type_problem(resource, urn_ids)
             if problem is not None:
@@ -447,7 +463,9 @@ class _Reader:
             if first is not None:
                 raise _duplicate(resource_id, self.where_of(first), where)
             self.first_seen[resource_id] = where
-        self.columns.add(resource, source_file, resource_id, urn_ids)
+        for problem in skipped.values():
+            self.reject(source_file, where, problem)
+        self.columns.add(resource, source_file, resource_id, urn_ids, frozenset(skipped))
 
     def reject(self, source_file: str, where: str, problem: _Rejected) -> None:
         self.rejects.add(source_file, problem.row or where, problem.field, problem.value, problem.reason)
@@ -514,7 +532,7 @@ class _Reader:
             if (
                 resource_id is None
                 or (check_rules is not None and not check_rules(resource))
-                or b'"modifierExtension"' in line  # accept() decides (unknown_modifier)
+                or b'"modifierExtension"' in line  # accept() decides (unknown_modifiers)
             ):
                 self.read_record(source_file, number, line)
                 continue
@@ -641,37 +659,80 @@ def _duplicate(resource_id: str, first: str, where: str) -> _Rejected:
     )
 
 
-def unknown_modifier(resource: Any, understood: frozenset[str] = frozenset(), path: str = "") -> tuple[str, str] | None:
-    """(element path, url) of the first modifierExtension in ``resource`` (at any depth: the resource, a
-    BackboneElement such as Observation.component, a contained resource) whose url is not ``understood``.
+Element = tuple[str | int, ...]  # an element path as keys and list positions: ("component", 1)
 
-    FHIR R4 (Extensibility, "Modifier Extensions"): a modifier extension changes the meaning of the element that
-    holds it (e.g. "this procedure was NOT done"), and a system must not process the element as if it were absent."""
+
+def unknown_modifiers(
+    resource: Any, understood: frozenset[str] = frozenset(), path: Element = ()
+) -> Iterator[tuple[Element, str, str]]:
+    """(element, path text, url) of each modifierExtension in ``resource`` whose url is not ``understood``, in
+    document order: ``element`` is the element that holds it (``()`` for the resource itself, ``("component", 1)``
+    for Observation.component[1], ``("contained", 0)`` for a contained resource), the text its reject field
+    (``component[1].modifierExtension``)."""
     if isinstance(resource, dict):
         for key, value in resource.items():
-            here = f"{path}.{key}" if path else key
             if key == "modifierExtension" and isinstance(value, list):
                 for index, extension in enumerate(value):
                     url = extension.get("url") if isinstance(extension, dict) else None
                     if url not in understood:
-                        return (here if len(value) == 1 else f"{here}[{index}]"), str(url)
+                        here = (*path, key) if len(value) == 1 else (*path, key, index)
+                        yield path, _element_text(here), str(url)
             elif isinstance(value, dict | list):
-                found = unknown_modifier(value, understood, here)
-                if found is not None:
-                    return found
+                yield from unknown_modifiers(value, understood, (*path, key))
     elif isinstance(resource, list):
         for index, item in enumerate(resource):
-            found = unknown_modifier(item, understood, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
+            yield from unknown_modifiers(item, understood, (*path, index))
 
 
-def _modifier_rejected(resource_type: str, path: str, url: str, row: str | None) -> _Rejected:
+def _element_text(element: Element) -> str:
+    text = ""
+    for part in element:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+class _ModifierScope:
+    """Which records a modifierExtension changes (FHIR R4 Extensibility, BackboneElement.modifierExtension: the
+    meaning of the element that holds it and of its descendants; only DomainResource.modifierExtension changes
+    the whole resource).
+
+    * at the resource, or anywhere in a contained resource (which the resource uses through its references):
+      every record of the resource;
+    * on an element: the records whose columns read a path at or under it (or above it: a where() over the list);
+      with ``each``, an extension on the element's own item (``component[1]``) only that item's record, and one
+      on an element of the resource that the items replace (``referenceRange``) none of them."""
+
+    ALL = -1
+
+    def __init__(self, paths: Iterable[CompiledPath], each: Each | None) -> None:
+        self.read = frozenset(path for compiled in paths for path in compiled.read_paths())
+        self.each = each
+
+    def reads(self, names: tuple[str | int, ...]) -> bool:
+        return any(path[: len(names)] == names[: len(path)] for path in self.read)
+
+    def records(self, element: Element) -> int | None:
+        """ALL (every record), a position of ``each.element`` (that record only) or None (no record)."""
+        if not element or element[0] == "contained":
+            return self.ALL
+        names = tuple(part for part in element if isinstance(part, str))
+        each = self.each
+        if each is None:
+            return self.ALL if self.reads(names) else None
+        if names[0] == each.element:
+            position = element[1] if len(element) > 1 and isinstance(element[1], int) else self.ALL
+            return position if len(names) == 1 or self.reads(names[1:]) else None
+        if _replaced(names[0], tuple(each.replaces)):
+            return None  # the items' own element stands in for the resource's
+        return self.ALL if self.reads(names) else None
+
+
+def _modifier_rejected(resource_type: str, path: str, url: str, row: str | None, element: str = "") -> _Rejected:
+    what = "the resource" if not element else f"{resource_type}.{element}, which this source reads,"
     return _Rejected(
         path,
         url,
-        f"unknown modifierExtension '{url}' at {resource_type}.{path}: it may change what the resource means, "
+        f"unknown modifierExtension '{url}' at {resource_type}.{path}: it may change what {what} means, "
         "so it is not loaded as if the extension were absent (FHIR R4 Extensibility); have the export drop or "
         "resolve it, or list the url under fhir_understood_modifier_extensions when the mapping handles it",
         row=row,
@@ -825,8 +886,10 @@ def read_fhir(
     schema) and its rejects and ``seen`` as usual. What stays in memory is one id per resource (for the
     duplicate check), not the columns.
 
-    ``understood``: modifierExtension URLs the caller handles; a resource with any other modifierExtension
-    (anywhere in it) is rejected, naming the URL and its path (see :func:`unknown_modifier`).
+    ``understood``: modifierExtension URLs the caller handles. Any other modifierExtension rejects the records it
+    changes, naming the URL and its path: all of the resource's for one on the resource or in a contained
+    resource; for one on an element, only records whose columns read at or under it (see :class:`_ModifierScope`;
+    with ``each``, one on an item changes that item's record only).
 
     A Bundle file that cannot be read whole (not JSON, not UTF-8, a corrupt .gz) raises SourceError: how many
     records it held is unknown, so it cannot be accounted for record by record.
