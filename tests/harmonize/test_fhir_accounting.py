@@ -505,3 +505,97 @@ def test_the_modifier_check_holds_on_every_read_path(
     assert batch.frame.get_column("_source_row").to_list() == ["c1", "c3"]
     assert batch.rejects.select("source_row", "field", "value").rows() == [("c2", "modifierExtension", NOT_DONE)]
     assert batch.seen == 3
+
+
+# -- 6. history Bundles -----------------------------------------------------------------------------------------
+# FHIR R4 http.html#history: a history Bundle lists versions newest first; a DELETE entry records the deletion.
+
+
+def _version(cid: str, version: str | None, onset: str, **meta: str) -> dict[str, object]:
+    condition = {**_condition(cid), "onsetDateTime": onset}
+    if version is not None:
+        meta = {"versionId": version, **meta}
+    if meta:
+        condition["meta"] = meta
+    return {"fullUrl": f"https://x.org/fhir/Condition/{cid}", "resource": condition, "request": {"method": "PUT"}}
+
+
+def _delete(cid: str, **response: str) -> dict[str, object]:
+    entry: dict[str, object] = {"request": {"method": "DELETE", "url": f"Condition/{cid}"}}
+    if response:
+        entry["response"] = {"status": "204", **response}
+    return entry
+
+
+def _history_run(tmp_path: Path, entries: list[dict[str, object]]) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    (tmp_path / "bundles").mkdir()
+    _bundle(tmp_path / "bundles" / "p.json", "collection", [{"resource": _patient("p1")}])
+    _bundle(tmp_path / "bundles" / "h.json", "history", entries)
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "site_d.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    with duckdb.connect(str(db), read_only=True) as con:
+        onsets = con.execute("select condition_start_date::varchar from condition_occurrence order by 1").fetchall()
+    rows = {row.removeprefix("bundles/h.json:"): (field, reason) for _s, _f, row, field, reason in _quarantine(db)}
+    return [onset for (onset,) in onsets], rows
+
+
+def test_a_history_bundle_loads_each_resources_newest_entry_and_nothing_of_a_deleted_one(tmp_path: Path) -> None:
+    entries = [
+        _version("h1", None, "2018-01-01"),  # newest first, no meta: the Bundle's order decides
+        _version("h1", None, "2017-01-01"),
+        _delete("h2"),
+        _version("h2", None, "2017-06-01"),
+        _version("h3", None, "2016-01-01"),
+    ]
+    onsets, rows = _history_run(tmp_path, entries)
+    assert onsets == ["2016-01-01", "2018-01-01"]
+    assert rows == {
+        "entry[1]": (
+            "id",
+            "an older version (history): Condition/h1's newest version is entry[0], which is loaded; this version "
+            "is superseded (not an error)",
+        ),
+        "entry[2]": (
+            "entry.request",
+            "deleted in this history: Condition/h2 is deleted here (its newest entry), so none of its versions is "
+            "loaded (not an error)",
+        ),
+        "entry[3]": (
+            "id",
+            "deleted in this history: entry[2] deletes Condition/h2 after this version, so it is not loaded (not an "
+            "error)",
+        ),
+    }
+
+
+def test_a_history_bundle_orders_versions_by_version_id_then_last_updated(tmp_path: Path) -> None:
+    entries = [
+        _version("h1", "1", "2017-01-01"),  # listed oldest first: versionId says which is newest
+        _version("h1", "2", "2018-01-01"),
+        _version("h2", "1", "2017-06-01"),
+        _delete("h2", etag='W/"2"'),  # the DELETE's version is its response.etag
+        _version("h3", None, "2015-01-01", lastUpdated="2020-01-01T10:00:00+02:00"),
+        _version("h3", None, "2016-01-01", lastUpdated="2020-01-01T09:00:00Z"),  # later in UTC: the newest
+        _version("h4", "3", "2019-01-01"),  # deleted, then created again
+        _delete("h4", etag='W/"2"'),
+    ]
+    onsets, rows = _history_run(tmp_path, entries)
+    assert onsets == ["2016-01-01", "2018-01-01", "2019-01-01"]
+    assert {row: reason.split(":")[0] for row, (_field, reason) in rows.items()} == {
+        "entry[0]": "an older version (history)",
+        "entry[2]": "deleted in this history",
+        "entry[3]": "deleted in this history",
+        "entry[4]": "an older version (history)",
+        "entry[7]": "an older version (history)",
+    }
+    assert rows["entry[7]"][1].endswith("this deletion is superseded (not an error)")
+
+
+def test_other_bundle_types_keep_a_repeated_id_a_duplicate(tmp_path: Path) -> None:
+    (tmp_path / "bundles").mkdir()
+    entries = [{"resource": _patient("p1")}, _version("h1", "2", "2018-01-01"), _version("h1", "1", "2017-01-01")]
+    _bundle(tmp_path / "bundles" / "c.json", "collection", entries)
+    db = tmp_path / "out.duckdb"
+    assert run_mapping(MAPPINGS / "site_d.yaml", tmp_path, db, vocabulary=VOCABULARY).balanced
+    [(_source, _file, row, field, reason)] = _quarantine(db)
+    assert (row, field) == ("bundles/c.json:entry[2]", "id") and reason.startswith("duplicate id")

@@ -26,6 +26,7 @@ Python, and the mapping's columns come out of one generated function per row
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import gzip
 import importlib
@@ -637,17 +638,128 @@ class _Reader:
             return
         entries = bundle.get("entry") or []
         urn_ids = _urn_ids(entries)
+        not_current = history_not_current(entries) if bundle.get("type") == "history" else {}
         for index, entry in enumerate(entries):
             resource = _entry_resource(entry)
             if resource is None or resource.get("resourceType") != self.resource_type:
                 continue
             self.seen += 1
             where = f"{source_file}:entry[{index}]"
+            if index in not_current:  # a history Bundle's older version, or a version of a deleted resource
+                self.rejects.add(source_file, where, *not_current[index])
+                continue
             try:
                 resource = _with_bundle_id(resource, entry.get("fullUrl"))
                 self.accept(self.check(resource), source_file, where, urn_ids)
             except _Rejected as problem:
                 self.reject(source_file, where, problem)
+
+
+def history_not_current(entries: list[Any]) -> dict[int, tuple[str, str, str]]:
+    """entry index -> (field, value, reason) for each entry of a history Bundle that is not its resource's current
+    state, which nothing loads: every entry of a resource whose newest entry is a DELETE, and the older versions
+    of the others (whose newest entry is read as usual).
+
+    FHIR R4 (http.html#history): a history Bundle lists versions newest first, and a DELETE entry records the
+    resource's deletion at that point. Entries are grouped by resource type and id (the resource's, or a
+    DELETE's request.url); within a resource they are ordered by meta.versionId (response.etag ``W/"n"`` for a
+    DELETE) when every entry has a numeric one, else by meta.lastUpdated (response.lastModified) when every entry
+    has one, else by their order in the Bundle."""
+    versions: dict[tuple[str, str], list[tuple[int, dict, dict | None]]] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        resource = _entry_resource(entry)
+        key = _history_key(entry, resource)
+        if key is not None:
+            versions.setdefault(key, []).append((index, entry, resource))
+    not_current: dict[int, tuple[str, str, str]] = {}
+    for (kind, resource_id), found in versions.items():
+        if len(found) == 1 and found[0][2] is not None:
+            continue
+        ordered = _newest_first(found)
+        newest, _newest_entry, newest_resource = ordered[0]
+        name = f"{kind}/{resource_id}"
+        deleted = newest_resource is None  # the newest entry is a DELETE
+        if deleted:
+            not_current[newest] = (
+                "entry.request",
+                name,
+                f"deleted in this history: {name} is deleted here (its newest entry), so none of its versions is "
+                "loaded (not an error)",
+            )
+        for index, _entry, resource in ordered[1:]:
+            what = "version" if resource is not None else "deletion"
+            not_current[index] = (
+                "id",
+                name,
+                f"deleted in this history: entry[{newest}] deletes {name} after this {what}, so it is not loaded "
+                "(not an error)"
+                if deleted
+                else f"an older version (history): {name}'s newest version is entry[{newest}], which is loaded; "
+                f"this {what} is superseded (not an error)",
+            )
+    return not_current
+
+
+def _history_key(entry: dict, resource: dict | None) -> tuple[str, str] | None:
+    """(resource type, id) of a history entry: its resource's, or for a DELETE the request.url's last two parts."""
+    if resource is not None:
+        kind, resource_id = resource.get("resourceType"), _with_bundle_id(resource, entry.get("fullUrl")).get("id")
+        if isinstance(kind, str) and isinstance(resource_id, str) and resource_id:
+            return kind, resource_id
+        return None
+    request = entry.get("request")
+    if not isinstance(request, dict) or request.get("method") != "DELETE" or not isinstance(request.get("url"), str):
+        return None
+    parts = request["url"].split("?", 1)[0].rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return (parts[-2], parts[-1]) if len(parts) >= 2 and parts[-2] and parts[-1] else None
+
+
+def _newest_first(found: list[tuple[int, dict, dict | None]]) -> list[tuple[int, dict, dict | None]]:
+    """The entries of one resource, newest first (see :func:`history_not_current`)."""
+    versions = [_version_of(entry, resource) for _index, entry, resource in found]
+    version_ids = [version[0] if version is not None else "" for version in versions]
+    stamps = [version[1] if version is not None else None for version in versions]
+    keys: list[int] | list[dt.datetime]
+    if all(version_id.isdigit() for version_id in version_ids):
+        keys = [int(version_id) for version_id in version_ids]
+    elif all(stamp is not None for stamp in stamps):
+        keys = [stamp for stamp in stamps if stamp is not None]
+    else:
+        return found  # the Bundle's order: newest first
+    return [found[i] for i in sorted(range(len(found)), key=lambda i: keys[i], reverse=True)]  # stable for ties
+
+
+def _version_of(entry: dict, resource: dict | None) -> tuple[str, dt.datetime | None] | None:
+    """(versionId, lastUpdated) of a history entry: the resource's meta, or a DELETE's response (etag W/"n",
+    lastModified); versionId "" when absent. None when it has neither."""
+    if resource is not None:
+        meta = resource.get("meta")
+        version, updated = (meta.get("versionId"), meta.get("lastUpdated")) if isinstance(meta, dict) else (None, None)
+    else:
+        response = entry.get("response")
+        etag, updated = (
+            (response.get("etag"), response.get("lastModified")) if isinstance(response, dict) else (None, None)
+        )
+        version = etag.removeprefix("W/").strip('"') if isinstance(etag, str) else None
+    stamp = _instant(updated)
+    if not isinstance(version, str) and stamp is None:
+        return None
+    return (version if isinstance(version, str) else ""), stamp
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    """A FHIR instant as an aware datetime (comparable across time zones), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else None
 
 
 def _duplicate(resource_id: str, first: str, where: str) -> _Rejected:
@@ -1029,11 +1141,13 @@ def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFram
         except _Rejected:
             continue  # the whole file is rejected by the sources that read it
         source_file = _relative(path, base)
-        for index, entry in enumerate(bundle.get("entry") or []):
+        entries = bundle.get("entry") or []
+        not_current = history_not_current(entries) if bundle.get("type") == "history" else {}
+        for index, entry in enumerate(entries):
             resource = _entry_resource(entry)
             where = f"{source_file}:entry[{index}]"
             if resource is None:
-                rejects.add(source_file, where, *_entry_not_data(entry))
+                rejects.add(source_file, where, *not_current.get(index, _entry_not_data(entry)))
             elif not isinstance(resource.get("resourceType"), str):
                 rejects.add(
                     source_file,
