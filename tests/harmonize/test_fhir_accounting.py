@@ -18,6 +18,7 @@ from fedomop.cli import app, main
 from fedomop.harmonize.ground.errors import MappingError, SourceError
 from fedomop.harmonize.mapping.loader import load_mapping
 from fedomop.harmonize.run import run_mapping
+from fedomop.harmonize.sources.fhir.path import compile_path
 from fedomop.harmonize.sources.fhir.reader import read_fhir
 from tests.conftest import MAPPINGS
 
@@ -100,6 +101,22 @@ def test_an_unknown_modifier_extension_quarantines_its_resource_naming_url_and_p
 NOT_CALLED = "http://example.org/fhir/StructureDefinition/contact-not-to-be-called"
 ESTIMATED = "http://example.org/fhir/StructureDefinition/estimated"
 LOINC = "http://loinc.org"
+
+
+@pytest.mark.parametrize(
+    ("expression", "paths"),
+    [
+        ("code.coding.where(system='x').code", (("code", "coding"),)),  # where(): the element's subtree
+        ("referenceRange.first().low.value", (("referenceRange", "low", "value"),)),
+        ("name[0].given", (("name", "given"),)),  # positions are not kept: every name
+        ("component.exists()", ()),  # presence only: no content read
+        ("deceasedBoolean | deceasedDateTime.exists()", (("deceasedBoolean",),)),
+        ("subject.reference.resolve_id()", (("subject", "reference"),)),
+        ("extension('http://x.org/e').valueString", (("extension", "valueString"),)),
+    ],
+)
+def test_a_path_says_which_elements_it_reads(expression: str, paths: tuple[tuple[str, ...], ...]) -> None:
+    assert compile_path(expression).read_paths() == paths
 
 
 def test_a_modifier_extension_on_a_patient_contact_no_column_reads_loads_the_patient(tmp_path: Path) -> None:
