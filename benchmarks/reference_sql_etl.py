@@ -222,7 +222,8 @@ def events_sql(today: dt.date) -> list[str]:
                  WHERE vocabulary_id = 'UCUM' AND invalid_reason IS NULL GROUP BY concept_code)
         SELECT a.*, a.concept_id IN (SELECT analyte FROM unit_rule) AS has_rule, f.factor,
                CASE WHEN f.factor IS NOT NULL THEN round(a.value * f.factor, 6) ELSE a.value END AS converted,
-               CASE WHEN f.factor IS NOT NULL THEN f.standard_concept ELSE COALESCE(u.concept_id, 0) END
+               CASE WHEN a.unit_code IS NULL THEN NULL  -- CDM field spec: no unit in the source -> NULL
+                    WHEN f.factor IS NOT NULL THEN f.standard_concept ELSE COALESCE(u.concept_id, 0) END
                    AS unit_concept_id, f.lo, f.hi
         FROM aliased a
         LEFT JOIN unit_rule f ON a.declared = 'measurement' AND f.analyte = a.concept_id AND f.unit_code = a.unit_code

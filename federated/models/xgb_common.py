@@ -60,7 +60,10 @@ def xgboost() -> ModuleType:
 
 
 def params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**DEFAULT_PARAMS, **(overrides or {})}
+    merged = {**DEFAULT_PARAMS, **(overrides or {})}
+    if not str(merged["objective"]).startswith("binary:"):  # only a binary objective reads it (XGBoost warns)
+        merged.pop("scale_pos_weight")
+    return merged
 
 
 MIN_LEAF_KEY = "site-min-leaf-persons"

@@ -91,6 +91,22 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
+def _listening(process: subprocess.Popen, port: int, timeout: float = 60) -> bool:
+    """Whether ``process`` itself (not another test's server on the same port) listens on ``port``."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            if any(
+                c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                for c in psutil.Process(process.pid).net_connections()
+            ):
+                return True
+        time.sleep(0.1)
+    return False
+
+
 @contextlib.contextmanager
 def _running_gate(work: Path, *extra: str) -> Iterator[dict]:
     """The gate process (options ``extra``) in front of a recording stand-in SuperLink, with a CA and two people."""
@@ -100,15 +116,21 @@ def _running_gate(work: Path, *extra: str) -> Iterator[dict]:
     issue_user_cert(certs, "operator", "olga")
     upstream = ThreadingHTTPServer(("127.0.0.1", _port()), _Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    public, ledger = _port(), work / "ledger.jsonl"
-    command = [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
-               "--listen", f"127.0.0.1:{public}", "--upstream", f"127.0.0.1:{upstream.server_port}",
-               "--ledger", str(ledger), "--superlink-insecure", *extra]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while socket.socket().connect_ex(("127.0.0.1", public)) != 0:
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
-        time.sleep(0.1)
+    ledger = work / "ledger.jsonl"
+    for _attempt in range(5):  # a port probed free may be taken by another test process before the gate binds it
+        public = _port()
+        command = [sys.executable, "-m", "fedomop.federated.governance.gate", "gate", "--certs", str(certs),
+                   "--listen", f"127.0.0.1:{public}", "--upstream", f"127.0.0.1:{upstream.server_port}",
+                   "--ledger", str(ledger), "--superlink-insecure", *extra]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if _listening(process, public):
+            break
+        process.kill()
+        process.wait(10)
+    else:
+        raise AssertionError(
+            f"the gate did not listen on a free port: {process.stdout.read() if process.stdout else ''}"
+        )
     try:
         yield {"port": public, "certs": certs, "ledger": ledger, "seen": _Recorder.seen}
     finally:
