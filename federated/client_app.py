@@ -238,16 +238,21 @@ def _require_large_leaves(prep: Prepared, model: Any, reply: ArrayRecord, sent: 
     if not small:
         return
     reason = f"the trained model has {small} leaf/leaves holding fewer than {threshold} of this site's persons"
-    if prep.policy is not None:
-        from fedomop.federated.governance import audit
-
-        audit(prep.policy, requester=prep.requester, study=prep.study.name, app_hash=code_hash(), action="train",
-              outcome="blocked", sent={}, reason=reason)  # fmt: skip
+    _audited_refusal(prep, "train", "blocked", reason)
     raise PolicyError(
         f"site {prep.site.name!r} blocked its model: {reason}",
         where="small-cell rule on released tree models",
         fix="ask for shallower trees (max depth) or fewer trees; the site keeps every leaf at its threshold",
     )
+
+
+def _audited_refusal(prep: Prepared, action: str, outcome: str, reason: str) -> None:
+    """The audit record of a request this site refuses (under a governance policy; none without one)."""
+    if prep.policy is not None:
+        from fedomop.federated.governance import audit
+
+        audit(prep.policy, requester=prep.requester, study=prep.study.name, app_hash=code_hash(), action=action,
+              outcome=outcome, sent={}, reason=reason)  # fmt: skip
 
 
 def _dp(policy: Any, study: str) -> Any:
@@ -300,8 +305,6 @@ def _histogram_tls(site: Site, required: bool, policy: Any = None) -> dict[str, 
     ``require_allreduce_tls: true``."""
     if not required:
         if policy is not None and getattr(policy, "require_allreduce_tls", False):
-            from fedomop.federated.errors import PolicyError
-
             raise PolicyError(
                 "the hub asked for histogram XGBoost's allreduce without TLS, and this site's policy requires "
                 "mutual TLS (require_allreduce_tls)",
@@ -361,32 +364,24 @@ def _spend_evaluations(prep: Prepared, message: Message, kind: str) -> None:
     send the number of sites with it)."""
     if prep.policy is None:
         return
-    import json as _json
-
-    from fedomop.federated.governance.auditlog import _locked
+    from fedomop.federated.governance.auditlog import beside, updating
 
     config = message.content["config"]
     limit = int(prep.policy.limits.max_rounds)
-    ledger = prep.policy.audit_log.with_name(prep.policy.audit_log.name + ".evaluations.json")
     run = str(message.metadata.run_id)
-    with _locked(ledger):
-        book = _json.loads(ledger.read_text(encoding="utf-8")) if ledger.exists() else {}
+    with updating(beside(prep.policy.audit_log, ".evaluations.json"), indent=None) as book:
         rounds = int(record_number(config.get("rounds", 0))) or limit
         entry = book.setdefault(run, {"rounds": rounds, "evaluate": 0, "many": 0})
         allowed = {"evaluate": min(entry["rounds"], limit), "many": 1}[kind]
         if entry[kind] + 1 > allowed:
             reason = f"evaluation budget of run {run} spent ({kind}: {entry[kind]} of {allowed})"
-            from fedomop.federated.governance import audit
-
-            audit(prep.policy, requester=prep.requester, study=prep.study.name, app_hash=code_hash(),
-                  action=kind, outcome="refused", sent={}, reason=reason)  # fmt: skip
+            _audited_refusal(prep, kind, "refused", reason)
             raise PolicyError(
                 f"site {prep.site.name!r} refused to evaluate: {reason}",
                 where="site: evaluation budget (one per round of the run's plan + the final comparison)",
                 fix="evaluate once per round and once at the end; a new run has a new budget",
             )
         entry[kind] += 1
-        ledger.write_text(_json.dumps(book), encoding="utf-8")
 
 
 def _evaluate(prep: Prepared, message: Message) -> RecordDict:

@@ -48,12 +48,30 @@ STATE_SUFFIXES = (".cohorts.json", ".members.json", ".dp_budget.json")
 """Ledgers a site writes beside its log only after a request was accepted (and audited)."""
 
 
+def beside(audit_log: Path | str, suffix: str) -> Path:
+    """A site ledger kept (and archived) with its audit log: ``<log><suffix>``."""
+    log = Path(audit_log)
+    return log.with_name(log.name + suffix)
+
+
+@contextmanager
+def updating(ledger: Path, *, indent: int | None = 2) -> Iterator[dict[str, Any]]:
+    """A JSON ledger under the log's lock, for one read-modify-write: the block gets its content (``{}`` when
+    new) and, unless it raised, the content is written back atomically (a temporary file, then a rename)."""
+    with _locked(ledger):
+        content: dict[str, Any] = json.loads(ledger.read_text(encoding="utf-8")) if ledger.exists() else {}
+        yield content
+        tmp = ledger.with_name(ledger.name + ".tmp")
+        tmp.write_text(json.dumps(content, indent=indent, sort_keys=True), encoding="utf-8")
+        tmp.replace(ledger)
+
+
 def history_evidence(path: Path | str, *, include_lock: bool = True) -> list[Path]:
     """The site's state files beside the log that exist only once records were appended to it: the lock file
     (created by the first append) and the ledgers of :data:`STATE_SUFFIXES`. An empty or missing log with any of
     them was emptied or deleted, not new."""
     path = Path(path)
-    found = [path.with_name(path.name + suffix) for suffix in STATE_SUFFIXES]
+    found = [beside(path, suffix) for suffix in STATE_SUFFIXES]
     if include_lock:
         found.insert(0, _lock_path(path))
     return [candidate for candidate in found if candidate.exists()]

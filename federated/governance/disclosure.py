@@ -57,28 +57,21 @@ def study_digest(study: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _ledger_path(audit_log: Path) -> Path:
-    return audit_log.with_name(audit_log.name + ".cohorts.json")
-
-
 def bind_cohort(audit_log: Path, study_name: str, digest: str) -> bool:
     """Record the study's cohort digest on first use; PolicyError if a different one is already bound.
 
     Returns True when this call bound it. The ledger lives next to the audit log, so it is
     kept (and archived) with it.
     """
-    from fedomop.federated.governance.auditlog import _locked
+    from fedomop.federated.governance.auditlog import beside, updating
 
-    path = _ledger_path(audit_log)
-    with _locked(path):
-        ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    path = beside(audit_log, ".cohorts.json")
+    with updating(path) as ledger:
         bound = ledger.get(study_name)
         if bound is None:
             ledger[study_name] = digest
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
-            return True
+    if bound is None:
+        return True
     if bound != digest:
         raise PolicyError(
             f"study {study_name!r} is approved here for one cohort definition (sha256 {bound[:12]}…); "
@@ -109,10 +102,6 @@ def enforce_one_cohort(policy: Any, study: Any, *, requester: str, app_hash: str
         raise error
 
 
-def _members_path(audit_log: Path) -> Path:
-    return audit_log.with_name(audit_log.name + ".members.json")
-
-
 def check_difference(  # noqa: PLR0913 - one released cohort, described
     audit_log: Path, study_name: str, digest: str, person_ids: Any, threshold: int
 ) -> None:
@@ -125,11 +114,10 @@ def check_difference(  # noqa: PLR0913 - one released cohort, described
     """
     import secrets
 
-    from fedomop.federated.governance.auditlog import _locked
+    from fedomop.federated.governance.auditlog import beside, updating
 
-    path = _members_path(Path(audit_log))
-    with _locked(path):
-        ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    path = beside(audit_log, ".members.json")
+    with updating(path, indent=None) as ledger:
         salt = ledger.setdefault("salt", secrets.token_hex(16))
         mine = {hashlib.sha256(f"{salt}:{int(p)}".encode()).hexdigest()[:16] for p in person_ids}
         cohorts: dict[str, dict[str, Any]] = ledger.setdefault("cohorts", {})
@@ -145,11 +133,7 @@ def check_difference(  # noqa: PLR0913 - one released cohort, described
                     where=f"{path} (minimum difference between overlapping cohorts = small_cell_threshold)",
                     fix="widen or narrow the cohort so it differs by at least the threshold, or reuse the approved one",
                 )
-        if digest not in cohorts:
-            cohorts[digest] = {"study": study_name, "members": sorted(mine)}
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(ledger, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
+        cohorts.setdefault(digest, {"study": study_name, "members": sorted(mine)})
 
 
 def enforce_min_difference(policy: Any, study: Any, person_ids: Any, *, requester: str, app_hash: str) -> None:

@@ -93,8 +93,9 @@ def clip_and_noise(
 
 # -- the site's budget ledger --------------------------------------------------------------------------
 def _ledger(policy: Any) -> Path:
-    log = Path(policy.audit_log)
-    return log.with_name(log.name + ".dp_budget.json")
+    from fedomop.federated.governance.auditlog import beside
+
+    return beside(policy.audit_log, ".dp_budget.json")
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -116,13 +117,12 @@ def spent(policy: Any, study: str, delta: float) -> float:
 
 def spend(policy: Any, study: str, multiplier: float, *, requester: str, app_hash: str) -> dict[str, float]:
     """Book one release (refused with PolicyError when it would exceed the budget); audit it."""
-    from fedomop.federated.governance.auditlog import _locked
+    from fedomop.federated.governance.auditlog import updating
     from fedomop.federated.governance.enforce import audit
 
     settings = policy.studies[study].differential_privacy
     path = _ledger(policy)
-    with _locked(path):
-        ledger = _load(path)
+    with updating(path) as ledger:
         releases = [tuple(r) for r in ledger.get(study, [])]
         after = epsilon_spent([*releases, (multiplier, 1)], settings.delta)
         if after > settings.epsilon * (1 + 1e-9):
@@ -136,9 +136,6 @@ def spend(policy: Any, study: str, multiplier: float, *, requester: str, app_has
                 fix="the study's budget at this site is used up; the site may approve a new budget (a new study)",
             )
         ledger[study] = [*([list(r) for r in releases]), [multiplier, 1]]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
     record = {
         "epsilon_round": epsilon_spent([(multiplier, 1)], settings.delta),
         "epsilon_total": after,
