@@ -638,7 +638,7 @@ class _Reader:
             return
         entries = bundle.get("entry") or []
         urn_ids = _urn_ids(entries)
-        not_current = history_not_current(entries) if bundle.get("type") == "history" else {}
+        not_current = history_not_current(bundle)
         for index, entry in enumerate(entries):
             resource = _entry_resource(entry)
             if resource is None or resource.get("resourceType") != self.resource_type:
@@ -655,18 +655,20 @@ class _Reader:
                 self.reject(source_file, where, problem)
 
 
-def history_not_current(entries: list[Any]) -> dict[int, tuple[str, str, str]]:
+def history_not_current(bundle: dict) -> dict[int, tuple[str, str, str]]:
     """entry index -> (field, value, reason) for each entry of a history Bundle that is not its resource's current
     state, which nothing loads: every entry of a resource whose newest entry is a DELETE, and the older versions
-    of the others (whose newest entry is read as usual).
+    of the others (whose newest entry is read as usual). Empty for any other Bundle type.
 
     FHIR R4 (http.html#history): a history Bundle lists versions newest first, and a DELETE entry records the
     resource's deletion at that point. Entries are grouped by resource type and id (the resource's, or a
     DELETE's request.url); within a resource they are ordered by meta.versionId (response.etag ``W/"n"`` for a
     DELETE) when every entry has a numeric one, else by meta.lastUpdated (response.lastModified) when every entry
     has one, else by their order in the Bundle."""
+    if bundle.get("type") != "history":
+        return {}
     versions: dict[tuple[str, str], list[tuple[int, dict, dict | None]]] = {}
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(bundle.get("entry") or []):
         if not isinstance(entry, dict):
             continue
         resource = _entry_resource(entry)
@@ -1141,13 +1143,12 @@ def untyped_bundle_entries(files: Iterable[Path], base_dir: Path) -> pl.DataFram
         except _Rejected:
             continue  # the whole file is rejected by the sources that read it
         source_file = _relative(path, base)
-        entries = bundle.get("entry") or []
-        not_current = history_not_current(entries) if bundle.get("type") == "history" else {}
-        for index, entry in enumerate(entries):
+        not_current = history_not_current(bundle)
+        for index, entry in enumerate(bundle.get("entry") or []):
             resource = _entry_resource(entry)
             where = f"{source_file}:entry[{index}]"
             if resource is None:
-                rejects.add(source_file, where, *not_current.get(index, _entry_not_data(entry)))
+                rejects.add(source_file, where, *(not_current.get(index) or _entry_not_data(entry)))
             elif not isinstance(resource.get("resourceType"), str):
                 rejects.add(
                     source_file,
