@@ -21,6 +21,7 @@ from fedomop.harmonize.run import run_mapping
 from fedomop.harmonize.sources.fhir.path import compile_path
 from fedomop.harmonize.sources.fhir.reader import read_fhir
 from tests.conftest import MAPPINGS
+from tests.harmonize.fhir_export import write_ndjson as _ndjson
 
 VOCABULARY = MAPPINGS.parent / "sample_data" / "vocabulary"
 SNOMED = "http://snomed.info/sct"
@@ -39,10 +40,6 @@ def _condition(cid: str, pid: str = "p1") -> dict[str, object]:
         "code": {"coding": [{"system": SNOMED, "code": "254637007"}]},
         "onsetDateTime": "2020-01-01",
     }
-
-
-def _ndjson(folder: Path, name: str, resources: list[dict[str, object]]) -> None:
-    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
 
 
 def _quarantine(db: Path) -> list[tuple[str, str, str, str, str]]:

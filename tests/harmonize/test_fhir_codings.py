@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from fedomop.harmonize.ground.errors import MappingError
 from fedomop.harmonize.run import run_mapping
 from fedomop.harmonize.sources.fhir.path import compile_path
 from tests.conftest import EUNOMIA, MAPPINGS
+from tests.harmonize.fhir_export import query_rows as _rows
+from tests.harmonize.fhir_export import write_ndjson
 
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -85,7 +86,7 @@ def _export(folder: Path) -> Path:
         "MedicationStatement.000.ndjson": [STATEMENT],
     }
     for name, resources in files.items():
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
+        write_ndjson(folder, name, resources)
     return folder
 
 
@@ -99,11 +100,6 @@ def db(export: Path) -> Path:
     out = export / "out.duckdb"
     assert run_mapping(MAPPINGS / "fhir_r4.yaml", export, out, vocabulary=EUNOMIA).balanced
     return out
-
-
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 CONDITION_ROWS = (

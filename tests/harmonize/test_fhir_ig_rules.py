@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from fedomop.harmonize.run import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS, SHARED
+from tests.harmonize.fhir_export import query_rows as _rows
+from tests.harmonize.fhir_export import write_ndjson as _write
 
 PATIENTS = [
     {"resourceType": "Patient", "id": "year-only", "gender": "female", "birthDate": "1960"},
@@ -64,10 +65,6 @@ CONDITIONS = [
 ]
 
 
-def _write(folder: Path, name: str, resources: list[dict[str, object]]) -> None:
-    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in resources))
-
-
 @pytest.fixture(scope="module")
 def dates_db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("fhir_dates")
@@ -78,11 +75,6 @@ def dates_db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path
     report = run_mapping(MAPPINGS / "synthea_bulk.yaml", folder, db, vocabulary=EUNOMIA)
     assert report.balanced
     return db
-
-
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def test_partial_birth_dates_give_a_person_with_only_the_parts_given(dates_db: Path) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import yaml
 
 from fedomop.harmonize.run import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS
+from tests.harmonize.fhir_export import query_rows as _rows
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950"}
@@ -28,11 +28,6 @@ def _request(rx_id: str, reference: str, patient: str = "Patient/p1") -> dict[st
         "subject": {"reference": patient},
         "authoredOn": "2020-03-04",
     }
-
-
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def _drugs(db: Path) -> list[tuple[object, ...]]:

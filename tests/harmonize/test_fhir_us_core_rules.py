@@ -7,15 +7,14 @@ R4 mapping and the HL7 FHIR-to-OMOP IG").
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from fedomop.harmonize.run import run_mapping
 from tests.conftest import EUNOMIA, MAPPINGS
+from tests.harmonize.fhir_export import query_rows as _rows
+from tests.harmonize.fhir_export import write_ndjson
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -162,10 +161,6 @@ DEVICE_REQUEST = {
 }
 
 
-def _ndjson(resources: list[dict[str, object]]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in resources)
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("us_core")
@@ -176,19 +171,13 @@ def db(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
         "MedicationStatement.000.ndjson": STATEMENTS,
         "Observation.000.ndjson": OBSERVATIONS,
         "DeviceRequest.000.ndjson": [DEVICE_REQUEST],
+        "Medication.000.ndjson.gz": [MEDICATION],
+        "Practitioner.000.ndjson.gz": [PRACTITIONER],
     }.items():
-        (folder / name).write_text(_ndjson(resources))
-    for name, resource in {"Medication.000.ndjson.gz": MEDICATION, "Practitioner.000.ndjson.gz": PRACTITIONER}.items():
-        with gzip.open(folder / name, "wt") as out:
-            out.write(_ndjson([resource]))
+        write_ndjson(folder, name, resources)
     out_db = folder / "out.duckdb"
     assert run_mapping(MAPPINGS / "fhir_r4.yaml", folder, out_db, vocabulary=EUNOMIA).balanced
     return out_db
-
-
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def _reasons(db: Path, source: str) -> dict[object, object]:
