@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedomop.federated.settings import OUTPUT_FOLDER, HubConfig
+from fedomop.federated.settings import OUTPUT_FOLDER, HubConfig, refuse_wildcard_host
 from fedomop.harmonize.ground.errors import FedomopError
 
 BIN = Path(sys.executable).parent
@@ -366,8 +366,6 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 def refuse_wildcard(host: str, option: str) -> str:
     """``host`` unless it is a wildcard (``0.0.0.0``, ``::``, ``0``, ``*``): fedomop never listens on every interface."""
-    from fedomop.federated.settings import refuse_wildcard_host
-
     return refuse_wildcard_host(host, option)
 
 

@@ -37,6 +37,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -99,34 +100,28 @@ def allowed(path: str, caller: Caller) -> str | None:
     return f"role {caller.role!r} may not call {path.removeprefix(CONTROL)}"
 
 
-def stamp_requester(body: bytes, content_type: str, requester: str) -> bytes:
-    """The StartRunRequest with ``requester`` set to the certificate's name (whatever was sent)."""
-    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+def _decoded(message: Any, body: bytes, content_type: str) -> Any:
+    """``body`` parsed into the protobuf ``message`` (Flower's Control API speaks binary protobuf or its JSON form)."""
     from google.protobuf import json_format
 
-    as_json = "json" in content_type
-    request = json_format.Parse(body, StartRunRequest()) if as_json else StartRunRequest.FromString(body)
-    request.override_config[REQUESTER_KEY].string = requester
-    return json_format.MessageToJson(request).encode() if as_json else request.SerializeToString()
+    return json_format.Parse(body, message) if "json" in content_type else message.FromString(body)
 
 
-def app_refusal(body: bytes, content_type: str, approved: frozenset[str] | None) -> str | None:
+def _encoded(message: Any, content_type: str) -> bytes:
+    from google.protobuf import json_format
+
+    return json_format.MessageToJson(message).encode() if "json" in content_type else message.SerializeToString()
+
+
+def app_refusal(request: Any, approved: frozenset[str] | None) -> str | None:
     """Why the hub must not run the app bundle of this StartRunRequest (None: it may).
 
     The hub's ServerApp imports the submitted bundle with the bundle's folder first on ``sys.path``, so the
     researcher's bundle is code that runs on the hub: one holding compiled code (``.pyc``, ``.so``, ...) is
     never run (nobody can review it, and it would be imported before the sources), and with ``approved`` (the
     operator's ``--approved-app`` hashes) only a bundle whose :func:`~approval.bundle_hash` is listed runs."""
-    from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
-    from google.protobuf import json_format
-
     from fedomop.federated.governance.approval import bundle_hash
 
-    try:
-        as_json = "json" in content_type
-        request = json_format.Parse(body, StartRunRequest()) if as_json else StartRunRequest.FromString(body)
-    except Exception:  # noqa: BLE001 - any undecodable request is refused, whatever the decoder raised
-        return "not a StartRunRequest"
     content = bytes(request.fab.content)
     if not content:
         return "the hub runs only apps submitted as a bundle it can check" if approved is not None else None
@@ -142,23 +137,18 @@ def app_refusal(body: bytes, content_type: str, approved: frozenset[str] | None)
 def own_runs_only(body: bytes, content_type: str, mine: set[int]) -> bytes:
     """A ListRunsResponse without the runs not in ``mine`` (another researcher's study, settings and name)."""
     from flwr.proto.control_pb2 import ListRunsResponse  # pylint: disable=no-name-in-module
-    from google.protobuf import json_format
 
-    as_json = "json" in content_type
-    response = json_format.Parse(body, ListRunsResponse()) if as_json else ListRunsResponse.FromString(body)
+    response = _decoded(ListRunsResponse(), body, content_type)
     for run_id in [run for run in response.run_dict if run not in mine]:
         del response.run_dict[run_id]
-    return json_format.MessageToJson(response).encode() if as_json else response.SerializeToString()
+    return _encoded(response, content_type)
 
 
 def _run_id(body: bytes, content_type: str) -> int | None:
     from flwr.proto.control_pb2 import StartRunResponse  # pylint: disable=no-name-in-module
-    from google.protobuf import json_format
 
     with contextlib.suppress(Exception):
-        if "json" in content_type:
-            return int(json_format.Parse(body, StartRunResponse()).run_id)
-        return int(StartRunResponse.FromString(body).run_id)
+        return int(_decoded(StartRunResponse(), body, content_type).run_id)
     return None
 
 
@@ -291,13 +281,22 @@ class Gate:
             return
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if path == f"{CONTROL}start-run":
-            refusal = app_refusal(body, content_type, self.approved_apps)
+            from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
+
+            try:
+                request = _decoded(StartRunRequest(), body, content_type)
+            except Exception:  # noqa: BLE001 - any undecodable request is refused, whatever the decoder raised
+                refusal: str | None = "not a StartRunRequest"
+            else:
+                refusal = app_refusal(request, self.approved_apps)
             if refusal:
                 self._log({"event": "refused", "path": path, "caller": caller.name, "reason": refusal})
                 _reply(writer, 403, refusal)
                 await writer.drain()
                 return
-            body = stamp_requester(body, content_type, str(caller.name))
+            # the requester the sites' audit logs name is the certificate's, whatever was sent
+            request.override_config[REQUESTER_KEY].string = str(caller.name)
+            body = _encoded(request, content_type)
         forward = [(k, v) for k, v in headers if k.lower() not in _HOP]
         upstream = self.upstream.build_request(method, path, headers=forward, content=body)  # what was decided on
         if path == LIST_RUNS and caller.role != "operator":
